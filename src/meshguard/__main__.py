@@ -1,0 +1,3 @@
+from meshguard.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The asyncio shell: sockets, TUN, netlink, control server, signals."""

@@ -1,0 +1,1 @@
+"""The batched TUN <-> UDP fast path."""

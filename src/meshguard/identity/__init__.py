@@ -1,0 +1,1 @@
+"""Identity, trust store, org certificates and mesh addresses."""

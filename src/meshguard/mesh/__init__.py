@@ -1,0 +1,1 @@
+"""Sans-IO composition: packet demux, membership to WireGuard peers, trust policy."""

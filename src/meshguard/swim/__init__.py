@@ -1,0 +1,1 @@
+"""Sans-IO SWIM membership core."""

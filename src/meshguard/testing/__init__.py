@@ -1,0 +1,1 @@
+"""Test doubles: manual clock, seeded randomness, simulated network."""

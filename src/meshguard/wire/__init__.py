@@ -1,0 +1,1 @@
+"""Byte codecs: WireGuard, gossip, STUN, relay and control formats (no state, no crypto)."""
