@@ -1,0 +1,63 @@
+"""The testbed itself works: wireguard-go in two namespaces, configured with `wg`, pings."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from meshguard.testing.netns import (
+    Namespace,
+    Testbed,
+    start_userspace_wg,
+    uapi_socket_path,
+    unique_name,
+    wait_until,
+)
+
+pytestmark = pytest.mark.netns
+
+
+def _genkey(ns: Namespace) -> tuple[str, str]:
+    priv = ns.run(["wg", "genkey"]).stdout.strip()
+    pub = ns.run(["wg", "pubkey"], input=priv + "\n").stdout.strip()
+    return priv, pub
+
+
+def test_veth_pair_pings_both_families(tb: Testbed) -> None:
+    assert tb.a.ping(str(tb.link.b_ipv4))
+    assert tb.b.ping(str(tb.link.a_ipv4))
+    assert tb.a.ping(str(tb.link.b_ipv6))
+    assert not tb.a.ping("10.201.0.9", wait=0.3)
+
+
+def test_namespace_cleanup_kills_processes_and_deletes() -> None:
+    ns = Namespace.create("mgt")
+    proc = ns.popen(["sleep", "300"])
+    name = ns.name
+    ns.close()
+    assert proc.poll() is not None
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert name not in listed.split()
+
+
+def test_wireguard_go_pair_pings_both_ways(tb: Testbed) -> None:
+    ifa, ifb = unique_name("wga"), unique_name("wgb")
+    start_userspace_wg(tb.a, ifa)
+    start_userspace_wg(tb.b, ifb)
+    a_priv, a_pub = _genkey(tb.a)
+    b_priv, b_pub = _genkey(tb.b)
+    for ns, ifname, priv, port, peer, ep, inner, peer_inner in (
+        (tb.a, ifa, a_priv, 51001, b_pub, f"{tb.link.b_ipv4}:51002", "10.77.0.1", "10.77.0.2"),
+        (tb.b, ifb, b_priv, 51002, a_pub, f"{tb.link.a_ipv4}:51001", "10.77.0.2", "10.77.0.1"),
+    ):
+        ns.run(["wg", "set", ifname, "private-key", "/dev/stdin", "listen-port", str(port),
+                "peer", peer, "endpoint", ep, "allowed-ips", f"{peer_inner}/32"],
+               input=priv + "\n")
+        ns.add_address(ifname, f"{inner}/24")
+        ns.link_up(ifname)
+    wait_until(lambda: tb.a.ping("10.77.0.2"), 10, "ping a->b through wireguard-go")
+    assert tb.b.ping("10.77.0.1", count=3)
+    shown = tb.a.run(["wg", "show", ifa, "latest-handshakes"]).stdout.split()
+    assert shown[0] == b_pub and int(shown[1]) > 0
+    assert uapi_socket_path(ifa).endswith(f"{ifa}.sock")
