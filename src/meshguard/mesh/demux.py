@@ -1,0 +1,46 @@
+"""Classify a datagram arriving on the mesh's single UDP port (SPEC-NOTES 4).
+
+Order of checks (cheapest first, no allocation):
+1. the first four bytes as a little-endian u32 in 1..4 -> WireGuard (initiation, response,
+   cookie reply, transport; WireGuard's three reserved bytes are zero, so the u32 is the type);
+2. bytes 4..8 == the STUN magic cookie 0x2112A442 -> STUN (RFC 5389 section 6);
+3. otherwise the first byte is a gossip/NAT message type (Ping 0x01, PingReq 0x02, Ack 0x03,
+   RelayData 0x31, HolepunchRequest 0x33, HolepunchResponse 0x34, OrgAliasAnnounce 0x41,
+   OrgCertRevoke 0x42, and new types with new numbers);
+anything else (empty, unknown type byte) is garbage, which the caller counts and drops.
+
+A gossip Ping starts with 0x01 too; it is told apart from a WireGuard initiation because
+WireGuard's bytes 1..3 are zero, which a gossip message never has as its first four bytes
+(every gossip message carries a non-zero sender key right after its type byte, see
+wire/gossip.py). The two can only collide for a gossip message whose bytes 1..3 are all zero;
+such a message is classified as WireGuard and rejected by the WireGuard core's length/MAC checks.
+"""
+
+from __future__ import annotations
+
+import enum
+
+STUN_MAGIC = b"\x21\x12\xa4\x42"
+
+GOSSIP_TYPES = frozenset({0x01, 0x02, 0x03, 0x31, 0x33, 0x34, 0x41, 0x42})
+
+
+class Kind(enum.Enum):
+    WIREGUARD = "wireguard"
+    STUN = "stun"
+    GOSSIP = "gossip"
+    GARBAGE = "garbage"
+
+
+def classify(data: bytes | bytearray | memoryview, gossip_types: frozenset[int] = GOSSIP_TYPES
+             ) -> Kind:
+    n = len(data)
+    if n == 0:
+        return Kind.GARBAGE
+    if n >= 4 and 1 <= data[0] <= 4 and data[1] == 0 and data[2] == 0 and data[3] == 0:
+        return Kind.WIREGUARD
+    if n >= 20 and bytes(data[4:8]) == STUN_MAGIC:
+        return Kind.STUN
+    if data[0] in gossip_types:
+        return Kind.GOSSIP
+    return Kind.GARBAGE

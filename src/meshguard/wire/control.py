@@ -1,0 +1,220 @@
+"""Control-socket protocol: line-delimited JSON between the CLI and a running daemon.
+
+Transport: a Unix stream socket (mode 0600), one per running daemon, at
+``<run dir>/<interface>.sock`` (run dir ``/run/meshguard``, overridable with
+``$MESHGUARD_RUN_DIR``). Each request is one JSON object on one line (UTF-8, ``\\n``
+terminated); the daemon answers with exactly one JSON line and keeps the connection open for
+further requests.
+
+Requests::
+
+    {"op": "hello"}     -> {"ok": true, "result": {"interface": "mg0", "pid": 123}}
+    {"op": "status"}    -> {"ok": true, "result": <status document, below>}
+    {"op": "down"}      -> {"ok": true, "result": {"leaving": true}}  (the daemon then leaves the
+                           mesh gracefully, removes its interface and exits 0)
+
+Errors: ``{"ok": false, "error": "<one line>"}``.
+
+Status document (``meshguard status --json`` prints it verbatim), schema_version 1. Fields are
+only ever added in a compatible way; a removal or change of meaning bumps schema_version::
+
+    {
+      "schema_version": 1,
+      "interface": "mg0",               # TUN / WireGuard interface name
+      "mode": "userspace" | "kernel",
+      "pid": 1234,
+      "started_at": 1700000000.0,       # unix seconds
+      "self": {
+        "name": "node-1" | null,
+        "identity_key": "<base64 Ed25519 public key>",
+        "wireguard_key": "<base64 X25519 public key>",
+        "mesh_ipv4": "10.99.x.y",
+        "mesh_ipv6": "fd99:6d67::...",
+        "wg_port": 51821,               # UDP port WireGuard listens on
+        "gossip_port": 51821            # UDP port gossip listens on (wg_port + 1 in kernel mode)
+      },
+      "members": [                      # every member known to the membership layer, sorted by name
+        {
+          "name": "node-2" | null,
+          "identity_key": "<base64>",
+          "wireguard_key": "<base64>" | null,
+          "mesh_ipv4": "10.99.a.b",
+          "mesh_ipv6": "fd99:6d67::...",
+          "endpoint": "203.0.113.7:51821" | "[2001:db8::1]:51821" | null,
+          "state": "alive" | "suspect" | "dead" | "left",
+          "trusted": true,              # admitted by the local trust store
+          "tunnel": true,               # a WireGuard peer is configured for it
+          "last_handshake": 1700000000.0 | null,   # unix seconds of the last completed handshake
+          "rx_bytes": 0,
+          "tx_bytes": 0,
+          "path": "direct" | "relayed"
+        }
+      ],
+      "counters": {"<name>": <int>, ...}   # e.g. "garbage_dropped", "gossip_rx", "wireguard_rx"
+    }
+
+This module is pure encoding: no sockets, no clocks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from meshguard.errors import WireFormatError
+
+SCHEMA_VERSION = 1
+MAX_LINE = 1 << 20  # 1 MiB: a status of ~4000 members; requests are tiny
+OPS = ("hello", "status", "down")
+MEMBER_STATES = ("alive", "suspect", "dead", "left")
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _loads_line(line: bytes) -> dict[str, Any]:
+    if len(line) > MAX_LINE:
+        raise WireFormatError("control line too long")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireFormatError(f"control line is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireFormatError("control line must be a JSON object")
+    return obj
+
+
+def _dumps_line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
+
+
+def encode_request(req: Request) -> bytes:
+    obj: dict[str, Any] = {"op": req.op}
+    if req.args:
+        obj["args"] = req.args
+    return _dumps_line(obj)
+
+
+def decode_request(line: bytes) -> Request:
+    obj = _loads_line(line)
+    op = obj.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise WireFormatError(f"unknown control op {op!r}")
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise WireFormatError("control args must be an object")
+    return Request(op, args)
+
+
+def encode_response(resp: Response) -> bytes:
+    obj: dict[str, Any] = {"ok": resp.ok}
+    if resp.ok:
+        obj["result"] = resp.result if resp.result is not None else {}
+    else:
+        obj["error"] = resp.error or "error"
+    return _dumps_line(obj)
+
+
+def decode_response(line: bytes) -> Response:
+    obj = _loads_line(line)
+    ok = obj.get("ok")
+    if not isinstance(ok, bool):
+        raise WireFormatError("control response lacks 'ok'")
+    if ok:
+        result = obj.get("result", {})
+        if not isinstance(result, dict):
+            raise WireFormatError("control result must be an object")
+        return Response(True, result=result)
+    error = obj.get("error")
+    return Response(False, error=str(error) if error is not None else "error")
+
+
+@dataclass(frozen=True)
+class SelfStatus:
+    name: str | None
+    identity_key: str
+    wireguard_key: str
+    mesh_ipv4: str
+    mesh_ipv6: str
+    wg_port: int
+    gossip_port: int
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    name: str | None
+    identity_key: str
+    wireguard_key: str | None
+    mesh_ipv4: str
+    mesh_ipv6: str
+    endpoint: str | None
+    state: str
+    trusted: bool
+    tunnel: bool
+    last_handshake: float | None
+    rx_bytes: int
+    tx_bytes: int
+    path: str
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    interface: str
+    mode: str
+    pid: int
+    started_at: float
+    self_: SelfStatus
+    members: tuple[MemberStatus, ...]
+    counters: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "interface": self.interface,
+            "mode": self.mode,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "self": asdict(self.self_),
+            "members": [asdict(m) for m in self.members],
+            "counters": dict(self.counters),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> StatusReport:
+        try:
+            if obj["schema_version"] != SCHEMA_VERSION:
+                raise WireFormatError(f"unsupported status schema {obj['schema_version']!r}")
+            me = obj["self"]
+            return cls(
+                interface=str(obj["interface"]),
+                mode=str(obj["mode"]),
+                pid=int(obj["pid"]),
+                started_at=float(obj["started_at"]),
+                self_=SelfStatus(**{k: me[k] for k in SelfStatus.__dataclass_fields__}),
+                members=tuple(
+                    MemberStatus(**{k: m[k] for k in MemberStatus.__dataclass_fields__})
+                    for m in obj["members"]
+                ),
+                counters={str(k): int(v) for k, v in obj.get("counters", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireFormatError(f"malformed status document: {exc}") from None
+
+
+def format_endpoint(endpoint: tuple[str, int] | None) -> str | None:
+    """'ip:port', with brackets around an IPv6 address."""
+    if endpoint is None:
+        return None
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshguard.daemon.control_client import (
+    AmbiguousDaemonError,
+    ControlClient,
+    ControlRequestError,
+    DaemonNotRunningError,
+    running_daemons,
+    select_daemon,
+)
+from meshguard.daemon.control_server import AlreadyRunningError, ControlServer
+from meshguard.daemon.runtime import InterfaceNameError, run_dir, socket_path
+from meshguard.errors import MeshguardError, WireFormatError
+from meshguard.wire.control import (
+    SCHEMA_VERSION,
+    MemberStatus,
+    Request,
+    Response,
+    SelfStatus,
+    StatusReport,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+    format_endpoint,
+)
+
+
+def sample_report() -> StatusReport:
+    me = SelfStatus("a", "SUQ=", "V0c=", "10.99.1.2", "fd99:6d67::1", 51821, 51821)
+    m = MemberStatus("b", "SUQy", "V0cy", "10.99.3.4", "fd99:6d67::2", "192.0.2.1:51821",
+                     "alive", True, True, 1_700_000_000.0, 10, 20, "direct")
+    return StatusReport("mg0", "userspace", 42, 1.0, me, (m,), {"garbage_dropped": 3})
+
+
+def test_request_response_roundtrip() -> None:
+    line = encode_request(Request("status"))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode_request(line) == Request("status", {})
+    ok = decode_response(encode_response(Response(True, result={"x": 1})))
+    assert ok.ok and ok.result == {"x": 1}
+    err = decode_response(encode_response(Response(False, error="nope")))
+    assert not err.ok and err.error == "nope"
+
+
+@pytest.mark.parametrize("line", [b"", b"{", b"[]", b'{"op": "format-disk"}', b"\xff\n",
+                                  b'{"op": "status", "args": 3}'])
+def test_bad_requests(line: bytes) -> None:
+    with pytest.raises(WireFormatError):
+        decode_request(line)
+
+
+def test_status_schema_roundtrip() -> None:
+    rep = sample_report()
+    doc = rep.to_json()
+    assert doc["schema_version"] == SCHEMA_VERSION
+    assert set(doc) == {"schema_version", "interface", "mode", "pid", "started_at", "self",
+                        "members", "counters"}
+    assert set(doc["members"][0]) == {
+        "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
+        "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path"}
+    assert StatusReport.from_json(doc) == rep
+    doc["schema_version"] = 99
+    with pytest.raises(WireFormatError):
+        StatusReport.from_json(doc)
+    with pytest.raises(WireFormatError):
+        StatusReport.from_json({"schema_version": 1})
+
+
+def test_format_endpoint() -> None:
+    assert format_endpoint(("192.0.2.1", 5)) == "192.0.2.1:5"
+    assert format_endpoint(("2001:db8::1", 5)) == "[2001:db8::1]:5"
+    assert format_endpoint(None) is None
+
+
+def test_paths(tmp_path: Path) -> None:
+    assert run_dir(env={"MESHGUARD_RUN_DIR": str(tmp_path)}) == tmp_path
+    assert run_dir(env={}) == Path("/run/meshguard")
+    assert socket_path("mg0", tmp_path) == tmp_path / "mg0.sock"
+    for bad in ["", "a/b", "x" * 16, "..", "a b"]:
+        with pytest.raises(InterfaceNameError):
+            socket_path(bad, tmp_path)
+
+
+class ServerThread:
+    """A ControlServer on its own event loop thread, so the blocking client can talk to it."""
+
+    def __init__(self, path: Path, iface: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.requests: list[Request] = []
+        self.down = threading.Event()
+
+        async def handler(req: Request) -> dict[str, Any]:
+            self.requests.append(req)
+            if req.op == "status":
+                return sample_report().to_json()
+            if req.op == "down":
+                self.down.set()
+                return {"leaving": True}
+            if req.op == "hello":
+                raise MeshguardError("refused for the test")
+            return {}
+
+        self.server = ControlServer(path, iface, handler)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    s = ServerThread(tmp_path / "run" / "mgt0.sock", "mgt0")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def test_server_socket_mode_and_requests(server: ServerThread, tmp_path: Path) -> None:
+    path = tmp_path / "run" / "mgt0.sock"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    client = ControlClient(path, "mgt0")
+    rep = client.status()
+    assert rep == sample_report()
+    with pytest.raises(ControlRequestError, match="refused for the test"):
+        client.request("hello")
+    assert client.request("down") == {"leaving": True}
+    assert server.down.is_set()
+    assert [r.op for r in server.requests] == ["status", "hello", "down"]
+
+
+def test_server_survives_garbage(server: ServerThread, tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "run" / "mgt0.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(path))
+    s.sendall(b"this is not json\n")
+    answer = s.makefile("rb").readline()
+    s.close()
+    assert decode_response(answer).ok is False
+    assert ControlClient(path, "mgt0").status().interface == "mg0"
+
+
+def test_second_server_refused_and_stale_socket_replaced(server: ServerThread,
+                                                         tmp_path: Path) -> None:
+    path = tmp_path / "run" / "mgt0.sock"
+    with pytest.raises(AlreadyRunningError, match="already running on mgt0"):
+        asyncio.run(ControlServer(path, "mgt0", lambda r: None).start())  # type: ignore[arg-type]
+    # A stale file (no listener) is replaced.
+    stale = tmp_path / "run" / "mgt1.sock"
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(stale))
+    s.close()
+    other = ServerThread(stale, "mgt1")
+    try:
+        assert {d.interface for d in running_daemons(tmp_path / "run")} == {"mgt0", "mgt1"}
+        with pytest.raises(AmbiguousDaemonError, match="mgt0, mgt1"):
+            select_daemon(tmp_path / "run", None)
+        assert select_daemon(tmp_path / "run", "mgt1").interface == "mgt1"
+    finally:
+        other.stop()
+    assert not stale.exists()
+    assert select_daemon(tmp_path / "run", None).interface == "mgt0"
+
+
+def test_no_daemon(tmp_path: Path) -> None:
+    with pytest.raises(DaemonNotRunningError, match="not running"):
+        select_daemon(tmp_path, None)
+    with pytest.raises(DaemonNotRunningError, match="not running on mg9"):
+        select_daemon(tmp_path, "mg9").request("status")
