@@ -51,9 +51,24 @@ def test_wireguard_go_pair_pings_both_ways(tb: Testbed) -> None:
         (tb.a, ifa, a_priv, 51001, b_pub, f"{tb.link.b_ipv4}:51002", "10.77.0.1", "10.77.0.2"),
         (tb.b, ifb, b_priv, 51002, a_pub, f"{tb.link.a_ipv4}:51001", "10.77.0.2", "10.77.0.1"),
     ):
-        ns.run(["wg", "set", ifname, "private-key", "/dev/stdin", "listen-port", str(port),
-                "peer", peer, "endpoint", ep, "allowed-ips", f"{peer_inner}/32"],
-               input=priv + "\n")
+        ns.run(
+            [
+                "wg",
+                "set",
+                ifname,
+                "private-key",
+                "/dev/stdin",
+                "listen-port",
+                str(port),
+                "peer",
+                peer,
+                "endpoint",
+                ep,
+                "allowed-ips",
+                f"{peer_inner}/32",
+            ],
+            input=priv + "\n",
+        )
         ns.add_address(ifname, f"{inner}/24")
         ns.link_up(ifname)
     wait_until(lambda: tb.a.ping("10.77.0.2"), 10, "ping a->b through wireguard-go")

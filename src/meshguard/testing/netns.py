@@ -93,8 +93,15 @@ class Namespace:
         try:
             ns.run(["ip", "link", "set", "lo", "up"])
             # no duplicate address detection: link-local addresses usable at once too
-            ns.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0",
-                    "net.ipv6.conf.default.accept_dad=0"])
+            ns.run(
+                [
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ]
+            )
         except BaseException:
             ns.close()
             raise
@@ -259,8 +266,7 @@ def veth_pair(
     b_if = unique_name("vb")
     v4 = ipaddress.IPv4Network(ipv4_net)
     v6 = ipaddress.IPv6Network(ipv6_net)
-    _ip("link", "add", a_if, "netns", a.name, "type", "veth", "peer", "name", b_if,
-        "netns", b.name)
+    _ip("link", "add", a_if, "netns", a.name, "type", "veth", "peer", "name", b_if, "netns", b.name)
     link = VethLink(a, b, a_if, b_if, v4[1], v4[2], v6[1], v6[2])
     for ns, ifname, ip4, ip6 in ((a, a_if, v4[1], v6[1]), (b, b_if, v4[2], v6[2])):
         if mtu is not None:
@@ -270,11 +276,25 @@ def veth_pair(
         ns.link_up(ifname)
     # static neighbour entries: no ARP/ND round trip (nor its first-packet delay) in tests
     mac_a, mac_b = _mac(a, a_if), _mac(b, b_if)
-    for ns, ifname, peer_ips, mac in ((a, a_if, (v4[2], v6[2]), mac_b),
-                                      (b, b_if, (v4[1], v6[1]), mac_a)):
+    for ns, ifname, peer_ips, mac in (
+        (a, a_if, (v4[2], v6[2]), mac_b),
+        (b, b_if, (v4[1], v6[1]), mac_a),
+    ):
         for ip in peer_ips:
-            ns.run(["ip", "neigh", "replace", str(ip), "lladdr", mac, "dev", ifname,
-                    "nud", "permanent"])
+            ns.run(
+                [
+                    "ip",
+                    "neigh",
+                    "replace",
+                    str(ip),
+                    "lladdr",
+                    mac,
+                    "dev",
+                    ifname,
+                    "nud",
+                    "permanent",
+                ]
+            )
     return link
 
 
