@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 
 from cryptography.exceptions import InvalidSignature
@@ -38,6 +39,59 @@ def b64decode_key(text: str, length: int = KEY_LEN, what: str = "key") -> bytes:
     if len(raw) != length:
         raise KeyFormatError(f"{what} must decode to {length} bytes, got {len(raw)}")
     return raw
+
+
+# Edwards25519 (RFC 8032 section 5.1): p = 2^255 - 19, d = -121665/121666, sqrt(-1).
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _ed_double(x: int, y: int, z: int) -> tuple[int, int, int]:
+    """Projective twisted-Edwards doubling with a = -1 (no inversions)."""
+    b = (x + y) * (x + y) % _P
+    c = x * x % _P
+    d = y * y % _P
+    e = -c % _P
+    f = (e + d) % _P
+    j = (f - 2 * z * z) % _P
+    return (b - c - d) * j % _P, f * (e - d) % _P, f * j % _P
+
+
+@functools.lru_cache(maxsize=4096)
+def ed25519_point_problem(raw: bytes) -> str | None:
+    """Why `raw` is not a usable Ed25519 public key, or None if it is.
+
+    OpenSSL accepts any 32 bytes as a public key and only fails later, at verification, so
+    keys are checked here: the encoding must be canonical (y < p), decompress to a curve point
+    (RFC 8032 section 5.1.3) and not be of small order (8 * P != identity), since a small-order
+    key makes signatures meaningless.
+    """
+    if len(raw) != KEY_LEN:
+        return f"must be {KEY_LEN} bytes"
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    sign = raw[31] >> 7
+    if y >= _P:
+        return "non-canonical encoding"
+    u = (y * y - 1) % _P
+    v = (_D * y * y + 1) % _P
+    v3 = v * v * v % _P
+    x = u * v3 * pow(u * v3 * v3 * v % _P, (_P - 5) // 8, _P) % _P
+    vxx = v * x * x % _P
+    if vxx != u:
+        if vxx != (-u) % _P:
+            return "not a curve point"
+        x = x * _SQRT_M1 % _P
+    if x == 0 and sign:
+        return "non-canonical encoding"
+    if x & 1 != sign:
+        x = _P - x
+    px, py, pz = x, y, 1
+    for _ in range(3):
+        px, py, pz = _ed_double(px, py, pz)
+    if px == 0 and py == pz:
+        return "small-order point"
+    return None
 
 
 class _Bytes32:
@@ -123,6 +177,9 @@ class Ed25519PublicKey(_Bytes32):
 
     def __init__(self, raw: bytes) -> None:
         super().__init__(raw)
+        problem = ed25519_point_problem(self._raw)
+        if problem is not None:
+            raise KeyFormatError(f"not a valid Ed25519 public key ({problem})")
         try:
             self._obj = ed25519.Ed25519PublicKey.from_public_bytes(self._raw)
         except ValueError:
@@ -201,6 +258,7 @@ __all__ = [
     "X25519PublicKey",
     "b64decode_key",
     "b64encode",
+    "ed25519_point_problem",
     "ed25519_verify",
 ]
 
