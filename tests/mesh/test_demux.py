@@ -16,7 +16,7 @@ def test_wireguard_types(t: int) -> None:
 def test_wireguard_needs_zero_reserved_bytes() -> None:
     # 0x01 followed by a non-zero byte is a gossip Ping, not a WireGuard initiation
     assert classify(b"\x01\x07\x00\x00" + b"k" * 40) is Kind.GOSSIP
-    assert classify(struct.pack("<I", 5) + b"\x00" * 28) is Kind.GARBAGE
+    assert classify(struct.pack("<I", 0x10) + b"\x00" * 28) is Kind.GARBAGE
     assert classify(struct.pack("<I", 0) + b"\x00" * 28) is Kind.GARBAGE
 
 
@@ -32,7 +32,9 @@ def test_gossip_types(t: int) -> None:
     assert classify(bytes([t]) + b"\x99" * 40) is Kind.GOSSIP
 
 
-@pytest.mark.parametrize("data", [b"", b"\xff", b"\x00\x00\x00", b"\x7f" * 100, b"\x05abc"])
+@pytest.mark.parametrize(
+    "data", [b"", b"\xff", b"\x00\x00\x00", b"\x7f" * 100, b"\x0aabc", b"\x20MG"]
+)
 def test_garbage(data: bytes) -> None:
     assert classify(data) is Kind.GARBAGE
 

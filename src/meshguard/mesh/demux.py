@@ -5,15 +5,14 @@ Order of checks (cheapest first, no allocation):
    cookie reply, transport; WireGuard's three reserved bytes are zero, so the u32 is the type);
 2. bytes 4..8 == the STUN magic cookie 0x2112A442 -> STUN (RFC 5389 section 6);
 3. otherwise the first byte is a gossip/NAT message type (Ping 0x01, PingReq 0x02, Ack 0x03,
-   RelayData 0x31, HolepunchRequest 0x33, HolepunchResponse 0x34, OrgAliasAnnounce 0x41,
-   OrgCertRevoke 0x42, and new types with new numbers);
+   Join 0x05, JoinAck 0x06, Leave 0x07, SyncReq 0x08, SyncData 0x09, RelayData 0x31,
+   HolepunchRequest 0x33, HolepunchResponse 0x34, OrgAliasAnnounce 0x41, OrgCertRevoke 0x42,
+   and new types with new numbers);
 anything else (empty, unknown type byte) is garbage, which the caller counts and drops.
 
 A gossip Ping starts with 0x01 too; it is told apart from a WireGuard initiation because
 WireGuard's bytes 1..3 are zero, which a gossip message never has as its first four bytes
-(every gossip message carries a non-zero sender key right after its type byte, see
-wire/gossip.py). The two can only collide for a gossip message whose bytes 1..3 are all zero;
-such a message is classified as WireGuard and rejected by the WireGuard core's length/MAC checks.
+(every gossip packet has the magic b"MG" at bytes 1..2, see wire/gossip.py).
 """
 
 from __future__ import annotations
@@ -22,7 +21,10 @@ import enum
 
 STUN_MAGIC = b"\x21\x12\xa4\x42"
 
-GOSSIP_TYPES = frozenset({0x01, 0x02, 0x03, 0x31, 0x33, 0x34, 0x41, 0x42})
+# SWIM (wire/gossip.py: Ping, PingReq, Ack, Join, JoinAck, Leave, SyncReq, SyncData) and NAT/org
+GOSSIP_TYPES = frozenset(
+    {0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x08, 0x09, 0x31, 0x33, 0x34, 0x41, 0x42}
+)
 
 
 class Kind(enum.Enum):
