@@ -1,0 +1,42 @@
+"""Actions returned by the sans-IO WireGuard device (contracts.md section 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshguard.crypto.keys import X25519PublicKey
+
+Endpoint = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram:
+    data: bytes
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTun:
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    peer_key: X25519PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class PeerKeysExpired:
+    """All key material of the peer was zeroed (3 * REJECT_AFTER_TIME without a handshake)."""
+
+    peer_key: X25519PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeGaveUp:
+    """No handshake completed within REKEY_ATTEMPT_TIME; queued packets were dropped."""
+
+    peer_key: X25519PublicKey
+
+
+Action = SendDatagram | WriteTun | HandshakeCompleted | PeerKeysExpired | HandshakeGaveUp

@@ -1,0 +1,894 @@
+"""The multi-peer WireGuard device: a sans-IO core (contracts.md section 2).
+
+Nothing here does I/O. Every entry point takes `now` (monotonic seconds) and, where a TAI64N
+timestamp may be needed, `wall` (unix seconds); randomness comes from the injected Rng.
+
+Slow path (returns a list of actions, see actions.py):
+
+    receive_datagram(now, wall, data, src)  a UDP datagram from `src`
+    send_packet(now, wall, ip_packet)       an IP packet read from the TUN
+    tick(now, wall)                         run due timers; call again at next_deadline()
+
+Receive checks run cheapest first: type and length, mac1, (under load) mac2 / cookie reply,
+per-peer initiation rate, then DH and AEAD. Garbage is counted in `device.counters` under one
+reason and dropped; receive_datagram never raises for remote input.
+
+Fast path (for a data plane moving batches of packets per wake-up). Per batch, not per packet:
+
+    send:    b = device.prepare_send(now, dst_address_bytes)      # None -> use send_packet()
+             first = b.reserve(n)                                   # None -> use send_packet()
+             for i, pkt: data = seal_transport(b.cipher, b.receiver_index, first + i, pkt)
+                         (or the data plane's own encrypt_into with the same layout)
+             actions = device.note_sent(now, b.peer, n, total_bytes)
+    receive: kp = device.keypair_for_receive(receiver_index)       # None -> counted drop
+             per packet: kp.replay.check(counter) -> kp.receive.open_or_none(counter, ct)
+                         -> kp.replay.accept(counter) -> inner_packet(plaintext)
+                         -> device.source_allowed(kp.peer, src_bytes)
+             actions = device.note_received(now, kp, n_auth, n_bytes, src_endpoint,
+                                            n_keepalive=k)
+             device.note_dropped(reason, n) for packets that failed a check
+
+`prepare_send` caches destination -> peer lookups (the cache is cleared whenever allowed IPs
+change). `note_sent` / `note_received` run the timer and statistics bookkeeping of the whole
+batch once (keepalive timers, rekey after time/messages, promoting the `next` keypair on its
+first use, roaming to the source endpoint, sending packets queued for a handshake). The slow
+path is built from these same calls, so both paths give identical bytes and state
+(tests/wireguard/test_fastpath.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from meshguard.crypto.aead import TransportCipher
+from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
+from meshguard.crypto.tai64n import TAI64N_LEN, tai64n
+from meshguard.errors import CryptoError, MeshguardError, WireFormatError
+from meshguard.rng import Rng
+from meshguard.wire import wireguard as wire
+from meshguard.wireguard import noise
+from meshguard.wireguard.actions import (
+    Action,
+    Endpoint,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    PeerKeysExpired,
+    SendDatagram,
+    WriteTun,
+)
+from meshguard.wireguard.allowed_ips import AllowedIPs, IPNetwork
+from meshguard.wireguard.constants import (
+    KEEPALIVE_TIMEOUT,
+    MAX_HANDSHAKE_ATTEMPTS,
+    MAX_INITIATIONS_PER_PEER_PER_SECOND,
+    MAX_STAGED_PACKETS,
+    REKEY_ON_RECEIVE_AGE,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    UNDER_LOAD_HANDSHAKES_PER_SECOND,
+    UNDER_LOAD_HOLD_TIME,
+)
+from meshguard.wireguard.cookie import CookieChecker, CookieGenerator, LoadMeter
+from meshguard.wireguard.counters import Counters
+from meshguard.wireguard.index import IndexTable
+from meshguard.wireguard.keypair import Keypair, Keypairs, ReceiveKeypair
+from meshguard.wireguard.timers import PeerTimers, Timer
+
+__all__ = [
+    "Device",
+    "DeviceError",
+    "Endpoint",
+    "Peer",
+    "ReceiveKeypair",
+    "SendBatch",
+    "inner_destination",
+    "inner_packet",
+    "open_transport",
+    "seal_transport",
+]
+
+NO_PSK = bytes(32)
+_HEADER = struct.Struct("<IIQ")
+_U16 = struct.Struct("!H")
+_INITIATION_INTERVAL = 1.0 / MAX_INITIATIONS_PER_PEER_PER_SECOND
+_DST_CACHE_MAX = 4096
+
+
+class DeviceError(MeshguardError):
+    """Local misuse of the device API (bad peer key, bad allowed IP, ...)."""
+
+
+# -- inner IP packets and transport framing (shared by the slow and the fast path) ---------
+
+
+def inner_packet(plaintext: bytes) -> tuple[bytes, bytes] | None:
+    """(packet without padding, raw source address) of a decrypted payload; None if invalid."""
+    n = len(plaintext)
+    if n == 0:
+        return None
+    version = plaintext[0] >> 4
+    if version == 4 and n >= 20:
+        total = _U16.unpack_from(plaintext, 2)[0]
+        if total < 20 or total > n:
+            return None
+        return plaintext[:total], plaintext[12:16]
+    if version == 6 and n >= 40:
+        total = 40 + _U16.unpack_from(plaintext, 4)[0]
+        if total > n:
+            return None
+        return plaintext[:total], plaintext[8:24]
+    return None
+
+
+def inner_destination(packet: bytes) -> bytes | None:
+    """Raw destination address of an IPv4/IPv6 packet; None if it is neither."""
+    n = len(packet)
+    if n >= 20 and packet[0] >> 4 == 4:
+        return packet[16:20]
+    if n >= 40 and packet[0] >> 4 == 6:
+        return packet[24:40]
+    return None
+
+
+def seal_transport(cipher: TransportCipher, receiver: int, counter: int, packet: bytes) -> bytes:
+    """A transport message: header then the packet zero-padded to 16 and sealed."""
+    pad = (-len(packet)) & 15
+    plaintext = packet + bytes(pad) if pad else packet
+    return _HEADER.pack(wire.MESSAGE_TRANSPORT, receiver, counter) + cipher.seal(counter, plaintext)
+
+
+def open_transport(cipher: TransportCipher, data: bytes) -> bytes | None:
+    """Decrypt a transport message (no replay check); None when it does not authenticate."""
+    _, _, counter = _HEADER.unpack_from(data)
+    return cipher.open_or_none(counter, data[wire.TRANSPORT_HEADER_SIZE :])
+
+
+# -- peers ------------------------------------------------------------------------------
+
+
+class HandshakeState(Enum):
+    NONE = 0
+    INITIATION_SENT = 1
+
+
+@dataclass(eq=False)
+class Peer:
+    """One configured peer. Public fields are configuration and statistics (contracts.md)."""
+
+    public_key: X25519PublicKey
+    preshared_key: bytes = NO_PSK
+    endpoint: Endpoint | None = None
+    persistent_keepalive: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    last_handshake_wall: float = 0.0
+    # protocol state (owned by the device)
+    keypairs: Keypairs = field(default_factory=Keypairs)
+    timers: PeerTimers = field(default_factory=PeerTimers)
+    handshake_state: HandshakeState = HandshakeState.NONE
+    handshake_index: int = 0
+    initiator_state: noise.InitiatorState | None = None
+    last_initiation_sent: float = float("-inf")
+    last_sent_timestamp: bytes = bytes(TAI64N_LEN)
+    last_initiation_consumed: float = float("-inf")
+    greatest_timestamp: bytes = bytes(TAI64N_LEN)
+    staged: deque[bytes] = field(default_factory=deque)
+    static_static: bytes | None = None
+    cookie: CookieGenerator | None = None
+
+    def __post_init__(self) -> None:
+        if self.cookie is None:
+            self.cookie = CookieGenerator(self.public_key.raw)
+
+    def __repr__(self) -> str:
+        return f"Peer({self.public_key.b64()}, endpoint={self.endpoint})"
+
+    @property
+    def current_keypair(self) -> Keypair | None:
+        return self.keypairs.current
+
+
+@dataclass(slots=True)
+class SendBatch:
+    """Everything the data plane needs to send a batch to one peer."""
+
+    peer: Peer
+    keypair: Keypair
+    endpoint: Endpoint
+    cipher: TransportCipher
+    receiver_index: int
+
+    def reserve(self, n: int) -> int | None:
+        """First of n consecutive send counters, or None when the keypair is exhausted."""
+        return self.keypair.reserve(n)
+
+
+# -- the device -------------------------------------------------------------------------
+
+
+class Device:
+    """A WireGuard interface's protocol state: peers, keys, timers, routing (sans-IO)."""
+
+    def __init__(
+        self,
+        rng: Rng,
+        private_key: X25519PrivateKey | None = None,
+        *,
+        under_load_threshold: int = UNDER_LOAD_HANDSHAKES_PER_SECOND,
+        under_load_hold: float = UNDER_LOAD_HOLD_TIME,
+    ) -> None:
+        self.rng = rng
+        self.listen_port = 0
+        self.fwmark = 0
+        self.counters = Counters()
+        self.load = LoadMeter(under_load_threshold, under_load_hold)
+        self._private_key: X25519PrivateKey | None = None
+        self._cookies = CookieChecker(rng)
+        self._peers: dict[bytes, Peer] = {}
+        self._indices: IndexTable[Peer | Keypair] = IndexTable(rng)
+        self._allowed: AllowedIPs[Peer] = AllowedIPs()
+        self._dst_cache: dict[bytes, Peer | None] = {}
+        self._static_static_map: dict[bytes, bytes] = {}
+        self._wall_offset: float | None = None
+        self.set_private_key(private_key)
+
+    # -- configuration ----------------------------------------------------------------------
+    @property
+    def private_key(self) -> X25519PrivateKey | None:
+        return self._private_key
+
+    @property
+    def public_key(self) -> X25519PublicKey | None:
+        return self._private_key.public_key if self._private_key is not None else None
+
+    def set_private_key(self, key: X25519PrivateKey | None) -> None:
+        """Change the static key: sessions are dropped, a peer with our own key is removed."""
+        if key is not None and self._private_key is not None and key == self._private_key:
+            return
+        self._private_key = key
+        self._cookies.set_public_key(key.public_key.raw if key is not None else None)
+        if key is not None:
+            own = self._peers.get(key.public_key.raw)
+            if own is not None:
+                self.remove_peer(own.public_key)
+        for peer in self._peers.values():
+            self._clear_session_state(peer)
+            self._precompute(peer)
+
+    def _precompute(self, peer: Peer) -> None:
+        raw = peer.public_key.raw
+        peer.static_static = None
+        self._static_static_map.pop(raw, None)
+        if self._private_key is None:
+            return
+        try:
+            ss = self._private_key.exchange(raw)
+        except CryptoError:
+            return  # low-order peer key: it can never complete a handshake
+        peer.static_static = ss
+        self._static_static_map[raw] = ss
+
+    def peer(self, pub: X25519PublicKey) -> Peer | None:
+        return self._peers.get(pub.raw)
+
+    @property
+    def peers(self) -> list[Peer]:
+        return list(self._peers.values())
+
+    def add_peer(self, pub: X25519PublicKey) -> Peer:
+        """The peer with this key, created if new (idempotent)."""
+        existing = self._peers.get(pub.raw)
+        if existing is not None:
+            return existing
+        if self._private_key is not None and pub == self._private_key.public_key:
+            raise DeviceError("a peer cannot have the interface's own public key")
+        peer = Peer(pub)
+        self._peers[pub.raw] = peer
+        self._precompute(peer)
+        return peer
+
+    def remove_peer(self, pub: X25519PublicKey) -> None:
+        peer = self._peers.pop(pub.raw, None)
+        if peer is None:
+            return
+        self._clear_session_state(peer)
+        peer.timers.stop_all()
+        self._allowed.remove_value(peer)
+        self._dst_cache.clear()
+        self._static_static_map.pop(pub.raw, None)
+
+    def remove_all_peers(self) -> None:
+        for peer in list(self._peers.values()):
+            self.remove_peer(peer.public_key)
+
+    def set_allowed_ips(
+        self, peer: Peer, nets: Iterable[IPNetwork | str], replace: bool = True
+    ) -> None:
+        """Route these networks to peer (a network moves from any other peer to this one)."""
+        parsed: list[IPNetwork] = []
+        for n in nets:
+            try:
+                parsed.append(ipaddress.ip_network(n, strict=False))
+            except ValueError as e:
+                raise DeviceError(f"bad allowed IP {n!r}: {e}") from None
+        if self._peers.get(peer.public_key.raw) is not peer:
+            raise DeviceError("peer does not belong to this device")
+        if replace:
+            self._allowed.remove_value(peer)
+        for net in parsed:
+            self._allowed.insert(net, peer)
+        self._dst_cache.clear()
+
+    def allowed_ips(self, peer: Peer) -> list[IPNetwork]:
+        return self._allowed.networks_of(peer)
+
+    def lookup_peer(self, address: bytes) -> Peer | None:
+        """Longest-prefix match of a raw destination address."""
+        return self._allowed.lookup(address)
+
+    # -- fast path --------------------------------------------------------------------------
+    def route(self, dst: bytes) -> Peer | None:
+        cache = self._dst_cache
+        try:
+            return cache[dst]
+        except KeyError:
+            pass
+        peer = self._allowed.lookup(dst)
+        if len(cache) >= _DST_CACHE_MAX:
+            cache.clear()
+        cache[bytes(dst)] = peer
+        return peer
+
+    def prepare_send_peer(self, now: float, peer: Peer) -> SendBatch | None:
+        """The peer's current send keypair and endpoint; None if a handshake is needed first
+        (then hand the packets to send_packet, which queues them and starts it)."""
+        kp = peer.keypairs.current
+        ep = peer.endpoint
+        if kp is None or ep is None or kp.send_expired(now):
+            return None
+        return SendBatch(peer, kp, ep, kp.send, kp.remote_index)
+
+    def prepare_send(self, now: float, dst: bytes) -> SendBatch | None:
+        peer = self.route(dst)
+        if peer is None:
+            return None
+        return self.prepare_send_peer(now, peer)
+
+    def note_sent(
+        self,
+        now: float,
+        peer: Peer,
+        n_packets: int,
+        n_bytes: int,
+        n_keepalive: int = 0,
+        wall: float | None = None,
+    ) -> list[Action]:
+        """Bookkeeping after sending n_packets transport messages (n_bytes on the wire)."""
+        peer.tx_bytes += n_bytes
+        c = self.counters
+        c.packets_sent += n_packets
+        c.keepalives_sent += n_keepalive
+        t = peer.timers
+        t.any_authenticated_sent()
+        t.traversal(now, peer.persistent_keepalive)
+        if n_packets > n_keepalive:
+            t.data_sent(now)
+        kp = peer.keypairs.current
+        if kp is not None and kp.wants_rekey(now):
+            return self._initiate(now, self._wall(now, wall), peer, retry=False)
+        return []
+
+    def keypair_for_receive(self, index: int) -> ReceiveKeypair | None:
+        """The live keypair that `index` names, or None (unknown index or expired keys)."""
+        kp = self._indices.get(index)
+        if type(kp) is not Keypair:
+            return None
+        return kp
+
+    def source_allowed(self, peer: Peer, src: bytes) -> bool:
+        return self._allowed.lookup(src) is peer
+
+    def note_received(
+        self,
+        now: float,
+        keypair: Keypair,
+        n_packets: int,
+        n_bytes: int,
+        src: Endpoint | None = None,
+        n_keepalive: int = 0,
+        wall: float | None = None,
+    ) -> list[Action]:
+        """Bookkeeping after n_packets authenticated transport messages on `keypair` (n_bytes
+        on the wire; n_keepalive of them empty). Promotes `next`, roams to `src`."""
+        peer = keypair.peer
+        peer.rx_bytes += n_bytes
+        c = self.counters
+        c.packets_received += n_packets
+        c.keepalives_received += n_keepalive
+        if src is not None and src != peer.endpoint:
+            peer.endpoint = src
+        actions: list[Action] = []
+        keypair.confirmed = True
+        kps = peer.keypairs
+        if kps.next is keypair:
+            # The initiator used the session we answered: it becomes current (paper 5.4.6).
+            if kps.previous is not None:
+                self._drop_keypair(kps.previous)
+            kps.previous = kps.current
+            kps.current = keypair
+            kps.next = None
+            self._handshake_complete(peer, keypair)
+            actions.append(HandshakeCompleted(peer.public_key))
+            actions += self._send_staged(now, peer)
+        t = peer.timers
+        t.any_authenticated_received()
+        t.traversal(now, peer.persistent_keepalive)
+        if n_packets > n_keepalive:
+            t.data_received(now)
+        cur = kps.current
+        if (
+            cur is keypair
+            and cur.initiator
+            and not t.sent_last_minute_handshake
+            and now - cur.created >= REKEY_ON_RECEIVE_AGE
+        ):
+            t.sent_last_minute_handshake = True
+            actions += self._initiate(now, self._wall(now, wall), peer, retry=False)
+        return actions
+
+    def note_dropped(self, reason: str, n: int = 1) -> None:
+        """Count n packets dropped by the data plane (reason: a Counters drop field)."""
+        if reason not in Counters.DROP_REASONS:
+            raise DeviceError(f"unknown drop reason {reason!r}")
+        setattr(self.counters, reason, getattr(self.counters, reason) + n)
+
+    # -- slow path: sending -------------------------------------------------------------------
+    def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Action]:
+        """An IP packet from the TUN: encrypt to its peer, or queue it and start a handshake."""
+        self._wall_offset = wall - now
+        dst = inner_destination(ip_packet)
+        if dst is None:
+            self.counters.bad_inner += 1
+            return []
+        peer = self.route(dst)
+        if peer is None:
+            self.counters.no_route += 1
+            return []
+        batch = self.prepare_send_peer(now, peer)
+        if batch is not None:
+            first = batch.reserve(1)
+            if first is not None:
+                data = seal_transport(batch.cipher, batch.receiver_index, first, ip_packet)
+                actions: list[Action] = [SendDatagram(data, batch.endpoint)]
+                actions += self.note_sent(now, peer, 1, len(data), wall=wall)
+                return actions
+        return self._stage(now, wall, peer, ip_packet)
+
+    def send_keepalive(self, now: float, wall: float, peer: Peer) -> list[Action]:
+        """Send an empty transport message now (or start a handshake if there are no keys)."""
+        self._wall_offset = wall - now
+        return self._keepalive(now, peer)
+
+    def initiate_handshake(self, now: float, wall: float, peer: Peer) -> list[Action]:
+        """Start a handshake now (subject to the one-per-REKEY_TIMEOUT rate limit)."""
+        self._wall_offset = wall - now
+        return self._initiate(now, wall, peer, retry=False)
+
+    def _stage(self, now: float, wall: float, peer: Peer, packet: bytes) -> list[Action]:
+        if len(peer.staged) >= MAX_STAGED_PACKETS:
+            peer.staged.popleft()
+            self.counters.staged_overflow += 1
+        peer.staged.append(packet)
+        return self._initiate(now, wall, peer, retry=False)
+
+    def _keepalive(self, now: float, peer: Peer) -> list[Action]:
+        batch = self.prepare_send_peer(now, peer)
+        if batch is None:
+            if not peer.staged:
+                return self._stage(now, self._wall(now, None), peer, b"")
+            return self._initiate(now, self._wall(now, None), peer, retry=False)
+        first = batch.reserve(1)
+        if first is None:
+            return []
+        data = seal_transport(batch.cipher, batch.receiver_index, first, b"")
+        actions: list[Action] = [SendDatagram(data, batch.endpoint)]
+        actions += self.note_sent(now, peer, 1, len(data), n_keepalive=1)
+        return actions
+
+    def _send_staged(self, now: float, peer: Peer) -> list[Action]:
+        if not peer.staged:
+            return []
+        batch = self.prepare_send_peer(now, peer)
+        if batch is None:
+            return []
+        packets = list(peer.staged)
+        peer.staged.clear()
+        first = batch.reserve(len(packets))
+        if first is None:
+            return []
+        actions: list[Action] = []
+        total = 0
+        keepalives = 0
+        for i, p in enumerate(packets):
+            data = seal_transport(batch.cipher, batch.receiver_index, first + i, p)
+            total += len(data)
+            keepalives += not p
+            actions.append(SendDatagram(data, batch.endpoint))
+        actions += self.note_sent(now, peer, len(packets), total, n_keepalive=keepalives)
+        return actions
+
+    def _wall(self, now: float, wall: float | None) -> float:
+        if wall is not None:
+            return wall
+        if self._wall_offset is None:
+            return now
+        return now + self._wall_offset
+
+    # -- handshakes -------------------------------------------------------------------------
+    def _initiate(self, now: float, wall: float, peer: Peer, retry: bool) -> list[Action]:
+        """Send a handshake initiation to peer, at most one per REKEY_TIMEOUT (paper 6.1)."""
+        if not retry:
+            if now - peer.last_initiation_sent < REKEY_TIMEOUT:
+                return []
+            peer.timers.handshake_attempts = 0
+        key = self._private_key
+        if key is None:
+            self.counters.no_private_key += 1
+            return []
+        if peer.endpoint is None:
+            self.counters.no_endpoint += 1
+            return []
+        if peer.static_static is None:
+            return []
+        endpoint = peer.endpoint
+        self._forget_handshake(peer)
+        ephemeral = X25519PrivateKey.generate(self.rng.bytes(32))
+        timestamp = tai64n(wall)
+        if timestamp <= peer.last_sent_timestamp:
+            # TAI64N must increase for the responder to accept it (paper 5.1).
+            secs, nanos = struct.unpack(">QI", peer.last_sent_timestamp)
+            nanos += 1 << 24
+            if nanos >= 1_000_000_000:
+                secs, nanos = secs + 1, 0
+            timestamp = struct.pack(">QI", secs, nanos)
+        peer.last_sent_timestamp = timestamp
+        try:
+            body, state = noise.create_initiation(
+                key, peer.public_key.raw, ephemeral, timestamp, static_static=peer.static_static
+            )
+        except CryptoError:
+            return []
+        index = self._indices.new_index(peer)
+        peer.handshake_state = HandshakeState.INITIATION_SENT
+        peer.handshake_index = index
+        peer.initiator_state = state
+        peer.last_initiation_sent = now
+        msg = wire.Initiation(
+            index, body.ephemeral, body.encrypted_static, body.encrypted_payload
+        ).encode()
+        assert peer.cookie is not None
+        msg = peer.cookie.add_macs(now, msg, wire.INITIATION_MAC1_OFFSET)
+        t = peer.timers
+        t.handshake_initiated(now, self.rng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX))
+        t.traversal(now, peer.persistent_keepalive)
+        t.any_authenticated_sent()
+        self.counters.initiations_sent += 1
+        return [SendDatagram(msg, endpoint)]
+
+    def _forget_handshake(self, peer: Peer) -> None:
+        if peer.handshake_index and self._indices.get(peer.handshake_index) is peer:
+            self._indices.remove(peer.handshake_index)
+        peer.handshake_index = 0
+        peer.handshake_state = HandshakeState.NONE
+        peer.initiator_state = None
+
+    def _new_keypair(
+        self,
+        now: float,
+        wall: float,
+        peer: Peer,
+        session: noise.Session,
+        initiator: bool,
+        local_index: int,
+        remote_index: int,
+    ) -> Keypair:
+        send, recv = session.transport_keys(initiator)
+        kp = Keypair(
+            send=TransportCipher(send),
+            receive=TransportCipher(recv),
+            local_index=local_index,
+            remote_index=remote_index,
+            initiator=initiator,
+            created=now,
+            peer=peer,
+            created_wall=wall,
+        )
+        self._indices.replace(local_index, kp)
+        return kp
+
+    def _drop_keypair(self, kp: Keypair) -> None:
+        if self._indices.get(kp.local_index) is kp:
+            self._indices.remove(kp.local_index)
+
+    def _handshake_complete(self, peer: Peer, kp: Keypair) -> None:
+        peer.timers.handshake_complete()
+        peer.last_handshake_wall = kp.created_wall
+        self.counters.handshakes_completed += 1
+
+    def _clear_session_state(self, peer: Peer) -> None:
+        self._forget_handshake(peer)
+        for kp in peer.keypairs.all():
+            self._drop_keypair(kp)
+        peer.keypairs = Keypairs()
+
+    # -- slow path: receiving -----------------------------------------------------------------
+    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Action]:
+        """A UDP datagram addressed to the WireGuard port. Never raises for remote input."""
+        self._wall_offset = wall - now
+        n = len(data)
+        t = wire.message_type(data)
+        try:
+            if t == wire.MESSAGE_TRANSPORT:
+                if n < wire.TRANSPORT_MIN_SIZE:
+                    self.counters.bad_length += 1
+                    return []
+                return self._receive_transport(now, data, src)
+            if t == wire.MESSAGE_INITIATION:
+                if n != wire.INITIATION_SIZE:
+                    self.counters.bad_length += 1
+                    return []
+                return self._receive_initiation(now, wall, data, src)
+            if t == wire.MESSAGE_RESPONSE:
+                if n != wire.RESPONSE_SIZE:
+                    self.counters.bad_length += 1
+                    return []
+                return self._receive_response(now, wall, data, src)
+            if t == wire.MESSAGE_COOKIE_REPLY:
+                if n != wire.COOKIE_REPLY_SIZE:
+                    self.counters.bad_length += 1
+                    return []
+                return self._receive_cookie_reply(now, data)
+        except (WireFormatError, CryptoError):
+            self.counters.bad_handshake += 1
+            return []
+        self.counters.bad_type += 1
+        return []
+
+    def _handshake_precheck(
+        self,
+        now: float,
+        data: bytes,
+        mac1_offset: int,
+        mac2_offset: int,
+        sender: int,
+        src: Endpoint,
+    ) -> list[Action] | None:
+        """mac1, then (under load) mac2. None means go on; a list is the final answer."""
+        if self._private_key is None:
+            self.counters.no_private_key += 1
+            return []
+        if not self._cookies.check_mac1(data, mac1_offset):
+            self.counters.bad_mac1 += 1
+            return []
+        self.load.record(now)
+        if self.load.under_load(now) and not self._cookies.check_mac2(now, data, mac2_offset, src):
+            self.counters.bad_mac2 += 1
+            reply = self._cookies.make_reply(now, data, mac1_offset, sender, src)
+            self.counters.cookie_replies_sent += 1
+            return [SendDatagram(reply.encode(), src)]
+        return None
+
+    def _receive_initiation(
+        self, now: float, wall: float, data: bytes, src: Endpoint
+    ) -> list[Action]:
+        msg = wire.Initiation.decode(data)
+        early = self._handshake_precheck(
+            now, data, wire.INITIATION_MAC1_OFFSET, wire.INITIATION_MAC2_OFFSET, msg.sender, src
+        )
+        if early is not None:
+            return early
+        key = self._private_key
+        assert key is not None
+        body = noise.InitiationBody(msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp)
+        try:
+            state = noise.consume_initiation(key, body, static_static_for=self._static_static_map)
+        except CryptoError:
+            self.counters.bad_handshake += 1
+            return []
+        peer = self._peers.get(state.remote_static)
+        if peer is None:
+            self.counters.unknown_peer += 1
+            return []
+        if len(state.payload) != TAI64N_LEN or state.payload <= peer.greatest_timestamp:
+            self.counters.handshake_replay += 1
+            return []
+        if now - peer.last_initiation_consumed < _INITIATION_INTERVAL:
+            self.counters.handshake_flood += 1
+            return []
+        self.counters.initiations_received += 1
+        peer.greatest_timestamp = state.payload
+        peer.last_initiation_consumed = now
+        # Respond: <- e, ee, se, psk, {}
+        ephemeral = X25519PrivateKey.generate(self.rng.bytes(32))
+        try:
+            rbody, session = noise.create_response(state, ephemeral, peer.preshared_key)
+        except CryptoError:
+            self.counters.bad_handshake += 1
+            return []
+        self._forget_handshake(peer)
+        index = self._indices.new_index(peer)
+        kp = self._new_keypair(now, wall, peer, session, False, index, msg.sender)
+        kps = peer.keypairs
+        if kps.next is not None:
+            self._drop_keypair(kps.next)
+        if kps.previous is not None:
+            self._drop_keypair(kps.previous)
+        kps.next = kp
+        kps.previous = None
+        peer.endpoint = src
+        resp = wire.Response(index, msg.sender, rbody.ephemeral, rbody.encrypted_payload).encode()
+        assert peer.cookie is not None
+        resp = peer.cookie.add_macs(now, resp, wire.RESPONSE_MAC1_OFFSET)
+        t = peer.timers
+        t.any_authenticated_received()
+        t.traversal(now, peer.persistent_keepalive)
+        t.session_derived(now)
+        t.any_authenticated_sent()
+        self.counters.responses_sent += 1
+        return [SendDatagram(resp, src)]
+
+    def _receive_response(
+        self, now: float, wall: float, data: bytes, src: Endpoint
+    ) -> list[Action]:
+        msg = wire.Response.decode(data)
+        early = self._handshake_precheck(
+            now, data, wire.RESPONSE_MAC1_OFFSET, wire.RESPONSE_MAC2_OFFSET, msg.sender, src
+        )
+        if early is not None:
+            return early
+        peer = self._indices.get(msg.receiver)
+        if (
+            not isinstance(peer, Peer)
+            or peer.handshake_state is not HandshakeState.INITIATION_SENT
+            or peer.handshake_index != msg.receiver
+            or peer.initiator_state is None
+        ):
+            self.counters.stale_response += 1
+            return []
+        key = self._private_key
+        assert key is not None
+        try:
+            session = noise.consume_response(
+                peer.initiator_state,
+                key,
+                noise.ResponseBody(msg.ephemeral, msg.encrypted_empty),
+                peer.preshared_key,
+            )
+        except CryptoError:
+            self.counters.bad_handshake += 1
+            return []
+        index = peer.handshake_index
+        peer.handshake_state = HandshakeState.NONE
+        peer.initiator_state = None
+        peer.handshake_index = 0
+        kp = self._new_keypair(now, wall, peer, session, True, index, msg.sender)
+        kps = peer.keypairs
+        if kps.next is not None:
+            if kps.current is not None:
+                self._drop_keypair(kps.current)
+            if kps.previous is not None:
+                self._drop_keypair(kps.previous)
+            kps.previous = kps.next
+            kps.next = None
+        else:
+            if kps.previous is not None:
+                self._drop_keypair(kps.previous)
+            kps.previous = kps.current
+        kps.current = kp
+        peer.endpoint = src
+        t = peer.timers
+        t.any_authenticated_received()
+        t.traversal(now, peer.persistent_keepalive)
+        t.session_derived(now)
+        self._handshake_complete(peer, kp)
+        actions: list[Action] = [HandshakeCompleted(peer.public_key)]
+        # Confirm the session to the responder: queued packets, or else a keepalive.
+        if peer.staged:
+            actions += self._send_staged(now, peer)
+        else:
+            actions += self._keepalive(now, peer)
+        return actions
+
+    def _receive_cookie_reply(self, now: float, data: bytes) -> list[Action]:
+        msg = wire.CookieReply.decode(data)
+        entry = self._indices.get(msg.receiver)
+        peer = entry.peer if isinstance(entry, Keypair) else entry
+        if peer is None or peer.cookie is None or not peer.cookie.consume_reply(now, msg):
+            self.counters.bad_cookie_reply += 1
+            return []
+        self.counters.cookies_received += 1
+        return []
+
+    def _receive_transport(self, now: float, data: bytes, src: Endpoint) -> list[Action]:
+        _, receiver, counter = _HEADER.unpack_from(data)
+        kp = self.keypair_for_receive(receiver)
+        if kp is None or kp.receive_expired(now):
+            self.counters.unknown_index += 1
+            return []
+        if not kp.replay.check(counter):
+            self.counters.replay += 1
+            return []
+        plaintext = kp.receive.open_or_none(counter, data[wire.TRANSPORT_HEADER_SIZE :])
+        if plaintext is None:
+            self.counters.bad_auth += 1
+            return []
+        if not kp.replay.accept(counter):
+            self.counters.replay += 1
+            return []
+        peer = kp.peer
+        actions: list[Action] = []
+        if not plaintext:
+            actions += self.note_received(now, kp, 1, len(data), src, n_keepalive=1)
+            return actions
+        inner = inner_packet(plaintext)
+        if inner is None:
+            self.counters.bad_inner += 1
+        elif not self.source_allowed(peer, inner[1]):
+            self.counters.bad_source += 1
+        else:
+            actions.append(WriteTun(inner[0]))
+        actions += self.note_received(now, kp, 1, len(data), src)
+        return actions
+
+    # -- timers -----------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        for peer in self._peers.values():
+            d = peer.timers.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def tick(self, now: float, wall: float) -> list[Action]:
+        """Run every timer that is due (paper section 6)."""
+        self._wall_offset = wall - now
+        actions: list[Action] = []
+        for peer in list(self._peers.values()):
+            for timer in peer.timers.expired(now):
+                actions += self._on_timer(now, wall, peer, timer)
+        return actions
+
+    def _on_timer(self, now: float, wall: float, peer: Peer, timer: Timer) -> list[Action]:
+        t = peer.timers
+        if timer is Timer.RETRANSMIT_HANDSHAKE:
+            if t.handshake_attempts >= MAX_HANDSHAKE_ATTEMPTS - 1:
+                # Give up (paper 6.4): drop queued packets; keys are zeroed later.
+                self.counters.handshake_gave_up += len(peer.staged)
+                peer.staged.clear()
+                t.send_keepalive = None
+                self._forget_handshake(peer)
+                if t.zero_keys is None:
+                    t.session_derived(now)
+                return [HandshakeGaveUp(peer.public_key)]
+            t.handshake_attempts += 1
+            return self._initiate(now, wall, peer, retry=True)
+        if timer is Timer.SEND_KEEPALIVE:
+            actions = self._keepalive(now, peer)
+            if t.need_another_keepalive:
+                t.need_another_keepalive = False
+                t.send_keepalive = now + KEEPALIVE_TIMEOUT
+            return actions
+        if timer is Timer.NEW_HANDSHAKE:
+            return self._initiate(now, wall, peer, retry=False)
+        if timer is Timer.ZERO_KEYS:
+            self._clear_session_state(peer)
+            peer.staged.clear()
+            return [PeerKeysExpired(peer.public_key)]
+        if timer is Timer.PERSISTENT_KEEPALIVE and peer.persistent_keepalive > 0:
+            return self._keepalive(now, peer)
+        return []
