@@ -1,0 +1,352 @@
+"""MeshNode: the sans-IO composition of one mesh member.
+
+One UDP port carries everything (SPEC-NOTES 4). `MeshNode.receive_datagram` classifies each
+datagram (mesh/demux.py) and hands it to the WireGuard device, the SWIM membership or the STUN
+client; garbage is counted (`counters["garbage_dropped"]`) and dropped.
+
+Membership becomes WireGuard peers by *reconciliation*: after every membership change, trust
+reload or periodic re-check, the node computes the set of peers it should have and diffs it
+against the peers it has:
+
+* a member gets a peer iff it is alive or suspect, is not this node, carries a WireGuard key,
+  and the local trust store admits it (`admit(identity_key, certificate, wall)`), so a member
+  that dies, leaves, or loses trust (key removed from authorized_keys/, org untrusted,
+  certificate expired or revoked) loses its tunnel at the next reconcile;
+* allowed IPs = the member's mesh IPv4/32 and IPv6/128; the IPv4 comes from
+  `identity.addressing.assign_ipv4` over this node plus all routed members, so two members
+  whose natural addresses collide never share a /32 (the loser gets its probe address, or
+  IPv6 only);
+* endpoint = the member's advertised WireGuard endpoint; persistent keepalive
+  `KEEPALIVE` seconds (keeps NAT mappings open).
+
+The peer changes are applied to the userspace `Device` when there is one, and are also returned
+as `PeerUp`/`PeerDown` actions, so kernel mode (no Device in this process) configures the kernel
+device from them. Admission decisions are cached per (key, certificate) and recomputed on trust
+reload and every `TRUST_RECHECK` seconds (certificate expiry).
+
+The membership core is reached through the small `MembershipPort` protocol (adapter in
+mesh/swim_port.py) and the device through `DevicePort` (the subset of wireguard.Device used).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6
+from meshguard.mesh.demux import Kind, classify
+
+log = logging.getLogger(__name__)
+
+Endpoint = tuple[str, int]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+KEEPALIVE = 25  # seconds; the usual WireGuard value for keeping NAT mappings alive
+TRUST_RECHECK = 60.0  # seconds between re-checks of cached admissions (certificate expiry)
+ROUTED_STATES = frozenset({"alive", "suspect"})
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """What the mesh layer needs to know about one member (from its signed gossip record)."""
+
+    identity_key: bytes
+    wg_key: bytes | None
+    wg_endpoint: Endpoint | None
+    gossip_endpoint: Endpoint | None
+    certificate: bytes | None
+    state: str  # "alive" | "suspect" | "dead" | "left"
+    incarnation: int = 0
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    wg_key: bytes
+    identity_key: bytes
+    endpoint: Endpoint | None
+    allowed_ips: tuple[IPNetwork, ...]
+    keepalive: int
+
+
+# actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendDatagram:
+    data: bytes
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class WriteTun:
+    packet: bytes
+
+
+@dataclass(frozen=True)
+class PeerUp:
+    """A peer was added or its endpoint/allowed IPs changed."""
+
+    peer: PeerConfig
+
+
+@dataclass(frozen=True)
+class PeerDown:
+    wg_key: bytes
+    identity_key: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class SelfAddressChanged:
+    """Our mesh IPv4 moved (an address collision with a lower key); None = IPv6 only."""
+
+    old: ipaddress.IPv4Address | None
+    new: ipaddress.IPv4Address | None
+
+
+Action = SendDatagram | WriteTun | PeerUp | PeerDown | SelfAddressChanged
+
+
+# ports ---------------------------------------------------------------------------------
+
+
+class AdmissionLike(Protocol):
+    @property
+    def admitted(self) -> bool: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+
+class Admitter(Protocol):
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Any: ...
+
+
+class MembershipPort(Protocol):
+    """What the node needs from the SWIM core (see mesh/swim_port.py)."""
+
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Any]: ...
+
+    def tick(self, now: float, wall: float) -> list[Any]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def leave(self, now: float, wall: float) -> list[Any]: ...
+
+    def members(self) -> Iterable[MemberView]: ...
+
+    def sends(self, actions: Sequence[Any]) -> list[SendDatagram]: ...
+
+
+class DevicePort(Protocol):
+    """The subset of wireguard.device.Device that the node drives."""
+
+    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
+                         ) -> list[Any]: ...
+
+    def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]: ...
+
+    def tick(self, now: float, wall: float) -> list[Any]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+
+class PeerBackend(Protocol):
+    """Applies peer changes to a WireGuard implementation (userspace Device here)."""
+
+    def upsert(self, peer: PeerConfig) -> None: ...
+
+    def remove(self, wg_key: bytes) -> None: ...
+
+    def stats(self, wg_key: bytes) -> tuple[float, int, int, Endpoint | None]:
+        """(last handshake wall time or 0, rx bytes, tx bytes, current endpoint)."""
+        ...
+
+
+class StunPort(Protocol):
+    def receive(self, now: float, data: bytes, src: Endpoint) -> None: ...
+
+
+# the node ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cached:
+    admitted: bool
+    name: str | None
+    reason: str
+    checked: float
+
+
+@dataclass
+class MeshNode:
+    identity_key: bytes
+    wg_key: bytes
+    membership: MembershipPort
+    trust: Admitter
+    device: DevicePort | None = None
+    backend: PeerBackend | None = None
+    stun: StunPort | None = None
+    keepalive: int = KEEPALIVE
+    counters: Counter[str] = field(default_factory=Counter)
+    peers: dict[bytes, PeerConfig] = field(default_factory=dict)  # by WireGuard key
+    self_ipv4: ipaddress.IPv4Address | None = None
+    _admission: dict[tuple[bytes, bytes | None], _Cached] = field(default_factory=dict)
+    _last_recheck: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.self_ipv4 = mesh_ipv4(self.identity_key)
+        self.self_ipv6 = mesh_ipv6(self.identity_key)
+
+    # datagrams ---------------------------------------------------------------------------
+
+    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
+                         ) -> list[Action]:
+        kind = classify(data)
+        if kind is Kind.WIREGUARD:
+            self.counters["wireguard_rx"] += 1
+            if self.device is None:
+                self.counters["garbage_dropped"] += 1
+                return []
+            return self._from_device(self.device.receive_datagram(now, wall, data, src))
+        if kind is Kind.GOSSIP:
+            self.counters["gossip_rx"] += 1
+            out = self.membership.receive(now, wall, data, src)
+            return self._after_membership(out, wall)
+        if kind is Kind.STUN:
+            self.counters["stun_rx"] += 1
+            if self.stun is not None:
+                self.stun.receive(now, data, src)
+            return []
+        self.counters["garbage_dropped"] += 1
+        return []
+
+    def send_packet(self, now: float, wall: float, packet: bytes) -> list[Action]:
+        if self.device is None:
+            return []
+        return self._from_device(self.device.send_packet(now, wall, packet))
+
+    def tick(self, now: float, wall: float) -> list[Action]:
+        out: list[Action] = []
+        if self.device is not None:
+            out += self._from_device(self.device.tick(now, wall))
+        m = self.membership.tick(now, wall)
+        if now - self._last_recheck >= TRUST_RECHECK:
+            self._last_recheck = now
+            self._admission.clear()
+        out += self._after_membership(m, wall)
+        return out
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.membership.next_deadline(),
+                          self.device.next_deadline() if self.device else None,
+                          self._last_recheck + TRUST_RECHECK) if d is not None]
+        return min(ds) if ds else None
+
+    def leave(self, now: float, wall: float) -> list[Action]:
+        """Announce a graceful leave; the caller sends the datagrams and then shuts down."""
+        return list(self.membership.sends(self.membership.leave(now, wall)))
+
+    def set_trust(self, trust: Admitter, wall: float) -> list[Action]:
+        """A new trust store (reload): forget every admission decision and reconcile."""
+        self.trust = trust
+        self._admission.clear()
+        return list(self.reconcile(wall))
+
+    # membership -> peers -----------------------------------------------------------------
+
+    def _after_membership(self, actions: list[Any], wall: float) -> list[Action]:
+        out: list[Action] = list(self.membership.sends(actions))
+        if len(out) != len(actions):  # something other than a send: membership may have changed
+            out += self.reconcile(wall)
+        return out
+
+    def _from_device(self, actions: list[Any]) -> list[Action]:
+        out: list[Action] = []
+        for a in actions:
+            data = getattr(a, "data", None)
+            endpoint = getattr(a, "endpoint", None)
+            packet = getattr(a, "packet", None)
+            if data is not None and endpoint is not None:
+                out.append(SendDatagram(bytes(data), (str(endpoint[0]), int(endpoint[1]))))
+            elif packet is not None:
+                out.append(WriteTun(bytes(packet)))
+        return out
+
+    def admission(self, m: MemberView, wall: float) -> _Cached:
+        ck = (m.identity_key, m.certificate)
+        c = self._admission.get(ck)
+        if c is None:
+            try:
+                res = self.trust.admit(m.identity_key, m.certificate, wall)
+                c = _Cached(bool(getattr(res, "admitted", res)), getattr(res, "name", None),
+                            str(getattr(res, "reason", "")), wall)
+            except Exception as exc:  # a malformed certificate from the network: not admitted
+                self.counters["admission_errors"] += 1
+                c = _Cached(False, None, f"error: {exc}", wall)
+            self._admission[ck] = c
+        return c
+
+    def routed_members(self, wall: float) -> list[MemberView]:
+        out = []
+        for m in self.membership.members():
+            if m.identity_key == self.identity_key or m.wg_key is None:
+                continue
+            if m.wg_key == self.wg_key:
+                continue
+            if m.state in ROUTED_STATES and self.admission(m, wall).admitted:
+                out.append(m)
+        return out
+
+    def desired_peers(self, wall: float
+                      ) -> tuple[dict[bytes, PeerConfig], ipaddress.IPv4Address | None]:
+        """The peers this node should have, and this node's own mesh IPv4."""
+        members = self.routed_members(wall)
+        v4 = assign_ipv4([self.identity_key, *(m.identity_key for m in members)])
+        desired: dict[bytes, PeerConfig] = {}
+        for m in members:
+            assert m.wg_key is not None
+            nets: list[IPNetwork] = []
+            a4 = v4.get(m.identity_key)
+            if a4 is not None:
+                nets.append(ipaddress.IPv4Network(f"{a4}/32"))
+            nets.append(ipaddress.IPv6Network(f"{mesh_ipv6(m.identity_key)}/128"))
+            # two identities claiming one WireGuard key: the lower identity key keeps it
+            prev = desired.get(m.wg_key)
+            if prev is not None and prev.identity_key < m.identity_key:
+                continue
+            desired[m.wg_key] = PeerConfig(m.wg_key, m.identity_key, m.wg_endpoint,
+                                           tuple(nets), self.keepalive)
+        return desired, v4.get(self.identity_key)
+
+    def reconcile(self, wall: float) -> list[Action]:
+        desired, mine = self.desired_peers(wall)
+        out: list[Action] = []
+        if mine != self.self_ipv4:
+            out.append(SelfAddressChanged(self.self_ipv4, mine))
+            self.self_ipv4 = mine
+        for key, old in list(self.peers.items()):
+            if key not in desired:
+                del self.peers[key]
+                if self.backend is not None:
+                    self.backend.remove(key)
+                self.counters["peers_removed"] += 1
+                log.info("tunnel to %s removed", old.identity_key.hex()[:12])
+                out.append(PeerDown(key, old.identity_key, "not a trusted live member"))
+        for key, new in desired.items():
+            cur = self.peers.get(key)
+            if cur == new:
+                continue
+            self.peers[key] = new
+            if self.backend is not None:
+                self.backend.upsert(new)
+            if cur is None:
+                self.counters["peers_added"] += 1
+                log.info("tunnel to %s configured (%s)", new.identity_key.hex()[:12],
+                         ", ".join(str(n) for n in new.allowed_ips))
+            out.append(PeerUp(new))
+        return out

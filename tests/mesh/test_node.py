@@ -1,0 +1,302 @@
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.mesh.node import (
+    MemberView,
+    MeshNode,
+    PeerConfig,
+    PeerDown,
+    PeerUp,
+    SelfAddressChanged,
+    SendDatagram,
+    WriteTun,
+)
+from meshguard.testing.rng import SeededRng
+
+WALL = 1_700_000_000.0
+rng = SeededRng(7)
+
+
+def key() -> bytes:
+    return rng.bytes(32)
+
+
+@dataclass(frozen=True)
+class Adm:
+    admitted: bool
+    reason: str = ""
+    name: str | None = None
+    org_domain: str | None = None
+
+
+@dataclass
+class FakeTrust:
+    keys: set[bytes] = field(default_factory=set)
+    orgs_cert: set[bytes] = field(default_factory=set)
+    calls: int = 0
+
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Adm:
+        self.calls += 1
+        if certificate == b"boom":
+            raise ValueError("malformed certificate")
+        if node_key in self.keys or (certificate is not None and certificate in self.orgs_cert):
+            return Adm(True, name="n-" + node_key.hex()[:4])
+        return Adm(False, "unknown key")
+
+
+@dataclass(frozen=True)
+class Sent:
+    data: bytes
+    to: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Changed:
+    pass
+
+
+@dataclass
+class FakeMembership:
+    view: dict[bytes, MemberView] = field(default_factory=dict)
+    received: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    left: bool = False
+
+    def receive(self, now: float, wall: float, data: bytes, src: tuple[str, int]) -> list[Any]:
+        self.received.append((data, src))
+        return [Sent(b"\x03ack", src), Changed()]
+
+    def tick(self, now: float, wall: float) -> list[Any]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return 5.0
+
+    def leave(self, now: float, wall: float) -> list[Any]:
+        self.left = True
+        return [Sent(b"\x01leave", ("192.0.2.9", 51821))]
+
+    def members(self) -> Iterable[MemberView]:
+        return list(self.view.values())
+
+    def sends(self, actions: Sequence[Any]) -> list[SendDatagram]:
+        return [SendDatagram(a.data, a.to) for a in actions if isinstance(a, Sent)]
+
+
+@dataclass
+class FakeBackend:
+    peers: dict[bytes, PeerConfig] = field(default_factory=dict)
+
+    def upsert(self, peer: PeerConfig) -> None:
+        self.peers[peer.wg_key] = peer
+
+    def remove(self, wg_key: bytes) -> None:
+        del self.peers[wg_key]
+
+    def stats(self, wg_key: bytes) -> tuple[float, int, int, tuple[str, int] | None]:
+        return (0.0, 0, 0, None)
+
+
+@dataclass(frozen=True)
+class DevSend:
+    data: bytes
+    endpoint: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class DevTun:
+    packet: bytes
+
+
+class FakeDevice:
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
+                         ) -> list[Any]:
+        self.got.append(data)
+        return [DevTun(b"inner"), DevSend(b"reply", src)]
+
+    def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]:
+        return [DevSend(b"sealed", ("192.0.2.2", 1))]
+
+    def tick(self, now: float, wall: float) -> list[Any]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+def member(ik: bytes, state: str = "alive", cert: bytes | None = None,
+           port: int = 51821) -> MemberView:
+    return MemberView(ik, key(), ("192.0.2.1", port), ("192.0.2.1", port), cert, state, 1)
+
+
+def make(trusted: Iterable[MemberView] = ()) -> tuple[MeshNode, FakeMembership, FakeTrust,
+                                                      FakeBackend]:
+    ms, tr, be = FakeMembership(), FakeTrust(), FakeBackend()
+    node = MeshNode(key(), key(), ms, tr, device=FakeDevice(), backend=be)
+    for m in trusted:
+        tr.keys.add(m.identity_key)
+        ms.view[m.identity_key] = m
+    return node, ms, tr, be
+
+
+def test_trusted_alive_members_become_peers() -> None:
+    a, b = member(key()), member(key())
+    node, ms, _, be = make([a, b])
+    stranger = member(key())
+    ms.view[stranger.identity_key] = stranger
+    out = node.reconcile(WALL)
+    ups = [x for x in out if isinstance(x, PeerUp)]
+    assert {u.peer.wg_key for u in ups} == {a.wg_key, b.wg_key}
+    assert set(be.peers) == {a.wg_key, b.wg_key}
+    p = be.peers[a.wg_key]
+    assert p.endpoint == ("192.0.2.1", 51821) and p.keepalive == 25
+    assert ipaddress.ip_network(f"{mesh_ipv6(a.identity_key)}/128") in p.allowed_ips
+    assert ipaddress.ip_network(f"{mesh_ipv4(a.identity_key)}/32") in p.allowed_ips
+    # a second reconcile changes nothing
+    assert node.reconcile(WALL) == []
+
+
+def test_untrusted_never_gets_tunnel_even_if_alive() -> None:
+    node, ms, _, be = make()
+    s = member(key())
+    ms.view[s.identity_key] = s
+    assert node.reconcile(WALL) == [] and be.peers == {}
+
+
+def test_org_certificate_admission() -> None:
+    node, ms, tr, be = make()
+    m = member(key(), cert=b"CERT")
+    ms.view[m.identity_key] = m
+    tr.orgs_cert.add(b"CERT")
+    node.reconcile(WALL)
+    assert m.wg_key in be.peers
+
+
+def test_dead_and_left_members_lose_their_tunnel() -> None:
+    a, b = member(key()), member(key())
+    node, ms, _, be = make([a, b])
+    node.reconcile(WALL)
+    ms.view[a.identity_key] = replace(a, state="suspect")
+    assert node.reconcile(WALL) == []  # suspect keeps the tunnel
+    ms.view[a.identity_key] = replace(a, state="dead")
+    ms.view[b.identity_key] = replace(b, state="left")
+    out = node.reconcile(WALL)
+    assert {d.wg_key for d in out if isinstance(d, PeerDown)} == {a.wg_key, b.wg_key}
+    assert be.peers == {}
+
+
+def test_trust_removal_tears_down_on_reload() -> None:
+    a, b = member(key()), member(key())
+    node, _, tr, be = make([a, b])
+    node.reconcile(WALL)
+    calls = tr.calls
+    node.reconcile(WALL)
+    assert tr.calls == calls  # cached
+    new = FakeTrust(keys={b.identity_key})
+    out = node.set_trust(new, WALL)
+    assert [type(x) for x in out] == [PeerDown]
+    assert set(be.peers) == {b.wg_key}
+
+
+def test_endpoint_change_updates_peer() -> None:
+    a = member(key())
+    node, ms, _, be = make([a])
+    node.reconcile(WALL)
+    ms.view[a.identity_key] = replace(a, wg_endpoint=("198.51.100.4", 4000))
+    out = node.reconcile(WALL)
+    assert len(out) == 1 and isinstance(out[0], PeerUp)
+    assert be.peers[a.wg_key].endpoint == ("198.51.100.4", 4000)
+
+
+def test_self_and_bad_certificates_are_skipped() -> None:
+    node, ms, tr, _ = make()
+    me = MemberView(node.identity_key, node.wg_key, ("127.0.0.1", 1), None, None, "alive")
+    ms.view[me.identity_key] = me
+    tr.keys.add(me.identity_key)
+    bad = member(key(), cert=b"boom")
+    ms.view[bad.identity_key] = bad
+    assert node.reconcile(WALL) == []
+    assert node.counters["admission_errors"] == 1
+
+
+def test_ipv4_collision_gives_distinct_routes() -> None:
+    # grind two keys with the same natural IPv4 (16 bits: a few hundred tries)
+    seen: dict[object, bytes] = {}
+    while True:
+        k = key()
+        ip = mesh_ipv4(k)
+        if ip in seen:
+            k1, k2 = seen[ip], k
+            break
+        seen[ip] = k
+    a, b = member(k1), member(k2)
+    node, _, _, be = make([a, b])
+    node.reconcile(WALL)
+    v4 = [n for p in be.peers.values() for n in p.allowed_ips if n.version == 4]
+    assert len(v4) == len(set(v4)) == 2
+    low = min(k1, k2)
+    low_peer = next(p for p in be.peers.values() if p.identity_key == low)
+    assert ipaddress.ip_network(f"{ip}/32") in low_peer.allowed_ips
+
+
+def test_self_address_moves_on_collision_with_lower_key() -> None:
+    node, ms, tr, _ = make()
+    mine = mesh_ipv4(node.identity_key)
+    while True:
+        k = key()
+        if mesh_ipv4(k) == mine and k < node.identity_key:
+            break
+        if mesh_ipv4(k) == mine:
+            continue
+    m = member(k)
+    tr.keys.add(k)
+    ms.view[k] = m
+    out = node.reconcile(WALL)
+    moved = [x for x in out if isinstance(x, SelfAddressChanged)]
+    assert moved and moved[0].old == mine and moved[0].new != mine
+
+
+def test_demux_routes_datagrams() -> None:
+    node, ms, _, _ = make()
+    dev = node.device
+    assert isinstance(dev, FakeDevice)
+    wg = struct.pack("<I", 4) + b"\x00" * 28
+    out = node.receive_datagram(1.0, WALL, wg, ("192.0.2.5", 9))
+    assert out == [WriteTun(b"inner"), SendDatagram(b"reply", ("192.0.2.5", 9))]
+    assert dev.got == [wg]
+    out = node.receive_datagram(1.0, WALL, b"\x01gossip", ("192.0.2.5", 9))
+    assert out[0] == SendDatagram(b"\x03ack", ("192.0.2.5", 9))
+    assert ms.received == [(b"\x01gossip", ("192.0.2.5", 9))]
+    for junk in (b"", b"\xff" * 50, b"\x09abc"):
+        assert node.receive_datagram(1.0, WALL, junk, ("192.0.2.5", 9)) == []
+    assert node.counters["garbage_dropped"] == 3
+    assert node.counters["gossip_rx"] == 1 and node.counters["wireguard_rx"] == 1
+    assert node.send_packet(1.0, WALL, b"\x45" + b"\x00" * 19) == [
+        SendDatagram(b"sealed", ("192.0.2.2", 1))]
+
+
+def test_kernel_mode_without_device_counts_wireguard_as_garbage() -> None:
+    ms, tr = FakeMembership(), FakeTrust()
+    node = MeshNode(key(), key(), ms, tr)
+    assert node.receive_datagram(1.0, WALL, struct.pack("<I", 1) + bytes(144), ("1.2.3.4", 1)) \
+        == []
+    assert node.counters["garbage_dropped"] == 1
+    a = member(key())
+    tr.keys.add(a.identity_key)
+    ms.view[a.identity_key] = a
+    out = node.reconcile(WALL)
+    assert isinstance(out[0], PeerUp)  # kernel mode applies these through netlink
+
+
+def test_leave_sends_goodbye() -> None:
+    node, ms, _, _ = make()
+    assert node.leave(1.0, WALL) == [SendDatagram(b"\x01leave", ("192.0.2.9", 51821))]
+    assert ms.left
