@@ -14,10 +14,9 @@ from meshguard.mesh.node import (
     PeerDown,
     PeerUp,
     SelfAddressChanged,
-    SendDatagram,
-    WriteTun,
 )
 from meshguard.testing.rng import SeededRng
+from meshguard.wireguard.actions import SendDatagram, WriteTun
 
 WALL = 1_700_000_000.0
 rng = SeededRng(7)
@@ -102,17 +101,6 @@ class FakeBackend:
         return (0.0, 0, 0, None)
 
 
-@dataclass(frozen=True)
-class DevSend:
-    data: bytes
-    endpoint: tuple[str, int]
-
-
-@dataclass(frozen=True)
-class DevTun:
-    packet: bytes
-
-
 class FakeDevice:
     def __init__(self) -> None:
         self.got: list[bytes] = []
@@ -120,10 +108,10 @@ class FakeDevice:
     def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
                          ) -> list[Any]:
         self.got.append(data)
-        return [DevTun(b"inner"), DevSend(b"reply", src)]
+        return [WriteTun(b"inner"), SendDatagram(b"reply", src)]
 
     def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]:
-        return [DevSend(b"sealed", ("192.0.2.2", 1))]
+        return [SendDatagram(b"sealed", ("192.0.2.2", 1))]
 
     def tick(self, now: float, wall: float) -> list[Any]:
         return []

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6
 from meshguard.mesh.demux import Kind, classify
+from meshguard.wireguard.actions import Action as DeviceAction
+from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +78,6 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
-class SendDatagram:
-    data: bytes
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True)
-class WriteTun:
-    packet: bytes
-
-
-@dataclass(frozen=True)
 class PeerUp:
     """A peer was added or its endpoint/allowed IPs changed."""
 
@@ -108,7 +99,9 @@ class SelfAddressChanged:
     new: ipaddress.IPv4Address | None
 
 
-Action = SendDatagram | WriteTun | PeerUp | PeerDown | SelfAddressChanged
+# SendDatagram / WriteTun are the WireGuard device's own action types, so the data-plane engine
+# executes the node's actions exactly like the device's (the node is the engine's "device").
+Action = DeviceAction | PeerUp | PeerDown | SelfAddressChanged
 
 
 # ports ---------------------------------------------------------------------------------
@@ -266,16 +259,12 @@ class MeshNode:
         return out
 
     def _from_device(self, actions: list[Any]) -> list[Action]:
-        out: list[Action] = []
-        for a in actions:
-            data = getattr(a, "data", None)
-            endpoint = getattr(a, "endpoint", None)
-            packet = getattr(a, "packet", None)
-            if data is not None and endpoint is not None:
-                out.append(SendDatagram(bytes(data), (str(endpoint[0]), int(endpoint[1]))))
-            elif packet is not None:
-                out.append(WriteTun(bytes(packet)))
-        return out
+        return actions
+
+    def fast_path(self) -> Any:
+        """The device's batched fast path, for the data-plane engine (None without one)."""
+        fp = getattr(self.device, "fast_path", None)
+        return fp() if callable(fp) else None
 
     def admission(self, m: MemberView, wall: float) -> _Cached:
         ck = (m.identity_key, m.certificate)

@@ -1,0 +1,33 @@
+"""PeerBackend for the userspace WireGuard Device: applies the node's peer set to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshguard.crypto.keys import X25519PublicKey
+from meshguard.mesh.node import Endpoint, PeerConfig
+from meshguard.wireguard.device import Device
+
+
+@dataclass
+class DeviceBackend:
+    device: Device
+
+    def upsert(self, peer: PeerConfig) -> None:
+        pub = X25519PublicKey(peer.wg_key)
+        p = self.device.add_peer(pub)
+        if peer.endpoint is not None and p.endpoint != peer.endpoint:
+            # a roamed endpoint (learned from authenticated traffic) is newer than the record
+            # only while the record is unchanged; a record change is an explicit move
+            p.endpoint = peer.endpoint
+        p.persistent_keepalive = peer.keepalive
+        self.device.set_allowed_ips(p, peer.allowed_ips, replace=True)
+
+    def remove(self, wg_key: bytes) -> None:
+        self.device.remove_peer(X25519PublicKey(wg_key))
+
+    def stats(self, wg_key: bytes) -> tuple[float, int, int, Endpoint | None]:
+        p = self.device.peer(X25519PublicKey(wg_key))
+        if p is None:
+            return (0.0, 0, 0, None)
+        return (p.last_handshake_wall, p.rx_bytes, p.tx_bytes, p.endpoint)

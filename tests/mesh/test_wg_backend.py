@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import ipaddress
+
+from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
+from meshguard.mesh.node import PeerConfig
+from meshguard.mesh.wg_backend import DeviceBackend
+from meshguard.testing.rng import SeededRng
+from meshguard.wireguard.device import Device
+
+
+def test_backend_drives_device() -> None:
+    rng = SeededRng(3)
+    dev = Device(rng, X25519PrivateKey(rng.bytes(32)))
+    be = DeviceBackend(dev)
+    pk = X25519PrivateKey(rng.bytes(32)).public_key.raw
+    nets = (ipaddress.ip_network("10.99.3.4/32"), ipaddress.ip_network("fd99:6d67::7/128"))
+    be.upsert(PeerConfig(pk, b"i" * 32, ("192.0.2.1", 51821), nets, 25))
+    p = dev.peer(X25519PublicKey(pk))
+    assert p is not None and p.endpoint == ("192.0.2.1", 51821) and p.persistent_keepalive == 25
+    assert sorted(map(str, dev.allowed_ips(p))) == ["10.99.3.4/32", "fd99:6d67::7/128"]
+    assert dev.route(ipaddress.ip_address("10.99.3.4").packed) is p
+    be.upsert(PeerConfig(pk, b"i" * 32, ("192.0.2.9", 1), nets[1:], 25))
+    assert p.endpoint == ("192.0.2.9", 1) and dev.route(ipaddress.ip_address("10.99.3.4").packed) \
+        is None
+    assert be.stats(pk) == (0.0, 0, 0, ("192.0.2.9", 1))
+    be.remove(pk)
+    assert dev.peer(X25519PublicKey(pk)) is None and be.stats(pk) == (0.0, 0, 0, None)
