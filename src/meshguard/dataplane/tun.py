@@ -6,20 +6,20 @@
 
 The descriptor is non-blocking (read raises BlockingIOError when empty). `extra_flags` is the
 hook for the offload module (e.g. IFF_VNET_HDR), which then issues its own ioctls on `tun.fd`.
-Configuration goes through pyroute2 (netlink) in the calling process's network namespace.
+MTU and link state are set with ioctls, addresses with `ip`, in the caller's network namespace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import ipaddress
 import os
+import socket
 import struct
+import subprocess
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from meshguard.errors import MeshguardError
 
@@ -31,17 +31,15 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_MULTI_QUEUE = 0x0100
 IFNAMSIZ = 16
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+IFF_UP = 0x1
 DEFAULT_MTU = 1420  # WireGuard's default: 1500 - 80 (IPv6 + UDP + WireGuard overhead)
 
 
 class TunError(MeshguardError):
     """The TUN device could not be created or configured."""
-
-
-def _ipr() -> Any:
-    from pyroute2 import IPRoute
-
-    return IPRoute()
 
 
 def validate_ifname(name: str) -> None:
@@ -124,44 +122,47 @@ class TunDevice:
                 raise TunError(f"interface {self.name} vanished") from exc
         return self._index
 
-    def _link(self, **kwargs: Any) -> None:
-        try:
-            with contextlib.closing(_ipr()) as ipr:
-                ipr.link("set", index=self.index, **kwargs)
-        except Exception as exc:
-            raise TunError(f"cannot configure {self.name}: {exc}") from None
+    def _ifreq_ioctl(self, request: int, fmt: str, *values: int) -> bytes:
+        ifr = struct.pack(f"16s{fmt}", self.name.encode(), *values)
+        ifr += bytes(40 - len(ifr))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                return fcntl.ioctl(s.fileno(), request, ifr)
+            except OSError as exc:
+                raise TunError(f"cannot configure {self.name}: {exc.strerror}") from None
 
     def set_mtu(self, mtu: int) -> None:
         if not 576 <= mtu <= 65535:
             raise TunError(f"MTU {mtu} out of range (576-65535)")
-        self._link(mtu=mtu)
+        self._ifreq_ioctl(SIOCSIFMTU, "i", mtu)
 
     def mtu(self) -> int:
         return int(Path(f"/sys/class/net/{self.name}/mtu").read_text())
 
+    def _set_flag(self, flag: int, on: bool) -> None:
+        res = self._ifreq_ioctl(SIOCGIFFLAGS, "H", 0)
+        (flags,) = struct.unpack_from("H", res, 16)
+        flags = flags | flag if on else flags & ~flag
+        self._ifreq_ioctl(SIOCSIFFLAGS, "H", flags)
+
     def up(self) -> None:
-        self._link(state="up")
+        self._set_flag(IFF_UP, True)
 
     def down(self) -> None:
-        self._link(state="down")
+        self._set_flag(IFF_UP, False)
 
     def add_address(self, cidr: str) -> None:
-        """Add an IPv4 or IPv6 interface address ("10.0.0.1/24"); IPv6 without DAD."""
+        """Add an IPv4 or IPv6 interface address ("10.0.0.1/24"); IPv6 without DAD.
+
+        Uses `ip` (iproute2), which works from inside a running event loop.
+        """
         iface = ipaddress.ip_interface(cidr)
-        kwargs: dict[str, Any] = {}
+        argv = ["ip", "addr", "add", str(iface), "dev", self.name]
         if iface.version == 6:
-            kwargs["flags"] = 0x02  # IFA_F_NODAD
-        try:
-            with contextlib.closing(_ipr()) as ipr:
-                ipr.addr(
-                    "add",
-                    index=self.index,
-                    address=str(iface.ip),
-                    prefixlen=iface.network.prefixlen,
-                    **kwargs,
-                )
-        except Exception as exc:
-            raise TunError(f"cannot add address {cidr} to {self.name}: {exc}") from None
+            argv.append("nodad")
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        if res.returncode != 0:
+            raise TunError(f"cannot add address {cidr} to {self.name}: {res.stderr.strip()}")
 
     def read(self, bufsize: int = 65535) -> bytes | None:
         """One packet, or None when none is waiting."""
