@@ -13,9 +13,13 @@ Version 1, 186 bytes, little-endian:
     178  8  zero padding
 
 Version 2 (314 bytes) appends wg_pubkey(32) || issuer_pubkey(32) || delegation_signature(64)
-and its signature covers bytes [0:114] || wg_pubkey || issuer_pubkey. We read both; we write
-version 1. The original writes version 1 zero-padded up to 314 bytes, so any length from 186
-to 314 is accepted for version 1 as long as the padding is zero; the version byte decides.
+to those 186 bytes (so they start at offset 186), and its signature covers
+bytes [0:114] || wg_pubkey || issuer_pubkey. We read both versions and write version 1.
+A version 2 certificate is accepted only when the issuer is the org itself (or all zero);
+delegated issuers are refused, since what the delegation signature covers is unspecified.
+The original writes version 1 zero-padded up to 314 bytes, so any length
+from 186 to 314 is accepted for version 1 as long as the padding is zero; the version byte
+decides.
 """
 
 from __future__ import annotations
@@ -84,7 +88,13 @@ class NodeCertificate:
         if self.version == V2:
             assert self.wg_key is not None and self.issuer_key is not None
             assert self.delegation_signature is not None
-            return body + self.wg_key + self.issuer_key + self.delegation_signature
+            return (
+                body
+                + bytes(V1_LEN - SIG_END)
+                + self.wg_key
+                + self.issuer_key
+                + (self.delegation_signature)
+            )
         return body + bytes(V1_LEN - SIG_END)
 
     @classmethod
@@ -107,6 +117,11 @@ class NodeCertificate:
                 )
             return cls(V1, org, node, name, issued, expires, flags, sig)
         if version == V2:
+            if any(data[SIG_END:V1_LEN]):
+                raise CertificateError(
+                    "certificate version 2 has non-zero padding; the file is corrupt, "
+                    "ask the org admin to sign it again"
+                )
             if len(data) != V2_LEN:
                 raise CertificateError(
                     f"certificate version 2 must be {V2_LEN} bytes, got {len(data)}; "
@@ -121,9 +136,9 @@ class NodeCertificate:
                 expires,
                 flags,
                 sig,
-                wg_key=data[SIG_END : SIG_END + 32],
-                issuer_key=data[SIG_END + 32 : SIG_END + 64],
-                delegation_signature=data[SIG_END + 64 : V2_LEN],
+                wg_key=data[V1_LEN : V1_LEN + 32],
+                issuer_key=data[V1_LEN + 32 : V1_LEN + 64],
+                delegation_signature=data[V1_LEN + 64 : V2_LEN],
             )
         raise CertificateError(
             f"unknown certificate version {version}; this meshguard reads versions 1 and 2"

@@ -1,0 +1,12 @@
+"""Shared helpers for identity tests: deterministic keys."""
+
+from __future__ import annotations
+
+import hashlib
+
+from meshguard.crypto.keys import Ed25519PrivateKey
+
+
+def make_key(label: str) -> Ed25519PrivateKey:
+    """A fixed Ed25519 key per label (tests are deterministic)."""
+    return Ed25519PrivateKey(hashlib.sha256(label.encode()).digest())
