@@ -181,15 +181,15 @@ def _read_small(path: Path, what: str, fix: str) -> bytes:
 
 def _decode_b64(data: bytes, path: Path, what: str, length: int, fix: str) -> bytes:
     if len(data) > MAX_KEY_FILE:
-        raise KeyFileError(f"{path} is not a {what} (too large); {fix}")
+        raise KeyFileError(f"{path} does not hold a valid {what} (too large); {fix}")
     try:
         text = data.decode("ascii").strip()
         raw = base64.b64decode(text, validate=True)
     except (UnicodeDecodeError, binascii.Error, ValueError):
-        raise KeyFileError(f"{path} is not a {what} (not base64); {fix}") from None
+        raise KeyFileError(f"{path} does not hold a valid {what} (not base64); {fix}") from None
     if len(raw) != length:
         raise KeyFileError(
-            f"{path} is not a {what} (decodes to {len(raw)} bytes, expected {length}); {fix}"
+            f"{path} does not hold a valid {what} (decodes to {len(raw)} bytes, expected {length}); {fix}"
         )
     return raw
 
