@@ -189,7 +189,8 @@ def _decode_b64(data: bytes, path: Path, what: str, length: int, fix: str) -> by
         raise KeyFileError(f"{path} does not hold a valid {what} (not base64); {fix}") from None
     if len(raw) != length:
         raise KeyFileError(
-            f"{path} does not hold a valid {what} (decodes to {len(raw)} bytes, expected {length}); {fix}"
+            f"{path} does not hold a valid {what} "
+            f"(decodes to {len(raw)} bytes, expected {length}); {fix}"
         )
     return raw
 
