@@ -37,6 +37,7 @@ class Node:
     tun: list[bytes] = field(default_factory=list)
     events: list[Action] = field(default_factory=list)
     sent: list[bytes] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
 
 
 class SimNet:
@@ -72,6 +73,7 @@ class SimNet:
         for a in actions:
             if isinstance(a, SendDatagram):
                 node.sent.append(a.data)
+                node.sent_at.append(self.clock.now)
                 if node.endpoint in self.blocked or self.r.random() < self.loss:
                     continue
                 delay = self.latency + (self.r.uniform(0, self.jitter) if self.jitter else 0)

@@ -180,6 +180,7 @@ class Peer:
     staged: deque[bytes] = field(default_factory=deque)
     static_static: bytes | None = None
     cookie: CookieGenerator | None = None
+    routes: AllowedIPs[Peer] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.cookie is None:
@@ -187,6 +188,11 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"Peer({self.public_key.b64()}, endpoint={self.endpoint})"
+
+    @property
+    def allowed_ips(self) -> list[IPNetwork]:
+        """The networks routed to this peer (set with Device.set_allowed_ips)."""
+        return self.routes.networks_of(self) if self.routes is not None else []
 
     @property
     def current_keypair(self) -> Keypair | None:
@@ -287,7 +293,7 @@ class Device:
             return existing
         if self._private_key is not None and pub == self._private_key.public_key:
             raise DeviceError("a peer cannot have the interface's own public key")
-        peer = Peer(pub)
+        peer = Peer(pub, routes=self._allowed)
         self._peers[pub.raw] = peer
         self._precompute(peer)
         return peer
@@ -299,6 +305,7 @@ class Device:
         self._clear_session_state(peer)
         peer.timers.stop_all()
         self._allowed.remove_value(peer)
+        peer.routes = None
         self._dst_cache.clear()
         self._static_static_map.pop(pub.raw, None)
 
@@ -383,10 +390,14 @@ class Device:
             return self._initiate(now, self._wall(now, wall), peer, retry=False)
         return []
 
-    def keypair_for_receive(self, index: int) -> ReceiveKeypair | None:
-        """The live keypair that `index` names, or None (unknown index or expired keys)."""
+    def keypair_for_receive(self, index: int, now: float | None = None) -> ReceiveKeypair | None:
+        """The keypair that `index` names, or None (unknown index; with `now`, also expired
+        keys). Per packet the caller then runs kp.replay.check, kp.receive.open_or_none and
+        kp.replay.accept (see the module docstring)."""
         kp = self._indices.get(index)
         if type(kp) is not Keypair:
+            return None
+        if now is not None and kp.receive_expired(now):
             return None
         return kp
 
@@ -816,8 +827,8 @@ class Device:
 
     def _receive_transport(self, now: float, data: bytes, src: Endpoint) -> list[Action]:
         _, receiver, counter = _HEADER.unpack_from(data)
-        kp = self.keypair_for_receive(receiver)
-        if kp is None or kp.receive_expired(now):
+        kp = self.keypair_for_receive(receiver, now)
+        if kp is None:
             self.counters.unknown_index += 1
             return []
         if not kp.replay.check(counter):
