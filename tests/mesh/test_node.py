@@ -83,8 +83,9 @@ class FakeMembership:
     def members(self) -> Iterable[MemberView]:
         return list(self.view.values())
 
-    def sends(self, actions: Sequence[Any]) -> list[SendDatagram]:
-        return [SendDatagram(a.data, a.to) for a in actions if isinstance(a, Sent)]
+    def absorb(self, actions: Sequence[Any]) -> tuple[list[Any], bool]:
+        out = [SendDatagram(a.data, a.to) for a in actions if isinstance(a, Sent)]
+        return out, len(out) != len(actions)
 
 
 @dataclass

@@ -1,10 +1,308 @@
-"""Sub-commands (to be filled in)."""
+"""`meshguard up`, `meshguard down`, `meshguard status`.
+
+`up` runs the daemon (meshguard.daemon.mesh_daemon). With `-f` it stays in the foreground
+(systemd, tests); without, it starts itself again in the background with `-f` and returns once
+the daemon reports ready (joined, or no seeds to join) or failed, printing the failure as one
+line. Readiness travels over the systemd notify protocol: the parent listens on a private
+datagram socket named in the child's $NOTIFY_SOCKET.
+
+`down` asks the daemon on the control socket to leave the mesh gracefully, waits until it is
+gone and exits 0; with no daemon it says so and exits 1. `status` prints a table or, with
+`--json`, the document described in meshguard.wire.control (schema_version 1). With several
+daemons and no `--interface`, `status` lists every one of them and `down` asks which.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
+
+from meshguard.daemon.control_client import (
+    ControlClient,
+    DaemonNotRunningError,
+    running_daemons,
+    select_daemon,
+    wait_until_gone,
+)
+from meshguard.daemon.runtime import DEFAULT_INTERFACE, run_dir, validate_interface
+from meshguard.errors import MeshguardError
+from meshguard.wire.control import StatusReport
+
+DEFAULT_PORT = 51821
+READY_TIMEOUT = 30.0  # seconds `up` waits for the background daemon before giving up
+DOWN_TIMEOUT = 10.0
+
+
+class UsageError(MeshguardError):
+    """A command-line value is unusable."""
+
+
+# formatting ------------------------------------------------------------------------------
+
+
+def human_ago(then: float | None, now: float) -> str:
+    if not then:
+        return "never"
+    d = max(0.0, now - then)
+    if d < 60:
+        return f"{int(d)}s ago"
+    if d < 3600:
+        return f"{int(d // 60)}m{int(d % 60):02d}s ago"
+    if d < 86400:
+        return f"{int(d // 3600)}h{int(d % 3600 // 60):02d}m ago"
+    return f"{int(d // 86400)}d ago"
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def format_status(rep: StatusReport, now: float) -> str:
+    me = rep.self_
+    lines = [
+        f"interface {rep.interface} ({rep.mode}), pid {rep.pid}, "
+        f"up since {human_ago(rep.started_at, now)[:-4]}",
+        f"  this node: {me.name or '-'}  key {me.identity_key[:12]}...  "
+        f"{me.mesh_ipv4}  {me.mesh_ipv6}",
+        f"  ports: wireguard {me.wg_port}, gossip {me.gossip_port}",
+        "",
+    ]
+    header = ("NAME", "KEY", "MESH IP", "ENDPOINT", "STATE", "HANDSHAKE", "IN", "OUT", "PATH")
+    rows = [header]
+    for m in rep.members:
+        state = m.state if m.trusted else f"{m.state},untrusted"
+        rows.append((
+            m.name or "-",
+            m.identity_key[:8],
+            m.mesh_ipv4,
+            m.endpoint or "-",
+            state,
+            human_ago(m.last_handshake, now) if m.tunnel else "no tunnel",
+            human_bytes(m.rx_bytes),
+            human_bytes(m.tx_bytes),
+            m.path,
+        ))
+    if len(rows) == 1:
+        lines.append("no other members yet")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    dropped = rep.counters.get("garbage_dropped", 0)
+    if dropped:
+        lines.append(f"\n{dropped} malformed datagrams dropped")
+    return "\n".join(lines)
+
+
+# status / down ---------------------------------------------------------------------------
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    return run_dir(getattr(args, "run_dir", None))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    directory = _run_dir(args)
+    now = time.time()
+    if args.interface is None:
+        daemons = running_daemons(directory)
+        if not daemons:
+            raise DaemonNotRunningError(f"meshguard is not running (no daemon in {directory})")
+        clients = [ControlClient(d.path, d.interface) for d in daemons]
+    else:
+        clients = [select_daemon(directory, args.interface)]
+    reports = [c.status() for c in clients]
+    if args.json:
+        if (len(reports) == 1 and args.interface is not None) or len(reports) == 1:
+            print(json.dumps(reports[0].to_json(), indent=2, sort_keys=True))
+        else:
+            print(json.dumps({"schema_version": 1,
+                              "daemons": [r.to_json() for r in reports]}, indent=2,
+                             sort_keys=True))
+        return 0
+    print("\n\n".join(format_status(r, now) for r in reports))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    client = select_daemon(_run_dir(args), args.interface)
+    client.request("down")
+    if not wait_until_gone(client.path, DOWN_TIMEOUT):
+        raise MeshguardError(f"the daemon on {client.interface} did not stop within "
+                             f"{DOWN_TIMEOUT:g} s")
+    print(f"meshguard on {client.interface} is down")
+    return 0
+
+
+# up --------------------------------------------------------------------------------------
+
+
+def parse_seed(text: str) -> tuple[str, int]:
+    """HOST:PORT, [IPv6]:PORT or HOST (default port). Host names are resolved later."""
+    t = text.strip()
+    if t.startswith("["):
+        host, sep, rest = t[1:].partition("]")
+        if not sep:
+            raise UsageError(f"bad seed {text!r}: missing ']'")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif t.count(":") == 1:
+        host, port_s = t.split(":")
+    else:
+        host, port_s = t, ""  # bare host or bare IPv6 address
+    if not host:
+        raise UsageError(f"bad seed {text!r}: empty host")
+    try:
+        port = int(port_s) if port_s else DEFAULT_PORT
+    except ValueError:
+        raise UsageError(f"bad seed {text!r}: port must be a number") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"bad seed {text!r}: port out of range")
+    return host, port
+
+
+def _parse_announce(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(f"--announce needs an IP address, got {text!r}") from None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from meshguard.daemon.mesh_daemon import DaemonConfig, run_foreground
+
+    validate_interface(args.interface)
+    if not 0 < args.port < 65535:
+        raise UsageError("--port must be between 1 and 65534")
+    config = DaemonConfig(
+        interface=args.interface,
+        port=args.port,
+        seeds=[parse_seed(s) for s in args.seed],
+        announce=_parse_announce(args.announce),
+        kernel=args.kernel,
+        open_mesh=args.open,
+        run_dir=_run_dir(args),
+        log_level=args.log_level,
+    )
+    if args.foreground:
+        return run_foreground(config)
+    return _start_background(args, config.run_dir)
+
+
+def _start_background(args: argparse.Namespace, directory: Path) -> int:
+    argv = [sys.executable, "-m", "meshguard", "up", "-f",
+            "--interface", args.interface, "--port", str(args.port),
+            "--log-level", args.log_level, "--run-dir", str(directory)]
+    for s in args.seed:
+        argv += ["--seed", s]
+    if args.announce:
+        argv += ["--announce", args.announce]
+    if args.kernel:
+        argv.append("--kernel")
+    if args.open:
+        argv.append("--open")
+    with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
+        notify_path = os.path.join(tmp, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
+            ns.bind(notify_path)
+            ns.settimeout(0.2)
+            log_path = directory / f"{args.interface}.log"
+            with contextlib.suppress(OSError):
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+            except OSError:
+                log = open(os.devnull, "ab")  # noqa: SIM115
+            with log:
+                env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=log,
+                                        start_new_session=True, close_fds=True)
+            return _wait_ready(ns, proc, args.interface, log_path)
+
+
+def _wait_ready(ns: socket.socket, proc: subprocess.Popen[bytes], iface: str,
+                log_path: Path) -> int:
+    deadline = time.monotonic() + READY_TIMEOUT
+    status = ""
+    while time.monotonic() < deadline:
+        try:
+            msg = ns.recv(4096).decode("utf-8", "replace")
+        except TimeoutError:
+            msg = ""
+        fields = dict(line.split("=", 1) for line in msg.splitlines() if "=" in line)
+        status = fields.get("STATUS", status)
+        if fields.get("READY") == "1":
+            print(f"meshguard is up on {iface} (pid {proc.pid}): {status or 'running'}")
+            return 0
+        rc = proc.poll()
+        if rc is not None:
+            # drain a last STATUS sent just before exiting
+            with contextlib.suppress(TimeoutError, OSError):
+                last = ns.recv(4096).decode("utf-8", "replace")
+                for line in last.splitlines():
+                    if line.startswith("STATUS="):
+                        status = line[len("STATUS="):]
+            raise MeshguardError(status or f"the daemon exited with status {rc} "
+                                 f"(see {log_path})")
+    print(f"meshguard started on {iface} (pid {proc.pid}) but has not joined yet "
+          f"({status or 'waiting for seeds'}); see `meshguard status`")
+    return 0
+
+
+# registration ----------------------------------------------------------------------------
+
+
+def _add_common(p: argparse.ArgumentParser, default_iface: str | None) -> None:
+    p.add_argument("--interface", "-i", default=default_iface, metavar="IFACE",
+                   help="interface name" + (f" (default {default_iface})" if default_iface
+                                            else " (default: the only running daemon)"))
+    p.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this module's sub-commands to the parser."""
+    up = sub.add_parser("up", help="join the mesh (start the daemon)")
+    _add_common(up, DEFAULT_INTERFACE)
+    up.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
+                    help="a member to join through (repeatable; host names allowed)")
+    up.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help=f"UDP port for WireGuard and gossip (default {DEFAULT_PORT})")
+    up.add_argument("--announce", metavar="IP",
+                    help="the address other members should use to reach this node")
+    up.add_argument("--kernel", action="store_true",
+                    help="use the kernel WireGuard module (gossip then on PORT+1)")
+    up.add_argument("--open", action="store_true",
+                    help="start even with an empty trust store (no member will be admitted "
+                         "until one is trusted)")
+    up.add_argument("-f", "--foreground", action="store_true",
+                    help="stay in the foreground (systemd, debugging)")
+    up.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="leave the mesh and stop the daemon")
+    _add_common(down, None)
+    down.set_defaults(func=cmd_down)
+
+    st = sub.add_parser("status", help="show members and tunnels")
+    _add_common(st, None)
+    st.add_argument("--json", action="store_true",
+                    help="machine-readable output (schema in meshguard.wire.control)")
+    st.set_defaults(func=cmd_status)

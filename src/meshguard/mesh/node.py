@@ -40,7 +40,6 @@ from typing import Any, Protocol
 from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6
 from meshguard.mesh.demux import Kind, classify
 from meshguard.wireguard.actions import Action as DeviceAction
-from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,11 @@ class PeerDown:
 
 
 @dataclass(frozen=True)
+class Joined:
+    """The membership core has joined the mesh through a seed (the daemon reports READY)."""
+
+
+@dataclass(frozen=True)
 class SelfAddressChanged:
     """Our mesh IPv4 moved (an address collision with a lower key); None = IPv6 only."""
 
@@ -101,7 +105,7 @@ class SelfAddressChanged:
 
 # SendDatagram / WriteTun are the WireGuard device's own action types, so the data-plane engine
 # executes the node's actions exactly like the device's (the node is the engine's "device").
-Action = DeviceAction | PeerUp | PeerDown | SelfAddressChanged
+Action = DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined
 
 
 # ports ---------------------------------------------------------------------------------
@@ -132,7 +136,10 @@ class MembershipPort(Protocol):
 
     def members(self) -> Iterable[MemberView]: ...
 
-    def sends(self, actions: Sequence[Any]) -> list[SendDatagram]: ...
+    def absorb(self, actions: Sequence[Any]) -> tuple[list[Any], bool]:
+        """The core's actions -> (actions for the shell: SendDatagram and notable events such
+        as Joined; whether membership changed, so peers must be reconciled)."""
+        ...
 
 
 class DevicePort(Protocol):
@@ -242,7 +249,7 @@ class MeshNode:
 
     def leave(self, now: float, wall: float) -> list[Action]:
         """Announce a graceful leave; the caller sends the datagrams and then shuts down."""
-        return list(self.membership.sends(self.membership.leave(now, wall)))
+        return self.membership.absorb(self.membership.leave(now, wall))[0]
 
     def set_trust(self, trust: Admitter, wall: float) -> list[Action]:
         """A new trust store (reload): forget every admission decision and reconcile."""
@@ -253,8 +260,8 @@ class MeshNode:
     # membership -> peers -----------------------------------------------------------------
 
     def _after_membership(self, actions: list[Any], wall: float) -> list[Action]:
-        out: list[Action] = list(self.membership.sends(actions))
-        if len(out) != len(actions):  # something other than a send: membership may have changed
+        out, changed = self.membership.absorb(actions)
+        if changed:
             out += self.reconcile(wall)
         return out
 

@@ -1,0 +1,689 @@
+"""`meshguard up`: the asyncio shell around one MeshNode.
+
+Start-up, in an order that fails before anything is created whenever it can:
+
+1. identity, WireGuard key and trust store are loaded (an empty trust store refuses to start
+   unless `open_mesh`); kernel mode checks for the WireGuard module; seeds are resolved;
+2. the control socket path is claimed (another daemon on this interface -> refuse);
+3. userspace: the UDP port is bound (busy -> one clear line), then the TUN is created with the
+   node's mesh IPv4 /16 and IPv6 /64 (the prefixes give the routes) and brought up; the
+   data-plane `Engine` (dataplane/engine.py) drives the MeshNode as its "device", so transport
+   data takes the WireGuard fast path and everything else (handshakes, gossip, STUN, garbage)
+   reaches `MeshNode.receive_datagram`;
+   kernel: the kernel WireGuard link is created and configured over netlink, the gossip socket
+   is bound on port + 1 (kernel_wg.py explains the port design), peers go to the kernel;
+4. the control socket starts; the node joins through the seeds; READY=1 goes to systemd (and
+   to a backgrounding `meshguard up`) once joined, or at once when there are no seeds.
+
+Everything created is recorded on an exit stack and undone on any failure or at shutdown, so a
+failed start leaves no interface and no socket behind. SIGTERM/SIGINT and the `down` request
+leave the mesh gracefully; SIGHUP and a change of any file under authorized_keys/,
+trusted_orgs/ or revocations (mtimes polled every TRUST_POLL seconds) reload the trust store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshguard import __version__
+from meshguard.clock import Clock, SystemClock
+from meshguard.config import resolve_config_dir
+from meshguard.daemon import sd_notify
+from meshguard.daemon.control_server import ControlServer, claim_socket_path
+from meshguard.daemon.kernel_wg import (
+    KernelPeer,
+    KernelWireGuard,
+    build_set_device,
+    ensure_module,
+    gossip_port_for,
+)
+from meshguard.daemon.runtime import socket_path
+from meshguard.errors import MeshguardError
+from meshguard.identity import store
+from meshguard.identity.trust import TrustStore
+from meshguard.mesh.node import Joined, MeshNode, PeerDown, PeerUp, SelfAddressChanged
+from meshguard.rng import SystemRng
+from meshguard.wire.control import (
+    MemberStatus,
+    Request,
+    SelfStatus,
+    StatusReport,
+    format_endpoint,
+)
+
+log = logging.getLogger("meshguard.daemon")
+
+TRUST_POLL = 2.0  # seconds between trust-store mtime polls
+LEAVE_LINGER = 0.3  # seconds to let the leave datagrams go out before closing the socket
+
+
+class StartupError(MeshguardError):
+    """The daemon cannot start (the message names the fix)."""
+
+
+@dataclass
+class DaemonConfig:
+    interface: str
+    port: int
+    seeds: list[tuple[str, int]]
+    announce: str | None = None
+    kernel: bool = False
+    open_mesh: bool = False
+    run_dir: Path = Path("/run/meshguard")
+    log_level: str = "info"
+    config_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+class TrustHolder:
+    """The admission policy handed to SWIM and the node; the store inside is swapped on reload."""
+
+    def __init__(self, trust: TrustStore) -> None:
+        self.store = trust
+
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Any:
+        return self.store.admit(node_key, certificate, now_wall)
+
+
+def trust_fingerprint(config_dir: Path) -> tuple[Any, ...]:
+    """Names, sizes and mtimes of every trust file: changes when any of them changes."""
+    items: list[Any] = []
+    for sub in (store.AUTHORIZED_KEYS, store.TRUSTED_ORGS):
+        d = config_dir / sub
+        try:
+            st = d.stat()
+            items.append((sub, st.st_mtime_ns))
+            for p in sorted(d.iterdir()):
+                with contextlib.suppress(OSError):
+                    s = p.stat()
+                    items.append((p.name, s.st_mtime_ns, s.st_size, s.st_ino))
+        except OSError:
+            items.append((sub, None))
+    for name in (store.REVOCATIONS,):
+        try:
+            s = (config_dir / name).stat()
+            items.append((name, s.st_mtime_ns, s.st_size, s.st_ino))
+        except OSError:
+            items.append((name, None))
+    return tuple(items)
+
+
+def resolve_seeds(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for host, port in seeds:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise StartupError(f"cannot resolve seed {host}: {exc.strerror}") from None
+        # prefer IPv4 (the mesh's usual underlay), keep one address per seed
+        infos.sort(key=lambda i: 0 if i[0] == socket.AF_INET else 1)
+        addr = str(infos[0][4][0]).split("%")[0]
+        out.append((addr, port))
+    return out
+
+
+def local_addresses(exclude_ifname: str) -> list[str]:
+    """Global unicast addresses of this host (the endpoints advertised without --announce)."""
+    from pyroute2 import IPRoute
+
+    found: list[str] = []
+    with IPRoute() as ipr:
+        names = {ln["index"]: ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
+        for a in ipr.get_addr():
+            if names.get(a["index"]) == exclude_ifname:
+                continue
+            text = a.get_attr("IFA_ADDRESS")
+            if not text:
+                continue
+            ip = ipaddress.ip_address(text)
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast:
+                continue
+            if ip in ipaddress.ip_network("10.99.0.0/16") or (
+                    ip.version == 6 and ip in ipaddress.ip_network("fd99:6d67::/64")):
+                continue
+            found.append(str(ip))
+    found.sort(key=lambda s: (":" in s, s))
+    return found
+
+
+def route_source(dest: str) -> str | None:
+    """The local address the kernel would use to reach `dest` (no packet is sent)."""
+    fam = socket.AF_INET6 if ":" in dest else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((dest, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return None
+
+
+class EngineDevice:
+    """What the data-plane engine sees as its WireGuard device: the real Device for the batched
+    fast path (route, prepare_send_peer, keypair_for_receive, note_*), the MeshNode for the slow
+    path, so every non-transport datagram goes through the node's demultiplexer (handshakes to
+    the Device, gossip to SWIM, STUN, garbage counted) and timers cover SWIM as well."""
+
+    def __init__(self, node: MeshNode, device: Any) -> None:
+        self._node = node
+        self._device = device
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._device, name)
+
+    def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
+                         ) -> list[Any]:
+        return self._node.receive_datagram(now, wall, data, src)
+
+    def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]:
+        return self._node.send_packet(now, wall, ip_packet)
+
+    def tick(self, now: float, wall: float) -> list[Any]:
+        return self._node.tick(now, wall)
+
+    def next_deadline(self) -> float | None:
+        return self._node.next_deadline()
+
+
+class MeshDaemon:
+    def __init__(self, config: DaemonConfig, clock: Clock | None = None) -> None:
+        self.cfg = config
+        self.clock: Clock = clock or SystemClock()
+        self.rng = SystemRng()
+        self.config_dir = config.config_dir or resolve_config_dir(config.env)
+        self.started_at = self.clock.wall()
+        self.node: MeshNode | None = None
+        self.engine: Any = None
+        self.tun: Any = None
+        self.kernel: KernelWireGuard | None = None
+        self.gossip_sock: socket.socket | None = None
+        self.trust: TrustHolder | None = None
+        self.control: ControlServer | None = None
+        self.joined = asyncio.Event()
+        self.stop_event = asyncio.Event()
+        self.exit_code = 0
+        self._trust_fp: tuple[Any, ...] = ()
+        self._timer: asyncio.TimerHandle | None = None
+        self._membership: Any = None
+        self.name: str | None = None
+        self._ready_sent = False
+
+    # ---- start-up --------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        cfg = self.cfg
+        if os.geteuid() != 0:
+            raise StartupError("must run as root (creating the interface needs CAP_NET_ADMIN)")
+        self.identity = store.load_identity(self.config_dir)
+        self.wg_private = store.load_wireguard_key(self.config_dir)
+        trust = TrustStore.load(self.config_dir)
+        for p in trust.problems:
+            log.warning("trust store: %s", p)
+        if trust.is_empty() and not cfg.open_mesh:
+            raise StartupError(
+                f"the trust store in {self.config_dir} is empty, so no member could be admitted;"
+                " trust a peer with `meshguard trust` (or start anyway with --open)")
+        self.trust = TrustHolder(trust)
+        self._trust_fp = trust_fingerprint(self.config_dir)
+        if cfg.kernel:
+            ensure_module()
+        elif not os.path.exists("/dev/net/tun"):
+            raise StartupError("/dev/net/tun does not exist (load the tun module)")
+        from meshguard.dataplane.tun import interface_exists
+
+        if interface_exists(cfg.interface):
+            raise StartupError(f"interface {cfg.interface} already exists "
+                               "(another VPN or a crashed daemon?); remove it with "
+                               f"`ip link del {cfg.interface}`")
+        self.seeds = resolve_seeds(cfg.seeds)
+        self.cert = store.load_node_certificate(self.config_dir)
+        if self.cert is not None:
+            self.name = self.cert.name
+
+    def _advertised(self, gossip_port: int) -> list[tuple[str, int]]:
+        cfg = self.cfg
+        if cfg.announce:
+            hosts = [cfg.announce]
+        else:
+            hosts = []
+            for s, _ in self.seeds:
+                src = route_source(s)
+                if src and src not in hosts and not ipaddress.ip_address(src).is_loopback:
+                    hosts.append(src)
+            if not hosts:
+                hosts = local_addresses(cfg.interface)
+        return [(h, gossip_port) for h in hosts[:4]]
+
+    def _bind_error(self, exc: OSError, port: int) -> StartupError:
+        if exc.errno == errno.EADDRINUSE:
+            return StartupError(f"UDP port {port} is already in use; pick another with --port")
+        if exc.errno == errno.EACCES:
+            return StartupError(f"cannot bind UDP port {port}: permission denied")
+        return StartupError(f"cannot bind UDP port {port}: {exc.strerror}")
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg = self.cfg
+        self.preflight()
+        ctl_path = socket_path(cfg.interface, cfg.run_dir)
+        claim_socket_path(ctl_path, cfg.interface)
+        loop = asyncio.get_running_loop()
+        gport = gossip_port_for(cfg.kernel, cfg.port)
+        from meshguard.mesh.swim_port import build_membership
+
+        assert self.trust is not None
+        if cfg.kernel:
+            await self._start_kernel(stack, gport)
+            device = None
+        else:
+            device = await self._start_userspace(stack)
+        endpoints = await asyncio.to_thread(self._advertised, gport)
+        self._membership = build_membership(
+            identity=self.identity, wg_private=self.wg_private,
+            certificate=self.cert.to_bytes() if self.cert is not None else None,
+            endpoints=endpoints, kernel=cfg.kernel, admitter=self.trust,
+            rng=self.rng, now=self.clock.monotonic(), wall=self.clock.wall())
+        backend = None
+        if device is not None:
+            from meshguard.mesh.wg_backend import DeviceBackend
+
+            backend = DeviceBackend(device)
+        self.node = MeshNode(
+            identity_key=self.identity.public_key.raw,
+            wg_key=self.wg_private.public_key.raw,
+            membership=self._membership, trust=self.trust, device=device, backend=backend)
+        if self.engine is not None:
+            self.engine.device = EngineDevice(self.node, device)
+            self.engine.start(loop)
+        else:
+            assert self.gossip_sock is not None
+            loop.add_reader(self.gossip_sock.fileno(), self._gossip_readable)
+            stack.callback(loop.remove_reader, self.gossip_sock.fileno())
+            self._arm_timer()
+        self.control = ControlServer(ctl_path, cfg.interface, self._control)
+        await self.control.start()
+        stack.push_async_callback(self.control.close)
+        self._install_signals(stack)
+        self._poller = loop.create_task(self._trust_poller())
+        stack.callback(self._poller.cancel)
+        log.info("meshguard %s on %s: identity %s, mesh %s %s, port %d%s", __version__,
+                 cfg.interface, self.identity.public_key.b64()[:12], self.node.self_ipv4,
+                 self.node.self_ipv6, cfg.port,
+                 f" (gossip {gport})" if gport != cfg.port else "")
+        self._execute(self._membership.join_actions(self.seeds, self.clock.monotonic(),
+                                                    self.clock.wall()))
+        if not self.seeds:
+            self._ready("first node: no seeds to join")
+
+    async def _start_userspace(self, stack: contextlib.AsyncExitStack) -> Any:
+        from meshguard.dataplane.engine import Engine
+        from meshguard.dataplane.tun import DEFAULT_MTU, TunDevice, TunError
+        from meshguard.wireguard.device import Device
+
+        cfg = self.cfg
+        device = Device(self.rng, self.wg_private)
+        device.listen_port = cfg.port
+        engine = Engine(device, -1, self.clock, on_actions=self._on_actions)
+        try:
+            engine.bind(cfg.port)
+        except OSError as exc:
+            engine.close()
+            raise self._bind_error(exc, cfg.port) from None
+        stack.callback(engine.close)
+        try:
+            tun = TunDevice.open(cfg.interface, mtu=DEFAULT_MTU)
+        except TunError as exc:
+            raise StartupError(str(exc)) from None
+        stack.callback(tun.close)
+        from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+
+        pub = self.identity.public_key.raw
+        try:
+            tun.add_address(f"{mesh_ipv4(pub)}/16")
+            tun.add_address(f"{mesh_ipv6(pub)}/64")
+            tun.up()
+        except (TunError, OSError) as exc:
+            raise StartupError(f"cannot configure {cfg.interface}: {exc}") from None
+        engine.tun_fd = tun.fd
+        self.engine = engine
+        self.tun = tun
+        return device
+
+    async def _start_kernel(self, stack: contextlib.AsyncExitStack, gport: int) -> None:
+        from meshguard.dataplane.engine import make_udp_socket
+        from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+
+        cfg = self.cfg
+        try:
+            sock = make_udp_socket(gport)
+        except OSError as exc:
+            raise self._bind_error(exc, gport) from None
+        stack.callback(sock.close)
+        self.gossip_sock = sock
+        kwg = KernelWireGuard(cfg.interface)
+        await asyncio.to_thread(kwg.create_link)
+        stack.push_async_callback(asyncio.to_thread, kwg.delete_link)
+        self.kernel = kwg
+        pub = self.identity.public_key.raw
+
+        def configure() -> None:
+            kwg.configure(self.wg_private.raw, cfg.port)
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=cfg.interface)[0]
+                ipr.addr("add", index=idx, address=str(mesh_ipv4(pub)), prefixlen=16)
+                ipr.addr("add", index=idx, address=str(mesh_ipv6(pub)), prefixlen=64)
+                ipr.link("set", index=idx, state="up")
+
+        try:
+            await asyncio.to_thread(configure)
+        except OSError as exc:
+            raise StartupError(f"UDP port {cfg.port} could not be given to the kernel "
+                               f"device: {exc}") from None
+
+    # ---- event plumbing --------------------------------------------------------------
+
+    def _execute(self, actions: list[Any]) -> None:
+        if not actions:
+            return
+        if self.engine is not None:
+            self.engine.execute(actions)
+            self.engine.kick()
+        else:
+            self._execute_kernel(actions)
+            self._arm_timer()
+
+    def _execute_kernel(self, actions: list[Any]) -> None:
+        from meshguard.wireguard.actions import SendDatagram
+
+        other: list[Any] = []
+        sock = self.gossip_sock
+        for a in actions:
+            if isinstance(a, SendDatagram):
+                if sock is None:
+                    continue
+                host, port = a.endpoint
+                try:
+                    if sock.family == socket.AF_INET6:
+                        if ":" not in host:
+                            host = "::ffff:" + host
+                        sock.sendto(a.data, (host, port, 0, 0))
+                    else:
+                        sock.sendto(a.data, (host, port))
+                except OSError:
+                    if self.node is not None:
+                        self.node.counters["udp_send_errors"] += 1
+            else:
+                other.append(a)
+        self._on_actions(other)
+
+    def _on_actions(self, actions: list[Any]) -> None:
+        peers: list[KernelPeer] = []
+        for a in actions:
+            if isinstance(a, PeerUp):
+                p = a.peer
+                log.info("tunnel up to %s at %s", p.identity_key.hex()[:12],
+                         format_endpoint(p.endpoint))
+                peers.append(KernelPeer(p.wg_key, p.endpoint, p.keepalive, p.allowed_ips))
+            elif isinstance(a, PeerDown):
+                log.info("tunnel down to %s (%s)", a.identity_key.hex()[:12], a.reason)
+                peers.append(KernelPeer(a.wg_key, remove=True))
+            elif isinstance(a, SelfAddressChanged):
+                log.warning("mesh IPv4 collision: our address moves from %s to %s",
+                            a.old, a.new)
+                self._readdress(a)
+            elif isinstance(a, Joined):
+                self._ready("joined the mesh")
+            else:
+                log.debug("event: %s", a)
+        if peers and self.kernel is not None:
+            kwg = self.kernel
+            msg = build_set_device(kwg.ifname, peers=peers)
+            try:
+                kwg.apply(msg)
+            except MeshguardError as exc:
+                log.error("kernel WireGuard: %s", exc)
+
+    def _readdress(self, change: SelfAddressChanged) -> None:
+        import subprocess
+
+        for addr, op in ((change.old, "del"), (change.new, "add")):
+            if addr is not None:
+                subprocess.run(["ip", "addr", op, f"{addr}/16", "dev", self.cfg.interface],
+                               capture_output=True, check=False, timeout=10)
+
+    def _gossip_readable(self) -> None:
+        sock = self.gossip_sock
+        node = self.node
+        if sock is None or node is None:
+            return
+        out: list[Any] = []
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError:
+                node.counters["udp_recv_errors"] += 1
+                continue
+            host = addr[0]
+            if host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            c = self.clock
+            out += node.receive_datagram(c.monotonic(), c.wall(), data, (host, addr[1]))
+        self._execute(out)
+
+    def _arm_timer(self) -> None:
+        if self.node is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        deadline = self.node.next_deadline()
+        delay = 1.0 if deadline is None else max(0.0, deadline - self.clock.monotonic())
+        self._timer = loop.call_later(min(delay, 1.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.node is None:
+            return
+        c = self.clock
+        self._execute_kernel(self.node.tick(c.monotonic(), c.wall()))
+        self._arm_timer()
+
+    def _ready(self, status: str) -> None:
+        if self._ready_sent:
+            return
+        self._ready_sent = True
+        self.joined.set()
+        log.info("ready: %s", status)
+        sd_notify.notify(f"READY=1\nSTATUS={status}", self.cfg.env)
+
+    # ---- trust reload ----------------------------------------------------------------
+
+    def reload_trust(self, why: str) -> None:
+        if self.node is None or self.trust is None:
+            return
+        try:
+            new = TrustStore.load(self.config_dir)
+        except MeshguardError as exc:
+            log.error("trust reload (%s) failed, keeping the old trust store: %s", why, exc)
+            return
+        self._trust_fp = trust_fingerprint(self.config_dir)
+        self.trust.store = new
+        log.info("trust store reloaded (%s): %d keys, %d orgs", why, len(new.peers),
+                 len(new.orgs))
+        actions = self.node.set_trust(self.trust, self.clock.wall())
+        actions += self._membership.trust_changed(self.clock.monotonic(), self.clock.wall())
+        self._execute(actions)
+
+    async def _trust_poller(self) -> None:
+        while not self.stop_event.is_set():
+            await asyncio.sleep(TRUST_POLL)
+            fp = await asyncio.to_thread(trust_fingerprint, self.config_dir)
+            if fp != self._trust_fp:
+                self.reload_trust("files changed")
+
+    # ---- control ---------------------------------------------------------------------
+
+    async def _control(self, req: Request) -> dict[str, Any]:
+        if req.op == "hello":
+            return {"interface": self.cfg.interface, "pid": os.getpid(), "version": __version__}
+        if req.op == "status":
+            if self.kernel is not None:
+                stats = await asyncio.to_thread(self._kernel_stats)
+            else:
+                stats = None
+            return self.status(stats).to_json()
+        if req.op == "down":
+            log.info("down requested over the control socket")
+            asyncio.get_running_loop().call_soon(self.stop_event.set)
+            return {"leaving": True}
+        raise MeshguardError(f"unsupported op {req.op}")
+
+    def _kernel_stats(self) -> dict[bytes, tuple[float, int, int, tuple[str, int] | None]]:
+        assert self.kernel is not None
+        try:
+            return {s.public_key: (s.last_handshake_wall, s.rx_bytes, s.tx_bytes, s.endpoint)
+                    for s in self.kernel.peer_stats()}
+        except Exception as exc:
+            log.warning("kernel peer stats: %s", exc)
+            return {}
+
+    def status(self, kernel_stats: dict[bytes, Any] | None = None) -> StatusReport:
+        import base64
+
+        from meshguard.identity.addressing import mesh_ipv6
+
+        node = self.node
+        assert node is not None and self.trust is not None
+        wall = self.clock.wall()
+
+        def b64(k: bytes) -> str:
+            return base64.b64encode(k).decode()
+
+        peers = node.peers
+        v4_of = {p.identity_key: next((str(n.network_address) for n in p.allowed_ips
+                                       if n.version == 4), None) for p in peers.values()}
+        from meshguard.identity.addressing import mesh_ipv4
+
+        members = []
+        for m in node.membership.members():
+            if m.identity_key == node.identity_key:
+                continue
+            adm = node.admission(m, wall)
+            tunnel = m.wg_key is not None and m.wg_key in peers
+            hs, rx, tx, ep = (0.0, 0, 0, None)
+            if tunnel and m.wg_key is not None:
+                if kernel_stats is not None:
+                    hs, rx, tx, ep = kernel_stats.get(m.wg_key, (0.0, 0, 0, None))
+                elif node.backend is not None:
+                    hs, rx, tx, ep = node.backend.stats(m.wg_key)
+            members.append(MemberStatus(
+                name=adm.name,
+                identity_key=b64(m.identity_key),
+                wireguard_key=b64(m.wg_key) if m.wg_key else None,
+                mesh_ipv4=v4_of.get(m.identity_key) or str(mesh_ipv4(m.identity_key)),
+                mesh_ipv6=str(mesh_ipv6(m.identity_key)),
+                endpoint=format_endpoint(ep or m.wg_endpoint),
+                state=m.state,
+                trusted=adm.admitted,
+                tunnel=tunnel,
+                last_handshake=hs or None,
+                rx_bytes=rx,
+                tx_bytes=tx,
+                path="direct",
+            ))
+        members.sort(key=lambda s: (s.name or "~", s.identity_key))
+        counters = {k: int(v) for k, v in node.counters.items()}
+        if self.engine is not None:
+            counters.update({f"engine_{k}": v for k, v in self.engine.stats.as_dict().items()})
+        dev = node.device
+        if dev is not None:
+            dc = getattr(dev, "counters", None)
+            as_dict = getattr(dc, "as_dict", None)
+            if callable(as_dict):
+                counters.update({f"wireguard_{k}": int(v) for k, v in as_dict().items()})
+        counters.update(self._membership.counters())
+        return StatusReport(
+            interface=self.cfg.interface,
+            mode="kernel" if self.cfg.kernel else "userspace",
+            pid=os.getpid(),
+            started_at=self.started_at,
+            self_=SelfStatus(
+                name=self.name,
+                identity_key=b64(node.identity_key),
+                wireguard_key=b64(node.wg_key),
+                mesh_ipv4=str(node.self_ipv4) if node.self_ipv4 else "",
+                mesh_ipv6=str(node.self_ipv6),
+                wg_port=self.cfg.port,
+                gossip_port=gossip_port_for(self.cfg.kernel, self.cfg.port),
+            ),
+            members=tuple(members),
+            counters=counters,
+        )
+
+    # ---- signals and shutdown --------------------------------------------------------
+
+    def _install_signals(self, stack: contextlib.AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+            stack.callback(loop.remove_signal_handler, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_trust, "SIGHUP")
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+    async def leave(self) -> None:
+        if self.node is None:
+            return
+        c = self.clock
+        log.info("leaving the mesh")
+        with contextlib.suppress(Exception):
+            self._execute(self.node.leave(c.monotonic(), c.wall()))
+            await asyncio.sleep(LEAVE_LINGER)
+
+    async def run(self) -> int:
+        async with contextlib.AsyncExitStack() as stack:
+            await self.start(stack)
+            await self.stop_event.wait()
+            sd_notify.notify("STOPPING=1", self.cfg.env)
+            await self.leave()
+        log.info("stopped; interface %s removed", self.cfg.interface)
+        return self.exit_code
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """pyroute2 and asyncio debug chatter drowns our own debug output: keep their warnings."""
+    noisy = record.name.startswith(("pyroute2", "asyncio"))
+    return record.levelno >= logging.WARNING or not noisy
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for h in logging.getLogger().handlers:
+        h.addFilter(_quiet_libraries)
+
+
+def run_foreground(config: DaemonConfig, on_error: Callable[[str], None] | None = None) -> int:
+    setup_logging(config.log_level)
+    try:
+        return asyncio.run(MeshDaemon(config).run())
+    except MeshguardError as exc:
+        # tell a backgrounding `meshguard up` (or systemd) why we failed
+        sd_notify.notify(f"STATUS={exc}\nERRNO=1", config.env)
+        raise
