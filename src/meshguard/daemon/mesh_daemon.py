@@ -120,6 +120,22 @@ def trust_fingerprint(config_dir: Path) -> tuple[Any, ...]:
     return tuple(items)
 
 
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin(status_path: str = "/proc/self/status") -> bool:
+    """Whether this process holds CAP_NET_ADMIN in its effective set (root, or systemd's
+    AmbientCapabilities=CAP_NET_ADMIN)."""
+    try:
+        with open(status_path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
 def resolve_seeds(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for host, port in seeds:
@@ -223,8 +239,9 @@ class MeshDaemon:
 
     def preflight(self) -> None:
         cfg = self.cfg
-        if os.geteuid() != 0:
-            raise StartupError("must run as root (creating the interface needs CAP_NET_ADMIN)")
+        if not has_net_admin():
+            raise StartupError("must run as root or with CAP_NET_ADMIN (creating the interface "
+                               "needs it)")
         self.identity = store.load_identity(self.config_dir)
         self.wg_private = store.load_wireguard_key(self.config_dir)
         trust = TrustStore.load(self.config_dir)
