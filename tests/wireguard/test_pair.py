@@ -429,3 +429,25 @@ def test_private_key_change_drops_sessions() -> None:
     assert dev.public_key is None
     assert dev.receive_datagram(0.0, 0.0, a.sent[0], A_EP) == []
     assert dev.counters.no_private_key == 1
+
+
+def test_initiation_rate_limit_one_per_rekey_timeout() -> None:
+    net, a, _, pb, _ = make_pair()
+    net.blocked.add(B_EP)
+    for i in range(10):
+        net.send(a, ipv4_packet(A_IP, B_IP, bytes([i])))
+        net.run_for(0.4)
+    assert a.device.counters.initiations_sent == 1
+    assert len(pb.staged) == 10
+    net.run_for(REKEY_TIMEOUT)
+    assert a.device.counters.initiations_sent == 2  # the retransmission timer
+
+
+def test_simultaneous_initiation_resolves() -> None:
+    net, a, b, _pb, pa = make_pair(seed=8)
+    pa.endpoint = A_EP
+    net.send(a, ipv4_packet(A_IP, B_IP, b"from a"))
+    net.send(b, ipv4_packet(B_IP, A_IP, b"from b"))
+    net.run_for(2 * REKEY_TIMEOUT + 2)
+    assert [p[20:] for p in b.tun] == [b"from a"]
+    assert [p[20:] for p in a.tun] == [b"from b"]

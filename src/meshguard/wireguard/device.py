@@ -439,8 +439,12 @@ class Device:
         t = peer.timers
         t.any_authenticated_received()
         t.traversal(now, peer.persistent_keepalive)
-        if n_packets > n_keepalive:
+        n_data = n_packets - n_keepalive
+        if n_data > 0:
             t.data_received(now)
+            if n_data > 1:
+                # as if received one by one: the second arms "another keepalive owed"
+                t.data_received(now)
         cur = kps.current
         if (
             cur is keypair
