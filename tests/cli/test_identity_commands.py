@@ -383,3 +383,18 @@ def test_console_script(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert bad.stderr.startswith("meshguard: error: ") and bad.stderr.count("\n") == 1
+
+
+def test_permission_denied_config_dir(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env.cfg.mkdir(mode=0o500)
+    real_access = os.access
+
+    def no_write(path: object, mode: int, **kw: object) -> bool:
+        if Path(str(path)) == env.cfg and mode & os.W_OK:
+            return False  # as for a non-root user in a read-only dir (root bypasses modes)
+        return real_access(path, mode)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", no_write)
+    env.fails("keygen", match="permission denied")
+    env.fails("trust", Ed25519PrivateKey(b"k" * 32).public_key.b64(), match="permission denied")
+    env.fails("org-keygen", match="permission denied")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshguard.crypto.hashes import blake3
 from meshguard.crypto.keys import Ed25519PrivateKey
@@ -149,3 +152,30 @@ def test_invalid_labels(name: str) -> None:
 def test_label_length_limit_for_certificates() -> None:
     assert is_dns_label("x" * 32, 32)
     assert not is_dns_label("x" * 33, 32)
+
+
+_member_sets = st.lists(st.integers(0, 400), min_size=1, max_size=60, unique=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ids=_member_sets, seed=st.randoms(use_true_random=False))
+def test_assign_ipv4_properties_in_a_crowded_space(ids: list[int], seed: random.Random) -> None:
+    """In a space of only 16 addresses (collisions everywhere) the rule still holds."""
+    keys = [blake3(i.to_bytes(2, "little")) for i in ids]  # stand-ins: any 32 bytes work
+    tiny = lambda h: ipaddress.IPv4Address(bytes((10, 99, 1, 1 + h[0] % 16)))  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(addressing, "_ipv4_from_hash", tiny)
+        result = assign_ipv4(keys)
+        shuffled = list(keys)
+        seed.shuffle(shuffled)
+        assert assign_ipv4(shuffled) == result  # order-independent
+        given_out = [a for a in result.values() if a is not None]
+        assert len(given_out) == len(set(given_out))  # never shared
+        assert len(given_out) <= 16
+        for k in keys:
+            natural = mesh_ipv4(k)
+            rivals = [o for o in keys if mesh_ipv4(o) == natural]
+            if k == min(rivals):
+                assert result[k] == natural  # the lowest key keeps its natural address
+            else:
+                assert result[k] != natural
