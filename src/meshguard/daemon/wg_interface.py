@@ -28,6 +28,7 @@ from meshguard.daemon.uapi_protocol import (
     EADDRINUSE,
     EINVAL,
     DeviceState,
+    IPNetwork,
     PeerState,
     SetRequest,
     UapiError,
@@ -100,6 +101,7 @@ class WireGuardInterface:
         self.engine: Engine | None = None
         self.uapi = UapiServer(ifname, self, run_dir)
         self._closed = asyncio.Event()
+        self._ip_order: dict[bytes, dict[IPNetwork, None]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -157,10 +159,27 @@ class WireGuardInterface:
                     tx_bytes=peer.tx_bytes,
                     rx_bytes=peer.rx_bytes,
                     persistent_keepalive=peer.persistent_keepalive,
-                    allowed_ips=dev.allowed_ips(peer),
+                    allowed_ips=self._ordered_allowed_ips(peer),
                 )
             )
         return state
+
+    def _ordered_allowed_ips(self, peer: Peer) -> list[IPNetwork]:
+        """The peer's networks in the order they were configured (as wireguard-go lists them)."""
+        nets = self.device.allowed_ips(peer)
+        present = set(nets)
+        order = self._ip_order.get(peer.public_key.raw, {})
+        out = [n for n in order if n in present]
+        out += [n for n in nets if n not in order]
+        return out
+
+    def _record_allowed_ips(self, peer: Peer, nets: list[IPNetwork], replace: bool) -> None:
+        order = self._ip_order.setdefault(peer.public_key.raw, {})
+        if replace:
+            order.clear()
+        for n in nets:
+            order.pop(n, None)
+            order[n] = None
 
     def uapi_set(self, req: SetRequest) -> None:
         dev = self.device
@@ -198,6 +217,7 @@ class WireGuardInterface:
                 engine.set_fwmark(req.fwmark)
         if req.replace_peers:
             dev.remove_all_peers()
+            self._ip_order.clear()
         own_pub = private.public_key if private is not None else dev.public_key
         for pu, key in zip(req.peers, peer_keys, strict=True):
             if own_pub is not None and key == own_pub:
@@ -206,6 +226,7 @@ class WireGuardInterface:
             if pu.remove:
                 if peer is not None:
                     dev.remove_peer(key)
+                self._ip_order.pop(key.raw, None)
                 continue
             if peer is None:
                 if pu.update_only:
@@ -216,7 +237,9 @@ class WireGuardInterface:
             if pu.endpoint is not None:
                 peer.endpoint = pu.endpoint
             if pu.replace_allowed_ips or pu.allowed_ips:
-                dev.set_allowed_ips(peer, list(pu.allowed_ips), replace=pu.replace_allowed_ips)
+                nets = list(pu.allowed_ips)
+                dev.set_allowed_ips(peer, nets, replace=pu.replace_allowed_ips)
+                self._record_allowed_ips(peer, nets, pu.replace_allowed_ips)
             if pu.persistent_keepalive is not None:
                 self._set_keepalive(peer, pu.persistent_keepalive)
         if engine is not None:
