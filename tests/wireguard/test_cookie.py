@@ -84,3 +84,17 @@ def test_load_meter() -> None:
     for i in range(100):
         m2.record(200.0 + i * 0.11)
         assert not m2.under_load(200.0 + i * 0.11)
+
+
+def test_source_rate_limiter() -> None:
+    from meshguard.wireguard.cookie import SourceRateLimiter
+
+    lim = SourceRateLimiter(rate=20.0, burst=5)
+    assert [lim.allow(0.0, "1.1.1.1") for _ in range(7)] == [True] * 5 + [False] * 2
+    assert lim.allow(0.0, "2.2.2.2")  # per address
+    assert not lim.allow(0.01, "1.1.1.1")
+    assert lim.allow(0.06, "1.1.1.1")  # one token per 50 ms
+    allowed = sum(lim.allow(1.0 + i / 1000, "1.1.1.1") for i in range(1000))
+    assert 20 <= allowed <= 26  # about `rate` per second plus the burst
+    lim.allow(100.0, "3.3.3.3")
+    assert len(lim) == 1  # idle buckets are forgotten

@@ -451,3 +451,33 @@ def test_simultaneous_initiation_resolves() -> None:
     net.run_for(2 * REKEY_TIMEOUT + 2)
     assert [p[20:] for p in b.tun] == [b"from a"]
     assert [p[20:] for p in a.tun] == [b"from b"]
+
+
+def test_under_load_mac2_holders_are_rate_limited_per_source() -> None:
+    """A host that can receive cookies still cannot make the responder do unbounded DH."""
+    net, a, b, _, _ = make_pair(seed=12)
+    db = b.device
+    db.load.threshold = 0  # always under load
+    attacker = ("198.51.100.9", 5000)
+    from meshguard.wireguard.cookie import CookieGenerator
+
+    bpub = db.public_key
+    assert bpub is not None
+    gen = CookieGenerator(bpub.raw)
+    r = random.Random(3)
+
+    def forged() -> bytes:
+        body = w.Initiation(1, r.randbytes(32), r.randbytes(48), r.randbytes(28)).encode()
+        return gen.add_macs(net.clock.now, body, w.INITIATION_MAC1_OFFSET)
+
+    reply = db.receive_datagram(net.clock.now, net.clock.wall(), forged(), attacker)
+    assert isinstance(reply[0], SendDatagram)
+    assert gen.consume_reply(net.clock.now, w.CookieReply.decode(reply[0].data))
+    for _ in range(100):
+        db.receive_datagram(net.clock.now, net.clock.wall(), forged(), attacker)
+    c = db.counters
+    assert c.bad_handshake == 5 and c.rate_limited == 95  # the burst, then nothing
+    # the legitimate peer from its own address is unaffected
+    net.send(a, ipv4_packet(A_IP, B_IP, b"ok"))
+    net.run_for(REKEY_TIMEOUT + 1)
+    assert [p[20:] for p in b.tun] == [b"ok"]

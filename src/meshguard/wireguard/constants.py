@@ -50,6 +50,11 @@ MAX_INITIATIONS_PER_PEER_PER_SECOND = 50
 UNDER_LOAD_HANDSHAKES_PER_SECOND = 200
 # Once under load, stay there this long after the last over-threshold second (wireguard-go: 1 s).
 UNDER_LOAD_HOLD_TIME = 1.0
+# Under load, handshake messages with a valid mac2 are still limited per source address with
+# a token bucket (wireguard-go's ratelimiter: 20 per second, bursts of 5), so a host that can
+# receive cookies still cannot make us do unbounded DH work.
+UNDER_LOAD_PER_SOURCE_RATE = 20.0
+UNDER_LOAD_PER_SOURCE_BURST = 5
 # Packets queued per peer while waiting for a handshake (wireguard-go: 128).
 MAX_STAGED_PACKETS = 128
 # A mac2 cookie received from a responder is used for this long (paper 5.4.7: the responder's

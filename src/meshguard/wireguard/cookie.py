@@ -27,6 +27,8 @@ from meshguard.wireguard.constants import (
     LABEL_MAC1,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
     UNDER_LOAD_HOLD_TIME,
+    UNDER_LOAD_PER_SOURCE_BURST,
+    UNDER_LOAD_PER_SOURCE_RATE,
 )
 
 Endpoint = tuple[str, int]
@@ -81,6 +83,37 @@ class LoadMeter:
 
     def under_load(self, now: float) -> bool:
         return now < self._under_until
+
+
+class SourceRateLimiter:
+    """Token bucket per source address (not port): `rate` per second, bursts of `burst`."""
+
+    __slots__ = ("_buckets", "_last_gc", "burst", "rate")
+
+    def __init__(
+        self, rate: float = UNDER_LOAD_PER_SOURCE_RATE, burst: int = UNDER_LOAD_PER_SOURCE_BURST
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # host -> (tokens, time)
+        self._last_gc = float("-inf")
+
+    def allow(self, now: float, host: str) -> bool:
+        if now - self._last_gc >= 1.0:
+            # a bucket idle long enough to be full again carries no information
+            full_after = self.burst / self.rate
+            self._buckets = {h: v for h, v in self._buckets.items() if now - v[1] < full_after}
+            self._last_gc = now
+        tokens, last = self._buckets.get(host, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[host] = (tokens, now)
+            return False
+        self._buckets[host] = (tokens - 1.0, now)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 class CookieChecker:

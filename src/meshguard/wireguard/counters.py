@@ -12,6 +12,7 @@ class Counters:
     bad_length: int = 0  # known type, wrong length
     bad_mac1: int = 0
     bad_mac2: int = 0  # under load without a valid cookie (answered with a cookie reply)
+    rate_limited: int = 0  # under load, too many handshake messages from one address
     bad_cookie_reply: int = 0  # cookie reply for no handshake of ours, or not decrypting
     handshake_flood: int = 0  # initiations from one peer faster than the per-peer limit
     bad_handshake: int = 0  # initiation/response that did not authenticate (DH/AEAD)
@@ -45,6 +46,7 @@ class Counters:
         "bad_length",
         "bad_mac1",
         "bad_mac2",
+        "rate_limited",
         "bad_cookie_reply",
         "handshake_flood",
         "bad_handshake",

@@ -73,7 +73,12 @@ from meshguard.wireguard.constants import (
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
     UNDER_LOAD_HOLD_TIME,
 )
-from meshguard.wireguard.cookie import CookieChecker, CookieGenerator, LoadMeter
+from meshguard.wireguard.cookie import (
+    CookieChecker,
+    CookieGenerator,
+    LoadMeter,
+    SourceRateLimiter,
+)
 from meshguard.wireguard.counters import Counters
 from meshguard.wireguard.index import IndexTable
 from meshguard.wireguard.keypair import Keypair, Keypairs, ReceiveKeypair
@@ -233,6 +238,7 @@ class Device:
         self.fwmark = 0
         self.counters = Counters()
         self.load = LoadMeter(under_load_threshold, under_load_hold)
+        self.source_limiter = SourceRateLimiter()
         self._private_key: X25519PrivateKey | None = None
         self._cookies = CookieChecker(rng)
         self._peers: dict[bytes, Peer] = {}
@@ -691,11 +697,15 @@ class Device:
             self.counters.bad_mac1 += 1
             return []
         self.load.record(now)
-        if self.load.under_load(now) and not self._cookies.check_mac2(now, data, mac2_offset, src):
-            self.counters.bad_mac2 += 1
-            reply = self._cookies.make_reply(now, data, mac1_offset, sender, src)
-            self.counters.cookie_replies_sent += 1
-            return [SendDatagram(reply.encode(), src)]
+        if self.load.under_load(now):
+            if not self._cookies.check_mac2(now, data, mac2_offset, src):
+                self.counters.bad_mac2 += 1
+                reply = self._cookies.make_reply(now, data, mac1_offset, sender, src)
+                self.counters.cookie_replies_sent += 1
+                return [SendDatagram(reply.encode(), src)]
+            if not self.source_limiter.allow(now, src[0]):
+                self.counters.rate_limited += 1
+                return []
         return None
 
     def _receive_initiation(
