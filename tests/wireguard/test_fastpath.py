@@ -33,7 +33,7 @@ def _world() -> tuple[Node, Node, Peer, Peer]:
 
 
 def _timers(t: PeerTimers) -> tuple[object, ...]:
-    return tuple(getattr(t, s) for s in PeerTimers.__slots__)
+    return tuple(getattr(t, s) for s in PeerTimers.__slots__ if s != "bound")
 
 
 def _state(dev: Device, peer: Peer) -> tuple[object, ...]:

@@ -82,7 +82,7 @@ from meshguard.wireguard.cookie import (
 from meshguard.wireguard.counters import Counters
 from meshguard.wireguard.index import IndexTable
 from meshguard.wireguard.keypair import Keypair, Keypairs, ReceiveKeypair
-from meshguard.wireguard.timers import PeerTimers, Timer
+from meshguard.wireguard.timers import DeadlineBound, PeerTimers, Timer
 
 __all__ = [
     "Device",
@@ -247,6 +247,7 @@ class Device:
         self._dst_cache: dict[bytes, Peer | None] = {}
         self._static_static_map: dict[bytes, bytes] = {}
         self._wall_offset: float | None = None
+        self._bound = DeadlineBound()
         self.set_private_key(private_key)
 
     # -- configuration ----------------------------------------------------------------------
@@ -300,6 +301,7 @@ class Device:
         if self._private_key is not None and pub == self._private_key.public_key:
             raise DeviceError("a peer cannot have the interface's own public key")
         peer = Peer(pub, routes=self._allowed)
+        peer.timers.bound = self._bound
         self._peers[pub.raw] = peer
         self._precompute(peer)
         return peer
@@ -310,6 +312,8 @@ class Device:
             return
         self._clear_session_state(peer)
         peer.timers.stop_all()
+        peer.timers.bound = None
+        self._bound.valid = False
         self._allowed.remove_value(peer)
         peer.routes = None
         self._dst_cache.clear()
@@ -872,11 +876,20 @@ class Device:
 
     # -- timers -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
+        """When tick() should run next (monotonic seconds), None when no timer is armed.
+
+        Cheap after packet batches: a shared lower bound kept up to date as timers are armed;
+        at worst early, and the tick at that time then finds nothing due."""
+        bound = self._bound
+        if bound.valid:
+            return bound.value
         best: float | None = None
         for peer in self._peers.values():
             d = peer.timers.next_deadline()
             if d is not None and (best is None or d < best):
                 best = d
+        bound.value = best
+        bound.valid = True
         return best
 
     def tick(self, now: float, wall: float) -> list[Action]:
@@ -886,6 +899,7 @@ class Device:
         for peer in list(self._peers.values()):
             for timer in peer.timers.expired(now):
                 actions += self._on_timer(now, wall, peer, timer)
+        self._bound.valid = False
         return actions
 
     def _on_timer(self, now: float, wall: float, peer: Peer, timer: Timer) -> list[Action]:

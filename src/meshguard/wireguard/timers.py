@@ -45,8 +45,28 @@ class Timer(Enum):
     PERSISTENT_KEEPALIVE = "persistent_keepalive"
 
 
+class DeadlineBound:
+    """A lower bound on the earliest timer of many peers, shared by their PeerTimers.
+
+    Arming a timer lowers it; disarming leaves it (early is safe: the owner then ticks, finds
+    nothing due and recomputes). So a device answers next_deadline() without scanning every
+    peer after each packet batch.
+    """
+
+    __slots__ = ("valid", "value")
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+        self.valid = False
+
+    def lower(self, deadline: float) -> None:
+        if self.valid and (self.value is None or deadline < self.value):
+            self.value = deadline
+
+
 class PeerTimers:
     __slots__ = (
+        "bound",
         "handshake_attempts",
         "need_another_keepalive",
         "new_handshake",
@@ -66,10 +86,13 @@ class PeerTimers:
         self.handshake_attempts = 0
         self.need_another_keepalive = False
         self.sent_last_minute_handshake = False
+        self.bound: DeadlineBound | None = None
 
     # -- events ---------------------------------------------------------------------------
     def handshake_initiated(self, now: float, jitter: float) -> None:
-        self.retransmit_handshake = now + REKEY_TIMEOUT + jitter
+        self.retransmit_handshake = d = now + REKEY_TIMEOUT + jitter
+        if self.bound is not None:
+            self.bound.lower(d)
 
     def handshake_complete(self) -> None:
         self.retransmit_handshake = None
@@ -77,18 +100,24 @@ class PeerTimers:
         self.sent_last_minute_handshake = False
 
     def session_derived(self, now: float) -> None:
-        self.zero_keys = now + ZERO_KEYS_AFTER
+        self.zero_keys = d = now + ZERO_KEYS_AFTER
+        if self.bound is not None:
+            self.bound.lower(d)
 
     def data_sent(self, now: float) -> None:
         if self.new_handshake is None:
-            self.new_handshake = now + NEW_HANDSHAKE_AFTER
+            self.new_handshake = d = now + NEW_HANDSHAKE_AFTER
+            if self.bound is not None:
+                self.bound.lower(d)
 
     def any_authenticated_received(self) -> None:
         self.new_handshake = None
 
     def data_received(self, now: float) -> None:
         if self.send_keepalive is None:
-            self.send_keepalive = now + KEEPALIVE_TIMEOUT
+            self.send_keepalive = d = now + KEEPALIVE_TIMEOUT
+            if self.bound is not None:
+                self.bound.lower(d)
         else:
             self.need_another_keepalive = True
 
@@ -97,7 +126,9 @@ class PeerTimers:
 
     def traversal(self, now: float, persistent_interval: int) -> None:
         if persistent_interval > 0:
-            self.persistent_keepalive = now + persistent_interval
+            self.persistent_keepalive = d = now + persistent_interval
+            if self.bound is not None:
+                self.bound.lower(d)
 
     def stop_all(self) -> None:
         self.retransmit_handshake = None
