@@ -187,3 +187,16 @@ def test_resolve_revocation(tmp_path: Path) -> None:
     )
     with pytest.raises(TrustError, match="no trusted peer or org named 'nobody'"):
         resolve_revocation(ts, "nobody")
+
+
+def test_revoke_keeps_revocations_written_meanwhile(tmp_path: Path) -> None:
+    first = TrustStore.load(tmp_path)
+    second = TrustStore.load(tmp_path)  # e.g. a daemon that loaded earlier
+    first.revoke(Revocation("key", ALICE, None, "alice"))
+    second.revoke(Revocation("key", BOB, None, "bob"))
+    assert not second.revoke(Revocation("key", ALICE, None, "other label"))
+    final = TrustStore.load(tmp_path)
+    assert final.is_key_revoked(ALICE) and final.is_key_revoked(BOB)
+    assert first.lift(BOB)  # lifts what `second` wrote, keeps the rest
+    final = TrustStore.load(tmp_path)
+    assert final.is_key_revoked(ALICE) and not final.is_key_revoked(BOB)

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ ORG_PUB = "org.pub"
 AUTHORIZED_KEYS = "authorized_keys"
 TRUSTED_ORGS = "trusted_orgs"
 REVOCATIONS = "revocations"
+REVOCATIONS_LOCK = ".revocations.lock"
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -147,6 +150,23 @@ def write_files(writes: Sequence[FileWrite]) -> None:
 
 def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
     write_files([FileWrite(path, data, mode)])
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on lock_path, created 0600 if needed."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, SECRET_MODE)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {lock_path} ({_os_problem(exc)}); check the permissions of "
+            f"{lock_path.parent}"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_file(path: Path) -> None:

@@ -58,6 +58,10 @@ class Revocation:
     org_key: bytes | None = None  # "cert" only
     label: str = ""
 
+    def same_target(self, other: Revocation) -> bool:
+        """Whether both refuse the same thing (labels aside)."""
+        return (self.kind, self.key, self.org_key) == (other.kind, other.key, other.org_key)
+
     def line(self) -> str:
         parts = [self.kind]
         if self.org_key is not None:
@@ -241,6 +245,16 @@ class TrustStore:
         table[name] = key
         return path
 
+    def _reread_revocations(self) -> list[Revocation]:
+        path = self.config_dir / store.REVOCATIONS
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path} ({exc}); fix its permissions") from None
+        return parse_revocations(text, path)
+
     def _write_revocations(self, revocations: list[Revocation]) -> None:
         text = REVOCATIONS_HEADER + "".join(r.line() for r in revocations)
         store.write_file(self.config_dir / store.REVOCATIONS, text.encode("utf-8"))
@@ -249,17 +263,16 @@ class TrustStore:
     def revoke(self, revocation: Revocation) -> bool:
         """Record a revocation and remove the matching trust files; False if already there.
 
-        The revocation is written first, so a crash between the two steps errs on the side
-        of refusing.
+        The file is re-read under a lock, so revocations written meanwhile by another process
+        (the CLI and a daemon) are kept. The revocation is written before any trust file is
+        removed, so a crash between the two steps errs on the side of refusing.
         """
-        if any(
-            r.kind == revocation.kind
-            and r.key == revocation.key
-            and r.org_key == revocation.org_key
-            for r in self.revocations
-        ):
-            return False
-        self._write_revocations([*self.revocations, revocation])
+        with store.locked(self.config_dir / store.REVOCATIONS_LOCK):
+            current = self._reread_revocations()
+            self.revocations = current
+            if any(r.same_target(revocation) for r in current):
+                return False
+            self._write_revocations([*current, revocation])
         if revocation.kind == "key":
             for name in self.peer_names(revocation.key):
                 store.remove_file(self._key_path(name, org=False))
@@ -272,10 +285,13 @@ class TrustStore:
 
     def lift(self, key: bytes) -> bool:
         """Remove every `key`/`org` revocation of `key` (used by `trust --force`)."""
-        keep = [r for r in self.revocations if not (r.kind in ("key", "org") and r.key == key)]
-        if len(keep) == len(self.revocations):
-            return False
-        self._write_revocations(keep)
+        with store.locked(self.config_dir / store.REVOCATIONS_LOCK):
+            current = self._reread_revocations()
+            keep = [r for r in current if not (r.kind in ("key", "org") and r.key == key)]
+            self.revocations = current
+            if len(keep) == len(current):
+                return False
+            self._write_revocations(keep)
         return True
 
 
