@@ -242,6 +242,7 @@ class MeshDaemon:
         if not has_net_admin():
             raise StartupError("must run as root or with CAP_NET_ADMIN (creating the interface "
                                "needs it)")
+        claim_socket_path(socket_path(cfg.interface, cfg.run_dir), cfg.interface)
         self.identity = store.load_identity(self.config_dir)
         self.wg_private = store.load_wireguard_key(self.config_dir)
         trust = TrustStore.load(self.config_dir)
@@ -293,7 +294,6 @@ class MeshDaemon:
         cfg = self.cfg
         self.preflight()
         ctl_path = socket_path(cfg.interface, cfg.run_dir)
-        claim_socket_path(ctl_path, cfg.interface)
         loop = asyncio.get_running_loop()
         gport = gossip_port_for(cfg.kernel, cfg.port)
         from meshguard.mesh.swim_port import build_membership
