@@ -398,3 +398,24 @@ def test_permission_denied_config_dir(env: Env, monkeypatch: pytest.MonkeyPatch)
     env.fails("keygen", match="permission denied")
     env.fails("trust", Ed25519PrivateKey(b"k" * 32).public_key.b64(), match="permission denied")
     env.fails("org-keygen", match="permission denied")
+
+
+def test_migrated_identity_from_the_original(env: Env) -> None:
+    """A config dir holding only the original's identity.key (0644, no WireGuard key)."""
+    vectors = Path(__file__).resolve().parents[1] / "vectors" / "identity.json"
+    vec = json.loads(vectors.read_text())
+    env.cfg.mkdir()
+    (env.cfg / "identity.key").write_text(vec["identity_key_file"])
+    os.chmod(env.cfg / "identity.key", 0o644)
+    info = json.loads(env.ok("show", "--json"))
+    assert info["identity"]["public_key"] == vec["public_key_b64"]
+    assert info["identity"]["mesh_ipv4"] == vec["mesh_ipv4"]
+    assert info["identity"]["mesh_ipv6"] == vec["mesh_ipv6"]
+    assert info["wireguard"] is None
+    assert any("rotate-wg-key" in p for p in info["problems"])
+    assert env.ok("export") == vec["identity_pub_file"]
+    env.ok("rotate-wg-key")
+    info = json.loads(env.ok("show", "--json"))
+    assert info["wireguard"]["vouched"] is True and info["problems"] == []
+    assert (env.cfg / "identity.key").read_text() == vec["identity_key_file"]
+    assert (env.cfg / "identity.key").stat().st_mode & 0o777 == 0o600

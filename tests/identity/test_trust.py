@@ -200,3 +200,20 @@ def test_revoke_keeps_revocations_written_meanwhile(tmp_path: Path) -> None:
     assert first.lift(BOB)  # lifts what `second` wrote, keeps the rest
     final = TrustStore.load(tmp_path)
     assert final.is_key_revoked(ALICE) and not final.is_key_revoked(BOB)
+
+
+def test_trust_stamp_changes_with_trust_files(tmp_path: Path) -> None:
+    from meshguard.identity.trust import trust_stamp
+
+    empty = trust_stamp(tmp_path)
+    assert empty == ()
+    ts = TrustStore.load(tmp_path)
+    ts.add("alice", ALICE)
+    one = trust_stamp(tmp_path)
+    assert one != empty
+    assert trust_stamp(tmp_path) == one  # stable while nothing changes
+    ts.add("bob", BOB)
+    two = trust_stamp(tmp_path)
+    assert two != one
+    ts.revoke(Revocation("cert", BOB, ORG_PUB))
+    assert trust_stamp(tmp_path) != two

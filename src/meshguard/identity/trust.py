@@ -334,3 +334,29 @@ def resolve_revocation(trust: TrustStore, target: str, org: str | None = None) -
         return Revocation("org", key, None, names[0])
     names = trust.peer_names(key)
     return Revocation("key", key, None, names[0] if names else "")
+
+
+def trust_stamp(config_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """A cheap fingerprint of the trust files (names, sizes, mtimes): when it changes, a
+    daemon should `TrustStore.load` again. Missing directories simply contribute nothing."""
+    entries: list[tuple[str, int, int]] = []
+    for sub in (store.AUTHORIZED_KEYS, store.TRUSTED_ORGS):
+        directory = config_dir / sub
+        try:
+            st = directory.stat()
+            entries.append((sub, st.st_size, st.st_mtime_ns))
+            paths = sorted(directory.iterdir())
+        except OSError:
+            continue
+        for p in paths:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            entries.append((f"{sub}/{p.name}", st.st_size, st.st_mtime_ns))
+    try:
+        st = (config_dir / store.REVOCATIONS).stat()
+        entries.append((store.REVOCATIONS, st.st_size, st.st_mtime_ns))
+    except OSError:
+        pass
+    return tuple(entries)
