@@ -1,0 +1,88 @@
+"""SWIM knobs with their defaults and the reason for each.
+
+Time is in seconds. N is the number of members a node currently counts alive (itself included).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SwimConfig:
+    # One probe per period (SWIM paper, section 3.1). 1 s is memberlist's LAN default: a
+    # failure is noticed within a few seconds while background load stays at ~2 packets/s/node.
+    probe_interval: float = 1.0
+    # Direct ack deadline before indirect probes go out. Must exceed a round trip (500 ms is
+    # memberlist's LAN default and leaves half the period for the indirect round).
+    probe_timeout: float = 0.5
+    # Members asked to probe indirectly (SWIM's k). 3 makes a false suspicion under 10% loss
+    # need ~4 independent path failures at once (memberlist IndirectChecks = 3).
+    indirect_checks: int = 3
+    # Suspicion timeout = suspicion_mult * max(1, log10 N) * probe_interval at the least
+    # (Lifeguard, memberlist SuspicionMult = 4): long enough for the suspect to hear the rumour
+    # and refute it, which takes O(log N) periods of gossip.
+    suspicion_mult: float = 4.0
+    # Without independent confirmations the timeout starts at this multiple of the minimum and
+    # shrinks towards the minimum as other members confirm (Lifeguard dynamic suspicion).
+    suspicion_max_mult: float = 6.0
+    # Piggyback retransmit limit = retransmit_mult * ceil(log10(N + 1)) (memberlist
+    # RetransmitMult = 4): enough transmissions that an epidemic reaches everyone w.h.p.
+    retransmit_mult: int = 4
+    # Dead and left members are forgotten after this long (their endpoint is kept in a bounded
+    # graveyard for re-contact). 2 minutes lets the death notice finish spreading first.
+    dead_reap_after: float = 120.0
+    # How many reaped endpoints to remember for re-contact (bounds memory).
+    graveyard_size: int = 64
+    # Every recontact_interval one dead member, graveyard endpoint or seed not known alive gets
+    # a Join, so that a healed partition merges by itself.
+    recontact_interval: float = 10.0
+    # A joining node retries its seeds with exponential backoff from join_retry_min up to
+    # join_retry_max until one answers.
+    join_retry_min: float = 1.0
+    join_retry_max: float = 30.0
+    # Anti-entropy: every sync_interval (+-50% jitter) pull the state of one random member. The
+    # request carries a digest of our view; an equal digest costs one small packet each way.
+    sync_interval: float = 10.0
+    # Records learnt by anti-entropy also ride in spare piggyback room (after every urgent
+    # update); at most this many wait at once (bounds memory, ~200 B each).
+    quiet_queue_cap: int = 256
+    # Upper bound on SyncData packets sent per request (~7 records each).
+    sync_max_packets: int = 200
+    # Verifications of self-introducing strangers (Join, or a first packet carrying the
+    # sender's record) allowed per second, with a burst: a flood of self-signed joins costs at
+    # most ~200 x 60 us = 12 ms of CPU per second, while a 1,000-node mesh still forms quickly.
+    join_rate: float = 200.0
+    join_burst: float = 400.0
+    # Leave notices sent directly to this many members (the rest hear it by gossip).
+    leave_fanout: int = 4
+
+    def retransmit_limit(self, n: int) -> int:
+        return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
+
+    def suspicion_min(self, n: int) -> float:
+        return self.suspicion_mult * max(1.0, math.log10(max(n, 1))) * self.probe_interval
+
+    def suspicion_max(self, n: int) -> float:
+        return self.suspicion_max_mult * self.suspicion_min(n)
+
+    def expected_confirmations(self, n: int) -> int:
+        k = int(self.suspicion_mult) - 2
+        return k if n - 2 >= k else 0
+
+    def detection_bound(self, n: int) -> float:
+        """Worst-case time from a crash until the first Dead declaration is possible.
+
+        The member probing the crashed node notices within one period (plus the period in
+        which it happened to be probing someone else); its suspicion fires after at most
+        suspicion_max(n). Every member then hears the death by gossip; `spread_bound` covers it.
+        """
+        return 2 * self.probe_interval + self.suspicion_max(n)
+
+    def spread_bound(self, n: int) -> float:
+        """Generous bound for a broadcast to reach every member: retransmit limit periods."""
+        return self.retransmit_limit(n) * self.probe_interval * 2
+
+
+DEFAULT_CONFIG = SwimConfig()
