@@ -3,37 +3,49 @@
 Nothing here does I/O. Every entry point takes `now` (monotonic seconds) and, where a TAI64N
 timestamp may be needed, `wall` (unix seconds); randomness comes from the injected Rng.
 
-Slow path (returns a list of actions, see actions.py):
+Slow path (returns a list of actions, see actions.py: SendDatagram, WriteTun,
+HandshakeCompleted, PeerKeysExpired, HandshakeGaveUp):
 
     receive_datagram(now, wall, data, src)  a UDP datagram from `src`
     send_packet(now, wall, ip_packet)       an IP packet read from the TUN
     tick(now, wall)                         run due timers; call again at next_deadline()
+    send_keepalive(now, wall, peer)         e.g. when persistent keepalive is switched on
+    initiate_handshake(now, wall, peer)     start a handshake (rate limited)
 
-Receive checks run cheapest first: type and length, mac1, (under load) mac2 / cookie reply,
-per-peer initiation rate, then DH and AEAD. Garbage is counted in `device.counters` under one
-reason and dropped; receive_datagram never raises for remote input.
+Receive checks run cheapest first: type and length, mac1, (under load) mac2 / cookie reply and
+a per-source token bucket, then DH and AEAD, then the per-peer initiation rate and TAI64N
+replay check. Garbage is counted in `device.counters` under one reason and dropped;
+receive_datagram never raises for remote input.
 
 Fast path (for a data plane moving batches of packets per wake-up). Per batch, not per packet:
 
     send:    b = device.prepare_send(now, dst_address_bytes)      # None -> use send_packet()
+             (or device.route(dst) to group by peer, then device.prepare_send_peer(now, peer))
              first = b.reserve(n)                                   # None -> use send_packet()
              for i, pkt: data = seal_transport(b.cipher, b.receiver_index, first + i, pkt)
-                         (or the data plane's own encrypt_into with the same layout)
-             actions = device.note_sent(now, b.peer, n, total_bytes)
-    receive: kp = device.keypair_for_receive(receiver_index)       # None -> counted drop
+                         (or the data plane's own sealing with the same layout: 16-byte
+                         header, payload zero-padded to 16, ChaCha20-Poly1305 under b.cipher)
+             actions = device.note_sent(now, b.peer, n, total_bytes, n_keepalive=0)
+    receive: kp = device.keypair_for_receive(receiver_index, now)  # None -> unknown_index
              per packet: kp.replay.check(counter) -> kp.receive.open_or_none(counter, ct)
                          -> kp.replay.accept(counter) -> inner_packet(plaintext)
-                         -> device.source_allowed(kp.peer, src_bytes)
+                         -> device.source_allowed(kp.peer, src_address_bytes)
              actions = device.note_received(now, kp, n_auth, n_bytes, src_endpoint,
                                             n_keepalive=k)
-             device.note_dropped(reason, n) for packets that failed a check
+             device.note_dropped(reason, n) for packets that failed a check (reason: a
+             Counters drop field: unknown_index, replay, bad_auth, bad_inner, bad_source, ...)
 
-`prepare_send` caches destination -> peer lookups (the cache is cleared whenever allowed IPs
+`route` caches destination -> peer lookups (the cache is cleared whenever allowed IPs
 change). `note_sent` / `note_received` run the timer and statistics bookkeeping of the whole
 batch once (keepalive timers, rekey after time/messages, promoting the `next` keypair on its
 first use, roaming to the source endpoint, sending packets queued for a handshake). The slow
 path is built from these same calls, so both paths give identical bytes and state
-(tests/wireguard/test_fastpath.py).
+(tests/wireguard/test_fastpath.py). `note_sent`/`note_received` may start a handshake and
+need a wall time for its TAI64N: pass `wall=`, or the device extrapolates from the last slow
+path call.
+
+Knobs (constructor keywords; defaults and reasons in constants.py): under_load_threshold
+(handshake messages per second before mac2 is demanded, default 200), under_load_hold (1 s).
 """
 
 from __future__ import annotations
