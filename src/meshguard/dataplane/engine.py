@@ -88,6 +88,7 @@ class EngineStats:
     tun_read_errors: int = 0
     bad_endpoint: int = 0
     timer_runs: int = 0
+    internal_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -158,6 +159,7 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._addr_cache: dict[Endpoint, tuple[Any, ...]] = {}
+        self._ep_cache: dict[tuple[Any, ...], Endpoint] = {}  # sockaddr -> Endpoint
         self._on_actions = on_actions  # other actions (HandshakeCompleted, ...) for the owner
 
     # --- sockets ---------------------------------------------------------------------------
@@ -214,6 +216,8 @@ class Engine:
 
     def kick(self) -> None:
         """Run due timers now and re-arm at the device's next deadline (after config changes)."""
+        if self._timer is not None:
+            self._timer.cancel()
         self._on_timer()
 
     def _arm(self) -> None:
@@ -236,10 +240,19 @@ class Engine:
         self._timer_at = None
         self.stats.timer_runs += 1
         c = self.clock
-        actions = self.device.tick(c.monotonic(), c.wall())
-        if actions:
-            self.execute(actions)
-        self._arm()
+        try:
+            actions = self.device.tick(c.monotonic(), c.wall())
+            if actions:
+                self.execute(actions)
+        except Exception:
+            self._internal_error("timer")
+        finally:
+            self._arm()
+
+    def _internal_error(self, where: str) -> None:
+        # a bug below must not stop the data path or the timers; it is logged and counted
+        self.stats.internal_errors += 1
+        log.exception("engine: internal error in %s path", where)
 
     # --- readiness handlers: drain up to `batch` then process the batch ---------------------
 
@@ -258,7 +271,10 @@ class Engine:
         if packets:
             self.stats.tun_rx += len(packets)
             self.stats.tun_rx_batches += 1
-            self.tun_packets_in(packets)
+            try:
+                self.tun_packets_in(packets)
+            except Exception:
+                self._internal_error("tun")
             self._arm()
 
     def _udp_readable(self) -> None:
@@ -267,7 +283,7 @@ class Engine:
             return
         grams: list[Datagram] = []
         recv = sock.recvfrom
-        unmap = _unmap
+        endpoints = self._ep_cache
         for _ in range(self.batch):
             try:
                 data, addr = recv(UDP_READ_SIZE)
@@ -277,11 +293,19 @@ class Engine:
                 # e.g. ICMP errors surfacing as ECONNREFUSED on the next call
                 self.stats.udp_recv_errors += 1
                 continue
-            grams.append((data, (unmap(addr[0]), addr[1])))
+            ep = endpoints.get(addr)
+            if ep is None:
+                if len(endpoints) > 4096:
+                    endpoints.clear()
+                ep = endpoints[addr] = (_unmap(addr[0]), addr[1])
+            grams.append((data, ep))
         if grams:
             self.stats.udp_rx += len(grams)
             self.stats.udp_rx_batches += 1
-            self.datagrams_in(grams)
+            try:
+                self.datagrams_in(grams)
+            except Exception:
+                self._internal_error("udp")
             self._arm()
 
     # --- batch processing (seams for offloads) ---------------------------------------------
@@ -360,6 +384,8 @@ class Engine:
         actions: list[Any] = []
         get_kp = dev.keypair_for_receive
         allowed = dev.source_allowed
+        # (peer, inner source) -> allowed, for this batch only (routes may change between)
+        src_ok: dict[tuple[Any, bytes], bool] = {}
         unpack = _TRANSPORT_HEADER.unpack_from
         last_index = -1
         kp: Any = None
@@ -412,10 +438,15 @@ class Engine:
             inner = inner_packet(pt)
             if inner is None:
                 drops["bad_inner"] += 1
-            elif not allowed(kp.peer, inner[1]):
-                drops["bad_source"] += 1
-            else:
+                continue
+            key = (kp.peer, inner[1])
+            ok = src_ok.get(key)
+            if ok is None:
+                ok = src_ok[key] = allowed(kp.peer, inner[1])
+            if ok:
                 tun.append(inner[0])
+            else:
+                drops["bad_source"] += 1
         flush()
         for reason, n in drops.items():
             if n:
