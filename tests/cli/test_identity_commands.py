@@ -103,7 +103,10 @@ def test_keygen_refuses_to_overwrite(env: Env) -> None:
     env.ok("keygen")
     env.fails("keygen", match="already exists")
     before = store.load_identity(env.cfg)
-    env.ok("keygen", "--force")
+    (env.cfg / "node.cert").write_bytes(b"old")
+    rc, _, err = env.run("keygen", "--force")
+    assert rc == 0
+    assert "certifies the previous identity" in err
     assert store.load_identity(env.cfg) != before
 
 

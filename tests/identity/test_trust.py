@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshguard.errors import ConfigError
 from meshguard.identity.addressing import org_domain
@@ -217,3 +219,24 @@ def test_trust_stamp_changes_with_trust_files(tmp_path: Path) -> None:
     assert two != one
     ts.revoke(Revocation("cert", BOB, ORG_PUB))
     assert trust_stamp(tmp_path) != two
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    node=st.binary(min_size=0, max_size=40),
+    cert=st.one_of(st.none(), st.binary(min_size=0, max_size=330)),
+    flip=st.integers(0, 185),
+)
+def test_admit_never_raises_on_remote_garbage(node: bytes, cert: bytes | None, flip: int) -> None:
+    ts = _STORE
+    adm = ts.admit(node, cert, T0)
+    assert isinstance(adm.reason, str)
+    assert ts.admit(BOB, cert_for(BOB), T0).admitted
+    # Any single flipped bit in a real certificate (signed bytes, signature or padding)
+    # makes it unacceptable.
+    bad = bytearray(cert_for(BOB))
+    bad[flip] ^= 0x01
+    assert not ts.admit(BOB, bytes(bad), T0).admitted
+
+
+_STORE = TrustStore(Path("/nonexistent"), {}, {"acme": ORG_PUB}, [], [])

@@ -48,6 +48,13 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"mesh IPv4:     {mesh_ipv4(pub)}")
     print(f"mesh IPv6:     {mesh_ipv6(pub)}")
     print(f"written to {cfg}; share your key with `meshguard export`")
+    cert = cfg / store.NODE_CERT
+    if args.force and cert.exists():
+        print(
+            f"meshguard: warning: {cert} certifies the previous identity; "
+            "ask the org admin to sign the new one",
+            file=sys.stderr,
+        )
     return 0
 
 
