@@ -35,6 +35,10 @@ def test_handshake_initiated_by_either_side(tb: Testbed, impl_b: str, initiator:
     assert second.ping(first, count=3)  # learnt the endpoint from the handshake
     assert a.handshake_time(b) > 0 and b.handshake_time(a) > 0
     assert second.endpoint_of(first) == f"{first.outer4}:{first.port}"
+    show = a.wg("show", a.ifname)
+    assert "latest handshake:" in show and "transfer:" in show
+    rx, tx = (int(x) for x in a.wg("show", a.ifname, "transfer").split()[1:3])
+    assert rx > 0 and tx > 0
 
 
 @PEER_IMPLS
