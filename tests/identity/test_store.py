@@ -203,3 +203,20 @@ def test_certificate_file(tmp_path: Path) -> None:
     (tmp_path / "node.cert").write_bytes(b"\x01" * 100)
     with pytest.raises(CertificateError, match="100 bytes"):
         store.load_node_certificate(tmp_path)
+
+
+def test_load_node_keys_refreshes_a_stale_vouch(tmp_path: Path) -> None:
+    made = keygen.generate_node_keys(tmp_path, SeededRng(3), 100.0, force=False)
+    loaded = keygen.load_node_keys(tmp_path, 200.0)
+    assert loaded == made  # matching vouch: nothing rewritten
+    # The user drops in another WireGuard key by hand: the next start vouches for it.
+    other = X25519PrivateKey.generate(bytes(range(32)))
+    (tmp_path / "wireguard.key").write_text(other.b64() + "\n")
+    fresh = keygen.load_node_keys(tmp_path, 50.0)  # clock behind the old vouch
+    assert fresh.wireguard == other
+    assert fresh.vouch.wg_key == other.public_key.raw and fresh.vouch.verify()
+    assert fresh.vouch.issued_at == 101 and fresh.vouch.supersedes(made.vouch)
+    assert (tmp_path / "wireguard.pub").read_text() == other.public_key.b64() + "\n"
+    assert store.load_wireguard_vouch(tmp_path, made.identity.public_key.raw) == fresh.vouch
+    (tmp_path / "wireguard.vouch").unlink()
+    assert keygen.load_node_keys(tmp_path, 300.0).vouch.issued_at == 300

@@ -87,3 +87,21 @@ def issue_certificate_file(
     cert = sign_certificate(org, node_key, name, issued, expires_at)
     store.write_file(out, cert.to_bytes())
     return cert
+
+
+def load_node_keys(config_dir: Path, now_wall: float) -> NodeKeys:
+    """What a daemon needs at start: identity, WireGuard key and a vouch that matches it.
+
+    If the vouch is missing, does not verify, or is for another WireGuard key (say, the user
+    replaced wireguard.key by hand), a fresh one is signed and written.
+    """
+    identity = store.load_identity(config_dir)
+    wg = store.load_wireguard_key(config_dir)
+    vouch = store.load_wireguard_vouch(config_dir, identity.public_key.raw)
+    if vouch is None or vouch.wg_key != wg.public_key.raw:
+        issued = int(now_wall)
+        if vouch is not None and issued <= vouch.issued_at:
+            issued = vouch.issued_at + 1
+        vouch = vouch_wg_key(identity, wg.public_key.raw, issued)
+        store.write_files(store.wireguard_writes(config_dir, wg, vouch)[1:])  # pub + vouch
+    return NodeKeys(identity, wg, vouch)
