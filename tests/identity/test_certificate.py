@@ -192,3 +192,21 @@ def test_parse_expiry(text: str, expected: int) -> None:
 def test_parse_expiry_rejects(text: str) -> None:
     with pytest.raises(CertificateError):
         parse_expiry(text)
+
+
+def test_golden_certificate() -> None:
+    import json
+    from pathlib import Path
+
+    from meshguard.crypto.keys import Ed25519PrivateKey
+
+    vec = json.loads(
+        (Path(__file__).resolve().parents[1] / "vectors" / "identity.json").read_text()
+    )
+    gold = vec["certificate"]
+    org = Ed25519PrivateKey(bytes.fromhex(vec["seed"]))
+    node = Ed25519PrivateKey(bytes.fromhex(gold["node_seed"])).public_key.raw
+    cert = sign_certificate(org, node, gold["name"], gold["issued_at"], gold["expires_at"])
+    assert cert.to_bytes().hex() == gold["bytes"]
+    parsed = NodeCertificate.from_bytes(bytes.fromhex(gold["bytes"]))
+    assert parsed == cert and parsed.problem(gold["issued_at"], node) is None
