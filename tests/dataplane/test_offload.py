@@ -357,6 +357,20 @@ def test_coalesce_passes_through_what_it_must_not_merge() -> None:
         assert out == [ZERO_HDR + p for p in pkts], name
 
 
+@pytest.mark.parametrize("bad", [0, 3, 5])
+def test_coalesce_isolates_a_corrupt_segment(bad: int) -> None:
+    pkts = stream(V4A.packed, V4B.packed, 0, [1000] * 6)
+    corrupt = bytearray(pkts[bad])
+    corrupt[200] ^= 0x10
+    pkts[bad] = bytes(corrupt)
+    out = coalesce(pkts)
+    assert ZERO_HDR + pkts[bad] in out
+    assert [p for o in out for p in resegment(o)] == pkts
+    assert all(ref_l4_ok(p) for o in out if o[1] for p in resegment(o))
+    assert len(out) == 1 + (bad > 1) + (bad < 4)  # runs of two or more around it stay merged
+    assert coalesce(pkts, verify=False)[0][1] == VIRTIO_NET_HDR_GSO_TCPV4
+
+
 def test_coalesce_short_segment_ends_group_and_size_limit() -> None:
     a, b = V4A.packed, V4B.packed
     pkts = stream(a, b, 0, [1000, 1000, 600, 1000, 1000])

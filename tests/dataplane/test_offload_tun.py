@@ -47,13 +47,14 @@ def test_enable_offloads_rejects_a_non_tun_fd() -> None:
 
 @pytest.mark.netns
 @pytest.mark.skipif(not CAN_NETNS, reason="needs root and /dev/net/tun")
-@pytest.mark.parametrize("family", ["v4", "v6"])
-def test_kernel_tso_and_gso_write_through_a_vnet_tun(family: str) -> None:
+@pytest.mark.parametrize(("family", "tso"), [("v4", "tso"), ("v6", "tso"), ("v4", "none")])
+def test_kernel_tso_and_gso_write_through_a_vnet_tun(family: str, tso: str) -> None:
+    """With "none", TUNSETOFFLOAD is 0: reads are plain packets, GSO writes still work."""
     netns = f"mgot{secrets.token_hex(4)}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         r = subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", family],
+            ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", family, tso],
             capture_output=True, text=True, timeout=90,
         )
     finally:
@@ -62,14 +63,17 @@ def test_kernel_tso_and_gso_write_through_a_vnet_tun(family: str) -> None:
     words = r.stdout.split()
     assert words[0] == "OK", r.stdout
     gso_reads, super_writes = int(words[1]), int(words[2])
-    assert gso_reads > 0  # the kernel really handed over super-packets
+    if tso == "tso":
+        assert gso_reads > 0  # the kernel really handed over super-packets
+    else:
+        assert gso_reads == 0
     assert super_writes == 3
 
 
 # -- the part that runs inside the namespace ------------------------------------------------
 
 
-def _inner(family: str) -> None:  # pragma: no cover - runs in a subprocess
+def _inner(family: str, tso: str) -> None:  # pragma: no cover - runs in a subprocess
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from test_offload import TCP_ACK, TCP_PSH, TCP_SYN, tcp_packet
 
@@ -79,8 +83,12 @@ def _inner(family: str) -> None:  # pragma: no cover - runs in a subprocess
     lb, pb = socket.inet_pton(fam, local), socket.inet_pton(fam, peer)
     name = "mgtun0"
     fd = open_tun(name)
-    state = enable_offloads(fd)
-    assert state.vnet_hdr and state.csum and state.tso, state
+    if tso == "tso":
+        state = enable_offloads(fd)
+        assert state.vnet_hdr and state.csum and state.tso, state
+    else:
+        state = enable_offloads(fd, want=0)
+        assert state.vnet_hdr and state.offloads == 0, state
     plain = open_tun("mgtun1", vnet_hdr=False)
     assert not enable_offloads(plain).vnet_hdr
     os.close(plain)
@@ -185,5 +193,5 @@ def _inner(family: str) -> None:  # pragma: no cover - runs in a subprocess
 
 
 if __name__ == "__main__":  # pragma: no cover
-    if len(sys.argv) == 3 and sys.argv[1] == "--inner":
-        _inner(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--inner":
+        _inner(sys.argv[2], sys.argv[3])

@@ -15,8 +15,9 @@ consecutive in-sequence segments whose IP and TCP headers agree except for lengt
 number and checksum (flags ACK or ACK|PSH, PSH ending a group, all but the last of equal payload
 size, at most 64 KB) are merged into one super-packet with a GSO virtio-net header (NEEDS_CSUM,
 csum_start at the TCP header, the pseudo-header sum in the checksum field, which is what the
-kernel expects from a TUN writer). Each segment's checksum is verified before it is merged
-(the kernel will not check a NEEDS_CSUM packet again); a segment that fails stays on its own.
+kernel expects from a TUN writer). The checksums of a group's segments are verified before
+it is written (the kernel will not check a NEEDS_CSUM packet again), with one reduction for the
+whole group; when that fails, each segment is checked and the bad ones are written on their own.
 Everything else passes through in order with a zero header. Order within a flow is preserved;
 groups and pass-through packets are emitted in the order of their first packet.
 
@@ -72,6 +73,24 @@ class OffloadError(WireFormatError):
 
 # -- checksums ------------------------------------------------------------------------------
 
+_FOLD_MASKS: dict[int, int] = {}
+
+
+def _mod(v: int) -> int:
+    """v mod 0xFFFF for a large non-negative v. Halving folds at multiples of 240 bits (2**16
+    and CPython's 30-bit digits both divide them, so shifts are digit-aligned and 2**h is 1
+    modulo 0xFFFF) are cheaper than the long division of `%` until ~1000 bits remain."""
+    n = v.bit_length()
+    while n > 960:
+        h = ((n >> 1) // 240 + 1) * 240
+        m = _FOLD_MASKS.get(h)
+        if m is None:
+            m = _FOLD_MASKS[h] = (1 << h) - 1
+        v = (v >> h) + (v & m)
+        n = v.bit_length()
+    return v % 0xFFFF
+
+
 
 def ones_sum(data: Buffer, initial: int = 0) -> int:
     """16-bit ones' complement sum of `data` (odd length padded with a zero byte) plus
@@ -82,8 +101,7 @@ def ones_sum(data: Buffer, initial: int = 0) -> int:
     v += initial
     if not v:
         return 0
-    r = v % 0xFFFF
-    return r or 0xFFFF
+    return _mod(v) or 0xFFFF
 
 
 def checksum(data: Buffer, initial: int = 0) -> int:
@@ -93,7 +111,7 @@ def checksum(data: Buffer, initial: int = 0) -> int:
 
 def _finish(v: int) -> int:
     """Checksum field value from an unfolded nonzero sum (0xFFFF complement of the fold)."""
-    r = v % 0xFFFF
+    r = _mod(v)
     return 0xFFFF - r if r else 0
 
 
@@ -119,7 +137,7 @@ def l4_checksum_ok(pkt: Buffer, l4_off: int, proto: int) -> bool:
     if len(seg) & 1:
         v <<= 8
     v += pseudo_sum(src, dst, proto, len(seg))
-    return v % 0xFFFF == 0
+    return _mod(v) == 0
 
 
 def ipv4_header_ok(pkt: Buffer) -> bool:
@@ -324,7 +342,7 @@ def _segment_udp(pkt: Buffer, l4: int, size: int) -> list[bytes]:
 class _Group:
     """A run of mergeable TCP segments of one flow (or a single pass-through packet)."""
 
-    __slots__ = ("bodies", "closed", "l4", "last_flags", "mss", "next_seq", "pkts", "sig", "size")
+    __slots__ = ("closed", "l4", "mss", "next_seq", "pkts", "sig", "size")
 
     def __init__(self, pkt: Buffer) -> None:
         self.pkts: list[Buffer] = [pkt]
@@ -334,8 +352,6 @@ class _Group:
         self.mss = 0
         self.next_seq = 0
         self.size = len(pkt)
-        self.last_flags = 0
-        self.bodies: list[Buffer] = []
 
 
 def _tcp_view(pkt: Buffer) -> tuple[int, int, int] | None:
@@ -375,8 +391,8 @@ def _signature(pkt: Buffer, l4: int, hl: int) -> bytes:
 def coalesce(packets: Iterable[Buffer], verify: bool = True) -> list[bytes]:
     """Merge TCP segments for one TUN write each; returns buffers of virtio-net header + packet.
 
-    `verify=False` skips the per-segment checksum verification (only for packets whose
-    checksums are known to be good, e.g. in benchmarks).
+    `verify=False` skips the checksum verification (only for packets whose checksums are
+    known to be good, e.g. in benchmarks).
     """
     items: list[_Group] = []
     flows: dict[bytes, _Group] = {}
@@ -399,13 +415,10 @@ def coalesce(packets: Iterable[Buffer], verify: bool = True) -> list[bytes]:
             and g.size + plen <= MAX_SUPER
             and _U32.unpack_from(pkt, l4 + 4)[0] == g.next_seq
             and _signature(pkt, l4, hl) == g.sig
-            and (not verify or _verify_for_merge(g, pkt, l4))
         ):
             g.pkts.append(pkt)
-            g.bodies.append(memoryview(pkt)[hl:])
             g.size += plen
             g.next_seq = (g.next_seq + plen) & 0xFFFFFFFF
-            g.last_flags = flags
             if plen < g.mss or flags & TCP_PSH:
                 g.closed = True
             continue
@@ -417,30 +430,59 @@ def coalesce(packets: Iterable[Buffer], verify: bool = True) -> list[bytes]:
             ng.l4 = l4
             ng.mss = plen
             ng.next_seq = (_U32.unpack_from(pkt, l4 + 4)[0] + plen) & 0xFFFFFFFF
-            ng.last_flags = flags
         flows[flow] = ng
     out: list[bytes] = []
     for g in items:
-        if len(g.pkts) == 1:
-            out.append(ZERO_HDR + g.pkts[0])
+        pkts = g.pkts
+        if len(pkts) == 1:
+            out.append(ZERO_HDR + pkts[0])
+        elif not verify or _group_checksums_ok(pkts, g.l4):
+            out.append(_build_super(pkts, g.l4))
         else:
-            out.append(_build_super(g))
+            for run in _valid_runs(pkts, g.l4):
+                out.append(_build_super(run, g.l4) if len(run) > 1 else ZERO_HDR + run[0])
     return out
 
 
-def _verify_for_merge(g: _Group, pkt: Buffer, l4: int) -> bool:
-    if len(g.pkts) == 1 and not l4_checksum_ok(g.pkts[0], l4, PROTO_TCP):
-        g.closed = True  # the head is bad: it stays alone, and so does this packet
-        return False
-    return l4_checksum_ok(pkt, l4, PROTO_TCP)
+def _group_checksums_ok(pkts: list[Buffer], l4: int) -> bool:
+    """One check for a whole group: a segment verifies when its sum (pseudo-header included)
+    is 0 modulo 0xFFFF, so the sum of all of them is 0 when each is; one reduction instead of
+    one per segment. A corrupt segment is caught as surely as by its own check (two corrupt
+    segments could cancel with odds of 1 in 65535, like one corruption slipping past a
+    16-bit checksum)."""
+    total = 0
+    for p in pkts:
+        n = len(p) - l4
+        v = _from_bytes(memoryview(p)[l4:], "big")
+        total += (v << 8 if n & 1 else v) + n
+    src, dst = _addrs(pkts[0])
+    return _mod(total + len(pkts) * pseudo_sum(src, dst, PROTO_TCP, 0)) == 0
 
 
-def _build_super(g: _Group) -> bytes:
-    first = g.pkts[0]
-    l4 = g.l4
+def _valid_runs(pkts: list[Buffer], l4: int) -> list[list[Buffer]]:
+    """Split a group whose check failed: runs of verifying segments, bad ones alone."""
+    runs: list[list[Buffer]] = []
+    cur: list[Buffer] = []
+    for p in pkts:
+        if l4_checksum_ok(p, l4, PROTO_TCP):
+            cur.append(p)
+            continue
+        if cur:
+            runs.append(cur)
+            cur = []
+        runs.append([p])
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def _build_super(pkts: list[Buffer], l4: int) -> bytes:
+    first = pkts[0]
     hl = l4 + (first[l4 + 12] >> 4) * 4
     head = bytearray(first[:hl])
-    total = g.size
+    total = hl + sum(len(p) for p in pkts) - hl * len(pkts)
+    mss = len(first) - hl
+    last_flags = pkts[-1][l4 + 13]
     if l4 == 20:
         _pack_u16_into(head, 2, total)
         _ipv4_csum_into(head, 20)
@@ -448,12 +490,12 @@ def _build_super(g: _Group) -> bytes:
     else:
         _pack_u16_into(head, 4, total - 40)
         gso_type = VIRTIO_NET_HDR_GSO_TCPV6
-    head[l4 + 13] |= g.last_flags & TCP_PSH
+    head[l4 + 13] |= last_flags & TCP_PSH
     src, dst = _addrs(head)
     r = pseudo_sum(src, dst, PROTO_TCP, total - l4) % 0xFFFF
     _pack_u16_into(head, l4 + 16, r or 0xFFFF)
-    vh = pack_hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl, g.mss, l4, 16)
-    return b"".join((vh, head, memoryview(first)[hl:], *g.bodies))
+    vh = pack_hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl, mss, l4, 16)
+    return b"".join((vh, head, *(memoryview(p)[hl:] for p in pkts)))
 
 
 def coalesce_stats(out: Sequence[Buffer]) -> tuple[int, int]:
