@@ -238,3 +238,19 @@ def test_showconf_matches_wireguard_go(tb: Testbed) -> None:
     for node in (mg, go):
         node.wg("set", node.ifname, "peer", p2, "remove", "peer", p1, "allowed-ips", "10.1.0.0/24")
     assert mg.wg("showconf", mg.ifname) == go.wg("showconf", go.ifname)
+
+
+@PEER_IMPLS
+def test_persistent_keepalive_handshakes_without_traffic(tb: Testbed, impl_b: str) -> None:
+    a, b = pair(tb, impl_b, b_knows_a=False)
+    assert a.handshake_time(b) == 0
+    a.wg("set", a.ifname, "peer", b.pub, "persistent-keepalive", "1")
+    # enabling it sends a keepalive at once, which needs (and so starts) a handshake
+    wait_until(lambda: b.handshake_time(a) > 0, 10, "handshake from a keepalive")
+    rx0 = int(b.wg("show", b.ifname, "transfer").split()[1])
+    wait_until(
+        lambda: int(b.wg("show", b.ifname, "transfer").split()[1]) >= rx0 + 64,
+        10,
+        "two more keepalives (32 bytes each)",
+    )
+    assert b.endpoint_of(a) == f"{a.outer4}:{a.port}"
