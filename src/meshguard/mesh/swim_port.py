@@ -1,0 +1,169 @@
+"""Adapter from the SWIM `Membership` core (swim/membership.py) to MeshNode's MembershipPort.
+
+It turns SWIM's `Send` actions into the WireGuard device's `SendDatagram` (so the data-plane
+engine executes both alike), keeps a view of every member including dead and left ones (for
+`status`; the core itself forgets them), and emits `Joined` once the core has joined.
+
+WireGuard endpoint vs gossip endpoint. A signed record lists *gossip* endpoints (SWIM sends to
+the first). A userspace node serves WireGuard on the same port. A kernel-mode node cannot (the
+kernel owns its WireGuard port), so it gossips on WireGuard port + 1 and sets bit 7 of the
+record's `nat_type` byte (`NAT_SPLIT_PORT`): "my WireGuard endpoint is my gossip endpoint's
+port - 1". The record is signed, so the bit is as trustworthy as the endpoint. The low 7 bits
+keep the NAT type. Every node, kernel or userspace, reads both endpoints from the record, so
+the two kinds interoperate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.mesh.node import Endpoint, Joined, MemberView
+from meshguard.rng import Rng
+from meshguard.swim.config import DEFAULT_CONFIG, SwimConfig
+from meshguard.swim.membership import (
+    MemberDown,
+    Membership,
+    MemberUp,
+    MemberUpdated,
+    Send,
+)
+from meshguard.swim.records import AdmissionPolicy
+from meshguard.wire.gossip import NodeRecord
+from meshguard.wireguard.actions import SendDatagram
+
+NAT_SPLIT_PORT = 0x80
+NAT_TYPE_MASK = 0x7F
+DEAD_KEEP = 600.0  # seconds a dead or left member stays visible in `status`
+
+
+def wg_endpoint_of(rec: NodeRecord) -> Endpoint | None:
+    if not rec.endpoints:
+        return None
+    host, port = rec.endpoints[0]
+    if rec.nat_type & NAT_SPLIT_PORT:
+        return (host, port - 1) if port > 1 else None
+    return (host, port)
+
+
+def view_of(rec: NodeRecord, state: str) -> MemberView:
+    return MemberView(
+        identity_key=rec.identity,
+        wg_key=rec.wg_public,
+        wg_endpoint=wg_endpoint_of(rec),
+        gossip_endpoint=rec.endpoints[0] if rec.endpoints else None,
+        certificate=rec.certificate,
+        state=state,
+        incarnation=rec.incarnation,
+    )
+
+
+@dataclass
+class SwimPort:
+    core: Membership
+    _views: dict[bytes, MemberView] = field(default_factory=dict)
+    _gone_at: dict[bytes, float] = field(default_factory=dict)
+    _joined_reported: bool = False
+    _now: float = 0.0
+
+    # MembershipPort ----------------------------------------------------------------------
+
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Any]:
+        self._now = now
+        return self.core.receive(now, data, src, wall)
+
+    def tick(self, now: float, wall: float) -> list[Any]:
+        self._now = now
+        out: list[Any] = self.core.tick(now, wall)
+        for k, t in list(self._gone_at.items()):
+            if now - t > DEAD_KEEP:
+                del self._gone_at[k]
+                self._views.pop(k, None)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.core.next_deadline()
+
+    def leave(self, now: float, wall: float) -> list[Any]:
+        return self.core.leave(now)
+
+    def members(self) -> Iterable[MemberView]:
+        # refresh live states (alive <-> suspect changes raise no event)
+        out = []
+        for k, v in self._views.items():
+            st = self.core.state_of(k)
+            if st is not None and st != v.state and v.state not in ("dead", "left"):
+                v = MemberView(v.identity_key, v.wg_key, v.wg_endpoint, v.gossip_endpoint,
+                               v.certificate, st, v.incarnation)
+                self._views[k] = v
+            out.append(v)
+        return out
+
+    def absorb(self, actions: Sequence[Any]) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        changed = False
+        for a in actions:
+            if isinstance(a, Send):
+                out.append(SendDatagram(a.data, a.endpoint))
+            elif isinstance(a, MemberUp | MemberUpdated):
+                rec = a.record
+                state = self.core.state_of(rec.identity) or "alive"
+                self._views[rec.identity] = view_of(rec, state)
+                self._gone_at.pop(rec.identity, None)
+                changed = True
+            elif isinstance(a, MemberDown):
+                rec = a.record
+                state = "left" if a.reason == "left" else "dead"
+                if a.reason == "untrusted":
+                    self._views.pop(rec.identity, None)
+                    self._gone_at.pop(rec.identity, None)
+                else:
+                    self._views[rec.identity] = view_of(rec, state)
+                    self._gone_at[rec.identity] = self._now
+                changed = True
+        if not self._joined_reported and self.core.joined:
+            self._joined_reported = True
+            out.append(Joined())
+        return out, changed
+
+    # for the daemon ----------------------------------------------------------------------
+
+    def join_actions(self, seeds: Sequence[Endpoint], now: float, wall: float) -> list[Any]:
+        self._now = now
+        if not seeds:
+            self._joined_reported = True  # nothing to join: the daemon is ready at once
+        return self.absorb(self.core.join(seeds, now))[0]
+
+    def trust_changed(self, now: float, wall: float) -> list[Any]:
+        self._now = now
+        return self.absorb(self.core.reevaluate_admission(now, wall))[0]
+
+    def counters(self) -> dict[str, int]:
+        return {f"swim_{k}": int(v) for k, v in self.core.stats.items()}
+
+
+def build_membership(
+    *,
+    identity: Ed25519PrivateKey,
+    wg_private: X25519PrivateKey,
+    certificate: bytes | None,
+    endpoints: Sequence[Endpoint],
+    kernel: bool,
+    admitter: AdmissionPolicy,
+    rng: Rng,
+    now: float,
+    wall: float,
+    config: SwimConfig = DEFAULT_CONFIG,
+) -> SwimPort:
+    """A SWIM core for this node. The incarnation starts at the wall-clock second, so a
+    restarted node's record always supersedes the one the mesh still remembers."""
+    core = Membership(
+        identity, wg_private, endpoints, admitter, rng, config,
+        nat_type=NAT_SPLIT_PORT if kernel else 0,
+        certificate=certificate,
+        incarnation=int(wall),
+        now=now,
+    )
+    return SwimPort(core)

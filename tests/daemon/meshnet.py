@@ -1,0 +1,208 @@
+"""Real-daemon test helpers: nodes in network namespaces on one bridged LAN.
+
+    with MeshLan(tmp_path) as lan:
+        a = lan.add_node("a")              # namespace + veth into the LAN bridge + config dir
+        b = lan.add_node("b")
+        trust_each_other([a, b])
+        a.up(); b.up(seeds=[a])             # `python -m meshguard up -f` in the namespace
+        lan.wait(lambda: b.tunnel_to(a), "b's tunnel to a")
+
+Every namespace, interface and process is removed when the LAN closes, even on failure.
+Interface and namespace names carry a random suffix. Daemon stderr goes to <tmp>/<name>.log,
+which `MeshLan.logs()` returns for assertion messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from meshguard.daemon.control_client import ControlClient
+from meshguard.identity import keygen, store
+from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.rng import SystemRng
+from meshguard.testing.netns import Namespace, unique_name, wait_until
+
+PY = sys.executable
+LAN_V4 = "10.210.0."
+
+
+def run_cli(args: list[str], env: dict[str, str], ns: Namespace | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    argv = [PY, "-m", "meshguard", *args]
+    if ns is not None:
+        argv = ns.argv(argv)
+    return subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@dataclass
+class Node:
+    lan: MeshLan
+    name: str
+    ns: Namespace
+    cfg: Path
+    ip: str
+    iface: str
+    port: int = 51821
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    identity: bytes = b""
+    wg_pub: bytes = b""
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MESHGUARD_CONFIG_DIR": str(self.cfg), "MESHGUARD_RUN_DIR": str(self.lan.run),
+                **self.extra_env}
+
+    @property
+    def mesh_v4(self) -> str:
+        return str(mesh_ipv4(self.identity))
+
+    @property
+    def mesh_v6(self) -> str:
+        return str(mesh_ipv6(self.identity))
+
+    @property
+    def sock(self) -> Path:
+        return self.lan.run / f"{self.iface}.sock"
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_cli(list(args), self.env, self.ns, timeout)
+
+    def up(self, seeds: list[Node] | None = None, *extra: str, wait: bool = True) -> None:
+        argv = ["up", "-f", "--interface", self.iface, "--port", str(self.port),
+                "--announce", self.ip, "--log-level", "debug", *extra]
+        for s in seeds or []:
+            argv += ["--seed", f"{s.ip}:{s.port}"]
+        self.log = self.lan.tmp / f"{self.name}.log"
+        with open(self.log, "ab") as logf:
+            self.proc = self.ns.popen([PY, "-m", "meshguard", *argv],
+                                      env={**os.environ, **self.env}, stderr=logf)
+        if wait:
+            self.lan.wait(lambda: self.alive_and_answering(), f"{self.name} to come up", 20)
+
+    def alive_and_answering(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
+                               + self.lan.logs())
+        return self.sock.exists() and bool(self.status())
+
+    def status(self) -> dict[str, Any]:
+        return ControlClient(self.sock, self.iface, timeout=5).request("status")
+
+    def member(self, other: Node) -> dict[str, Any] | None:
+        import base64
+
+        key = base64.b64encode(other.identity).decode()
+        for m in self.status()["members"]:
+            if m["identity_key"] == key:
+                return dict(m)
+        return None
+
+    def tunnel_to(self, other: Node) -> bool:
+        m = self.member(other)
+        return m is not None and bool(m["tunnel"])
+
+    def ping(self, other: Node, v6: bool = False, count: int = 1) -> bool:
+        return self.ns.ping(other.mesh_v6 if v6 else other.mesh_v4, count=count, wait=1.0)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        self.proc.wait(10)
+
+    def trust(self, other: Node) -> Path:
+        p = self.cfg / store.AUTHORIZED_KEYS / f"{other.name}.pub"
+        p.parent.mkdir(mode=0o700, exist_ok=True)
+        p.write_text(store.public_key_file(other.identity).decode())
+        return p
+
+
+class MeshLan:
+    """A hub namespace with a bridge; each node namespace hangs off it by a veth pair."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.run = tmp / "run"
+        self.nodes: list[Node] = []
+        self._stack = contextlib.ExitStack()
+        self.hub: Namespace
+
+    def __enter__(self) -> MeshLan:
+        try:
+            self.hub = self._stack.enter_context(Namespace.create("mghub"))
+            self.hub.run(["ip", "link", "add", "br0", "type", "bridge"])
+            self.hub.run(["ip", "link", "set", "br0", "up"])
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    n.ns.stop(n.proc, timeout=3)
+        self._stack.close()
+
+    def add_node(self, name: str, *, keys: bool = True) -> Node:
+        idx = len(self.nodes) + 1
+        ns = self._stack.enter_context(Namespace.create(f"mgn{name}"))
+        hub_if = unique_name("vh")
+        node_if = unique_name("vn")
+        subprocess.run(["ip", "link", "add", hub_if, "netns", self.hub.name, "type", "veth",
+                        "peer", "name", node_if, "netns", ns.name], check=True, timeout=30)
+        self.hub.run(["ip", "link", "set", hub_if, "master", "br0"])
+        self.hub.link_up(hub_if)
+        ip = f"{LAN_V4}{idx}"
+        ns.add_address(node_if, f"{ip}/24")
+        ns.link_up(node_if)
+        cfg = self.tmp / name
+        node = Node(self, name, ns, cfg, ip, unique_name("mg"))
+        if keys:
+            k = keygen.generate_node_keys(cfg, SystemRng(), time.time(), force=False)
+            node.identity = k.identity.public_key.raw
+            node.wg_pub = k.wireguard.public_key.raw
+        self.nodes.append(node)
+        return node
+
+    def wait(self, pred: Callable[[], object], what: str, timeout: float = 20) -> None:
+        try:
+            wait_until(pred, timeout, what, interval=0.1)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def logs(self, tail: int = 40) -> str:
+        out = []
+        for n in self.nodes:
+            if n.log is not None and n.log.exists():
+                lines = n.log.read_text(errors="replace").splitlines()[-tail:]
+                out.append(f"--- {n.name} ---\n" + "\n".join(lines))
+        return "\n".join(out)
+
+
+def trust_all(nodes: list[Node]) -> None:
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                a.trust(b)
+
+
+def status_json(node: Node) -> dict[str, Any]:
+    res = node.cli("status", "--interface", node.iface, "--json")
+    assert res.returncode == 0, res.stderr
+    return dict(json.loads(res.stdout))

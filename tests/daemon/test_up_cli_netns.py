@@ -1,0 +1,118 @@
+"""`meshguard up/down/status` failure paths and background mode, for real (marked netns).
+
+Every failed `up` must print one line, exit 1 and leave no interface and no control socket.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshguard.testing.netns import netns_skip_reason, wait_until
+
+from .meshnet import MeshLan, Node, trust_all
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
+]
+
+
+@pytest.fixture
+def lan(tmp_path: Path) -> Iterator[MeshLan]:
+    with MeshLan(tmp_path) as lan:
+        yield lan
+
+
+def assert_clean_failure(node: Node, res: subprocess.CompletedProcess[str], text: str) -> None:
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert text in res.stderr, res.stderr
+    assert res.stderr.startswith("meshguard: error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert node.ns.run(["ip", "link", "show", node.iface], check=False).returncode != 0
+    assert not node.sock.exists()
+
+
+def up(node: Node, *extra: str) -> subprocess.CompletedProcess[str]:
+    return node.cli("up", "-f", "--interface", node.iface, "--port", str(node.port), *extra,
+                    timeout=30)
+
+
+def test_refusals(lan: MeshLan) -> None:
+    a = lan.add_node("a")
+    # empty trust store
+    assert_clean_failure(a, up(a), "trust store")
+    # missing identity
+    nokey = lan.add_node("nokey", keys=False)
+    assert_clean_failure(nokey, up(nokey, "--open"), "keygen")
+    # kernel mode without the module
+    assert_clean_failure(a, up(a, "--open", "--kernel"), "no WireGuard module")
+    # unresolvable seed
+    assert_clean_failure(a, up(a, "--open", "--seed", "no-such-host.invalid:51821"),
+                         "cannot resolve seed")
+    # busy port
+    holder = a.ns.popen([sys.executable, "-c",
+                         "import socket,time;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);"
+                         f"s.bind(('::',{a.port}));time.sleep(60)"])
+    wait_until(lambda: f":{a.port}" in a.ns.run(["ss", "-uln"]).stdout, 10, "port held")
+    assert_clean_failure(a, up(a, "--open"), "already in use")
+    a.ns.stop(holder)
+
+
+def test_up_twice_and_seed_by_host_name(lan: MeshLan) -> None:
+    a = lan.add_node("a")
+    b = lan.add_node("b")
+    trust_all([a, b])
+    a.up()
+    res = up(a)
+    assert res.returncode == 1 and "already running" in res.stderr, res.stderr
+    assert a.alive_and_answering()  # the first one is unharmed
+    # a seed given by host name: `ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts
+    etc = Path("/etc/netns") / b.ns.name
+    etc.mkdir(parents=True)
+    try:
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{a.ip} seed-a.test\n")
+        b.up([], "--seed", "seed-a.test:51821")
+        lan.wait(lambda: b.tunnel_to(a) and a.tunnel_to(b), "b joined a by name", 20)
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+
+
+def test_background_mode_status_and_down(lan: MeshLan) -> None:
+    a = lan.add_node("a")
+    b = lan.add_node("b")
+    trust_all([a, b])
+    t0 = time.monotonic()
+    res = a.cli("up", "--interface", a.iface, "--announce", a.ip, timeout=40)
+    assert res.returncode == 0, res.stderr
+    assert "is up" in res.stdout and a.sock.exists()
+    res = b.cli("up", "--interface", b.iface, "--announce", b.ip, "--seed", f"{a.ip}:51821",
+                timeout=40)
+    assert res.returncode == 0, res.stderr
+    assert "joined" in res.stdout, res.stdout  # READY only once joined through the seed
+    assert time.monotonic() - t0 < 30
+    # two daemons share the run dir: status lists both, down asks which
+    res = a.cli("status")
+    assert res.returncode == 0 and a.iface in res.stdout and b.iface in res.stdout
+    res = a.cli("down")
+    assert res.returncode == 1 and "choose one with --interface" in res.stderr
+    for n in (a, b):
+        res = n.cli("down", "--interface", n.iface)
+        assert res.returncode == 0, res.stderr
+        assert not n.sock.exists()
+        assert n.ns.run(["ip", "link", "show", n.iface], check=False).returncode != 0
+    res = a.cli("status")
+    assert res.returncode == 1 and "not running" in res.stderr
+
+
+def test_interface_name_validation(tmp_path: Path) -> None:
+    from .meshnet import run_cli
+
+    res = run_cli(["up", "-f", "--interface", "bad/name"],
+                  {"MESHGUARD_CONFIG_DIR": str(tmp_path), "MESHGUARD_RUN_DIR": str(tmp_path)})
+    assert res.returncode == 1 and "invalid interface name" in res.stderr

@@ -1,0 +1,222 @@
+"""MeshNode composition in virtual time: real WireGuard Devices and SWIM cores, one in-memory
+UDP network, no sockets. Trusted members get tunnels that carry IP packets both ways (IPv4 and
+IPv6); an untrusted node never does; trust removal and death tear tunnels down; kernel-mode
+(split port) records interoperate with userspace ones."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.mesh.node import Joined, MeshNode, PeerDown, PeerUp
+from meshguard.mesh.swim_port import NAT_SPLIT_PORT, SwimPort, build_membership, wg_endpoint_of
+from meshguard.mesh.wg_backend import DeviceBackend
+from meshguard.testing.clock import ManualClock
+from meshguard.testing.rng import SeededRng
+from meshguard.wire.gossip import NodeRecord
+from meshguard.wireguard.actions import SendDatagram, WriteTun
+from meshguard.wireguard.device import Device
+
+
+@dataclass
+class Trust:
+    keys: set[bytes] = field(default_factory=set)
+
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> bool:
+        return bytes(node_key) in self.keys
+
+
+@dataclass
+class SimNode:
+    name: str
+    ep: tuple[str, int]
+    ident: Ed25519PrivateKey
+    node: MeshNode
+    trust: Trust
+    tun: list[bytes] = field(default_factory=list)
+    events: list[object] = field(default_factory=list)
+
+    @property
+    def key(self) -> bytes:
+        return self.ident.public_key.raw
+
+
+class Net:
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = SeededRng(seed)
+        self.clock = ManualClock()
+        self.nodes: dict[tuple[str, int], SimNode] = {}
+        self.queue: deque[tuple[tuple[str, int], bytes, tuple[str, int]]] = deque()
+        self.down: set[tuple[str, int]] = set()
+
+    def add(self, name: str, ip: str) -> SimNode:
+        ident = Ed25519PrivateKey(self.rng.bytes(32))
+        wg = X25519PrivateKey.generate(self.rng.bytes(32))
+        ep = (ip, 51821)
+        trust = Trust()
+        c = self.clock
+        port = build_membership(identity=ident, wg_private=wg, certificate=None, endpoints=[ep],
+                                kernel=False, admitter=trust, rng=self.rng, now=c.monotonic(),
+                                wall=c.wall())
+        dev = Device(self.rng, wg)
+        node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, trust, device=dev,
+                        backend=DeviceBackend(dev))
+        sn = SimNode(name, ep, ident, node, trust)
+        self.nodes[ep] = sn
+        return sn
+
+    def join(self, sn: SimNode, seeds: list[SimNode]) -> None:
+        port = sn.node.membership
+        assert isinstance(port, SwimPort)
+        c = self.clock
+        self.run_actions(sn, port.join_actions([s.ep for s in seeds], c.monotonic(), c.wall()))
+
+    def run_actions(self, sn: SimNode, actions: list[object]) -> None:
+        for a in actions:
+            if isinstance(a, SendDatagram):
+                self.queue.append((a.endpoint, a.data, sn.ep))
+            elif isinstance(a, WriteTun):
+                sn.tun.append(a.packet)
+            else:
+                sn.events.append(a)
+
+    def step(self, dt: float = 0.05) -> None:
+        c = self.clock
+        while self.queue:
+            dst, data, src = self.queue.popleft()
+            target = self.nodes.get(dst)
+            if target is None or dst in self.down or src in self.down:
+                continue
+            self.run_actions(target, target.node.receive_datagram(c.monotonic(), c.wall(), data,
+                                                                  src))
+        c.advance(dt)
+        for ep, sn in self.nodes.items():
+            if ep in self.down:
+                continue
+            d = sn.node.next_deadline()
+            if d is not None and d <= c.monotonic():
+                self.run_actions(sn, sn.node.tick(c.monotonic(), c.wall()))
+
+    def run(self, seconds: float) -> None:
+        end = self.clock.monotonic() + seconds
+        while self.clock.monotonic() < end:
+            self.step()
+
+    def send_ip(self, a: SimNode, b: SimNode, v6: bool = False) -> bytes:
+        pkt = ip_packet(a.key, b.key, v6, self.rng.bytes(8))
+        c = self.clock
+        self.run_actions(a, a.node.send_packet(c.monotonic(), c.wall(), pkt))
+        return pkt
+
+
+def ip_packet(src_key: bytes, dst_key: bytes, v6: bool, payload: bytes) -> bytes:
+    if v6:
+        return (struct.pack("!IHBB", 6 << 28, len(payload), 17, 64)
+                + mesh_ipv6(src_key).packed + mesh_ipv6(dst_key).packed + payload)
+    total = 20 + len(payload)
+    return (struct.pack("!BBHHHBBH", 0x45, 0, total, 0, 0, 64, 17, 0)
+            + mesh_ipv4(src_key).packed + mesh_ipv4(dst_key).packed + payload)
+
+
+def trust_all(nodes: list[SimNode]) -> None:
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                a.trust.keys.add(b.key)
+
+
+def delivered(net: Net, a: SimNode, b: SimNode, v6: bool = False) -> bool:
+    b.tun.clear()
+    pkt = net.send_ip(a, b, v6)
+    net.run(1.0)
+    return pkt in b.tun
+
+
+def test_mesh_through_one_seed() -> None:
+    net = Net(7)
+    seed = net.add("seed", "192.0.2.1")
+    others = [net.add(f"n{i}", f"192.0.2.{i + 2}") for i in range(3)]
+    outsider = net.add("x", "192.0.2.99")
+    members = [seed, *others]
+    trust_all(members)
+    outsider.trust.keys.update(m.key for m in members)
+    # joins start once trust is in place (admission is asked on the Join)
+    net.join(seed, [])
+    for n in [*others, outsider]:
+        net.join(n, [seed])
+    net.run(8.0)
+    for n in others:
+        assert any(isinstance(e, Joined) for e in n.events)
+    for a in members:
+        for b in members:
+            if a is not b:
+                assert b.node.wg_key in a.node.peers, f"{a.name} lacks {b.name}"
+                assert delivered(net, a, b), f"{a.name} -> {b.name}"
+                assert delivered(net, a, b, v6=True), f"{a.name} -> {b.name} v6"
+        assert outsider.node.wg_key not in a.node.peers
+        assert not delivered(net, outsider, a)
+    assert outsider.node.peers == {}
+
+
+def test_trust_removal_and_death() -> None:
+    net = Net(11)
+    a = net.add("a", "192.0.2.1")
+    b = net.add("b", "192.0.2.2")
+    c = net.add("c", "192.0.2.3")
+    trust_all([a, b, c])
+    net.join(a, [])
+    for n in (b, c):
+        net.join(n, [a])
+    net.run(6.0)
+    assert delivered(net, a, b) and delivered(net, a, c)
+    # a stops trusting b: the tunnel goes at once, c is untouched
+    a.trust.keys.discard(b.key)
+    out = a.node.set_trust(a.trust, net.clock.wall())
+    assert [type(x) for x in out] == [PeerDown]
+    assert b.node.wg_key not in a.node.peers and not delivered(net, a, b)
+    assert delivered(net, a, c)
+    # c dies (stops answering): a declares it dead and removes the tunnel
+    net.down.add(c.ep)
+    net.run(40.0)
+    assert c.node.wg_key not in a.node.peers
+    st = {m.identity_key: m.state for m in a.node.membership.members()}
+    assert st[c.key] == "dead"
+    assert any(isinstance(e, PeerDown) and e.identity_key == c.key for e in a.events)
+
+
+def test_split_port_record_maps_to_wireguard_port() -> None:
+    rec = NodeRecord(b"i" * 32, b"w" * 32, 1, (("198.51.100.7", 51822),), NAT_SPLIT_PORT)
+    assert wg_endpoint_of(rec) == ("198.51.100.7", 51821)
+    rec2 = NodeRecord(b"i" * 32, b"w" * 32, 1, (("198.51.100.7", 51821),), 2)
+    assert wg_endpoint_of(rec2) == ("198.51.100.7", 51821)
+    assert wg_endpoint_of(NodeRecord(b"i" * 32, b"w" * 32, 1, (), 0)) is None
+
+
+def test_kernel_mode_node_gets_peer_on_wireguard_port() -> None:
+    """A kernel-mode member (gossip on port+1, split-port flag) is given to userspace peers at
+    its WireGuard port, and the kernel node gets PeerUp actions for the kernel device."""
+    net = Net(5)
+    a = net.add("a", "192.0.2.1")
+    net.join(a, [])
+    ident = Ed25519PrivateKey(net.rng.bytes(32))
+    wg = X25519PrivateKey.generate(net.rng.bytes(32))
+    trust = Trust({a.key})
+    a.trust.keys.add(ident.public_key.raw)
+    c = net.clock
+    kport = build_membership(identity=ident, wg_private=wg, certificate=None,
+                             endpoints=[("192.0.2.5", 51822)], kernel=True, admitter=trust,
+                             rng=net.rng, now=c.monotonic(), wall=c.wall())
+    knode = MeshNode(ident.public_key.raw, wg.public_key.raw, kport, trust)  # no Device
+    k = SimNode("k", ("192.0.2.5", 51822), ident, knode, trust)
+    net.nodes[k.ep] = k
+    net.run_actions(k, kport.join_actions([a.ep], c.monotonic(), c.wall()))
+    net.run(4.0)
+    peer = a.node.peers[wg.public_key.raw]
+    assert peer.endpoint == ("192.0.2.5", 51821)
+    assert ipaddress.ip_network(f"{mesh_ipv4(k.key)}/32") in peer.allowed_ips
+    ups = [e for e in k.events if isinstance(e, PeerUp)]
+    assert ups and ups[-1].peer.endpoint == a.ep and ups[-1].peer.wg_key == a.node.wg_key
