@@ -240,3 +240,21 @@ def test_admit_never_raises_on_remote_garbage(node: bytes, cert: bytes | None, f
 
 
 _STORE = TrustStore(Path("/nonexistent"), {}, {"acme": ORG_PUB}, [], [])
+
+
+_revocation = st.builds(
+    lambda kind, key, org, label: Revocation(kind, key, org if kind == "cert" else None, label),
+    st.sampled_from(["key", "org", "cert"]),
+    st.binary(min_size=32, max_size=32),
+    st.binary(min_size=32, max_size=32),
+    st.from_regex(r"([A-Za-z0-9-]{1,20})?", fullmatch=True),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_revocation, max_size=8))
+def test_revocations_text_round_trips(revocations: list[Revocation]) -> None:
+    from meshguard.identity.trust import REVOCATIONS_HEADER
+
+    text = REVOCATIONS_HEADER + "".join(r.line() for r in revocations)
+    assert parse_revocations(text, Path("revocations")) == revocations
