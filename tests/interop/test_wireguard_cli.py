@@ -65,6 +65,15 @@ def test_foreground_sigint_exits_zero_and_cleans_up(ns: Namespace) -> None:
     assert _gone(ns, ifname)
 
 
+def test_exits_when_the_interface_is_deleted(ns: Namespace) -> None:
+    # as wireguard-go does; and no busy loop on the dead TUN descriptor
+    ifname = unique_name("mgz")
+    proc = start_userspace_wg(ns, ifname, argv=[*CMD, ifname, "-f"])
+    ns.run(["ip", "link", "del", ifname])
+    assert proc.wait(10) == 0
+    assert _gone(ns, ifname)
+
+
 def test_foreground_startup_error_is_one_line(ns: Namespace) -> None:
     ifname = unique_name("mgx")
     ns.run(["ip", "link", "add", ifname, "type", "veth", "peer", "name", unique_name("mgy")])

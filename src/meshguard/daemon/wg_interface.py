@@ -102,6 +102,7 @@ class WireGuardInterface:
         self.uapi = UapiServer(ifname, self, run_dir)
         self._closed = asyncio.Event()
         self._ip_order: dict[bytes, dict[IPNetwork, None]] = {}
+        self._close_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -111,7 +112,13 @@ class WireGuardInterface:
         except TunError as exc:
             raise InterfaceError(str(exc)) from None
         try:
-            self.engine = Engine(self.device, self.tun.fd, self.clock, on_actions=self._events)
+            self.engine = Engine(
+                self.device,
+                self.tun.fd,
+                self.clock,
+                on_actions=self._events,
+                on_tun_gone=self._tun_gone,
+            )
             self.engine.bind(0)
             self.device.listen_port = self.engine.port
             self.engine.start(asyncio.get_running_loop())
@@ -133,6 +140,10 @@ class WireGuardInterface:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    def _tun_gone(self, exc: OSError) -> None:
+        log.error("interface %s was removed; shutting down", self.ifname)
+        self._close_task = asyncio.get_running_loop().create_task(self.close())
 
     def _events(self, actions: list[Any]) -> None:
         for a in actions:

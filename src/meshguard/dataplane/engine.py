@@ -53,6 +53,8 @@ _NONCE = struct.Struct("<4xQ")
 _TRANSPORT_TYPE = b"\x04\x00\x00\x00"
 _TRANSPORT_MIN = 32  # header + tag (a keepalive)
 _ZEROS = bytes(16)
+# read errors meaning the TUN interface no longer exists (EBADFD after `ip link del`)
+_TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
 
 
 def seal_batch(aead: Any, receiver: int, first: int, packets: list[bytes]) -> list[bytes]:
@@ -145,6 +147,7 @@ class Engine:
         clock: Clock | None = None,
         batch: int = DEFAULT_BATCH,
         on_actions: Callable[[list[Any]], None] | None = None,
+        on_tun_gone: Callable[[OSError], None] | None = None,
     ) -> None:
         self.device = device
         self.tun_fd = tun_fd
@@ -161,6 +164,7 @@ class Engine:
         self._addr_cache: dict[Endpoint, tuple[Any, ...]] = {}
         self._ep_cache: dict[tuple[Any, ...], Endpoint] = {}  # sockaddr -> Endpoint
         self._on_actions = on_actions  # other actions (HandshakeCompleted, ...) for the owner
+        self._on_tun_gone = on_tun_gone  # the TUN fd reports the interface deleted
 
     # --- sockets ---------------------------------------------------------------------------
 
@@ -265,8 +269,11 @@ class Engine:
                 packets.append(read(fd, TUN_READ_SIZE))
             except BlockingIOError:
                 break
-            except OSError:
+            except OSError as exc:
                 self.stats.tun_read_errors += 1
+                if exc.errno in _TUN_GONE:
+                    self._tun_gone(exc)
+                    return
                 break
         if packets:
             self.stats.tun_rx += len(packets)
@@ -276,6 +283,16 @@ class Engine:
             except Exception:
                 self._internal_error("tun")
             self._arm()
+
+    def _tun_gone(self, exc: OSError) -> None:
+        """The interface was deleted under us: stop reading it (no busy loop) and tell the
+        owner, which normally shuts down (as wireguard-go exits)."""
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.tun_fd)
+        log.warning("engine: TUN device gone (%s)", exc.strerror)
+        if self._on_tun_gone is not None:
+            self._on_tun_gone(exc)
 
     def _udp_readable(self) -> None:
         sock = self.sock
