@@ -52,7 +52,7 @@ from meshguard.daemon.kernel_wg import (
 from meshguard.daemon.runtime import socket_path
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
-from meshguard.identity.trust import TrustStore
+from meshguard.identity.trust import TrustStore, trust_stamp
 from meshguard.mesh.node import Joined, MeshNode, PeerDown, PeerUp, SelfAddressChanged
 from meshguard.rng import SystemRng
 from meshguard.wire.control import (
@@ -95,29 +95,6 @@ class TrustHolder:
 
     def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Any:
         return self.store.admit(node_key, certificate, now_wall)
-
-
-def trust_fingerprint(config_dir: Path) -> tuple[Any, ...]:
-    """Names, sizes and mtimes of every trust file: changes when any of them changes."""
-    items: list[Any] = []
-    for sub in (store.AUTHORIZED_KEYS, store.TRUSTED_ORGS):
-        d = config_dir / sub
-        try:
-            st = d.stat()
-            items.append((sub, st.st_mtime_ns))
-            for p in sorted(d.iterdir()):
-                with contextlib.suppress(OSError):
-                    s = p.stat()
-                    items.append((p.name, s.st_mtime_ns, s.st_size, s.st_ino))
-        except OSError:
-            items.append((sub, None))
-    for name in (store.REVOCATIONS,):
-        try:
-            s = (config_dir / name).stat()
-            items.append((name, s.st_mtime_ns, s.st_size, s.st_ino))
-        except OSError:
-            items.append((name, None))
-    return tuple(items)
 
 
 CAP_NET_ADMIN = 12
@@ -253,7 +230,7 @@ class MeshDaemon:
                 f"the trust store in {self.config_dir} is empty, so no member could be admitted;"
                 " trust a peer with `meshguard trust` (or start anyway with --open)")
         self.trust = TrustHolder(trust)
-        self._trust_fp = trust_fingerprint(self.config_dir)
+        self._trust_fp = trust_stamp(self.config_dir)
         if cfg.kernel:
             ensure_module()
         elif not os.path.exists("/dev/net/tun"):
@@ -537,7 +514,7 @@ class MeshDaemon:
         except MeshguardError as exc:
             log.error("trust reload (%s) failed, keeping the old trust store: %s", why, exc)
             return
-        self._trust_fp = trust_fingerprint(self.config_dir)
+        self._trust_fp = trust_stamp(self.config_dir)
         self.trust.store = new
         log.info("trust store reloaded (%s): %d keys, %d orgs", why, len(new.peers),
                  len(new.orgs))
@@ -548,7 +525,7 @@ class MeshDaemon:
     async def _trust_poller(self) -> None:
         while not self.stop_event.is_set():
             await asyncio.sleep(TRUST_POLL)
-            fp = await asyncio.to_thread(trust_fingerprint, self.config_dir)
+            fp = await asyncio.to_thread(trust_stamp, self.config_dir)
             if fp != self._trust_fp:
                 self.reload_trust("files changed")
 
