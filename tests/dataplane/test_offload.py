@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import socket
 import struct
 
 import pytest
@@ -470,3 +471,39 @@ def test_segment_then_coalesce_round_trips(case: FlowCase) -> None:
     for segs in per_flow:
         l4 = 20 if segs[0][0] >> 4 == 4 else 40
         assert got[segs[0][l4 : l4 + 2]] == segs
+
+
+# -- VnetTunIO on a message-preserving stand-in for the TUN fd ---------------------------------
+
+
+def test_vnet_tun_io_reads_and_writes_batches() -> None:
+    from meshguard.dataplane.vnet import OffloadState, VnetTunIO
+
+    kernel, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        ours.setblocking(False)
+        kernel.setblocking(False)
+        io = VnetTunIO(ours.fileno(), OffloadState(vnet_hdr=True, offloads=7))
+        assert io.read_batch() == []
+        hdr, sp = gso_super(V4A.packed, V4B.packed, 1, os.urandom(4000), 1000)
+        udp = udp_packet(V4A.packed, V4B.packed, b"dns?")
+        kernel.send(hdr.pack() + sp)
+        kernel.send(ZERO_HDR + udp)
+        kernel.send(b"\x00\x01\x02")  # shorter than a virtio-net header
+        kernel.send(VirtioNetHdr(0, VIRTIO_NET_HDR_GSO_TCPV6, 0, 10, 0, 0).pack() + sp)
+        got = io.read_batch()
+        assert got == [*segment(hdr, sp), udp]
+        assert (io.stats.reads, io.stats.gso_reads, io.stats.bad_reads) == (4, 2, 2)
+        segs = stream(V4A.packed, V4B.packed, 0, [1000] * 5)
+        assert io.write_batch([*segs, udp]) == 2
+        first, second = kernel.recv(70000), kernel.recv(70000)
+        assert resegment(first) == segs and second == ZERO_HDR + udp
+        assert (io.stats.writes, io.stats.gso_writes, io.stats.packets_out) == (2, 1, 6)
+        plain = VnetTunIO(ours.fileno(), OffloadState(vnet_hdr=False, offloads=0))
+        assert plain.write_batch(segs[:2]) == 2
+        assert kernel.recv(9000) == segs[0]
+        kernel.send(udp)
+        assert plain.read_batch() == [udp]
+    finally:
+        kernel.close()
+        ours.close()

@@ -23,14 +23,14 @@ import time
 
 import pytest
 
-from meshguard.dataplane.offload import checksums_ok, coalesce, split_tun_read
+from meshguard.dataplane.offload import checksums_ok, coalesce
 from meshguard.dataplane.vnet import (
     VIRTIO_NET_HDR_GSO_NONE,
     ZERO_HDR,
     TunOffloadError,
+    VnetTunIO,
     enable_offloads,
     open_tun,
-    unpack_hdr_from,
 )
 
 CAN_NETNS = os.geteuid() == 0 and os.path.exists("/dev/net/tun")
@@ -104,26 +104,23 @@ def _inner(family: str, tso: str) -> None:  # pragma: no cover - runs in a subpr
     srv.listen()
     srv.settimeout(10)
     sport, dport = 40000, 5000
-    gso_reads = 0
 
     def pkt(seq: int, payload: bytes, flags: int, ack: int, opts: bytes = b"") -> bytes:
         return tcp_packet(pb, lb, seq, payload, flags=flags, sport=sport, dport=dport, ack=ack,
                           window=65535, options=opts)
 
+    io = VnetTunIO(fd, state)
+
     def read_tcp(timeout: float = 5.0) -> list[bytes]:
-        nonlocal gso_reads
         out: list[bytes] = []
         r, _, _ = select.select([fd], [], [], timeout)
         if not r:
             return out
         while True:
-            try:
-                buf = os.read(fd, 65536 + 64)
-            except BlockingIOError:
+            pkts = io.read_batch(8)
+            if not pkts:
                 return out
-            if unpack_hdr_from(buf)[1] != VIRTIO_NET_HDR_GSO_NONE:
-                gso_reads += 1
-            for s in split_tun_read(buf):
+            for s in pkts:
                 l4 = 40 if v6 else 20
                 nh = s[6] if v6 else s[9]
                 if nh != 6 or struct.unpack_from("!H", s, l4 + 2)[0] != sport:
@@ -179,7 +176,7 @@ def _inner(family: str, tso: str) -> None:  # pragma: no cover - runs in a subpr
             segs.append(pkt(seq + off, part, TCP_ACK | (TCP_PSH if last else 0), expected))
         out = coalesce(segs)
         assert len(out) == 1 and out[0][1] != VIRTIO_NET_HDR_GSO_NONE
-        os.write(fd, out[0])
+        assert io.write_batch(segs) == 1
         super_writes += 1
         recv = bytearray()
         while len(recv) < len(chunk):
@@ -189,7 +186,9 @@ def _inner(family: str, tso: str) -> None:  # pragma: no cover - runs in a subpr
         assert bytes(recv) == chunk
         seq += len(chunk)
         read_tcp(0)  # drain the kernel's ACKs
-    print("OK", gso_reads, super_writes)
+    assert io.stats.gso_writes == super_writes and io.stats.bad_reads == 0, io.stats
+    assert io.stats.write_errors == 0, io.stats
+    print("OK", io.stats.gso_reads, super_writes)
 
 
 if __name__ == "__main__":  # pragma: no cover

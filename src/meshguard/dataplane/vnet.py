@@ -213,3 +213,89 @@ def open_tun(name: str, vnet_hdr: bool = True) -> int:
         os.close(fd)
         raise TunOffloadError(f"TUNSETIFF {name}: {exc.strerror}") from None
     return fd
+
+
+@dataclass(slots=True)
+class VnetIoStats:
+    reads: int = 0
+    gso_reads: int = 0  # reads that carried a super-packet
+    packets_in: int = 0  # IP packets after segmentation
+    bad_reads: int = 0  # malformed virtio-net header or packet (dropped)
+    writes: int = 0
+    gso_writes: int = 0
+    packets_out: int = 0
+    write_errors: int = 0  # EAGAIN, EINVAL, EIO... (the packet is dropped)
+
+
+class VnetTunIO:
+    """Batched reads and writes on a non-blocking TUN fd configured by `enable_offloads`.
+
+    `read_batch()` drains up to `max_reads` reads (until EAGAIN) and returns plain IP packets:
+    super-packets split, partial checksums completed. `write_batch(packets)` coalesces TCP
+    segments into GSO writes and writes everything else as is. Without a virtio-net header
+    (state.vnet_hdr False) both degrade to one plain packet per syscall. Errors are counted in
+    `stats`, never raised (except a closed fd: EBADF propagates).
+    """
+
+    __slots__ = ("_buf", "_mv", "fd", "state", "stats", "verify")
+
+    def __init__(self, fd: int, state: OffloadState, verify: bool = True) -> None:
+        self.fd = fd
+        self.state = state
+        self.verify = verify
+        self.stats = VnetIoStats()
+        self._buf = bytearray(65536 + VNET_HDR_LEN)
+        self._mv = memoryview(self._buf)
+
+    def read_batch(self, max_reads: int = 64) -> list[bytes]:
+        from meshguard.dataplane.offload import OffloadError, split_tun_read
+
+        out: list[bytes] = []
+        st = self.stats
+        fd, buf, mv = self.fd, self._buf, self._mv
+        vnet = self.state.vnet_hdr
+        for _ in range(max_reads):
+            try:
+                n = os.readv(fd, [buf])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise
+                st.bad_reads += 1
+                break
+            st.reads += 1
+            if not vnet:
+                out.append(bytes(mv[:n]))
+                continue
+            if n > VNET_HDR_LEN and buf[1]:
+                st.gso_reads += 1
+            try:
+                pkts = split_tun_read(mv[:n])
+            except (OffloadError, struct.error):
+                st.bad_reads += 1
+                continue
+            out.extend(pkts)
+        st.packets_in += len(out)
+        return out
+
+    def write_batch(self, packets: list[bytes]) -> int:
+        """Write `packets` (plain IP packets); returns the number of write syscalls."""
+        from meshguard.dataplane.offload import coalesce
+
+        st = self.stats
+        st.packets_out += len(packets)
+        bufs = coalesce(packets, verify=self.verify) if self.state.vnet_hdr else packets
+        fd = self.fd
+        for b in bufs:
+            try:
+                os.write(fd, b)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise
+                st.write_errors += 1
+                continue
+            st.writes += 1
+            if self.state.vnet_hdr and b[1]:
+                st.gso_writes += 1
+        return len(bufs)
