@@ -76,3 +76,19 @@ def test_wireguard_go_pair_pings_both_ways(tb: Testbed) -> None:
     shown = tb.a.run(["wg", "show", ifa, "latest-handshakes"]).stdout.split()
     assert shown[0] == b_pub and int(shown[1]) > 0
     assert uapi_socket_path(ifa).endswith(f"{ifa}.sock")
+
+
+def test_lan_of_three_all_pairs_reach_each_other() -> None:
+    from meshguard.testing.netns import Lan, netns_skip_reason
+
+    if netns_skip_reason():
+        pytest.skip(netns_skip_reason() or "")
+    with Lan(3) as lan:
+        names = [ns.name for ns in lan.nodes] + [lan.switch.name]
+        for i, ns in enumerate(lan.nodes):
+            for j in range(3):
+                if i != j:
+                    assert ns.ping(str(lan.ipv4[j]))
+        assert lan.nodes[0].ping(str(lan.ipv6[2]))
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(n in listed for n in names)

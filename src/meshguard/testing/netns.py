@@ -14,8 +14,11 @@ Typical use::
         proc = b.popen(["iperf3", "-s", "-1"])  # killed when the testbed closes
         wait_until(lambda: b.run(["ss", "-ltn"]).stdout.count("5201") > 0, 5, "iperf3 listening")
 
-Names are unique per run (random suffix), so parallel runs never collide. Lower-level pieces:
-`Namespace.create(prefix)`, `veth_pair(ns_a, ns_b, ...)`, `unique_name(prefix, length)`.
+Names are unique per run (random suffix), so parallel runs never collide. Other pieces:
+`Lan(n)` (n namespaces on one bridged segment), `Namespace.create(prefix)`,
+`veth_pair(ns_a, ns_b, ...)`, `unique_name(prefix, length)`, `wait_until(pred, timeout, what)`,
+`start_userspace_wg(ns, ifname, argv=None)` (wireguard-go or `meshguard wireguard` in the
+foreground, returning once its interface and UAPI socket exist).
 
 IPv6 addresses are added with `nodad` so they are usable at once. Interface names are at most
 15 characters (IFNAMSIZ - 1).
@@ -342,6 +345,98 @@ class Testbed:
         self._stack.close()
 
 
+class Lan:
+    """N namespaces on one Ethernet segment: a bridge in its own (switch) namespace.
+
+    `lan.nodes[i]` has address `lan.ipv4[i]` (/24) and `lan.ipv6[i]` (/64) on `lan.ifnames[i]`.
+    Every node has static neighbour entries for every other node (no ARP/ND delays).
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        n: int,
+        prefix: str = "mg",
+        ipv4_net: str = "10.201.0.0/24",
+        ipv6_net: str = "fd00:201::/64",
+    ) -> None:
+        if not 1 <= n <= 250:
+            raise ValueError("a Lan holds 1-250 namespaces")
+        self._n = n
+        self._prefix = prefix
+        self._v4 = ipaddress.IPv4Network(ipv4_net)
+        self._v6 = ipaddress.IPv6Network(ipv6_net)
+        self._stack = contextlib.ExitStack()
+        self.switch: Namespace
+        self.nodes: list[Namespace] = []
+        self.ifnames: list[str] = []
+        self.ipv4: list[ipaddress.IPv4Address] = []
+        self.ipv6: list[ipaddress.IPv6Address] = []
+
+    def __enter__(self) -> Lan:
+        try:
+            self.switch = self._stack.enter_context(Namespace.create(f"{self._prefix}sw"))
+            self.switch.run(["ip", "link", "add", "br0", "type", "bridge"])
+            self.switch.link_up("br0")
+            macs: list[str] = []
+            for i in range(self._n):
+                ns = self._stack.enter_context(Namespace.create(f"{self._prefix}{i}"))
+                ifname, port = unique_name("ln"), unique_name("lp")
+                _ip(
+                    "link",
+                    "add",
+                    ifname,
+                    "netns",
+                    ns.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    port,
+                    "netns",
+                    self.switch.name,
+                )
+                self.switch.run(["ip", "link", "set", port, "master", "br0", "up"])
+                ip4, ip6 = self._v4[i + 1], self._v6[i + 1]
+                ns.add_address(ifname, f"{ip4}/{self._v4.prefixlen}")
+                ns.add_address(ifname, f"{ip6}/{self._v6.prefixlen}")
+                ns.link_up(ifname)
+                self.nodes.append(ns)
+                self.ifnames.append(ifname)
+                self.ipv4.append(ip4)
+                self.ipv6.append(ip6)
+                macs.append(_mac(ns, ifname))
+            for i, ns in enumerate(self.nodes):
+                for j in range(self._n):
+                    if i == j:
+                        continue
+                    for ip in (self.ipv4[j], self.ipv6[j]):
+                        ns.run(
+                            [
+                                "ip",
+                                "neigh",
+                                "replace",
+                                str(ip),
+                                "lladdr",
+                                macs[j],
+                                "dev",
+                                self.ifnames[i],
+                                "nud",
+                                "permanent",
+                            ]
+                        )
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+
 WG_RUN_DIR = "/var/run/wireguard"
 
 
@@ -392,6 +487,7 @@ def testbed(prefix: str = "mg") -> Iterator[Testbed]:
 
 
 __all__ = [
+    "Lan",
     "Namespace",
     "Testbed",
     "VethLink",
