@@ -244,10 +244,63 @@ def up_meshguard_wg(tb: Testbed) -> Tunnel:
 
 
 def up_meshguard_up(tb: Testbed) -> Tunnel:
+    """Two `meshguard up` nodes that trust each other; B joins through A's veth address.
+    Throughput is measured between their mesh IPv4 addresses."""
     exe = str(MESHGUARD) if MESHGUARD.exists() else shutil.which("meshguard")
     if not exe or subprocess.run([exe, "up", "--help"], capture_output=True).returncode != 0:
         raise NotAvailable("`meshguard up` not available")
-    raise NotAvailable("`meshguard up` exists; bench wiring for two mesh nodes not written yet")
+    import base64
+    import tempfile
+
+    from meshguard.identity.addressing import mesh_ipv4
+
+    work = Path(tempfile.mkdtemp(prefix=f"mgbench-{tb.sfx}-"))
+    base = f"mgu{secrets.token_hex(3)}"
+    envs, pubs = [], []
+    for i in range(2):
+        env = {**os.environ, "MESHGUARD_CONFIG_DIR": str(work / f"conf{i}"),
+               "MESHGUARD_RUN_DIR": str(work / f"run{i}")}
+        subprocess.run([exe, "keygen"], env=env, check=True, capture_output=True)
+        pub = subprocess.run([exe, "export"], env=env, check=True, capture_output=True,
+                             text=True).stdout.strip().split()[-1]
+        envs.append(env)
+        pubs.append(pub)
+    for i in range(2):
+        subprocess.run([exe, "trust", "--name", f"node{1 - i}", pubs[1 - i]], env=envs[i],
+                       check=True, capture_output=True)
+    server_ip = str(mesh_ipv4(base64.b64decode(pubs[1])))
+    procs = []
+    t0 = time.monotonic()
+    for i, n in enumerate((tb.a, tb.b)):
+        argv = [exe, "up", "-f", "-i", f"{base}{i}", "--port", "51821",
+                "--announce", VETH_NET.format(0, i + 1), "--log-level", "error"]
+        if i == 1:
+            argv += ["--seed", f"{VETH_NET.format(0, 1)}:51821"]
+        procs.append(tb.spawn(ns(n, *argv), env=envs[i]))
+
+    def teardown() -> None:
+        for p in procs:
+            tb.stop(p)
+        shutil.rmtree(work, ignore_errors=True)
+
+    try:
+        end = time.monotonic() + 30
+        while True:
+            for p in procs:
+                if p.poll() is not None:
+                    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+                    raise RuntimeError(f"meshguard up exited: {err.strip()[-300:]}")
+            r = subprocess.run(ns(tb.a, "ping", "-c", "1", "-W", "0.2", "-n", server_ip),
+                               capture_output=True)
+            if r.returncode == 0:
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"no ping reply from {server_ip} within 30 s")
+        first = (time.monotonic() - t0) * 1000
+    except BaseException:
+        teardown()
+        raise
+    return Tunnel(server_ip, [p.pid for p in procs], first, teardown)
 
 
 UPS: dict[str, Callable[[Testbed], Tunnel]] = {
