@@ -80,6 +80,28 @@ class SwimConfig:
         """
         return 2 * self.probe_interval + self.suspicion_max(n)
 
+    def join_bound(self, n: int) -> float:
+        """Time after the last join until every member knows every other.
+
+        The joiner pulls the seed's state at once, then random members' states after gaps of
+        1, 1, 2, 2, 4, 4, ... periods; records also ride in spare piggyback room. Each pull
+        round at least doubles the set of members that know a given record (pull epidemic,
+        O(log2 N) rounds); we allow 2 * ceil(log2 N) periods plus one regular sync interval.
+        """
+        return 2 * math.ceil(math.log2(max(n, 2))) * self.probe_interval + self.sync_interval
+
+    def heal_bound(self, n: int) -> float:
+        """Time after a partition ends until both sides agree again.
+
+        Every node re-contacts a dead member, a reaped endpoint or a seed of the other side
+        within 1.5 * recontact_interval; the answer carries the accusation, the subject refutes,
+        and refutations spread by piggyback and anti-entropy pulls (1.5 * sync_interval apart)
+        in O(log N) rounds: we allow three pull rounds plus the broadcast spread bound.
+        """
+        return (
+            1.5 * self.recontact_interval + 3 * 1.5 * self.sync_interval + self.spread_bound(n)
+        )
+
     def spread_bound(self, n: int) -> float:
         """Generous bound for a broadcast to reach every member: retransmit limit periods."""
         return self.retransmit_limit(n) * self.probe_interval * 2

@@ -406,7 +406,8 @@ class Membership:
             self._next_join = now + self._join_backoff * self._rng.uniform(0.8, 1.2)
         if now >= self._next_recontact:
             self._next_recontact = now + cfg.recontact_interval * self._rng.uniform(0.5, 1.5)
-            self._recontact(now, out)
+            if self._joined:
+                self._recontact(now, out)
         if now >= self._next_sync:
             if self._boot_gap < cfg.sync_interval:
                 self._boot_round += 1
