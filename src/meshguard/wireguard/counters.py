@@ -25,11 +25,11 @@ class Counters:
     bad_inner: int = 0  # decrypted payload not an IPv4/IPv6 packet
     bad_source: int = 0  # inner source address not in the peer's allowed IPs
     no_route: int = 0  # outgoing packet to an address no peer is allowed
-    no_endpoint: int = 0  # a peer without a known endpoint
     no_private_key: int = 0  # the device has no private key
     staged_overflow: int = 0  # queue of packets waiting for a handshake was full
     handshake_gave_up: int = 0  # packets dropped when giving up a handshake
     # events
+    no_endpoint: int = 0  # a handshake was due but the peer has no endpoint (packets wait)
     cookie_replies_sent: int = 0
     cookies_received: int = 0
     initiations_sent: int = 0
@@ -59,7 +59,6 @@ class Counters:
         "bad_inner",
         "bad_source",
         "no_route",
-        "no_endpoint",
         "no_private_key",
         "staged_overflow",
         "handshake_gave_up",
