@@ -367,6 +367,10 @@ def test_cookie_flood_legitimate_peer_completes_via_mac2() -> None:
     net.run_for(REKEY_TIMEOUT + 0.5)  # the retransmission carries mac2
     assert db.load.under_load(net.clock.now)
     assert _completed(a) == 1
+    inits = [d for d in a.sent if w.message_type(d) == w.MESSAGE_INITIATION]
+    assert len(inits) == 2
+    assert inits[0][w.INITIATION_MAC2_OFFSET :] == bytes(16)
+    assert inits[1][w.INITIATION_MAC2_OFFSET :] != bytes(16)
     assert [p[20:] for p in b.tun] == [b"legit"]
     net.run_for(2.0)  # the rest of the flood
     c = db.counters
