@@ -162,3 +162,28 @@ def test_setup_socket_reports_support() -> None:
         snd, rcv = set_buffer_sizes(s, 1 << 20)
         if os.geteuid() == 0:
             assert snd >= 1 << 20 and rcv >= 1 << 20
+
+
+def test_gso_and_gro_on_a_dual_stack_socket_to_v4_mapped() -> None:
+    """The engine's socket is AF_INET6 with IPV6_V6ONLY off; IPv4 peers are v4-mapped."""
+    if not _has_v6():
+        pytest.skip("no IPv6")
+    a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        for s in (a, b):
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+        b.setblocking(False)
+        recv = GroReceiver(b)
+        sender = UdpBatchSender(a)
+        if not (recv.gro and sender.gso):
+            pytest.skip("kernel without UDP GRO/GSO")
+        dgrams = [os.urandom(1000) for _ in range(10)] + [os.urandom(3)]
+        assert sender.send(dgrams, ("::ffff:127.0.0.1", b.getsockname()[1])) == len(dgrams)
+        assert sender.stats_syscalls == 1
+        got, reads = drain(recv, len(dgrams))
+        assert got == dgrams and reads < len(dgrams)
+    finally:
+        a.close()
+        b.close()
