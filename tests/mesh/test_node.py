@@ -217,15 +217,8 @@ def test_self_and_bad_certificates_are_skipped() -> None:
 
 
 def test_ipv4_collision_gives_distinct_routes() -> None:
-    # grind two keys with the same natural IPv4 (16 bits: a few hundred tries)
-    seen: dict[object, bytes] = {}
-    while True:
-        k = key()
-        ip = mesh_ipv4(k)
-        if ip in seen:
-            k1, k2 = seen[ip], k
-            break
-        seen[ip] = k
+    k1, k2 = colliding_pair()
+    ip = mesh_ipv4(k1)
     a, b = member(k1), member(k2)
     node, _, _, be = make([a, b])
     node.reconcile(WALL)
@@ -236,21 +229,31 @@ def test_ipv4_collision_gives_distinct_routes() -> None:
     assert ipaddress.ip_network(f"{ip}/32") in low_peer.allowed_ips
 
 
-def test_self_address_moves_on_collision_with_lower_key() -> None:
-    node, ms, tr, _ = make()
-    mine = mesh_ipv4(node.identity_key)
+def colliding_pair() -> tuple[bytes, bytes]:
+    """Two keys with the same natural IPv4, lower first (birthday search: ~300 tries)."""
+    seen: dict[object, bytes] = {}
     while True:
         k = key()
-        if mesh_ipv4(k) == mine and k < node.identity_key:
-            break
-        if mesh_ipv4(k) == mine:
-            continue
-    m = member(k)
-    tr.keys.add(k)
-    ms.view[k] = m
+        ip = mesh_ipv4(k)
+        if ip in seen:
+            return min(k, seen[ip]), max(k, seen[ip])
+        seen[ip] = k
+
+
+def test_self_address_moves_on_collision_with_lower_key() -> None:
+    low, high = colliding_pair()
+    ms, tr = FakeMembership(), FakeTrust()
+    node = MeshNode(high, key(), ms, tr, device=FakeDevice(), backend=FakeBackend())
+    mine = mesh_ipv4(high)
+    assert node.self_ipv4 == mine
+    tr.keys.add(low)
+    ms.view[low] = member(low)
     out = node.reconcile(WALL)
     moved = [x for x in out if isinstance(x, SelfAddressChanged)]
-    assert moved and moved[0].old == mine and moved[0].new != mine
+    assert moved and moved[0].old == mine and moved[0].new not in (mine, None)
+    assert node.self_ipv4 == moved[0].new
+    (peer,) = node.peers.values()
+    assert ipaddress.ip_network(f"{mine}/32") in peer.allowed_ips
 
 
 def test_demux_routes_datagrams() -> None:
@@ -289,3 +292,26 @@ def test_leave_sends_goodbye() -> None:
     node, ms, _, _ = make()
     assert node.leave(1.0, WALL) == [SendDatagram(b"\x01leave", ("192.0.2.9", 51821))]
     assert ms.left
+
+
+def test_stun_through_the_node() -> None:
+    from meshguard.mesh.node import StunResult
+    from meshguard.nat.stun_client import NatType, StunClient
+    from meshguard.wire import stun as stun_codec
+
+    node, _, _, _ = make()
+    server = ("198.51.100.1", 3478)
+    (req,) = node.start_stun(StunClient(SeededRng(1), [server]), 0.0)
+    assert isinstance(req, SendDatagram) and req.endpoint == server
+    # unanswered: the node's timers retransmit
+    d = node.next_deadline()
+    assert d is not None and d <= 0.5
+    again = [a for a in node.tick(0.5, WALL) if isinstance(a, SendDatagram)]
+    assert again and again[0].data == req.data
+    txid = stun_codec.decode(req.data).transaction_id
+    resp = stun_codec.encode_binding_success(txid, ("192.0.2.77", 40000))
+    out = node.receive_datagram(0.6, WALL, resp, server)
+    assert out == [StunResult(("192.0.2.77", 40000), int(NatType.UNKNOWN))]
+    # late duplicates are counted, not re-reported
+    assert node.receive_datagram(0.7, WALL, resp, server) == []
+    assert node.counters["stun_rx"] == 2 and node.counters["stun_unexpected"] == 1

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6
 from meshguard.mesh.demux import Kind, classify
 from meshguard.wireguard.actions import Action as DeviceAction
+from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,14 @@ class Joined:
 
 
 @dataclass(frozen=True)
+class StunResult:
+    """STUN discovery finished: our public endpoint (None if no server answered), NAT type."""
+
+    mapped: Endpoint | None
+    nat_type: int
+
+
+@dataclass(frozen=True)
 class SelfAddressChanged:
     """Our mesh IPv4 moved (an address collision with a lower key); None = IPv6 only."""
 
@@ -105,7 +114,7 @@ class SelfAddressChanged:
 
 # SendDatagram / WriteTun are the WireGuard device's own action types, so the data-plane engine
 # executes the node's actions exactly like the device's (the node is the engine's "device").
-Action = DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined
+Action = DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
 
 
 # ports ---------------------------------------------------------------------------------
@@ -168,7 +177,22 @@ class PeerBackend(Protocol):
 
 
 class StunPort(Protocol):
-    def receive(self, now: float, data: bytes, src: Endpoint) -> None: ...
+    """nat.stun_client.StunClient."""
+
+    def receive(self, now: float, data: bytes, src: Endpoint) -> bool: ...
+
+    def tick(self, now: float) -> list[Any]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    @property
+    def mapped(self) -> Endpoint | None: ...
+
+    @property
+    def nat_type(self) -> int: ...
 
 
 # the node ------------------------------------------------------------------------------
@@ -197,6 +221,7 @@ class MeshNode:
     self_ipv4: ipaddress.IPv4Address | None = None
     _admission: dict[tuple[bytes, bytes | None], _Cached] = field(default_factory=dict)
     _last_recheck: float = 0.0
+    _stun_reported: bool = False
 
     def __post_init__(self) -> None:
         self.self_ipv4 = mesh_ipv4(self.identity_key)
@@ -219,9 +244,11 @@ class MeshNode:
             return self._after_membership(out, wall)
         if kind is Kind.STUN:
             self.counters["stun_rx"] += 1
-            if self.stun is not None:
-                self.stun.receive(now, data, src)
-            return []
+            if self.stun is None or self.stun.done:
+                self.counters["stun_unexpected"] += 1
+                return []
+            self.stun.receive(now, data, src)
+            return self._stun_finished()
         self.counters["garbage_dropped"] += 1
         return []
 
@@ -234,6 +261,9 @@ class MeshNode:
         out: list[Action] = []
         if self.device is not None:
             out += self._from_device(self.device.tick(now, wall))
+        if self.stun is not None and not self.stun.done:
+            out += [SendDatagram(x.data, x.endpoint) for x in self.stun.tick(now)]
+            out += self._stun_finished()
         m = self.membership.tick(now, wall)
         if now - self._last_recheck >= TRUST_RECHECK:
             self._last_recheck = now
@@ -243,9 +273,22 @@ class MeshNode:
 
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.membership.next_deadline(),
+                          self.stun.next_deadline() if self.stun else None,
                           self.device.next_deadline() if self.device else None,
                           self._last_recheck + TRUST_RECHECK) if d is not None]
         return min(ds) if ds else None
+
+    def start_stun(self, stun: Any, now: float) -> list[Action]:
+        """Begin public-endpoint discovery with a nat.stun_client.StunClient."""
+        self.stun = stun
+        return [SendDatagram(x.data, x.endpoint) for x in stun.start(now)]
+
+    def _stun_finished(self) -> list[Action]:
+        st = self.stun
+        if st is None or not st.done or self._stun_reported:
+            return []
+        self._stun_reported = True
+        return [StunResult(st.mapped, int(st.nat_type))]
 
     def leave(self, now: float, wall: float) -> list[Action]:
         """Announce a graceful leave; the caller sends the datagrams and then shuts down."""
