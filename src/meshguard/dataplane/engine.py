@@ -12,10 +12,16 @@ the whole list to one function (`tun_packets_in` / `datagrams_in`), which return
 outgoing datagrams and TUN writes (`send_datagrams` / `write_tun`). These list-taking functions
 are the seams for GSO/GRO and virtio-net offloads.
 
-Transport data (type 4 in, IP packets out) takes the Device's fast path when the device has
-one; handshakes, cookies, timers and everything else go through the sans-IO slow path
-(`receive_datagram`, `send_packet`, `tick`), whose actions the engine executes. The engine owns
-no protocol policy. Every socket error is counted per packet and never raised into the loop.
+Transport data (type 4 in, IP packets out) takes the Device's fast path (route and keypair
+once per peer and batch, replay/AEAD/source checks per packet, bookkeeping once per batch);
+handshakes, cookies, timers, packets for peers without a session and everything else go
+through the sans-IO slow path (`receive_datagram`, `send_packet`, `tick`), whose actions the
+engine executes. The engine owns no protocol policy. Socket errors are counted per packet and
+never raised into the loop; a bug below is logged and counted (`internal_errors`).
+
+Seams for offloads (override in a subclass): `_tun_readable` (read + split super-packets),
+`write_tun(packets)` (coalesce), `_udp_readable` (GRO), `send_datagrams(datagrams)` (GSO; the
+datagrams of one peer arrive consecutively with the same endpoint).
 """
 
 from __future__ import annotations
@@ -88,7 +94,6 @@ class EngineStats:
     udp_recv_errors: int = 0
     tun_write_errors: int = 0
     tun_read_errors: int = 0
-    bad_endpoint: int = 0
     timer_runs: int = 0
     internal_errors: int = 0
 
