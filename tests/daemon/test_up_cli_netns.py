@@ -116,3 +116,21 @@ def test_interface_name_validation(tmp_path: Path) -> None:
     res = run_cli(["up", "-f", "--interface", "bad/name"],
                   {"MESHGUARD_CONFIG_DIR": str(tmp_path), "MESHGUARD_RUN_DIR": str(tmp_path)})
     assert res.returncode == 1 and "invalid interface name" in res.stderr
+
+
+def test_stun_discovery_against_coturn(lan: MeshLan) -> None:
+    if shutil.which("turnserver") is None:
+        pytest.skip("coturn (turnserver) is not installed")
+    a = lan.add_node("a")
+    b = lan.add_node("b")
+    trust_all([a, b])
+    a.ns.popen(["turnserver", "-n", "--listening-ip", a.ip, "--listening-port", "3478",
+                "--stun-only", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp"])
+    wait_until(lambda: ":3478" in a.ns.run(["ss", "-uln"]).stdout, 10, "coturn listening")
+    a.up()
+    b.up([a], "--stun", a.ip)
+    lan.wait(lambda: b.log is not None and "STUN: public endpoint" in b.log.read_text(),
+             "b's STUN discovery", 15)
+    assert f"public endpoint {b.ip}:{b.port}, NAT public" in b.log.read_text()
+    assert b.status()["counters"]["stun_rx"] >= 1
+    lan.wait(lambda: a.tunnel_to(b), "the mesh still forms", 15)

@@ -152,7 +152,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 # up --------------------------------------------------------------------------------------
 
 
-def parse_seed(text: str) -> tuple[str, int]:
+STUN_PORT = 3478  # RFC 5389 section 9
+
+
+def parse_seed(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """HOST:PORT, [IPv6]:PORT or HOST (default port). Host names are resolved later."""
     t = text.strip()
     if t.startswith("["):
@@ -167,7 +170,7 @@ def parse_seed(text: str) -> tuple[str, int]:
     if not host:
         raise UsageError(f"bad seed {text!r}: empty host")
     try:
-        port = int(port_s) if port_s else DEFAULT_PORT
+        port = int(port_s) if port_s else default_port
     except ValueError:
         raise UsageError(f"bad seed {text!r}: port must be a number") from None
     if not 0 < port < 65536:
@@ -195,6 +198,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         port=args.port,
         seeds=[parse_seed(s) for s in args.seed],
         announce=_parse_announce(args.announce),
+        stun=[parse_seed(s, STUN_PORT) for s in args.stun],
         kernel=args.kernel,
         open_mesh=args.open,
         run_dir=_run_dir(args),
@@ -213,6 +217,8 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
         argv += ["--seed", s]
     if args.announce:
         argv += ["--announce", args.announce]
+    for s in args.stun:
+        argv += ["--stun", s]
     if args.kernel:
         argv.append("--kernel")
     if args.open:
@@ -286,6 +292,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     help=f"UDP port for WireGuard and gossip (default {DEFAULT_PORT})")
     up.add_argument("--announce", metavar="IP",
                     help="the address other members should use to reach this node")
+    up.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
+                    help="STUN server to discover the public endpoint with (repeatable)")
     up.add_argument("--kernel", action="store_true",
                     help="use the kernel WireGuard module (gossip then on PORT+1)")
     up.add_argument("--open", action="store_true",

@@ -53,7 +53,14 @@ from meshguard.daemon.runtime import socket_path
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
 from meshguard.identity.trust import TrustStore, trust_stamp
-from meshguard.mesh.node import Joined, MeshNode, PeerDown, PeerUp, SelfAddressChanged
+from meshguard.mesh.node import (
+    Joined,
+    MeshNode,
+    PeerDown,
+    PeerUp,
+    SelfAddressChanged,
+    StunResult,
+)
 from meshguard.rng import SystemRng
 from meshguard.wire.control import (
     MemberStatus,
@@ -79,6 +86,7 @@ class DaemonConfig:
     port: int
     seeds: list[tuple[str, int]]
     announce: str | None = None
+    stun: list[tuple[str, int]] = field(default_factory=list)
     kernel: bool = False
     open_mesh: bool = False
     run_dir: Path = Path("/run/meshguard")
@@ -242,6 +250,7 @@ class MeshDaemon:
                                "(another VPN or a crashed daemon?); remove it with "
                                f"`ip link del {cfg.interface}`")
         self.seeds = resolve_seeds(cfg.seeds)
+        self.stun_servers = resolve_seeds(cfg.stun)
         self.cert = store.load_node_certificate(self.config_dir)
         if self.cert is not None:
             self.name = self.cert.name
@@ -316,6 +325,11 @@ class MeshDaemon:
                  f" (gossip {gport})" if gport != cfg.port else "")
         self._execute(self._membership.join_actions(self.seeds, self.clock.monotonic(),
                                                     self.clock.wall()))
+        if self.stun_servers:
+            from meshguard.nat.stun_client import StunClient
+
+            client = StunClient(self.rng, self.stun_servers, local=endpoints)
+            self._execute(self.node.start_stun(client, self.clock.monotonic()))
         if not self.seeds:
             self._ready("first node: no seeds to join")
 
@@ -437,6 +451,8 @@ class MeshDaemon:
                 log.warning("mesh IPv4 collision: our address moves from %s to %s",
                             a.old, a.new)
                 self._readdress(a)
+            elif isinstance(a, StunResult):
+                self._on_stun(a)
             elif isinstance(a, Joined):
                 self._ready("joined the mesh")
             else:
@@ -448,6 +464,16 @@ class MeshDaemon:
                 kwg.apply(msg)
             except MeshguardError as exc:
                 log.error("kernel WireGuard: %s", exc)
+
+    def _on_stun(self, res: StunResult) -> None:
+        if res.mapped is None:
+            log.warning("STUN: no server answered; advertising local endpoints only")
+            return
+        from meshguard.nat.stun_client import NatType
+
+        log.info("STUN: public endpoint %s, NAT %s", format_endpoint(res.mapped),
+                 NatType(res.nat_type).name.lower())
+        self._membership.set_public_endpoint(self.clock.monotonic(), res.mapped, res.nat_type)
 
     def _readdress(self, change: SelfAddressChanged) -> None:
         import subprocess

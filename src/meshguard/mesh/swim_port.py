@@ -140,6 +140,18 @@ class SwimPort:
         self._now = now
         return self.absorb(self.core.reevaluate_admission(now, wall))[0]
 
+    def set_public_endpoint(self, now: float, endpoint: Endpoint, nat_type: int) -> bool:
+        """Advertise a STUN-discovered endpoint first (a new incarnation is gossiped). In
+        split-port (kernel) mode the endpoint is the gossip port's mapping; the WireGuard
+        endpoint derived from it (port - 1) is right only behind a port-preserving NAT."""
+        current = list(self.core.record.endpoints)
+        split = self.core.record.nat_type & NAT_SPLIT_PORT
+        if current and current[0] == endpoint:
+            return False
+        eps = [endpoint, *[e for e in current if e != endpoint]][:4]
+        self.core.update_self(now, endpoints=eps, nat_type=split | (nat_type & NAT_TYPE_MASK))
+        return True
+
     def counters(self) -> dict[str, int]:
         return {f"swim_{k}": int(v) for k, v in self.core.stats.items()}
 
