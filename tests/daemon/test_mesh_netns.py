@@ -78,6 +78,14 @@ def test_all_members_ping_each_other_v4_and_v6(mesh: Mesh) -> None:
     assert m["mesh_ipv4"] == mesh.d.mesh_v4 and m["endpoint"] == f"{mesh.d.ip}:51821"
     table = mesh.b.cli("status", "--interface", mesh.b.iface).stdout
     assert "dnode" in table and "ago" in table
+    # the standard tool reads the same interface over UAPI (read-only)
+    import base64
+
+    wg = mesh.b.ns.run(["wg", "show", mesh.b.iface, "peers"]).stdout.split()
+    assert sorted(wg) == sorted(base64.b64encode(n.wg_pub).decode()
+                                for n in (mesh.seed, mesh.c, mesh.d))
+    res = mesh.b.ns.run(["wg", "set", mesh.b.iface, "listen-port", "1"], check=False)
+    assert res.returncode != 0
 
 
 def test_outsider_never_gets_a_tunnel(mesh: Mesh) -> None:

@@ -197,6 +197,41 @@ class EngineDevice:
         return self._node.next_deadline()
 
 
+class MeshUapi:
+    """Read-only UAPI backend: `wg show <iface>` works on a userspace mesh interface; `wg set`
+    is refused, since the mesh owns the peer set (it would be overwritten at the next
+    membership change anyway)."""
+
+    def __init__(self, device: Any, port: int) -> None:
+        self.device = device
+        self.port = port
+
+    def uapi_get(self) -> Any:
+        from meshguard.daemon.uapi_protocol import DeviceState, PeerState
+
+        dev = self.device
+        priv = dev.private_key
+        state = DeviceState(private_key=priv.raw if priv is not None else None,
+                            listen_port=self.port, fwmark=dev.fwmark)
+        for peer in dev.peers:
+            state.peers.append(PeerState(
+                public_key=peer.public_key.raw,
+                preshared_key=bytes(peer.preshared_key),
+                endpoint=peer.endpoint,
+                last_handshake_ns=round(peer.last_handshake_wall * 1e9),
+                tx_bytes=peer.tx_bytes,
+                rx_bytes=peer.rx_bytes,
+                persistent_keepalive=peer.persistent_keepalive,
+                allowed_ips=sorted(dev.allowed_ips(peer), key=lambda n: (n.version, n)),
+            ))
+        return state
+
+    def uapi_set(self, request: Any) -> None:
+        from meshguard.daemon.uapi_protocol import UapiError
+
+        raise UapiError(errno.EPERM, "the mesh manages this interface; use meshguard trust")
+
+
 class MeshDaemon:
     def __init__(self, config: DaemonConfig, clock: Clock | None = None) -> None:
         self.cfg = config
@@ -365,6 +400,14 @@ class MeshDaemon:
         engine.tun_fd = tun.fd
         self.engine = engine
         self.tun = tun
+        from meshguard.daemon.uapi_server import UapiServer
+
+        uapi = UapiServer(cfg.interface, MeshUapi(device, cfg.port))
+        try:
+            await uapi.start()
+            stack.push_async_callback(uapi.close)
+        except MeshguardError as exc:
+            log.warning("no UAPI socket for `wg show`: %s", exc)
         return device
 
     async def _start_kernel(self, stack: contextlib.AsyncExitStack, gport: int) -> None:
