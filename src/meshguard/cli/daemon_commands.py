@@ -287,7 +287,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up = sub.add_parser("up", help="join the mesh (start the daemon)")
     _add_common(up, DEFAULT_INTERFACE)
     up.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
-                    help="a member to join through (repeatable; host names allowed)")
+                    help="a member to join through: its gossip port, which is its --port, or "
+                         "--port + 1 for a --kernel node (repeatable; host names allowed)")
     up.add_argument("--port", type=int, default=DEFAULT_PORT,
                     help=f"UDP port for WireGuard and gossip (default {DEFAULT_PORT})")
     up.add_argument("--announce", metavar="IP",
