@@ -118,6 +118,10 @@ def test_removing_a_key_tears_the_tunnel_down(mesh: Mesh) -> None:
     assert c.ping(mesh.seed)  # the others are untouched
     # trusting it again brings the tunnel back, still without a restart
     c.trust(b)
+    assert c.proc is not None
+    c.proc.send_signal(signal.SIGHUP)  # an explicit reload, as `systemctl reload` sends
+    mesh.lan.wait(lambda: c.log is not None and "reloaded (SIGHUP)" in c.log.read_text(),
+                  "SIGHUP reload", 10)
     mesh.lan.wait(lambda: c.tunnel_to(b) or c.ping(b), "c re-admits b", 25)
 
 
