@@ -315,3 +315,27 @@ def test_stun_through_the_node() -> None:
     # late duplicates are counted, not re-reported
     assert node.receive_datagram(0.7, WALL, resp, server) == []
     assert node.counters["stun_rx"] == 2 and node.counters["stun_unexpected"] == 1
+
+
+def test_periodic_recheck_drops_expired_certificates() -> None:
+    from meshguard.mesh.node import TRUST_RECHECK
+
+    @dataclass
+    class Expiring:
+        until: float
+
+        def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Adm:
+            return Adm(now_wall < self.until)
+
+    ms = FakeMembership()
+    be = FakeBackend()
+    node = MeshNode(key(), key(), ms, Expiring(WALL + 30), backend=be)
+    m = member(key(), cert=b"C")
+    ms.view[m.identity_key] = m
+    node.tick(0.0, WALL)
+    assert m.wg_key in be.peers
+    assert node.tick(10.0, WALL + 10) == []  # cached, still valid
+    d = node.next_deadline()
+    assert d is not None and d <= TRUST_RECHECK
+    out = node.tick(TRUST_RECHECK, WALL + TRUST_RECHECK)
+    assert [type(x) for x in out] == [PeerDown] and be.peers == {}

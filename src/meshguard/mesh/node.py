@@ -220,7 +220,7 @@ class MeshNode:
     peers: dict[bytes, PeerConfig] = field(default_factory=dict)  # by WireGuard key
     self_ipv4: ipaddress.IPv4Address | None = None
     _admission: dict[tuple[bytes, bytes | None], _Cached] = field(default_factory=dict)
-    _last_recheck: float = 0.0
+    _last_recheck: float = float("-inf")
     _stun_reported: bool = False
 
     def __post_init__(self) -> None:
@@ -265,10 +265,12 @@ class MeshNode:
             out += [SendDatagram(x.data, x.endpoint) for x in self.stun.tick(now)]
             out += self._stun_finished()
         m = self.membership.tick(now, wall)
+        out += self._after_membership(m, wall)
         if now - self._last_recheck >= TRUST_RECHECK:
+            # certificates expire: ask the trust store again about everyone
             self._last_recheck = now
             self._admission.clear()
-        out += self._after_membership(m, wall)
+            out += self.reconcile(wall)
         return out
 
     def next_deadline(self) -> float | None:
@@ -311,10 +313,6 @@ class MeshNode:
     def _from_device(self, actions: list[Any]) -> list[Action]:
         return actions
 
-    def fast_path(self) -> Any:
-        """The device's batched fast path, for the data-plane engine (None without one)."""
-        fp = getattr(self.device, "fast_path", None)
-        return fp() if callable(fp) else None
 
     def admission(self, m: MemberView, wall: float) -> _Cached:
         ck = (m.identity_key, m.certificate)

@@ -169,13 +169,14 @@ def build_membership(
     wall: float,
     config: SwimConfig = DEFAULT_CONFIG,
 ) -> SwimPort:
-    """A SWIM core for this node. The incarnation starts at the wall-clock second, so a
-    restarted node's record always supersedes the one the mesh still remembers."""
+    """A SWIM core for this node. The incarnation starts at the wall-clock millisecond, so a
+    restarted node's record always supersedes the one the mesh still remembers (even after a
+    restart within the same second)."""
     core = Membership(
         identity, wg_private, endpoints, admitter, rng, config,
         nat_type=NAT_SPLIT_PORT if kernel else 0,
         certificate=certificate,
-        incarnation=int(wall),
+        incarnation=int(wall * 1000),
         now=now,
     )
     return SwimPort(core)

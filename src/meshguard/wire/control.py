@@ -53,6 +53,9 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
       "counters": {"<name>": <int>, ...}   # e.g. "garbage_dropped", "gossip_rx", "wireguard_rx"
     }
 
+`meshguard status --json` without --interface while several daemons run prints
+``{"schema_version": 1, "daemons": [<status document>, ...]}`` instead.
+
 This module is pure encoding: no sockets, no clocks.
 """
 
