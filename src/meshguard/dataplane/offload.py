@@ -79,9 +79,9 @@ _FOLD_MASKS: dict[int, int] = {}
 def _mod(v: int) -> int:
     """v mod 0xFFFF for a large non-negative v. Halving folds at multiples of 240 bits (2**16
     and CPython's 30-bit digits both divide them, so shifts are digit-aligned and 2**h is 1
-    modulo 0xFFFF) are cheaper than the long division of `%` until ~1000 bits remain."""
+    modulo 0xFFFF) are cheaper than the long division of `%` on large numbers."""
     n = v.bit_length()
-    while n > 960:
+    while n > 4096:
         h = ((n >> 1) // 240 + 1) * 240
         m = _FOLD_MASKS.get(h)
         if m is None:
@@ -92,13 +92,31 @@ def _mod(v: int) -> int:
 
 
 
+def _wsum(data: Buffer) -> int:
+    """A number congruent modulo 0xFFFF to the sum of the big-endian 16-bit words of `data`
+    (odd length padded with a zero byte), zero only for all-zero data. Packet-sized buffers
+    are read as four chunks starting at even offsets: four short numbers are cheaper to add
+    and reduce than one long one."""
+    n = len(data)
+    if n < 64 or n > 2048:
+        v = _from_bytes(data, "big")
+        return v << 8 if n & 1 else v
+    return _wsum4(memoryview(data), n)
+
+
+def _wsum4(mv: memoryview, n: int) -> int:
+    q = (n >> 2) & ~1
+    last = _from_bytes(mv[3 * q :], "big")
+    if (n - 3 * q) & 1:
+        last <<= 8
+    return (_from_bytes(mv[:q], "big") + _from_bytes(mv[q : 2 * q], "big")
+            + _from_bytes(mv[2 * q : 3 * q], "big") + last)
+
+
 def ones_sum(data: Buffer, initial: int = 0) -> int:
     """16-bit ones' complement sum of `data` (odd length padded with a zero byte) plus
     `initial`, folded to 1..0xFFFF (0 only when everything is zero)."""
-    v = _from_bytes(data, "big")
-    if len(data) & 1:
-        v <<= 8
-    v += initial
+    v = _wsum(data) + initial
     if not v:
         return 0
     return _mod(v) or 0xFFFF
@@ -133,11 +151,7 @@ def l4_checksum_ok(pkt: Buffer, l4_off: int, proto: int) -> bool:
     if proto == PROTO_UDP and pkt[0] >> 4 == 4 and len(seg) >= 8 and seg[6] == 0 == seg[7]:
         return True
     src, dst = _addrs(pkt)
-    v = _from_bytes(seg, "big")
-    if len(seg) & 1:
-        v <<= 8
-    v += pseudo_sum(src, dst, proto, len(seg))
-    return _mod(v) == 0
+    return _mod(_wsum(seg) + pseudo_sum(src, dst, proto, len(seg))) == 0
 
 
 def ipv4_header_ok(pkt: Buffer) -> bool:
@@ -284,8 +298,7 @@ def _segment_tcp(pkt: Buffer, l4: int, mss: int) -> list[bytes]:
             f &= ~TCP_CWR
         seg_hdr[l4 + 13] = f
         body = mv[hl + off : hl + end]
-        bv = _from_bytes(body, "big")
-        v = _from_bytes(seg_hdr[l4:], "big") + (bv << 8 if len(body) & 1 else bv)
+        v = _from_bytes(seg_hdr[l4:], "big") + _wsum(body)
         _pack_u16_into(seg_hdr, l4 + 16, _finish(v + psum + seg_len - l4))
         out.append(join((seg_hdr, body)))
         if last:
@@ -324,9 +337,7 @@ def _segment_udp(pkt: Buffer, l4: int, size: int) -> list[bytes]:
             _pack_u16_into(seg_hdr, 4, seg_len - 40)
         _pack_u16_into(seg_hdr, l4 + 4, seg_len - l4)
         body = mv[hl + off : hl + end]
-        v = _from_bytes(seg_hdr[l4:], "big") + (
-            _from_bytes(body, "big") << 8 if len(body) & 1 else _from_bytes(body, "big")
-        )
+        v = _from_bytes(seg_hdr[l4:], "big") + _wsum(body)
         c = _finish(v + psum + seg_len - l4)
         _pack_u16_into(seg_hdr, l4 + 6, c or 0xFFFF)
         out.append(b"".join((seg_hdr, body)))
@@ -452,9 +463,8 @@ def _group_checksums_ok(pkts: list[Buffer], l4: int) -> bool:
     16-bit checksum)."""
     total = 0
     for p in pkts:
-        n = len(p) - l4
-        v = _from_bytes(memoryview(p)[l4:], "big")
-        total += (v << 8 if n & 1 else v) + n
+        seg = memoryview(p)[l4:]
+        total += _wsum(seg) + len(seg)
     src, dst = _addrs(pkts[0])
     return _mod(total + len(pkts) * pseudo_sum(src, dst, PROTO_TCP, 0)) == 0
 
