@@ -35,6 +35,7 @@ from meshguard.testing.netns import Namespace, unique_name, wait_until
 
 PY = sys.executable
 LAN_V4 = "10.210.0."
+LAN_V6 = "fd00:210::"
 
 
 def run_cli(args: list[str], env: dict[str, str], ns: Namespace | None = None,
@@ -54,6 +55,7 @@ class Node:
     cfg: Path
     ip: str
     iface: str
+    ip6: str = ""
     port: int = 51821
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
@@ -81,11 +83,12 @@ class Node:
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return run_cli(list(args), self.env, self.ns, timeout)
 
-    def up(self, seeds: list[Node] | None = None, *extra: str, wait: bool = True) -> None:
+    def up(self, seeds: list[Node] | None = None, *extra: str, wait: bool = True,
+           v6: bool = False) -> None:
         argv = ["up", "-f", "--interface", self.iface, "--port", str(self.port),
-                "--announce", self.ip, "--log-level", "debug", *extra]
+                "--announce", self.ip6 if v6 else self.ip, "--log-level", "debug", *extra]
         for s in seeds or []:
-            argv += ["--seed", f"{s.ip}:{s.port}"]
+            argv += ["--seed", f"[{s.ip6}]:{s.port}" if v6 else f"{s.ip}:{s.port}"]
         self.log = self.lan.tmp / f"{self.name}.log"
         with open(self.log, "ab") as logf:
             self.proc = self.ns.popen([PY, "-m", "meshguard", *argv],
@@ -170,9 +173,10 @@ class MeshLan:
         self.hub.link_up(hub_if)
         ip = f"{LAN_V4}{idx}"
         ns.add_address(node_if, f"{ip}/24")
+        ns.add_address(node_if, f"{LAN_V6}{idx}/64")
         ns.link_up(node_if)
         cfg = self.tmp / name
-        node = Node(self, name, ns, cfg, ip, unique_name("mg"))
+        node = Node(self, name, ns, cfg, ip, unique_name("mg"), ip6=f"{LAN_V6}{idx}")
         if keys:
             k = keygen.generate_node_keys(cfg, SystemRng(), time.time(), force=False)
             node.identity = k.identity.public_key.raw

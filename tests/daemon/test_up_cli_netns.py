@@ -134,3 +134,16 @@ def test_stun_discovery_against_coturn(lan: MeshLan) -> None:
     assert f"public endpoint {b.ip}:{b.port}, NAT public" in b.log.read_text()
     assert b.status()["counters"]["stun_rx"] >= 1
     lan.wait(lambda: a.tunnel_to(b), "the mesh still forms", 15)
+
+
+def test_ipv6_underlay(lan: MeshLan) -> None:
+    a, b, c = lan.add_node("a"), lan.add_node("b"), lan.add_node("c")
+    trust_all([a, b, c])
+    a.up(v6=True)
+    b.up([a], v6=True)
+    c.up([a], v6=True)
+    for x, y in ((b, c), (c, b), (a, c)):
+        lan.wait(lambda x=x, y=y: x.ping(y), f"{x.name} ping {y.name} over an IPv6 underlay", 20)
+        assert x.ping(y, v6=True)
+    m = b.member(c)
+    assert m is not None and m["endpoint"] == f"[{c.ip6}]:51821"
