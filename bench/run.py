@@ -12,7 +12,8 @@ or failure), then for each round and each path brings the path up, measures, and
   - CPU seconds per gigabit of the tunnel processes (utime+stime from /proc/PID/stat, over the
     1-stream TCP test; n/a for kernel paths) and their resident memory (VmRSS, largest daemon)
 Paths: veth (the wire), wireguard-go (Debian's), meshguard-wg (`meshguard wireguard IFNAME`),
-meshguard-up (two `meshguard up` nodes; not wired yet). Tunnel MTU 1420.
+meshguard-wg-offload (the same with the TUN/UDP offload modules plugged in, bench/offload_wg.py),
+meshguard-up (two `meshguard up` nodes that trust each other). Tunnel MTU 1420.
 Prints medians and ratios to wireguard-go. The machine is shared: trust medians and ratios from
 one run, never a lone absolute number. Not part of the test suite.
 """
@@ -42,7 +43,7 @@ TUN_MTU = 1420
 VETH_NET = "10.231.{}.{}"
 TUN_NET = "10.232.{}.{}"
 WG_PORT = 51820
-PATHS = ["veth", "wireguard-go", "meshguard-wg", "meshguard-up"]
+PATHS = ["veth", "wireguard-go", "meshguard-wg", "meshguard-wg-offload", "meshguard-up"]
 METRICS = [
     # key, title, unit, higher is better
     ("tcp1", "TCP 1 stream", "Gbit/s", True),
@@ -243,6 +244,15 @@ def up_meshguard_wg(tb: Testbed) -> Tunnel:
     return up_userspace_wg(tb, lambda ifn: [exe, "wireguard", "-f", ifn])
 
 
+def up_meshguard_wg_offload(tb: Testbed) -> Tunnel:
+    """`meshguard wireguard` with TUN/UDP offloads plugged in (bench/offload_wg.py)."""
+    if not MESHGUARD.exists():
+        raise NotAvailable("no .venv with meshguard")
+    launcher = str(REPO / "bench" / "offload_wg.py")
+    py = str(MESHGUARD.parent / "python")
+    return up_userspace_wg(tb, lambda ifn: [py, launcher, ifn])
+
+
 def up_meshguard_up(tb: Testbed) -> Tunnel:
     """Two `meshguard up` nodes that trust each other; B joins through A's veth address.
     Throughput is measured between their mesh IPv4 addresses."""
@@ -307,6 +317,7 @@ UPS: dict[str, Callable[[Testbed], Tunnel]] = {
     "veth": up_veth,
     "wireguard-go": up_wireguard_go,
     "meshguard-wg": up_meshguard_wg,
+    "meshguard-wg-offload": up_meshguard_wg_offload,
     "meshguard-up": up_meshguard_up,
 }
 
@@ -403,10 +414,10 @@ def print_table(summary: dict[str, Any], rounds: int, duration: float) -> None:
           f"shared noisy machine: compare ratios, not absolutes")
     cols = [f"{title} [{unit}]" for _, title, unit, _ in METRICS]
     width = [max(len(c), 16) for c in cols]
-    print(f"{'path':14}" + "".join(f" {c:>{w}}" for c, w in zip(cols, width, strict=True)))
+    print(f"{'path':21}" + "".join(f" {c:>{w}}" for c, w in zip(cols, width, strict=True)))
     for path, s in summary.items():
         if s["status"] != "ok":
-            print(f"{path:14} {s['status']}")
+            print(f"{path:21} {s['status']}")
             continue
         cells = []
         for (key, _, _, _), w in zip(METRICS, width, strict=True):
@@ -416,7 +427,7 @@ def print_table(summary: dict[str, Any], rounds: int, duration: float) -> None:
             if ratio is not None and path != "wireguard-go":
                 cell += f" (x{ratio:.2f})"
             cells.append(f" {cell:>{w}}")
-        print(f"{path:14}" + "".join(cells))
+        print(f"{path:21}" + "".join(cells))
     for path, s in summary.items():
         if s["status"] == "ok" and s["median"].get("retrans1") is not None:
             print(f"  {path}: TCP retransmits (1 stream, median) {s['median']['retrans1']:.0f}, "
