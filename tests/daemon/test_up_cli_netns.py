@@ -147,3 +147,25 @@ def test_ipv6_underlay(lan: MeshLan) -> None:
         assert x.ping(y, v6=True)
     m = b.member(c)
     assert m is not None and m["endpoint"] == f"[{c.ip6}]:51821"
+
+
+def test_split_port_node_interoperates_with_single_port_nodes(lan: MeshLan) -> None:
+    """The kernel-mode port layout (WireGuard on PORT, gossip on PORT+1, flagged in the signed
+    record), run in userspace because this kernel has no WireGuard module, meshes with ordinary
+    single-port nodes in both directions: as a joiner and as the seed."""
+    a, k, c = lan.add_node("a"), lan.add_node("k"), lan.add_node("c")
+    trust_all([a, k, c])
+    a.up()
+    k.up([a], "--split-port")
+    lan.wait(lambda: a.tunnel_to(k) and k.tunnel_to(a), "a <-> k tunnels", 20)
+    m = a.member(k)
+    assert m is not None and m["endpoint"] == f"{k.ip}:51821"  # WireGuard port, not gossip's
+    assert k.status()["self"]["gossip_port"] == 51822
+    # c joins through the split-port node (its gossip port)
+    c.up([], "--seed", f"{k.ip}:51822")
+    for x, y in ((a, k), (k, a), (c, k), (k, c), (a, c)):
+        lan.wait(lambda x=x, y=y: x.ping(y), f"{x.name} ping {y.name}", 20)
+        assert x.ping(y, v6=True)
+    # gossip really uses 51822 on k and WireGuard 51821
+    ss = k.ns.run(["ss", "-uln"]).stdout
+    assert ":51821" in ss and ":51822" in ss

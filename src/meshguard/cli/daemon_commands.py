@@ -200,6 +200,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         announce=_parse_announce(args.announce),
         stun=[parse_seed(s, STUN_PORT) for s in args.stun],
         kernel=args.kernel,
+        split_port=args.split_port,
         open_mesh=args.open,
         run_dir=_run_dir(args),
         log_level=args.log_level,
@@ -221,6 +222,8 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
         argv += ["--stun", s]
     if args.kernel:
         argv.append("--kernel")
+    if args.split_port:
+        argv.append("--split-port")
     if args.open:
         argv.append("--open")
     with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
@@ -297,6 +300,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     help="STUN server to discover the public endpoint with (repeatable)")
     up.add_argument("--kernel", action="store_true",
                     help="use the kernel WireGuard module (gossip then on PORT+1)")
+    # userspace WireGuard with kernel mode's port layout (gossip on PORT+1), for interop tests
+    up.add_argument("--split-port", action="store_true", help=argparse.SUPPRESS)
     up.add_argument("--open", action="store_true",
                     help="start even with an empty trust store (no member will be admitted "
                          "until one is trusted)")

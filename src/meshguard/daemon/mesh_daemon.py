@@ -53,6 +53,7 @@ from meshguard.daemon.runtime import socket_path
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
 from meshguard.identity.trust import TrustStore, trust_stamp
+from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.node import (
     Joined,
     MeshNode,
@@ -69,6 +70,7 @@ from meshguard.wire.control import (
     StatusReport,
     format_endpoint,
 )
+from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger("meshguard.daemon")
 
@@ -88,6 +90,9 @@ class DaemonConfig:
     announce: str | None = None
     stun: list[tuple[str, int]] = field(default_factory=list)
     kernel: bool = False
+    # userspace WireGuard with the kernel mode's port layout (gossip on port + 1): lets tests
+    # check that split-port and single-port nodes interoperate on a machine without the module
+    split_port: bool = False
     open_mesh: bool = False
     run_dir: Path = Path("/run/meshguard")
     log_level: str = "info"
@@ -176,15 +181,19 @@ class EngineDevice:
     path, so every non-transport datagram goes through the node's demultiplexer (handshakes to
     the Device, gossip to SWIM, STUN, garbage counted) and timers cover SWIM as well."""
 
-    def __init__(self, node: MeshNode, device: Any) -> None:
+    def __init__(self, node: MeshNode, device: Any, wireguard_only: bool = False) -> None:
         self._node = node
         self._device = device
+        self._wireguard_only = wireguard_only
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._device, name)
 
     def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
                          ) -> list[Any]:
+        if self._wireguard_only and classify(data) is not Kind.WIREGUARD:
+            self._node.counters["garbage_dropped"] += 1  # a kernel device would drop it too
+            return []
         return self._node.receive_datagram(now, wall, data, src)
 
     def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]:
@@ -316,7 +325,8 @@ class MeshDaemon:
         self.preflight()
         ctl_path = socket_path(cfg.interface, cfg.run_dir)
         loop = asyncio.get_running_loop()
-        gport = gossip_port_for(cfg.kernel, cfg.port)
+        split = cfg.kernel or cfg.split_port
+        gport = gossip_port_for(split, cfg.port)
         from meshguard.mesh.swim_port import build_membership
 
         assert self.trust is not None
@@ -325,11 +335,13 @@ class MeshDaemon:
             device = None
         else:
             device = await self._start_userspace(stack)
+            if split:
+                self._bind_gossip(stack, gport)
         endpoints = await asyncio.to_thread(self._advertised, gport)
         self._membership = build_membership(
             identity=self.identity, wg_private=self.wg_private,
             certificate=self.cert.to_bytes() if self.cert is not None else None,
-            endpoints=endpoints, kernel=cfg.kernel, admitter=self.trust,
+            endpoints=endpoints, kernel=split, admitter=self.trust,
             rng=self.rng, now=self.clock.monotonic(), wall=self.clock.wall())
         backend = None
         if device is not None:
@@ -341,13 +353,15 @@ class MeshDaemon:
             wg_key=self.wg_private.public_key.raw,
             membership=self._membership, trust=self.trust, device=device, backend=backend)
         if self.engine is not None:
-            self.engine.device = EngineDevice(self.node, device)
+            self.engine.device = EngineDevice(self.node, device, wireguard_only=split)
+            if split:
+                self._route_engine_sends(self.engine)
             self.engine.start(loop)
         else:
-            assert self.gossip_sock is not None
+            self._arm_timer()
+        if self.gossip_sock is not None:
             loop.add_reader(self.gossip_sock.fileno(), self._gossip_readable)
             stack.callback(loop.remove_reader, self.gossip_sock.fileno())
-            self._arm_timer()
         self.control = ControlServer(ctl_path, cfg.interface, self._control)
         await self.control.start()
         stack.push_async_callback(self.control.close)
@@ -410,17 +424,39 @@ class MeshDaemon:
             log.warning("no UAPI socket for `wg show`: %s", exc)
         return device
 
-    async def _start_kernel(self, stack: contextlib.AsyncExitStack, gport: int) -> None:
+    def _bind_gossip(self, stack: contextlib.ExitStack | contextlib.AsyncExitStack,
+                     gport: int) -> None:
         from meshguard.dataplane.engine import make_udp_socket
-        from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 
-        cfg = self.cfg
         try:
             sock = make_udp_socket(gport)
         except OSError as exc:
             raise self._bind_error(exc, gport) from None
         stack.callback(sock.close)
         self.gossip_sock = sock
+
+    def _route_engine_sends(self, engine: Any) -> None:
+        """Split-port userspace: WireGuard leaves from the engine's port, everything else (gossip,
+        STUN) from the gossip socket, exactly as a kernel-mode node sends it."""
+        from meshguard.mesh.demux import Kind, classify
+
+        wg_send = engine.send_datagrams
+
+        def route(grams: list[tuple[bytes, tuple[str, int]]]) -> None:
+            wg = [g for g in grams if classify(g[0]) is Kind.WIREGUARD]
+            if len(wg) != len(grams):
+                self._execute_kernel([SendDatagram(d, ep) for d, ep in grams
+                                      if classify(d) is not Kind.WIREGUARD])
+            if wg:
+                wg_send(wg)
+
+        engine.send_datagrams = route
+
+    async def _start_kernel(self, stack: contextlib.AsyncExitStack, gport: int) -> None:
+        from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+
+        cfg = self.cfg
+        self._bind_gossip(stack, gport)
         kwg = KernelWireGuard(cfg.interface)
         await asyncio.to_thread(kwg.create_link)
         stack.push_async_callback(asyncio.to_thread, kwg.delete_link)
@@ -456,8 +492,6 @@ class MeshDaemon:
             self._arm_timer()
 
     def _execute_kernel(self, actions: list[Any]) -> None:
-        from meshguard.wireguard.actions import SendDatagram
-
         other: list[Any] = []
         sock = self.gossip_sock
         for a in actions:
@@ -543,6 +577,9 @@ class MeshDaemon:
             host = addr[0]
             if host.startswith("::ffff:") and "." in host:
                 host = host[7:]
+            if self.cfg.split_port and classify(data) is Kind.WIREGUARD:
+                node.counters["garbage_dropped"] += 1  # not WireGuard's port
+                continue
             c = self.clock
             out += node.receive_datagram(c.monotonic(), c.wall(), data, (host, addr[1]))
         self._execute(out)
@@ -691,7 +728,8 @@ class MeshDaemon:
                 mesh_ipv4=str(node.self_ipv4) if node.self_ipv4 else "",
                 mesh_ipv6=str(node.self_ipv6),
                 wg_port=self.cfg.port,
-                gossip_port=gossip_port_for(self.cfg.kernel, self.cfg.port),
+                gossip_port=gossip_port_for(self.cfg.kernel or self.cfg.split_port,
+                                            self.cfg.port),
             ),
             members=tuple(members),
             counters=counters,
