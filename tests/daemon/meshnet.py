@@ -84,9 +84,11 @@ class Node:
         return run_cli(list(args), self.env, self.ns, timeout)
 
     def up(self, seeds: list[Node] | None = None, *extra: str, wait: bool = True,
-           v6: bool = False) -> None:
+           v6: bool = False, announce: bool = True) -> None:
         argv = ["up", "-f", "--interface", self.iface, "--port", str(self.port),
-                "--announce", self.ip6 if v6 else self.ip, "--log-level", "debug", *extra]
+                "--log-level", "debug", *extra]
+        if announce:
+            argv += ["--announce", self.ip6 if v6 else self.ip]
         for s in seeds or []:
             argv += ["--seed", f"[{s.ip6}]:{s.port}" if v6 else f"{s.ip}:{s.port}"]
         self.log = self.lan.tmp / f"{self.name}.log"

@@ -77,8 +77,10 @@ def test_up_twice_and_seed_by_host_name(lan: MeshLan) -> None:
     etc.mkdir(parents=True)
     try:
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{a.ip} seed-a.test\n")
-        b.up([], "--seed", "seed-a.test:51821")
+        b.up([], "--seed", "seed-a.test:51821", announce=False)
         lan.wait(lambda: b.tunnel_to(a) and a.tunnel_to(b), "b joined a by name", 20)
+        # without --announce, b advertises the address it reaches the seed from
+        assert (a.member(b) or {}).get("endpoint") == f"{b.ip}:51821"
     finally:
         shutil.rmtree(etc, ignore_errors=True)
 
