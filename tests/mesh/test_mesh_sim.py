@@ -10,6 +10,9 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import Joined, MeshNode, PeerDown, PeerUp
@@ -220,3 +223,20 @@ def test_kernel_mode_node_gets_peer_on_wireguard_port() -> None:
     assert ipaddress.ip_network(f"{mesh_ipv4(k.key)}/32") in peer.allowed_ips
     ups = [e for e in k.events if isinstance(e, PeerUp)]
     assert ups and ups[-1].peer.endpoint == a.ep and ups[-1].peer.wg_key == a.node.wg_key
+
+
+_PREFIXES = [b"", b"\x01\x00\x00\x00", b"\x02\x00\x00\x00", b"\x04\x00\x00\x00",
+             b"\x00\x01\x00\x00\x21\x12\xa4\x42", b"\x01MG\x01\x00", b"\x05MG\x01\x00",
+             b"\x06MG\x01\x00", b"\x09MG\x01\x00"]
+_FUZZ_NET = Net(99)
+_FUZZ_NODE = _FUZZ_NET.add("fuzz", "192.0.2.1")
+
+
+@given(st.sampled_from(_PREFIXES), st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_remote_garbage_never_raises(prefix: bytes, body: bytes) -> None:
+    node = _FUZZ_NODE.node
+    out = node.receive_datagram(1.0, 1_700_000_000.0, prefix + body, ("203.0.113.5", 4444))
+    assert all(isinstance(a, SendDatagram | WriteTun | PeerUp | PeerDown | Joined)
+               for a in out)
+    assert node.peers == {}
