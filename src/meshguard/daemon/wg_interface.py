@@ -76,6 +76,8 @@ def apply_test_knobs(device: Device, env: Mapping[str, str]) -> None:
     # Keypair.wants_rekey reads this module global at call time: override it for this process.
     from meshguard.wireguard import keypair as _keypair
 
+    if not hasattr(_keypair, "REKEY_AFTER_TIME"):
+        raise InterfaceError(f"{REKEY_ENV} is not supported by this WireGuard core")
     setattr(_keypair, "REKEY_AFTER_TIME", seconds)  # noqa: B010
     log.warning("test knob: REKEY_AFTER_TIME = %s s", seconds)
 
