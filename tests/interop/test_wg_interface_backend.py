@@ -87,3 +87,15 @@ def test_busy_port_refuses_the_whole_transaction(iface: WireGuardInterface) -> N
     finally:
         engine.close()
         busy.close()
+
+
+def test_rekey_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshguard.daemon.wg_interface import REKEY_ENV, InterfaceError
+    from meshguard.wireguard import keypair
+
+    monkeypatch.setattr(keypair, "REKEY_AFTER_TIME", keypair.REKEY_AFTER_TIME)  # restored after
+    for bad in ("x", "0", "-3"):
+        with pytest.raises(InterfaceError, match=REKEY_ENV):
+            WireGuardInterface("mgunit1", env={REKEY_ENV: bad})
+    WireGuardInterface("mgunit1", env={REKEY_ENV: "2.5"})
+    assert keypair.REKEY_AFTER_TIME == 2.5
