@@ -77,7 +77,7 @@ def test_busy_port_refuses_the_whole_transaction(iface: WireGuardInterface) -> N
     port = busy.getsockname()[1]
     engine = Engine(iface.device, -1)
     engine.bind(0)
-    iface.engine = engine
+    iface.backend.engine = engine
     try:
         before = serialize_get(iface.uapi_get())
         r = uapi(iface, f"set=1\nprivate_key={PRIV}\nlisten_port={port}\npublic_key={K1}\n\n")

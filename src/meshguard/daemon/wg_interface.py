@@ -82,83 +82,30 @@ def apply_test_knobs(device: Device, env: Mapping[str, str]) -> None:
     log.warning("test knob: REKEY_AFTER_TIME = %s s", seconds)
 
 
-class WireGuardInterface:
+class DeviceUapiBackend:
+    """UAPI get/set (uapi_server.UapiBackend) over a Device and the Engine owning its socket.
+
+    Reusable by any owner of a Device (the `meshguard wireguard` interface, the mesh daemon in
+    userspace mode): `UapiServer(ifname, DeviceUapiBackend(device, engine))`. Set requests are
+    validated as a whole (uapi_protocol) and the one step that can still fail, binding a new
+    listen port, happens before any change, so a refused request changes nothing. Allowed IPs
+    are reported in the order they were configured, as wireguard-go does.
+    """
+
     def __init__(
-        self,
-        ifname: str,
-        *,
-        run_dir: str = DEFAULT_RUN_DIR,
-        mtu: int = DEFAULT_MTU,
-        clock: Clock | None = None,
-        rng: Rng | None = None,
-        env: Mapping[str, str] | None = None,
+        self, device: Device, engine: Engine | None = None, clock: Clock | None = None
     ) -> None:
-        self.ifname = ifname
-        self.run_dir = run_dir
-        self.mtu = mtu
+        self.device = device
+        self.engine = engine
         self.clock: Clock = clock or SystemClock()
-        self.device = Device(rng or SystemRng())
-        apply_test_knobs(self.device, os.environ if env is None else env)
-        self.tun: TunDevice | None = None
-        self.engine: Engine | None = None
-        self.uapi = UapiServer(ifname, self, run_dir)
-        self._closed = asyncio.Event()
         self._ip_order: dict[bytes, dict[IPNetwork, None]] = {}
-        self._close_task: asyncio.Task[None] | None = None
-
-    # --- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        try:
-            self.tun = TunDevice.open(self.ifname, mtu=self.mtu)
-        except TunError as exc:
-            raise InterfaceError(str(exc)) from None
-        try:
-            self.engine = Engine(
-                self.device,
-                self.tun.fd,
-                self.clock,
-                on_actions=self._events,
-                on_tun_gone=self._tun_gone,
-            )
-            self.engine.bind(0)
-            self.device.listen_port = self.engine.port
-            self.engine.start(asyncio.get_running_loop())
-            await self.uapi.start()
-        except BaseException:
-            await self.close()
-            raise
-        log.info("interface %s up, UAPI at %s", self.ifname, self.uapi.path)
-
-    async def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        await self.uapi.close()
-        if self.engine is not None:
-            self.engine.close()
-        if self.tun is not None:
-            self.tun.close()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
-
-    def _tun_gone(self, exc: OSError) -> None:
-        log.error("interface %s was removed; shutting down", self.ifname)
-        self._close_task = asyncio.get_running_loop().create_task(self.close())
-
-    def _events(self, actions: list[Any]) -> None:
-        for a in actions:
-            log.debug("device event: %s", type(a).__name__)
-
-    # --- UAPI backend ----------------------------------------------------------------------
 
     def uapi_get(self) -> DeviceState:
         dev = self.device
         priv = dev.private_key
         state = DeviceState(
             private_key=priv.raw if priv is not None else None,
-            listen_port=self.engine.port if self.engine is not None else 0,
+            listen_port=self.engine.port if self.engine is not None else dev.listen_port,
             fwmark=dev.fwmark,
         )
         for peer in dev.peers:
@@ -217,6 +164,8 @@ class WireGuardInterface:
                 code = exc.errno if exc.errno == errno.EADDRINUSE else EADDRINUSE
                 raise UapiError(code, f"cannot bind port {req.listen_port}: {exc}") from None
             dev.listen_port = engine.port
+        elif req.listen_port is not None:
+            dev.listen_port = req.listen_port
         # 2. apply
         if req.private_key_given:
             dev.set_private_key(private)
@@ -265,6 +214,85 @@ class WireGuardInterface:
             # as wireguard-go: enabling persistent keepalive sends one at once
             c = self.clock
             self.engine.execute(self.device.send_keepalive(c.monotonic(), c.wall(), peer))
+
+
+class WireGuardInterface:
+    def __init__(
+        self,
+        ifname: str,
+        *,
+        run_dir: str = DEFAULT_RUN_DIR,
+        mtu: int = DEFAULT_MTU,
+        clock: Clock | None = None,
+        rng: Rng | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.ifname = ifname
+        self.run_dir = run_dir
+        self.mtu = mtu
+        self.clock: Clock = clock or SystemClock()
+        self.device = Device(rng or SystemRng())
+        apply_test_knobs(self.device, os.environ if env is None else env)
+        self.tun: TunDevice | None = None
+        self.engine: Engine | None = None
+        self.backend = DeviceUapiBackend(self.device, None, self.clock)
+        self.uapi = UapiServer(ifname, self.backend, run_dir)
+        self._closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            self.tun = TunDevice.open(self.ifname, mtu=self.mtu)
+        except TunError as exc:
+            raise InterfaceError(str(exc)) from None
+        try:
+            self.engine = Engine(
+                self.device,
+                self.tun.fd,
+                self.clock,
+                on_actions=self._events,
+                on_tun_gone=self._tun_gone,
+            )
+            self.backend.engine = self.engine
+            self.engine.bind(0)
+            self.device.listen_port = self.engine.port
+            self.engine.start(asyncio.get_running_loop())
+            await self.uapi.start()
+        except BaseException:
+            await self.close()
+            raise
+        log.info("interface %s up, UAPI at %s", self.ifname, self.uapi.path)
+
+    async def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        await self.uapi.close()
+        if self.engine is not None:
+            self.engine.close()
+        if self.tun is not None:
+            self.tun.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def _tun_gone(self, exc: OSError) -> None:
+        log.error("interface %s was removed; shutting down", self.ifname)
+        self._close_task = asyncio.get_running_loop().create_task(self.close())
+
+    def _events(self, actions: list[Any]) -> None:
+        for a in actions:
+            log.debug("device event: %s", type(a).__name__)
+
+    # --- UAPI backend (delegated) ----------------------------------------------------------
+
+    def uapi_get(self) -> DeviceState:
+        return self.backend.uapi_get()
+
+    def uapi_set(self, req: SetRequest) -> None:
+        self.backend.uapi_set(req)
 
 
 async def serve(
