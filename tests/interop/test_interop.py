@@ -6,6 +6,7 @@ configured with the unmodified `wg` tool over UAPI, in two namespaces joined by 
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import time
@@ -13,7 +14,7 @@ import time
 import pytest
 from wgpair import IMPLS, Node, add_peer, genkey, pair, start_node
 
-from meshguard.testing.netns import Testbed, wait_until
+from meshguard.testing.netns import Namespace, Testbed, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -254,3 +255,20 @@ def test_persistent_keepalive_handshakes_without_traffic(tb: Testbed, impl_b: st
         "two more keepalives (32 bytes each)",
     )
     assert b.endpoint_of(a) == f"{a.outer4}:{a.port}"
+
+
+def _link_local(ns: Namespace, ifname: str) -> str:
+    info = json.loads(
+        ns.run(["ip", "-j", "-6", "addr", "show", "dev", ifname, "scope", "link"]).stdout
+    )
+    return str(next(x["local"] for x in info[0]["addr_info"] if "local" in x))
+
+
+@PEER_IMPLS
+def test_link_local_outer_endpoint_with_zone(tb: Testbed, impl_b: str) -> None:
+    a, b = pair(tb, impl_b, a_knows_b=False, b_knows_a=False)
+    b_ll = _link_local(tb.b, tb.link.b_ifname)
+    a.wg("set", a.ifname, "peer", b.pub, "endpoint", f"[{b_ll}%{tb.link.a_ifname}]:{b.port}")
+    assert a.endpoint_of(b) == f"[{b_ll}%{tb.link.a_ifname}]:{b.port}"
+    wait_ping(a, b)
+    assert b.ping(a, count=2) and b.ping(a, v6=True)
