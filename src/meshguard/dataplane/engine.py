@@ -60,7 +60,7 @@ _TRANSPORT_TYPE = b"\x04\x00\x00\x00"
 _TRANSPORT_MIN = 32  # header + tag (a keepalive)
 _ZEROS = bytes(16)
 # read errors meaning the TUN interface no longer exists (EBADFD after `ip link del`)
-_TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.EIO, errno.ENXIO, errno.ENODEV})
+_TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.ENXIO, errno.ENODEV})
 
 
 def seal_batch(aead: Any, receiver: int, first: int, packets: list[bytes]) -> list[bytes]:
