@@ -19,7 +19,7 @@ import asyncio
 import errno
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshguard.clock import Clock, SystemClock
@@ -300,7 +300,7 @@ async def serve(
     *,
     run_dir: str = DEFAULT_RUN_DIR,
     mtu: int = DEFAULT_MTU,
-    on_ready: Any = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Create the interface, serve until SIGTERM/SIGINT, then remove socket and interface."""
     import signal

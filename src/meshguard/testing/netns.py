@@ -63,7 +63,11 @@ def netns_skip_reason() -> str | None:
 def wait_until(
     predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05
 ) -> None:
-    """Poll `predicate` until truthy; raise TimeoutError naming `what` after `timeout` seconds."""
+    """Poll `predicate` until truthy; raise TimeoutError naming `what` after `timeout` seconds.
+
+    OSError and SubprocessError raised by the predicate count as "not yet"; anything else
+    propagates at once (a predicate can raise to give up early).
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
