@@ -181,7 +181,7 @@ def test_rekey_while_traffic_flows(tb: Testbed, impl_b: str) -> None:
     wait_ping(a, b)
     first_a, first_b = a.handshake_time(b), b.handshake_time(a)
     res = a.ns.run(
-        ["ping", "-n", "-q", "-c", "150", "-i", "0.05", "-W", "1", b.inner4],
+        ["ping", "-n", "-q", "-c", "150", "-i", "0.05", "-W", "3", b.inner4],
         check=False,
         timeout=60,
     )
