@@ -102,7 +102,7 @@ def test_garbage_on_the_port_is_counted_and_dropped(mesh: Mesh) -> None:
     seed = mesh.seed
     before = status_json(seed)["counters"].get("garbage_dropped", 0)
     code = ("import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-            f"[s.sendto(p,('{seed.ip}',51821)) for p in (b'\\xff'*40,b'',b'\\x0a'*9,b'\\x7fzz')]")
+            f"[s.sendto(p,('{seed.ip}',51821)) for p in (b'\\xff'*40,b'',b'\\xfe'*9,b'\\x7fzz')]")
     mesh.b.ns.run([sys.executable, "-c", code])
     mesh.lan.wait(lambda: status_json(seed)["counters"].get("garbage_dropped", 0) >= before + 4,
                   "garbage counted", 5)

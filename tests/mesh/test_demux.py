@@ -33,7 +33,7 @@ def test_gossip_types(t: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"\xff", b"\x00\x00\x00", b"\x7f" * 100, b"\x0aabc", b"\x20MG"]
+    "data", [b"", b"\xff", b"\x00\x00\x00", b"\x7f" * 100, b"\xfeabc", b"\x20MG"]
 )
 def test_garbage(data: bytes) -> None:
     assert classify(data) is Kind.GARBAGE

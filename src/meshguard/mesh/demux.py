@@ -5,7 +5,8 @@ Order of checks (cheapest first, no allocation):
    cookie reply, transport; WireGuard's three reserved bytes are zero, so the u32 is the type);
 2. bytes 4..8 == the STUN magic cookie 0x2112A442 -> STUN (RFC 5389 section 6);
 3. otherwise the first byte is a gossip/NAT message type (Ping 0x01, PingReq 0x02, Ack 0x03,
-   Join 0x05, JoinAck 0x06, Leave 0x07, SyncReq 0x08, SyncData 0x09, RelayData 0x31,
+   Join 0x05, JoinAck 0x06, Leave 0x07, SyncReq 0x08, SyncData 0x09, ... as wire/gossip.py
+   lists them, RelayData 0x31,
    HolepunchRequest 0x33, HolepunchResponse 0x34, OrgAliasAnnounce 0x41, OrgCertRevoke 0x42,
    and new types with new numbers);
 anything else (empty, unknown type byte) is garbage, which the caller counts and drops.
@@ -19,12 +20,15 @@ from __future__ import annotations
 
 import enum
 
+from meshguard.wire.gossip import GOSSIP_TYPES as SWIM_TYPES
+
 STUN_MAGIC = b"\x21\x12\xa4\x42"
 
-# SWIM (wire/gossip.py: Ping, PingReq, Ack, Join, JoinAck, Leave, SyncReq, SyncData) and NAT/org
-GOSSIP_TYPES = frozenset(
-    {0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x08, 0x09, 0x31, 0x33, 0x34, 0x41, 0x42}
-)
+# NAT and org messages (SPEC-NOTES 4): RelayData, HolepunchRequest/Response, OrgAliasAnnounce,
+# OrgCertRevoke
+NAT_ORG_TYPES = frozenset({0x31, 0x33, 0x34, 0x41, 0x42})
+# every SWIM type wire/gossip.py defines (new ones are picked up automatically) plus the above
+GOSSIP_TYPES = SWIM_TYPES | NAT_ORG_TYPES
 
 
 class Kind(enum.Enum):
