@@ -31,7 +31,7 @@ from meshguard.daemon.control_client import ControlClient
 from meshguard.identity import keygen, store
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.rng import SystemRng
-from meshguard.testing.netns import Namespace, unique_name, wait_until
+from meshguard.testing.netns import Namespace, uapi_socket_path, unique_name, wait_until
 
 PY = sys.executable
 LAN_V4 = "10.210.0."
@@ -163,6 +163,9 @@ class MeshLan:
                 with contextlib.suppress(Exception):
                     n.ns.stop(n.proc, timeout=3)
         self._stack.close()
+        for n in self.nodes:  # a SIGKILLed daemon leaves its UAPI socket file behind
+            with contextlib.suppress(OSError):
+                Path(uapi_socket_path(n.iface)).unlink()
 
     def add_node(self, name: str, *, keys: bool = True) -> Node:
         idx = len(self.nodes) + 1
