@@ -78,7 +78,8 @@ def lossy(n: int, seed: int, minutes: float, loss: float) -> None:
     ref = sum(nd.stats["refuted"] for nd in c.nodes)
     print(
         f"loss     n={n:5d} loss={loss:.0%} for {minutes:.0f} min: false deaths {len(dead)}, "
-        f"suspicions {susp}, refutations {ref}, converged at end: {c.converged(range(n), strict=False)} "
+        f"suspicions {susp}, refutations {ref}, "
+        f"converged at end: {c.converged(range(n), strict=False)} "
         f"(wall {time.perf_counter() - t0:.1f} s)"
     )
 

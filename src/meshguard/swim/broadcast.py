@@ -4,24 +4,27 @@ One entry per subject (a newer update about a node replaces the older one). Entr
 fewest-transmissions first, newest first among equals, urgent ones (accusations, refutations,
 leaves, joins) before plain record refreshes; an entry is dropped after `limit` transmissions
 (SwimConfig.retransmit_limit, which grows with log N).
+
+Each (class, transmit count) bucket is a stack with lazy deletion: a replaced or dropped entry
+stays in its stack until it surfaces and is discarded, so put, drop and take are O(1) per entry.
 """
 
 from __future__ import annotations
 
 from meshguard.wire.gossip import Entry
 
-_MAX_SKIPS = 64
+_MAX_SKIPS = 4  # entries have near-equal sizes: a few misfits mean the packet is full
 _MIN_ENTRY = 1 + 136  # the smallest entry (an accusation): below this nothing fits
+
+_Item = tuple[bytes, int, Entry]  # (subject, token, entry)
 
 
 class BroadcastQueue:
     def __init__(self) -> None:
-        # class (0 urgent, 1 normal) -> transmit count -> subject -> entry
-        self._buckets: tuple[dict[int, dict[bytes, Entry]], dict[int, dict[bytes, Entry]]] = (
-            {},
-            {},
-        )
-        self._where: dict[bytes, tuple[int, int]] = {}
+        # class (0 urgent, 1 normal) -> transmit count -> stack of items
+        self._stacks: tuple[dict[int, list[_Item]], dict[int, list[_Item]]] = ({}, {})
+        self._where: dict[bytes, tuple[int, int, int]] = {}  # subject -> (class, count, token)
+        self._token = 0
         self._normal = 0
 
     def __len__(self) -> int:
@@ -37,52 +40,70 @@ class BroadcastQueue:
         self.drop(subject)
         cls = 0 if urgent else 1
         self._normal += cls
-        self._buckets[cls].setdefault(0, {})[subject] = entry
-        self._where[subject] = (cls, 0)
+        self._token += 1
+        self._stacks[cls].setdefault(0, []).append((subject, self._token, entry))
+        self._where[subject] = (cls, 0, self._token)
 
     def drop(self, subject: bytes) -> None:
         w = self._where.pop(subject, None)
-        if w is None:
-            return
-        self._normal -= w[0]
-        bucket = self._buckets[w[0]][w[1]]
-        del bucket[subject]
-        if not bucket:
-            del self._buckets[w[0]][w[1]]
+        if w is not None:
+            self._normal -= w[0]
 
-    def take(self, budget: int, limit: int, max_entries: int, skip: bytes = b"") -> list[Entry]:
+    def take(
+        self,
+        budget: int,
+        limit: int,
+        max_entries: int,
+        skip: bytes = b"",
+        limit_normal: int | None = None,
+    ) -> list[Entry]:
         """Entries whose encoded sizes (1 + len) fit in `budget` bytes, at most max_entries.
 
-        `skip` names a subject not to include (e.g. one the caller already added).
+        `limit` / `limit_normal` are the transmissions after which an urgent / normal entry is
+        dropped (limit_normal defaults to limit). `skip` names a subject not to include (e.g.
+        one the caller already added).
         """
+        limits = (limit, limit if limit_normal is None else limit_normal)
         out: list[Entry] = []
-        chosen: list[tuple[int, int, bytes]] = []
+        moved: list[tuple[int, int, _Item]] = []
         skips = 0
+        where = self._where
         for cls in (0, 1):
-            buckets = self._buckets[cls]
-            for t in sorted(buckets):
-                for subject in reversed(buckets[t]):
+            stacks = self._stacks[cls]
+            for t in sorted(stacks):
+                stack = stacks[t]
+                kept: list[_Item] = []
+                while stack:
                     if len(out) >= max_entries or skips > _MAX_SKIPS or budget < _MIN_ENTRY:
                         break
-                    entry = buckets[t][subject]
+                    item = stack.pop()
+                    subject, token, entry = item
+                    w = where.get(subject)
+                    if w is None or w[2] != token:
+                        continue  # stale
                     size = 1 + len(entry[1])
                     if size > budget or subject == skip:
                         skips += 1
+                        kept.append(item)
                         continue
                     budget -= size
                     out.append(entry)
-                    chosen.append((cls, t, subject))
+                    moved.append((cls, t, item))
+                while kept:
+                    stack.append(kept.pop())
+                if not stack:
+                    del stacks[t]
                 if len(out) >= max_entries or skips > _MAX_SKIPS or budget < _MIN_ENTRY:
                     break
-        for cls, t, subject in chosen:
-            buckets = self._buckets[cls]
-            entry = buckets[t].pop(subject)
-            if not buckets[t]:
-                del buckets[t]
-            if t + 1 >= limit:
-                del self._where[subject]
+            else:
+                continue
+            break
+        for cls, t, item in moved:
+            subject, token, _ = item
+            if t + 1 >= limits[cls]:
+                del where[subject]
                 self._normal -= cls
             else:
-                buckets.setdefault(t + 1, {})[subject] = entry
-                self._where[subject] = (cls, t + 1)
+                self._stacks[cls].setdefault(t + 1, []).append(item)
+                where[subject] = (cls, t + 1, token)
         return out

@@ -46,7 +46,8 @@ class SwimConfig:
     # request carries a digest of our view; an equal digest costs one small packet each way.
     sync_interval: float = 10.0
     # Records learnt by anti-entropy also ride in spare piggyback room (after every urgent
-    # update); at most this many wait at once (bounds memory, ~200 B each).
+    # update), ceil(log10(N + 1)) times each; at most this many wait at once (bounds memory,
+    # ~200 B each).
     quiet_queue_cap: int = 256
     # Upper bound on SyncData packets sent per request (~7 records each).
     sync_max_packets: int = 200
@@ -98,9 +99,7 @@ class SwimConfig:
         and refutations spread by piggyback and anti-entropy pulls (1.5 * sync_interval apart)
         in O(log N) rounds: we allow three pull rounds plus the broadcast spread bound.
         """
-        return (
-            1.5 * self.recontact_interval + 3 * 1.5 * self.sync_interval + self.spread_bound(n)
-        )
+        return 1.5 * self.recontact_interval + 3 * 1.5 * self.sync_interval + self.spread_bound(n)
 
     def spread_bound(self, n: int) -> float:
         """Generous bound for a broadcast to reach every member: retransmit limit periods."""

@@ -67,12 +67,16 @@ from meshguard.wire.gossip import (
     MAC_LEN,
     MAX_ENTRIES,
     MAX_PACKET,
+    MAX_SUMMARY_ITEMS,
+    MAX_WANT_ITEMS,
     PING,
     PING_REQ,
     SYNC_BUCKETS,
     SYNC_DATA,
     SYNC_FLAG_REPLY,
     SYNC_REQ,
+    SYNC_SUMMARY,
+    SYNC_WANT,
     TAG_DEAD,
     TAG_RECORD,
     TAG_SUSPECT,
@@ -96,6 +100,7 @@ _BASE_PING = 5 + 32 + 4
 _BASE_PROBE = 5 + 32 + 36
 _BASE_LEAVE = 5 + 32
 _BASE_SYNC = 5 + 32 + 8
+_DIRECT_SYNC = 14  # up to this many records are sent at once (2 packets), more are summarised
 
 
 class SwimUsageError(MeshguardError):
@@ -139,6 +144,7 @@ class Member:
         "state",
         "state_inc",
         "suspicion",
+        "sync_budget",
         "sync_in",
         "sync_out",
     )
@@ -155,6 +161,7 @@ class Member:
         self.suspicion: Suspicion | None = None
         self.sync_in = 0
         self.sync_out = -1
+        self.sync_budget = 0  # records it may still ask for under sync_in
         self.heard = False  # an authenticated packet from it arrived (it knows our record)
 
 
@@ -199,6 +206,7 @@ class Membership:
         except WireFormatError as e:
             raise SwimUsageError(f"invalid self record: {e}") from None
         self._members: dict[bytes, Member] = {}
+        self._by_prefix: dict[bytes, Member] = {}  # identity[:8] -> member (SyncWant lookups)
         self._queue = BroadcastQueue()
         self._order: list[bytes] = []
         self._order_idx = 0
@@ -487,6 +495,12 @@ class Membership:
                 return out
             self._apply_entries(now, p.entries, out, rebroadcast=False)
             return out
+        elif t == SYNC_SUMMARY:
+            self._on_sync_summary(m, p, src, out)
+            return out
+        elif t == SYNC_WANT:
+            self._on_sync_want(m, p, src, out)
+            return out
         self._apply_entries(now, p.entries, out, rebroadcast=True)
         return out
 
@@ -614,6 +628,24 @@ class Membership:
             return
         self.stats["sync_served"] += 1
         entries = [e for e in self._sync_list() if e[1][4] & (SYNC_BUCKETS - 1) in differ]
+        if len(entries) <= _DIRECT_SYNC:
+            self._send_records(m, p.seq, entries, src, out)
+        else:
+            # Too many to send blindly: summarise (key prefix, incarnation), let it ask.
+            m.sync_budget = len(entries)
+            items = [e[1][4:12] + e[1][36:44] for e in entries]
+            key = self._pair_key(m)
+            if key is not None:
+                for i in range(0, len(items), MAX_SUMMARY_ITEMS):
+                    chunk = tuple(items[i : i + MAX_SUMMARY_ITEMS])
+                    body = encode_body(Packet(SYNC_SUMMARY, self._id, p.seq, items=chunk), False)
+                    out.append(Send(body + _mac(key, body), src))
+        if p.flags & SYNC_FLAG_REPLY:
+            self._send_sync_req(m, 0, out)
+
+    def _send_records(
+        self, m: Member, counter: int, entries: list[Entry], dst: Endpoint, out: list[Action]
+    ) -> None:
         key = self._pair_key(m)
         if key is None:
             return
@@ -630,11 +662,53 @@ class Membership:
                 budget -= size
                 chunk.append(entries[i])
                 i += 1
-            body = encode_body(Packet(SYNC_DATA, self._id, p.seq, entries=tuple(chunk)), False)
-            out.append(Send(body + _mac(key, body), src))
+            body = encode_body(Packet(SYNC_DATA, self._id, counter, entries=tuple(chunk)), False)
+            out.append(Send(body + _mac(key, body), dst))
             sent += 1
-        if p.flags & SYNC_FLAG_REPLY:
-            self._send_sync_req(m, 0, out)
+
+    def _on_sync_summary(self, m: Member, p: Packet, src: Endpoint, out: list[Action]) -> None:
+        if p.seq != m.sync_out:
+            self.stats["sync_unsolicited"] += 1
+            return
+        want: list[bytes] = []
+        rejected = {r[:8] for r in self._rejected}
+        for item in p.items:
+            prefix = item[:8]
+            inc = int.from_bytes(item[8:16], "little")
+            if prefix == self._id[:8]:
+                continue
+            k = self._by_prefix.get(prefix)
+            if k is None:
+                if prefix in rejected:
+                    continue
+                want.append(prefix)
+            elif inc > k.record.incarnation and not (
+                k.state in (SUSPECT, DEAD) and inc <= k.state_inc
+            ):
+                want.append(prefix)
+        key = self._pair_key(m)
+        if not want or key is None:
+            return
+        self.stats["sync_wanted"] += len(want)
+        for i in range(0, len(want), MAX_WANT_ITEMS):
+            chunk = tuple(want[i : i + MAX_WANT_ITEMS])
+            body = encode_body(Packet(SYNC_WANT, self._id, p.seq, items=chunk), False)
+            out.append(Send(body + _mac(key, body), src))
+
+    def _on_sync_want(self, m: Member, p: Packet, src: Endpoint, out: list[Action]) -> None:
+        if p.seq != m.sync_in or m.sync_budget <= 0:
+            self.stats["sync_unsolicited"] += 1
+            return
+        entries: list[Entry] = []
+        for prefix in p.items[: m.sync_budget]:
+            if prefix == self._id[:8]:
+                entries.append((TAG_RECORD, self._raw))
+                continue
+            k = self._by_prefix.get(prefix)
+            if k is not None and k.state in _LIVE:
+                entries.append((TAG_RECORD, k.raw))
+        m.sync_budget -= len(p.items)
+        self._send_records(m, p.seq, entries, src, out)
 
     # -- applying gossip -----------------------------------------------------------------------
 
@@ -688,6 +762,7 @@ class Membership:
                 return
             m = Member(ident, rec, raw, now)
             self._members[ident] = m
+            self._by_prefix[ident[:8]] = m
             self._live_add(m)
             self._order.insert(self._rng.randrange(len(self._order) + 1), ident)
             out.append(MemberUp(rec))
@@ -722,9 +797,13 @@ class Membership:
                     out.append(MemberUp(rec))
         if rebroadcast or rec.left:
             self._queue.put(ident, (TAG_RECORD, raw))
-        elif self._queue.normal_count() < self.config.quiet_queue_cap:
-            # Learnt by anti-entropy: keep spare piggyback room busy with it (never ahead of
-            # accusations, refutations, joins or leaves).
+        elif (
+            out
+            and isinstance(out[-1], MemberUp)
+            and (self._queue.normal_count() < self.config.quiet_queue_cap)
+        ):
+            # A member new to us, learnt by anti-entropy: spread it in spare piggyback room
+            # (never ahead of accusations, refutations, joins or leaves).
             self._queue.put(ident, (TAG_RECORD, raw), urgent=False)
 
     def _apply_accusation(self, now: float, dead: bool, raw: bytes, out: list[Action]) -> None:
@@ -851,6 +930,8 @@ class Membership:
         if m.state in _LIVE:
             self._live_remove(m)
         del self._members[m.key]
+        if self._by_prefix.get(m.key[:8]) is m:
+            del self._by_prefix[m.key[:8]]
 
     def _xor(self, raw: bytes) -> None:
         self._bdig[raw[4] & (SYNC_BUCKETS - 1)] ^= _digest_part(raw)
@@ -945,8 +1026,13 @@ class Membership:
                 entries.append(e)
                 budget -= 1 + len(e[1])
         n = 1 + self._n_live
+        cfg = self.config
         entries += self._queue.take(
-            budget, self.config.retransmit_limit(n), MAX_ENTRIES - len(entries), skip
+            budget,
+            cfg.retransmit_limit(n),
+            MAX_ENTRIES - len(entries),
+            skip,
+            cfg.retransmit_limit(n) // cfg.retransmit_mult,
         )
         body = encode_body(
             Packet(t, self._id, pkt.seq, pkt.key, record=pkt.record, entries=tuple(entries)),

@@ -93,6 +93,7 @@ class CryptoCache:
         self.max_entries = max_entries
         self._verified: dict[tuple[bytes, bytes, bytes], bool] = {}
         self._parsed: dict[bytes, NodeRecord | None] = {}
+        self._valid: dict[bytes, bool] = {}
         self._pair: dict[tuple[bytes, bytes, bytes, bytes], bytes | None] = {}
         self.verifications = 0
         self.dh_computations = 0
@@ -126,9 +127,13 @@ class CryptoCache:
         return rec
 
     def record_valid(self, raw: bytes) -> bool:
-        """Signature check of a raw record by its own identity key."""
-        ident = raw[4:36]
-        return self.verify(ident, raw[-SIG_LEN:], RECORD_DOMAIN + raw[:-SIG_LEN])
+        """Signature check of a raw record by its own identity key (memo keyed by the bytes)."""
+        r = self._valid.get(raw)
+        if r is None:
+            r = self.verify(raw[4:36], raw[-SIG_LEN:], RECORD_DOMAIN + raw[:-SIG_LEN])
+            self._room(self._valid)
+            self._valid[raw] = r
+        return r
 
     def accusation_valid(self, dead: bool, raw: bytes) -> bool:
         accuser = raw[40:72]

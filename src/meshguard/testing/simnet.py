@@ -325,10 +325,10 @@ class SwimCluster:
         ok = ("alive",) if strict else ("alive", "suspect")
         idx = list(self.live() if members is None else members)
         want = len(idx)
+        if any(self.nodes[i].alive_count() != want for i in idx):
+            return False
         for i in idx:
             node = self.nodes[i]
-            if node.alive_count() != want:
-                return False
             for j in idx:
                 if j != i and node.state_of(self.ids[j]) not in ok:
                     return False

@@ -17,6 +17,8 @@ Packets (type numbers keep SPEC-NOTES section 4; new ones take numbers above 0x0
     0x07 Leave     sender(32) piggyback
     0x08 SyncReq   sender(32) counter(u64) flags(u8) digests(128 x u64, one per key bucket)
     0x09 SyncData  sender(32) counter(u64) piggyback
+    0x0A SyncSummary sender(32) counter(u64) count(u8) count x (key prefix(8) incarnation(u64))
+    0x0B SyncWant  sender(32) counter(u64) count(u8) count x key prefix(8)
   unauthenticated (the joiner knows no key yet; padded to JOIN_MIN_LEN against amplification):
     0x05 Join      nonce(u64) record-entry zero-padding
 
@@ -47,7 +49,15 @@ JOIN_ACK = 0x06
 LEAVE = 0x07
 SYNC_REQ = 0x08
 SYNC_DATA = 0x09
-GOSSIP_TYPES = frozenset({PING, PING_REQ, ACK, JOIN, JOIN_ACK, LEAVE, SYNC_REQ, SYNC_DATA})
+SYNC_SUMMARY = 0x0A
+SYNC_WANT = 0x0B
+GOSSIP_TYPES = frozenset(
+    {PING, PING_REQ, ACK, JOIN, JOIN_ACK, LEAVE, SYNC_REQ, SYNC_DATA, SYNC_SUMMARY, SYNC_WANT}
+)
+SUMMARY_ITEM = 16
+WANT_ITEM = 8
+MAX_SUMMARY_ITEMS = 76  # 5 + 32 + 8 + 1 + 76 * 16 + 16 = 1278 bytes
+MAX_WANT_ITEMS = 150  # 5 + 32 + 8 + 1 + 150 * 8 + 16 = 1262 bytes
 
 MAGIC = b"MG"
 VERSION = 1
@@ -128,6 +138,7 @@ class Packet:
     flags: int = 0
     record: bytes = b""  # Join/JoinAck: raw record (without tag)
     entries: tuple[Entry, ...] = ()
+    items: tuple[bytes, ...] = ()  # SyncSummary (16 bytes each) / SyncWant (8 bytes each)
     mac: bytes = b""
 
 
@@ -340,6 +351,13 @@ def encode_body(p: Packet, check: bool = True) -> bytes:
         body = head + _SYNC.pack(p.seq, p.flags, *p.digests)
     elif t == SYNC_DATA:
         body = head + _U64.pack(p.seq) + encode_entries(p.entries, check)
+    elif t in (SYNC_SUMMARY, SYNC_WANT):
+        size, cap = (
+            (SUMMARY_ITEM, MAX_SUMMARY_ITEMS) if t == SYNC_SUMMARY else (WANT_ITEM, MAX_WANT_ITEMS)
+        )
+        if len(p.items) > cap or any(len(i) != size for i in p.items):
+            raise WireFormatError("bad sync items")
+        body = head + _U64.pack(p.seq) + bytes([len(p.items)]) + b"".join(p.items)
     else:
         raise WireFormatError(f"unknown gossip type {t:#x}")
     if len(body) + MAC_LEN > MAX_PACKET:
@@ -418,6 +436,22 @@ def decode_packet(data: bytes) -> Packet:
             counter, flags, *digests = _SYNC.unpack_from(data, off)
             off += _SYNC.size
             p = Packet(t, sender, counter, digests=tuple(digests), flags=flags, mac=mac)
+        elif t in (SYNC_SUMMARY, SYNC_WANT):
+            size, cap = (
+                (SUMMARY_ITEM, MAX_SUMMARY_ITEMS)
+                if t == SYNC_SUMMARY
+                else (WANT_ITEM, MAX_WANT_ITEMS)
+            )
+            if off + 9 > end:
+                raise WireFormatError("truncated sync items")
+            (counter,) = _U64.unpack_from(data, off)
+            count = data[off + 8]
+            off += 9
+            if count > cap or off + count * size > end:
+                raise WireFormatError("bad sync item count")
+            items = tuple(data[off + i * size : off + (i + 1) * size] for i in range(count))
+            off += count * size
+            p = Packet(t, sender, counter, items=items, mac=mac)
         else:  # SYNC_DATA
             if off + 8 > end:
                 raise WireFormatError("truncated sync data")
@@ -447,6 +481,8 @@ __all__ = [
     "SYNC_BUCKETS",
     "SYNC_DATA",
     "SYNC_REQ",
+    "SYNC_SUMMARY",
+    "SYNC_WANT",
     "TAG_DEAD",
     "TAG_RECORD",
     "TAG_SUSPECT",
