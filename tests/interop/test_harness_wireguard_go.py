@@ -92,3 +92,20 @@ def test_lan_of_three_all_pairs_reach_each_other() -> None:
         assert lan.nodes[0].ping(str(lan.ipv6[2]))
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed for n in names)
+
+
+def test_killed_process_socket_is_removed_with_the_namespace() -> None:
+    import os
+    import signal
+
+    from meshguard.testing.netns import netns_skip_reason
+
+    if netns_skip_reason():
+        pytest.skip(netns_skip_reason() or "")
+    ifname = unique_name("wgk")
+    with Namespace.create("mgk") as ns:
+        proc = start_userspace_wg(ns, ifname)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        assert os.path.exists(uapi_socket_path(ifname))  # left behind by the killed process
+    assert not os.path.exists(uapi_socket_path(ifname))

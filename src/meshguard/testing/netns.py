@@ -37,6 +37,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 IFNAMSIZ_MAX = 15
@@ -90,6 +91,7 @@ class Namespace:
     def __init__(self, name: str) -> None:
         self.name = name
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._on_close: list[Callable[[], object]] = []
         self._closed = False
 
     @classmethod
@@ -226,6 +228,13 @@ class Namespace:
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.02)
         _ip("netns", "del", self.name, check=False)
+        for fn in reversed(self._on_close):
+            with contextlib.suppress(Exception):
+                fn()
+
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Run `fn` after the namespace is gone (e.g. remove files its processes left)."""
+        self._on_close.append(fn)
 
     # small conveniences -------------------------------------------------------------
 
@@ -467,6 +476,8 @@ def start_userspace_wg(
     full_env = {"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error", **(env or {})}
     proc = ns.popen(cmd, env=full_env, stderr=stderr)
     sock = uapi_socket_path(ifname)
+    # a process that had to be SIGKILLed leaves its socket file behind in the shared directory
+    ns.on_close(lambda: Path(sock).unlink(missing_ok=True))
 
     def ready() -> bool:
         if proc.poll() is not None:
