@@ -61,6 +61,9 @@ def test_refusals(lan: MeshLan) -> None:
                          f"s.bind(('::',{a.port}));time.sleep(60)"])
     wait_until(lambda: f":{a.port}" in a.ns.run(["ss", "-uln"]).stdout, 10, "port held")
     assert_clean_failure(a, up(a, "--open"), "already in use")
+    # the same failure in background mode reaches the terminal through the readiness socket
+    bg = a.cli("up", "--interface", a.iface, "--open", timeout=30)
+    assert_clean_failure(a, bg, "already in use")
     a.ns.stop(holder)
 
 
