@@ -91,6 +91,24 @@ packets = st.one_of(
         mac=macs,
     ),
     st.builds(g.Packet, st.just(g.JOIN), seq=u64, record=records.map(g.encode_record)),
+    st.builds(
+        g.Packet,
+        st.just(g.SYNC_SUMMARY),
+        keys,
+        u64,
+        items=st.lists(
+            st.binary(min_size=16, max_size=16), max_size=g.MAX_SUMMARY_ITEMS
+        ).map(tuple),
+        mac=macs,
+    ),
+    st.builds(
+        g.Packet,
+        st.just(g.SYNC_WANT),
+        keys,
+        u64,
+        items=st.lists(st.binary(min_size=8, max_size=8), max_size=g.MAX_WANT_ITEMS).map(tuple),
+        mac=macs,
+    ),
 ).filter(_fits)
 
 
@@ -166,6 +184,6 @@ def test_oversize_and_bounds_rejected() -> None:
 
 def test_type_numbers_match_spec_notes() -> None:
     assert (g.PING, g.PING_REQ, g.ACK) == (0x01, 0x02, 0x03)
-    new = {g.JOIN, g.JOIN_ACK, g.LEAVE, g.SYNC_REQ, g.SYNC_DATA}
+    new = {g.JOIN, g.JOIN_ACK, g.LEAVE, g.SYNC_REQ, g.SYNC_DATA, g.SYNC_SUMMARY, g.SYNC_WANT}
     assert all(t > 0x04 for t in new)
     assert not new & {0x31, 0x32, 0x33, 0x34, 0x41, 0x42}

@@ -1,0 +1,125 @@
+"""Unit tests of the SWIM pieces: piggyback queue, suspicion curve, config formulas, and a
+membership core fed garbage."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.swim.broadcast import BroadcastQueue
+from meshguard.swim.config import SwimConfig
+from meshguard.swim.membership import Membership, Send
+from meshguard.swim.suspicion import Suspicion
+from meshguard.testing.rng import SeededRng
+from meshguard.testing.simnet import KeySetAdmission, SwimCluster
+from meshguard.wire import gossip as g
+
+
+def _e(i: int, size: int = 160) -> g.Entry:
+    return (g.TAG_RECORD, bytes([i]) * size)
+
+
+def test_queue_prefers_urgent_fresh_and_retires_after_limit() -> None:
+    q = BroadcastQueue()
+    q.put(b"a", _e(1), urgent=False)
+    q.put(b"b", _e(2))
+    q.put(b"c", _e(3))
+    # urgent before normal, newest first
+    assert q.take(budget=2 * 161, limit=2, max_entries=10) == [_e(3), _e(2)]
+    # urgent entries sent once still go before the unsent normal one
+    assert q.take(budget=3 * 161, limit=2, max_entries=10) == [_e(2), _e(3), _e(1)]
+    assert len(q) == 1  # b and c reached the limit of 2 transmissions
+    assert q.take(budget=10_000, limit=2, max_entries=10, limit_normal=5) == [_e(1)]
+    assert len(q) == 1
+    assert q.take(budget=10_000, limit=2, max_entries=10) == [_e(1)]
+    assert len(q) == 0
+
+
+def test_queue_replaces_per_subject_and_respects_budget_and_skip() -> None:
+    q = BroadcastQueue()
+    q.put(b"a", _e(1))
+    q.put(b"a", _e(9))
+    assert len(q) == 1
+    assert q.take(budget=10_000, limit=5, max_entries=5) == [_e(9)]
+    q.put(b"b", _e(2))
+    assert q.take(budget=100, limit=5, max_entries=5) == []  # does not fit
+    assert q.take(budget=10_000, limit=5, max_entries=5, skip=b"b") == [_e(9)]
+    q.drop(b"b")
+    assert b"b" not in q
+
+
+def test_suspicion_shrinks_with_confirmations_to_the_minimum() -> None:
+    s = Suspicion(100.0, 3, b"x", min_t=10.0, max_t=60.0, k=2)
+    assert s.deadline() == 160.0
+    assert s.confirm(b"y") and not s.confirm(b"y")
+    mid = s.timeout()
+    assert 10.0 < mid < 60.0
+    assert math.isclose(mid, 60.0 - 50.0 * math.log(2) / math.log(3))
+    s.confirm(b"z")
+    assert s.timeout() == 10.0
+
+
+def test_config_formulas_scale_with_log_n() -> None:
+    c = SwimConfig()
+    assert c.retransmit_limit(9) == 4 and c.retransmit_limit(1000) == 16
+    assert c.suspicion_min(10) == 4.0 and math.isclose(c.suspicion_min(1000), 12.0)
+    assert c.suspicion_max(1000) == 6 * c.suspicion_min(1000)
+    assert c.expected_confirmations(2) == 0 and c.expected_confirmations(100) == 2
+    assert c.join_bound(1000) > c.join_bound(100)
+
+
+def _node() -> Membership:
+    key = Ed25519PrivateKey(b"\x01" * 32)
+    wg = X25519PrivateKey.generate(b"\x02" * 32)
+    return Membership(key, wg, [("10.0.0.1", 51821)], KeySetAdmission(), SeededRng(3))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=1400))
+def test_membership_never_raises_on_garbage(data: bytes) -> None:
+    m = _node()
+    assert m.receive(1.0, data, ("192.0.2.1", 9)) == [] or True
+    m.tick(2.0)
+
+
+_TRAFFIC: list[tuple[SwimCluster, list[bytes]]] = []
+
+
+def _traffic() -> tuple[SwimCluster, list[bytes]]:
+    if not _TRAFFIC:
+        c = SwimCluster(3, 5)
+        captured: list[bytes] = []
+
+        def tap(src: g.Endpoint, dst: g.Endpoint, data: bytes) -> bool:
+            captured.append(data)
+            return False
+
+        c.net.drop_filter = tap
+        c.start(join_window=0.2)
+        c.net.run_for(12.0)
+        c.net.drop_filter = None
+        _TRAFFIC.append((c, captured))
+    return _TRAFFIC[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_membership_never_raises_on_mutated_real_traffic(data: st.DataObject) -> None:
+    c, captured = _traffic()
+    assert {p[0] for p in captured} >= {g.PING, g.ACK, g.JOIN, g.JOIN_ACK, g.SYNC_REQ}
+    pkt = bytearray(data.draw(st.sampled_from(captured)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        pkt[data.draw(st.integers(0, len(pkt) - 1))] = data.draw(st.integers(0, 255))
+    for i in range(3):
+        out = c.nodes[i].receive(c.net.now, bytes(pkt), c.eps[(i + 1) % 3])
+        assert all(not isinstance(a, Send) or len(a.data) <= 1280 for a in out)
+
+
+def test_join_packets_are_padded_against_amplification() -> None:
+    m = _node()
+    out = m.join([("10.0.0.2", 51821)], 0.0)
+    assert len(out) == 1 and isinstance(out[0], Send)
+    assert len(out[0].data) >= g.JOIN_MIN_LEN
