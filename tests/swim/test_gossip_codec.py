@@ -96,9 +96,9 @@ packets = st.one_of(
         st.just(g.SYNC_SUMMARY),
         keys,
         u64,
-        items=st.lists(
-            st.binary(min_size=16, max_size=16), max_size=g.MAX_SUMMARY_ITEMS
-        ).map(tuple),
+        items=st.lists(st.binary(min_size=16, max_size=16), max_size=g.MAX_SUMMARY_ITEMS).map(
+            tuple
+        ),
         mac=macs,
     ),
     st.builds(

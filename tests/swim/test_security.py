@@ -203,3 +203,32 @@ def test_spoofed_source_cannot_inject(cluster: SwimCluster) -> None:
             continue
         r = next(r for r in c.nodes[i].members() if r.identity == c.ids[1])
         assert r.incarnation == rec.incarnation, f"seed {SEED}"
+
+
+def test_replayed_ping_from_spoofed_source_draws_only_a_bare_reply(cluster: SwimCluster) -> None:
+    c = cluster
+    pings: list[tuple[bytes, g.Endpoint, g.Endpoint]] = []
+
+    def tap(src: g.Endpoint, dst: g.Endpoint, data: bytes) -> bool:
+        if data[0] == g.PING:
+            pings.append((data, src, dst))
+        return False
+
+    c.net.drop_filter = tap
+    c.net.run_for(3.0)
+    victim_ep = ("198.51.100.9", 53)
+    replies: list[bytes] = []
+
+    def watch(src: g.Endpoint, dst: g.Endpoint, data: bytes) -> bool:
+        if dst == victim_ep:
+            replies.append(data)
+        return True
+
+    c.net.drop_filter = watch
+    smallest = min(pings, key=lambda x: len(x[0]))
+    for data, _, dst in [*pings[:20], smallest]:
+        c.net.inject(data, victim_ep, dst)
+    c.net.run_for(1.0)
+    assert replies, f"seed {SEED}"
+    assert max(len(r) for r in replies) <= 2 * len(smallest[0]) + 40, f"seed {SEED}"
+    assert total(c, "bare_replies") >= len(replies)

@@ -1012,6 +1012,13 @@ class Membership:
             base = _BASE_LEAVE
         budget = MAX_PACKET - MAC_LEN - base - 1
         entries: list[Entry] = list(pkt.entries)
+        if t != JOIN_ACK and ep not in m.record.endpoints:
+            # A reply to an address the member never announced (NAT, or a replayed packet with
+            # a spoofed source): send it bare, so it is never much larger than the request.
+            body = encode_body(Packet(t, self._id, pkt.seq, pkt.key, entries=pkt.entries), False)
+            out.append(Send(body + _mac(key, body), ep))
+            self.stats["bare_replies"] += 1
+            return
         if not m.heard and t != JOIN_ACK and not self._left:
             entries.insert(0, (TAG_RECORD, self._raw))
         for e in entries:
