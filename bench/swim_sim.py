@@ -22,16 +22,18 @@ def converge(n: int, seed: int, window: float) -> SwimCluster:
     cfg = SwimConfig()
     c = SwimCluster(n, seed, config=cfg)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     c.start(join_window=window)
     everyone = range(n)
     t = c.run_until_true(lambda: c.converged(everyone), limit=300.0, step=0.5)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     bound = convergence_bound(cfg, n, window)
     st = c.net.stats
     print(
         f"join     n={n:5d} seed={seed}: all {n} nodes know all others at t={t:.1f} s "
         f"(joins spread over {window:.0f} s; bound {bound:.0f} s = "
-        f"{bound / cfg.probe_interval:.0f} periods) wall {wall:.1f} s, "
+        f"{bound / cfg.probe_interval:.0f} periods) wall {wall:.1f} s (CPU {cpu:.1f} s), "
         f"{st.sent} packets ({st.sent / n:.0f}/node), max packet {st.max_packet} B, "
         f"Ed25519 verifications {c.cache.verifications}, X25519 {c.cache.dh_computations}"
     )

@@ -13,10 +13,14 @@ Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017)
 - Incarnation numbers: only the subject can declare itself alive (by signing a record with a
   higher incarnation), so it refutes a suspicion or death it hears about. Members we suspect or
   think dead are told so directly whenever we write to them (Lifeguard's buddy system).
-- Updates ride on every packet (piggyback queue, retransmit limit ~ log N); a periodic pull of a
-  random member's state (anti-entropy: per-bucket digests, only differing buckets are sent)
-  makes large joins and partition merges
-  converge without relying on piggyback bandwidth.
+- Updates ride on every packet (piggyback queue, retransmit limit ~ log N). Anti-entropy makes
+  large joins and partition merges converge without relying on piggyback bandwidth: a node
+  pulls a random member's state now and then (right after joining, then after 1, 1, 2, 2, 4, 4
+  ... periods, then every `sync_interval`). SyncReq carries 128 per-bucket digests of its view;
+  the responder sends the records of differing buckets directly when there are few, otherwise
+  a summary (key prefix, incarnation) from which the requester asks (SyncWant) only for what
+  it lacks. The first packet to a member that has not heard from us carries our own record, so
+  it can authenticate us at once.
 - Dead and left members are reaped after `dead_reap_after`; dead members, reaped endpoints and
   seeds not known alive are re-contacted (Join) every `recontact_interval`, so a partitioned
   mesh heals by itself. A joining node retries its seeds with exponential backoff.
@@ -33,9 +37,13 @@ Security:
   receive; one X25519 per pair (~50 us, cached); one Ed25519 verification per record version
   (cached). Joins from non-members (self-signed record, one Ed25519 verification) are rate
   limited and padded to 1200 bytes so a Join never draws a larger answer.
-- Replay: SyncReq carries a per-sender counter that must increase; Acks must match an
-  outstanding random sequence number; a JoinAck must match an outstanding Join nonce; all
-  membership content is ordered by signed incarnations, so replaying it changes nothing.
+- Replay: SyncReq carries a per-sender counter that must increase (SyncWant must echo it and
+  may ask for no more records than were summarised); Acks must match an outstanding random
+  sequence number; a JoinAck must match an outstanding Join nonce; all membership content is
+  ordered by signed incarnations, so replaying it changes nothing. A reply to an address the
+  member never announced is sent bare, so a replayed packet with a spoofed source draws no
+  amplified answer.
+- Not done: Lifeguard's local health multiplier (a slow node stretching its own timeouts).
 """
 
 from __future__ import annotations

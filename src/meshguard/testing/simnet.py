@@ -262,7 +262,9 @@ class SwimCluster:
         self.nodes: list[Any] = [self._make(i, 0) for i in range(n)]
         self.events: list[tuple[float, int, Any]] = []
         self.down_events: list[tuple[float, int, int, str]] = []  # (t, observer, subject, reason)
-        self.up_events: list[tuple[float, int, int]] = []
+        from meshguard.swim.membership import MemberDown
+
+        self._down_cls = MemberDown
         self.record_events = False
 
     def _make(self, i: int, incarnation: int) -> Any:
@@ -281,16 +283,11 @@ class SwimCluster:
         )
 
     def _on_event(self, now: float, ep: Endpoint, action: Any) -> None:
-        from meshguard.swim.membership import MemberDown, MemberUp
-
-        observer = self.ep_index[ep]
-        if isinstance(action, MemberDown):
+        if type(action) is self._down_cls:
             subj = self.index.get(action.record.identity, -1)
-            self.down_events.append((now, observer, subj, action.reason))
-        elif isinstance(action, MemberUp):
-            self.up_events.append((now, observer, self.index.get(action.record.identity, -1)))
+            self.down_events.append((now, self.ep_index[ep], subj, action.reason))
         if self.record_events:
-            self.events.append((now, observer, action))
+            self.events.append((now, self.ep_index[ep], action))
 
     def start(self, join_window: float = 1.0, members: Iterable[int] | None = None) -> None:
         """Start the seed now and every other node at a random time within join_window."""
