@@ -7,6 +7,7 @@ end. It uses the real `meshguard` commands (in-process) and the real trust store
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -155,8 +156,23 @@ def keys_b64(raw: bytes) -> str:
     return store.public_key_file(raw).decode("ascii").strip()
 
 
-def main() -> int:
-    return identity_demo()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="./dev demo",
+        description="Run a real meshguard mesh in network namespaces (default), or the offline "
+        "identity/trust/org walk-through.",
+    )
+    parser.add_argument("--nodes", type=int, default=4, help="mesh size (2-20, default 4)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the mesh running until Enter is pressed")
+    parser.add_argument("--offline", action="store_true",
+                        help="only the offline identity, trust and org certificate walk-through")
+    args = parser.parse_args(argv)
+    if args.offline:
+        return identity_demo()
+    from meshguard.mesh_demo import mesh_demo
+
+    return mesh_demo(args.nodes, args.keep)
 
 
 if __name__ == "__main__":
