@@ -5,9 +5,10 @@ returns actions: `Send` (bytes to an endpoint) and membership events (`MemberUp`
 `MemberUpdated`, `MemberDown`) carrying the member's verified, signed record.
 
 Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017):
-- one probe per period, targets in randomized round-robin order (new members inserted at random
-  positions); direct Ping, and after `probe_timeout` a PingReq to k members, which ping the
-  target and forward its Ack back; no ack by the end of the period -> Suspect.
+- one probe per period, targets in randomized round-robin order (each round a fresh shuffle;
+  members joining mid-round are appended, so they are probed within the round); direct Ping,
+  and after `probe_timeout` a PingReq to k members, which ping the target and forward its Ack
+  back; no ack by the end of the period -> Suspect.
 - Suspicion timeout from `SwimConfig.suspicion_min/max(N)`, shortened by independent
   confirmations (Lifeguard); when it expires the member is declared Dead.
 - Incarnation numbers: only the subject can declare itself alive (by signing a record with a
@@ -108,6 +109,7 @@ _BASE_PING = 5 + 32 + 4
 _BASE_PROBE = 5 + 32 + 36
 _BASE_LEAVE = 5 + 32
 _BASE_SYNC = 5 + 32 + 8
+_BMASK = SYNC_BUCKETS - 1
 _DIRECT_SYNC = 14  # up to this many records are sent at once (2 packets), more are summarised
 
 
@@ -173,10 +175,6 @@ class Member:
         self.heard = False  # an authenticated packet from it arrived (it knows our record)
 
 
-def _digest_part(raw: bytes) -> int:
-    return int.from_bytes(raw[-8:], "little")  # signature bytes: unique per record version
-
-
 def _mac_equal(a: bytes, b: bytes) -> bool:
     # No early exit on the first differing byte.
     return len(a) == len(b) and (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")) == 0
@@ -218,9 +216,11 @@ class Membership:
         self._queue = BroadcastQueue()
         self._order: list[bytes] = []
         self._order_idx = 0
+        # anti-entropy view: per key bucket, the XOR digest and the raw records of live members
         self._bdig = [0] * SYNC_BUCKETS
+        self._braw: list[dict[bytes, bytes]] = [{} for _ in range(SYNC_BUCKETS)]
         self._xor(self._raw)
-        self._sync_entries: list[Entry] | None = None
+        self._braw[self._id[0] & _BMASK][self._id] = self._raw
         self._ep_index: dict[Endpoint, bytes] = {}
         self._n_live = 0
         self._rejected: dict[bytes, None] = {}
@@ -635,7 +635,9 @@ class Membership:
             self.stats["sync_equal"] += 1
             return
         self.stats["sync_served"] += 1
-        entries = [e for e in self._sync_list() if e[1][4] & (SYNC_BUCKETS - 1) in differ]
+        entries: list[Entry] = [
+            (TAG_RECORD, raw) for b in sorted(differ) for raw in self._braw[b].values()
+        ]
         if len(entries) <= _DIRECT_SYNC:
             self._send_records(m, p.seq, entries, src, out)
         else:
@@ -772,7 +774,7 @@ class Membership:
             self._members[ident] = m
             self._by_prefix[ident[:8]] = m
             self._live_add(m)
-            self._order.insert(self._rng.randrange(len(self._order) + 1), ident)
+            self._order.append(ident)  # probed this round; rounds are reshuffled
             out.append(MemberUp(rec))
         else:
             old_state = m.state
@@ -801,7 +803,7 @@ class Membership:
                     out.append(MemberUpdated(rec))
                 else:
                     m.since = now
-                    self._order.insert(self._rng.randrange(len(self._order) + 1), ident)
+                    self._order.append(ident)  # probed this round; rounds are reshuffled
                     out.append(MemberUp(rec))
         if rebroadcast or rec.left:
             self._queue.put(ident, (TAG_RECORD, raw))
@@ -922,7 +924,7 @@ class Membership:
         self._inc = inc
         self._record, self._raw = self._sign_self(left=False)
         self._xor(self._raw)
-        self._sync_entries = None
+        self._braw[self._id[0] & _BMASK][self._id] = self._raw
         self._queue.put(self._id, (TAG_RECORD, self._raw))
 
     def _admit(self, key: bytes, cert: bytes | None) -> bool:
@@ -942,18 +944,24 @@ class Membership:
             del self._by_prefix[m.key[:8]]
 
     def _xor(self, raw: bytes) -> None:
-        self._bdig[raw[4] & (SYNC_BUCKETS - 1)] ^= _digest_part(raw)
+        # a record's digest part is 8 of its signature bytes: unique per record version
+        self._bdig[raw[4] & _BMASK] ^= int.from_bytes(raw[-8:], "little")
 
     def _live_add(self, m: Member) -> None:
-        self._xor(m.raw)
-        self._index_eps(m, add=True)
-        self._sync_entries = None
+        raw = m.raw
+        b = raw[4] & _BMASK
+        self._bdig[b] ^= int.from_bytes(raw[-8:], "little")
+        self._braw[b][m.key] = raw
+        for ep in m.record.endpoints:
+            self._ep_index[ep] = m.key
         self._n_live += 1
 
     def _live_remove(self, m: Member) -> None:
-        self._xor(m.raw)
+        raw = m.raw
+        b = raw[4] & _BMASK
+        self._bdig[b] ^= int.from_bytes(raw[-8:], "little")
+        self._braw[b].pop(m.key, None)
         self._index_eps(m, add=False)
-        self._sync_entries = None
         self._n_live -= 1
 
     def _index_eps(self, m: Member, add: bool) -> None:
@@ -1132,10 +1140,3 @@ class Membership:
             Packet(SYNC_REQ, self._id, self._sync_ctr, digests=tuple(self._bdig), flags=flags)
         )
         out.append(Send(body + _mac(key, body), ep))
-
-    def _sync_list(self) -> list[Entry]:
-        if self._sync_entries is None:
-            lst: list[Entry] = [(TAG_RECORD, self._raw)]
-            lst.extend((TAG_RECORD, m.raw) for m in self._members.values() if m.state in _LIVE)
-            self._sync_entries = lst
-        return self._sync_entries

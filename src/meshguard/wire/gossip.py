@@ -449,7 +449,7 @@ def decode_packet(data: bytes) -> Packet:
             off += 9
             if count > cap or off + count * size > end:
                 raise WireFormatError("bad sync item count")
-            items = tuple(data[off + i * size : off + (i + 1) * size] for i in range(count))
+            items = tuple([data[o : o + size] for o in range(off, off + count * size, size)])
             off += count * size
             p = Packet(t, sender, counter, items=items, mac=mac)
         else:  # SYNC_DATA
