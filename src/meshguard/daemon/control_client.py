@@ -96,7 +96,8 @@ class ControlClient:
             raise ControlRequestError(f"bad status from the daemon: {exc}") from None
 
 
-def _alive(path: Path) -> bool:
+def socket_is_live(path: Path) -> bool:
+    """True when something accepts connections on the Unix socket at `path`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
@@ -110,7 +111,7 @@ def _alive(path: Path) -> bool:
 
 def running_daemons(directory: Path) -> list[RunningDaemon]:
     """Daemons whose control socket accepts a connection (stale socket files are skipped)."""
-    return [RunningDaemon(i, p) for i, p in candidate_sockets(directory) if _alive(p)]
+    return [RunningDaemon(i, p) for i, p in candidate_sockets(directory) if socket_is_live(p)]
 
 
 def select_daemon(directory: Path, interface: str | None) -> ControlClient:
@@ -133,7 +134,7 @@ def wait_until_gone(path: Path, timeout: float) -> bool:
     """Wait (polling) until nobody serves `path`; True if it went away in time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(path):
+        if not socket_is_live(path):
             return True
         time.sleep(0.05)
-    return not _alive(path)
+    return not socket_is_live(path)

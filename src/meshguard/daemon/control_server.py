@@ -16,6 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from meshguard.daemon.control_client import socket_is_live
 from meshguard.errors import MeshguardError, WireFormatError
 from meshguard.wire.control import (
     MAX_LINE,
@@ -38,18 +39,6 @@ class ControlSocketError(MeshguardError):
     """The control socket could not be created."""
 
 
-def _socket_is_live(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.settimeout(1.0)
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 def claim_socket_path(path: Path, interface: str) -> None:
     """Make sure nobody serves `path`; remove a stale socket left by a crashed daemon."""
     try:
@@ -57,7 +46,7 @@ def claim_socket_path(path: Path, interface: str) -> None:
     except OSError as exc:
         raise ControlSocketError(f"cannot create {path.parent}: {exc.strerror}") from None
     if path.exists() or path.is_symlink():
-        if _socket_is_live(path):
+        if socket_is_live(path):
             raise AlreadyRunningError(
                 f"meshguard is already running on {interface} (control socket {path}); "
                 f"stop it with `meshguard down --interface {interface}`"
