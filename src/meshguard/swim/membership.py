@@ -6,7 +6,7 @@ returns actions: `Send` (bytes to an endpoint) and membership events (`MemberUp`
 
 Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017):
 - one probe per period, targets in randomized round-robin order (each round a fresh shuffle;
-  members joining mid-round are appended, so they are probed within the round); direct Ping,
+  members joining mid-round go to a random place among those not yet probed); direct Ping,
   and after `probe_timeout` a PingReq to k members, which ping the target and forward its Ack
   back; no ack by the end of the period -> Suspect.
 - Suspicion timeout from `SwimConfig.suspicion_min/max(N)`, shortened by independent
@@ -389,6 +389,20 @@ class Membership:
                 if m is not None and m.state == ALIVE:
                     self.stats["probe_failed"] += 1
                     self._accuse(now, m, dead=False, out=out)
+                elif (
+                    m is not None
+                    and m.state == SUSPECT
+                    and m.suspicion is not None
+                    and self._id not in m.suspicion.accusers
+                ):
+                    # Our own failed probe confirms someone else's suspicion (Lifeguard): the
+                    # timeout shrinks here, and our signed confirmation shrinks it elsewhere.
+                    self.stats["probe_failed"] += 1
+                    self.stats["confirmed"] += 1
+                    acc = sign_accusation(self._key, False, m.key, m.suspicion.incarnation)
+                    m.suspicion.confirm(self._id)
+                    self._push_suspicion(m)
+                    self._queue.put(m.key, encode_accusation(acc))
             self._probe_acked = True
             self._start_probe(now, out)
             self._next_probe = now + cfg.probe_interval
@@ -774,7 +788,7 @@ class Membership:
             self._members[ident] = m
             self._by_prefix[ident[:8]] = m
             self._live_add(m)
-            self._order.append(ident)  # probed this round; rounds are reshuffled
+            self._order_insert(ident)
             out.append(MemberUp(rec))
         else:
             old_state = m.state
@@ -803,7 +817,7 @@ class Membership:
                     out.append(MemberUpdated(rec))
                 else:
                     m.since = now
-                    self._order.append(ident)  # probed this round; rounds are reshuffled
+                    self._order_insert(ident)
                     out.append(MemberUp(rec))
         if rebroadcast or rec.left:
             self._queue.put(ident, (TAG_RECORD, raw))
@@ -975,6 +989,16 @@ class Membership:
         if m.pair_key is None:
             m.pair_key = self._cache.pair_key(self._wg, self._id, m.record.wg_public, m.key)
         return m.pair_key
+
+    def _order_insert(self, key: bytes) -> None:
+        """Put a new member at a random place among those not yet probed this round (SWIM
+        inserts at random positions; otherwise every node would probe in join order and a
+        crashed node could go unprobed for a whole round)."""
+        order = self._order
+        order.append(key)
+        lo = min(self._order_idx, len(order) - 1)
+        j = lo + self._rng.randrange(len(order) - lo)
+        order[j], order[-1] = order[-1], order[j]
 
     def _random_alive(self) -> Member | None:
         order = self._order
