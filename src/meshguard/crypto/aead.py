@@ -30,12 +30,13 @@ def wg_nonce(counter: int) -> bytes:
 class TransportCipher:
     """ChaCha20-Poly1305 under one fixed key, with the AEAD object built once."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_key")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_LEN:
             raise CryptoError("ChaCha20-Poly1305 key must be 32 bytes")
         self._aead = ChaCha20Poly1305(key)
+        self._key = bytes(key)
 
     def __repr__(self) -> str:
         return "TransportCipher(<redacted>)"
@@ -56,6 +57,11 @@ class TransportCipher:
             return self._aead.decrypt(_NONCE.pack(counter), ciphertext, None)
         except InvalidTag:
             return None
+
+    @property
+    def key(self) -> bytes:
+        """The raw key, for the data plane's compiled batch loop (which keys its own cipher)."""
+        return self._key
 
     @property
     def aead(self) -> ChaCha20Poly1305:
