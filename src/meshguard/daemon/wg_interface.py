@@ -263,7 +263,8 @@ class WireGuardInterface:
         except BaseException:
             await self.close()
             raise
-        log.info("interface %s up, UAPI at %s", self.ifname, self.uapi.path)
+        log.info("interface %s up, UAPI at %s (%s)", self.ifname, self.uapi.path,
+                 self.engine.describe_offloads())
 
     async def close(self) -> None:
         if self._closed.is_set():

@@ -2,26 +2,39 @@
 
     engine = Engine(device, tun_fd, clock)
     engine.bind(51820)          # dual-stack UDP socket (IPv4 and IPv6 outside)
-    engine.start(loop)          # add_reader on both fds, timer at device.next_deadline()
+    engine.start(loop)          # offload setup, add_reader on both fds, timer at next_deadline()
     ...
     engine.kick()               # after a configuration change (timers may have moved)
     engine.close()
 
-On every readiness wake-up the engine drains up to `batch` packets (until EAGAIN) and hands
-the whole list to one function (`tun_packets_in` / `datagrams_in`), which returns lists of
-outgoing datagrams and TUN writes (`send_datagrams` / `write_tun`). These list-taking functions
-are the seams for GSO/GRO and virtio-net offloads.
+On every readiness wake-up the engine drains up to `batch` reads (until EAGAIN) and processes
+them at once; it never waits for a batch to fill, so a lone ping costs one read and one send.
 
-Transport data (type 4 in, IP packets out) takes the Device's fast path (route and keypair
-once per peer and batch, replay/AEAD/source checks per packet, bookkeeping once per batch);
-handshakes, cookies, timers, packets for peers without a session and everything else go
-through the sans-IO slow path (`receive_datagram`, `send_packet`, `tick`), whose actions the
-engine executes. The engine owns no protocol policy. Socket errors are counted per packet and
-never raised into the loop; a bug below is logged and counted (`internal_errors`).
+Offloads (on by default; `offload=False` or MESHGUARD_NO_OFFLOAD=1 turns them off, and each
+one falls back on its own when the kernel refuses it):
+  - TUN: when the fd was attached with IFF_VNET_HDR (TunDevice.open does that), `start`
+    enables TSO4/TSO6 and checksum offload: one read is a TCP super-packet of up to 64 KB,
+    which `fastpath.seal_segments` cuts into MTU-sized packets, each sealed as a standard
+    transport message (one C call per read). Writes coalesce the decrypted TCP segments of
+    a flow back into one super-packet (`fastpath.coalesce`).
+  - UDP: GSO (UDP_SEGMENT) sends the sealed messages of a read, or of several reads of equal
+    size to one endpoint, in one sendmsg; GRO (UDP_GRO) receives trains of same-size datagrams
+    in one recvmsg, opened by `fastpath.open_batch` per run of one keypair.
+The fast path module is the C extension when built (`fastpath.IMPLEMENTATION`), else its pure
+Python twin (MESHGUARD_PURE_PYTHON=1 forces it); ciphers are keyed once per keypair.
 
-Seams for offloads (override in a subclass): `_tun_readable` (read + split super-packets),
-`write_tun(packets)` (coalesce), `_udp_readable` (GRO), `send_datagrams(datagrams)` (GSO; the
-datagrams of one peer arrive consecutively with the same endpoint).
+Transport data takes the Device's fast path (route and keypair once per peer and batch, replay
+/AEAD/source checks per packet, bookkeeping once per keypair and batch); handshakes, cookies,
+timers, packets for peers without a session and everything else go through the sans-IO slow
+path (`receive_datagram`, `send_packet`, `tick`), whose actions the engine executes. The replay
+window stays in Python (wireguard/keypair.py): results of a batched open are accepted in order,
+with the verdicts of the per-packet path (see fastpath.py). The engine owns no protocol policy.
+Socket errors are counted and never raised into the loop; a bug below is logged and counted
+(`internal_errors`).
+
+Seams (also used by tests and the mesh daemon): `tun_packets_in(packets)` (plain IP packets
+from the TUN), `datagrams_in(grams)`, `send_datagrams(grams)` (slow-path sends: handshakes,
+keepalives, gossip), `write_tun(packets)` (plain IP packets, coalesced when offloading).
 """
 
 from __future__ import annotations
@@ -38,8 +51,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from meshguard.clock import Clock, SystemClock
+from meshguard.dataplane import fastpath
+from meshguard.dataplane.offload import split_tun_read
+from meshguard.dataplane.vnet import VNET_HDR_LEN, ZERO_HDR, TunOffloadError, enable_offloads
 from meshguard.wireguard.actions import SendDatagram, WriteTun
-from meshguard.wireguard.device import Device, inner_packet
+from meshguard.wireguard.device import Device
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +69,16 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 SO_SNDBUFFORCE = 32  # not named in Python 3.11's socket module
 SO_RCVBUFFORCE = 33
 SO_MARK = 36
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+GSO_MAX_SEGMENTS = 64  # the kernel's per-send limit (UDP_MAX_SEGMENTS; 128 on newer kernels)
+GSO_MAX_BYTES = 65000  # payload bytes per GSO send, below the 64 KB IP limit for v4 and v6
+GRO_BUFFER = 65536 + 4096
+_GRO_ANC = socket.CMSG_SPACE(4)
+_U16N = struct.Struct("=H")
+_I32N = struct.Struct("=i")
+_GSO_OFF = frozenset({errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<4xQ")
@@ -96,6 +122,11 @@ class EngineStats:
     tun_read_errors: int = 0
     timer_runs: int = 0
     internal_errors: int = 0
+    tun_bad_reads: int = 0  # malformed reads from a vnet-hdr TUN (dropped)
+    tun_gso_reads: int = 0  # reads that carried more than one packet
+    tun_gso_writes: int = 0  # coalesced super-packets written
+    udp_gso_sends: int = 0  # sendmsg calls carrying more than one datagram
+    udp_gro_reads: int = 0  # receives that carried more than one datagram
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -144,6 +175,12 @@ def set_fwmark(sock: socket.socket, mark: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
 
 
+def offload_default(env: dict[str, str] | None = None) -> bool:
+    """Offloads are on unless MESHGUARD_NO_OFFLOAD is set to something other than 0."""
+    e = os.environ if env is None else env
+    return e.get("MESHGUARD_NO_OFFLOAD", "") in ("", "0")
+
+
 class Engine:
     def __init__(
         self,
@@ -153,6 +190,7 @@ class Engine:
         batch: int = DEFAULT_BATCH,
         on_actions: Callable[[list[Any]], None] | None = None,
         on_tun_gone: Callable[[OSError], None] | None = None,
+        offload: bool | None = None,
     ) -> None:
         self.device = device
         self.tun_fd = tun_fd
@@ -162,12 +200,21 @@ class Engine:
         self.sock: socket.socket | None = None
         self.port = 0
         self.fwmark = 0
+        self.offload = offload_default() if offload is None else offload
+        self.vnet = False  # the TUN fd carries virtio-net headers (set up in start())
+        self.tun_offloads = 0  # TUN_F_* bits the kernel accepted
+        self.tun_tso = False  # coalesce TCP segments into GSO writes
+        self.gso = False
+        self.gro = False
         self._family = socket.AF_INET6
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._addr_cache: dict[Endpoint, tuple[Any, ...]] = {}
         self._ep_cache: dict[tuple[Any, ...], Endpoint] = {}  # sockaddr -> Endpoint
+        self._ciphers: dict[Any, Any] = {}  # TransportCipher -> fastpath.Cipher
+        self._rbuf = bytearray(GRO_BUFFER)
+        self._rmv = memoryview(self._rbuf)
         self._on_actions = on_actions  # other actions (HandshakeCompleted, ...) for the owner
         self._on_tun_gone = on_tun_gone  # the TUN fd reports the interface deleted
 
@@ -186,6 +233,18 @@ class Engine:
         self._family = new.family
         self.port = int(new.getsockname()[1])
         self._addr_cache.clear()
+        self.gso = self.gro = False
+        if self.offload:
+            try:
+                new.getsockopt(SOL_UDP, UDP_SEGMENT)
+                self.gso = True
+            except OSError:
+                pass
+            try:
+                new.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self.gro = True
+            except OSError:
+                pass
         if self._loop is not None:
             self._loop.add_reader(new.fileno(), self._udp_readable)
         if old is not None:
@@ -197,11 +256,31 @@ class Engine:
         if self.sock is not None:
             set_fwmark(self.sock, mark)
 
+    def _setup_tun(self) -> None:
+        """virtio-net headers and TSO/checksum offload when the fd was attached with
+        IFF_VNET_HDR; anything else (a plain TUN, a test's socketpair) reads plain packets."""
+        self.vnet = self.tun_tso = False
+        self.tun_offloads = 0
+        if self.tun_fd < 0:
+            return
+        try:
+            if self.offload:
+                state = enable_offloads(self.tun_fd)
+            else:
+                # headers stay on if the fd has them; no segmentation offloads
+                state = enable_offloads(self.tun_fd, want=0)
+        except (TunOffloadError, OSError):
+            return
+        self.vnet = state.vnet_hdr
+        self.tun_offloads = state.offloads
+        self.tun_tso = state.tso
+
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
         if self.sock is None:
             self.bind(0)
         assert self.sock is not None
+        self._setup_tun()
         self._loop.add_reader(self.sock.fileno(), self._udp_readable)
         self._loop.add_reader(self.tun_fd, self._tun_readable)
         self.kick()
@@ -220,6 +299,13 @@ class Engine:
             self.sock.close()
             self.sock = None
         self._loop = None
+        self._ciphers.clear()
+
+    def describe_offloads(self) -> str:
+        parts = [f"fastpath={fastpath.IMPLEMENTATION}"]
+        parts.append(f"tun={'vnet' if self.vnet else 'plain'}/{self.tun_offloads:#x}")
+        parts.append(f"gso={'on' if self.gso else 'off'} gro={'on' if self.gro else 'off'}")
+        return " ".join(parts)
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -263,15 +349,25 @@ class Engine:
         self.stats.internal_errors += 1
         log.exception("engine: internal error in %s path", where)
 
-    # --- readiness handlers: drain up to `batch` then process the batch ---------------------
+    def _cipher(self, tc: Any) -> Any:
+        """The fast-path cipher for a keypair's TransportCipher, keyed once."""
+        c = self._ciphers.get(tc)
+        if c is None:
+            if len(self._ciphers) >= 256:
+                self._ciphers.clear()  # old keypairs; live ones are re-keyed on next use
+            c = self._ciphers[tc] = fastpath.Cipher(tc.key)
+        return c
+
+    # --- TUN -> UDP -------------------------------------------------------------------------
 
     def _tun_readable(self) -> None:
-        packets: list[bytes] = []
+        reads: list[bytes] = []
         read = os.read
         fd = self.tun_fd
+        size = TUN_READ_SIZE + VNET_HDR_LEN if self.vnet else TUN_READ_SIZE
         for _ in range(self.batch):
             try:
-                packets.append(read(fd, TUN_READ_SIZE))
+                reads.append(read(fd, size))
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -280,11 +376,11 @@ class Engine:
                     self._tun_gone(exc)
                     return
                 break
-        if packets:
-            self.stats.tun_rx += len(packets)
+        if reads:
+            self.stats.tun_rx += len(reads)
             self.stats.tun_rx_batches += 1
             try:
-                self.tun_packets_in(packets)
+                self._tun_in(reads, self.vnet)
             except Exception:
                 self._internal_error("tun")
             self._arm()
@@ -299,45 +395,17 @@ class Engine:
         if self._on_tun_gone is not None:
             self._on_tun_gone(exc)
 
-    def _udp_readable(self) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        grams: list[Datagram] = []
-        recv = sock.recvfrom
-        endpoints = self._ep_cache
-        for _ in range(self.batch):
-            try:
-                data, addr = recv(UDP_READ_SIZE)
-            except BlockingIOError:
-                break
-            except OSError:
-                # e.g. ICMP errors surfacing as ECONNREFUSED on the next call
-                self.stats.udp_recv_errors += 1
-                continue
-            ep = endpoints.get(addr)
-            if ep is None:
-                if len(endpoints) > 4096:
-                    endpoints.clear()
-                ep = endpoints[addr] = (_unmap(addr[0]), addr[1])
-            grams.append((data, ep))
-        if grams:
-            self.stats.udp_rx += len(grams)
-            self.stats.udp_rx_batches += 1
-            try:
-                self.datagrams_in(grams)
-            except Exception:
-                self._internal_error("udp")
-            self._arm()
-
-    # --- batch processing (seams for offloads) ---------------------------------------------
-
     def tun_packets_in(self, packets: list[bytes]) -> None:
-        """IP packets read from the TUN -> sealed transport datagrams.
+        """Plain IP packets read from the TUN -> sealed transport datagrams."""
+        self._tun_in(packets, False)
 
-        Packets are grouped by peer; each group costs one route/keypair lookup, one counter
-        reservation and one bookkeeping call (Device fast path). Packets for a peer without a
-        usable session go to the slow path, which queues them and starts a handshake.
+    def _tun_in(self, reads: list[bytes], vnet: bool) -> None:
+        """TUN reads (virtio-net header + packet when `vnet`) -> sealed transport messages.
+
+        Reads are grouped by peer; each group costs one route/keypair lookup and one
+        bookkeeping call (Device fast path), each read one counter reservation and one
+        split-and-seal call. Reads for a peer without a usable session go to the slow path,
+        which queues their packets and starts a handshake.
         """
         dev = self.device
         c = self.clock
@@ -346,16 +414,20 @@ class Engine:
         rest: list[bytes] = []
         route = dev.route
         no_route = 0
-        for pkt in packets:
-            if not pkt:
+        off = VNET_HDR_LEN if vnet else 0
+        for r in reads:
+            n = len(r) - off
+            if n <= 0:
+                if vnet:
+                    self.stats.tun_bad_reads += 1
                 continue
-            version = pkt[0] >> 4
-            if version == 4 and len(pkt) >= 20:
-                dst = pkt[16:20]
-            elif version == 6 and len(pkt) >= 40:
-                dst = pkt[24:40]
+            version = r[off] >> 4
+            if version == 4 and n >= 20:
+                dst = r[off + 16 : off + 20]
+            elif version == 6 and n >= 40:
+                dst = r[off + 24 : off + 40]
             else:
-                rest.append(pkt)  # the slow path counts it (bad_inner)
+                rest.append(r)  # the slow path counts it (bad_inner)
                 continue
             peer = route(dst)
             if peer is None:
@@ -363,118 +435,213 @@ class Engine:
                 continue
             group = groups.get(peer)
             if group is None:
-                groups[peer] = [pkt]
+                groups[peer] = [r]
             else:
-                group.append(pkt)
+                group.append(r)
         if no_route:
             dev.note_dropped("no_route", no_route)
-        out: list[Datagram] = []
+        out: list[tuple[bytes, int, int, Endpoint]] = []
         actions: list[Any] = []
         prepare = dev.prepare_send_peer
-        for peer, pkts in groups.items():
+        count = fastpath.segment_count
+        seal = fastpath.seal_segments
+        st = self.stats
+        for peer, rs in groups.items():
             b = prepare(now, peer)
-            first = b.reserve(len(pkts)) if b is not None else None
-            if b is None or first is None:
-                rest.extend(pkts)
+            if b is None:
+                rest.extend(rs)
                 continue
-            sealed = seal_batch(b.cipher.aead, b.receiver_index, first, pkts)
+            cipher = self._cipher(b.cipher)
+            receiver = b.receiver_index
+            reserve = b.reserve
             ep = b.endpoint
-            out.extend((d, ep) for d in sealed)
-            actions += dev.note_sent(now, peer, len(sealed), sum(map(len, sealed)), wall=wall)
+            n_pk = n_bytes = 0
+            for r in rs:
+                try:
+                    k = count(r, vnet)
+                except ValueError:
+                    st.tun_bad_reads += 1
+                    continue
+                first = reserve(k)
+                if first is None:
+                    rest.append(r)
+                    continue
+                data, seg, k = seal(cipher, receiver, first, r, vnet)
+                out.append((data, seg, k, ep))
+                n_pk += k
+                n_bytes += len(data)
+                if k > 1:
+                    st.tun_gso_reads += 1
+            if n_pk:
+                actions += dev.note_sent(now, peer, n_pk, n_bytes, wall=wall)
         if out:
-            self.send_datagrams(out)
-        send_packet = dev.send_packet
-        for pkt in rest:
-            actions += send_packet(now, wall, pkt)
+            self._send_sealed(out)
+        if rest:
+            send_packet = dev.send_packet
+            for r in rest:
+                if vnet:
+                    try:
+                        pkts = split_tun_read(r)
+                    except ValueError:
+                        st.tun_bad_reads += 1
+                        continue
+                else:
+                    pkts = [r]
+                for pkt in pkts:
+                    actions += send_packet(now, wall, pkt)
         if actions:
             self.execute(actions)
+
+    def _send_sealed(self, out: list[tuple[bytes, int, int, Endpoint]]) -> None:
+        """Send sealed messages: (buffer of `count` messages, each `seg` bytes but the last,
+        endpoint). Consecutive buffers to one endpoint whose messages all have one size share
+        a GSO send; larger buffers are cut into GSO-sized chunks."""
+        sock = self.sock
+        if sock is None:
+            return
+        run: list[Any] = []
+        run_ep: Endpoint | None = None
+        run_seg = run_n = run_bytes = 0
+        run_open = False
+        gso = self.gso
+        for data, seg, k, ep in out:
+            size = len(data)
+            per = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg) if gso else 1
+            if (
+                run_open
+                and ep == run_ep
+                and seg == run_seg
+                and run_n + k <= per
+                and run_bytes + size <= GSO_MAX_BYTES
+            ):
+                run.append(data)
+                run_n += k
+                run_bytes += size
+                run_open = size == k * seg
+                continue
+            if run:
+                self._send_run(run, run_seg, run_n, run_ep)  # type: ignore[arg-type]
+                run = []
+            if k <= per:
+                run = [data]
+                run_ep, run_seg, run_n, run_bytes = ep, seg, k, size
+                run_open = size == k * seg
+                continue
+            mv = memoryview(data)
+            step = per * seg
+            for i in range(0, size, step):
+                chunk = mv[i : i + step]
+                self._send_run([chunk], seg, -(-len(chunk) // seg), ep)
+        if run:
+            self._send_run(run, run_seg, run_n, run_ep)  # type: ignore[arg-type]
+        # gso may have been switched off by a failed send; stays off for this socket
+
+    def _send_run(self, bufs: list[Any], seg: int, n: int, ep: Endpoint) -> None:
+        sock = self.sock
+        st = self.stats
+        if sock is None:
+            return
+        try:
+            addr = self._sockaddr(ep)
+        except (OSError, ValueError):
+            st.udp_send_errors += n
+            return
+        try:
+            if n == 1:
+                sock.sendto(bufs[0], addr)
+            else:
+                sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _U16N.pack(seg))], 0, addr)
+                st.udp_gso_sends += 1
+            st.udp_tx += n
+            return
+        except BlockingIOError:
+            st.udp_send_would_block += n
+            return
+        except ConnectionRefusedError:
+            st.udp_send_refused += n
+            return
+        except OSError as exc:
+            if n == 1 or exc.errno not in (_GSO_OFF | {errno.EINVAL, errno.EMSGSIZE}):
+                st.udp_send_errors += n
+                return
+            if exc.errno in _GSO_OFF:
+                log.info("engine: UDP GSO refused (%s); sending datagram by datagram",
+                         exc.strerror)
+                self.gso = False
+        # GSO refused: one datagram per send
+        data = memoryview(b"".join(bufs))
+        for i in range(0, len(data), seg):
+            try:
+                sock.sendto(data[i : i + seg], addr)
+                st.udp_tx += 1
+            except BlockingIOError:
+                st.udp_send_would_block += 1
+            except ConnectionRefusedError:
+                st.udp_send_refused += 1
+            except OSError:
+                st.udp_send_errors += 1
+
+    # --- UDP -> TUN -------------------------------------------------------------------------
+
+    def _udp_readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        st = self.stats
+        rx = _Receive(self)
+        recv = sock.recvmsg_into
+        bufs = [self._rbuf]
+        mv = self._rmv
+        endpoints = self._ep_cache
+        n_reads = 0
+        for _ in range(self.batch):
+            try:
+                n, anc, flags, addr = recv(bufs, _GRO_ANC)
+            except BlockingIOError:
+                break
+            except OSError:
+                # e.g. ICMP errors surfacing as ECONNREFUSED on the next call
+                st.udp_recv_errors += 1
+                continue
+            if flags & socket.MSG_TRUNC:
+                st.udp_recv_errors += 1
+                continue
+            n_reads += 1
+            seg = 0
+            for level, kind, value in anc:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    seg = (_I32N.unpack(value[:4])[0] if len(value) >= 4
+                           else _U16N.unpack(value[:2])[0])
+            ep = endpoints.get(addr)
+            if ep is None:
+                if len(endpoints) > 4096:
+                    endpoints.clear()
+                ep = endpoints[addr] = (_unmap(addr[0]), addr[1])
+            if 0 < seg < n:
+                st.udp_gro_reads += 1
+                st.udp_rx += -(-n // seg)
+            else:
+                seg = 0
+                st.udp_rx += 1
+            try:
+                rx.feed(mv[:n], seg, ep)
+            except Exception:
+                self._internal_error("udp")
+        if n_reads:
+            st.udp_rx_batches += 1
+            try:
+                rx.finish()
+            except Exception:
+                self._internal_error("udp")
+            self._arm()
 
     def datagrams_in(self, grams: list[Datagram]) -> None:
-        """Datagrams from the UDP socket -> decrypted packets written to the TUN.
-
-        Transport messages are opened on the fast path (replay check, AEAD, replay accept,
-        inner source check) with one bookkeeping call per keypair and batch; anything else
-        (handshakes, cookies, garbage) goes to the slow path in arrival order.
-        """
-        dev = self.device
-        c = self.clock
-        now, wall = c.monotonic(), c.wall()
-        tun: list[bytes] = []
-        # keypair -> [packets, bytes, keepalives, last source]
-        acc: dict[Any, list[Any]] = {}
-        drops = {"unknown_index": 0, "replay": 0, "bad_auth": 0, "bad_inner": 0, "bad_source": 0}
-        actions: list[Any] = []
-        get_kp = dev.keypair_for_receive
-        allowed = dev.source_allowed
-        # (peer, inner source) -> allowed, for this batch only (routes may change between)
-        src_ok: dict[tuple[Any, bytes], bool] = {}
-        unpack = _TRANSPORT_HEADER.unpack_from
-        last_index = -1
-        kp: Any = None
-
-        def flush() -> None:
-            if tun:
-                self.write_tun(tun)
-                tun.clear()
-            for k, (n, nbytes, keep, src) in acc.items():
-                actions.extend(
-                    dev.note_received(now, k, n, nbytes, src, n_keepalive=keep, wall=wall)
-                )
-            acc.clear()
-
+        """Datagrams (one per entry) -> decrypted packets written to the TUN; the same path
+        the socket reader takes."""
+        rx = _Receive(self)
         for data, src in grams:
-            if len(data) < _TRANSPORT_MIN or data[:4] != _TRANSPORT_TYPE:
-                flush()
-                actions.extend(dev.receive_datagram(now, wall, data, src))
-                last_index = -1
-                continue
-            _, receiver, counter = unpack(data)
-            if receiver != last_index:
-                kp = get_kp(receiver)
-                last_index = receiver
-                if kp is not None and kp.receive_expired(now):
-                    kp = None
-            if kp is None:
-                drops["unknown_index"] += 1
-                continue
-            replay = kp.replay
-            if not replay.check(counter):
-                drops["replay"] += 1
-                continue
-            pt = kp.receive.open_or_none(counter, data[16:])
-            if pt is None:
-                drops["bad_auth"] += 1
-                continue
-            if not replay.accept(counter):
-                drops["replay"] += 1
-                continue
-            a = acc.get(kp)
-            if a is None:
-                a = acc[kp] = [0, 0, 0, src]
-            a[0] += 1
-            a[1] += len(data)
-            a[3] = src
-            if not pt:
-                a[2] += 1
-                continue
-            inner = inner_packet(pt)
-            if inner is None:
-                drops["bad_inner"] += 1
-                continue
-            key = (kp.peer, inner[1])
-            ok = src_ok.get(key)
-            if ok is None:
-                ok = src_ok[key] = allowed(kp.peer, inner[1])
-            if ok:
-                tun.append(inner[0])
-            else:
-                drops["bad_source"] += 1
-        flush()
-        for reason, n in drops.items():
-            if n:
-                dev.note_dropped(reason, n)
-        if actions:
-            self.execute(actions)
+            rx.feed(memoryview(data), 0, src)
+        rx.finish()
 
     def execute(self, actions: Iterable[Any]) -> None:
         """Carry out device actions: datagrams and TUN writes batched, the rest to the owner."""
@@ -536,16 +703,173 @@ class Engine:
         st.udp_tx += sent
 
     def write_tun(self, packets: list[bytes]) -> None:
+        """Write plain IP packets to the TUN; with virtio-net headers, TCP segments of a flow
+        are coalesced into super-packets first (one write each)."""
         write = os.write
         fd = self.tun_fd
+        st = self.stats
         n = 0
+        if self.vnet:
+            bufs = fastpath.coalesce(packets) if self.tun_tso else [
+                ZERO_HDR + p for p in packets]
+            for b in bufs:
+                try:
+                    write(fd, b)
+                except OSError:
+                    st.tun_write_errors += 1
+                    continue
+                if b[1]:
+                    st.tun_gso_writes += 1
+            st.tun_tx += len(packets)
+            return
         for pkt in packets:
             try:
                 write(fd, pkt)
                 n += 1
             except OSError:
-                self.stats.tun_write_errors += 1
-        self.stats.tun_tx += n
+                st.tun_write_errors += 1
+        st.tun_tx += n
 
 
-__all__ = ["DEFAULT_BATCH", "Engine", "EngineStats", "make_udp_socket", "seal_batch"]
+_DROPS = ("unknown_index", "replay", "bad_auth", "bad_inner", "bad_source")
+
+
+class _Receive:
+    """One wake-up's worth of received datagrams: transport runs opened in batches (replay,
+    source checks per packet), everything else through the slow path in arrival order, with
+    the TUN writes and bookkeeping gathered so far flushed before each slow-path datagram."""
+
+    __slots__ = ("acc", "actions", "c_drops", "dev", "engine", "last_index", "last_kp",
+                 "now", "src_ok", "tun", "wall")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dev = engine.device
+        c = engine.clock
+        self.now, self.wall = c.monotonic(), c.wall()
+        self.tun: list[bytes] = []
+        # keypair -> [packets, bytes, keepalives, last source]
+        self.acc: dict[Any, list[Any]] = {}
+        self.c_drops = dict.fromkeys(_DROPS, 0)
+        self.actions: list[Any] = []
+        # (peer, inner source) -> allowed, for this wake-up only (routes may change between)
+        self.src_ok: dict[tuple[Any, bytes], bool] = {}
+        self.last_index = -1
+        self.last_kp: Any = None
+
+    def flush(self) -> None:
+        if self.tun:
+            self.engine.write_tun(self.tun)
+            self.tun = []
+        if self.acc:
+            dev, now, wall = self.dev, self.now, self.wall
+            for k, (n, nbytes, keep, src) in self.acc.items():
+                self.actions.extend(
+                    dev.note_received(now, k, n, nbytes, src, n_keepalive=keep, wall=wall)
+                )
+            self.acc.clear()
+
+    def feed(self, data: memoryview, seg: int, src: Endpoint) -> None:
+        """One received buffer: a datagram, or (seg > 0) a GRO train cut every seg bytes."""
+        n = len(data)
+        pos = 0
+        drops = self.c_drops
+        if not n:  # an empty datagram is garbage for the slow path to count
+            self.flush()
+            self.actions.extend(self.dev.receive_datagram(self.now, self.wall, b"", src))
+            return
+        while pos < n:
+            dlen = n - pos
+            if 0 < seg < dlen:
+                dlen = seg
+            if dlen < _TRANSPORT_MIN or data[pos : pos + 4] != _TRANSPORT_TYPE:
+                self.flush()
+                self.last_index = -1
+                self.actions.extend(self.dev.receive_datagram(
+                    self.now, self.wall, bytes(data[pos : pos + dlen]), src))
+                pos += dlen
+                continue
+            receiver = int.from_bytes(data[pos + 4 : pos + 8], "little")
+            if receiver != self.last_index:
+                kp = self.dev.keypair_for_receive(receiver)
+                if kp is not None and kp.receive_expired(self.now):
+                    kp = None
+                self.last_index = receiver
+                self.last_kp = kp
+            kp = self.last_kp
+            if kp is None:
+                drops["unknown_index"] += 1
+                pos += dlen
+                continue
+            end, results = fastpath.open_batch(
+                self.engine._cipher(kp.receive), data, seg, receiver, pos)
+            if end <= pos:  # cannot happen (the header was checked); never loop forever
+                pos += dlen
+                continue
+            pos = end
+            self._accept(kp, results, src)
+
+    def _accept(self, kp: Any, results: list[Any], src: Endpoint) -> None:
+        replay = kp.replay
+        accept = replay.accept
+        drops = self.c_drops
+        peer = kp.peer
+        src_ok = self.src_ok
+        tun = self.tun
+        npk = nbytes = keep = 0
+        for counter, status, pkt, inner_src, wire_len in results:
+            if status == _BAD_AUTH:
+                # as if checked before decrypting: a replayed counter counts as a replay
+                drops["replay" if not replay.check(counter) else "bad_auth"] += 1
+                continue
+            if not accept(counter):
+                drops["replay"] += 1
+                continue
+            npk += 1
+            nbytes += wire_len
+            if status:
+                if status == _KEEPALIVE:
+                    keep += 1
+                else:
+                    drops["bad_inner"] += 1
+                continue
+            key = (peer, inner_src)
+            ok = src_ok.get(key)
+            if ok is None:
+                ok = src_ok[key] = self.dev.source_allowed(peer, inner_src)
+            if ok:
+                tun.append(pkt)
+            else:
+                drops["bad_source"] += 1
+        if npk:
+            a = self.acc.get(kp)
+            if a is None:
+                self.acc[kp] = [npk, nbytes, keep, src]
+            else:
+                a[0] += npk
+                a[1] += nbytes
+                a[2] += keep
+                a[3] = src
+
+    def finish(self) -> None:
+        self.flush()
+        dev = self.dev
+        for reason, n in self.c_drops.items():
+            if n:
+                dev.note_dropped(reason, n)
+        if self.actions:
+            self.engine.execute(self.actions)
+
+
+_BAD_AUTH = fastpath.BAD_AUTH
+_KEEPALIVE = fastpath.KEEPALIVE
+
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "Engine",
+    "EngineStats",
+    "make_udp_socket",
+    "offload_default",
+    "seal_batch",
+]

@@ -4,8 +4,11 @@
     tun.add_address("10.99.1.2/16"); tun.add_address("fd99:6d67::1/64"); tun.up()
     n = os.readv(tun.fd, ...) / os.read(tun.fd, 65535) ... tun.close()
 
-The descriptor is non-blocking (read raises BlockingIOError when empty). `extra_flags` is the
-hook for the offload module (e.g. IFF_VNET_HDR), which then issues its own ioctls on `tun.fd`.
+The descriptor is non-blocking (read raises BlockingIOError when empty). By default the
+interface is attached with IFF_VNET_HDR when the kernel supports it (`vnet_hdr=False` to
+refuse): every packet on the fd then carries a 10-byte virtio-net header, which the data
+plane's Engine uses for TSO/checksum offloads (it issues TUNSETOFFLOAD itself); `read` and
+`write` here strip and add a zero header, so they always deal in plain IP packets.
 MTU and link state are set with ioctls, addresses with `ip`, in the caller's network namespace.
 """
 
@@ -35,6 +38,8 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCSIFMTU = 0x8922
 IFF_UP = 0x1
+TUNGETFEATURES = 0x800454CF
+_VNET_HDR_LEN = 10
 DEFAULT_MTU = 1420  # WireGuard's default: 1500 - 80 (IPv6 + UDP + WireGuard overhead)
 
 
@@ -47,6 +52,14 @@ def validate_ifname(name: str) -> None:
         raise TunError(f"invalid interface name {name!r} (1-15 characters, no '/')")
     if any(c.isspace() for c in name):
         raise TunError(f"invalid interface name {name!r} (no whitespace)")
+
+
+def _supports_vnet_hdr(fd: int) -> bool:
+    try:
+        buf = fcntl.ioctl(fd, TUNGETFEATURES, b"\0" * 4)
+    except OSError:
+        return False
+    return bool(struct.unpack("I", buf)[0] & IFF_VNET_HDR)
 
 
 def interface_exists(name: str) -> bool:
@@ -62,11 +75,22 @@ class TunDevice:
         self.flags = flags
         self._index: int | None = None
 
+    @property
+    def vnet_hdr(self) -> bool:
+        """Packets on the fd carry a virtio-net header."""
+        return bool(self.flags & IFF_VNET_HDR)
+
     @classmethod
     def open(
-        cls, name: str, mtu: int | None = DEFAULT_MTU, extra_flags: int = 0, exclusive: bool = True
+        cls,
+        name: str,
+        mtu: int | None = DEFAULT_MTU,
+        extra_flags: int = 0,
+        exclusive: bool = True,
+        vnet_hdr: bool = True,
     ) -> TunDevice:
-        """Create interface `name` (must not exist when `exclusive`), set its MTU; not up yet."""
+        """Create interface `name` (must not exist when `exclusive`), set its MTU; not up yet.
+        With `vnet_hdr`, IFF_VNET_HDR is asked for when the kernel's TUN driver has it."""
         validate_ifname(name)
         if exclusive and interface_exists(name):
             raise TunError(f"interface {name} already exists")
@@ -77,6 +101,8 @@ class TunDevice:
         except PermissionError:
             raise TunError(f"cannot open {TUN_PATH}: permission denied (run as root)") from None
         flags = IFF_TUN | IFF_NO_PI | extra_flags
+        if vnet_hdr and _supports_vnet_hdr(fd):
+            flags |= IFF_VNET_HDR
         try:
             ifr = struct.pack("16sH22x", name.encode(), flags)
             fcntl.ioctl(fd, TUNSETIFF, ifr)
@@ -165,13 +191,18 @@ class TunDevice:
             raise TunError(f"cannot add address {cidr} to {self.name}: {res.stderr.strip()}")
 
     def read(self, bufsize: int = 65535) -> bytes | None:
-        """One packet, or None when none is waiting."""
+        """One packet (without a virtio-net header), or None when none is waiting."""
         try:
+            if self.vnet_hdr:
+                return os.read(self.fd, bufsize + _VNET_HDR_LEN)[_VNET_HDR_LEN:]
             return os.read(self.fd, bufsize)
         except BlockingIOError:
             return None
 
     def write(self, packet: bytes) -> int:
+        """Write one plain IP packet; returns its length."""
+        if self.vnet_hdr:
+            return os.write(self.fd, bytes(_VNET_HDR_LEN) + packet) - _VNET_HDR_LEN
         return os.write(self.fd, packet)
 
     def close(self) -> None:
