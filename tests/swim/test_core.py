@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
-from meshguard.swim.broadcast import BroadcastQueue
+from meshguard.swim.broadcast import NORMAL, URGENT, BroadcastQueue
 from meshguard.swim.config import SwimConfig
 from meshguard.swim.membership import Membership, Send
 from meshguard.swim.suspicion import Suspicion
@@ -24,7 +24,7 @@ def _e(i: int, size: int = 160) -> g.Entry:
 
 def test_queue_prefers_urgent_fresh_and_retires_after_limit() -> None:
     q = BroadcastQueue()
-    q.put(b"a", _e(1), urgent=False)
+    q.put(b"a", _e(1), NORMAL)
     q.put(b"b", _e(2))
     q.put(b"c", _e(3))
     # urgent before normal, newest first
@@ -36,6 +36,13 @@ def test_queue_prefers_urgent_fresh_and_retires_after_limit() -> None:
     assert len(q) == 1
     assert q.take(budget=10_000, limit=2, max_entries=10) == [_e(1)]
     assert len(q) == 0
+
+
+def test_queue_sends_critical_before_urgent() -> None:
+    q = BroadcastQueue()
+    q.put(b"j", _e(5), URGENT)
+    q.put(b"s", (g.TAG_SUSPECT, b"\x07" * 136))
+    assert q.take(budget=140, limit=3, max_entries=1) == [(g.TAG_SUSPECT, b"\x07" * 136)]
 
 
 def test_queue_replaces_per_subject_and_respects_budget_and_skip() -> None:

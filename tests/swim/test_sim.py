@@ -162,3 +162,27 @@ def test_indirect_probes_relay_acks_when_the_direct_path_is_broken() -> None:
     assert relayed > 0 and c.nodes[1].stats["probe_acked"] > 0, f"seed {seed}"
     # node 1 suspected node 2 at most transiently: every probe of it succeeded indirectly
     assert c.nodes[1].stats["probe_failed"] == 0, f"seed {seed}"
+
+
+def test_cut_off_node_slows_its_own_probing_then_recovers() -> None:
+    n, seed = 10, 21
+    c = SwimCluster(n, seed)
+    c.start()
+    _settle(c, n)
+    me = c.eps[3]
+    sent = {"pings": 0}
+
+    def cut(s: tuple[str, int], d: tuple[str, int], data: bytes) -> bool:
+        if s == me and data[0] == 0x01:
+            sent["pings"] += 1
+        return s == me  # everything it sends is lost
+
+    c.net.drop_filter = cut
+    c.net.run_for(40.0)
+    assert c.nodes[3].local_health >= 3, f"seed {seed}"
+    assert sent["pings"] < 30, f"{sent['pings']} probes in 40 s: not slowed (seed {seed})"
+    assert all(c.nodes[i].local_health == 0 for i in range(n) if i != 3), f"seed {seed}"
+    c.net.drop_filter = None
+    _settle(c, n)
+    c.net.run_for(60.0)
+    assert c.nodes[3].local_health == 0, f"seed {seed}"

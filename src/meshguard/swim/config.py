@@ -20,6 +20,9 @@ class SwimConfig:
     # Members asked to probe indirectly (SWIM's k). 3 makes a false suspicion under 10% loss
     # need ~4 independent path failures at once (memberlist IndirectChecks = 3).
     indirect_checks: int = 3
+    # Lifeguard local health multiplier cap: a node whose own probes keep failing (it is the
+    # slow one) probes up to (1 + awareness_max) times less often (memberlist uses 8).
+    awareness_max: int = 8
     # Suspicion timeout = suspicion_mult * max(1, log10 N) * probe_interval at the least
     # (Lifeguard, memberlist SuspicionMult = 4): long enough for the suspect to hear the rumour
     # and refute it, which takes O(log N) periods of gossip.

@@ -11,6 +11,9 @@ Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017)
   back; no ack by the end of the period -> Suspect.
 - Suspicion timeout from `SwimConfig.suspicion_min/max(N)`, shortened by independent
   confirmations (Lifeguard); when it expires the member is declared Dead.
+- Lifeguard local health: a node whose probes fail or who has to refute suspicions stretches its
+  own probe period and timeout (x (1 + lhm), lhm <= awareness_max), so a slow or cut-off node
+  does not flood the mesh with false suspicions.
 - Incarnation numbers: only the subject can declare itself alive (by signing a record with a
   higher incarnation), so it refutes a suspicion or death it hears about. Members we suspect or
   think dead are told so directly whenever we write to them (Lifeguard's buddy system).
@@ -44,7 +47,6 @@ Security:
   ordered by signed incarnations, so replaying it changes nothing. A reply to an address the
   member never announced is sent bare, so a replayed packet with a spoofed source draws no
   amplified answer.
-- Not done: Lifeguard's local health multiplier (a slow node stretching its own timeouts).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from meshguard.crypto.hashes import mac as _mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.errors import MeshguardError, WireFormatError
 from meshguard.rng import Rng
-from meshguard.swim.broadcast import BroadcastQueue
+from meshguard.swim.broadcast import CRITICAL, NORMAL, URGENT, BroadcastQueue
 from meshguard.swim.config import DEFAULT_CONFIG, SwimConfig
 from meshguard.swim.records import (
     AdmissionPolicy,
@@ -237,6 +239,9 @@ class Membership:
         self._probe_start = 0.0
         self._probe_acked = True
         self._probe_indirect = True
+        # Lifeguard local health: failed probes and refutations (signs that we, not the
+        # others, are slow or cut off) stretch our probe period and timeout by (1 + lhm).
+        self._lhm = 0
         self._probe_asked: set[bytes] = set()
         self._forwards: dict[int, tuple[bytes, Endpoint, int, bytes, float]] = {}
         # joining, re-contact, anti-entropy
@@ -263,6 +268,11 @@ class Membership:
     @property
     def record(self) -> NodeRecord:
         return self._record
+
+    @property
+    def local_health(self) -> int:
+        """Lifeguard's local health multiplier (0 = healthy, up to awareness_max)."""
+        return self._lhm
 
     @property
     def incarnation(self) -> int:
@@ -361,7 +371,7 @@ class Membership:
             return None
         t = min(self._next_probe, self._next_recontact, self._next_sync, self._next_join)
         if not self._probe_acked and not self._probe_indirect:
-            t = min(t, self._probe_start + self.config.probe_timeout)
+            t = min(t, self._probe_start + self.config.probe_timeout * (1 + self._lhm))
         if self._susp_heap:
             t = min(t, self._susp_heap[0][0])
         if self._reap_queue:
@@ -379,12 +389,13 @@ class Membership:
         if (
             not self._probe_acked
             and not self._probe_indirect
-            and now >= self._probe_start + cfg.probe_timeout
+            and now >= self._probe_start + cfg.probe_timeout * (1 + self._lhm)
         ):
             self._probe_indirect = True
             self._send_indirect(now, out)
         if now >= self._next_probe:
             if not self._probe_acked and self._probe_target is not None:
+                self._lhm = min(cfg.awareness_max, self._lhm + 1)
                 m = self._members.get(self._probe_target)
                 if m is not None and m.state == ALIVE:
                     self.stats["probe_failed"] += 1
@@ -405,7 +416,7 @@ class Membership:
                     self._queue.put(m.key, encode_accusation(acc))
             self._probe_acked = True
             self._start_probe(now, out)
-            self._next_probe = now + cfg.probe_interval
+            self._next_probe = now + cfg.probe_interval * (1 + self._lhm)
             if self._forwards:
                 for seq in [s for s, f in self._forwards.items() if f[4] <= now]:
                     del self._forwards[seq]
@@ -630,6 +641,8 @@ class Membership:
         ):
             self._probe_acked = True
             self.stats["probe_acked"] += 1
+            if self._lhm:
+                self._lhm -= 1
             return
         f = self._forwards.get(p.seq)
         if f is not None and f[3] == m.key and p.key == m.key:
@@ -820,7 +833,7 @@ class Membership:
                     self._order_insert(ident)
                     out.append(MemberUp(rec))
         if rebroadcast or rec.left:
-            self._queue.put(ident, (TAG_RECORD, raw))
+            self._queue.put(ident, (TAG_RECORD, raw), CRITICAL if rec.left else URGENT)
         elif (
             out
             and isinstance(out[-1], MemberUp)
@@ -828,7 +841,7 @@ class Membership:
         ):
             # A member new to us, learnt by anti-entropy: spread it in spare piggyback room
             # (never ahead of accusations, refutations, joins or leaves).
-            self._queue.put(ident, (TAG_RECORD, raw), urgent=False)
+            self._queue.put(ident, (TAG_RECORD, raw), NORMAL)
 
     def _apply_accusation(self, now: float, dead: bool, raw: bytes, out: list[Action]) -> None:
         subject = raw[0:32]
@@ -846,6 +859,7 @@ class Membership:
                 self.stats["bad_signature"] += 1
                 return
             self.stats["refuted"] += 1
+            self._lhm = min(self.config.awareness_max, self._lhm + 1)
             self._bump(inc + 1)
             return
         m = self._members.get(subject)
