@@ -11,9 +11,11 @@ or failure), then for each round and each path brings the path up, measures, and
   - time from starting the tunnel processes to the first ping reply through the tunnel
   - CPU seconds per gigabit of the tunnel processes (utime+stime from /proc/PID/stat, over the
     1-stream TCP test; n/a for kernel paths) and their resident memory (VmRSS, largest daemon)
-Paths: veth (the wire), wireguard-go (Debian's), meshguard-wg (`meshguard wireguard IFNAME`),
-meshguard-wg-offload (the same with the TUN/UDP offload modules plugged in, bench/offload_wg.py),
-meshguard-up (two `meshguard up` nodes that trust each other). Tunnel MTU 1420.
+Paths: veth (the wire), wireguard-go (Debian's), meshguard-wg (`meshguard wireguard IFNAME`:
+the engine with its default offloads and the C fast path), meshguard-wg-python (the same with
+the pure Python fast path, MESHGUARD_PURE_PYTHON=1), meshguard-up (two `meshguard up` nodes
+that trust each other); optional: meshguard-wg-nooffload (MESHGUARD_NO_OFFLOAD=1: one packet
+per syscall, as before the offloads). Tunnel MTU 1420.
 Prints medians and ratios to wireguard-go. The machine is shared: trust medians and ratios from
 one run, never a lone absolute number. Not part of the test suite.
 """
@@ -43,7 +45,8 @@ TUN_MTU = 1420
 VETH_NET = "10.231.{}.{}"
 TUN_NET = "10.232.{}.{}"
 WG_PORT = 51820
-PATHS = ["veth", "wireguard-go", "meshguard-wg", "meshguard-wg-offload", "meshguard-up"]
+PATHS = ["veth", "wireguard-go", "meshguard-wg", "meshguard-wg-python", "meshguard-up"]
+EXTRA_PATHS = ["meshguard-wg-nooffload"]
 METRICS = [
     # key, title, unit, higher is better
     ("tcp1", "TCP 1 stream", "Gbit/s", True),
@@ -167,7 +170,8 @@ def up_veth(tb: Testbed) -> Tunnel:
     return Tunnel(VETH_NET.format(0, 2), [], None, lambda: None)
 
 
-def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]]) -> Tunnel:
+def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]],
+                    extra_env: dict[str, str] | None = None) -> Tunnel:
     """Two userspace WireGuard interfaces (wireguard-go-compatible CLI and UAPI), one per
     namespace, configured with `wg`, peered over the veth."""
     base = f"mgw{secrets.token_hex(3)}"
@@ -178,7 +182,7 @@ def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]]) -> Tunnel:
         pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True,
                              check=True).stdout.strip()
         keys.append((priv, pub))
-    env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+    env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error", **(extra_env or {})}
     procs = []
     socks = [Path(f"/var/run/wireguard/{ifn}.sock") for ifn in ifnames]
     tb.socks.extend(socks)
@@ -236,21 +240,26 @@ def up_wireguard_go(tb: Testbed) -> Tunnel:
     return up_userspace_wg(tb, lambda ifn: ["wireguard-go", "-f", ifn])
 
 
-def up_meshguard_wg(tb: Testbed) -> Tunnel:
+def _meshguard_wg(tb: Testbed, extra_env: dict[str, str] | None = None) -> Tunnel:
     exe = str(MESHGUARD) if MESHGUARD.exists() else shutil.which("meshguard")
     if not exe or subprocess.run([exe, "wireguard", "--help"],
                                  capture_output=True).returncode != 0:
         raise NotAvailable("`meshguard wireguard` not available")
-    return up_userspace_wg(tb, lambda ifn: [exe, "wireguard", "-f", ifn])
+    return up_userspace_wg(tb, lambda ifn: [exe, "wireguard", "-f", ifn], extra_env)
 
 
-def up_meshguard_wg_offload(tb: Testbed) -> Tunnel:
-    """`meshguard wireguard` with TUN/UDP offloads plugged in (bench/offload_wg.py)."""
-    if not MESHGUARD.exists():
-        raise NotAvailable("no .venv with meshguard")
-    launcher = str(REPO / "bench" / "offload_wg.py")
-    py = str(MESHGUARD.parent / "python")
-    return up_userspace_wg(tb, lambda ifn: [py, launcher, ifn])
+def up_meshguard_wg(tb: Testbed) -> Tunnel:
+    return _meshguard_wg(tb)
+
+
+def up_meshguard_wg_python(tb: Testbed) -> Tunnel:
+    """The engine with its pure Python fast path (no C extension)."""
+    return _meshguard_wg(tb, {"MESHGUARD_PURE_PYTHON": "1"})
+
+
+def up_meshguard_wg_nooffload(tb: Testbed) -> Tunnel:
+    """The engine without TUN/UDP offloads: one packet per read/send syscall."""
+    return _meshguard_wg(tb, {"MESHGUARD_NO_OFFLOAD": "1"})
 
 
 def up_meshguard_up(tb: Testbed) -> Tunnel:
@@ -317,7 +326,8 @@ UPS: dict[str, Callable[[Testbed], Tunnel]] = {
     "veth": up_veth,
     "wireguard-go": up_wireguard_go,
     "meshguard-wg": up_meshguard_wg,
-    "meshguard-wg-offload": up_meshguard_wg_offload,
+    "meshguard-wg-python": up_meshguard_wg_python,
+    "meshguard-wg-nooffload": up_meshguard_wg_nooffload,
     "meshguard-up": up_meshguard_up,
 }
 
@@ -438,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per iperf3 test")
-    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {PATHS}")
+    ap.add_argument("--paths", default=",".join(PATHS),
+                    help=f"comma list of {PATHS + EXTRA_PATHS}")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -449,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench/run.py: {tool} is missing", file=sys.stderr)
             return 1
     paths = [p for p in args.paths.split(",") if p]
-    unknown = set(paths) - set(PATHS)
+    unknown = set(paths) - set(PATHS) - set(EXTRA_PATHS)
     if unknown:
         ap.error(f"unknown paths {sorted(unknown)}")
 

@@ -272,6 +272,8 @@ class WireGuardInterface:
         self._closed.set()
         await self.uapi.close()
         if self.engine is not None:
+            log.info("interface %s engine stats: %s", self.ifname,
+                     " ".join(f"{k}={v}" for k, v in self.engine.stats.as_dict().items() if v))
             self.engine.close()
         if self.tun is not None:
             self.tun.close()
