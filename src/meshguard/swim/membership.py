@@ -785,6 +785,7 @@ class Membership:
         elif ident in self._rejected:
             self.stats["not_admitted"] += 1
             return
+        refutes = m is not None and m.state in (SUSPECT, DEAD)
         rec = self._cache.parse_record(raw)
         if rec is None:
             self.stats["malformed"] += 1
@@ -832,8 +833,9 @@ class Membership:
                     m.since = now
                     self._order_insert(ident)
                     out.append(MemberUp(rec))
-        if rebroadcast or rec.left:
-            self._queue.put(ident, (TAG_RECORD, raw), CRITICAL if rec.left else URGENT)
+        if rebroadcast or rec.left or refutes:
+            # A refutation races the suspicion timeouts elsewhere: it rides as critical.
+            self._queue.put(ident, (TAG_RECORD, raw), CRITICAL if rec.left or refutes else URGENT)
         elif (
             out
             and isinstance(out[-1], MemberUp)
