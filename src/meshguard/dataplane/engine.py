@@ -78,6 +78,7 @@ GRO_BUFFER = 65536 + 4096
 _GRO_ANC = socket.CMSG_SPACE(4)
 _U16N = struct.Struct("=H")
 _I32N = struct.Struct("=i")
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: IntFlag arithmetic is slow per packet
 _GSO_OFF = frozenset({errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
@@ -603,7 +604,7 @@ class Engine:
                 # e.g. ICMP errors surfacing as ECONNREFUSED on the next call
                 st.udp_recv_errors += 1
                 continue
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 st.udp_recv_errors += 1
                 continue
             n_reads += 1
