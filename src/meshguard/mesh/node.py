@@ -26,6 +26,17 @@ reload and every `TRUST_RECHECK` seconds (certificate expiry).
 
 The membership core is reached through the small `MembershipPort` protocol (adapter in
 mesh/swim_port.py) and the device through `DevicePort` (the subset of wireguard.Device used).
+
+Org messages (OrgCertRevoke 0x42, OrgAliasAnnounce 0x41) go to the optional `org` core
+(mesh/org_gossip.py). A newly learned revocation takes effect at once (a member admitted only
+by the revoked certificate loses its tunnel in the same call) and is returned as
+`RevocationLearned`, so the shell persists it into the `revocations` file. The trust object
+may offer `trusted_org_keys()`; without it no org message is accepted.
+
+DNS names (`dns_table`, served by dns/resolver.py): `<cert name>.<org hex6>.mesh` and
+`<cert name>.<alias>.mesh` for members admitted by a trusted certificate, `<file name>.mesh`
+for members admitted by authorized_keys/<file name>.pub; only members with a tunnel (and this
+node itself) have names. `names_version` changes whenever the table may have changed.
 """
 
 from __future__ import annotations
@@ -37,8 +48,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6
+from meshguard.dns.resolver import HostAddresses
+from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6, org_domain
+from meshguard.identity.certificate import NodeCertificate
+from meshguard.identity.errors import CertificateError
+from meshguard.identity.names import MESH_TLD, node_dns_name
 from meshguard.mesh.demux import Kind, classify
+from meshguard.mesh.org_gossip import OrgGossip
+from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
 from meshguard.wireguard.actions import Action as DeviceAction
 from meshguard.wireguard.actions import SendDatagram
 
@@ -112,9 +129,22 @@ class SelfAddressChanged:
     new: ipaddress.IPv4Address | None
 
 
+@dataclass(frozen=True)
+class RevocationLearned:
+    """A valid org-signed certificate revocation arrived: persist it (the shell's job)."""
+
+    revocation: CertRevocation
+
+
+@dataclass(frozen=True)
+class AliasLearned:
+    alias: AliasAnnouncement
+
+
 # SendDatagram / WriteTun are the WireGuard device's own action types, so the data-plane engine
 # executes the node's actions exactly like the device's (the node is the engine's "device").
-Action = DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
+Action = (DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
+          | RevocationLearned | AliasLearned)
 
 
 # ports ---------------------------------------------------------------------------------
@@ -204,6 +234,7 @@ class _Cached:
     name: str | None
     reason: str
     checked: float
+    org_domain: str | None = None
 
 
 @dataclass
@@ -215,6 +246,8 @@ class MeshNode:
     device: DevicePort | None = None
     backend: PeerBackend | None = None
     stun: StunPort | None = None
+    org: OrgGossip | None = None
+    certificate: bytes | None = None  # this node's own certificate (for its DNS name)
     keepalive: int = KEEPALIVE
     counters: Counter[str] = field(default_factory=Counter)
     peers: dict[bytes, PeerConfig] = field(default_factory=dict)  # by WireGuard key
@@ -222,6 +255,7 @@ class MeshNode:
     _admission: dict[tuple[bytes, bytes | None], _Cached] = field(default_factory=dict)
     _last_recheck: float = float("-inf")
     _stun_reported: bool = False
+    names_version: int = 0
 
     def __post_init__(self) -> None:
         self.self_ipv4 = mesh_ipv4(self.identity_key)
@@ -238,6 +272,9 @@ class MeshNode:
                 self.counters["garbage_dropped"] += 1
                 return []
             return self._from_device(self.device.receive_datagram(now, wall, data, src))
+        if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
+            self.counters["org_rx"] += 1
+            return self._receive_org(bytes(data), wall)
         if kind is Kind.GOSSIP:
             self.counters["gossip_rx"] += 1
             out = self.membership.receive(now, wall, data, src)
@@ -266,6 +303,10 @@ class MeshNode:
             out += self._stun_finished()
         m = self.membership.tick(now, wall)
         out += self._after_membership(m, wall)
+        if self.org is not None:
+            peers = [g for g in (x.gossip_endpoint for x in self.routed_members(wall))
+                     if g is not None]
+            out += [SendDatagram(d, ep) for d, ep in self.org.tick(now, peers)]
         if now - self._last_recheck >= TRUST_RECHECK:
             # certificates expire: ask the trust store again about everyone
             self._last_recheck = now
@@ -277,6 +318,7 @@ class MeshNode:
         ds = [d for d in (self.membership.next_deadline(),
                           self.stun.next_deadline() if self.stun else None,
                           self.device.next_deadline() if self.device else None,
+                          self.org.next_deadline() if self.org else None,
                           self._last_recheck + TRUST_RECHECK) if d is not None]
         return min(ds) if ds else None
 
@@ -300,7 +342,55 @@ class MeshNode:
         """A new trust store (reload): forget every admission decision and reconcile."""
         self.trust = trust
         self._admission.clear()
+        self.names_version += 1
         return list(self.reconcile(wall))
+
+    # org messages ------------------------------------------------------------------------
+
+    def trusted_orgs(self) -> frozenset[bytes]:
+        fn = getattr(self.trust, "trusted_org_keys", None)
+        return frozenset(bytes(k) for k in fn()) if fn is not None else frozenset()
+
+    def _receive_org(self, data: bytes, wall: float) -> list[Action]:
+        if self.org is None:
+            self.counters["garbage_dropped"] += 1
+            return []
+        revs, aliases = self.org.receive(data, self.trusted_orgs())
+        return self._org_learned(revs, aliases, wall)
+
+    def _org_learned(self, revs: list[CertRevocation], aliases: list[AliasAnnouncement],
+                     wall: float) -> list[Action]:
+        out: list[Action] = [RevocationLearned(r) for r in revs]
+        out += [AliasLearned(a) for a in aliases]
+        if aliases:
+            self.names_version += 1
+        if revs:
+            for r in revs:
+                log.warning("org %s revoked its certificate of %s", r.org_key.hex()[:12],
+                            r.node_key.hex()[:12])
+            self._admission.clear()
+            self.names_version += 1
+            out += self.reconcile(wall)
+        return out
+
+    def announce_revocations(self, revs: list[CertRevocation], wall: float) -> list[Action]:
+        """Local revocations (from the `revocations` file or an org admin): those new and
+        valid take effect now and start spreading. No RevocationLearned for them."""
+        if self.org is None:
+            return []
+        trusted = self.trusted_orgs()
+        new = [r for r in revs if self.org.add_revocation(r, trusted)]
+        if not new:
+            return []
+        self._admission.clear()
+        self.names_version += 1
+        return list(self.reconcile(wall))
+
+    def announce_alias(self, alias: AliasAnnouncement) -> bool:
+        if self.org is None or not self.org.add_alias(alias, self.trusted_orgs()):
+            return False
+        self.names_version += 1
+        return True
 
     # membership -> peers -----------------------------------------------------------------
 
@@ -321,12 +411,67 @@ class MeshNode:
             try:
                 res = self.trust.admit(m.identity_key, m.certificate, wall)
                 c = _Cached(bool(getattr(res, "admitted", res)), getattr(res, "name", None),
-                            str(getattr(res, "reason", "")), wall)
+                            str(getattr(res, "reason", "")), wall,
+                            getattr(res, "org_domain", None))
             except Exception as exc:  # a malformed certificate from the network: not admitted
                 self.counters["admission_errors"] += 1
                 c = _Cached(False, None, f"error: {exc}", wall)
+            if c.admitted and self._cert_revoked(m.certificate):
+                # a revocation learned from gossip, before (or without) the trust store
+                # knowing it: a certificate-only admission ends here, an authorized key stays
+                if c.reason == "authorized key":
+                    c = _Cached(True, c.name, c.reason, wall, None)
+                else:
+                    c = _Cached(False, None, "certificate revoked", wall)
             self._admission[ck] = c
         return c
+
+    def _cert_revoked(self, certificate: bytes | None) -> bool:
+        if self.org is None or not self.org.revocations or certificate is None:
+            return False
+        cert = _parse_cert(certificate)
+        return cert is not None and (cert.org_key, cert.node_key) in self.org.revocations
+
+    # DNS names ---------------------------------------------------------------------------
+
+    def _cert_names(self, certificate: bytes | None, aliases: dict[bytes, list[str]]
+                    ) -> list[str]:
+        cert = _parse_cert(certificate)
+        if cert is None or not cert.name:
+            return []
+        names = [node_dns_name(cert.name, org_domain(cert.org_key))]
+        names += [node_dns_name(cert.name, a) for a in aliases.get(cert.org_key, [])]
+        return names
+
+    def dns_table(self, wall: float) -> list[tuple[str, HostAddresses]]:
+        """(name, addresses) for this node and every member with a tunnel."""
+        aliases: dict[bytes, list[str]] = {}
+        if self.org is not None:
+            for alias, org_key in self.org.alias_map(self.trusted_orgs()).items():
+                aliases.setdefault(org_key, []).append(alias)
+        out: list[tuple[str, HostAddresses]] = []
+        if self.certificate is not None and not self._cert_revoked(self.certificate):
+            mine = HostAddresses(() if self.self_ipv4 is None else (self.self_ipv4,),
+                                 (self.self_ipv6,))
+            out += [(n, mine) for n in self._cert_names(self.certificate, aliases)]
+        by_key = {p.identity_key: p for p in self.peers.values()}
+        for m in self.membership.members():
+            peer = by_key.get(m.identity_key)
+            if peer is None:
+                continue
+            c = self.admission(m, wall)
+            if not c.admitted:
+                continue
+            v4 = tuple(n.network_address for n in peer.allowed_ips
+                       if isinstance(n, ipaddress.IPv4Network))
+            addrs = HostAddresses(v4, (mesh_ipv6(m.identity_key),))
+            names: list[str] = []
+            if c.org_domain is not None:
+                names += self._cert_names(m.certificate, aliases)
+            if c.reason == "authorized key" and c.name:
+                names.append(f"{c.name}.{MESH_TLD}".lower())
+            out += [(n, addrs) for n in names]
+        return out
 
     def routed_members(self, wall: float) -> list[MemberView]:
         out = []
@@ -366,6 +511,8 @@ class MeshNode:
         if mine != self.self_ipv4:
             out.append(SelfAddressChanged(self.self_ipv4, mine))
             self.self_ipv4 = mine
+        if desired != self.peers:
+            self.names_version += 1
         for key, old in list(self.peers.items()):
             if key not in desired:
                 del self.peers[key]
@@ -387,3 +534,12 @@ class MeshNode:
                          ", ".join(str(n) for n in new.allowed_ips))
             out.append(PeerUp(new))
         return out
+
+
+def _parse_cert(certificate: bytes | None) -> NodeCertificate | None:
+    if certificate is None:
+        return None
+    try:
+        return NodeCertificate.from_bytes(certificate)
+    except CertificateError:
+        return None

@@ -1,0 +1,272 @@
+"""Org revocations and aliases in virtual time: a revocation signed by the org reaches every
+member within the gossip spread bound, takes the revoked node's tunnel down everywhere, reaches
+late joiners, survives a restart through the `revocations` file; forged or untrusted-org
+revocations are ignored and never forwarded. Aliases give DNS names."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.dns.resolver import Resolver, build_table
+from meshguard.identity.addressing import org_domain
+from meshguard.identity.certificate import NodeCertificate, sign_certificate
+from meshguard.identity.trust import Admission, Revocation, TrustStore
+from meshguard.mesh import org_gossip
+from meshguard.mesh.node import AliasLearned, MeshNode, RevocationLearned
+from meshguard.mesh.org_gossip import (
+    OrgGossip,
+    format_label,
+    format_line,
+    parse_line,
+    revocation_valid,
+    sign_alias,
+    sign_revocation,
+)
+from meshguard.mesh.swim_port import SwimPort
+from meshguard.testing.rng import SeededRng
+from meshguard.wire import dns
+from meshguard.wire import org as wire
+from meshguard.wireguard.actions import SendDatagram
+
+from .test_mesh_sim import Net, SimNode
+
+
+@dataclass
+class CertTrust:
+    """Admits members with a valid certificate from a trusted org (and listed keys)."""
+
+    orgs: set[bytes] = field(default_factory=set)
+    keys: dict[bytes, str] = field(default_factory=dict)
+
+    def trusted_org_keys(self) -> set[bytes]:
+        return self.orgs
+
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Admission:
+        dom = None
+        cert_ok = False
+        if certificate is not None:
+            cert = NodeCertificate.from_bytes(certificate)
+            cert_ok = cert.org_key in self.orgs and cert.problem(now_wall, node_key) is None
+            dom = org_domain(cert.org_key) if cert_ok else None
+        if node_key in self.keys:
+            return Admission(True, "authorized key", self.keys[node_key], dom)
+        if cert_ok:
+            return Admission(True, "org certificate", cert.name, dom)
+        return Admission(False, "unknown key")
+
+
+class OrgNet(Net):
+    def __init__(self, seed: int, org: Ed25519PrivateKey) -> None:
+        super().__init__(seed)
+        self.org = org
+
+    def add_cert_node(self, name: str, ip: str, trusted: bool = True) -> SimNode:
+        from meshguard.mesh.swim_port import build_membership
+
+        ident = Ed25519PrivateKey(self.rng.bytes(32))
+        wg = X25519PrivateKey.generate(self.rng.bytes(32))
+        ep = (ip, 51821)
+        c = self.clock
+        cert = sign_certificate(self.org, ident.public_key.raw, name, int(c.wall()) - 60)
+        trust = CertTrust({self.org.public_key.raw} if trusted else set())
+        port = build_membership(identity=ident, wg_private=wg, certificate=cert.to_bytes(),
+                                endpoints=[ep], kernel=False, admitter=trust, rng=self.rng,
+                                now=c.monotonic(), wall=c.wall())
+        node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, trust,
+                        org=OrgGossip(self.rng), certificate=cert.to_bytes())
+        sn = SimNode(name, ep, ident, node, trust)  # type: ignore[arg-type]
+        self.nodes[ep] = sn
+        return sn
+
+    def join(self, sn: SimNode, seeds: list[SimNode]) -> None:
+        port = sn.node.membership
+        assert isinstance(port, SwimPort)
+        c = self.clock
+        self.run_actions(sn, port.join_actions([s.ep for s in seeds], c.monotonic(), c.wall()))
+
+
+def cluster(n: int, seed: int = 3) -> tuple[OrgNet, list[SimNode]]:
+    net = OrgNet(seed, Ed25519PrivateKey(SeededRng(seed + 1000).bytes(32)))
+    nodes = [net.add_cert_node(f"node-{i}", f"192.0.2.{i + 1}") for i in range(n)]
+    net.join(nodes[0], [])
+    for x in nodes[1:]:
+        net.join(x, [nodes[0]])
+    net.run(10.0)
+    for a in nodes:
+        assert len(a.node.peers) == n - 1, f"{a.name} has {len(a.node.peers)} peers"
+    return net, nodes
+
+
+def has_tunnel(a: SimNode, b: SimNode) -> bool:
+    return b.node.wg_key in a.node.peers
+
+
+def test_revocation_reaches_every_member_within_the_spread_bound() -> None:
+    n = 12
+    net, nodes = cluster(n)
+    origin, victim = nodes[3], nodes[7]
+    rev = sign_revocation(net.org, victim.key, int(net.clock.wall()))
+    out = origin.node.announce_revocations([rev], net.clock.wall())
+    assert not has_tunnel(origin, victim)  # at once on the announcing node
+    assert any(getattr(a, "wg_key", None) == victim.node.wg_key for a in out)
+    # push gossip: FANOUT members per ROUND; infection is exponential, so every member has it
+    # within ~log_(1+FANOUT)(n) + ln(n) rounds w.h.p.; we allow 2*ceil(log2 n) + 2 rounds
+    bound = (2 * math.ceil(math.log2(n)) + 2) * org_gossip.ROUND
+    start = net.clock.monotonic()
+    reached: dict[str, float] = {}
+    while net.clock.monotonic() - start < bound and len(reached) < n - 2:
+        net.step()
+        for x in nodes:
+            if x not in (origin, victim) and x.name not in reached and x.node.org is not None \
+                    and rev.target in x.node.org.revocations:
+                reached[x.name] = net.clock.monotonic() - start
+    # (the revoked node itself is no longer gossiped to by anyone: it need not know)
+    assert len(reached) == n - 2, f"only {sorted(reached)} within {bound} s"
+    for x in nodes:
+        if x is victim:
+            continue
+        assert not has_tunnel(x, victim), f"{x.name} still routes to the revoked node"
+        if x is not origin:
+            assert x.name in reached
+            assert [e for e in x.events if isinstance(e, RevocationLearned)] == \
+                [RevocationLearned(rev)]
+        for y in nodes:
+            if y is not x and y is not victim:
+                assert has_tunnel(x, y)  # nobody else is affected
+    # budget is spent: after the retransmit rounds no more revocation pushes (bounded)
+    net.run(40.0)
+    sent_before = sum(x.node.org.counters["org_revoke_known"] for x in nodes if x.node.org)
+    net.run(5.0)
+    sent_after = sum(x.node.org.counters["org_revoke_known"] for x in nodes if x.node.org)
+    assert sent_after - sent_before <= n  # only the rare periodic sync remains
+
+
+def test_late_joiner_learns_the_revocation_and_never_routes_to_the_node() -> None:
+    net, nodes = cluster(5, seed=8)
+    victim = nodes[2]
+    rev = sign_revocation(net.org, victim.key, int(net.clock.wall()))
+    nodes[0].node.announce_revocations([rev], net.clock.wall())
+    net.run(60.0)  # the push rounds are long over
+    late = net.add_cert_node("late", "192.0.2.50")
+    net.join(late, [nodes[1]])
+    net.run(5.0)
+    assert late.node.org is not None and rev.target in late.node.org.revocations
+    assert not has_tunnel(late, victim)
+    assert all(has_tunnel(late, x) for x in nodes if x is not victim)
+
+
+def test_forged_and_untrusted_revocations_are_ignored_and_not_forwarded() -> None:
+    net, nodes = cluster(3, seed=5)
+    a, victim = nodes[0], nodes[1]
+    other_org = Ed25519PrivateKey(b"\x07" * 32)
+    wall = net.clock.wall()
+    forged = sign_revocation(net.org, victim.key, int(wall))
+    forged = wire.CertRevocation(forged.org_key, forged.node_key, forged.revoked_at + 1,
+                                 forged.signature)  # time changed after signing
+    untrusted = sign_revocation(other_org, victim.key, int(wall))
+    wrong_node = sign_revocation(net.org, victim.key, int(wall))
+    wrong_node = wire.CertRevocation(wrong_node.org_key, nodes[2].key, wrong_node.revoked_at,
+                                     wrong_node.signature)
+    assert not revocation_valid(forged) and not revocation_valid(wrong_node)
+    for r in (forged, untrusted, wrong_node):
+        out = a.node.receive_datagram(net.clock.monotonic(), wall, wire.encode_revocations([r]),
+                                      ("203.0.113.9", 4000))
+        assert out == []
+    org = a.node.org
+    assert org is not None and org.revocations == {}
+    assert org.counters["org_revoke_bad_signature"] == 2
+    assert org.counters["org_revoke_untrusted"] == 1
+    net.run(5.0)
+    assert has_tunnel(a, victim) and has_tunnel(nodes[2], victim)
+    assert all(x.node.org is not None and not x.node.org.revocations for x in nodes)
+
+
+def test_authorized_key_admission_survives_a_certificate_revocation() -> None:
+    net, nodes = cluster(3, seed=6)
+    a, victim = nodes[0], nodes[1]
+    assert isinstance(a.trust, CertTrust)
+    a.trust.keys[victim.key] = "friend"
+    a.node.set_trust(a.trust, net.clock.wall())
+    rev = sign_revocation(net.org, victim.key, int(net.clock.wall()))
+    nodes[2].node.announce_revocations([rev], net.clock.wall())
+    net.run(5.0)
+    assert a.node.org is not None and rev.target in a.node.org.revocations
+    assert has_tunnel(a, victim) and not has_tunnel(nodes[2], victim)
+    names = dict(a.node.dns_table(net.clock.wall()))
+    assert "friend.mesh" in names
+    assert f"node-1.{org_domain(net.org.public_key.raw)}.mesh" not in names
+
+
+def test_revocation_persists_in_the_revocations_file_and_reloads(tmp_path: Path) -> None:
+    org = Ed25519PrivateKey(b"\x01" * 32)
+    node = Ed25519PrivateKey(b"\x02" * 32).public_key.raw
+    (tmp_path / "trusted_orgs").mkdir()
+    (tmp_path / "trusted_orgs" / "fleet.org").write_text(org.public_key.b64() + "\n")
+    cert = sign_certificate(org, node, "n1", 1_700_000_000).to_bytes()
+    store = TrustStore.load(tmp_path)
+    assert store.admit(node, cert, 1_700_000_100.0).admitted
+    rev = sign_revocation(org, node, 1_700_000_050)
+    assert store.revoke(Revocation("cert", node, org.public_key.raw, format_label(rev)))
+    again = TrustStore.load(tmp_path)  # a restart
+    adm = again.admit(node, cert, 1_700_000_100.0)
+    assert not adm.admitted and adm.reason == "certificate revoked"
+    text = (tmp_path / "revocations").read_text()
+    assert format_line(rev) in text
+    assert parse_line(format_line(rev)) == rev
+    # the restarted node turns the file back into signed items it can re-send
+    core = OrgGossip(SeededRng(1))
+    loaded = core.load_signed(((r.org_key or b"", r.key, r.label) for r in again.revocations
+                               if r.kind == "cert"), {org.public_key.raw})
+    assert loaded == [rev]
+
+
+def test_aliases_name_members_and_earliest_claim_wins() -> None:
+    net, nodes = cluster(3, seed=9)
+    a = nodes[0]
+    now = int(net.clock.wall())
+    assert a.node.announce_alias(sign_alias(net.org, "acme", now))
+    net.run(5.0)
+    for x in nodes[1:]:
+        assert any(isinstance(e, AliasLearned) for e in x.events)
+        table = build_table(x.node.dns_table(net.clock.wall()))
+        r = Resolver(table)
+        resp = dns.parse_response(r.handle(dns.build_query(1, "node-0.acme.mesh",
+                                                           dns.TYPE_AAAA)) or b"")
+        assert resp.answers and resp.answers[0][1] == bytes(a.node.self_ipv6.packed)
+        dom = org_domain(net.org.public_key.raw)
+        assert f"node-2.{dom}.mesh" in table or x is nodes[2]
+    core = OrgGossip(SeededRng(2))
+    other = Ed25519PrivateKey(b"\x09" * 32)
+    trusted = {net.org.public_key.raw, other.public_key.raw}
+    assert core.add_alias(sign_alias(other, "acme", now + 5), trusted)
+    assert core.add_alias(sign_alias(net.org, "acme", now), trusted)
+    assert core.alias_map(trusted) == {"acme": net.org.public_key.raw}
+    assert not core.add_alias(sign_alias(net.org, "abc123", now + 9), trusted)  # hex-like
+    assert not core.add_alias(sign_alias(net.org, "older", now - 1), trusted)  # stale
+
+
+def test_codec_round_trip() -> None:
+    org = Ed25519PrivateKey(b"\x03" * 32)
+    revs = [sign_revocation(org, bytes([i]) * 32, 1000 + i) for i in range(wire.MAX_ITEMS)]
+    data = wire.encode_revocations(revs)
+    assert len(data) <= 1280 and wire.decode_revocations(data) == tuple(revs)
+    al = [sign_alias(org, f"a{i}", i) for i in range(3)]
+    assert wire.decode_aliases(wire.encode_aliases(al)) == tuple(al)
+
+
+_NODE = cluster(2, seed=12)[1][0]
+
+
+@given(st.sampled_from([b"\x42MG\x01\x00", b"\x41MG\x01\x00", b"\x42", b"\x41MG\x01\x00\x01"]),
+       st.binary(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_org_garbage_never_raises(prefix: bytes, body: bytes) -> None:
+    out = _NODE.node.receive_datagram(1.0, 1_700_000_000.0, prefix + body, ("203.0.113.5", 1))
+    assert not any(isinstance(a, SendDatagram) for a in out)
+    assert _NODE.node.org is not None and not _NODE.node.org.revocations
