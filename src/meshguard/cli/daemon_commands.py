@@ -1,4 +1,4 @@
-"""`meshguard up`, `meshguard down`, `meshguard status`.
+"""`meshguard up`, `meshguard down`, `meshguard status`, `meshguard org-revoke`, `org-alias`.
 
 `up` runs the daemon (meshguard.daemon.mesh_daemon). With `-f` it stays in the foreground
 (systemd, tests); without, it starts itself again in the background with `-f` and returns once
@@ -10,6 +10,17 @@ datagram socket named in the child's $NOTIFY_SOCKET.
 gone and exits 0; with no daemon it says so and exits 1. `status` prints a table or, with
 `--json`, the document described in meshguard.wire.control (schema_version 1). With several
 daemons and no `--interface`, `status` lists every one of them and `down` asks which.
+
+The daemon answers DNS for `*.mesh` on its mesh addresses (port 53, `--dns-port`, `--no-dns`;
+names in mesh/node.py and dns/resolver.py). Point systemd-resolved at it with
+`resolvectl dns mg0 <mesh IPv4>; resolvectl domain mg0 '~mesh'`.
+
+`org-revoke NODE` (org admin, where org/org.key lives) signs an OrgCertRevoke for NODE (a node
+key, .pub file or .cert file), writes it to `<name>.revoke`, and records it in the local
+`revocations` file, from which a daemon running here spreads it through the mesh (and which
+every receiver persists). `org-revoke --import FILE.revoke` records a revocation carried by
+hand on another member. `org-alias ALIAS` signs the org's alias into org/alias; a daemon with
+that file announces it at start-up and on SIGHUP.
 """
 
 from __future__ import annotations
@@ -204,7 +215,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         open_mesh=args.open,
         run_dir=_run_dir(args),
         log_level=args.log_level,
+        dns=not args.no_dns,
+        dns_port=args.dns_port,
     )
+    if not 0 < args.dns_port < 65536:
+        raise UsageError("--dns-port must be between 1 and 65535")
     if args.foreground:
         return run_foreground(config)
     return _start_background(args, config.run_dir)
@@ -226,6 +241,9 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
         argv.append("--split-port")
     if args.open:
         argv.append("--open")
+    if args.no_dns:
+        argv.append("--no-dns")
+    argv += ["--dns-port", str(args.dns_port)]
     with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
         notify_path = os.path.join(tmp, "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
@@ -305,6 +323,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--open", action="store_true",
                     help="start even with an empty trust store (no member will be admitted "
                          "until one is trusted)")
+    up.add_argument("--dns-port", type=int, default=53,
+                    help="port of the *.mesh DNS server on the mesh addresses (default 53)")
+    up.add_argument("--no-dns", action="store_true", help="do not serve *.mesh names")
     up.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground (systemd, debugging)")
     up.add_argument("--log-level", default="info",
@@ -320,3 +341,98 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     st.add_argument("--json", action="store_true",
                     help="machine-readable output (schema in meshguard.wire.control)")
     st.set_defaults(func=cmd_status)
+
+    rv = sub.add_parser("org-revoke", help="revoke this org's certificate of a node and "
+                                           "spread the signed revocation (org admin)")
+    rv.add_argument("node", nargs="?", metavar="NODE",
+                    help="the node: base64 key, .pub file or its .cert file")
+    rv.add_argument("--out", metavar="FILE", help="where to write the signed revocation "
+                                                  "(default ./<name>.revoke)")
+    rv.add_argument("--import", dest="import_file", metavar="FILE",
+                    help="record a signed .revoke file from the org admin instead")
+    rv.set_defaults(func=cmd_org_revoke)
+
+    al = sub.add_parser("org-alias", help="sign a human-readable alias for this org's domain "
+                                          "(<node>.<alias>.mesh; org admin)")
+    al.add_argument("alias", help="a lowercase DNS label, e.g. 'acme'")
+    al.set_defaults(func=cmd_org_alias)
+
+
+# org revocations and aliases -------------------------------------------------------------
+
+
+def cmd_org_revoke(args: argparse.Namespace) -> int:
+    from meshguard.config import resolve_config_dir
+    from meshguard.identity import store
+    from meshguard.identity.names import is_dns_label
+    from meshguard.identity.trust import Revocation, TrustStore
+    from meshguard.mesh import org_gossip
+
+    cfg = resolve_config_dir()
+    if args.import_file:
+        path = Path(args.import_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {path} ({exc})") from None
+        revs = [r for r in (org_gossip.parse_line(x) for x in text.splitlines()) if r]
+        if not revs:
+            raise UsageError(f"{path} holds no signed revocation (`cert ... signed ...`)")
+        trust = TrustStore.load(cfg)
+        for r in revs:
+            if not org_gossip.revocation_valid(r):
+                raise UsageError(f"{path}: the revocation's signature does not verify")
+            if not trust.org_names(r.org_key):
+                raise UsageError(f"{path}: the revocation comes from an org this node does not "
+                                 "trust; nothing to do")
+            new = trust.revoke(Revocation("cert", r.node_key, r.org_key,
+                                          org_gossip.format_label(r)))
+            print(("recorded" if new else "already recorded") +
+                  f": org {r.org_key.hex()[:12]} revoked node {r.node_key.hex()[:12]}")
+        return 0
+    if not args.node:
+        raise UsageError("name the node to revoke (key, .pub or .cert), or pass --import FILE")
+    org = store.load_org_key(cfg)
+    name = ""
+    node_path = Path(args.node)
+    if node_path.suffix == ".cert" and node_path.is_file():
+        cert = store.read_certificate(node_path)
+        if cert.org_key != org.public_key.raw:
+            raise UsageError(f"{node_path} was issued by another org; only that org can "
+                             "revoke it")
+        node_key, name = cert.node_key, cert.name
+    else:
+        node_key = store.read_public_key_argument(args.node, "node key")
+        stem = node_path.name.removesuffix(".pub")
+        name = stem if node_path.is_file() and is_dns_label(stem) else ""
+    name = name or f"node-{node_key[:4].hex()}"
+    rev = org_gossip.sign_revocation(org, node_key, int(time.time()))
+    out = Path(args.out) if args.out else Path(f"{name}.revoke")
+    line = org_gossip.format_line(rev)
+    store.write_file(out, f"# meshguard org revocation of {name}\n{line}".encode())
+    trust = TrustStore.load(cfg)
+    trust.revoke(Revocation("cert", node_key, org.public_key.raw, org_gossip.format_label(rev)))
+    print(f"revoked the certificate of {name} ({node_key.hex()[:12]}); signed revocation "
+          f"written to {out}")
+    print("a daemon running here spreads it through the mesh now; elsewhere run "
+          f"`meshguard org-revoke --import {out}`")
+    return 0
+
+
+def cmd_org_alias(args: argparse.Namespace) -> int:
+    from meshguard.config import resolve_config_dir
+    from meshguard.daemon.mesh_daemon import ALIAS_FILE
+    from meshguard.identity import store
+    from meshguard.mesh import org_gossip
+
+    problem = org_gossip.alias_problem(args.alias)
+    if problem is not None:
+        raise UsageError(f"{problem}: {args.alias!r}")
+    cfg = resolve_config_dir()
+    org = store.load_org_key(cfg)
+    ann = org_gossip.sign_alias(org, args.alias, int(time.time()))
+    path = cfg / store.ORG_DIR / ALIAS_FILE
+    store.write_file(path, org_gossip.format_alias_line(ann).encode())
+    print(f"alias {args.alias}.mesh signed into {path}; members that trust this org will "
+          f"resolve <node>.{args.alias}.mesh once a daemon here announces it (start or SIGHUP)")
+    return 0

@@ -52,13 +52,15 @@ from meshguard.daemon.kernel_wg import (
 from meshguard.daemon.runtime import socket_path
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
-from meshguard.identity.trust import TrustStore, trust_stamp
+from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
+from meshguard.mesh import org_gossip
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.node import (
     Joined,
     MeshNode,
     PeerDown,
     PeerUp,
+    RevocationLearned,
     SelfAddressChanged,
     StunResult,
 )
@@ -70,6 +72,7 @@ from meshguard.wire.control import (
     StatusReport,
     format_endpoint,
 )
+from meshguard.wire.org import CertRevocation
 from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger("meshguard.daemon")
@@ -98,6 +101,8 @@ class DaemonConfig:
     log_level: str = "info"
     config_dir: Path | None = None
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    dns: bool = True  # serve *.mesh on the mesh addresses (daemon/dns_server.py)
+    dns_port: int = 53
 
 
 class TrustHolder:
@@ -109,8 +114,23 @@ class TrustHolder:
     def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Any:
         return self.store.admit(node_key, certificate, now_wall)
 
+    def trusted_org_keys(self) -> list[bytes]:
+        """Orgs whose signed revocations and aliases this node accepts."""
+        return [k for k in self.store.orgs.values() if not self.store.is_org_revoked(k)]
+
+    def signed_revocations(self) -> list[CertRevocation]:
+        """The `cert` lines of `revocations` that carry their org signature (re-gossiped)."""
+        out = []
+        for r in self.store.revocations:
+            if r.kind == "cert" and r.org_key is not None:
+                sr = org_gossip.from_label(r.org_key, r.key, r.label)
+                if sr is not None:
+                    out.append(sr)
+        return out
+
 
 CAP_NET_ADMIN = 12
+ALIAS_FILE = "alias"  # org/alias: this org's signed alias (`meshguard org-alias`)
 
 
 def has_net_admin(status_path: str = "/proc/self/status") -> bool:
@@ -263,6 +283,9 @@ class MeshDaemon:
         self._membership: Any = None
         self.name: str | None = None
         self._ready_sent = False
+        self.dns_server: Any = None
+        self._resolver: Any = None
+        self._names_version = -1
 
     # ---- start-up --------------------------------------------------------------------
 
@@ -351,7 +374,12 @@ class MeshDaemon:
         self.node = MeshNode(
             identity_key=self.identity.public_key.raw,
             wg_key=self.wg_private.public_key.raw,
-            membership=self._membership, trust=self.trust, device=device, backend=backend)
+            membership=self._membership, trust=self.trust, device=device, backend=backend,
+            org=org_gossip.OrgGossip(self.rng),
+            certificate=self.cert.to_bytes() if self.cert is not None else None)
+        self._load_org_items()
+        if cfg.dns:
+            await self._start_dns(stack)
         if self.engine is not None:
             self.engine.device = EngineDevice(self.node, device, wireguard_only=split)
             if split:
@@ -481,6 +509,62 @@ class MeshDaemon:
 
     # ---- event plumbing --------------------------------------------------------------
 
+    # ---- org revocations and aliases, DNS ------------------------------------------------
+
+    def _load_org_items(self) -> list[Any]:
+        """Signed revocations from the `revocations` file and this org's alias (org/alias):
+        the new ones take effect and start spreading."""
+        node, trust = self.node, self.trust
+        if node is None or trust is None:
+            return []
+        actions = node.announce_revocations(trust.signed_revocations(), self.clock.wall())
+        path = self.config_dir / store.ORG_DIR / ALIAS_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        alias = org_gossip.parse_alias_line(text) if text else None
+        if alias is not None and node.announce_alias(alias):
+            log.info("announcing the org alias %s.mesh", alias.alias)
+        return actions
+
+    def _persist_revocation(self, r: CertRevocation) -> None:
+        """A revocation learned from gossip goes into `revocations` (atomic, under its lock),
+        so it survives a restart; then SWIM re-checks admissions too."""
+        if self.trust is None or self.node is None:
+            return
+        rev = Revocation("cert", r.node_key, r.org_key, org_gossip.format_label(r))
+        try:
+            self.trust.store.revoke(rev)
+        except (MeshguardError, OSError) as exc:
+            log.error("cannot record the revocation in %s: %s", self.config_dir, exc)
+        c = self.clock
+        acts = self.node.set_trust(self.trust, c.wall())
+        acts += self._membership.trust_changed(c.monotonic(), c.wall())
+        asyncio.get_running_loop().call_soon(self._execute, acts)
+
+    def current_resolver(self) -> Any:
+        from meshguard.dns.resolver import Resolver, build_table
+
+        if self._resolver is None:
+            self._resolver = Resolver()
+        node = self.node
+        if node is not None and node.names_version != self._names_version:
+            self._names_version = node.names_version
+            self._resolver.set_table(build_table(node.dns_table(self.clock.wall())))
+        return self._resolver
+
+    async def _start_dns(self, stack: contextlib.AsyncExitStack) -> None:
+        from meshguard.daemon.dns_server import DnsServer
+
+        node = self.node
+        assert node is not None
+        server = DnsServer(self.current_resolver, self.cfg.dns_port)
+        addrs = [str(a) for a in (node.self_ipv4, node.self_ipv6) if a is not None]
+        await server.start(addrs)
+        stack.push_async_callback(server.close)
+        self.dns_server = server
+
     def _execute(self, actions: list[Any]) -> None:
         if not actions:
             return
@@ -532,6 +616,8 @@ class MeshDaemon:
                 self._on_stun(a)
             elif isinstance(a, Joined):
                 self._ready("joined the mesh")
+            elif isinstance(a, RevocationLearned):
+                self._persist_revocation(a.revocation)
             else:
                 log.debug("event: %s", a)
         if peers and self.kernel is not None:
@@ -626,6 +712,7 @@ class MeshDaemon:
                  len(new.orgs))
         actions = self.node.set_trust(self.trust, self.clock.wall())
         actions += self._membership.trust_changed(self.clock.monotonic(), self.clock.wall())
+        actions += self._load_org_items()
         self._execute(actions)
 
     async def _trust_poller(self) -> None:

@@ -301,3 +301,28 @@ class OrgGossip:
         if self._budget:
             ds.append(self._next_round)
         return min(ds)
+
+
+# -- alias text form (the org admin's `org/alias` file) ----------------------------------
+
+
+def format_alias_line(a: AliasAnnouncement) -> str:
+    return f"alias {b64encode(a.org_key)} {a.alias} {a.issued_at} {b64encode(a.signature)}\n"
+
+
+def parse_alias_line(text: str) -> AliasAnnouncement | None:
+    """Parse the first `alias <org> <alias> <issued_at> <sig>` line of `text`, or None."""
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) != 5 or fields[0] != "alias":
+            continue
+        try:
+            org = base64.b64decode(fields[1], validate=True)
+            issued = int(fields[3])
+            sig = base64.b64decode(fields[4], validate=True)
+        except (ValueError, binascii.Error):
+            return None
+        if len(org) != wire.KEY_LEN or len(sig) != wire.SIG_LEN:
+            return None
+        return AliasAnnouncement(org, fields[2], issued, sig)
+    return None

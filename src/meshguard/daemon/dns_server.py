@@ -1,0 +1,136 @@
+"""Serve the mesh resolver (dns/resolver.py) on UDP and TCP port 53 of the mesh addresses.
+
+The sockets bind to this node's mesh IPv4 and IPv6 addresses only (never the underlay), so
+only mesh members (through the tunnel) and local processes can ask. IP_FREEBIND lets the IPv6
+socket bind while the address is still tentative (duplicate address detection). TCP (RFC 7766:
+two-byte length prefix, several queries per connection) serves clients retrying a truncated
+UDP answer; connections are capped and idle ones closed.
+
+Pointing the system resolver at it (systemd-resolved):
+
+    resolvectl dns mg0 10.99.x.y        # this node's mesh IPv4 (see `meshguard status`)
+    resolvectl domain mg0 '~mesh'       # route only *.mesh queries there
+
+or, without systemd-resolved, `dig @10.99.x.y node-2.abc123.mesh` from any member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+
+from meshguard.dns.resolver import Resolver
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DNS_PORT = 53
+TCP_IDLE = 10.0  # seconds an idle TCP connection is kept (RFC 7766 6.2.3 suggests seconds)
+TCP_MAX_CONNECTIONS = 64
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = 78  # linux/in6.h
+
+
+def _socket(address: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    v6 = ipaddress.ip_address(address).version == 6
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):
+            if v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((address, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Callable[[], Resolver]) -> None:
+        self.resolver = resolver
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        out = self.resolver().handle(data)
+        if out is not None and self.transport is not None:
+            self.transport.sendto(out, addr)
+
+
+class DnsServer:
+    """UDP and TCP listeners on each address; `resolver()` returns an up-to-date Resolver."""
+
+    def __init__(self, resolver: Callable[[], Resolver], port: int = DEFAULT_DNS_PORT) -> None:
+        self.resolver = resolver
+        self.port = port
+        self._transports: list[asyncio.BaseTransport] = []
+        self._servers: list[asyncio.Server] = []
+        self._connections = 0
+        self.bound: list[str] = []
+
+    async def start(self, addresses: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        for addr in addresses:
+            try:
+                usock = _socket(addr, self.port, socket.SOCK_DGRAM)
+            except OSError as exc:
+                log.warning("DNS: cannot listen on %s port %d (%s)", addr, self.port,
+                            exc.strerror)
+                continue
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self.resolver), sock=usock)
+            self._transports.append(transport)
+            try:
+                tsock = _socket(addr, self.port, socket.SOCK_STREAM)
+                tsock.listen(16)
+                self._servers.append(await asyncio.start_server(self._tcp, sock=tsock))
+            except OSError as exc:
+                log.warning("DNS: no TCP on %s port %d (%s)", addr, self.port, exc.strerror)
+            self.bound.append(addr)
+        if self.bound:
+            log.info("DNS: serving *.mesh on %s port %d", ", ".join(self.bound), self.port)
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= TCP_MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._connections += 1
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                (n,) = struct.unpack("!H", head)
+                msg = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE)
+                out = self.resolver().handle(msg, tcp=True)
+                if out is None:
+                    break
+                writer.write(struct.pack("!H", len(out)) + out)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self._connections -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        for t in self._transports:
+            t.close()
+        for s in self._servers:
+            s.close()
+            with contextlib.suppress(Exception):
+                await s.wait_closed()
+        self._transports.clear()
+        self._servers.clear()
