@@ -23,6 +23,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from meshguard.dns.resolver import Resolver
 
@@ -60,8 +61,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         out = self.resolver().handle(data)
