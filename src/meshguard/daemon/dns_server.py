@@ -125,6 +125,12 @@ class DnsServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def rebind(self, addresses: list[str]) -> None:
+        """Listen on new addresses (our mesh IPv4 moved after an address collision)."""
+        await self.close()
+        self.bound = []
+        await self.start(addresses)
+
     async def close(self) -> None:
         for t in self._transports:
             t.close()

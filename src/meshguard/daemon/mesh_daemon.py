@@ -286,6 +286,7 @@ class MeshDaemon:
         self.dns_server: Any = None
         self._resolver: Any = None
         self._names_version = -1
+        self._dns_task: asyncio.Task[None] | None = None
 
     # ---- start-up --------------------------------------------------------------------
 
@@ -645,6 +646,10 @@ class MeshDaemon:
             if addr is not None:
                 subprocess.run(["ip", "addr", op, f"{addr}/16", "dev", self.cfg.interface],
                                capture_output=True, check=False, timeout=10)
+        if self.dns_server is not None and self.node is not None:
+            addrs = [str(x) for x in (self.node.self_ipv4, self.node.self_ipv6) if x is not None]
+            self._dns_task = asyncio.get_running_loop().create_task(
+                self.dns_server.rebind(addrs))
 
     def _gossip_readable(self) -> None:
         sock = self.gossip_sock

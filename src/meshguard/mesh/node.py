@@ -511,6 +511,7 @@ class MeshNode:
         if mine != self.self_ipv4:
             out.append(SelfAddressChanged(self.self_ipv4, mine))
             self.self_ipv4 = mine
+            self.names_version += 1
         if desired != self.peers:
             self.names_version += 1
         for key, old in list(self.peers.items()):
