@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import sys
 import time
@@ -126,6 +127,19 @@ def test_members_resolve_each_other(mesh: Mesh) -> None:
     assert query(mesh.admin, mesh.c.mesh_v4, "charlie.mesh").get("rcode") == 3  # b's only
     assert query(mesh.b, mesh.c.mesh_v4, f"nobody.{dom}.mesh").get("rcode") == 3  # NXDOMAIN
     assert query(mesh.b, mesh.c.mesh_v4, "example.com").get("rcode") == 5  # REFUSED
+
+
+def test_org_alias_names_resolve_after_sighup(mesh: Mesh) -> None:
+    adm = mesh.admin
+    res = adm.cli("org-alias", "acme")
+    assert res.returncode == 0, res.stderr
+    assert adm.proc is not None  # the admin's daemon reads org/alias on SIGHUP, announces it
+    os.killpg(adm.proc.pid, signal.SIGHUP)
+    for asker, server in ((mesh.b, mesh.c), (mesh.c, mesh.b), (mesh.v, mesh.admin)):
+        mesh.lan.wait(lambda a=asker, s=server:
+                      query(a, s.mesh_v4, "node-b.acme.mesh").get("answers") == [mesh.b.mesh_v4],
+                      f"{asker.name} resolves node-b.acme.mesh at {server.name}", 15)
+    assert query(mesh.b, mesh.c.mesh_v4, "node-zz.acme.mesh").get("rcode") == 3
 
 
 def test_org_revocation_spreads_persists_and_removes_the_tunnel(mesh: Mesh,

@@ -5,6 +5,7 @@ revocations are ignored and never forwarded. Aliases give DNS names."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,3 +271,17 @@ def test_org_garbage_never_raises(prefix: bytes, body: bytes) -> None:
     out = _NODE.node.receive_datagram(1.0, 1_700_000_000.0, prefix + body, ("203.0.113.5", 1))
     assert not any(isinstance(a, SendDatagram) for a in out)
     assert _NODE.node.org is not None and not _NODE.node.org.revocations
+
+
+@given(st.binary(max_size=1400))
+@settings(max_examples=300, deadline=None)
+def test_org_codec_rejects_garbage_with_its_typed_error_only(body: bytes) -> None:
+    from meshguard.errors import WireFormatError
+
+    for prefix in (b"\x42MG\x01\x00", b"\x41MG\x01\x00"):
+        for decode in (wire.decode_revocations, wire.decode_aliases):
+            with contextlib.suppress(WireFormatError):
+                decode(prefix + body)
+    text = body.decode("latin-1")
+    assert isinstance(org_gossip.parse_line(text), wire.CertRevocation | None)
+    assert isinstance(org_gossip.parse_alias_line(text), wire.AliasAnnouncement | None)
