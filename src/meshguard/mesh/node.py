@@ -256,6 +256,7 @@ class MeshNode:
     _last_recheck: float = float("-inf")
     _stun_reported: bool = False
     names_version: int = 0
+    _org_seen: int = -1
 
     def __post_init__(self) -> None:
         self.self_ipv4 = mesh_ipv4(self.identity_key)
@@ -303,10 +304,15 @@ class MeshNode:
             out += self._stun_finished()
         m = self.membership.tick(now, wall)
         out += self._after_membership(m, wall)
-        if self.org is not None:
-            peers = [g for g in (x.gossip_endpoint for x in self.routed_members(wall))
-                     if g is not None]
-            out += [SendDatagram(d, ep) for d, ep in self.org.tick(now, peers)]
+        org = self.org
+        if org is not None and (org.revocations or org.aliases):
+            # only when a push is due or the members changed (new ones get everything)
+            due = org.next_deadline()
+            if self._org_seen != self.names_version or (due is not None and now >= due):
+                self._org_seen = self.names_version
+                peers = [g for g in (x.gossip_endpoint for x in self.routed_members(wall))
+                         if g is not None]
+                out += [SendDatagram(d, ep) for d, ep in org.tick(now, peers)]
         if now - self._last_recheck >= TRUST_RECHECK:
             # certificates expire: ask the trust store again about everyone
             self._last_recheck = now

@@ -249,8 +249,7 @@ class OrgGossip:
         self._members = len(peers) + 1
         out: list[tuple[bytes, Endpoint]] = []
         if not self.revocations and not self.aliases:
-            self._seen_peers = set(peers)
-            return out
+            return out  # (members met before the first item count as new then: cheap)
         # anti-entropy for members we have not met before
         new = [p for p in peers if p not in self._seen_peers]
         if new:
