@@ -324,7 +324,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     help="start even with an empty trust store (no member will be admitted "
                          "until one is trusted)")
     up.add_argument("--dns-port", type=int, default=53,
-                    help="port of the *.mesh DNS server on the mesh addresses (default 53)")
+                    help="port of the *.mesh DNS server on the mesh addresses (default 53); "
+                         "point a resolver at it with `resolvectl dns IFACE <mesh IPv4>; "
+                         "resolvectl domain IFACE '~mesh'` (docs/mesh-dns-and-org-revocation.md)")
     up.add_argument("--no-dns", action="store_true", help="do not serve *.mesh names")
     up.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground (systemd, debugging)")
