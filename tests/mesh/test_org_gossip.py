@@ -285,3 +285,33 @@ def test_org_codec_rejects_garbage_with_its_typed_error_only(body: bytes) -> Non
     text = body.decode("latin-1")
     assert isinstance(org_gossip.parse_line(text), wire.CertRevocation | None)
     assert isinstance(org_gossip.parse_alias_line(text), wire.AliasAnnouncement | None)
+
+
+class LossyNet(OrgNet):
+    """Drops each org datagram with probability `loss` (SWIM traffic is left alone, so the
+    membership stays stable and the test measures the revocation gossip itself)."""
+
+    loss = 0.3
+
+    def run_actions(self, sn: SimNode, actions: list[object]) -> None:
+        kept = [a for a in actions if not (isinstance(a, SendDatagram) and a.data[:1] in
+                                           (b"\x41", b"\x42") and
+                                           self.rng.uniform(0, 1) < self.loss)]
+        super().run_actions(sn, kept)
+
+
+def test_revocation_spreads_despite_heavy_loss() -> None:
+    net = LossyNet(21, Ed25519PrivateKey(SeededRng(77).bytes(32)))
+    nodes = [net.add_cert_node(f"node-{i}", f"192.0.2.{i + 1}") for i in range(16)]
+    net.join(nodes[0], [])
+    for x in nodes[1:]:
+        net.join(x, [nodes[0]])
+    net.run(10.0)
+    victim = nodes[5]
+    rev = sign_revocation(net.org, victim.key, int(net.clock.wall()))
+    nodes[0].node.announce_revocations([rev], net.clock.wall())
+    net.run(3 * math.ceil(math.log2(17)) * org_gossip.ROUND)  # the push budget, 30% loss
+    missing = [x.name for x in nodes if x is not victim and x.node.org is not None
+               and rev.target not in x.node.org.revocations]
+    assert missing == []
+    assert all(not has_tunnel(x, victim) for x in nodes if x is not victim)

@@ -252,8 +252,8 @@ class OrgGossip:
             return out  # (members met before the first item count as new then: cheap)
         # anti-entropy for members we have not met before
         new = [p for p in peers if p not in self._seen_peers]
+        self._seen_peers = set(peers)  # bounded by the current members; a returning one is new
         if new:
-            self._seen_peers.update(new)
             p_send = min(1.0, NEW_MEMBER_SENDERS / max(1, len(peers)))
             everything = self._everything()
             for p in new:
