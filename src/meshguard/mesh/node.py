@@ -372,8 +372,12 @@ class MeshNode:
             self.names_version += 1
         if revs:
             for r in revs:
-                log.warning("org %s revoked its certificate of %s", r.org_key.hex()[:12],
-                            r.node_key.hex()[:12])
+                if r.node_key == self.identity_key:
+                    log.error("our org %s revoked THIS node's certificate: members that trust "
+                              "us only through it drop our tunnels", r.org_key.hex()[:12])
+                else:
+                    log.warning("org %s revoked its certificate of %s", r.org_key.hex()[:12],
+                                r.node_key.hex()[:12])
             self._admission.clear()
             self.names_version += 1
             out += self.reconcile(wall)
