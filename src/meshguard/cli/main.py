@@ -2,6 +2,9 @@
 
 Each command module exposes `register(subparsers)`, adding its sub-commands with
 `set_defaults(func=handler)`; a handler takes the parsed arguments and returns an exit code.
+A command in `STANDALONE` (a module registering only that command) is parsed with its own
+module alone, so `meshguard wireguard IF` starts without importing every other command's
+dependencies (start-up time is part of that command's contract, as for `wireguard-go IF`).
 A MeshguardError raised anywhere below becomes one `meshguard: error: ...` line on stderr.
 """
 
@@ -20,6 +23,8 @@ COMMAND_MODULES = (
     "meshguard.cli.wireguard_command",
     "meshguard.cli.daemon_commands",
 )
+# command name -> the one module that registers it (and nothing else)
+STANDALONE = {"wireguard": "meshguard.cli.wireguard_command"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,22 +33,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"meshguard: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="meshguard",
         description="Decentralized, serverless, WireGuard-compatible mesh VPN daemon.",
     )
     parser.add_argument("--version", action="version", version=f"meshguard {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    for name in modules:
         module = importlib.import_module(name)
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    only = STANDALONE.get(args_list[0]) if args_list else None
+    parser = build_parser((only,) if only else COMMAND_MODULES)
+    args = parser.parse_args(args_list)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
