@@ -56,7 +56,7 @@ def test_format_status_table() -> None:
     lines = text.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("NAME"))
     assert lines[header].split() == ["NAME", "KEY", "MESH", "IP", "ENDPOINT", "STATE",
-                                     "HANDSHAKE", "IN", "OUT", "PATH"]
+                                     "HANDSHAKE", "IN", "OUT", "PATH", "DNS", "NAME"]
     bee = lines[header + 1]
     assert bee.startswith("bee") and "12s ago" in bee and "2.0 KiB" in bee and "direct" in bee
     assert "192.0.2.1:51821" in bee and "QkJCQkJC" in bee

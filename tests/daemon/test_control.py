@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import threading
@@ -68,8 +69,12 @@ def test_status_schema_roundtrip() -> None:
                         "members", "counters"}
     assert set(doc["members"][0]) == {
         "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
-        "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path"}
+        "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names"}
     assert StatusReport.from_json(doc) == rep
+    # a document from a daemon that predates dns_names still reads (compatible addition)
+    old = json.loads(json.dumps(doc))
+    del old["members"][0]["dns_names"]
+    assert StatusReport.from_json(old).members[0].dns_names == ()
     doc["schema_version"] = 99
     with pytest.raises(WireFormatError):
         StatusReport.from_json(doc)

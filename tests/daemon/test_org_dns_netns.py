@@ -129,6 +129,16 @@ def test_members_resolve_each_other(mesh: Mesh) -> None:
     assert query(mesh.b, mesh.c.mesh_v4, "example.com").get("rcode") == 5  # REFUSED
 
 
+def test_status_lists_each_members_dns_names(mesh: Mesh) -> None:
+    dom = mesh.domain
+    mesh.lan.wait(lambda: {f"node-c.{dom}.mesh", "charlie.mesh"}
+                  <= set((mesh.b.member(mesh.c) or {}).get("dns_names", [])),
+                  "b's status names c", 10)
+    assert f"node-adm.{dom}.mesh" in mesh.b.member(mesh.admin)["dns_names"]
+    table = mesh.b.cli("status", "--interface", mesh.b.iface).stdout
+    assert f".{dom}.mesh" in table, table
+
+
 def test_org_alias_names_resolve_after_sighup(mesh: Mesh) -> None:
     adm = mesh.admin
     res = adm.cli("org-alias", "acme")
@@ -171,3 +181,4 @@ def test_org_revocation_spreads_persists_and_removes_the_tunnel(mesh: Mesh,
     mesh.lan.wait(lambda: c.tunnel_to(adm), "c back with a tunnel to the admin", 25)
     m = c.member(v)
     assert m is None or not m["tunnel"]
+

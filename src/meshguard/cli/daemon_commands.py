@@ -93,7 +93,8 @@ def format_status(rep: StatusReport, now: float) -> str:
         f"  ports: wireguard {me.wg_port}, gossip {me.gossip_port}",
         "",
     ]
-    header = ("NAME", "KEY", "MESH IP", "ENDPOINT", "STATE", "HANDSHAKE", "IN", "OUT", "PATH")
+    header = ("NAME", "KEY", "MESH IP", "ENDPOINT", "STATE", "HANDSHAKE", "IN", "OUT", "PATH",
+              "DNS NAME")
     rows = [header]
     for m in rep.members:
         state = m.state if m.trusted else f"{m.state},untrusted"
@@ -107,6 +108,7 @@ def format_status(rep: StatusReport, now: float) -> str:
             human_bytes(m.rx_bytes),
             human_bytes(m.tx_bytes),
             m.path,
+            m.dns_names[0] if m.dns_names else "-",
         ))
     if len(rows) == 1:
         lines.append("no other members yet")

@@ -770,11 +770,16 @@ class MeshDaemon:
                                        if n.version == 4), None) for p in peers.values()}
         from meshguard.identity.addressing import mesh_ipv4
 
+        names: dict[str, list[str]] = {}
+        for name, addrs in node.dns_table(wall):
+            for v6 in addrs.ipv6:
+                names.setdefault(str(v6), []).append(name)
         members = []
         for m in node.membership.members():
             if m.identity_key == node.identity_key:
                 continue
             adm = node.admission(m, wall)
+            ipv6 = str(mesh_ipv6(m.identity_key))
             tunnel = m.wg_key is not None and m.wg_key in peers
             hs, rx, tx, ep = (0.0, 0, 0, None)
             if tunnel and m.wg_key is not None:
@@ -787,7 +792,7 @@ class MeshDaemon:
                 identity_key=b64(m.identity_key),
                 wireguard_key=b64(m.wg_key) if m.wg_key else None,
                 mesh_ipv4=v4_of.get(m.identity_key) or str(mesh_ipv4(m.identity_key)),
-                mesh_ipv6=str(mesh_ipv6(m.identity_key)),
+                mesh_ipv6=ipv6,
                 endpoint=format_endpoint(ep or m.wg_endpoint),
                 state=m.state,
                 trusted=adm.admitted,
@@ -796,6 +801,7 @@ class MeshDaemon:
                 rx_bytes=rx,
                 tx_bytes=tx,
                 path="direct",
+                dns_names=tuple(sorted(names.get(ipv6, ()))),
             ))
         members.sort(key=lambda s: (s.name or "~", s.identity_key))
         counters = {k: int(v) for k, v in node.counters.items()}

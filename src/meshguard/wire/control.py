@@ -47,7 +47,8 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
           "last_handshake": 1700000000.0 | null,   # unix seconds of the last completed handshake
           "rx_bytes": 0,
           "tx_bytes": 0,
-          "path": "direct" | "relayed"
+          "path": "direct" | "relayed",
+          "dns_names": ["node-2.a1b2c3.mesh", ...]   # names the mesh resolver answers for it
         }
       ],
       "counters": {"<name>": <int>, ...}   # e.g. "garbage_dropped", "gossip_rx", "wireguard_rx"
@@ -169,6 +170,7 @@ class MemberStatus:
     rx_bytes: int
     tx_bytes: int
     path: str
+    dns_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,9 @@ class StatusReport:
                 started_at=float(obj["started_at"]),
                 self_=SelfStatus(**{k: me[k] for k in SelfStatus.__dataclass_fields__}),
                 members=tuple(
-                    MemberStatus(**{k: m[k] for k in MemberStatus.__dataclass_fields__})
+                    MemberStatus(**{k: m[k] for k in MemberStatus.__dataclass_fields__
+                                    if k != "dns_names"},
+                                 dns_names=tuple(str(n) for n in m.get("dns_names", ())))
                     for m in obj["members"]
                 ),
                 counters={str(k): int(v) for k, v in obj.get("counters", {}).items()},
