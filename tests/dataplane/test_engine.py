@@ -144,8 +144,9 @@ def test_handshake_then_batched_bulk_both_ways(outer: str) -> None:
         await until(lambda: len(w.tb.received) == 1 + n and len(w.ta.received) == 200, "bulk")
         assert w.tb.received[1:] == pkts
         assert w.ta.received == back
-        # drained in batches of up to 64 per wake-up, not one packet per wake-up
-        assert w.ea.stats.tun_rx_batches - batches_before == (n + 63) // 64
+        # drained in batches of up to 64 per wake-up, not one packet per wake-up (after an
+        # idle gap the first wake-up reads one packet only: sparse-traffic latency)
+        assert w.ea.stats.tun_rx_batches - batches_before <= (n + 63) // 64 + 2
         assert w.eb.stats.udp_rx_batches < w.eb.stats.udp_rx
         assert w.da.counters.dropped() == 0 and w.db.counters.dropped() == 0
         assert w.pb.tx_bytes > n * 48 and w.pa.rx_bytes == w.pb.tx_bytes

@@ -9,6 +9,11 @@
 
 On every readiness wake-up the engine drains up to `batch` reads (until EAGAIN) and processes
 them at once; it never waits for a batch to fill, so a lone ping costs one read and one send.
+Latency for sparse traffic: an fd woken more than QUIET_GAP after its previous wake-up reads
+one packet only (no probing read that fails with EAGAIN: the level-triggered loop wakes us
+again if more is queued); after writing received packets to the TUN, the engine reads the TUN
+once at once, since an answer (a ping reply, a TCP ACK) is often queued there already. Both
+can be switched off for comparisons: MESHGUARD_LAZY_DRAIN=0, MESHGUARD_TUN_PEEK=0.
 
 Offloads (on by default; `offload=False` or MESHGUARD_NO_OFFLOAD=1 turns them off, and each
 one falls back on its own when the kernel refuses it):
@@ -46,6 +51,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -64,6 +70,7 @@ Datagram = tuple[bytes, Endpoint]
 
 DEFAULT_BATCH = 64  # packets drained per wake-up (PERF.md: 64 worked)
 TUN_READ_SIZE = 65535
+QUIET_GAP = 0.001  # s since an fd's previous wake-up after which it reads one packet only
 UDP_READ_SIZE = 65535
 SOCKET_BUFFER = 4 * 1024 * 1024
 SO_SNDBUFFORCE = 32  # not named in Python 3.11's socket module
@@ -78,6 +85,7 @@ GRO_BUFFER = 65536 + 4096
 _GRO_ANC = socket.CMSG_SPACE(4)
 _U16N = struct.Struct("=H")
 _I32N = struct.Struct("=i")
+_monotonic = time.monotonic
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: IntFlag arithmetic is slow per packet
 _GSO_OFF = frozenset({errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 
@@ -218,6 +226,13 @@ class Engine:
         self._rmv = memoryview(self._rbuf)
         self._on_actions = on_actions  # other actions (HandshakeCompleted, ...) for the owner
         self._on_tun_gone = on_tun_gone  # the TUN fd reports the interface deleted
+        self.tun_peek = os.environ.get("MESHGUARD_TUN_PEEK", "1") == "1"
+        self.lazy_drain = os.environ.get("MESHGUARD_LAZY_DRAIN", "1") == "1"
+        # when the previous wake-up of an fd was long ago (sparse traffic: a ping, a DNS
+        # query), read one packet and let the (level-triggered) loop wake us again if more
+        # came, instead of probing with one more read that fails (EAGAIN); busy fds drain
+        self._tun_last = 0.0
+        self._udp_last = 0.0
 
     # --- sockets ---------------------------------------------------------------------------
 
@@ -366,7 +381,13 @@ class Engine:
         read = os.read
         fd = self.tun_fd
         size = TUN_READ_SIZE + VNET_HDR_LEN if self.vnet else TUN_READ_SIZE
-        for _ in range(self.batch):
+        limit = self.batch
+        if self.lazy_drain:
+            now = _monotonic()
+            if now - self._tun_last > QUIET_GAP:
+                limit = 1
+            self._tun_last = now
+        for _ in range(limit):
             try:
                 reads.append(read(fd, size))
             except BlockingIOError:
@@ -595,7 +616,13 @@ class Engine:
         mv = self._rmv
         endpoints = self._ep_cache
         n_reads = 0
-        for _ in range(self.batch):
+        limit = self.batch
+        if self.lazy_drain:
+            now = _monotonic()
+            if now - self._udp_last > QUIET_GAP:
+                limit = 1
+            self._udp_last = now
+        for _ in range(limit):
             try:
                 n, anc, flags, addr = recv(bufs, _GRO_ANC)
             except BlockingIOError:
@@ -630,11 +657,16 @@ class Engine:
                 self._internal_error("udp")
         if n_reads:
             st.udp_rx_batches += 1
+            tun_tx = st.tun_tx
             try:
                 rx.finish()
             except Exception:
                 self._internal_error("udp")
             self._arm()
+            if st.tun_tx != tun_tx and self.tun_peek and self._loop is not None:
+                # an answer to what was just written (a ping reply, a TCP ACK) is often
+                # queued on the TUN already: take it now rather than after another wake-up
+                self._tun_readable()
 
     def datagrams_in(self, grams: list[Datagram]) -> None:
         """Datagrams (one per entry) -> decrypted packets written to the TUN; the same path
