@@ -378,6 +378,11 @@ class MeshDaemon:
             membership=self._membership, trust=self.trust, device=device, backend=backend,
             org=org_gossip.OrgGossip(self.rng),
             certificate=self.cert.to_bytes() if self.cert is not None else None)
+        if device is not None and not split:
+            # WireGuard and gossip share one port, so a punched gossip path is the tunnel's
+            from meshguard.nat.holepunch import HolePuncher
+
+            self.node.holepunch = HolePuncher(self.identity, self.rng)
         self._load_org_items()
         if cfg.dns:
             await self._start_dns(stack)
@@ -638,6 +643,10 @@ class MeshDaemon:
         log.info("STUN: public endpoint %s, NAT %s", format_endpoint(res.mapped),
                  NatType(res.nat_type).name.lower())
         self._membership.set_public_endpoint(self.clock.monotonic(), res.mapped, res.nat_type)
+        hp = self.node.holepunch if self.node is not None else None
+        if hp is not None:
+            hp.set_self(self._membership.core.record.endpoints,
+                        behind_nat=res.nat_type != NatType.PUBLIC)
 
     def _readdress(self, change: SelfAddressChanged) -> None:
         import subprocess
@@ -814,6 +823,8 @@ class MeshDaemon:
             if callable(as_dict):
                 counters.update({f"wireguard_{k}": int(v) for k, v in as_dict().items()})
         counters.update(self._membership.counters())
+        if node.holepunch is not None:
+            counters.update({k: int(v) for k, v in node.holepunch.counters.items()})
         return StatusReport(
             interface=self.cfg.interface,
             mode="kernel" if self.cfg.kernel else "userspace",

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from meshguard.crypto.keys import X25519PublicKey
 from meshguard.dns.resolver import HostAddresses
 from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6, org_domain
 from meshguard.identity.certificate import NodeCertificate
@@ -55,6 +56,9 @@ from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.org_gossip import OrgGossip
+from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
+from meshguard.nat.holepunch import Send as PunchSend
+from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
 from meshguard.wireguard.actions import Action as DeviceAction
 from meshguard.wireguard.actions import SendDatagram
@@ -67,6 +71,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 KEEPALIVE = 25  # seconds; the usual WireGuard value for keeping NAT mappings alive
 TRUST_RECHECK = 60.0  # seconds between re-checks of cached admissions (certificate expiry)
 ROUTED_STATES = frozenset({"alive", "suspect"})
+HANDSHAKE_FRESH = 180.0  # a handshake this recent means the direct path works
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class MemberView:
     certificate: bytes | None
     state: str  # "alive" | "suspect" | "dead" | "left"
     incarnation: int = 0
+    nat_type: int = 0  # the record's NAT type (low 7 bits: nat.stun_client.NatType)
+    endpoints: tuple[Endpoint, ...] = ()  # every advertised gossip endpoint
 
 
 @dataclass(frozen=True)
@@ -257,6 +264,10 @@ class MeshNode:
     _stun_reported: bool = False
     names_version: int = 0
     _org_seen: int = -1
+    _punch_scan: float = float("-inf")
+    holepunch: HolePuncher | None = None  # userspace mode behind a NAT (nat/holepunch.py)
+    # WireGuard key -> (the record's endpoint when punched, the endpoint that worked)
+    punched: dict[bytes, tuple[Endpoint | None, Endpoint]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.self_ipv4 = mesh_ipv4(self.identity_key)
@@ -273,6 +284,14 @@ class MeshNode:
                 self.counters["garbage_dropped"] += 1
                 return []
             return self._from_device(self.device.receive_datagram(now, wall, data, src))
+        if kind is Kind.GOSSIP and data[0] in HOLEPUNCH_TYPES:
+            self.counters["holepunch_rx"] += 1
+            hp = self.holepunch
+            if hp is None:
+                self.counters["garbage_dropped"] += 1
+                return []
+            return self._punch_actions(
+                hp.receive(now, wall, bytes(data), src, self._punch_view(wall)), now, wall)
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
             return self._receive_org(bytes(data), wall)
@@ -304,6 +323,12 @@ class MeshNode:
             out += self._stun_finished()
         m = self.membership.tick(now, wall)
         out += self._after_membership(m, wall)
+        hp = self.holepunch
+        if hp is not None:
+            due = hp.next_deadline()
+            if due is None or now >= due or now >= self._punch_scan:
+                self._punch_scan = now + 1.0
+                out += self._punch_actions(hp.tick(now, wall, self._punch_view(wall)), now, wall)
         org = self.org
         if org is not None and (org.revocations or org.aliases):
             # only when a push is due or the members changed (new ones get everything)
@@ -325,8 +350,71 @@ class MeshNode:
                           self.stun.next_deadline() if self.stun else None,
                           self.device.next_deadline() if self.device else None,
                           self.org.next_deadline() if self.org else None,
+                          self._punch_deadline(),
                           self._last_recheck + TRUST_RECHECK) if d is not None]
         return min(ds) if ds else None
+
+    # hole punching -----------------------------------------------------------------------
+
+    def _punch_deadline(self) -> float | None:
+        hp = self.holepunch
+        if hp is None:
+            return None
+        due = hp.next_deadline()
+        return self._punch_scan if due is None else min(due, self._punch_scan)
+
+    def _punch_view(self, wall: float) -> dict[bytes, PeerInfo]:
+        """Every admitted live member, with whether a recent handshake proves a direct path."""
+        out: dict[bytes, PeerInfo] = {}
+        for m in self.membership.members():
+            if m.identity_key == self.identity_key:
+                continue
+            alive = m.state in ROUTED_STATES and self.admission(m, wall).admitted
+            connected = False
+            if m.wg_key is not None and m.wg_key in self.peers and self.backend is not None:
+                hs = self.backend.stats(m.wg_key)[0]
+                connected = hs > 0 and wall - hs < HANDSHAKE_FRESH
+            eps = m.endpoints or ((m.wg_endpoint,) if m.wg_endpoint else ())
+            out[m.identity_key] = PeerInfo(m.identity_key, m.wg_key, m.gossip_endpoint,
+                                           tuple(eps), m.nat_type, alive, connected)
+        return out
+
+    def _punch_actions(self, actions: list[Any], now: float, wall: float) -> list[Action]:
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, PunchSend):
+                out.append(SendDatagram(a.data, a.endpoint))
+            elif isinstance(a, PunchSucceeded):
+                out += self._punch_succeeded(a, now, wall)
+            elif isinstance(a, PunchFailed):
+                log.info("hole punch to %s failed", a.identity_key.hex()[:12])
+        return out
+
+    def _punch_succeeded(self, a: PunchSucceeded, now: float, wall: float) -> list[Action]:
+        member = next((m for m in self.membership.members()
+                       if m.identity_key == a.identity_key), None)
+        if member is None or member.wg_key is None:
+            return []
+        log.info("hole punch to %s succeeded at %s%s", a.identity_key.hex()[:12],
+                 f"{a.endpoint[0]}:{a.endpoint[1]}",
+                 "" if a.rtt is None else f" ({a.rtt * 1000:.0f} ms after the request)")
+        self.punched[member.wg_key] = (member.wg_endpoint, a.endpoint)
+        out: list[Action] = list(self.reconcile(wall))
+        dev = self.device
+        peer_of = getattr(dev, "peer", None)
+        initiate = getattr(dev, "initiate_handshake", None)
+        p = peer_of(X25519PublicKey(member.wg_key)) if peer_of is not None else None
+        if p is not None:
+            p.endpoint = a.endpoint
+        # one side starts the handshake (two crossing initiations would cancel each other's
+        # state and leave the tunnel to the 5 s retry): the lower identity key
+        if p is not None and initiate is not None and self.identity_key < a.identity_key:
+            if hasattr(p, "last_initiation_sent"):
+                # a handshake sent into the closed NAT before the punch does not count
+                # against the one-per-REKEY_TIMEOUT limit: the path is new
+                p.last_initiation_sent = float("-inf")
+            out += initiate(now, wall, p)
+        return out
 
     def start_stun(self, stun: Any, now: float) -> list[Action]:
         """Begin public-endpoint discovery with a nat.stun_client.StunClient."""
@@ -511,7 +599,14 @@ class MeshNode:
             prev = desired.get(m.wg_key)
             if prev is not None and prev.identity_key < m.identity_key:
                 continue
-            desired[m.wg_key] = PeerConfig(m.wg_key, m.identity_key, m.wg_endpoint,
+            endpoint = m.wg_endpoint
+            punched = self.punched.get(m.wg_key)
+            if punched is not None:
+                if punched[0] == m.wg_endpoint:
+                    endpoint = punched[1]
+                else:  # the member moved: its new record wins
+                    del self.punched[m.wg_key]
+            desired[m.wg_key] = PeerConfig(m.wg_key, m.identity_key, endpoint,
                                            tuple(nets), self.keepalive)
         return desired, v4.get(self.identity_key)
 

@@ -15,6 +15,7 @@ the two kinds interoperate.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,8 @@ def view_of(rec: NodeRecord, state: str) -> MemberView:
         certificate=rec.certificate,
         state=state,
         incarnation=rec.incarnation,
+        nat_type=rec.nat_type & NAT_TYPE_MASK,
+        endpoints=tuple(rec.endpoints),
     )
 
 
@@ -95,8 +98,7 @@ class SwimPort:
         for k, v in self._views.items():
             st = self.core.state_of(k)
             if st is not None and st != v.state and v.state not in ("dead", "left"):
-                v = MemberView(v.identity_key, v.wg_key, v.wg_endpoint, v.gossip_endpoint,
-                               v.certificate, st, v.incarnation)
+                v = dataclasses.replace(v, state=st)
                 self._views[k] = v
             out.append(v)
         return out
@@ -146,10 +148,11 @@ class SwimPort:
         endpoint derived from it (port - 1) is right only behind a port-preserving NAT."""
         current = list(self.core.record.endpoints)
         split = self.core.record.nat_type & NAT_SPLIT_PORT
-        if current and current[0] == endpoint:
+        nat = split | (nat_type & NAT_TYPE_MASK)
+        if current and current[0] == endpoint and self.core.record.nat_type == nat:
             return False
         eps = [endpoint, *[e for e in current if e != endpoint]][:4]
-        self.core.update_self(now, endpoints=eps, nat_type=split | (nat_type & NAT_TYPE_MASK))
+        self.core.update_self(now, endpoints=eps, nat_type=nat)
         return True
 
     def counters(self) -> dict[str, int]:

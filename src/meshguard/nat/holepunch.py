@@ -1,0 +1,318 @@
+"""Sans-IO rendezvous-mediated UDP hole punching between two members behind cone NATs.
+
+When this node has had no WireGuard handshake with a member for `stall` seconds, both sides are
+behind a NAT (this node learned a STUN mapping that is not its local address, the member does
+not advertise PUBLIC) and a PUBLIC member is alive, this node (A) asks that rendezvous R to tell
+the member (B):
+
+    A --HolepunchRequest(stage 0, A's endpoints)--> R --same bytes--> B
+    B --HolepunchResponse(stage 0, B's endpoints)--> R --same bytes--> A
+    A <==probes (0x33 stage 1) / answers (0x34 stage 1)==> B   to every advertised endpoint,
+                                                              every `probe_interval` seconds
+
+B starts probing as soon as it has the request, A as soon as it has the response, so both
+NATs open their mappings toward each other at about the same time. A probe or answer that
+arrives proves the path (it came through both NATs): the source it came from (which may be a
+port the peer never advertised: a peer-reflexive candidate) is reported as `PunchSucceeded`,
+and the mesh layer points the WireGuard peer there and starts a handshake. A session that has
+not succeeded after `timeout` seconds is `PunchFailed`, and the member is tried again after a
+backoff (doubling from `retry_after`). At most `max_sessions` sessions run at once. When both
+sides ask at the same time, the session of the lower identity key goes on.
+
+Authentication: every message is signed by its origin's identity key (Ed25519) over a context
+string, the origin must be a current member, the target must be this node (or, at a
+rendezvous, a member it forwards to), the signed wall-clock time must be within `max_skew`, and
+rendezvous messages are accepted once (session id cache). A rendezvous checks the signature
+before forwarding, forwards only stage-0 messages between two members, and rate-limits each
+origin, so it is no open reflector. Probes draw at most one answer each, to the probe's
+source, of the same size (no amplification).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshguard.crypto.keys import Ed25519PrivateKey, ed25519_verify
+from meshguard.errors import WireFormatError
+from meshguard.rng import Rng
+from meshguard.wire import holepunch as wire
+from meshguard.wire.holepunch import (
+    HOLEPUNCH_REQUEST,
+    HOLEPUNCH_RESPONSE,
+    STAGE_PROBE,
+    STAGE_RENDEZVOUS,
+    PunchMessage,
+)
+
+Endpoint = tuple[str, int]
+
+NAT_PUBLIC = 1  # nat.stun_client.NatType.PUBLIC
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """One member as the hole puncher sees it (built by the mesh layer each call)."""
+
+    identity_key: bytes
+    wg_key: bytes | None
+    gossip_endpoint: Endpoint | None
+    endpoints: tuple[Endpoint, ...]
+    nat_type: int  # low 7 bits of the record's nat_type
+    alive: bool
+    connected: bool  # a recent WireGuard handshake with it
+
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class PunchSucceeded:
+    identity_key: bytes
+    endpoint: Endpoint
+    rtt: float | None  # request -> first proof, on the initiating side
+
+
+@dataclass(frozen=True)
+class PunchFailed:
+    identity_key: bytes
+
+
+Action = Send | PunchSucceeded | PunchFailed
+
+
+@dataclass
+class _Session:
+    peer: bytes
+    session: int
+    initiator: bool
+    started: float
+    candidates: tuple[Endpoint, ...] = ()
+    punching: bool = False
+    next_probe: float = 0.0
+    rendezvous: Endpoint | None = None
+
+
+@dataclass
+class HolePuncher:
+    identity: Ed25519PrivateKey
+    rng: Rng
+    stall: float = 4.0
+    timeout: float = 5.0
+    probe_interval: float = 0.2
+    retry_after: float = 10.0
+    max_retry: float = 120.0
+    max_sessions: int = 4
+    max_skew: float = 120.0
+    forward_rate: float = 20.0  # stage-0 messages per second forwarded per origin (burst)
+    counters: Counter[str] = field(default_factory=Counter)
+    self_endpoints: tuple[Endpoint, ...] = ()
+    behind_nat: bool = False
+    _key: bytes = b""
+    _stalled_since: dict[bytes, float] = field(default_factory=dict)
+    _next_try: dict[bytes, float] = field(default_factory=dict)
+    _backoff: dict[bytes, float] = field(default_factory=dict)
+    _sessions: dict[bytes, _Session] = field(default_factory=dict)
+    _seen: dict[tuple[bytes, int, int], float] = field(default_factory=dict)
+    _buckets: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._key = self.identity.public_key.raw
+
+    # configuration -----------------------------------------------------------------------
+
+    def set_self(self, endpoints: Iterable[Endpoint], behind_nat: bool) -> None:
+        """Our advertised endpoints (STUN mapping first) and whether we are behind a NAT."""
+        self.self_endpoints = tuple(endpoints)[:wire.MAX_ENDPOINTS]
+        self.behind_nat = behind_nat
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    # timers ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        ds: list[float] = []
+        for s in self._sessions.values():
+            ds.append(s.started + self.timeout)
+            if s.punching:
+                ds.append(s.next_probe)
+        ds += [t + self.stall for t in self._stalled_since.values()]
+        return min(ds) if ds else None
+
+    def tick(self, now: float, wall: float, peers: Mapping[bytes, PeerInfo]) -> list[Action]:
+        out: list[Action] = []
+        # forget what is gone or connected
+        for k in list(self._stalled_since):
+            p = peers.get(k)
+            if p is None or p.connected or not p.alive:
+                del self._stalled_since[k]
+                if p is not None and p.connected:
+                    self._backoff.pop(k, None)
+                    self._next_try.pop(k, None)
+        for k, s in list(self._sessions.items()):
+            p = peers.get(k)
+            if p is None or not p.alive:
+                del self._sessions[k]
+            elif now >= s.started + self.timeout:
+                del self._sessions[k]
+                self.counters["punch_failed"] += 1
+                b = min(self._backoff.get(k, self.retry_after / 2) * 2, self.max_retry)
+                self._backoff[k] = b
+                self._next_try[k] = now + b
+                out.append(PunchFailed(k))
+            elif s.punching and now >= s.next_probe:
+                s.next_probe = now + self.probe_interval
+                out += self._probes(s, wall)
+        for seen in [x for x, t in self._seen.items() if t < now]:
+            del self._seen[seen]
+        if not self.behind_nat or not self.self_endpoints:
+            return out
+        rendezvous = sorted((p for p in peers.values()
+                             if p.alive and p.nat_type == NAT_PUBLIC
+                             and p.gossip_endpoint is not None), key=lambda p: p.identity_key)
+        for k, p in peers.items():
+            if (k == self._key or p.connected or not p.alive or p.wg_key is None
+                    or p.nat_type == NAT_PUBLIC or not p.endpoints):
+                continue
+            since = self._stalled_since.setdefault(k, now)
+            if (now < since + self.stall or k in self._sessions
+                    or now < self._next_try.get(k, 0.0)
+                    or len(self._sessions) >= self.max_sessions):
+                continue
+            rs = [r for r in rendezvous if r.identity_key not in (k, self._key)]
+            if not rs:
+                self.counters["punch_no_rendezvous"] += 1
+                self._next_try[k] = now + self.retry_after
+                continue
+            r = rs[self.rng.randrange(len(rs))]
+            assert r.gossip_endpoint is not None
+            sid = int.from_bytes(self.rng.bytes(8), "little")
+            s = _Session(k, sid, True, now, rendezvous=r.gossip_endpoint)
+            self._sessions[k] = s
+            self.counters["punch_requests_sent"] += 1
+            out.append(Send(self._sign(HOLEPUNCH_REQUEST, STAGE_RENDEZVOUS, k, sid, wall,
+                                       self.self_endpoints), r.gossip_endpoint))
+        return out
+
+    # datagrams ---------------------------------------------------------------------------
+
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint,
+                peers: Mapping[bytes, PeerInfo]) -> list[Action]:
+        try:
+            m = wire.decode(data)
+        except WireFormatError:
+            self.counters["punch_garbage"] += 1
+            return []
+        origin = peers.get(m.origin)
+        if origin is None or not origin.alive or m.origin == self._key:
+            self.counters["punch_unknown_origin"] += 1
+            return []
+        if m.target != self._key:
+            return self._forward(now, data, m, peers)
+        if abs(m.wall_ms / 1000.0 - wall) > self.max_skew:
+            self.counters["punch_stale"] += 1
+            return []
+        if not self._verify(m):
+            return []
+        if m.stage == STAGE_RENDEZVOUS:
+            seen = (m.origin, m.session, m.type)
+            if seen in self._seen:
+                self.counters["punch_replayed"] += 1
+                return []
+            self._seen[seen] = now + 2 * self.max_skew
+            if m.type == HOLEPUNCH_REQUEST:
+                return self._on_request(now, wall, m, src)
+            return self._on_response(now, wall, m)
+        s = self._sessions.get(m.origin)
+        out: list[Action] = []
+        if m.type == HOLEPUNCH_REQUEST:  # a probe: answer it where it came from
+            self.counters["punch_probes_answered"] += 1
+            out.append(Send(self._sign(HOLEPUNCH_RESPONSE, STAGE_PROBE, m.origin, m.session,
+                                       wall, ()), src))
+        if s is not None and s.session == m.session:
+            del self._sessions[m.origin]
+            self._backoff.pop(m.origin, None)
+            # give the WireGuard handshake time before another punch
+            self._next_try[m.origin] = now + self.retry_after
+            self._stalled_since.pop(m.origin, None)
+            self.counters["punch_succeeded"] += 1
+            out.append(PunchSucceeded(m.origin, src, now - s.started if s.initiator else None))
+        return out
+
+    def _on_request(self, now: float, wall: float, m: PunchMessage, src: Endpoint
+                    ) -> list[Action]:
+        self.counters["punch_requests_received"] += 1
+        mine = self._sessions.get(m.origin)
+        if mine is not None and mine.initiator and self._key < m.origin:
+            # both asked at once: the lower key's session goes on, the peer answers ours
+            self.counters["punch_crossed"] += 1
+            return []
+        if len(self._sessions) >= self.max_sessions and m.origin not in self._sessions:
+            self.counters["punch_busy"] += 1
+            return []
+        s = _Session(m.origin, m.session, False, now, m.endpoints, True, now, src)
+        self._sessions[m.origin] = s
+        out: list[Action] = [Send(self._sign(HOLEPUNCH_RESPONSE, STAGE_RENDEZVOUS, m.origin,
+                                             m.session, wall, self.self_endpoints), src)]
+        s.next_probe = now + self.probe_interval
+        return out + self._probes(s, wall)
+
+    def _on_response(self, now: float, wall: float, m: PunchMessage) -> list[Action]:
+        s = self._sessions.get(m.origin)
+        if s is None or not s.initiator or s.session != m.session or s.punching:
+            self.counters["punch_unexpected_response"] += 1
+            return []
+        self.counters["punch_responses_received"] += 1
+        s.candidates = m.endpoints
+        s.punching = True
+        s.next_probe = now + self.probe_interval
+        return list(self._probes(s, wall))
+
+    def _forward(self, now: float, data: bytes, m: PunchMessage,
+                 peers: Mapping[bytes, PeerInfo]) -> list[Action]:
+        target = peers.get(m.target)
+        if (m.stage != STAGE_RENDEZVOUS or target is None or not target.alive
+                or target.gossip_endpoint is None):
+            self.counters["punch_not_forwarded"] += 1
+            return []
+        level, last = self._buckets.get(m.origin, (self.forward_rate, now))
+        level = min(self.forward_rate, level + (now - last) * self.forward_rate)
+        if level < 1.0:
+            self.counters["punch_rate_limited"] += 1
+            self._buckets[m.origin] = (level, now)
+            return []
+        if not self._verify(m):
+            return []
+        self._buckets[m.origin] = (level - 1.0, now)
+        if len(self._buckets) > 4096:
+            self._buckets.clear()
+        self.counters["punch_forwarded"] += 1
+        return [Send(data, target.gossip_endpoint)]
+
+    # helpers -----------------------------------------------------------------------------
+
+    def _probes(self, s: _Session, wall: float) -> list[Action]:
+        if not s.candidates:
+            return []
+        msg = self._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, s.peer, s.session, wall, ())
+        self.counters["punch_probes_sent"] += len(s.candidates)
+        return [Send(msg, ep) for ep in s.candidates]
+
+    def _sign(self, t: int, stage: int, target: bytes, session: int, wall: float,
+              eps: tuple[Endpoint, ...]) -> bytes:
+        m = PunchMessage(t, stage, self._key, target, session, max(0, int(wall * 1000)), eps)
+        body = wire.signed_part(m)
+        return body + self.identity.sign(wire.SIGN_CONTEXT + body)
+
+    def _verify(self, m: PunchMessage) -> bool:
+        body = wire.signed_part(m)
+        if not ed25519_verify(m.origin, m.signature, wire.SIGN_CONTEXT + body):
+            self.counters["punch_bad_signature"] += 1
+            return False
+        return True

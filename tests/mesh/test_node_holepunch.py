@@ -1,0 +1,145 @@
+"""MeshNode with a HolePuncher: stalled peers trigger a rendezvous request, a proven path
+becomes the WireGuard peer's endpoint and starts a handshake at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from meshguard.crypto.keys import Ed25519PrivateKey
+from meshguard.crypto.keys import X25519PublicKey as _X
+from meshguard.mesh.node import MemberView, MeshNode
+from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchSucceeded, Send
+from meshguard.testing.rng import SeededRng
+from meshguard.wire.holepunch import HOLEPUNCH_REQUEST, STAGE_PROBE, decode
+from meshguard.wireguard.actions import SendDatagram
+
+from .test_node import FakeBackend, FakeMembership, FakeTrust
+
+WALL = 1_700_000_000.0
+NODE_EP = ("203.0.113.21", 51821)
+B_EP = ("203.0.113.22", 51821)
+R_EP = ("203.0.113.10", 51821)
+
+
+@dataclass
+class HsPeer:
+    endpoint: tuple[str, int] | None = None
+
+
+@dataclass
+class HsDevice:
+    peers: dict[Any, HsPeer] = field(default_factory=dict)
+    initiated: list[tuple[str, int] | None] = field(default_factory=list)
+
+    def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
+                         ) -> list[Any]:
+        return []
+
+    def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]:
+        return []
+
+    def tick(self, now: float, wall: float) -> list[Any]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def peer(self, pub: Any) -> HsPeer:
+        return self.peers.setdefault(pub.raw, HsPeer())
+
+    def initiate_handshake(self, now: float, wall: float, peer: HsPeer) -> list[Any]:
+        self.initiated.append(peer.endpoint)
+        return [SendDatagram(b"\x01\x00\x00\x00init", peer.endpoint or ("0.0.0.0", 0))]
+
+
+def setup() -> tuple[MeshNode, FakeMembership, FakeBackend, HsDevice, Ed25519PrivateKey,
+                     MemberView]:
+    me = Ed25519PrivateKey(b"\x21" * 32)
+    bkey = Ed25519PrivateKey(b"\x22" * 32)
+    rkey = Ed25519PrivateKey(b"\x23" * 32)
+    ms, tr, be, dev = FakeMembership(), FakeTrust(), FakeBackend(), HsDevice()
+    node = MeshNode(me.public_key.raw, b"\x31" * 32, ms, tr, device=dev, backend=be,
+                    holepunch=HolePuncher(me, SeededRng(1)))
+    assert node.holepunch is not None
+    node.holepunch.set_self((NODE_EP,), behind_nat=True)
+    b = MemberView(bkey.public_key.raw, b"\x32" * 32, B_EP, B_EP, None, "alive", 1, 2, (B_EP,))
+    r = MemberView(rkey.public_key.raw, b"\x33" * 32, R_EP, R_EP, None, "alive", 1, 1, (R_EP,))
+    for m in (b, r):
+        tr.keys.add(m.identity_key)
+        ms.view[m.identity_key] = m
+    node.reconcile(WALL)
+    return node, ms, be, dev, bkey, b
+
+
+def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
+    node, ms, be, dev, bkey, b = setup()
+    assert not [a for a in node.tick(0.0, WALL) if isinstance(a, SendDatagram)
+                and a.data[0] == HOLEPUNCH_REQUEST]
+    assert node.next_deadline() is not None and node.next_deadline() <= 4.0  # type: ignore[operator]
+    out = node.tick(4.5, WALL + 4.5)
+    reqs = [a for a in out if isinstance(a, SendDatagram) and a.data[0] == HOLEPUNCH_REQUEST]
+    assert [a.endpoint for a in reqs] == [R_EP]  # to the public member only
+    req = decode(reqs[0].data)
+    assert req.target == bkey.public_key.raw and req.endpoints == (NODE_EP,)
+    # B (its own puncher) gets the request through R, answers and probes our endpoint
+    bhp = HolePuncher(bkey, SeededRng(2))
+    bhp.set_self((B_EP,), behind_nat=True)
+    view = {node.identity_key: PeerInfo(node.identity_key, node.wg_key, NODE_EP, (NODE_EP,),
+                                        2, True, False)}
+    bout = bhp.receive(4.6, WALL + 4.6, reqs[0].data, R_EP, view)
+    probes = [a for a in bout if isinstance(a, Send) and a.endpoint == NODE_EP]
+    assert len(probes) == 1 and decode(probes[0].data).stage == STAGE_PROBE
+    # the probe arrives from a port B never advertised (peer-reflexive)
+    seen_from = ("203.0.113.22", 40007)
+    got = node.receive_datagram(4.7, WALL + 4.7, probes[0].data, seen_from)
+    answers = [a for a in got if isinstance(a, SendDatagram) and a.endpoint == seen_from]
+    assert be.peers[b.wg_key].endpoint == seen_from
+    assert node.punched[b.wg_key] == (B_EP, seen_from)
+    assert dev.peer(_X(b.wg_key)).endpoint == seen_from
+    if node.identity_key < b.identity_key:  # the lower key starts the handshake
+        assert len(answers) == 2  # the probe answer and a WireGuard handshake initiation
+        assert dev.initiated == [seen_from]
+    else:
+        assert len(answers) == 1 and dev.initiated == []
+    assert node.holepunch is not None and node.holepunch.counters["punch_succeeded"] == 1
+    # the answer proves the path to B too
+    bres = bhp.receive(4.8, WALL + 4.8, answers[0].data, NODE_EP, view)
+    assert [x.endpoint for x in bres if isinstance(x, PunchSucceeded)] == [NODE_EP]
+    # B moves (a new signed record): its new endpoint wins over the punched one
+    moved = ("203.0.113.99", 1000)
+    ms.view[b.identity_key] = replace(b, wg_endpoint=moved, gossip_endpoint=moved,
+                                      endpoints=(moved,), incarnation=2)
+    node.reconcile(WALL + 5)
+    assert be.peers[b.wg_key].endpoint == moved and b.wg_key not in node.punched
+
+
+def test_higher_key_side_waits_for_the_handshake() -> None:
+    node, _, _, dev, bkey, _b = setup()
+    hp = node.holepunch
+    assert hp is not None
+    # whichever side this node is, exactly one of the two would initiate
+    lower = node.identity_key < bkey.public_key.raw
+    node.tick(0.0, WALL)
+    node.tick(4.5, WALL + 4.5)
+    sess = next(iter(hp._sessions.values()))
+    probe = HolePuncher(bkey, SeededRng(3))._sign(HOLEPUNCH_REQUEST, STAGE_PROBE,
+                                                   node.identity_key, sess.session, WALL + 4.6, ())
+    node.receive_datagram(4.6, WALL + 4.6, probe, B_EP)
+    assert bool(dev.initiated) is lower
+
+
+def test_connected_peers_are_left_alone() -> None:
+    node, _, be, _, _, _b = setup()
+    be.stats = lambda k: (WALL, 1, 1, B_EP)  # type: ignore[method-assign]
+    for t in (0.0, 4.5, 9.0):
+        out = node.tick(t, WALL + t)
+        assert not [a for a in out if isinstance(a, SendDatagram)
+                    and a.data[0] == HOLEPUNCH_REQUEST]
+
+
+def test_holepunch_messages_without_puncher_are_garbage() -> None:
+    node, _, _, _, _, _ = setup()
+    node.holepunch = None
+    assert node.receive_datagram(0.0, WALL, b"\x33MG\x01\x00" + b"\x00" * 200, B_EP) == []
+    assert node.counters["garbage_dropped"] == 1
