@@ -42,7 +42,7 @@ PUB = "203.0.113.10"
 
 NAT_RULES = """
 table ip nat {
-  chain post { type nat hook postrouting priority srcnat; oifname "wan" masquerade; }
+  chain post { type nat hook postrouting priority srcnat; oifname "wan" MASQ; }
 }
 table ip filter {
   chain in { type filter hook input priority 0; policy drop;
@@ -86,7 +86,8 @@ class NatLan(MeshLan):
         node.ip = ip
         return node
 
-    def add_behind_nat(self, name: str, wan_ip: str, lan: str) -> Node:
+    def add_behind_nat(self, name: str, wan_ip: str, lan: str, masq: str = "masquerade"
+                       ) -> Node:
         router = self._stack.enter_context(Namespace.create(f"mgr{name}"))
         self._on_hub(router, wan_ip)
         node = self._new_node(name)
@@ -95,7 +96,7 @@ class NatLan(MeshLan):
         router.link_up("lan")
         router.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
                     "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
-        router.run(["nft", "-f", "-"], input=NAT_RULES)
+        router.run(["nft", "-f", "-"], input=NAT_RULES.replace("MASQ", masq))
         node.ns.add_address("eth0", f"{lan}.2/24")
         node.ns.link_up("eth0")
         node.ns.run(["ip", "route", "add", "default", "via", f"{lan}.1"])
@@ -103,30 +104,35 @@ class NatLan(MeshLan):
         return node
 
 
+def start_mesh(lan: NatLan, tmp_path: Path, masq: str) -> tuple[Node, Node, Node]:
+    s = lan.add_public("s", PUB)
+    a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", masq)
+    b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", masq)
+    for x in (s, a, b):
+        for y in (s, a, b):
+            if x is not y:
+                x.trust(y)
+    s.ns.popen(["turnserver", "-n", "--stun-only", "-L", PUB, "-p", "3478", "--no-cli",
+                "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log",
+                "--pidfile", str(tmp_path / "turn.pid")])
+    stun = ["--stun", f"{PUB}:3478"]
+    s.up(None, *stun)
+    a.up([s], *stun)
+    b.up([s], *stun)
+    lan.wait(lambda: a.tunnel_to(b) and b.tunnel_to(a), "tunnels configured", 30)
+
+    def handshake() -> bool:
+        ma, mb = a.member(b), b.member(a)
+        return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"])
+
+    lan.wait(handshake, "a handshake between A and B", 40)
+    return s, a, b
+
+
 @pytest.mark.timeout(90)
 def test_two_cone_nats_punch_a_direct_tunnel(tmp_path: Path) -> None:
     with NatLan(tmp_path) as lan:
-        s = lan.add_public("s", PUB)
-        a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10")
-        b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20")
-        for x in (s, a, b):
-            for y in (s, a, b):
-                if x is not y:
-                    x.trust(y)
-        s.ns.popen(["turnserver", "-n", "--stun-only", "-L", PUB, "-p", "3478", "--no-cli",
-                    "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log",
-                    "--pidfile", str(tmp_path / "turn.pid")])
-        stun = ["--stun", f"{PUB}:3478"]
-        s.up(None, *stun)
-        a.up([s], *stun)
-        b.up([s], *stun)
-        lan.wait(lambda: a.tunnel_to(b) and b.tunnel_to(a), "tunnels configured", 30)
-
-        def punched() -> bool:
-            ma, mb = a.member(b), b.member(a)
-            return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"])
-
-        lan.wait(punched, "a handshake between A and B", 40)
+        s, a, b = start_mesh(lan, tmp_path, "masquerade")
         assert a.ping(b, count=2) and b.ping(a, count=2), lan.logs()
         ma, mb = a.member(b), b.member(a)
         assert ma is not None and mb is not None
@@ -138,3 +144,19 @@ def test_two_cone_nats_punch_a_direct_tunnel(tmp_path: Path) -> None:
         assert ca.get("punch_succeeded", 0) + cb.get("punch_succeeded", 0) >= 1, (ca, cb)
         assert cs.get("punch_forwarded", 0) >= 2, cs
         assert cs.get("punch_requests_sent", 0) == 0  # the public seed never needs to ask
+
+
+@pytest.mark.timeout(90)
+def test_two_symmetric_nats_relay_through_the_public_member(tmp_path: Path) -> None:
+    with NatLan(tmp_path) as lan:
+        s, a, b = start_mesh(lan, tmp_path, "masquerade random")
+        assert a.ping(b, count=2) and b.ping(a, count=2), lan.logs()
+        ma, mb = a.member(b), b.member(a)
+        assert ma is not None and mb is not None
+        assert ma["path"] == "relayed" and mb["path"] == "relayed", (ma, mb)
+        assert ma["endpoint"] == f"{PUB}:51821" and mb["endpoint"] == f"{PUB}:51821"
+        ca, cb, cs = (x.status()["counters"] for x in (a, b, s))
+        assert ca.get("punch_failed", 0) + cb.get("punch_failed", 0) >= 1, (ca, cb)
+        assert ca.get("relay_rtt_samples", 0) >= 1 and cb.get("relay_rtt_samples", 0) >= 1
+        assert cs.get("relay_forwarded", 0) >= 4, cs  # handshake both ways + pings
+        assert ca.get("relay_bad_mac", 0) == cb.get("relay_bad_mac", 0) == 0

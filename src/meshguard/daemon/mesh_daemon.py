@@ -60,6 +60,7 @@ from meshguard.mesh.node import (
     MeshNode,
     PeerDown,
     PeerUp,
+    ReflexiveEndpoint,
     RevocationLearned,
     SelfAddressChanged,
     StunResult,
@@ -195,6 +196,9 @@ def route_source(dest: str) -> str | None:
             return None
 
 
+RELAY_HOST = "0.0.0.0"  # nat.relay.RELAY_HOST: placeholder endpoints of relayed peers
+
+
 class EngineDevice:
     """What the data-plane engine sees as its WireGuard device: the real Device for the batched
     fast path (route, prepare_send_peer, keypair_for_receive, note_*), the MeshNode for the slow
@@ -218,6 +222,13 @@ class EngineDevice:
 
     def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]:
         return self._node.send_packet(now, wall, ip_packet)
+
+    def prepare_send_peer(self, now: float, peer: Any) -> Any:
+        # a relayed peer's datagrams must be wrapped (RelayData) by the node: slow path
+        ep = peer.endpoint
+        if ep is not None and ep[0] == RELAY_HOST:
+            return None
+        return self._device.prepare_send_peer(now, peer)
 
     def tick(self, now: float, wall: float) -> list[Any]:
         return self._node.tick(now, wall)
@@ -381,8 +392,10 @@ class MeshDaemon:
         if device is not None and not split:
             # WireGuard and gossip share one port, so a punched gossip path is the tunnel's
             from meshguard.nat.holepunch import HolePuncher
+            from meshguard.nat.relay import Relay
 
             self.node.holepunch = HolePuncher(self.identity, self.rng)
+            self.node.relay = Relay(self.identity.public_key.raw, self.wg_private)
         self._load_org_items()
         if cfg.dns:
             await self._start_dns(stack)
@@ -620,6 +633,8 @@ class MeshDaemon:
                 self._readdress(a)
             elif isinstance(a, StunResult):
                 self._on_stun(a)
+            elif isinstance(a, ReflexiveEndpoint):
+                self._on_reflexive(a)
             elif isinstance(a, Joined):
                 self._ready("joined the mesh")
             elif isinstance(a, RevocationLearned):
@@ -647,6 +662,21 @@ class MeshDaemon:
         if hp is not None:
             hp.set_self(self._membership.core.record.endpoints,
                         behind_nat=res.nat_type != NatType.PUBLIC)
+        rl = self.node.relay if self.node is not None else None
+        if rl is not None:
+            rl.behind_nat = res.nat_type != NatType.PUBLIC
+
+    def _on_reflexive(self, a: ReflexiveEndpoint) -> None:
+        from meshguard.nat.stun_client import NatType
+
+        node = self.node
+        if node is None or node.holepunch is None:
+            return
+        if self._membership.set_public_endpoint(self.clock.monotonic(), a.endpoint,
+                                                NatType.SYMMETRIC):
+            log.info("NAT maps per destination (symmetric): advertising %s, the address "
+                     "public member %s sees", format_endpoint(a.endpoint), a.relay.hex()[:12])
+        node.holepunch.set_self(self._membership.core.record.endpoints, behind_nat=True)
 
     def _readdress(self, change: SelfAddressChanged) -> None:
         import subprocess
@@ -791,11 +821,15 @@ class MeshDaemon:
             ipv6 = str(mesh_ipv6(m.identity_key))
             tunnel = m.wg_key is not None and m.wg_key in peers
             hs, rx, tx, ep = (0.0, 0, 0, None)
+            path = "direct"
             if tunnel and m.wg_key is not None:
                 if kernel_stats is not None:
                     hs, rx, tx, ep = kernel_stats.get(m.wg_key, (0.0, 0, 0, None))
                 elif node.backend is not None:
                     hs, rx, tx, ep = node.backend.stats(m.wg_key)
+                    path, via = node.path_of(m.wg_key)
+                    if path == "relayed":
+                        ep = via
             members.append(MemberStatus(
                 name=adm.name,
                 identity_key=b64(m.identity_key),
@@ -809,7 +843,7 @@ class MeshDaemon:
                 last_handshake=hs or None,
                 rx_bytes=rx,
                 tx_bytes=tx,
-                path="direct",
+                path=path,
                 dns_names=tuple(sorted(names.get(ipv6, ()))),
             ))
         members.sort(key=lambda s: (s.name or "~", s.identity_key))
@@ -825,6 +859,8 @@ class MeshDaemon:
         counters.update(self._membership.counters())
         if node.holepunch is not None:
             counters.update({k: int(v) for k, v in node.holepunch.counters.items()})
+        if node.relay is not None:
+            counters.update({k: int(v) for k, v in node.relay.counters.items()})
         return StatusReport(
             interface=self.cfg.interface,
             mode="kernel" if self.cfg.kernel else "userspace",

@@ -58,8 +58,10 @@ from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.org_gossip import OrgGossip
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.holepunch import Send as PunchSend
+from meshguard.nat.relay import Relay, RelayPeer
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
+from meshguard.wire.relay import RELAY_DATA
 from meshguard.wireguard.actions import Action as DeviceAction
 from meshguard.wireguard.actions import SendDatagram
 
@@ -137,6 +139,15 @@ class SelfAddressChanged:
 
 
 @dataclass(frozen=True)
+class ReflexiveEndpoint:
+    """A public member (relay) sees us at `endpoint`, which differs from our STUN mapping:
+    the NAT maps per destination (symmetric), so advertise this one (the shell's job)."""
+
+    endpoint: Endpoint
+    relay: bytes
+
+
+@dataclass(frozen=True)
 class RevocationLearned:
     """A valid org-signed certificate revocation arrived: persist it (the shell's job)."""
 
@@ -151,7 +162,7 @@ class AliasLearned:
 # SendDatagram / WriteTun are the WireGuard device's own action types, so the data-plane engine
 # executes the node's actions exactly like the device's (the node is the engine's "device").
 Action = (DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
-          | RevocationLearned | AliasLearned)
+          | RevocationLearned | AliasLearned | ReflexiveEndpoint)
 
 
 # ports ---------------------------------------------------------------------------------
@@ -266,6 +277,7 @@ class MeshNode:
     _org_seen: int = -1
     _punch_scan: float = float("-inf")
     holepunch: HolePuncher | None = None  # userspace mode behind a NAT (nat/holepunch.py)
+    relay: Relay | None = None  # relaying through a public member (nat/relay.py)
     # WireGuard key -> (the record's endpoint when punched, the endpoint that worked)
     punched: dict[bytes, tuple[Endpoint | None, Endpoint]] = field(default_factory=dict)
 
@@ -292,6 +304,9 @@ class MeshNode:
                 return []
             return self._punch_actions(
                 hp.receive(now, wall, bytes(data), src, self._punch_view(wall)), now, wall)
+        if kind is Kind.GOSSIP and data[0] == RELAY_DATA:
+            self.counters["relaydata_rx"] += 1
+            return self._receive_relay(now, wall, bytes(data), src)
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
             return self._receive_org(bytes(data), wall)
@@ -329,6 +344,12 @@ class MeshNode:
             if due is None or now >= due or now >= self._punch_scan:
                 self._punch_scan = now + 1.0
                 out += self._punch_actions(hp.tick(now, wall, self._punch_view(wall)), now, wall)
+        rl = self.relay
+        if rl is not None:
+            due = rl.next_deadline()
+            if due is not None and now >= due:
+                out += [SendDatagram(x.data, x.endpoint)
+                        for x in rl.tick(now, self._relay_view(wall))]
         org = self.org
         if org is not None and (org.revocations or org.aliases):
             # only when a push is due or the members changed (new ones get everything)
@@ -351,6 +372,7 @@ class MeshNode:
                           self.device.next_deadline() if self.device else None,
                           self.org.next_deadline() if self.org else None,
                           self._punch_deadline(),
+                          self.relay.next_deadline() if self.relay else None,
                           self._last_recheck + TRUST_RECHECK) if d is not None]
         return min(ds) if ds else None
 
@@ -387,7 +409,34 @@ class MeshNode:
             elif isinstance(a, PunchSucceeded):
                 out += self._punch_succeeded(a, now, wall)
             elif isinstance(a, PunchFailed):
-                log.info("hole punch to %s failed", a.identity_key.hex()[:12])
+                out += self._punch_failed(a, now, wall)
+        return out
+
+    def _punch_failed(self, a: PunchFailed, now: float, wall: float) -> list[Action]:
+        rl = self.relay
+        if rl is None or a.identity_key in rl.via:
+            log.info("hole punch to %s failed", a.identity_key.hex()[:12])
+            return []
+        view = self._relay_view(wall)
+        if not rl.start(a.identity_key, view):
+            log.info("hole punch to %s failed; no relay has answered yet",
+                     a.identity_key.hex()[:12])
+            return []
+        log.info("hole punch to %s failed: relaying through %s at %s",
+                 a.identity_key.hex()[:12], rl.via[a.identity_key].hex()[:12],
+                 rl.relay_endpoint(a.identity_key, view))
+        out: list[Action] = list(self.reconcile(wall))
+        member = next((m for m in self.membership.members()
+                       if m.identity_key == a.identity_key), None)
+        dev = self.device
+        peer_of = getattr(dev, "peer", None)
+        initiate = getattr(dev, "initiate_handshake", None)
+        if member is not None and member.wg_key is not None and peer_of is not None:
+            p = peer_of(X25519PublicKey(member.wg_key))
+            if p is not None and initiate is not None and self.identity_key < a.identity_key:
+                if hasattr(p, "last_initiation_sent"):
+                    p.last_initiation_sent = float("-inf")
+                out += self._from_device(initiate(now, wall, p))
         return out
 
     def _punch_succeeded(self, a: PunchSucceeded, now: float, wall: float) -> list[Action]:
@@ -399,6 +448,8 @@ class MeshNode:
                  f"{a.endpoint[0]}:{a.endpoint[1]}",
                  "" if a.rtt is None else f" ({a.rtt * 1000:.0f} ms after the request)")
         self.punched[member.wg_key] = (member.wg_endpoint, a.endpoint)
+        if self.relay is not None:
+            self.relay.stop(a.identity_key)
         out: list[Action] = list(self.reconcile(wall))
         dev = self.device
         peer_of = getattr(dev, "peer", None)
@@ -499,7 +550,67 @@ class MeshNode:
         return out
 
     def _from_device(self, actions: list[Any]) -> list[Action]:
-        return actions
+        rl = self.relay
+        if rl is None or not rl.via:
+            return actions
+        view: dict[bytes, RelayPeer] | None = None
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, SendDatagram) and rl.is_placeholder(a.endpoint):
+                if view is None:
+                    view = self._relay_view(None)
+                w = rl.wrap(a.endpoint, a.data, view)
+                if w is not None:
+                    out.append(SendDatagram(w.data, w.endpoint))
+            else:
+                out.append(a)
+        return out
+
+    # relay -------------------------------------------------------------------------------
+
+    def _relay_view(self, wall: float | None) -> dict[bytes, RelayPeer]:
+        out: dict[bytes, RelayPeer] = {}
+        for m in self.membership.members():
+            if m.identity_key == self.identity_key:
+                continue
+            alive = m.state in ROUTED_STATES and (
+                wall is None or self.admission(m, wall).admitted)
+            out[m.identity_key] = RelayPeer(m.identity_key, m.wg_key, m.gossip_endpoint,
+                                            m.nat_type, alive)
+        return out
+
+    def _receive_relay(self, now: float, wall: float, data: bytes, src: Endpoint
+                       ) -> list[Action]:
+        rl = self.relay
+        if rl is None:
+            self.counters["garbage_dropped"] += 1
+            return []
+        known = set(rl.via)
+        observed = dict(rl.observed)
+        sends, delivered = rl.receive(now, data, src, self._relay_view(wall))
+        out: list[Action] = [SendDatagram(x.data, x.endpoint) for x in sends]
+        if rl.observed != observed:
+            st = self.stun
+            for relay_key, ep in rl.observed.items():
+                if observed.get(relay_key) != ep and st is not None and st.mapped is not None \
+                        and ep != st.mapped:
+                    out.append(ReflexiveEndpoint(ep, relay_key))
+        if delivered is not None and self.device is not None:
+            payload, placeholder = delivered
+            if set(rl.via) != known:
+                out += self.reconcile(wall)  # a peer now reached through the relay
+            out += self._from_device(self.device.receive_datagram(now, wall, payload,
+                                                                  placeholder))
+        return out
+
+    def path_of(self, wg_key: bytes) -> tuple[str, Endpoint | None]:
+        """("relayed", the relay's endpoint) or ("direct", None) for `status`."""
+        rl = self.relay
+        peer = self.peers.get(wg_key)
+        if rl is not None and peer is not None and rl.is_placeholder(peer.endpoint):
+            ident = peer.identity_key
+            return "relayed", rl.relay_endpoint(ident, self._relay_view(None))
+        return "direct", None
 
 
     def admission(self, m: MemberView, wall: float) -> _Cached:
@@ -600,10 +711,13 @@ class MeshNode:
             if prev is not None and prev.identity_key < m.identity_key:
                 continue
             endpoint = m.wg_endpoint
+            if self.relay is not None and m.identity_key in self.relay.via:
+                endpoint = self.relay.placeholder(m.identity_key)
             punched = self.punched.get(m.wg_key)
             if punched is not None:
                 if punched[0] == m.wg_endpoint:
-                    endpoint = punched[1]
+                    if self.relay is None or m.identity_key not in self.relay.via:
+                        endpoint = punched[1]
                 else:  # the member moved: its new record wins
                     del self.punched[m.wg_key]
             desired[m.wg_key] = PeerConfig(m.wg_key, m.identity_key, endpoint,
