@@ -1,0 +1,168 @@
+"""Relay core (nat/relay.py) and RelayData codec: registration, RTT-based relay choice,
+forwarding, authentication and limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.errors import WireFormatError
+from meshguard.nat.relay import RELAY_HOST, Relay, RelayPeer
+from meshguard.wire import relay as wire
+
+A_EP = ("203.0.113.21", 40001)
+B_EP = ("203.0.113.22", 40002)
+R_EP = ("203.0.113.10", 51821)
+R2_EP = ("203.0.113.11", 51821)
+
+
+class Member:
+    def __init__(self, seed: int, ep: tuple[str, int], nat: int) -> None:
+        self.ident = Ed25519PrivateKey(bytes([seed]) * 32).public_key.raw
+        self.wg = X25519PrivateKey(bytes([seed + 100]) * 32)
+        self.ep = ep
+        self.nat = nat
+        self.core = Relay(self.ident, self.wg)
+        self.core.behind_nat = nat != 1
+
+    def peer(self) -> RelayPeer:
+        return RelayPeer(self.ident, self.wg.public_key.raw, self.ep, self.nat, True)
+
+
+def view(me: Member, *others: Member) -> dict[bytes, RelayPeer]:
+    return {o.ident: o.peer() for o in others if o is not me}
+
+
+@pytest.fixture
+def mesh() -> tuple[Member, Member, Member, Member]:
+    return Member(1, R_EP, 1), Member(2, A_EP, 3), Member(3, B_EP, 3), Member(4, R2_EP, 1)
+
+
+def register(c: Member, relays: list[Member], now: float, rtts: dict[bytes, float],
+             seen_as: dict[bytes, tuple[str, int]], everyone: list[Member]) -> None:
+    sends = c.core.tick(now, view(c, *everyone))
+    assert {s.endpoint for s in sends} == {r.ep for r in relays}
+    for s in sends:
+        r = next(x for x in relays if x.ep == s.endpoint)
+        src = seen_as[r.ident]
+        echo, delivered = r.core.receive(now + 0.001, s.data, src, view(r, *everyone))
+        assert delivered is None and len(echo) == 1 and echo[0].endpoint == src
+        out, delivered = c.core.receive(now + rtts[r.ident], echo[0].data, r.ep,
+                                        view(c, *everyone))
+        assert out == [] and delivered is None
+
+
+def test_registration_measures_rtt_and_learns_observed_address(
+        mesh: tuple[Member, Member, Member, Member]) -> None:
+    r, a, b, r2 = mesh
+    everyone = [r, a, b, r2]
+    mapped_r, mapped_r2 = ("203.0.113.21", 5555), ("203.0.113.21", 6666)
+    register(a, [r, r2], 0.0, {r.ident: 0.030, r2.ident: 0.010},
+             {r.ident: mapped_r, r2.ident: mapped_r2}, everyone)
+    assert a.core.rtt[r.ident] == pytest.approx(0.030)
+    assert a.core.rtt[r2.ident] == pytest.approx(0.010)
+    assert a.core.observed == {r.ident: mapped_r, r2.ident: mapped_r2}
+    assert a.core.best_relay(view(a, *everyone)) == r2.ident
+    # r2 gets slow: the smoothed RTT moves toward the new samples and the choice follows
+    for i in range(1, 30):
+        register(a, [r, r2], 5.0 * i, {r.ident: 0.030, r2.ident: 0.100},
+                 {r.ident: mapped_r, r2.ident: mapped_r2}, everyone)
+    assert a.core.best_relay(view(a, *everyone)) == r.ident
+    assert a.core.counters["relay_rtt_samples"] == 60
+    # not before the interval
+    assert a.core.tick(5.0 * 29 + 1.0, view(a, *everyone)) == []
+    # public members do not register
+    assert r.core.tick(0.0, view(r, *everyone)) == []
+
+
+def test_relayed_datagrams_both_ways(mesh: tuple[Member, Member, Member, Member]) -> None:
+    r, a, b, _r2 = mesh
+    everyone = [r, a, b]
+    b_at_r = ("203.0.113.22", 7777)  # B's symmetric mapping toward R
+    register(a, [r], 0.0, {r.ident: 0.02}, {r.ident: ("203.0.113.21", 5555)}, everyone)
+    register(b, [r], 0.0, {r.ident: 0.02}, {r.ident: b_at_r}, everyone)
+    assert a.core.start(b.ident, view(a, *everyone))
+    ph = a.core.placeholder(b.ident)
+    assert ph[0] == RELAY_HOST and a.core.is_placeholder(ph)
+    hop1 = a.core.wrap(ph, b"\x01\x00\x00\x00wireguard", view(a, *everyone))
+    assert hop1 is not None and hop1.endpoint == R_EP
+    fwd, delivered = r.core.receive(1.0, hop1.data, ("203.0.113.21", 5555), view(r, *everyone))
+    assert delivered is None and len(fwd) == 1
+    assert fwd[0].endpoint == b_at_r  # where B registered from, not its advertised endpoint
+    out, got = b.core.receive(1.0, fwd[0].data, R_EP, view(b, *everyone))
+    assert out == [] and got is not None
+    payload, src = got
+    assert payload == b"\x01\x00\x00\x00wireguard" and src == b.core.placeholder(a.ident)
+    assert b.core.via == {a.ident: r.ident}  # B answers through the same relay
+    back = b.core.wrap(src, b"reply", view(b, *everyone))
+    assert back is not None and back.endpoint == R_EP
+    fwd2, _ = r.core.receive(1.1, back.data, b_at_r, view(r, *everyone))
+    assert fwd2[0].endpoint == ("203.0.113.21", 5555)
+    _, got2 = a.core.receive(1.1, fwd2[0].data, R_EP, view(a, *everyone))
+    assert got2 == (b"reply", ph)
+    assert r.core.counters["relay_forwarded"] == 2
+    a.core.stop(b.ident)
+    assert a.core.wrap(ph, b"x", view(a, *everyone)) is None
+    assert a.core.counters["relay_no_route"] == 1
+
+
+def test_no_relay_without_an_answering_public_member(
+        mesh: tuple[Member, Member, Member, Member]) -> None:
+    r, a, b, _ = mesh
+    assert not a.core.start(b.ident, view(a, r, b))  # no RTT measured yet
+    assert a.core.counters["relay_unavailable"] == 1
+
+
+def test_relay_drops_forged_unknown_and_chained(
+        mesh: tuple[Member, Member, Member, Member]) -> None:
+    r, a, b, r2 = mesh
+    everyone = [r, a, b, r2]
+    good = wire.authenticated_part(wire.RelayMessage(a.ident, a.ident, b.ident, b"data"))
+    assert r.core.receive(0.0, good + b"\x00" * 16, A_EP, view(r, *everyone)) == ([], None)
+    assert r.core.counters["relay_bad_mac"] == 1
+    stranger = Member(9, ("6.6.6.6", 1), 3)
+    hop = stranger.core._hop(r.peer(), stranger.ident, b.ident, b"data")
+    assert hop is not None
+    assert r.core.receive(0.0, hop, stranger.ep, view(r, *everyone)) == ([], None)
+    assert r.core.counters["relay_unknown_hop"] == 1
+    # a hop whose origin is not its sender (relay chaining / reflection) is not forwarded
+    chained = a.core._hop(r.peer(), r2.ident, b.ident, b"data")
+    assert chained is not None
+    assert r.core.receive(0.0, chained, A_EP, view(r, *everyone)) == ([], None)
+    # a target that is not a member is not forwarded
+    nobody = a.core._hop(r.peer(), a.ident, b"\x55" * 32, b"data")
+    assert nobody is not None
+    assert r.core.receive(0.0, nobody, A_EP, view(r, *everyone)) == ([], None)
+    assert r.core.counters["relay_not_forwarded"] == 2
+    assert r.core.receive(0.0, b"\x31MG\x01\x00short", A_EP, view(r, *everyone)) == ([], None)
+    assert r.core.counters["relay_garbage"] == 1
+    # a MAC made for another hop receiver fails here
+    for_r2 = a.core._hop(r2.peer(), a.ident, b.ident, b"data")
+    assert for_r2 is not None
+    assert r.core.receive(0.0, for_r2, A_EP, view(r, *everyone)) == ([], None)
+    assert r.core.counters["relay_bad_mac"] == 2
+
+
+def test_relay_rate_limits_each_origin(mesh: tuple[Member, Member, Member, Member]) -> None:
+    r, a, b, _ = mesh
+    r.core.rate = 10.0
+    everyone = [r, a, b]
+    hop = a.core._hop(r.peer(), a.ident, b.ident, b"x")
+    assert hop is not None
+    sent = sum(len(r.core.receive(0.0, hop, A_EP, view(r, *everyone))[0]) for _ in range(25))
+    assert sent == 10 and r.core.counters["relay_rate_limited"] == 15
+    assert len(r.core.receive(1.0, hop, A_EP, view(r, *everyone))[0]) == 1  # refilled
+
+
+def test_codec() -> None:
+    m = wire.RelayMessage(b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"payload", b"\x04" * 16)
+    raw = wire.authenticated_part(m) + m.mac
+    assert raw[0] == 0x31 and raw[1:3] == b"MG" and len(raw) == wire.OVERHEAD + 7
+    assert wire.decode(raw) == m
+    with pytest.raises(WireFormatError):
+        wire.decode(raw[: wire.OVERHEAD - 1])
+    with pytest.raises(WireFormatError):
+        wire.decode(b"\x32" + raw[1:])
+    with pytest.raises(WireFormatError):
+        wire.authenticated_part(wire.RelayMessage(b"x", b"\x02" * 32, b"\x03" * 32, b""))
+
