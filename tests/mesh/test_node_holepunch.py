@@ -143,3 +143,51 @@ def test_holepunch_messages_without_puncher_are_garbage() -> None:
     node.holepunch = None
     assert node.receive_datagram(0.0, WALL, b"\x33MG\x01\x00" + b"\x00" * 200, B_EP) == []
     assert node.counters["garbage_dropped"] == 1
+
+
+def test_failed_punch_relays_through_the_fastest_public_member() -> None:
+    from meshguard.crypto.keys import X25519PrivateKey
+    from meshguard.mesh.node import ReflexiveEndpoint
+    from meshguard.nat.holepunch import PunchFailed
+    from meshguard.nat.relay import Relay, RelayPeer
+
+    node, ms, be, _dev, _bkey, b = setup()
+    wg = X25519PrivateKey(b"\x41" * 32)
+    node.relay = Relay(node.identity_key, wg)
+    node.relay.behind_nat = True
+    # no relay has answered yet: the failure changes nothing
+    assert node._punch_actions([PunchFailed(b.identity_key)], 5.0, WALL) == []
+    assert be.peers[b.wg_key].endpoint == B_EP
+    # the public member R answers a registration (R's side built from its own core)
+    rkey = Ed25519PrivateKey(b"\x23" * 32)
+    rwg = X25519PrivateKey(b"\x42" * 32)
+    r_view = ms.view[rkey.public_key.raw]
+    ms.view[r_view.identity_key] = replace(r_view, wg_key=rwg.public_key.raw)
+    regs = [a for a in node.tick(6.0, WALL + 6) if isinstance(a, SendDatagram)
+            and a.data[0] == 0x31]
+    assert [a.endpoint for a in regs] == [R_EP]
+    r_core = Relay(rkey.public_key.raw, rwg)
+    me = RelayPeer(node.identity_key, wg.public_key.raw, NODE_EP, 3, True)
+    seen_from = ("203.0.113.21", 45000)  # not our STUN mapping: the NAT is symmetric
+
+    class Stun:
+        mapped = NODE_EP
+
+    node.stun = Stun()  # type: ignore[assignment]
+    echo, _ = r_core.receive(6.0, regs[0].data, seen_from, {node.identity_key: me})
+    out = node.receive_datagram(6.02, WALL + 6.02, echo[0].data, R_EP)
+    assert ReflexiveEndpoint(seen_from, rkey.public_key.raw) in out
+    assert abs(node.relay.rtt[rkey.public_key.raw] - 0.02) < 1e-9
+    # now the failure switches B to the relay: a placeholder endpoint, status says relayed
+    out = node._punch_actions([PunchFailed(b.identity_key)], 7.0, WALL + 7)
+    ep = be.peers[b.wg_key].endpoint
+    assert ep is not None and node.relay.is_placeholder(ep)
+    assert node.path_of(b.wg_key) == ("relayed", R_EP)
+    # device datagrams to the placeholder leave as RelayData to R
+    wrapped = node._from_device([SendDatagram(b"\x01\x00\x00\x00hs", ep)])
+    assert len(wrapped) == 1 and isinstance(wrapped[0], SendDatagram)
+    assert wrapped[0].endpoint == R_EP and wrapped[0].data[0] == 0x31
+    # a later successful punch goes direct again
+    node._punch_actions([PunchSucceeded(b.identity_key, B_EP, 0.01)], 20.0, WALL + 20)
+    assert be.peers[b.wg_key].endpoint == B_EP
+    assert node.path_of(b.wg_key) == ("direct", None)
