@@ -166,3 +166,14 @@ def test_codec() -> None:
     with pytest.raises(WireFormatError):
         wire.authenticated_part(wire.RelayMessage(b"x", b"\x02" * 32, b"\x03" * 32, b""))
 
+
+
+def test_dead_relay_is_forgotten(mesh: tuple[Member, Member, Member, Member]) -> None:
+    r, a, b, _ = mesh
+    everyone = [r, a, b]
+    register(a, [r], 0.0, {r.ident: 0.02}, {r.ident: A_EP}, everyone)
+    assert a.core.start(b.ident, view(a, *everyone))
+    assert not a.core.prune(view(a, *everyone))
+    dead = view(a, *everyone)
+    dead[r.ident] = RelayPeer(r.ident, r.wg.public_key.raw, R_EP, 1, False)
+    assert a.core.prune(dead) and a.core.via == {}

@@ -350,6 +350,8 @@ class MeshNode:
             if due is not None and now >= due:
                 out += [SendDatagram(x.data, x.endpoint)
                         for x in rl.tick(now, self._relay_view(wall))]
+            if rl.via and rl.prune(self._relay_view(wall)):
+                out += self.reconcile(wall)  # a relay died: back to the advertised endpoint
         org = self.org
         if org is not None and (org.revocations or org.aliases):
             # only when a push is due or the members changed (new ones get everything)

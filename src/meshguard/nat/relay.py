@@ -148,9 +148,17 @@ class Relay:
                 if data is not None:
                     self._pending[k] = now
                     out.append(Send(data, m.gossip_endpoint))
-        for k in [k for k in self.via if k not in members or not members[k].alive]:
-            del self.via[k]
+        self.prune(members)
         return out
+
+    def prune(self, members: Mapping[bytes, RelayPeer]) -> bool:
+        """Forget relayed peers that are gone and relays that died; True if any was."""
+        gone = [k for k, r in self.via.items()
+                if k not in members or not members[k].alive
+                or r not in members or not members[r].alive]
+        for k in gone:
+            del self.via[k]
+        return bool(gone)
 
     # datagrams ---------------------------------------------------------------------------
 
