@@ -6,9 +6,10 @@ Order of checks (cheapest first, no allocation):
 2. bytes 4..8 == the STUN magic cookie 0x2112A442 -> STUN (RFC 5389 section 6);
 3. otherwise the first byte is a gossip/NAT message type (Ping 0x01, PingReq 0x02, Ack 0x03,
    Join 0x05, JoinAck 0x06, Leave 0x07, SyncReq 0x08, SyncData 0x09, ... as wire/gossip.py
-   lists them, RelayData 0x31,
-   HolepunchRequest 0x33, HolepunchResponse 0x34, OrgAliasAnnounce 0x41, OrgCertRevoke 0x42,
-   and new types with new numbers);
+   lists them; RelayData 0x31 (one MACed relay hop, wire/relay.py); HolepunchRequest 0x33 and
+   HolepunchResponse 0x34 (a stage byte: 0 through the rendezvous, 1 a direct probe or its
+   answer, wire/holepunch.py); OrgAliasAnnounce 0x41 and OrgCertRevoke 0x42 (wire/org.py);
+   new types take new numbers);
 anything else (empty, unknown type byte) is garbage, which the caller counts and drops.
 
 A gossip Ping starts with 0x01 too; it is told apart from a WireGuard initiation because
