@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -151,12 +153,52 @@ def test_secret_mode_is_set_despite_umask(tmp_path: Path) -> None:
     assert (tmp_path / "s").stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_unwritable_dir_nonroot(tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    with pytest.raises(ConfigError, match="MESHGUARD_CONFIG_DIR"):
-        store.ensure_dir(ro)
+def _ensure_dir_error(path: Path) -> str:
+    """The ConfigError message of store.ensure_dir(path), as an unprivileged user.
+
+    Root ignores directory modes, so as root a forked child drops to nobody (65534) first.
+    """
+    if os.geteuid() != 0:
+        with pytest.raises(ConfigError) as info:
+            store.ensure_dir(path)
+        return str(info.value)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: unprivileged, report the message through the pipe
+        os.close(r)
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            store.ensure_dir(path)
+        except ConfigError as exc:
+            os.write(w, str(exc).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        message = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "ensure_dir did not refuse"
+    return message
+
+
+def test_unwritable_config_dir_is_refused() -> None:
+    base = Path(tempfile.mkdtemp(prefix="mg-ro-"))
+    try:
+        base.chmod(0o755)
+        ro = base / "ro"
+        ro.mkdir(mode=0o555)
+        ro.chmod(0o555)
+        message = _ensure_dir_error(ro / "meshguard")
+        assert "MESHGUARD_CONFIG_DIR" in message, message
+        assert not (ro / "meshguard").exists()
+        message = _ensure_dir_error(ro)  # exists, but cannot be written
+        assert "MESHGUARD_CONFIG_DIR" in message, message
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_config_dir_that_is_a_file(tmp_path: Path) -> None:
