@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import itertools
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from meshguard.daemon.control_client import socket_is_live
 from meshguard.identity import keygen, store
 from meshguard.rng import SystemRng
 from meshguard.testing.netns import netns_skip_reason
@@ -144,7 +143,7 @@ def test_stopped_node_is_reported_dead_and_removed(mesh: Mesh) -> None:
         mesh.lan.wait(lambda n=n: (n.member(d) or {}).get("state") == "dead",
                       f"{n.name} sees d dead", 45)
         assert not n.tunnel_to(d)
-    assert not d.sock.exists() or not _connectable(d.sock)
+    assert not d.sock.exists() or not socket_is_live(d.sock)
 
 
 def test_graceful_leave_is_seen_as_left(mesh: Mesh) -> None:
@@ -156,13 +155,3 @@ def test_graceful_leave_is_seen_as_left(mesh: Mesh) -> None:
                   "seed sees c left", 10)
     assert not mesh.seed.tunnel_to(c)
 
-
-def _connectable(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
