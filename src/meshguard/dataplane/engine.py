@@ -11,9 +11,10 @@ On every readiness wake-up the engine drains up to `batch` reads (until EAGAIN) 
 them at once; it never waits for a batch to fill, so a lone ping costs one read and one send.
 Latency for sparse traffic: an fd woken more than QUIET_GAP after its previous wake-up reads
 one packet only (no probing read that fails with EAGAIN: the level-triggered loop wakes us
-again if more is queued); after writing received packets to the TUN, the engine reads the TUN
-once at once, since an answer (a ping reply, a TCP ACK) is often queued there already. Both
-can be switched off for comparisons: MESHGUARD_LAZY_DRAIN=0, MESHGUARD_TUN_PEEK=0.
+again if more is queued), and after such a UDP wake-up wrote to the TUN, the engine reads the
+TUN at once, since the answer (a ping reply) is often queued there already. Busy fds behave
+as before (drain, batch). Both can be switched off for comparisons: MESHGUARD_LAZY_DRAIN=0,
+MESHGUARD_TUN_PEEK=0.
 
 Offloads (on by default; `offload=False` or MESHGUARD_NO_OFFLOAD=1 turns them off, and each
 one falls back on its own when the kernel refuses it):
@@ -663,9 +664,10 @@ class Engine:
             except Exception:
                 self._internal_error("udp")
             self._arm()
-            if st.tun_tx != tun_tx and self.tun_peek and self._loop is not None:
-                # an answer to what was just written (a ping reply, a TCP ACK) is often
+            if limit == 1 and st.tun_tx != tun_tx and self.tun_peek and self._loop is not None:
+                # sparse traffic: an answer to what was just written (a ping reply) is often
                 # queued on the TUN already: take it now rather than after another wake-up
+                # (busy fds leave it to the TUN's own wake-up, which batches)
                 self._tun_readable()
 
     def datagrams_in(self, grams: list[Datagram]) -> None:
