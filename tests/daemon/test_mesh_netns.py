@@ -83,6 +83,8 @@ def test_all_members_ping_each_other_v4_and_v6(mesh: Mesh) -> None:
     wg = mesh.b.ns.run(["wg", "show", mesh.b.iface, "peers"]).stdout.split()
     assert sorted(wg) == sorted(base64.b64encode(n.wg_pub).decode()
                                 for n in (mesh.seed, mesh.c, mesh.d))
+    port = mesh.b.ns.run(["wg", "show", mesh.b.iface, "listen-port"]).stdout.strip()
+    assert port == str(mesh.b.port)
     res = mesh.b.ns.run(["wg", "set", mesh.b.iface, "listen-port", "1"], check=False)
     assert res.returncode != 0
 

@@ -50,6 +50,8 @@ from meshguard.daemon.kernel_wg import (
     gossip_port_for,
 )
 from meshguard.daemon.runtime import socket_path
+from meshguard.daemon.uapi_protocol import DeviceState, SetRequest, UapiError
+from meshguard.daemon.wg_interface import DeviceUapiBackend
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
@@ -75,6 +77,7 @@ from meshguard.wire.control import (
 )
 from meshguard.wire.org import CertRevocation
 from meshguard.wireguard.actions import SendDatagram
+from meshguard.wireguard.device import Device
 
 log = logging.getLogger("meshguard.daemon")
 
@@ -237,38 +240,21 @@ class EngineDevice:
         return self._node.next_deadline()
 
 
-class MeshUapi:
+class MeshUapi(DeviceUapiBackend):
     """Read-only UAPI backend: `wg show <iface>` works on a userspace mesh interface; `wg set`
     is refused, since the mesh owns the peer set (it would be overwritten at the next
-    membership change anyway)."""
+    membership change anyway). Reads are DeviceUapiBackend's, with the mesh port reported."""
 
-    def __init__(self, device: Any, port: int) -> None:
-        self.device = device
+    def __init__(self, device: Device, port: int) -> None:
+        super().__init__(device)
         self.port = port
 
-    def uapi_get(self) -> Any:
-        from meshguard.daemon.uapi_protocol import DeviceState, PeerState
-
-        dev = self.device
-        priv = dev.private_key
-        state = DeviceState(private_key=priv.raw if priv is not None else None,
-                            listen_port=self.port, fwmark=dev.fwmark)
-        for peer in dev.peers:
-            state.peers.append(PeerState(
-                public_key=peer.public_key.raw,
-                preshared_key=bytes(peer.preshared_key),
-                endpoint=peer.endpoint,
-                last_handshake_ns=round(peer.last_handshake_wall * 1e9),
-                tx_bytes=peer.tx_bytes,
-                rx_bytes=peer.rx_bytes,
-                persistent_keepalive=peer.persistent_keepalive,
-                allowed_ips=sorted(dev.allowed_ips(peer), key=lambda n: (n.version, n)),
-            ))
+    def uapi_get(self) -> DeviceState:
+        state = super().uapi_get()
+        state.listen_port = self.port
         return state
 
-    def uapi_set(self, request: Any) -> None:
-        from meshguard.daemon.uapi_protocol import UapiError
-
+    def uapi_set(self, req: SetRequest) -> None:
         raise UapiError(errno.EPERM, "the mesh manages this interface; use meshguard trust")
 
 
@@ -432,7 +418,6 @@ class MeshDaemon:
     async def _start_userspace(self, stack: contextlib.AsyncExitStack) -> Any:
         from meshguard.dataplane.engine import Engine
         from meshguard.dataplane.tun import DEFAULT_MTU, TunDevice, TunError
-        from meshguard.wireguard.device import Device
 
         cfg = self.cfg
         device = Device(self.rng, self.wg_private)
