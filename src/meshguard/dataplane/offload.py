@@ -190,6 +190,18 @@ def _ipv4_csum_into(hdr: bytearray, ihl: int) -> None:
     _pack_u16_into(hdr, 10, _finish(_from_bytes(hdr[:ihl], "big") or 0xFFFF))
 
 
+def _set_ip_length(hdr: bytearray, l4: int, total_len: int, ip_id: int | None = None) -> None:
+    """Set the length of an IP header copy whose L4 header starts at `l4`: IPv4 total length
+    (and ID, when given) with a fresh header checksum, or the IPv6 payload length."""
+    if hdr[0] >> 4 == 4:
+        _pack_u16_into(hdr, 2, total_len)
+        if ip_id is not None:
+            _pack_u16_into(hdr, 4, ip_id & 0xFFFF)
+        _ipv4_csum_into(hdr, l4)
+    else:
+        _pack_u16_into(hdr, 4, total_len - 40)
+
+
 # -- send side: segmentation ---------------------------------------------------------------
 
 
@@ -284,12 +296,7 @@ def _segment_tcp(pkt: Buffer, l4: int, mss: int) -> list[bytes]:
             end = payload_len
         seg_hdr = bytearray(template)
         seg_len = hl + end - off
-        if ver == 4:
-            _pack_u16_into(seg_hdr, 2, seg_len)
-            _pack_u16_into(seg_hdr, 4, (ip_id0 + i) & 0xFFFF)
-            _ipv4_csum_into(seg_hdr, l4)
-        else:
-            _pack_u16_into(seg_hdr, 4, seg_len - 40)
+        _set_ip_length(seg_hdr, l4, seg_len, ip_id0 + i)
         _pack_u32_into(seg_hdr, l4 + 4, (seq0 + off) & 0xFFFFFFFF)
         f = flags0
         if not last:
@@ -329,12 +336,7 @@ def _segment_udp(pkt: Buffer, l4: int, size: int) -> list[bytes]:
         end = min(off + size, payload_len)
         seg_hdr = bytearray(template)
         seg_len = hl + end - off
-        if ver == 4:
-            _pack_u16_into(seg_hdr, 2, seg_len)
-            _pack_u16_into(seg_hdr, 4, (ip_id0 + i) & 0xFFFF)
-            _ipv4_csum_into(seg_hdr, l4)
-        else:
-            _pack_u16_into(seg_hdr, 4, seg_len - 40)
+        _set_ip_length(seg_hdr, l4, seg_len, ip_id0 + i)
         _pack_u16_into(seg_hdr, l4 + 4, seg_len - l4)
         body = mv[hl + off : hl + end]
         v = _from_bytes(seg_hdr[l4:], "big") + _wsum(body)
@@ -493,13 +495,8 @@ def _build_super(pkts: list[Buffer], l4: int) -> bytes:
     total = hl + sum(len(p) for p in pkts) - hl * len(pkts)
     mss = len(first) - hl
     last_flags = pkts[-1][l4 + 13]
-    if l4 == 20:
-        _pack_u16_into(head, 2, total)
-        _ipv4_csum_into(head, 20)
-        gso_type = VIRTIO_NET_HDR_GSO_TCPV4
-    else:
-        _pack_u16_into(head, 4, total - 40)
-        gso_type = VIRTIO_NET_HDR_GSO_TCPV6
+    _set_ip_length(head, l4, total)
+    gso_type = VIRTIO_NET_HDR_GSO_TCPV4 if l4 == 20 else VIRTIO_NET_HDR_GSO_TCPV6
     head[l4 + 13] |= last_flags & TCP_PSH
     src, dst = _addrs(head)
     r = pseudo_sum(src, dst, PROTO_TCP, total - l4) % 0xFFFF
