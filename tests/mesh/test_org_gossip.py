@@ -29,7 +29,6 @@ from meshguard.mesh.org_gossip import (
     sign_alias,
     sign_revocation,
 )
-from meshguard.mesh.swim_port import SwimPort
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import dns
 from meshguard.wire import org as wire
@@ -84,12 +83,6 @@ class OrgNet(Net):
         sn = SimNode(name, ep, ident, node, trust)  # type: ignore[arg-type]
         self.nodes[ep] = sn
         return sn
-
-    def join(self, sn: SimNode, seeds: list[SimNode]) -> None:
-        port = sn.node.membership
-        assert isinstance(port, SwimPort)
-        c = self.clock
-        self.run_actions(sn, port.join_actions([s.ep for s in seeds], c.monotonic(), c.wall()))
 
 
 def cluster(n: int, seed: int = 3) -> tuple[OrgNet, list[SimNode]]:
