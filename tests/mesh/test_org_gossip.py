@@ -22,6 +22,7 @@ from meshguard.mesh import org_gossip
 from meshguard.mesh.node import AliasLearned, MeshNode, RevocationLearned
 from meshguard.mesh.org_gossip import (
     OrgGossip,
+    OrgLink,
     format_label,
     format_line,
     parse_line,
@@ -79,7 +80,8 @@ class OrgNet(Net):
                                 endpoints=[ep], kernel=False, admitter=trust, rng=self.rng,
                                 now=c.monotonic(), wall=c.wall())
         node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, trust,
-                        org=OrgGossip(self.rng), certificate=cert.to_bytes())
+                        org=OrgGossip(self.rng, wg, identity_key=ident.public_key.raw),
+                        certificate=cert.to_bytes())
         sn = SimNode(name, ep, ident, node, trust)  # type: ignore[arg-type]
         self.nodes[ep] = sn
         return sn
@@ -168,12 +170,22 @@ def test_forged_and_untrusted_revocations_are_ignored_and_not_forwarded() -> Non
     wrong_node = wire.CertRevocation(wrong_node.org_key, nodes[2].key, wrong_node.revoked_at,
                                      wrong_node.signature)
     assert not revocation_valid(forged) and not revocation_valid(wrong_node)
+    sender = nodes[2].node.org
+    assert sender is not None
+    to_a = OrgLink(a.key, a.node.wg_key)
     for r in (forged, untrusted, wrong_node):
+        # from a stranger: dropped before any check of the items
         out = a.node.receive_datagram(net.clock.monotonic(), wall, wire.encode_revocations([r]),
                                       ("203.0.113.9", 4000))
         assert out == []
+        # from a member (MACed for a): the items are checked and refused
+        data = sender.seal(wire.encode_revocations([r]), to_a)
+        assert data is not None
+        out = a.node.receive_datagram(net.clock.monotonic(), wall, data, nodes[2].ep)
+        assert out == []
     org = a.node.org
     assert org is not None and org.revocations == {}
+    assert org.counters["org_not_member"] == 3
     assert org.counters["org_revoke_bad_signature"] == 2
     assert org.counters["org_revoke_untrusted"] == 1
     net.run(5.0)

@@ -373,7 +373,8 @@ class MeshDaemon:
             identity_key=self.identity.public_key.raw,
             wg_key=self.wg_private.public_key.raw,
             membership=self._membership, trust=self.trust, device=device, backend=backend,
-            org=org_gossip.OrgGossip(self.rng),
+            org=org_gossip.OrgGossip(self.rng, self.wg_private,
+                                     identity_key=self.identity.public_key.raw),
             certificate=self.cert.to_bytes() if self.cert is not None else None)
         if device is not None and not split:
             # WireGuard and gossip share one port, so a punched gossip path is the tunnel's
@@ -528,7 +529,7 @@ class MeshDaemon:
         except (OSError, UnicodeDecodeError):
             text = ""
         alias = org_gossip.parse_alias_line(text) if text else None
-        if alias is not None and node.announce_alias(alias):
+        if alias is not None and node.announce_alias(alias, self.clock.wall()):
             log.info("announcing the org alias %s.mesh", alias.alias)
         return actions
 

@@ -55,7 +55,7 @@ from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
 from meshguard.mesh.demux import Kind, classify
-from meshguard.mesh.org_gossip import OrgGossip
+from meshguard.mesh.org_gossip import OrgGossip, OrgLink
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.holepunch import Send as PunchSend
 from meshguard.nat.relay import Relay, RelayPeer
@@ -309,7 +309,7 @@ class MeshNode:
             return self._receive_relay(now, wall, bytes(data), src)
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
-            return self._receive_org(bytes(data), wall)
+            return self._receive_org(now, wall, bytes(data))
         if kind is Kind.GOSSIP:
             self.counters["gossip_rx"] += 1
             out = self.membership.receive(now, wall, data, src)
@@ -498,11 +498,32 @@ class MeshNode:
         fn = getattr(self.trust, "trusted_org_keys", None)
         return frozenset(bytes(k) for k in fn()) if fn is not None else frozenset()
 
-    def _receive_org(self, data: bytes, wall: float) -> list[Action]:
+    def _org_bind(self, org: OrgGossip) -> None:
+        """Tell the org core who the members are (its packets are MACed member to member)."""
+        if org.member_of is None:
+            org.bind(self.identity_key, self._org_member, self._org_links)
+
+    def _org_member(self, wg_key: bytes) -> bytes | None:
+        """The identity of the member with a tunnel under this WireGuard key (O(1))."""
+        peer = self.peers.get(wg_key)
+        return None if peer is None else peer.identity_key
+
+    def _org_links(self) -> dict[Endpoint, OrgLink]:
+        """Gossip endpoint -> member, for the members with a tunnel."""
+        ident = {p.identity_key: p.wg_key for p in self.peers.values()}
+        out: dict[Endpoint, OrgLink] = {}
+        for m in self.membership.members():
+            wg = ident.get(m.identity_key)
+            if wg is not None and wg == m.wg_key and m.gossip_endpoint is not None:
+                out[m.gossip_endpoint] = OrgLink(m.identity_key, wg)
+        return out
+
+    def _receive_org(self, now: float, wall: float, data: bytes) -> list[Action]:
         if self.org is None:
             self.counters["garbage_dropped"] += 1
             return []
-        revs, aliases = self.org.receive(data, self.trusted_orgs())
+        self._org_bind(self.org)
+        revs, aliases = self.org.receive(now, wall, data, self.trusted_orgs())
         return self._org_learned(revs, aliases, wall)
 
     def _org_learned(self, revs: list[CertRevocation], aliases: list[AliasAnnouncement],
@@ -529,6 +550,7 @@ class MeshNode:
         valid take effect now and start spreading. No RevocationLearned for them."""
         if self.org is None:
             return []
+        self._org_bind(self.org)
         trusted = self.trusted_orgs()
         new = [r for r in revs if self.org.add_revocation(r, trusted)]
         if not new:
@@ -537,8 +559,13 @@ class MeshNode:
         self.names_version += 1
         return list(self.reconcile(wall))
 
-    def announce_alias(self, alias: AliasAnnouncement) -> bool:
-        if self.org is None or not self.org.add_alias(alias, self.trusted_orgs()):
+    def announce_alias(self, alias: AliasAnnouncement, wall: float | None = None) -> bool:
+        """This org's own alias (org/alias); with `wall`, one dated in the future is refused
+        here as every other member would refuse it."""
+        if self.org is None:
+            return False
+        self._org_bind(self.org)
+        if not self.org.add_alias(alias, self.trusted_orgs(), wall):
             return False
         self.names_version += 1
         return True

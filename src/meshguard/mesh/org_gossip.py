@@ -4,41 +4,64 @@ The original meshguard kept revocations in memory on receivers and never sent al
 (SPEC-NOTES 5). Here an org admin signs an `OrgCertRevoke` ("org O no longer vouches for node
 N", wire/org.py) with the org key; the signed item then travels from member to member:
 
+* **members only, cheap checks first**: every packet carries the sender's WireGuard key and a
+  keyed-BLAKE2s MAC under a key the two members share (BLAKE2s(LINK_LABEL, X25519 of their
+  WireGuard keys, sorted WireGuard keys, sorted identity keys); one X25519 per member,
+  cached). A packet whose sender is not a member with a tunnel (`member_of`, a dictionary
+  lookup) is dropped before any cryptography; one with a bad MAC after one BLAKE2s. A stranger
+  who copied a trusted org key therefore cannot make a node check a single signature, and a
+  member that is revoked or expired loses its tunnel and with it its org gossip rights;
 * **accepted** only if the org is one this node trusts (trusted_orgs/) and the Ed25519
-  signature over the domain-separated message verifies; anything else is counted and dropped,
-  and never forwarded, so a stranger cannot make the mesh carry its traffic;
+  signature over the domain-separated message verifies. An item already known (same target;
+  for aliases, not newer) or whose signature already failed once (MAX_BAD_REMEMBERED) is
+  dropped without a check; the others are checked within a per-member token bucket
+  (VERIFY_BURST_PER_SENDER, VERIFY_RATE_PER_SENDER) and a global one (VERIFY_BURST,
+  VERIFY_RATE), so even a rogue member's flood costs a bounded number of checks and cannot
+  spend the whole budget. Everything refused is counted per reason (`counters`) and never
+  forwarded;
 * **spread** by push gossip: each new item is sent to FANOUT random members every ROUND seconds
   for `RETRANSMIT_MULT * ceil(log2(n + 1))` rounds (the SWIM piggyback bound), so it reaches
   every member in O(log n) rounds with high probability;
 * **anti-entropy**: every item known is pushed to members this node has not seen before (late
   joiners, healed partitions), each with probability min(1, NEW_MEMBER_SENDERS / n) so a join
-  does not draw n copies, and to one random member every SYNC_INTERVAL seconds;
+  does not draw n copies, and to one random member every SYNC_INTERVAL seconds (an item a
+  receiver dropped for its budget, or because it did not know the sender yet, comes again);
 * **persisted** by the shell (the daemon) as a `cert <org> <node> signed <revoked_at> <sig>`
   line of the `revocations` file (identity/trust.py: the trailing label of a line is free
   text), which is exactly what `format_line` returns; on restart `load_signed` turns those
   lines back into signed items, so a restarted node still re-sends them to later joiners.
 
 A revocation never expires (`revoked_at` is informational); re-admitting the node needs a
-certificate from another org or an authorized key. The store is bounded (MAX_ITEMS_STORED);
-beyond it new items are counted and dropped.
+certificate from another org or an authorized key. The store is bounded per org
+(MAX_ITEMS_STORED): beyond it that org's new items are counted and dropped, and no org can
+crowd out another's.
 
-Aliases (`OrgAliasAnnounce`) travel the same way; per org the newest `issued_at` wins. An alias
-is a DNS label that is not itself six hex digits (it would shadow an org domain); when two
-trusted orgs claim the same alias, the earliest claim wins (ties: the lower org key), so every
-node that trusts the same orgs maps the alias the same way.
+Aliases (`OrgAliasAnnounce`) travel the same way; each org has one, the newest `issued_at`
+wins. An `issued_at` that is negative or more than MAX_FUTURE seconds ahead of the receiver's
+clock is refused, so an org can neither backdate a claim nor pin its alias against a later
+rename. An alias is a DNS label that is not itself six hex digits (it would shadow an org
+domain); when two trusted orgs claim the same alias, the earliest claim wins (ties: the lower
+org key), so every node that trusts the same orgs maps the alias the same way.
+
+Replay: a replayed packet (from anywhere) is either dropped by its MAC or carries items that
+are already known or already failed, so it costs one BLAKE2s and dictionary lookups and changes
+nothing; items are idempotent (a revocation is permanent, an alias is ordered by its signed
+`issued_at`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import math
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshguard.crypto.keys import Ed25519PrivateKey, b64encode, ed25519_verify
-from meshguard.errors import WireFormatError
+from meshguard.crypto.hashes import blake2s, mac
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode, ed25519_verify
+from meshguard.errors import CryptoError, WireFormatError
 from meshguard.identity.names import is_dns_label
 from meshguard.rng import Rng
 from meshguard.wire import org as wire
@@ -51,8 +74,17 @@ FANOUT = 3  # members pushed to per round
 RETRANSMIT_MULT = 3  # rounds per item = RETRANSMIT_MULT * ceil(log2(n + 1)), as SWIM's lambda
 SYNC_INTERVAL = 30.0  # seconds between full pushes to one random member
 NEW_MEMBER_SENDERS = 4  # expected number of members that push everything to a newcomer
-MAX_ITEMS_STORED = 1024  # revocations (and as many aliases) kept and re-sent
+MAX_ITEMS_STORED = 1024  # revocations kept and re-sent, per org (aliases: one per org)
 SIGNED_LABEL = "signed"
+LINK_LABEL = b"meshguard org link v1"
+# signature checks that items from the network may cost: per sending member and in all
+VERIFY_BURST_PER_SENDER = 256.0
+VERIFY_RATE_PER_SENDER = 32.0  # per second
+VERIFY_BURST = 1024.0
+VERIFY_RATE = 256.0  # per second
+MAX_SENDERS = 4096  # token buckets and link keys kept (members only: one per member)
+MAX_BAD_REMEMBERED = 4096  # items whose signature failed, dropped again without a check
+MAX_FUTURE = 600.0  # seconds an alias's issued_at may be ahead of our clock
 
 
 # -- signing and checking --------------------------------------------------------------------
@@ -143,43 +175,123 @@ def parse_line(text: str) -> CertRevocation | None:
 # -- the gossip core ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class OrgLink:
+    """A member this node exchanges org packets with: its identity and WireGuard keys."""
+
+    identity_key: bytes
+    wg_key: bytes
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+    def refill(self, now: float, rate: float, burst: float) -> float:
+        self.tokens = min(burst, self.tokens + max(0.0, now - self.at) * rate)
+        self.at = max(self.at, now)
+        return self.tokens
+
+
 @dataclass
 class OrgGossip:
+    """The org gossip of one node. `wg_private` (this node's WireGuard key) keys the link
+    MACs; `bind` tells it who the members are (the node does it, mesh/node.py). Without both,
+    it keeps and checks local items but sends and accepts no packets."""
+
     rng: Rng
+    wg_private: X25519PrivateKey | None = None
     revocations: dict[tuple[bytes, bytes], CertRevocation] = field(default_factory=dict)
     aliases: dict[bytes, AliasAnnouncement] = field(default_factory=dict)  # by org key
     counters: Counter[str] = field(default_factory=Counter)
+    identity_key: bytes = b""
+    # WireGuard key -> identity of a member with a tunnel (one dict lookup per packet)
+    member_of: Callable[[bytes], bytes | None] | None = None
+    # gossip endpoint -> member, for sealing what `tick` sends
+    links: Callable[[], Mapping[Endpoint, OrgLink]] | None = None
+    _per_org: Counter[bytes] = field(default_factory=Counter)  # revocations stored per org
     _budget: dict[tuple[str, bytes, bytes], int] = field(default_factory=dict)
     _seen_peers: set[Endpoint] = field(default_factory=set)
     _next_round: float = float("-inf")
     _next_sync: float = float("-inf")
     _members: int = 1
+    _link_keys: dict[tuple[bytes, bytes], bytes | None] = field(default_factory=dict)
+    _bad: dict[bytes, None] = field(default_factory=dict)  # items whose signature failed
+    _sender_buckets: dict[bytes, _Bucket] = field(default_factory=dict)
+    _global_bucket: _Bucket = field(default_factory=lambda: _Bucket(VERIFY_BURST, 0.0))
+
+    def bind(self, identity_key: bytes, member_of: Callable[[bytes], bytes | None],
+             links: Callable[[], Mapping[Endpoint, OrgLink]]) -> None:
+        self.identity_key = bytes(identity_key)
+        self.member_of = member_of
+        self.links = links
 
     # adding items ------------------------------------------------------------------------
 
     def _rounds(self) -> int:
         return RETRANSMIT_MULT * max(1, math.ceil(math.log2(self._members + 1)))
 
-    def add_revocation(self, r: CertRevocation, trusted_orgs: Collection[bytes]) -> bool:
-        """Accept a revocation (local or remote); True if it is new and valid."""
+    def _may_verify(self, sender: bytes | None, now: float) -> bool:
+        """A signature check for an item from `sender` (None: a local item, always)."""
+        if sender is None:
+            return True
+        b = self._sender_buckets.get(sender)
+        if b is None:
+            if len(self._sender_buckets) >= MAX_SENDERS:
+                self._sender_buckets.pop(next(iter(self._sender_buckets)))
+            b = self._sender_buckets[sender] = _Bucket(VERIFY_BURST_PER_SENDER, now)
+        if b.refill(now, VERIFY_RATE_PER_SENDER, VERIFY_BURST_PER_SENDER) < 1.0:
+            self.counters["org_verify_rate_limited"] += 1
+            return False
+        g = self._global_bucket
+        if g.refill(now, VERIFY_RATE, VERIFY_BURST) < 1.0:
+            self.counters["org_verify_over_budget"] += 1
+            return False
+        b.tokens -= 1.0
+        g.tokens -= 1.0
+        return True
+
+    def _remember_bad(self, key: bytes) -> None:
+        if len(self._bad) >= MAX_BAD_REMEMBERED:
+            self._bad.pop(next(iter(self._bad)))
+        self._bad[key] = None
+
+    def add_revocation(self, r: CertRevocation, trusted_orgs: Collection[bytes], *,
+                       sender: bytes | None = None, now: float = 0.0) -> bool:
+        """Accept a revocation (local, or from the member whose WireGuard key is `sender`);
+        True if it is new and valid. Every cheap check comes before the signature check."""
         if r.target in self.revocations:
             self.counters["org_revoke_known"] += 1
             return False
         if r.org_key not in trusted_orgs:
             self.counters["org_revoke_untrusted"] += 1
             return False
-        if len(self.revocations) >= MAX_ITEMS_STORED:
+        if self._per_org[r.org_key] >= MAX_ITEMS_STORED:
             self.counters["org_revoke_full"] += 1
             return False
+        seen = r.org_key + r.node_key + r.signature + r.revoked_at.to_bytes(8, "little",
+                                                                            signed=True)
+        if seen in self._bad:
+            self.counters["org_revoke_seen_bad"] += 1
+            return False
+        if not self._may_verify(sender, now):
+            return False
         if not revocation_valid(r):
+            self._remember_bad(seen)
             self.counters["org_revoke_bad_signature"] += 1
             return False
         self.revocations[r.target] = r
+        self._per_org[r.org_key] += 1
         self._budget[("r", *r.target)] = self._rounds()
         self.counters["org_revoke_accepted"] += 1
         return True
 
-    def add_alias(self, a: AliasAnnouncement, trusted_orgs: Collection[bytes]) -> bool:
+    def add_alias(self, a: AliasAnnouncement, trusted_orgs: Collection[bytes],
+                  wall: float | None = None, *, sender: bytes | None = None,
+                  now: float = 0.0) -> bool:
+        """Accept an alias; `issued_at` must not be negative nor more than MAX_FUTURE seconds
+        ahead of `wall` (when given), so nobody wins a claim by backdating or pins one."""
         cur = self.aliases.get(a.org_key)
         if cur is not None and (cur.issued_at, cur.alias) >= (a.issued_at, a.alias):
             self.counters["org_alias_known"] += 1
@@ -187,13 +299,24 @@ class OrgGossip:
         if a.org_key not in trusted_orgs:
             self.counters["org_alias_untrusted"] += 1
             return False
-        if cur is None and len(self.aliases) >= MAX_ITEMS_STORED:
-            self.counters["org_alias_full"] += 1
+        if a.issued_at < 0 or (wall is not None and a.issued_at > wall + MAX_FUTURE):
+            self.counters["org_alias_bad_time"] += 1
+            return False
+        if alias_problem(a.alias) is not None:
+            self.counters["org_alias_bad_name"] += 1
+            return False
+        seen = a.org_key + a.signature + a.issued_at.to_bytes(8, "little", signed=True) \
+            + a.alias.encode("ascii")
+        if seen in self._bad:
+            self.counters["org_alias_seen_bad"] += 1
+            return False
+        if not self._may_verify(sender, now):
             return False
         if not alias_valid(a):
+            self._remember_bad(seen)
             self.counters["org_alias_bad_signature"] += 1
             return False
-        self.aliases[a.org_key] = a
+        self.aliases[a.org_key] = a  # one per org: an org only ever replaces its own
         self._budget[("a", a.org_key, b"")] = self._rounds()
         self.counters["org_alias_accepted"] += 1
         return True
@@ -217,32 +340,112 @@ class OrgGossip:
             out.setdefault(alias, org_key)
         return out
 
+    # links -------------------------------------------------------------------------------
+
+    def _link_key(self, wg_key: bytes, identity_key: bytes) -> bytes | None:
+        """The MAC key this node shares with a member (one X25519 per member, cached)."""
+        k = (wg_key, identity_key)
+        try:
+            return self._link_keys[k]
+        except KeyError:
+            pass
+        own = self.wg_private
+        if own is None:
+            return None
+        key: bytes | None
+        try:
+            shared = own.exchange(wg_key)
+        except CryptoError:
+            key = None
+        else:
+            mine = own.public_key.raw
+            w0, w1 = sorted((mine, wg_key))
+            i0, i1 = sorted((self.identity_key, identity_key))
+            key = blake2s(LINK_LABEL, shared, w0, w1, i0, i1)
+        if len(self._link_keys) >= MAX_SENDERS:
+            self._link_keys.clear()
+        self._link_keys[k] = key
+        return key
+
+    def seal(self, body: bytes, to: OrgLink) -> bytes | None:
+        """An org packet body (encode_revocations/encode_aliases) MACed for member `to`."""
+        own = self.wg_private
+        key = self._link_key(to.wg_key, to.identity_key)
+        if own is None or key is None:
+            return None
+        head = body + own.public_key.raw
+        return head + mac(key, head)
+
     # network -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes, trusted_orgs: Collection[bytes]
+    def receive(self, now: float, wall: float, data: bytes, trusted_orgs: Collection[bytes]
                 ) -> tuple[list[CertRevocation], list[AliasAnnouncement]]:
-        """The new, valid items of one packet (garbage is counted, never raised)."""
+        """The new, valid items of one packet (garbage is counted, never raised). Cost for a
+        packet that is not from a member: one dictionary lookup (and one MAC for a sender
+        that names a member); from a member: its items that are new cost a signature check
+        each, within a per-member and a global budget."""
         try:
-            if data[:1] == bytes([wire.ORG_CERT_REVOKE]):
-                revs = wire.decode_revocations(data)
-                return [r for r in revs if self.add_revocation(r, trusted_orgs)], []
-            aliases = wire.decode_aliases(data)
+            body, sender, tag = wire.split_link(data)
         except WireFormatError:
             self.counters["org_garbage"] += 1
             return [], []
-        return [], [a for a in aliases if self.add_alias(a, trusted_orgs)]
+        member = self.member_of(sender) if self.member_of is not None else None
+        if member is None:
+            self.counters["org_not_member"] += 1
+            return [], []
+        key = self._link_key(sender, member)
+        if key is None or not hmac.compare_digest(mac(key, data[:-wire.MAC_LEN]), tag):
+            self.counters["org_bad_mac"] += 1
+            return [], []
+        try:
+            if body[:1] == bytes([wire.ORG_CERT_REVOKE]):
+                revs = wire.decode_revocations(body)
+                return [r for r in revs if self.add_revocation(r, trusted_orgs, sender=sender,
+                                                               now=now)], []
+            aliases = wire.decode_aliases(body)
+        except WireFormatError:
+            self.counters["org_garbage"] += 1
+            return [], []
+        return [], [a for a in aliases if self.add_alias(a, trusted_orgs, wall, sender=sender,
+                                                         now=now)]
 
     def _packets(self, revs: Sequence[CertRevocation], aliases: Sequence[AliasAnnouncement]
                  ) -> list[bytes]:
+        """Packet bodies (each within wire.MAX_BODY) carrying these items."""
         out = []
         for i in range(0, len(revs), wire.MAX_ITEMS):
             out.append(wire.encode_revocations(revs[i : i + wire.MAX_ITEMS]))
-        for i in range(0, len(aliases), wire.MAX_ITEMS):
-            out.append(wire.encode_aliases(aliases[i : i + wire.MAX_ITEMS]))
+        chunk: list[AliasAnnouncement] = []
+        size = wire.HEADER_LEN
+        for a in aliases:
+            n = wire.alias_item_len(a)
+            if chunk and (len(chunk) == wire.MAX_ITEMS or size + n > wire.MAX_BODY):
+                out.append(wire.encode_aliases(chunk))
+                chunk, size = [], wire.HEADER_LEN
+            chunk.append(a)
+            size += n
+        if chunk:
+            out.append(wire.encode_aliases(chunk))
         return out
 
     def _everything(self) -> list[bytes]:
         return self._packets(list(self.revocations.values()), list(self.aliases.values()))
+
+    def _sealed(self, bodies: Sequence[bytes], targets: Iterable[Endpoint],
+                links: Mapping[Endpoint, OrgLink]) -> list[tuple[bytes, Endpoint]]:
+        out: list[tuple[bytes, Endpoint]] = []
+        for ep in targets:
+            link = links.get(ep)
+            if link is None:
+                self.counters["org_send_no_link"] += 1
+                continue
+            for body in bodies:
+                d = self.seal(body, link)
+                if d is None:
+                    self.counters["org_send_no_link"] += 1
+                    break
+                out.append((d, ep))
+        return out
 
     def tick(self, now: float, peers: Sequence[Endpoint]) -> list[tuple[bytes, Endpoint]]:
         """Datagrams to send: (data, gossip endpoint). `peers` are the live members'."""
@@ -250,27 +453,28 @@ class OrgGossip:
         out: list[tuple[bytes, Endpoint]] = []
         if not self.revocations and not self.aliases:
             return out  # (members met before the first item count as new then: cheap)
+        links: Mapping[Endpoint, OrgLink] = self.links() if self.links is not None else {}
         # anti-entropy for members we have not met before
         new = [p for p in peers if p not in self._seen_peers]
         self._seen_peers = set(peers)  # bounded by the current members; a returning one is new
         if new:
             p_send = min(1.0, NEW_MEMBER_SENDERS / max(1, len(peers)))
             everything = self._everything()
-            for p in new:
-                if p_send >= 1.0 or self.rng.uniform(0.0, 1.0) < p_send:
-                    out += [(d, p) for d in everything]
-                    self.counters["org_sync_new_member"] += 1
+            chosen = [p for p in new if p_send >= 1.0 or self.rng.uniform(0.0, 1.0) < p_send]
+            self.counters["org_sync_new_member"] += len(chosen)
+            out += self._sealed(everything, chosen, links)
         if now >= self._next_sync and peers:
             self._next_sync = now + SYNC_INTERVAL
             target = peers[self.rng.randrange(len(peers))]
-            out += [(d, target) for d in self._everything()]
+            out += self._sealed(self._everything(), [target], links)
             self.counters["org_sync_periodic"] += 1
         if now >= self._next_round and self._budget:
             self._next_round = now + ROUND
-            out += self._push_round(peers)
+            out += self._push_round(peers, links)
         return out
 
-    def _push_round(self, peers: Sequence[Endpoint]) -> list[tuple[bytes, Endpoint]]:
+    def _push_round(self, peers: Sequence[Endpoint], links: Mapping[Endpoint, OrgLink]
+                    ) -> list[tuple[bytes, Endpoint]]:
         pending = sorted(self._budget.items(), key=lambda kv: -kv[1])
         revs = [self.revocations[(k[1], k[2])] for k, _ in pending if k[0] == "r"]
         aliases = [self.aliases[k[1]] for k, _ in pending if k[0] == "a"]
@@ -283,8 +487,7 @@ class OrgGossip:
             return []
         targets = list(peers)
         self.rng.shuffle(targets)  # type: ignore[arg-type]
-        packets = self._packets(revs, aliases)
-        return [(d, p) for p in targets[:FANOUT] for d in packets]
+        return self._sealed(self._packets(revs, aliases), targets[:FANOUT], links)
 
     def _spend(self, key: tuple[str, bytes, bytes]) -> None:
         left = self._budget[key] - 1

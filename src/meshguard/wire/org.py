@@ -1,19 +1,24 @@
 """Codec for the org messages OrgAliasAnnounce (0x41) and OrgCertRevoke (0x42); no crypto.
 
-Both are *self-authenticating*: every item carries an Ed25519 signature by the org key over a
-domain-separated message, so they need no link MAC and may be relayed by anyone. The header is
+Every item carries an Ed25519 signature by the org key over a domain-separated message, so an
+item is the same wherever it travels. Each *packet* is also sent from one member to another
+and carries a link trailer: the sender's WireGuard public key and a 16-byte keyed-BLAKE2s MAC
+under the key the two members share (mesh/org_gossip.py), so a receiver drops a packet from a
+non-member after a dictionary lookup and one MAC, before any signature check. The header is
 the gossip header of wire/gossip.py (type, b"MG", version 1, a zero byte), so the demultiplexer
 (mesh/demux.py) already routes both types to the gossip side.
 
-    0x42 OrgCertRevoke   header count(u8) count x revoke-item
+    0x42 OrgCertRevoke   header count(u8) count x revoke-item  trailer
          revoke-item = org(32) node(32) revoked_at(i64) signature(64)            136 bytes
          signed message = b"meshguard org-cert-revoke v1\\0" org node revoked_at(i64)
-    0x41 OrgAliasAnnounce header count(u8) count x alias-item
+    0x41 OrgAliasAnnounce header count(u8) count x alias-item  trailer
          alias-item = org(32) issued_at(i64) alias_len(u8) alias(alias_len) signature(64)
          signed message = b"meshguard org-alias v1\\0" org issued_at(i64) alias_len alias
+    trailer = sender_wg(32) mac(16)    mac = MAC(link key, everything before it)
 
+`encode_*`/`decode_*` handle the body (header and items); `split_link` cuts the trailer off.
 Integers are little-endian, as in the rest of the gossip. At most MAX_ITEMS items per packet,
-so a packet stays well under the 1280-byte gossip limit.
+and a body is at most MAX_BODY bytes, so a packet stays within the 1280-byte gossip limit.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ SIG_LEN = 64
 MAX_ITEMS = 8  # 6 + 8 * 136 = 1094 bytes; alias items are at most 32 + 8 + 1 + 63 + 64 = 168
 MAX_ALIAS_LEN = 63
 MAX_PACKET = 1280
+MAC_LEN = 16
+LINK_LEN = KEY_LEN + MAC_LEN  # the trailer: sender WireGuard key, MAC
+MAX_BODY = MAX_PACKET - LINK_LEN
 
 _REVOKE = struct.Struct("<32s32sq64s")
 REVOKE_ITEM_LEN = _REVOKE.size  # 136
@@ -108,11 +116,26 @@ def encode_aliases(items: Sequence[AliasAnnouncement]) -> bytes:
         if not 0 < len(raw) <= MAX_ALIAS_LEN:
             raise WireFormatError("bad alias length")
         parts.append(_ALIAS_HEAD.pack(a.org_key, a.issued_at, len(raw)) + raw + a.signature)
-    return b"".join(parts)
+    out = b"".join(parts)
+    if len(out) > MAX_BODY:
+        raise WireFormatError("aliases do not fit in one packet")
+    return out
+
+
+def alias_item_len(a: AliasAnnouncement) -> int:
+    """Bytes one alias item takes in a packet (to pack packets up to MAX_BODY)."""
+    return _ALIAS_HEAD.size + len(a.alias.encode("ascii")) + SIG_LEN
+
+
+def split_link(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(body, sender WireGuard key, MAC) of an org packet; the MAC covers body + sender."""
+    if not HEADER_LEN + LINK_LEN <= len(data) <= MAX_PACKET:
+        raise WireFormatError("bad org packet length")
+    return data[:-LINK_LEN], data[-LINK_LEN:-MAC_LEN], data[-MAC_LEN:]
 
 
 def _check_header(data: bytes, ptype: int) -> int:
-    if len(data) < HEADER_LEN or len(data) > MAX_PACKET:
+    if len(data) < HEADER_LEN or len(data) > MAX_BODY:
         raise WireFormatError("bad org packet length")
     t, magic, version, zero = _HEADER.unpack_from(data, 0)
     if t != ptype or magic != b"MG" or version != 1 or zero != 0:
