@@ -258,7 +258,12 @@ class MeshUapi(DeviceUapiBackend):
         raise UapiError(errno.EPERM, "the mesh manages this interface; use meshguard trust")
 
 
+GOSSIP_ERROR_LOG_INTERVAL = 60.0  # seconds between warnings about datagrams that raised
+
+
 class MeshDaemon:
+    _gossip_error_logged = float("-inf")  # when the gossip reader last logged an exception
+
     def __init__(self, config: DaemonConfig, clock: Clock | None = None) -> None:
         self.cfg = config
         self.clock: Clock = clock or SystemClock()
@@ -697,7 +702,16 @@ class MeshDaemon:
                 node.counters["garbage_dropped"] += 1  # not WireGuard's port
                 continue
             c = self.clock
-            out += node.receive_datagram(c.monotonic(), c.wall(), data, (host, addr[1]))
+            try:
+                out += node.receive_datagram(c.monotonic(), c.wall(), data, (host, addr[1]))
+            except Exception:
+                # a bug reached by network input: count it, warn now and then, read on
+                node.counters["gossip_reader_errors"] += 1
+                now = c.monotonic()
+                if now - self._gossip_error_logged >= GOSSIP_ERROR_LOG_INTERVAL:
+                    self._gossip_error_logged = now
+                    log.exception("gossip reader: a datagram from %s raised (%d so far)",
+                                  host, node.counters["gossip_reader_errors"])
         self._execute(out)
 
     def _arm_timer(self) -> None:
