@@ -59,8 +59,27 @@ class SwimConfig:
     # most ~200 x 60 us = 12 ms of CPU per second, while a 1,000-node mesh still forms quickly.
     join_rate: float = 200.0
     join_burst: float = 400.0
+    # Each source address may cost at most this many verifications per second (with a burst),
+    # before the global budget above: junk joins from one address cannot close a seed to the
+    # real joins of others.
+    join_source_rate: float = 2.0
+    join_source_burst: float = 8.0
     # Leave notices sent directly to this many members (the rest hear it by gossip).
     leave_fanout: int = 4
+    # Freshness. An incarnation is the wall-clock millisecond at which the record was signed
+    # (plus one per refutation), so it is also a signed time. Every node signs its record again
+    # every record_refresh seconds, and a record older than record_max_age (or as far in the
+    # future) is refused: a captured record (with a WireGuard key rotated away since) cannot be
+    # replayed to a node that has forgotten the member, or to one started afresh. Members'
+    # clocks must agree to within record_max_age - record_refresh.
+    record_refresh: float = 600.0
+    record_max_age: float = 1800.0
+    # The trust store is asked again about every member this often (certificates expire); a
+    # member no longer admitted loses every gossip right at once.
+    admission_recheck: float = 60.0
+    # Two Dead notices from distinct members kill at once; one only starts a suspicion (which
+    # the subject refutes if it is alive), so no single member can evict another.
+    dead_quorum: int = 2
 
     def retransmit_limit(self, n: int) -> int:
         return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))

@@ -257,6 +257,14 @@ class Membership:
         self._boot_round = 0
         self._tokens = config.join_burst
         self._tokens_at = now
+        self._src_tokens: dict[str, tuple[float, float]] = {}  # host -> (tokens, at)
+        self._seen_joins: dict[tuple[bytes, int], float] = {}  # (identity, nonce) -> when
+        self._join_acked: dict[bytes, float] = {}  # identity -> when its join was last answered
+        self._wg_owner: dict[bytes, bytes] = {}  # WireGuard key -> the member that holds it
+        # identity -> highest incarnation of a reaped member: its older records stay refused
+        self._tombs: dict[bytes, int] = {}
+        self._wall_offset = 0.0  # wall - now, as of the last call that gave both
+        self._next_recheck = now + config.admission_recheck
         self.stats: Counter[str] = Counter()
 
     # -- public API ----------------------------------------------------------------------------
@@ -277,6 +285,20 @@ class Membership:
     @property
     def incarnation(self) -> int:
         return self._inc
+
+    def high_water(self) -> dict[bytes, int]:
+        """Highest incarnation known per identity (members and reaped ones), to persist."""
+        out = dict(self._tombs)
+        for k, m in self._members.items():
+            out[k] = max(m.record.incarnation, m.state_inc)
+        return out
+
+    def remember(self, high_water: dict[bytes, int]) -> None:
+        """Refuse records at or below these incarnations (high-water marks from disk)."""
+        for k, inc in high_water.items():
+            if k != self._id and k not in self._members and inc > self._tombs.get(k, -1):
+                self._tombs[k] = inc
+        self._prune_tombs()
 
     def members(self) -> list[NodeRecord]:
         """Records of the members currently alive or suspected (not including this node)."""
@@ -369,7 +391,8 @@ class Membership:
     def next_deadline(self) -> float | None:
         if self._left:
             return None
-        t = min(self._next_probe, self._next_recontact, self._next_sync, self._next_join)
+        t = min(self._next_probe, self._next_recontact, self._next_sync, self._next_join,
+                self._next_recheck, self._refresh_due())
         if not self._probe_acked and not self._probe_indirect:
             t = min(t, self._probe_start + self.config.probe_timeout * (1 + self._lhm))
         if self._susp_heap:
@@ -383,9 +406,19 @@ class Membership:
     def tick(self, now: float, wall: float | None = None) -> list[Action]:
         if self._left:
             return []
-        self._wall = wall if wall is not None else now
+        self._set_wall(now, wall)
         out: list[Action] = []
         cfg = self.config
+        if now >= self._refresh_due():
+            # Sign our record again, so that it never grows too old to be accepted.
+            self.stats["record_refreshed"] += 1
+            self._bump(self._inc + 1)
+        if now >= self._next_recheck:
+            # Certificates expire and revocations arrive without a trust reload: ask again, so
+            # a member that is no longer admitted loses every gossip right.
+            self._next_recheck = now + cfg.admission_recheck
+            out += self.reevaluate_admission(now, self._wall)
+            self._prune_tombs()
         if (
             not self._probe_acked
             and not self._probe_indirect
@@ -438,6 +471,7 @@ class Membership:
             if m is not None and m.state in (DEAD, LEFT) and m.since == since:
                 ep = self._endpoint(m)
                 self._remove(m)
+                self._tombs[key] = max(m.record.incarnation, m.state_inc)
                 if ep is not None:
                     self._graveyard.append(ep)
                 self.stats["reaped"] += 1
@@ -476,40 +510,51 @@ class Membership:
             return []
         if self._left:
             return []
-        self._wall = wall if wall is not None else now
+        self._set_wall(now, wall)
         try:
             p = decode_packet(data)
         except WireFormatError:
             self.stats["malformed"] += 1
             return []
         out: list[Action] = []
+        try:
+            self._receive(now, t, p, data, src, out)
+        except WireFormatError:
+            # Nothing from the network may raise out of the core; a packet that trips an
+            # encoder is counted and dropped.
+            self.stats["dropped_wire_error"] += 1
+        return out
+
+    def _receive(
+        self, now: float, t: int, p: Packet, data: bytes, src: Endpoint, out: list[Action]
+    ) -> None:
         if t == JOIN:
             self._on_join(now, p, src, out)
-            return out
+            return
         sender = p.sender
         if sender == self._id:
             self.stats["from_self"] += 1
-            return []
+            return
         m = self._members.get(sender)
         if t == JOIN_ACK:
             if p.seq not in self._join_nonces:
                 self.stats["join_ack_unsolicited"] += 1
-                return []
-            m = self._introduce(now, p.record, data, p.mac, m, out)
+                return
+            m = self._introduce(now, p.record, data, p.mac, m, src, out)
             if m is None:
-                return out
+                return
             self._on_join_ack(now, m, out)
         elif m is None:
             # First contact: a member that knows us puts its own record first ("hello").
             ent = p.entries
             if not ent or ent[0][0] != TAG_RECORD or ent[0][1][4:36] != sender:
                 self.stats["non_member"] += 1
-                return []
-            m = self._introduce(now, ent[0][1], data, p.mac, None, out)
+                return
+            m = self._introduce(now, ent[0][1], data, p.mac, None, src, out)
             if m is None:
-                return out
+                return
         elif not self._mac_ok(m, data, p.mac):
-            return []
+            return
         m.heard = True
         self.stats["rx_" + str(t)] += 1
         if t == PING:
@@ -521,21 +566,21 @@ class Membership:
             self._on_ack(m, p, out)
         elif t == SYNC_REQ:
             self._on_sync_req(m, p, src, out)
-            return out
+            return
         elif t == SYNC_DATA:
             if p.seq != m.sync_out:
                 self.stats["sync_unsolicited"] += 1
-                return out
+                return
             self._apply_entries(now, p.entries, out, rebroadcast=False)
-            return out
+            return
         elif t == SYNC_SUMMARY:
             self._on_sync_summary(m, p, src, out)
-            return out
+            return
         elif t == SYNC_WANT:
             self._on_sync_want(m, p, src, out)
-            return out
+            return
         self._apply_entries(now, p.entries, out, rebroadcast=True)
-        return out
+        return
 
     def _mac_ok(self, m: Member, data: bytes, tag: bytes) -> bool:
         key = self._pair_key(m)
@@ -545,7 +590,14 @@ class Membership:
         return True
 
     def _introduce(
-        self, now: float, raw: bytes, data: bytes, tag: bytes, m: Member | None, out: list[Action]
+        self,
+        now: float,
+        raw: bytes,
+        data: bytes,
+        tag: bytes,
+        m: Member | None,
+        src: Endpoint,
+        out: list[Action],
     ) -> Member | None:
         """Accept a packet whose sender vouches for itself with `raw` (its signed record).
 
@@ -559,7 +611,9 @@ class Membership:
         if sender in self._rejected:
             self.stats["not_admitted"] += 1
             return None
-        if m is None and not self._take_token(now):
+        if m is None and not self._record_fresh(raw):
+            return None
+        if m is None and not self._take_token(now, src):
             self.stats["join_rate_limited"] += 1
             return None
         rec = self._cache.parse_record(raw)
@@ -600,18 +654,41 @@ class Membership:
         if ident == self._id:
             self.stats["from_self"] += 1
             return
+        nonce = (ident, p.seq)
+        if nonce in self._seen_joins:
+            # Each Join carries a fresh random nonce: a second one is a replay.
+            self.stats["join_replayed"] += 1
+            return
+        if not self._record_fresh(raw):
+            return
         m = self._members.get(ident)
+        if m is not None and raw == m.raw:
+            # A retry of a join we answered, or a replay with a new (unsigned) nonce: at most
+            # one answer per member per join_retry_min / 2.
+            last = self._join_acked.get(ident)
+            if last is not None and now - last < self.config.join_retry_min / 2:
+                self.stats["join_replayed"] += 1
+                return
         if m is None or raw != m.raw:
             if ident in self._rejected:
                 self.stats["not_admitted"] += 1
                 return
-            if not self._take_token(now):
+            if not self._take_token(now, src):
                 self.stats["join_rate_limited"] += 1
                 return
             self._apply_record(now, raw, out, rebroadcast=True)
             m = self._members.get(ident)
             if m is None:
                 return
+        if len(self._seen_joins) >= 8192:
+            horizon = now - self.config.record_max_age
+            self._seen_joins = {k: t for k, t in self._seen_joins.items() if t > horizon}
+            if len(self._seen_joins) >= 8192:
+                self._seen_joins.clear()
+        self._seen_joins[nonce] = now
+        if len(self._join_acked) >= 8192:
+            self._join_acked.clear()
+        self._join_acked[ident] = now
         self.stats["joins_answered"] += 1
         extra: list[Entry] = []
         if m.state == ALIVE and m.raw != raw:
@@ -629,7 +706,10 @@ class Membership:
         if ep is None:
             return
         seq = self._new_seq()
-        self._forwards[seq] = (m.key, src, p.seq, p.key, now + self.config.probe_interval)
+        back = self._reply_to(m, src)
+        if back is None:
+            return
+        self._forwards[seq] = (m.key, back, p.seq, p.key, now + self.config.probe_interval)
         self._send(target, Packet(PING, self._id, seq), ep, out, buddy=True)
 
     def _on_ack(self, m: Member, p: Packet, out: list[Action]) -> None:
@@ -656,6 +736,10 @@ class Membership:
         if p.seq <= m.sync_in:
             self.stats["sync_replayed"] += 1
             return
+        dst = self._reply_to(m, src)
+        if dst is None:
+            return
+        src = dst
         m.sync_in = p.seq
         differ = {b for b in range(SYNC_BUCKETS) if p.digests[b] != self._bdig[b]}
         if not differ:
@@ -707,6 +791,10 @@ class Membership:
         if p.seq != m.sync_out:
             self.stats["sync_unsolicited"] += 1
             return
+        dst = self._reply_to(m, src)
+        if dst is None:
+            return
+        src = dst
         want: list[bytes] = []
         rejected = {r[:8] for r in self._rejected}
         for item in p.items:
@@ -736,6 +824,10 @@ class Membership:
         if p.seq != m.sync_in or m.sync_budget <= 0:
             self.stats["sync_unsolicited"] += 1
             return
+        dst = self._reply_to(m, src)
+        if dst is None:
+            return
+        src = dst
         entries: list[Entry] = []
         for prefix in p.items[: m.sync_budget]:
             if prefix == self._id[:8]:
@@ -785,6 +877,19 @@ class Membership:
         elif ident in self._rejected:
             self.stats["not_admitted"] += 1
             return
+        elif inc < self._tombs.get(ident, -1):
+            # Older than what a reaped member last said (its latest record may come back: a
+            # member on the far side of a partition never heard it was declared dead).
+            self.stats["stale_record"] += 1
+            return
+        if not self._record_fresh(raw):
+            return
+        wg = raw[44:76]
+        owner = self._wg_owner.get(wg)
+        if (owner is not None and owner != ident) or wg == self._wg.public_key.raw:
+            # A WireGuard key belongs to one identity: a record claiming another's is refused.
+            self.stats["wg_key_taken"] += 1
+            return
         refutes = m is not None and m.state in (SUSPECT, DEAD)
         rec = self._cache.parse_record(raw)
         if rec is None:
@@ -800,6 +905,8 @@ class Membership:
                 return
             m = Member(ident, rec, raw, now)
             self._members[ident] = m
+            self._wg_owner[rec.wg_public] = ident
+            self._tombs.pop(ident, None)
             self._by_prefix[ident[:8]] = m
             self._live_add(m)
             self._order_insert(ident)
@@ -807,12 +914,22 @@ class Membership:
         else:
             old_state = m.state
             was_live = old_state in _LIVE
+            if not self._admit(ident, rec.certificate):
+                # Every new record is checked against trust again (a revoked certificate).
+                self._remove(m)
+                self._queue.drop(ident)
+                if was_live:
+                    out.append(MemberDown(m.record, "untrusted"))
+                return
             if was_live:
                 self._live_remove(m)
             m.sync_in = 0
             m.heard = False  # a new incarnation may have forgotten us
             if rec.wg_public != m.record.wg_public:
                 m.pair_key = None
+                if self._wg_owner.get(m.record.wg_public) == ident:
+                    del self._wg_owner[m.record.wg_public]
+                self._wg_owner[rec.wg_public] = ident
             m.record = rec
             m.raw = raw
             m.state_inc = inc
@@ -846,44 +963,63 @@ class Membership:
             self._queue.put(ident, (TAG_RECORD, raw), NORMAL)
 
     def _apply_accusation(self, now: float, dead: bool, raw: bytes, out: list[Action]) -> None:
+        """Suspect and Dead notices count only at the subject's current incarnation, and only
+        from a live, admitted member. A single notice never kills: a Dead notice about a member
+        we think alive starts a suspicion (which the subject refutes if it is alive); it dies
+        when our own suspicion times out, or at once when `dead_quorum` distinct members have
+        declared it dead."""
         subject = raw[0:32]
         accuser = raw[40:72]
         inc = int.from_bytes(raw[32:40], "little")
         if accuser == subject or accuser == self._id:
             return
-        if accuser not in self._members:
+        am = self._members.get(accuser)
+        if am is None or am.state not in _LIVE:
             self.stats["accuser_not_member"] += 1
             return
         if subject == self._id:
-            if inc < self._inc:
+            if inc != self._inc:
+                self.stats["accusation_not_current"] += 1
                 return
             if not self._cache.accusation_valid(dead, raw):
                 self.stats["bad_signature"] += 1
                 return
             self.stats["refuted"] += 1
             self._lhm = min(self.config.awareness_max, self._lhm + 1)
-            self._bump(inc + 1)
+            self._bump(self._inc + 1)
             return
         m = self._members.get(subject)
-        if m is None or inc < m.record.incarnation or m.state == LEFT:
+        if m is None or m.state in (LEFT, DEAD):
             return
-        if m.state == DEAD and m.state_inc >= inc:
+        if inc != m.record.incarnation:
+            self.stats["accusation_not_current"] += 1
             return
-        if not dead and m.state == SUSPECT and m.state_inc >= inc:
-            s = m.suspicion
-            if s is None or accuser in s.accusers or inc != s.incarnation:
+        entry: Entry = (TAG_DEAD if dead else TAG_SUSPECT, raw)
+        s = m.suspicion
+        if m.state == SUSPECT and s is not None:
+            if accuser in s.accusers and (not dead or accuser in s.dead):
                 return
-            if not self._cache.accusation_valid(False, raw):
+            if not self._cache.accusation_valid(dead, raw):
                 self.stats["bad_signature"] += 1
                 return
             s.confirm(accuser)
+            if dead:
+                s.dead.add(accuser)
+                if len(s.dead) >= self.config.dead_quorum:
+                    self.stats["dead_by_quorum"] += 1
+                    self._set_accused(now, m, True, inc, accuser, entry, out)
+                    return
             self._push_suspicion(m)
-            self._queue.put(subject, (TAG_SUSPECT, raw))
+            self._queue.put(subject, entry)
             return
         if not self._cache.accusation_valid(dead, raw):
             self.stats["bad_signature"] += 1
             return
-        self._set_accused(now, m, dead, inc, accuser, (TAG_DEAD if dead else TAG_SUSPECT, raw), out)
+        self._set_accused(now, m, False, inc, accuser, entry, out)
+        if dead:
+            self.stats["dead_notice_suspected"] += 1
+            assert m.suspicion is not None
+            m.suspicion.dead.add(accuser)
 
     def _set_accused(
         self,
@@ -950,8 +1086,9 @@ class Membership:
         return sign_record(self._key, rec)
 
     def _bump(self, inc: int) -> None:
+        # The incarnation doubles as the signing time (wall-clock ms), see SwimConfig.
         self._xor(self._raw)
-        self._inc = inc
+        self._inc = max(inc, int(self._wall * 1000))
         self._record, self._raw = self._sign_self(left=False)
         self._xor(self._raw)
         self._braw[self._id[0] & _BMASK][self._id] = self._raw
@@ -970,6 +1107,8 @@ class Membership:
         if m.state in _LIVE:
             self._live_remove(m)
         del self._members[m.key]
+        if self._wg_owner.get(m.record.wg_public) == m.key:
+            del self._wg_owner[m.record.wg_public]
         if self._by_prefix.get(m.key[:8]) is m:
             del self._by_prefix[m.key[:8]]
 
@@ -1034,14 +1173,67 @@ class Membership:
     def _new_seq(self) -> int:
         return self._rng.randrange(1 << 32)
 
-    def _take_token(self, now: float) -> bool:
+    def _take_token(self, now: float, src: Endpoint) -> bool:
+        """Budget for verifying a stranger's self-signed record: per source host first (a
+        member's announced address is exempt), then the global bucket."""
         cfg = self.config
+        host = src[0]
+        per_source = src not in self._ep_index
+        if per_source:
+            b = self._src_tokens.get(host)
+            if b is None:
+                if len(self._src_tokens) >= 4096:
+                    del self._src_tokens[next(iter(self._src_tokens))]
+                have = cfg.join_source_burst
+            else:
+                have = min(cfg.join_source_burst, b[0] + (now - b[1]) * cfg.join_source_rate)
+            self._src_tokens[host] = (have, now)
+            if have < 1.0:
+                return False
         self._tokens = min(cfg.join_burst, self._tokens + (now - self._tokens_at) * cfg.join_rate)
         self._tokens_at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        if per_source:
+            self._src_tokens[host] = (have - 1.0, now)
+        return True
+
+    def _set_wall(self, now: float, wall: float | None) -> None:
+        self._wall = wall if wall is not None else now
+        self._wall_offset = self._wall - now
+
+    def _refresh_due(self) -> float:
+        """When (in `now` time) our record becomes record_refresh old."""
+        return self._inc / 1000 + self.config.record_refresh - self._wall_offset
+
+    def _record_fresh(self, raw: bytes) -> bool:
+        """A record's incarnation is its signing time in ms: refuse it when too old or too far
+        in the future (a cheap check, before any signature verification)."""
+        age = self._wall - int.from_bytes(raw[36:44], "little") / 1000
+        if age > self.config.record_max_age:
+            self.stats["record_too_old"] += 1
+            return False
+        if age < -self.config.record_max_age:
+            self.stats["record_from_future"] += 1
+            return False
+        return True
+
+    def _prune_tombs(self) -> None:
+        """Forget high-water marks whose records would be refused as too old anyway."""
+        horizon = (self._wall - self.config.record_max_age) * 1000
+        if len(self._tombs) > 65536:
+            self._tombs = dict(list(self._tombs.items())[-65536:])
+        for k in [k for k, inc in self._tombs.items() if inc < horizon]:
+            del self._tombs[k]
+
+    def _reply_to(self, m: Member, src: Endpoint) -> Endpoint | None:
+        """Where a reply that may be large goes: the source if the member announced it, else
+        its first announced endpoint (a spoofed source draws nothing)."""
+        if src in m.record.endpoints:
+            return src
+        self.stats["reply_redirected"] += 1
+        return self._endpoint(m)
 
     def _send(
         self,
@@ -1068,10 +1260,14 @@ class Membership:
             base = _BASE_LEAVE
         budget = MAX_PACKET - MAC_LEN - base - 1
         entries: list[Entry] = list(pkt.entries)
-        if t != JOIN_ACK and ep not in m.record.endpoints:
+        if ep not in m.record.endpoints:
             # A reply to an address the member never announced (NAT, or a replayed packet with
-            # a spoofed source): send it bare, so it is never much larger than the request.
-            body = encode_body(Packet(t, self._id, pkt.seq, pkt.key, entries=pkt.entries), False)
+            # a spoofed source): send it bare, so it is never much larger than the request and
+            # spends no piggyback budget. A JoinAck keeps the sender's record and `extra`.
+            keep = (*pkt.entries, *extra[:1]) if t == JOIN_ACK else pkt.entries
+            body = encode_body(
+                Packet(t, self._id, pkt.seq, pkt.key, record=pkt.record, entries=keep), False
+            )
             out.append(Send(body + _mac(key, body), ep))
             self.stats["bare_replies"] += 1
             return

@@ -11,7 +11,7 @@ import math
 
 
 class Suspicion:
-    __slots__ = ("accusers", "incarnation", "k", "max_t", "min_t", "start")
+    __slots__ = ("accusers", "dead", "incarnation", "k", "max_t", "min_t", "start")
 
     def __init__(
         self, start: float, incarnation: int, accuser: bytes, min_t: float, max_t: float, k: int
@@ -22,6 +22,7 @@ class Suspicion:
         self.max_t = max(min_t, max_t)
         self.k = k
         self.accusers = {accuser}
+        self.dead: set[bytes] = set()  # accusers who have declared the subject dead
 
     def confirm(self, accuser: bytes) -> bool:
         """Count an independent confirmation; True if it was new (the deadline moved)."""
