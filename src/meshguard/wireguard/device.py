@@ -113,6 +113,9 @@ NO_PSK = bytes(32)
 _HEADER = struct.Struct("<IIQ")
 _U16 = struct.Struct("!H")
 _INITIATION_INTERVAL = 1.0 / MAX_INITIATIONS_PER_PEER_PER_SECOND
+# removed peers whose greatest initiation timestamp is remembered, so an initiation captured
+# before a removal is still a replay after the peer is added again (oldest forgotten first)
+MAX_RETIRED_TIMESTAMPS = 4096
 _DST_CACHE_MAX = 4096
 
 
@@ -258,6 +261,7 @@ class Device:
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
         self._dst_cache: dict[bytes, Peer | None] = {}
         self._static_static_map: dict[bytes, bytes] = {}
+        self._retired_timestamps: dict[bytes, bytes] = {}  # public key -> greatest TAI64N
         self._wall_offset: float | None = None
         self._bound = DeadlineBound()
         self.set_private_key(private_key)
@@ -313,6 +317,7 @@ class Device:
         if self._private_key is not None and pub == self._private_key.public_key:
             raise DeviceError("a peer cannot have the interface's own public key")
         peer = Peer(pub, routes=self._allowed)
+        peer.greatest_timestamp = self._retired_timestamps.pop(pub.raw, peer.greatest_timestamp)
         peer.timers.bound = self._bound
         self._peers[pub.raw] = peer
         self._precompute(peer)
@@ -322,6 +327,12 @@ class Device:
         peer = self._peers.pop(pub.raw, None)
         if peer is None:
             return
+        if any(peer.greatest_timestamp):
+            retired = self._retired_timestamps
+            retired.pop(pub.raw, None)
+            if len(retired) >= MAX_RETIRED_TIMESTAMPS:
+                retired.pop(next(iter(retired)))
+            retired[pub.raw] = peer.greatest_timestamp
         self._clear_session_state(peer)
         peer.timers.stop_all()
         peer.timers.bound = None
