@@ -94,6 +94,8 @@ def _loads_line(line: bytes) -> dict[str, Any]:
         obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireFormatError(f"control line is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the decoder's recursion limit
+        raise WireFormatError("control line is nested too deeply") from None
     if not isinstance(obj, dict):
         raise WireFormatError("control line must be a JSON object")
     return obj
@@ -215,7 +217,7 @@ class StatusReport:
                 ),
                 counters={str(k): int(v) for k, v in obj.get("counters", {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # inf: OverflowError
             raise WireFormatError(f"malformed status document: {exc}") from None
 
 
