@@ -62,3 +62,69 @@ async def _exercise() -> None:
 
 def test_udp_and_tcp_on_loopback() -> None:
     asyncio.run(_exercise())
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((data, addr))
+
+
+def test_udp_queries_from_outside_the_mesh_are_counted_and_dropped() -> None:
+    """The sockets listen on the mesh addresses, but the host accepts a datagram for its mesh
+    address from the underlay too (weak host model): such a query must draw no answer."""
+    resolver = Resolver(build_table([("a.mesh", HostAddresses((V4,), ()))]))
+    server = DnsServer(lambda: resolver, free_port())
+    udp = server.udp_protocol()
+    t = _Transport()
+    udp.connection_made(t)  # type: ignore[arg-type]
+    q = dns.build_query(7, "a.mesh", dns.TYPE_A)
+    for src in (("192.0.2.7", 5353), ("203.0.113.1", 53), ("::ffff:198.51.100.2", 1),
+                ("2001:db8::1", 53), ("10.98.1.1", 53)):
+        udp.datagram_received(q, src)
+    assert t.sent == []
+    assert server.counters["dns_foreign_source"] == 5
+    for src in (("127.0.0.1", 5353), ("::1", 53), ("10.99.3.4", 40000), ("fd99:6d67::7", 1),
+                ("::ffff:10.99.1.2", 9)):
+        udp.datagram_received(q, src)
+    assert [a for _, a in t.sent] == [("127.0.0.1", 5353), ("::1", 53), ("10.99.3.4", 40000),
+                                      ("fd99:6d67::7", 1), ("::ffff:10.99.1.2", 9)]
+    assert server.counters["dns_answered"] == 5
+
+
+def test_tcp_connections_from_outside_the_mesh_are_closed_unanswered() -> None:
+    async def run() -> None:
+        resolver = Resolver(build_table([("a.mesh", HostAddresses((V4,), ()))]))
+        server = DnsServer(lambda: resolver, free_port())
+        q = dns.build_query(1, "a.mesh", dns.TYPE_A)
+        reader = asyncio.StreamReader()
+        reader.feed_data(struct.pack("!H", len(q)) + q)
+        reader.feed_eof()
+
+        class Writer:
+            written = b""
+            closed = False
+
+            def get_extra_info(self, name: str) -> object:
+                return ("192.0.2.9", 40000) if name == "peername" else None
+
+            def write(self, data: bytes) -> None:
+                self.written += data
+
+            async def drain(self) -> None:
+                pass
+
+            def close(self) -> None:
+                self.closed = True
+
+            async def wait_closed(self) -> None:
+                pass
+
+        w = Writer()
+        await server._tcp(reader, w)  # type: ignore[arg-type]
+        assert w.written == b"" and w.closed
+        assert server.counters["dns_foreign_source"] == 1
+
+    asyncio.run(run())

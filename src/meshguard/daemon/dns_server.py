@@ -1,7 +1,11 @@
 """Serve the mesh resolver (dns/resolver.py) on UDP and TCP port 53 of the mesh addresses.
 
-The sockets bind to this node's mesh IPv4 and IPv6 addresses only (never the underlay), so
-only mesh members (through the tunnel) and local processes can ask. IP_FREEBIND lets the IPv6
+The sockets bind to this node's mesh IPv4 and IPv6 addresses only (never the underlay). Linux
+still delivers a datagram for a mesh address that arrives on an underlay interface (the weak
+host model), so every query's source is checked too: only loopback and mesh addresses
+(10.99.0.0/16, fd99:6d67::/64, also IPv4-mapped) are answered; any other source is counted
+(`counters["dns_foreign_source"]`) and dropped without an answer, and a TCP connection from
+one is closed unread. IP_FREEBIND lets the IPv6
 socket bind while the address is still tentative (duplicate address detection). TCP (RFC 7766:
 two-byte length prefix, several queries per connection) serves clients retrying a truncated
 UDP answer; connections are capped and idle ones closed.
@@ -22,10 +26,12 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from meshguard.dns.resolver import Resolver
+from meshguard.identity.addressing import MESH_IPV4_NETWORK, MESH_IPV6_NETWORK
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +61,51 @@ def _socket(address: str, port: int, kind: socket.SocketKind) -> socket.socket:
     return sock
 
 
+def mesh_or_loopback(host: str) -> bool:
+    """Whether a query from `host` may be answered: a loopback or mesh address."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return True
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip in MESH_IPV4_NETWORK
+    return ip in MESH_IPV6_NETWORK
+
+
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, resolver: Callable[[], Resolver]) -> None:
-        self.resolver = resolver
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        out = self.resolver().handle(data)
+        server = self.server
+        if not server.allowed(addr[0]):
+            server.counters["dns_foreign_source"] += 1
+            return
+        out = server.resolver().handle(data)
         if out is not None and self.transport is not None:
+            server.counters["dns_answered"] += 1
             self.transport.sendto(out, addr)
+        else:
+            server.counters["dns_unanswered"] += 1
 
 
 class DnsServer:
-    """UDP and TCP listeners on each address; `resolver()` returns an up-to-date Resolver."""
+    """UDP and TCP listeners on each address; `resolver()` returns an up-to-date Resolver;
+    `allowed(source address)` says whom to answer (default: loopback and mesh addresses)."""
 
-    def __init__(self, resolver: Callable[[], Resolver], port: int = DEFAULT_DNS_PORT) -> None:
+    def __init__(self, resolver: Callable[[], Resolver], port: int = DEFAULT_DNS_PORT,
+                 allowed: Callable[[str], bool] = mesh_or_loopback) -> None:
         self.resolver = resolver
+        self.allowed = allowed
+        self.counters: Counter[str] = Counter()
         self.port = port
         self._transports: list[asyncio.BaseTransport] = []
         self._servers: list[asyncio.Server] = []
@@ -89,8 +121,7 @@ class DnsServer:
                 log.warning("DNS: cannot listen on %s port %d (%s)", addr, self.port,
                             exc.strerror)
                 continue
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self.resolver), sock=usock)
+            transport, _ = await loop.create_datagram_endpoint(self.udp_protocol, sock=usock)
             self._transports.append(transport)
             try:
                 tsock = _socket(addr, self.port, socket.SOCK_STREAM)
@@ -102,8 +133,17 @@ class DnsServer:
         if self.bound:
             log.info("DNS: serving *.mesh on %s port %d", ", ".join(self.bound), self.port)
 
+    def udp_protocol(self) -> _Udp:
+        return _Udp(self)
+
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer: Any = writer.get_extra_info("peername")
+        if not (isinstance(peer, tuple) and peer and self.allowed(str(peer[0]))):
+            self.counters["dns_foreign_source"] += 1
+            writer.close()
+            return
         if self._connections >= TCP_MAX_CONNECTIONS:
+            self.counters["dns_tcp_refused"] += 1
             writer.close()
             return
         self._connections += 1
