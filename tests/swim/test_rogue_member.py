@@ -124,7 +124,9 @@ def test_a_record_claiming_another_members_wireguard_key_is_refused(
         c.id_keys[ROGUE],
         dataclasses.replace(rec, incarnation=rec.incarnation + 1, wg_public=stolen),
     )
+    # as a hello (its own record first) and as gossip relayed among other entries
     gossip_from(c, ROGUE, ((g.TAG_RECORD, raw),))
+    gossip_from(c, ROGUE, ((g.TAG_RECORD, c.nodes[VICTIM]._raw), (g.TAG_RECORD, raw)))
     c.net.run_for(1)
     for i in range(N):
         if i == ROGUE:

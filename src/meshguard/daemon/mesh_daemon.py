@@ -42,6 +42,7 @@ from meshguard.clock import Clock, SystemClock
 from meshguard.config import resolve_config_dir
 from meshguard.daemon import sd_notify
 from meshguard.daemon.control_server import ControlServer, claim_socket_path
+from meshguard.daemon.gossip_state import load_high_water, save_high_water
 from meshguard.daemon.kernel_wg import (
     KernelPeer,
     KernelWireGuard,
@@ -83,6 +84,7 @@ log = logging.getLogger("meshguard.daemon")
 
 TRUST_POLL = 2.0  # seconds between trust-store mtime polls
 LEAVE_LINGER = 0.3  # seconds to let the leave datagrams go out before closing the socket
+GOSSIP_STATE_SAVE = 60.0  # seconds between saves of the gossip high-water marks
 
 
 class StartupError(MeshguardError):
@@ -369,6 +371,10 @@ class MeshDaemon:
             certificate=self.cert.to_bytes() if self.cert is not None else None,
             endpoints=endpoints, kernel=split, admitter=self.trust,
             rng=self.rng, now=self.clock.monotonic(), wall=self.clock.wall())
+        marks, bad = await asyncio.to_thread(load_high_water, self.config_dir)
+        if bad:
+            log.warning("%s: skipped %d unreadable lines", self.config_dir / "gossip.state", bad)
+        self._membership.core.remember(marks)
         backend = None
         if device is not None:
             from meshguard.mesh.wg_backend import DeviceBackend
@@ -760,11 +766,27 @@ class MeshDaemon:
         self._execute(actions)
 
     async def _trust_poller(self) -> None:
+        saved = self.clock.monotonic()
         while not self.stop_event.is_set():
             await asyncio.sleep(TRUST_POLL)
             fp = await asyncio.to_thread(trust_stamp, self.config_dir)
             if fp != self._trust_fp:
                 self.reload_trust("files changed")
+            if self.clock.monotonic() - saved >= GOSSIP_STATE_SAVE:
+                saved = self.clock.monotonic()
+                await asyncio.to_thread(self._save_gossip_state)
+
+    def _save_gossip_state(self) -> None:
+        """Persist the highest incarnation seen per member, so a restarted node still refuses
+        records older than those (see daemon/gossip_state.py)."""
+        if self._membership is None:
+            return
+        core = self._membership.core
+        horizon = int((self.clock.wall() - core.config.record_max_age) * 1000)
+        try:
+            save_high_water(self.config_dir, core.high_water(), horizon)
+        except (MeshguardError, OSError) as exc:
+            log.warning("cannot save the gossip state in %s: %s", self.config_dir, exc)
 
     # ---- control ---------------------------------------------------------------------
 
@@ -898,6 +920,7 @@ class MeshDaemon:
         with contextlib.suppress(Exception):
             self._execute(self.node.leave(c.monotonic(), c.wall()))
             await asyncio.sleep(LEAVE_LINGER)
+        self._save_gossip_state()
 
     async def run(self) -> int:
         async with contextlib.AsyncExitStack() as stack:

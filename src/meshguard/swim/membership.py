@@ -369,6 +369,7 @@ class Membership:
             self._wg = wg_key
             for m in self._members.values():
                 m.pair_key = None
+                m.heard = False  # our next packet to each carries the new record first
         self._bump(self._inc + 1)
 
     def reevaluate_admission(self, now: float, wall: float | None = None) -> list[Action]:
@@ -551,6 +552,24 @@ class Membership:
                 self.stats["non_member"] += 1
                 return
             m = self._introduce(now, ent[0][1], data, p.mac, None, src, out)
+            if m is None:
+                return
+        elif (
+            p.entries
+            and p.entries[0][0] == TAG_RECORD
+            and p.entries[0][1][4:36] == sender
+            and p.entries[0][1] != m.raw
+            and int.from_bytes(p.entries[0][1][36:44], "little") > m.record.incarnation
+        ):
+            # A member that changed its keys (WireGuard key rotation) says hello again with its
+            # new record first: the MAC is checked under the new record's keys. The record
+            # costs a verification, so this path spends the stranger budget.
+            if not self._record_fresh(p.entries[0][1]):
+                return
+            if not self._take_token(now, src):
+                self.stats["join_rate_limited"] += 1
+                return
+            m = self._introduce(now, p.entries[0][1], data, p.mac, m, src, out)
             if m is None:
                 return
         elif not self._mac_ok(m, data, p.mac):
