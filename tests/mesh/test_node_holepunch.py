@@ -163,6 +163,7 @@ def test_failed_punch_relays_through_the_fastest_public_member() -> None:
     rwg = X25519PrivateKey(b"\x42" * 32)
     r_view = ms.view[rkey.public_key.raw]
     ms.view[r_view.identity_key] = replace(r_view, wg_key=rwg.public_key.raw)
+    node.reconcile(WALL + 6)  # what the membership port does on a change
     regs = [a for a in node.tick(6.0, WALL + 6) if isinstance(a, SendDatagram)
             and a.data[0] == 0x31]
     assert [a.endpoint for a in regs] == [R_EP]
@@ -174,9 +175,15 @@ def test_failed_punch_relays_through_the_fastest_public_member() -> None:
         mapped = NODE_EP
 
     node.stun = Stun()  # type: ignore[assignment]
-    echo, _ = r_core.receive(6.0, regs[0].data, seen_from, {node.identity_key: me})
+    echo, _ = r_core.receive(6.0, WALL + 6, regs[0].data, seen_from, {node.identity_key: me})
     out = node.receive_datagram(6.02, WALL + 6.02, echo[0].data, R_EP)
     assert ReflexiveEndpoint(seen_from, rkey.public_key.raw) in out
+    # the echo carried a cookie: the node confirms the address from where it registered
+    confirms = [a for a in out if isinstance(a, SendDatagram) and a.data[0] == 0x31]
+    assert [a.endpoint for a in confirms] == [R_EP]
+    assert r_core.receive(6.03, WALL + 6.03, confirms[0].data, seen_from,
+                          {node.identity_key: me}) == ([], None)
+    assert r_core._seen_at[node.identity_key] == seen_from
     assert abs(node.relay.rtt[rkey.public_key.raw] - 0.02) < 1e-9
     # now the failure switches B to the relay: a placeholder endpoint, status says relayed
     out = node._punch_actions([PunchFailed(b.identity_key)], 7.0, WALL + 7)

@@ -10,6 +10,7 @@ from meshguard.errors import WireFormatError
 from meshguard.nat.relay import RELAY_HOST, Relay, RelayPeer
 from meshguard.wire import relay as wire
 
+WALL = 1_700_000_000.0
 A_EP = ("203.0.113.21", 40001)
 B_EP = ("203.0.113.22", 40002)
 R_EP = ("203.0.113.10", 51821)
@@ -22,7 +23,7 @@ class Member:
         self.wg = X25519PrivateKey(bytes([seed + 100]) * 32)
         self.ep = ep
         self.nat = nat
-        self.core = Relay(self.ident, self.wg)
+        self.core = Relay(self.ident, self.wg, cookie_secret=bytes([seed]) * 32)
         self.core.behind_nat = nat != 1
 
     def peer(self) -> RelayPeer:
@@ -38,18 +39,32 @@ def mesh() -> tuple[Member, Member, Member, Member]:
     return Member(1, R_EP, 1), Member(2, A_EP, 3), Member(3, B_EP, 3), Member(4, R2_EP, 1)
 
 
+def hop(c: Member, to: Member, origin: bytes, target: bytes, payload: bytes) -> bytes:
+    """A hop MACed by `c` for `to` (no end-to-end tag)."""
+    c.core._wall = WALL
+    out = c.core._hop(to.peer(), origin, target, c.core._next_counter(), payload)
+    assert out is not None
+    return out
+
+
 def register(c: Member, relays: list[Member], now: float, rtts: dict[bytes, float],
              seen_as: dict[bytes, tuple[str, int]], everyone: list[Member]) -> None:
-    sends = c.core.tick(now, view(c, *everyone))
+    sends = c.core.tick(now, WALL + now, view(c, *everyone))
     assert {s.endpoint for s in sends} == {r.ep for r in relays}
     for s in sends:
         r = next(x for x in relays if x.ep == s.endpoint)
         src = seen_as[r.ident]
-        echo, delivered = r.core.receive(now + 0.001, s.data, src, view(r, *everyone))
+        echo, delivered = r.core.receive(now + 0.001, WALL + now, s.data, src,
+                                         view(r, *everyone))
         assert delivered is None and len(echo) == 1 and echo[0].endpoint == src
-        out, delivered = c.core.receive(now + rtts[r.ident], echo[0].data, r.ep,
+        out, delivered = c.core.receive(now + rtts[r.ident], WALL + now, echo[0].data, r.ep,
                                         view(c, *everyone))
-        assert out == [] and delivered is None
+        assert delivered is None
+        for confirm in out:  # the relay saw a new address: confirm it from there
+            assert confirm.endpoint == r.ep
+            assert r.core.receive(now + rtts[r.ident], WALL + now, confirm.data, src,
+                                  view(r, *everyone)) == ([], None)
+        assert r.core._seen_at[c.ident] == src
 
 
 def test_registration_measures_rtt_and_learns_observed_address(
@@ -70,9 +85,12 @@ def test_registration_measures_rtt_and_learns_observed_address(
     assert a.core.best_relay(view(a, *everyone)) == r.ident
     assert a.core.counters["relay_rtt_samples"] == 60
     # not before the interval
-    assert a.core.tick(5.0 * 29 + 1.0, view(a, *everyone)) == []
+    assert a.core.tick(5.0 * 29 + 1.0, WALL, view(a, *everyone)) == []
     # public members do not register
-    assert r.core.tick(0.0, view(r, *everyone)) == []
+    assert r.core.tick(0.0, WALL, view(r, *everyone)) == []
+    # the address was confirmed once per relay; later echoes carry no cookie
+    assert r.core.counters["relay_address_confirmed"] == 1
+    assert r.core.counters["relay_registrations"] == 30
 
 
 def test_relayed_datagrams_both_ways(mesh: tuple[Member, Member, Member, Member]) -> None:
@@ -86,19 +104,20 @@ def test_relayed_datagrams_both_ways(mesh: tuple[Member, Member, Member, Member]
     assert ph[0] == RELAY_HOST and a.core.is_placeholder(ph)
     hop1 = a.core.wrap(ph, b"\x01\x00\x00\x00wireguard", view(a, *everyone))
     assert hop1 is not None and hop1.endpoint == R_EP
-    fwd, delivered = r.core.receive(1.0, hop1.data, ("203.0.113.21", 5555), view(r, *everyone))
+    fwd, delivered = r.core.receive(1.0, WALL + 1.0, hop1.data, ("203.0.113.21", 5555),
+                                    view(r, *everyone))
     assert delivered is None and len(fwd) == 1
     assert fwd[0].endpoint == b_at_r  # where B registered from, not its advertised endpoint
-    out, got = b.core.receive(1.0, fwd[0].data, R_EP, view(b, *everyone))
+    out, got = b.core.receive(1.0, WALL + 1.0, fwd[0].data, R_EP, view(b, *everyone))
     assert out == [] and got is not None
     payload, src = got
     assert payload == b"\x01\x00\x00\x00wireguard" and src == b.core.placeholder(a.ident)
     assert b.core.via == {a.ident: r.ident}  # B answers through the same relay
     back = b.core.wrap(src, b"reply", view(b, *everyone))
     assert back is not None and back.endpoint == R_EP
-    fwd2, _ = r.core.receive(1.1, back.data, b_at_r, view(r, *everyone))
+    fwd2, _ = r.core.receive(1.1, WALL + 1.1, back.data, b_at_r, view(r, *everyone))
     assert fwd2[0].endpoint == ("203.0.113.21", 5555)
-    _, got2 = a.core.receive(1.1, fwd2[0].data, R_EP, view(a, *everyone))
+    _, got2 = a.core.receive(1.1, WALL + 1.1, fwd2[0].data, R_EP, view(a, *everyone))
     assert got2 == (b"reply", ph)
     assert r.core.counters["relay_forwarded"] == 2
     a.core.stop(b.ident)
@@ -117,29 +136,27 @@ def test_relay_drops_forged_unknown_and_chained(
         mesh: tuple[Member, Member, Member, Member]) -> None:
     r, a, b, r2 = mesh
     everyone = [r, a, b, r2]
-    good = wire.authenticated_part(wire.RelayMessage(a.ident, a.ident, b.ident, b"data"))
-    assert r.core.receive(0.0, good + b"\x00" * 16, A_EP, view(r, *everyone)) == ([], None)
+    good = wire.authenticated_part(wire.RelayMessage(a.ident, a.ident, b.ident, b"data",
+                                                     int(WALL) << 24))
+    assert r.core.receive(0.0, WALL, good + b"\x00" * 16, A_EP, view(r, *everyone)) == ([], None)
     assert r.core.counters["relay_bad_mac"] == 1
     stranger = Member(9, ("6.6.6.6", 1), 3)
-    hop = stranger.core._hop(r.peer(), stranger.ident, b.ident, b"data")
-    assert hop is not None
-    assert r.core.receive(0.0, hop, stranger.ep, view(r, *everyone)) == ([], None)
+    h = hop(stranger, r, stranger.ident, b.ident, b"data")
+    assert r.core.receive(0.0, WALL + 0.0, h, stranger.ep, view(r, *everyone)) == ([], None)
     assert r.core.counters["relay_unknown_hop"] == 1
     # a hop whose origin is not its sender (relay chaining / reflection) is not forwarded
-    chained = a.core._hop(r.peer(), r2.ident, b.ident, b"data")
-    assert chained is not None
-    assert r.core.receive(0.0, chained, A_EP, view(r, *everyone)) == ([], None)
+    chained = hop(a, r, r2.ident, b.ident, b"data")
+    assert r.core.receive(0.0, WALL + 0.0, chained, A_EP, view(r, *everyone)) == ([], None)
     # a target that is not a member is not forwarded
-    nobody = a.core._hop(r.peer(), a.ident, b"\x55" * 32, b"data")
-    assert nobody is not None
-    assert r.core.receive(0.0, nobody, A_EP, view(r, *everyone)) == ([], None)
+    nobody = hop(a, r, a.ident, b"\x55" * 32, b"data")
+    assert r.core.receive(0.0, WALL + 0.0, nobody, A_EP, view(r, *everyone)) == ([], None)
     assert r.core.counters["relay_not_forwarded"] == 2
-    assert r.core.receive(0.0, b"\x31MG\x01\x00short", A_EP, view(r, *everyone)) == ([], None)
+    assert r.core.receive(0.0, WALL, b"\x31MG\x01\x00short", A_EP, view(r, *everyone)) == (
+        [], None)
     assert r.core.counters["relay_garbage"] == 1
     # a MAC made for another hop receiver fails here
-    for_r2 = a.core._hop(r2.peer(), a.ident, b.ident, b"data")
-    assert for_r2 is not None
-    assert r.core.receive(0.0, for_r2, A_EP, view(r, *everyone)) == ([], None)
+    for_r2 = hop(a, r2, a.ident, b.ident, b"data")
+    assert r.core.receive(0.0, WALL + 0.0, for_r2, A_EP, view(r, *everyone)) == ([], None)
     assert r.core.counters["relay_bad_mac"] == 2
 
 
@@ -147,24 +164,29 @@ def test_relay_rate_limits_each_origin(mesh: tuple[Member, Member, Member, Membe
     r, a, b, _ = mesh
     r.core.rate = 10.0
     everyone = [r, a, b]
-    hop = a.core._hop(r.peer(), a.ident, b.ident, b"x")
-    assert hop is not None
-    sent = sum(len(r.core.receive(0.0, hop, A_EP, view(r, *everyone))[0]) for _ in range(25))
+    hops = [hop(a, r, a.ident, b.ident, b"x") for _ in range(26)]
+    sent = sum(len(r.core.receive(0.0, WALL + 0.0, h, A_EP, view(r, *everyone))[0])
+               for h in hops[:25])
     assert sent == 10 and r.core.counters["relay_rate_limited"] == 15
-    assert len(r.core.receive(1.0, hop, A_EP, view(r, *everyone))[0]) == 1  # refilled
+    assert len(r.core.receive(1.0, WALL + 1.0, hops[25], A_EP, view(r, *everyone))[0]) == 1
 
 
 def test_codec() -> None:
-    m = wire.RelayMessage(b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"payload", b"\x04" * 16)
+    m = wire.RelayMessage(b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"payload", 2**63 + 5,
+                          b"\x05" * 16, b"\x04" * 16)
     raw = wire.authenticated_part(m) + m.mac
     assert raw[0] == 0x31 and raw[1:3] == b"MG" and len(raw) == wire.OVERHEAD + 7
     assert wire.decode(raw) == m
+    assert wire.decode(raw[:-16 - 7 - 16] + raw[-32:]).payload == b""
     with pytest.raises(WireFormatError):
         wire.decode(raw[: wire.OVERHEAD - 1])
     with pytest.raises(WireFormatError):
         wire.decode(b"\x32" + raw[1:])
     with pytest.raises(WireFormatError):
         wire.authenticated_part(wire.RelayMessage(b"x", b"\x02" * 32, b"\x03" * 32, b""))
+    with pytest.raises(WireFormatError):
+        wire.authenticated_part(wire.RelayMessage(b"\x01" * 32, b"\x02" * 32, b"\x03" * 32,
+                                                  b"", 2**64))
 
 
 

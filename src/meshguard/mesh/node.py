@@ -44,9 +44,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 from meshguard.crypto.keys import X25519PublicKey
 from meshguard.dns.resolver import HostAddresses
@@ -280,6 +280,10 @@ class MeshNode:
     relay: Relay | None = None  # relaying through a public member (nat/relay.py)
     # WireGuard key -> (the record's endpoint when punched, the endpoint that worked)
     punched: dict[bytes, tuple[Endpoint | None, Endpoint]] = field(default_factory=dict)
+    # the relay and hole-punch views of the members, built on first use after a change
+    _relay_members: _LazyView[RelayPeer] | None = None
+    _punch_members: _LazyView[PeerInfo] | None = None
+    _views_wall: float | None = None
 
     def __post_init__(self) -> None:
         self.self_ipv4 = mesh_ipv4(self.identity_key)
@@ -303,7 +307,7 @@ class MeshNode:
                 self.counters["garbage_dropped"] += 1
                 return []
             return self._punch_actions(
-                hp.receive(now, wall, bytes(data), src, self._punch_view(wall)), now, wall)
+                hp.receive(now, wall, bytes(data), src, self._punch_lookup(wall)), now, wall)
         if kind is Kind.GOSSIP and data[0] == RELAY_DATA:
             self.counters["relaydata_rx"] += 1
             return self._receive_relay(now, wall, bytes(data), src)
@@ -349,7 +353,7 @@ class MeshNode:
             due = rl.next_deadline()
             if due is not None and now >= due:
                 out += [SendDatagram(x.data, x.endpoint)
-                        for x in rl.tick(now, self._relay_view(wall))]
+                        for x in rl.tick(now, wall, self._relay_view(wall))]
             if rl.via and rl.prune(self._relay_view(wall)):
                 out += self.reconcile(wall)  # a relay died: back to the advertised endpoint
         org = self.org
@@ -387,20 +391,39 @@ class MeshNode:
         due = hp.next_deadline()
         return self._punch_scan if due is None else min(due, self._punch_scan)
 
-    def _punch_view(self, wall: float) -> dict[bytes, PeerInfo]:
-        """Every admitted live member, with whether a recent handshake proves a direct path."""
+    def _punch_lookup(self, wall: float) -> Mapping[bytes, PeerInfo]:
+        """Every member as the hole puncher sees it (alive = routed and admitted), for
+        datagrams: built on first use after a membership change (reconcile drops it), so a
+        datagram costs lookups, never a scan. `connected` is False here (receive ignores it)."""
+        self._views_wall = wall
+        v = self._punch_members
+        if v is None:
+            v = self._punch_members = _LazyView(self._build_punch_view, self.counters)
+        return v
+
+    def _build_punch_view(self) -> dict[bytes, PeerInfo]:
+        wall = self._views_wall
         out: dict[bytes, PeerInfo] = {}
         for m in self.membership.members():
             if m.identity_key == self.identity_key:
                 continue
-            alive = m.state in ROUTED_STATES and self.admission(m, wall).admitted
-            connected = False
-            if m.wg_key is not None and m.wg_key in self.peers and self.backend is not None:
-                hs = self.backend.stats(m.wg_key)[0]
-                connected = hs > 0 and wall - hs < HANDSHAKE_FRESH
+            alive = m.state in ROUTED_STATES and (
+                wall is None or self.admission(m, wall).admitted)
             eps = m.endpoints or ((m.wg_endpoint,) if m.wg_endpoint else ())
             out[m.identity_key] = PeerInfo(m.identity_key, m.wg_key, m.gossip_endpoint,
-                                           tuple(eps), m.nat_type, alive, connected)
+                                           tuple(eps), m.nat_type, alive, False)
+        return out
+
+    def _punch_view(self, wall: float) -> dict[bytes, PeerInfo]:
+        """The lookup view plus whether a recent handshake proves a direct path (timers)."""
+        out: dict[bytes, PeerInfo] = {}
+        be = self.backend
+        for k, p in self._punch_lookup(wall).items():
+            if p.wg_key is not None and p.wg_key in self.peers and be is not None:
+                hs = be.stats(p.wg_key)[0]
+                if hs > 0 and wall - hs < HANDSHAKE_FRESH:
+                    p = replace(p, connected=True)
+            out[k] = p
         return out
 
     def _punch_actions(self, actions: list[Any], now: float, wall: float) -> list[Action]:
@@ -582,13 +605,10 @@ class MeshNode:
         rl = self.relay
         if rl is None or not rl.via:
             return actions
-        view: dict[bytes, RelayPeer] | None = None
         out: list[Action] = []
         for a in actions:
             if isinstance(a, SendDatagram) and rl.is_placeholder(a.endpoint):
-                if view is None:
-                    view = self._relay_view(None)
-                w = rl.wrap(a.endpoint, a.data, view)
+                w = rl.wrap(a.endpoint, a.data, self._relay_view(None))
                 if w is not None:
                     out.append(SendDatagram(w.data, w.endpoint))
             else:
@@ -597,7 +617,18 @@ class MeshNode:
 
     # relay -------------------------------------------------------------------------------
 
-    def _relay_view(self, wall: float | None) -> dict[bytes, RelayPeer]:
+    def _relay_view(self, wall: float | None) -> Mapping[bytes, RelayPeer]:
+        """Every member as the relay sees it (alive = routed and admitted at the latest wall
+        time known), built on first use after a membership change (reconcile drops it)."""
+        if wall is not None:
+            self._views_wall = wall
+        v = self._relay_members
+        if v is None:
+            v = self._relay_members = _LazyView(self._build_relay_view, self.counters)
+        return v
+
+    def _build_relay_view(self) -> dict[bytes, RelayPeer]:
+        wall = self._views_wall
         out: dict[bytes, RelayPeer] = {}
         for m in self.membership.members():
             if m.identity_key == self.identity_key:
@@ -616,7 +647,7 @@ class MeshNode:
             return []
         known = set(rl.via)
         observed = dict(rl.observed)
-        sends, delivered = rl.receive(now, data, src, self._relay_view(wall))
+        sends, delivered = rl.receive(now, wall, data, src, self._relay_view(wall))
         out: list[Action] = [SendDatagram(x.data, x.endpoint) for x in sends]
         if rl.observed != observed:
             st = self.stun
@@ -754,6 +785,7 @@ class MeshNode:
         return desired, v4.get(self.identity_key)
 
     def reconcile(self, wall: float) -> list[Action]:
+        self._relay_members = self._punch_members = None  # members or trust may have changed
         desired, mine = self.desired_peers(wall)
         out: list[Action] = []
         if mine != self.self_ipv4:
@@ -783,6 +815,35 @@ class MeshNode:
                          ", ".join(str(n) for n in new.allowed_ips))
             out.append(PeerUp(new))
         return out
+
+
+V = TypeVar("V")
+
+
+class _LazyView(Mapping[bytes, V], Generic[V]):
+    """A member view built on first use: a datagram that fails to decode, or is dropped
+    before any member lookup, never builds it. Each build is counted."""
+
+    def __init__(self, build: Callable[[], dict[bytes, V]], counters: Counter[str]) -> None:
+        self._build = build
+        self._counters = counters
+        self._d: dict[bytes, V] | None = None
+
+    def _get(self) -> dict[bytes, V]:
+        d = self._d
+        if d is None:
+            d = self._d = self._build()
+            self._counters["member_views_built"] += 1
+        return d
+
+    def __getitem__(self, key: bytes) -> V:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _parse_cert(certificate: bytes | None) -> NodeCertificate | None:

@@ -16,16 +16,38 @@ into a RelayData hop to the relay, and `receive` turns a relayed datagram into (
 placeholder source) for the device, so roaming keeps the placeholder while traffic is relayed.
 
 Relay side (a public member): a hop from a current member, with a valid MAC, for another
-current member is re-MACed and sent to the address that member last registered from (or its
-gossip endpoint). Each origin is rate-limited (`rate` datagrams per second, with a burst of the
-same size).
+current member is re-MACed and sent to the address that member last confirmed (or its gossip
+endpoint). Each origin is rate-limited (`rate` datagrams per second, with a burst of the same
+size).
 
 Authentication: each hop carries a keyed BLAKE2s MAC under a key the two hop ends share:
-BLAKE2s(label, X25519(their WireGuard keys), sorted identity keys), as for gossip.
+BLAKE2s(label, X25519(their WireGuard keys), sorted identity keys), as for gossip. A relayed
+datagram also carries the origin's end-to-end tag under the key the origin shares with the
+target, over the relay's identity too (wire/relay.py): the target takes a relayed datagram for
+origin X only if X made it and sent it to this very relay, so no member can claim to relay
+for another, nor pass on what X sent through someone else.
+
+Freshness: every message carries its origin's counter (one more per message; its high bits
+are the origin's wall-clock second, restarted from the clock whenever it lags more than
+`COUNTER_LAG` seconds, so it also grows across restarts). Each receiver keeps a replay window
+per (origin, target) (nat/replay.py), so a hop is forwarded once and a datagram delivered
+once, and refuses counters more than `max_skew` seconds off its own clock, so nothing old is
+taken after a restart either. A registration only moves where a member's traffic goes once
+the member confirms it: the echo carries a cookie (a MAC under the relay's secret over the
+member and the address the registration came from, valid for two `COOKIE_PERIOD`s), and only
+a confirmation with that cookie, MACed by the member and arriving from that address, sets it.
+A registration replayed from elsewhere, or a captured confirmation, moves nothing.
+
+Cost of bad input, cheapest first: decode and member lookups (no crypto); the counter's time
+and replay window (read-only); then, unless this source already proved itself for this hop
+sender, a token from the source's and from the global budget (nat/budget.py); only then one
+MAC (the DH behind the pair key happens once per member and is cached), and for a relayed
+datagram the end-to-end tag. Every drop is counted in `counters` by reason.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,14 +55,21 @@ from dataclasses import dataclass, field
 from meshguard.crypto.hashes import blake2s, mac
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.errors import CryptoError, WireFormatError
+from meshguard.nat.budget import SourceBudget
+from meshguard.nat.replay import Windows
 from meshguard.wire import relay as wire
 from meshguard.wire.gossip import EP_LEN, decode_endpoint, encode_endpoint
-from meshguard.wire.relay import RelayMessage
+from meshguard.wire.relay import COUNTER_TIME_SHIFT, NO_TAG, RelayMessage
 
 Endpoint = tuple[str, int]
 RELAY_HOST = "0.0.0.0"  # placeholder endpoints (RELAY_HOST, n): never a real destination
 LABEL = b"meshguard relay key v1"
+COOKIE_LABEL = b"meshguard relay cookie v1"
 NAT_PUBLIC = 1
+COOKIE_LEN = 16
+COOKIE_PERIOD = 60.0  # seconds; a cookie is valid in its period and the next
+COUNTER_LAG = 10  # seconds the counter's time may lag the clock before it jumps to it
+MAX_KNOWN_SOURCES = 4096
 
 
 @dataclass(frozen=True)
@@ -67,25 +96,38 @@ def _eq(a: bytes, b: bytes) -> bool:
     return r == 0
 
 
+def _default_budget() -> SourceBudget:
+    # checks for sources that have not proved themselves: 20/s per host (bursts of 50),
+    # 500/s in all (bursts of 1000); proven sources are not limited here
+    return SourceBudget(20.0, 50.0, 500.0, 1000.0)
+
+
 @dataclass
 class Relay:
     identity_key: bytes
     wg_private: X25519PrivateKey
     register_interval: float = 5.0
     rate: float = 20000.0
+    max_skew: float = 120.0  # seconds a counter's time may be off our clock
     counters: Counter[str] = field(default_factory=Counter)
     behind_nat: bool = False
     rtt: dict[bytes, float] = field(default_factory=dict)  # relay identity -> smoothed RTT
     via: dict[bytes, bytes] = field(default_factory=dict)  # relayed peer -> relay identity
     # relay identity -> our address as that relay sees it (its registration echo says)
     observed: dict[bytes, Endpoint] = field(default_factory=dict)
+    cookie_secret: bytes = field(default_factory=lambda: os.urandom(32))
+    budget: SourceBudget = field(default_factory=_default_budget)
     _keys: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)
-    _seen_at: dict[bytes, Endpoint] = field(default_factory=dict)  # where members register from
+    _seen_at: dict[bytes, Endpoint] = field(default_factory=dict)  # confirmed addresses
     _pending: dict[bytes, float] = field(default_factory=dict)  # registration sent at
     _next_register: float = float("-inf")
     _placeholder: dict[bytes, Endpoint] = field(default_factory=dict)
     _by_placeholder: dict[Endpoint, bytes] = field(default_factory=dict)
     _buckets: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    _windows: Windows[tuple[bytes, bytes]] = field(default_factory=Windows)
+    _proven: dict[Endpoint, bytes] = field(default_factory=dict)  # source -> hop it MACed as
+    _counter: int = 0  # the last counter we used
+    _wall: float = 0.0  # the latest wall-clock time we were given
 
     # placeholders ------------------------------------------------------------------------
 
@@ -112,11 +154,12 @@ class Relay:
                    ) -> bytes | None:
         """The alive public member with the lowest measured RTT (None if none answered)."""
         best: tuple[float, bytes] | None = None
-        for k, m in members.items():
-            if k in (exclude, self.identity_key) or not m.alive or m.nat_type != NAT_PUBLIC:
+        for k, rtt in self.rtt.items():
+            m = members.get(k)
+            if k in (exclude, self.identity_key) or m is None or not m.alive \
+                    or m.nat_type != NAT_PUBLIC:
                 continue
-            rtt = self.rtt.get(k)
-            if rtt is not None and (best is None or (rtt, k) < best):
+            if best is None or (rtt, k) < best:
                 best = (rtt, k)
         return best[1] if best else None
 
@@ -137,14 +180,15 @@ class Relay:
     def next_deadline(self) -> float | None:
         return self._next_register if self.behind_nat else None
 
-    def tick(self, now: float, members: Mapping[bytes, RelayPeer]) -> list[Send]:
+    def tick(self, now: float, wall: float, members: Mapping[bytes, RelayPeer]) -> list[Send]:
+        self._wall = wall
         if not self.behind_nat or now < self._next_register:
             return []
         self._next_register = now + self.register_interval
         out: list[Send] = []
         for k, m in members.items():
             if m.alive and m.nat_type == NAT_PUBLIC and m.gossip_endpoint is not None:
-                data = self._hop(m, self.identity_key, k, b"")
+                data = self._hop(m, self.identity_key, k, self._next_counter(), b"")
                 if data is not None:
                     self._pending[k] = now
                     out.append(Send(data, m.gossip_endpoint))
@@ -168,82 +212,148 @@ class Relay:
         peer = self._by_placeholder.get(endpoint)
         r = self.via.get(peer) if peer is not None else None
         m = members.get(r) if r is not None else None
-        if peer is None or m is None or m.gossip_endpoint is None:
+        t = members.get(peer) if peer is not None else None
+        if peer is None or m is None or m.gossip_endpoint is None or t is None:
             self.counters["relay_no_route"] += 1
             return None
-        out = self._hop(m, self.identity_key, peer, data)
+        counter = self._next_counter()
+        tag = self._tag(t, m.identity_key, peer, counter, data)
+        out = self._hop(m, self.identity_key, peer, counter, data, tag) if tag else None
         if out is None:
+            self.counters["relay_no_key"] += 1
             return None
         self.counters["relay_tx"] += 1
         return Send(out, m.gossip_endpoint)
 
-    def receive(self, now: float, data: bytes, src: Endpoint,
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint,
                 members: Mapping[bytes, RelayPeer]
                 ) -> tuple[list[Send], tuple[bytes, Endpoint] | None]:
         """-> (hops to send, (payload, placeholder source) for the device or None)."""
+        self._wall = wall
         try:
             m = wire.decode(data)
         except WireFormatError:
             self.counters["relay_garbage"] += 1
             return [], None
+        # cheap checks first: lookups, the counter's time and the replay window
         hop = members.get(m.hop)
         if hop is None or not hop.alive or m.hop == self.identity_key:
             self.counters["relay_unknown_hop"] += 1
             return [], None
+        direct = m.origin == m.hop
+        for_us = m.target == self.identity_key
+        if not for_us and not direct:
+            self.counters["relay_not_forwarded"] += 1  # no relay chains, no reflection
+            return [], None
+        origin = hop if direct else members.get(m.origin)
+        if origin is None or not origin.alive or m.origin == self.identity_key:
+            self.counters["relay_unknown_origin"] += 1
+            return [], None
+        sent = m.counter >> COUNTER_TIME_SHIFT
+        if not wall - self.max_skew - COUNTER_LAG <= sent <= wall + self.max_skew:
+            self.counters["relay_stale"] += 1
+            return [], None
+        wkey = (m.origin, m.target)
+        if not self._windows.check(wkey, m.counter):
+            self.counters["relay_replayed"] += 1
+            return [], None
+        if self._proven.get(src) != m.hop:
+            limited = self.budget.take(now, src[0])
+            if limited is not None:
+                self.counters["relay_" + limited] += 1
+                return [], None
         key = self._key(hop)
         if key is None or not _eq(mac(key, wire.authenticated_part(m)), m.mac):
             self.counters["relay_bad_mac"] += 1
             return [], None
-        if m.target == self.identity_key:
-            if m.origin == m.hop:
-                if m.hop in self._pending and len(m.payload) == EP_LEN:  # our echo
-                    sample = now - self._pending.pop(m.hop)
-                    old = self.rtt.get(m.hop)
-                    self.rtt[m.hop] = sample if old is None else 0.875 * old + 0.125 * sample
-                    self.counters["relay_rtt_samples"] += 1
-                    try:
-                        self.observed[m.hop] = decode_endpoint(m.payload)
-                    except WireFormatError:
-                        self.counters["relay_garbage"] += 1
-                    return [], None
-                if not m.payload:  # a registration: remember the address, echo it
-                    self._seen_at[m.hop] = src
-                    self.counters["relay_registrations"] += 1
-                    echo = self._hop(hop, self.identity_key, m.hop, encode_endpoint(src))
-                    return ([Send(echo, src)] if echo is not None else []), None
-                self.counters["relay_not_forwarded"] += 1
+        if self._proven.get(src) != m.hop:
+            if len(self._proven) >= MAX_KNOWN_SOURCES:
+                self._proven.clear()
+            self._proven[src] = m.hop
+        if for_us and not direct:
+            okey = self._key(origin)
+            if okey is None or not _eq(mac(okey, wire.end_to_end_part(m.hop, m)), m.tag):
+                self.counters["relay_bad_origin"] += 1
                 return [], None
-            if m.origin not in members:
-                self.counters["relay_unknown_origin"] += 1
-                return [], None
-            # a relayed datagram for us: answer through the same relay
+        if not self._windows.accept(wkey, m.counter):
+            self.counters["relay_replayed"] += 1
+            return [], None
+        if for_us and direct:
+            return self._direct(now, m, hop, src), None
+        if for_us:
+            # a relayed datagram for us, made by its origin for this relay: answer through it
             self.via[m.origin] = m.hop
             self.counters["relay_rx"] += 1
             return [], (m.payload, self.placeholder(m.origin))
-        # we are the relay
-        if m.origin != m.hop:
-            self.counters["relay_not_forwarded"] += 1
-            return [], None
-        self._seen_at[m.hop] = src
+        return self._forward(now, m, members), None
+
+    # helpers -----------------------------------------------------------------------------
+
+    def _direct(self, now: float, m: RelayMessage, hop: RelayPeer, src: Endpoint
+                ) -> list[Send]:
+        """A registration, a confirmation or an echo (origin == hop, target == us)."""
+        n = len(m.payload)
+        if n == 0:  # a registration: echo the address it came from (and a cookie to confirm)
+            self.counters["relay_registrations"] += 1
+            payload = encode_endpoint(src)
+            if self._seen_at.get(m.hop) != src:
+                payload += self._cookie(now, m.hop, src)
+            echo = self._hop(hop, self.identity_key, m.hop, self._next_counter(), payload)
+            return [Send(echo, src)] if echo is not None else []
+        if n == COOKIE_LEN:  # a confirmation: from now on the member's traffic goes to src
+            if not any(_eq(self._cookie(now - d, m.hop, src), m.payload)
+                       for d in (0.0, COOKIE_PERIOD)):
+                self.counters["relay_bad_cookie"] += 1
+                return []
+            if self._seen_at.get(m.hop) != src:
+                self.counters["relay_address_confirmed"] += 1
+            self._seen_at[m.hop] = src
+            return []
+        if n in (EP_LEN, EP_LEN + COOKIE_LEN):  # an echo of our registration
+            sent_at = self._pending.pop(m.hop, None)
+            if sent_at is None:
+                self.counters["relay_unexpected_echo"] += 1
+                return []
+            sample = now - sent_at
+            old = self.rtt.get(m.hop)
+            self.rtt[m.hop] = sample if old is None else 0.875 * old + 0.125 * sample
+            self.counters["relay_rtt_samples"] += 1
+            try:
+                self.observed[m.hop] = decode_endpoint(m.payload[:EP_LEN])
+            except WireFormatError:
+                self.counters["relay_garbage"] += 1
+                return []
+            if n == EP_LEN:
+                return []
+            confirm = self._hop(hop, self.identity_key, m.hop, self._next_counter(),
+                                m.payload[EP_LEN:])
+            return [Send(confirm, src)] if confirm is not None else []
+        self.counters["relay_not_forwarded"] += 1
+        return []
+
+    def _forward(self, now: float, m: RelayMessage, members: Mapping[bytes, RelayPeer]
+                 ) -> list[Send]:
+        """We are the relay: pass the origin's hop on to the target."""
         target = members.get(m.target)
         dst = self._seen_at.get(m.target) or (target.gossip_endpoint if target else None)
         if target is None or not target.alive or dst is None:
             self.counters["relay_not_forwarded"] += 1
-            return [], None
+            return []
         level, last = self._buckets.get(m.origin, (self.rate, now))
         level = min(self.rate, level + (now - last) * self.rate)
         if level < 1.0:
             self._buckets[m.origin] = (level, now)
             self.counters["relay_rate_limited"] += 1
-            return [], None
+            return []
         self._buckets[m.origin] = (level - 1.0, now)
-        out = self._hop(target, m.origin, m.target, m.payload)
+        if len(self._buckets) > 4096:
+            self._buckets.clear()
+        out = self._hop(target, m.origin, m.target, m.counter, m.payload, m.tag)
         if out is None:
-            return [], None
+            self.counters["relay_no_key"] += 1
+            return []
         self.counters["relay_forwarded"] += 1
-        return [Send(out, dst)], None
-
-    # helpers -----------------------------------------------------------------------------
+        return [Send(out, dst)]
 
     def _key(self, m: RelayPeer) -> bytes | None:
         if m.wg_key is None:
@@ -263,9 +373,31 @@ class Relay:
             self._keys[(m.identity_key, m.wg_key)] = k
         return k
 
-    def _hop(self, to: RelayPeer, origin: bytes, target: bytes, payload: bytes) -> bytes | None:
+    def _next_counter(self) -> int:
+        base = int(self._wall) << COUNTER_TIME_SHIFT
+        c = self._counter + 1
+        if c < base - (COUNTER_LAG << COUNTER_TIME_SHIFT):
+            c = base  # first use, or the counter lags the clock: jump to it
+        self._counter = c
+        return c
+
+    def _cookie(self, now: float, member: bytes, src: Endpoint) -> bytes:
+        period = int(now // COOKIE_PERIOD).to_bytes(8, "little", signed=True)
+        return mac(self.cookie_secret, COOKIE_LABEL, member, encode_endpoint(src), period)
+
+    def _tag(self, target: RelayPeer, relay: bytes, peer: bytes, counter: int, payload: bytes
+             ) -> bytes | None:
+        key = self._key(target)
+        if key is None:
+            return None
+        m = RelayMessage(relay, self.identity_key, peer, payload, counter)
+        return mac(key, wire.end_to_end_part(relay, m))
+
+    def _hop(self, to: RelayPeer, origin: bytes, target: bytes, counter: int, payload: bytes,
+             tag: bytes = NO_TAG) -> bytes | None:
         key = self._key(to)
         if key is None:
             return None
-        body = wire.authenticated_part(RelayMessage(self.identity_key, origin, target, payload))
+        body = wire.authenticated_part(RelayMessage(self.identity_key, origin, target, payload,
+                                                    counter, tag))
         return body + mac(key, body)
