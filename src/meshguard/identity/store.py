@@ -100,6 +100,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Delete the temporary files that writers killed before their rename left beside
+    `target` (`.<name>.tmp<pid>-<n>` of a process that no longer runs). Readers never see
+    them (hidden names), but each would keep a copy of what it held, secrets included."""
+    prefix = f".{target.name}.tmp"
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid, dash, n = name[len(prefix) :].partition("-")
+        if not (pid.isdigit() and dash and n.isdigit()) or int(pid) == os.getpid():
+            continue
+        if not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(target.parent / name)
+
+
 def _stage(w: FileWrite) -> Path:
     """Write w.data to a fresh temporary file beside w.path; return its path."""
     base = f".{w.path.name}.tmp"
@@ -125,7 +155,12 @@ def _stage(w: FileWrite) -> Path:
 
 
 def write_files(writes: Sequence[FileWrite]) -> None:
-    """Atomically replace each file; all are staged before any is renamed into place."""
+    """Atomically replace each file; all are staged before any is renamed into place.
+
+    A kill at any point leaves each target whole, old or new; temporary files left by a
+    killed writer are removed by the next write of the same file."""
+    for w in writes:
+        _remove_stale_temps(w.path)
     staged: list[tuple[Path, Path]] = []
     try:
         for w in writes:
