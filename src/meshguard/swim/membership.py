@@ -29,10 +29,22 @@ Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017)
   seeds not known alive are re-contacted (Join) every `recontact_interval`, so a partitioned
   mesh heals by itself. A joining node retries its seeds with exponential backoff.
 
-Security:
-- Records are signed by their subject, accusations by their accuser, who must be an admitted
-  member. A newer incarnation wins; a replayed old record loses; two different records with the
-  same incarnation (equivocation) are ignored.
+Security (the threat model and the tests behind each claim: docs/security.md):
+- Records are signed by their subject, accusations by their accuser, who must be a live,
+  admitted member. A newer incarnation wins; a replayed old record loses; two different records
+  with the same incarnation (equivocation) are ignored.
+- An incarnation is the wall-clock millisecond of signing (plus one per refutation), so a record
+  carries a signed time: every node signs its own again every `record_refresh`, and a record
+  older than `record_max_age` (or as far ahead) is refused before its signature is checked.
+  Reaped members leave a high-water mark (`high_water()`, persisted by the daemon and restored
+  with `remember()`), below which their records stay refused.
+- Suspect and Dead notices count only at the subject's current incarnation (so a refutation
+  never overflows). One Dead notice about a member we think alive only starts a suspicion: a
+  member dies here when our own suspicion times out or `dead_quorum` members declared it dead.
+- A WireGuard key belongs to one identity: a record claiming a key another member (or this
+  node) holds is refused. Every new record version is re-checked against trust, and trust is
+  re-asked about every member each `admission_recheck`: a member no longer admitted is dropped
+  and loses every gossip right (its packets and accusations are a non-member's).
 - Packets between members carry a 16-byte keyed-BLAKE2s MAC under a pair key derived from
   X25519 of the two members' WireGuard keys (`CryptoCache.pair_key`). A packet whose sender is
   not a member is dropped after a dictionary lookup, before any cryptography; a spoofed source
@@ -40,13 +52,16 @@ Security:
   reply. Cost per packet: one keyed BLAKE2s over <= 1280 bytes (~1-2 us) to send and one to
   receive; one X25519 per pair (~50 us, cached); one Ed25519 verification per record version
   (cached). Joins from non-members (self-signed record, one Ed25519 verification) are rate
-  limited and padded to 1200 bytes so a Join never draws a larger answer.
+  limited per source host and then globally, and padded to 1200 bytes so a Join never draws a
+  larger answer; a Join nonce is used once, and a member's current record draws at most one
+  JoinAck per half retry interval (bare, when the source is not an announced endpoint).
 - Replay: SyncReq carries a per-sender counter that must increase (SyncWant must echo it and
   may ask for no more records than were summarised); Acks must match an outstanding random
   sequence number; a JoinAck must match an outstanding Join nonce; all membership content is
   ordered by signed incarnations, so replaying it changes nothing. A reply to an address the
   member never announced is sent bare, so a replayed packet with a spoofed source draws no
-  amplified answer.
+  amplified answer; sync answers (which may be many packets) and forwarded indirect acks go to
+  the member's announced endpoint instead.
 """
 
 from __future__ import annotations
