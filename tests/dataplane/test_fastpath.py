@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import struct
 from typing import Any
 
@@ -24,6 +25,7 @@ from test_offload import (  # tests/dataplane/test_offload.py (same directory)
 
 from meshguard.crypto.aead import TransportCipher
 from meshguard.dataplane import fastpath, offload
+from meshguard.dataplane.cipher_cache import CipherCache
 from meshguard.dataplane.engine import seal_batch
 from meshguard.dataplane.offload import TCP_ACK, TCP_CWR, TCP_FIN, TCP_PSH, TCP_SYN
 from meshguard.dataplane.vnet import (
@@ -282,3 +284,52 @@ def test_coalesce_edge_cases(fp: Any) -> None:
     assert len(fp.coalesce(seg)) == 2
     cwr = tcp_packet(V4A.packed, V4B.packed, 1, b"y" * 10, flags=TCP_ACK | TCP_CWR)
     assert fp.coalesce([cwr, p]) == offload.coalesce([cwr, p])
+
+
+# -- the engine's cipher cache and ZERO_KEYS ---------------------------------------------------
+
+
+def test_cipher_cache_entry_dies_with_its_transport_cipher() -> None:
+    cache = CipherCache()
+    tc = TransportCipher(KEY)
+    c = cache.get(tc)
+    assert cache.get(tc) is c and len(cache) == 1
+    assert c.seal(1, b"x") == tc.seal(1, b"x")
+    del tc, c
+    assert len(cache) == 0  # the keypair's cipher gone: its fast-path twin (and key) with it
+
+
+def test_zeroed_keys_leave_the_fast_path() -> None:
+    """After ZERO_KEYS the engine keeps no fast-path cipher under the old session keys: a
+    packet sealed under them is dropped, and nothing is sealed under them any more."""
+    from test_engine import A_IN, B_IN, World, ipv4_udp, run, until
+
+    from meshguard.wireguard.constants import ZERO_KEYS_AFTER
+    from meshguard.wireguard.device import seal_transport
+
+    async def body(w: World) -> None:
+        w.ta.peer.send(ipv4_udp(A_IN, B_IN, b"first"))
+        await until(lambda: len(w.tb.received) == 1, "first packet")
+        w.tb.peer.send(ipv4_udp(B_IN, A_IN, b"back"))
+        await until(lambda: len(w.ta.received) == 1, "answer")
+        kp = w.pa.keypairs.current
+        assert kp is not None
+        old_recv, old_index = kp.receive.key, kp.local_index
+        assert len(w.eb._ciphers) == 2  # b's receive and send ciphers, fast-path keyed
+        del kp
+        now = w.eb.clock.monotonic() + ZERO_KEYS_AFTER + 1
+        w.eb.execute(w.db.tick(now, w.eb.clock.wall() + ZERO_KEYS_AFTER + 1))
+        assert w.pa.keypairs.current is None
+        assert len(w.eb._ciphers) == 0  # no fast-path cipher under the zeroed keys
+        # a packet under the old key, e.g. replayed or from a that kept its keys, is dropped
+        old = TransportCipher(old_recv)
+        stale = seal_transport(old, old_index, 10, ipv4_udp(A_IN, B_IN, b"late"))
+        drops_before = w.db.counters.unknown_index
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(stale, ("127.0.0.1", w.eb.port))
+            await until(lambda: w.db.counters.unknown_index > drops_before, "the drop")
+        assert [p for p in w.tb.received if p.endswith(b"late")] == []
+        # and b seals nothing under its old send key: it needs a new handshake first
+        assert w.db.prepare_send_peer(now, w.pa) is None
+
+    run(body)

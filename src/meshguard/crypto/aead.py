@@ -30,7 +30,7 @@ def wg_nonce(counter: int) -> bytes:
 class TransportCipher:
     """ChaCha20-Poly1305 under one fixed key, with the AEAD object built once."""
 
-    __slots__ = ("_aead", "_key")
+    __slots__ = ("__weakref__", "_aead", "_key")  # (weakref: the data plane's cipher cache)
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_LEN:

@@ -59,6 +59,7 @@ from typing import Any
 
 from meshguard.clock import Clock, SystemClock
 from meshguard.dataplane import fastpath
+from meshguard.dataplane.cipher_cache import CipherCache
 from meshguard.dataplane.offload import split_tun_read
 from meshguard.dataplane.vnet import VNET_HDR_LEN, ZERO_HDR, TunOffloadError, enable_offloads
 from meshguard.wireguard.actions import SendDatagram, WriteTun
@@ -222,7 +223,7 @@ class Engine:
         self._timer_at: float | None = None
         self._addr_cache: dict[Endpoint, tuple[Any, ...]] = {}
         self._ep_cache: dict[tuple[Any, ...], Endpoint] = {}  # sockaddr -> Endpoint
-        self._ciphers: dict[Any, Any] = {}  # TransportCipher -> fastpath.Cipher
+        self._ciphers = CipherCache()  # entries die with their keypair (ZERO_KEYS)
         self._rbuf = bytearray(GRO_BUFFER)
         self._rmv = memoryview(self._rbuf)
         self._on_actions = on_actions  # other actions (HandshakeCompleted, ...) for the owner
@@ -368,12 +369,7 @@ class Engine:
 
     def _cipher(self, tc: Any) -> Any:
         """The fast-path cipher for a keypair's TransportCipher, keyed once."""
-        c = self._ciphers.get(tc)
-        if c is None:
-            if len(self._ciphers) >= 256:
-                self._ciphers.clear()  # old keypairs; live ones are re-keyed on next use
-            c = self._ciphers[tc] = fastpath.Cipher(tc.key)
-        return c
+        return self._ciphers.get(tc)
 
     # --- TUN -> UDP -------------------------------------------------------------------------
 
