@@ -18,6 +18,7 @@ vouch that matches its WireGuard key.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -196,7 +197,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
         SETUP_EXTRA.get(name, lambda d: None)(old)
         new = root / f"new-{len(out)}"
         shutil.copytree(old, new, symlinks=True)
-        status, calls = _in_child(lambda: op(new), _Killer(None, False))
+        status, calls = _in_child(functools.partial(op, new), _Killer(None, False))
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, name
         old_snap, new_snap = _snapshot(old), _snapshot(new)
         assert old_snap != new_snap, f"{name} changed nothing"
@@ -237,7 +238,7 @@ def test_kill_at_every_system_call_of_the_write(
     for i, (at, partial) in enumerate(_kill_points(calls)):
         d = tmp_path / f"run-{i}"
         shutil.copytree(old_dir, d, symlinks=True)
-        status, _ = _in_child(lambda d=d: op(d), _Killer(at, partial))  # type: ignore[misc]
+        status, _ = _in_child(functools.partial(op, d), _Killer(at, partial))
         if partial and os.WIFEXITED(status):
             continue  # call `at` is not a write(): nothing was cut short
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (name, at)
