@@ -883,6 +883,11 @@ class MeshDaemon:
             counters.update({k: int(v) for k, v in node.holepunch.counters.items()})
         if node.relay is not None:
             counters.update({k: int(v) for k, v in node.relay.counters.items()})
+        if node.org is not None:  # org_* drop reasons (mesh/org_gossip.py)
+            counters.update({k: int(v) for k, v in node.org.counters.items()})
+        dns_counters = getattr(self.dns_server, "counters", None)
+        if dns_counters is not None:  # dns_foreign_source, ... (daemon/dns_server.py)
+            counters.update({k: int(v) for k, v in dns_counters.items()})
         return StatusReport(
             interface=self.cfg.interface,
             mode="kernel" if self.cfg.kernel else "userspace",

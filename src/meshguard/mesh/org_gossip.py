@@ -432,12 +432,16 @@ class OrgGossip:
         return self._packets(list(self.revocations.values()), list(self.aliases.values()))
 
     def _sealed(self, bodies: Sequence[bytes], targets: Iterable[Endpoint],
-                links: Mapping[Endpoint, OrgLink]) -> list[tuple[bytes, Endpoint]]:
+                links: Mapping[Endpoint, OrgLink], missed: set[Endpoint] | None = None
+                ) -> list[tuple[bytes, Endpoint]]:
+        """`bodies` MACed for each target; targets without a link go to `missed`."""
         out: list[tuple[bytes, Endpoint]] = []
         for ep in targets:
             link = links.get(ep)
             if link is None:
                 self.counters["org_send_no_link"] += 1
+                if missed is not None:
+                    missed.add(ep)
                 continue
             for body in bodies:
                 d = self.seal(body, link)
@@ -462,7 +466,9 @@ class OrgGossip:
             everything = self._everything()
             chosen = [p for p in new if p_send >= 1.0 or self.rng.uniform(0.0, 1.0) < p_send]
             self.counters["org_sync_new_member"] += len(chosen)
-            out += self._sealed(everything, chosen, links)
+            missed: set[Endpoint] = set()
+            out += self._sealed(everything, chosen, links, missed)
+            self._seen_peers -= missed  # no tunnel to it yet: still new at the next tick
         if now >= self._next_sync and peers:
             self._next_sync = now + SYNC_INTERVAL
             target = peers[self.rng.randrange(len(peers))]
