@@ -10,12 +10,15 @@ import random
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from meshguard.crypto.keys import Ed25519PrivateKey
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.mesh import org_gossip
 from meshguard.mesh.org_gossip import OrgGossip, OrgLink, sign_alias, sign_revocation
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import org as wire
+from meshguard.wireguard.actions import SendDatagram
 
 from .test_org_gossip import cluster
 
@@ -168,3 +171,42 @@ def test_revoked_member_loses_its_org_gossip_rights() -> None:
                                    victim.ep) == []
     assert a.node.org is not None and a.node.org.counters["org_not_member"] == 1
     assert a.node.org.aliases == {}
+
+
+_NET, _NODES = cluster(2, seed=34)
+
+
+@given(st.sampled_from([b"\x42MG\x01\x00", b"\x41MG\x01\x00", b"\x42MG\x01\x00\x01",
+                        b"\x41MG\x01\x00\x08"]), st.binary(max_size=1300))
+@settings(max_examples=300, deadline=None)
+def test_member_macs_on_garbage_never_raise(prefix: bytes, body: bytes) -> None:
+    """Garbage that passes the MAC (a member's bug or a rogue member) is counted, never raised."""
+    a, b = _NODES
+    core = b.node.org
+    assert core is not None
+    data = core.seal(prefix + body, OrgLink(a.key, a.node.wg_key))
+    assert data is not None
+    out = a.node.receive_datagram(1.0, _NET.clock.wall(), data, b.ep)
+    assert not any(isinstance(x, SendDatagram) for x in out)
+
+
+def test_long_aliases_are_packed_within_the_packet_limit() -> None:
+    core = OrgGossip(SeededRng(8), X25519PrivateKey.generate(b"\x05" * 32),
+                     identity_key=b"\x06" * 32)
+    wall = 1_700_000_000.0
+    orgs = [Ed25519PrivateKey(bytes([i + 1]) * 32) for i in range(2 * wire.MAX_ITEMS)]
+    trusted = {o.public_key.raw for o in orgs}
+    for i, o in enumerate(orgs):
+        assert core.add_alias(sign_alias(o, f"{i:02d}" + "x" * 61, int(wall)), trusted, wall)
+    peer = X25519PrivateKey.generate(b"\x07" * 32)
+    link = OrgLink(b"\x08" * 32, peer.public_key.raw)
+    core.bind(b"\x06" * 32, lambda wg: None, lambda: {("192.0.2.1", 1): link})
+    sent = core.tick(0.0, [("192.0.2.1", 1)])
+    assert sent
+    got: set[str] = set()
+    for data, _ in sent:
+        assert len(data) <= wire.MAX_PACKET
+        body, _sender, _tag = wire.split_link(data)
+        if body[0] == wire.ORG_ALIAS_ANNOUNCE:
+            got |= {x.alias for x in wire.decode_aliases(body)}
+    assert len(got) == len(orgs)
