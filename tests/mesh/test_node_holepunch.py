@@ -11,7 +11,7 @@ from meshguard.crypto.keys import X25519PublicKey as _X
 from meshguard.mesh.node import MemberView, MeshNode
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchSucceeded, Send
 from meshguard.testing.rng import SeededRng
-from meshguard.wire.holepunch import HOLEPUNCH_REQUEST, STAGE_PROBE, decode
+from meshguard.wire.holepunch import HOLEPUNCH_REQUEST, HOLEPUNCH_RESPONSE, STAGE_PROBE, decode
 from meshguard.wireguard.actions import SendDatagram
 
 from .test_node import FakeBackend, FakeMembership, FakeTrust
@@ -90,22 +90,32 @@ def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
     bout = bhp.receive(4.6, WALL + 4.6, reqs[0].data, R_EP, view)
     probes = [a for a in bout if isinstance(a, Send) and a.endpoint == NODE_EP]
     assert len(probes) == 1 and decode(probes[0].data).stage == STAGE_PROBE
-    # the probe arrives from a port B never advertised (peer-reflexive)
+    # the probe arrives from a port B never advertised (peer-reflexive): we answer it and
+    # probe that port, but a probe proves nothing by itself
     seen_from = ("203.0.113.22", 40007)
     got = node.receive_datagram(4.7, WALL + 4.7, probes[0].data, seen_from)
-    answers = [a for a in got if isinstance(a, SendDatagram) and a.endpoint == seen_from]
+    to_b = [a for a in got if isinstance(a, SendDatagram) and a.endpoint == seen_from]
+    answer = [a for a in to_b if a.data[0] == HOLEPUNCH_RESPONSE]
+    ours = [a for a in to_b if a.data[0] == HOLEPUNCH_REQUEST]
+    assert len(answer) == 1 and len(ours) == 1
+    assert be.peers[b.wg_key].endpoint == B_EP and b.wg_key not in node.punched
+    # the answer proves the path to B (B's NAT sends it from where B probed us from)
+    bres = bhp.receive(4.8, WALL + 4.8, answer[0].data, NODE_EP, view)
+    assert [x.endpoint for x in bres if isinstance(x, PunchSucceeded)] == [NODE_EP]
+    # B answers our probe of that port: now the path is proven, from where we sent it
+    bans = [a for a in bhp.receive(4.8, WALL + 4.8, ours[0].data, NODE_EP, view)
+            if isinstance(a, Send)]
+    assert len(bans) == 1
+    got = node.receive_datagram(4.9, WALL + 4.9, bans[0].data, seen_from)
     assert be.peers[b.wg_key].endpoint == seen_from
     assert node.punched[b.wg_key] == (B_EP, seen_from)
     assert dev.peer(_X(b.wg_key)).endpoint == seen_from
+    inits = [a for a in got if isinstance(a, SendDatagram) and a.endpoint == seen_from]
     if node.identity_key < b.identity_key:  # the lower key starts the handshake
-        assert len(answers) == 2  # the probe answer and a WireGuard handshake initiation
-        assert dev.initiated == [seen_from]
+        assert len(inits) == 1 and dev.initiated == [seen_from]
     else:
-        assert len(answers) == 1 and dev.initiated == []
+        assert inits == [] and dev.initiated == []
     assert node.holepunch is not None and node.holepunch.counters["punch_succeeded"] == 1
-    # the answer proves the path to B too
-    bres = bhp.receive(4.8, WALL + 4.8, answers[0].data, NODE_EP, view)
-    assert [x.endpoint for x in bres if isinstance(x, PunchSucceeded)] == [NODE_EP]
     # B moves (a new signed record): its new endpoint wins over the punched one
     moved = ("203.0.113.99", 1000)
     ms.view[b.identity_key] = replace(b, wg_endpoint=moved, gossip_endpoint=moved,
@@ -123,9 +133,16 @@ def test_higher_key_side_waits_for_the_handshake() -> None:
     node.tick(0.0, WALL)
     node.tick(4.5, WALL + 4.5)
     sess = next(iter(hp._sessions.values()))
-    probe = HolePuncher(bkey, SeededRng(3))._sign(HOLEPUNCH_REQUEST, STAGE_PROBE,
-                                                   node.identity_key, sess.session, WALL + 4.6, ())
-    node.receive_datagram(4.6, WALL + 4.6, probe, B_EP)
+    bhp = HolePuncher(bkey, SeededRng(3))
+    probe = bhp._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, node.identity_key, sess.session,
+                      WALL + 4.6, (), nonce=9)
+    got = node.receive_datagram(4.6, WALL + 4.6, probe, B_EP)
+    ours = [a for a in got if isinstance(a, SendDatagram) and a.data[0] == HOLEPUNCH_REQUEST]
+    assert dev.initiated == [] and len(ours) == 1  # a probe proves nothing: we probe back
+    ans = bhp._sign(HOLEPUNCH_RESPONSE, STAGE_PROBE, node.identity_key, sess.session,
+                    WALL + 4.7, (), nonce=decode(ours[0].data).nonce)
+    node.receive_datagram(4.7, WALL + 4.7, ans, B_EP)
+    assert hp.counters["punch_succeeded"] == 1
     assert bool(dev.initiated) is lower
 
 

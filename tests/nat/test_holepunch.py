@@ -62,7 +62,7 @@ def test_codec_roundtrip_and_header() -> None:
     lambda b: b"\x35" + b[1:],                          # wrong type
     lambda b: b[:1] + b"XX" + b[3:],                    # bad magic
     lambda b: b[:5] + b"\x07" + b[6:],                  # bad stage
-    lambda b: b[:86] + b"\x01" + b[87:],                # endpoint count says 1, has 2
+    lambda b: b[:94] + b"\x01" + b[95:],                # endpoint count says 1, has 2
     lambda b: b"",
 ])
 def test_codec_rejects_garbage(mutate: object) -> None:
@@ -349,7 +349,7 @@ def test_rendezvous_forwards_only_signed_member_requests() -> None:
     good = _request(a.key, b.ident, wall)
     out = _deliver(r, net, good, ("203.0.113.21", 51821))
     assert out == [Send(good, b.advertised[0])]
-    forged = _request(a.key, b.ident, wall, signer=Ed25519PrivateKey(b"\x09" * 32))
+    forged = _request(a.key, b.ident, wall, session=2, signer=Ed25519PrivateKey(b"\x09" * 32))
     assert _deliver(r, net, forged, ("6.6.6.6", 1)) == []
     assert r.hp.counters["punch_bad_signature"] == 1
     stranger = Ed25519PrivateKey(b"\x77" * 32)
@@ -396,8 +396,19 @@ def test_target_rejects_replay_stale_and_forged() -> None:
 
 def test_probe_answer_is_not_larger_than_probe() -> None:
     net, _r, a, b = cone_mesh()
-    probe = _request(a.key, b.ident, 1e9, stage=wire.STAGE_PROBE)
-    out = _deliver(b, net, probe, ("203.0.113.21", 51821))
-    assert len(out) == 1 and isinstance(out[0], Send)
+    b.connected.add(a.ident)  # A asks; B's probes reach A
+    while not any(x[2][0] == wire.HOLEPUNCH_REQUEST and x[2][5] == wire.STAGE_PROBE
+                  and x[4] == a.advertised[0] for x in net.queue):
+        net.run(net.now + 0.01, step=0.01)
+    probe = next(x[2] for x in net.queue if x[2][0] == wire.HOLEPUNCH_REQUEST
+                 and x[2][5] == wire.STAGE_PROBE and x[4] == a.advertised[0])
+    sends = [x for x in _deliver(a, net, probe, ("203.0.113.22", 51821))
+             if isinstance(x, Send)]
+    out = [x for x in sends if x.data[0] == wire.HOLEPUNCH_RESPONSE]
+    assert len(out) == 1  # one answer (and A's own probe of that endpoint, once)
+    assert len(sends) <= 2
     assert len(out[0].data) <= len(probe)
-    assert out[0].endpoint == ("203.0.113.21", 51821)
+    assert out[0].endpoint == ("203.0.113.22", 51821)
+    # a probe without a session draws nothing
+    stray = _request(a.key, b.ident, 1e9 + net.now, session=5, stage=wire.STAGE_PROBE)
+    assert _deliver(b, net, stray, ("203.0.113.21", 51821)) == []

@@ -11,10 +11,14 @@ the member (B):
                                                               every `probe_interval` seconds
 
 B starts probing as soon as it has the request, A as soon as it has the response, so both
-NATs open their mappings toward each other at about the same time. A probe or answer that
-arrives proves the path (it came through both NATs): the source it came from (which may be a
-port the peer never advertised: a peer-reflexive candidate) is reported as `PunchSucceeded`,
-and the mesh layer points the WireGuard peer there and starts a handshake. A session that has
+NATs open their mappings toward each other at about the same time. Every probe carries a fresh
+nonce, and the prober remembers where it sent it; an answer proves the path only if it echoes
+a nonce of ours and comes from the very endpoint that nonce was sent to (it went through both
+NATs and back). That endpoint is reported as `PunchSucceeded`, and the mesh layer points the
+WireGuard peer there and starts a handshake. A probe that arrives from a port the peer never
+advertised (a peer-reflexive candidate: its NAT maps per destination) is answered, and its
+source, if on one of the peer's advertised hosts, is probed at once like any candidate; a
+probe proves nothing by itself, so one re-sent from elsewhere moves no endpoint. A session that has
 not succeeded after `timeout` seconds is `PunchFailed`, and the member is tried again after a
 backoff (doubling from `retry_after`). At most `max_sessions` sessions run at once. When both
 sides ask at the same time, the session of the lower identity key goes on.
@@ -24,8 +28,16 @@ string, the origin must be a current member, the target must be this node (or, a
 rendezvous, a member it forwards to), the signed wall-clock time must be within `max_skew`, and
 rendezvous messages are accepted once (session id cache). A rendezvous checks the signature
 before forwarding, forwards only stage-0 messages between two members, and rate-limits each
-origin, so it is no open reflector. Probes draw at most one answer each, to the probe's
-source, of the same size (no amplification).
+origin (after the signature, so forgeries do not spend a member's allowance), so it is no open
+reflector. Probes and answers must name a session this node runs (or has just finished) with
+their origin; probes are accepted once each (origin, session, nonce cache) and draw one
+answer, to the probe's source, no larger than the probe (no amplification).
+
+Cost of bad input, cheapest first: decode, member lookups, the signed time, the replay
+caches and the session match (no crypto), then a token from the source's and from the
+global budget (nat/budget.py; one pair for unsolicited messages - requests and forwards -,
+one for messages that match a session, so a flood of the former cannot starve a running
+punch), and only then one Ed25519 verification. Every drop is counted in `counters`.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from dataclasses import dataclass, field
 
 from meshguard.crypto.keys import Ed25519PrivateKey, ed25519_verify
 from meshguard.errors import WireFormatError
+from meshguard.nat.budget import SourceBudget
 from meshguard.rng import Rng
 from meshguard.wire import holepunch as wire
 from meshguard.wire.holepunch import (
@@ -49,6 +62,19 @@ from meshguard.wire.holepunch import (
 Endpoint = tuple[str, int]
 
 NAT_PUBLIC = 1  # nat.stun_client.NatType.PUBLIC
+MAX_SENT = 64  # probe nonces remembered per session (the newest)
+MAX_REFLEXIVE = 2  # peer-reflexive candidates probed per session
+MAX_SEEN = 8192
+
+
+def _unsolicited_budget() -> SourceBudget:
+    # requests and forwards: 20/s per source host (bursts of 40), 200/s in all (bursts of 400)
+    return SourceBudget(20.0, 40.0, 200.0, 400.0)
+
+
+def _session_budget() -> SourceBudget:
+    # probes, answers, responses of a running session: 100/s per host, 1000/s in all
+    return SourceBudget(100.0, 200.0, 1000.0, 2000.0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,8 @@ class _Session:
     punching: bool = False
     next_probe: float = 0.0
     rendezvous: Endpoint | None = None
+    sent: dict[int, Endpoint] = field(default_factory=dict)  # probe nonce -> where it went
+    reflexive: int = 0  # peer-reflexive candidates added
 
 
 @dataclass
@@ -118,7 +146,11 @@ class HolePuncher:
     _backoff: dict[bytes, float] = field(default_factory=dict)
     _sessions: dict[bytes, _Session] = field(default_factory=dict)
     _seen: dict[tuple[bytes, int, int], float] = field(default_factory=dict)
+    _probes_seen: dict[tuple[bytes, int, int], float] = field(default_factory=dict)
+    _recent: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # ended sessions
     _buckets: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    unsolicited_budget: SourceBudget = field(default_factory=_unsolicited_budget)
+    session_budget: SourceBudget = field(default_factory=_session_budget)
 
     def __post_init__(self) -> None:
         self._key = self.identity.public_key.raw
@@ -171,6 +203,10 @@ class HolePuncher:
                 out += self._probes(s, wall)
         for seen in [x for x, t in self._seen.items() if t < now]:
             del self._seen[seen]
+        for seen in [x for x, t in self._probes_seen.items() if t < now]:
+            del self._probes_seen[seen]
+        for k in [k for k, (_, until) in self._recent.items() if until < now]:
+            del self._recent[k]
         if not self.behind_nat or not self.self_endpoints:
             return out
         rendezvous = sorted((p for p in peers.values()
@@ -213,36 +249,86 @@ class HolePuncher:
         if origin is None or not origin.alive or m.origin == self._key:
             self.counters["punch_unknown_origin"] += 1
             return []
-        if m.target != self._key:
-            return self._forward(now, data, m, peers)
         if abs(m.wall_ms / 1000.0 - wall) > self.max_skew:
             self.counters["punch_stale"] += 1
             return []
-        if not self._verify(m):
-            return []
+        if m.target != self._key:
+            return self._forward(now, data, m, src, peers)
         if m.stage == STAGE_RENDEZVOUS:
             seen = (m.origin, m.session, m.type)
             if seen in self._seen:
                 self.counters["punch_replayed"] += 1
                 return []
+            if m.type == HOLEPUNCH_RESPONSE:
+                s = self._sessions.get(m.origin)
+                if s is None or not s.initiator or s.session != m.session or s.punching:
+                    self.counters["punch_unexpected_response"] += 1
+                    return []
+            budget = (self.unsolicited_budget if m.type == HOLEPUNCH_REQUEST
+                      else self.session_budget)
+            if not self._afford(budget, now, src) or not self._verify(m):
+                return []
             self._seen[seen] = now + 2 * self.max_skew
+            if len(self._seen) > MAX_SEEN:
+                self._seen.clear()
             if m.type == HOLEPUNCH_REQUEST:
                 return self._on_request(now, wall, m, src)
             return self._on_response(now, wall, m)
+        return self._on_stage1(now, wall, m, src, origin)
+
+    def _on_stage1(self, now: float, wall: float, m: PunchMessage, src: Endpoint,
+                   origin: PeerInfo) -> list[Action]:
+        """A probe (answer it) or an answer to one of our probes (the path works)."""
         s = self._sessions.get(m.origin)
-        out: list[Action] = []
-        if m.type == HOLEPUNCH_REQUEST:  # a probe: answer it where it came from
-            self.counters["punch_probes_answered"] += 1
-            out.append(Send(self._sign(HOLEPUNCH_RESPONSE, STAGE_PROBE, m.origin, m.session,
-                                       wall, ()), src))
-        if s is not None and s.session == m.session:
+        live = s is not None and s.session == m.session
+        if not live:
+            recent = self._recent.get(m.origin)
+            if m.type != HOLEPUNCH_REQUEST or recent is None or recent[0] != m.session:
+                self.counters["punch_no_session"] += 1
+                return []
+        if m.type == HOLEPUNCH_RESPONSE:
+            assert s is not None
+            went_to = s.sent.get(m.nonce)
+            if went_to is None:
+                self.counters["punch_unexpected_answer"] += 1
+                return []
+            if went_to != src:
+                self.counters["punch_wrong_path"] += 1
+                return []
+            if not self._afford(self.session_budget, now, src) or not self._verify(m):
+                return []
             del self._sessions[m.origin]
+            self._recent[m.origin] = (s.session, now + self.timeout)
             self._backoff.pop(m.origin, None)
             # give the WireGuard handshake time before another punch
             self._next_try[m.origin] = now + self.retry_after
             self._stalled_since.pop(m.origin, None)
             self.counters["punch_succeeded"] += 1
-            out.append(PunchSucceeded(m.origin, src, now - s.started if s.initiator else None))
+            return [PunchSucceeded(m.origin, src, now - s.started if s.initiator else None)]
+        seen = (m.origin, m.session, m.nonce)
+        if seen in self._probes_seen:
+            self.counters["punch_replayed"] += 1
+            return []
+        if not self._afford(self.session_budget, now, src) or not self._verify(m):
+            return []
+        self._probes_seen[seen] = now + 2 * self.timeout + 1.0
+        if len(self._probes_seen) > MAX_SEEN:
+            self._probes_seen.clear()
+        self.counters["punch_probes_answered"] += 1
+        out: list[Action] = [Send(self._sign(HOLEPUNCH_RESPONSE, STAGE_PROBE, m.origin,
+                                             m.session, wall, (), m.nonce), src)]
+        if live and s is not None and src not in s.candidates:
+            hosts = {h for h, _ in (*s.candidates, *origin.endpoints)}
+            if origin.gossip_endpoint is not None:
+                hosts.add(origin.gossip_endpoint[0])
+            if src[0] in hosts and s.reflexive < MAX_REFLEXIVE:
+                # a peer-reflexive candidate: probe it now (only an answer proves it)
+                s.reflexive += 1
+                s.candidates = (*s.candidates, src)
+                self.counters["punch_reflexive_candidates"] += 1
+                out += self._probes(s, wall, (src,))
+            else:
+                self.counters["punch_reflexive_refused"] += 1
         return out
 
     def _on_request(self, now: float, wall: float, m: PunchMessage, src: Endpoint
@@ -266,28 +352,36 @@ class HolePuncher:
     def _on_response(self, now: float, wall: float, m: PunchMessage) -> list[Action]:
         s = self._sessions.get(m.origin)
         if s is None or not s.initiator or s.session != m.session or s.punching:
-            self.counters["punch_unexpected_response"] += 1
+            self.counters["punch_unexpected_response"] += 1  # (checked before the signature)
             return []
         self.counters["punch_responses_received"] += 1
-        s.candidates = m.endpoints
+        s.candidates = tuple(dict.fromkeys((*m.endpoints, *s.candidates)))
         s.punching = True
         s.next_probe = now + self.probe_interval
         return list(self._probes(s, wall))
 
-    def _forward(self, now: float, data: bytes, m: PunchMessage,
+    def _forward(self, now: float, data: bytes, m: PunchMessage, src: Endpoint,
                  peers: Mapping[bytes, PeerInfo]) -> list[Action]:
         target = peers.get(m.target)
         if (m.stage != STAGE_RENDEZVOUS or target is None or not target.alive
                 or target.gossip_endpoint is None):
             self.counters["punch_not_forwarded"] += 1
             return []
+        seen = (m.origin, m.session, m.type)
+        if seen in self._seen:  # forwarded once: a replay makes us no reflector
+            self.counters["punch_replayed"] += 1
+            return []
+        if not self._afford(self.unsolicited_budget, now, src) or not self._verify(m):
+            return []
+        self._seen[seen] = now + 2 * self.max_skew
+        if len(self._seen) > MAX_SEEN:
+            self._seen.clear()
+        # the origin's allowance is spent only by what it signed
         level, last = self._buckets.get(m.origin, (self.forward_rate, now))
         level = min(self.forward_rate, level + (now - last) * self.forward_rate)
         if level < 1.0:
             self.counters["punch_rate_limited"] += 1
             self._buckets[m.origin] = (level, now)
-            return []
-        if not self._verify(m):
             return []
         self._buckets[m.origin] = (level - 1.0, now)
         if len(self._buckets) > 4096:
@@ -297,16 +391,33 @@ class HolePuncher:
 
     # helpers -----------------------------------------------------------------------------
 
-    def _probes(self, s: _Session, wall: float) -> list[Action]:
-        if not s.candidates:
-            return []
-        msg = self._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, s.peer, s.session, wall, ())
-        self.counters["punch_probes_sent"] += len(s.candidates)
-        return [Send(msg, ep) for ep in s.candidates]
+    def _probes(self, s: _Session, wall: float, to: tuple[Endpoint, ...] | None = None
+                ) -> list[Action]:
+        """One probe to each candidate (or to `to`), each with a fresh nonce remembered
+        with the endpoint it went to."""
+        out: list[Action] = []
+        for ep in s.candidates if to is None else to:
+            nonce = int.from_bytes(self.rng.bytes(8), "little")
+            s.sent[nonce] = ep
+            out.append(Send(self._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, s.peer, s.session, wall,
+                                       (), nonce), ep))
+        while len(s.sent) > MAX_SENT:
+            del s.sent[next(iter(s.sent))]
+        self.counters["punch_probes_sent"] += len(out)
+        return out
+
+    def _afford(self, budget: SourceBudget, now: float, src: Endpoint) -> bool:
+        """A token for one signature check on a datagram from src (counted if none)."""
+        limited = budget.take(now, src[0])
+        if limited is not None:
+            self.counters["punch_" + limited] += 1
+            return False
+        return True
 
     def _sign(self, t: int, stage: int, target: bytes, session: int, wall: float,
-              eps: tuple[Endpoint, ...]) -> bytes:
-        m = PunchMessage(t, stage, self._key, target, session, max(0, int(wall * 1000)), eps)
+              eps: tuple[Endpoint, ...], nonce: int = 0) -> bytes:
+        m = PunchMessage(t, stage, self._key, target, session, max(0, int(wall * 1000)), eps,
+                         nonce=nonce)
         body = wire.signed_part(m)
         return body + self.identity.sign(wire.SIGN_CONTEXT + body)
 

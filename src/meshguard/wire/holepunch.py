@@ -8,11 +8,12 @@ version, 0), so the demultiplexer sends them to the mesh layer:
     0x34 HolepunchResponse  stage 0: "yes, punching now"    (origin -> rendezvous -> origin)
                             stage 1: probe answer           (origin -> target, direct)
 
-body: stage(u8) origin(32) target(32) session(u64) wall_ms(u64) n_endpoints(u8)
+body: stage(u8) origin(32) target(32) session(u64) nonce(u64) wall_ms(u64) n_endpoints(u8)
       endpoints(n x 19, the gossip endpoint encoding) signature(64)
 
 The signature is the origin's Ed25519 identity signature over SIGN_CONTEXT + everything before
 it, so a rendezvous forwards the bytes unchanged and the target checks them end to end.
+`nonce` is fresh in every probe and echoed by its answer (stage 1); it is 0 in stage 0.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ STAGE_RENDEZVOUS = 0
 STAGE_PROBE = 1
 MAX_ENDPOINTS = 4
 SIG_LEN = 64
-SIGN_CONTEXT = b"meshguard holepunch v1\x00"
+SIGN_CONTEXT = b"meshguard holepunch v2\x00"
 
-_HEAD = struct.Struct("<B2sBBB32s32sQQB")
-HEAD_LEN = _HEAD.size  # 87
+_HEAD = struct.Struct("<B2sBBB32s32sQQQB")
+HEAD_LEN = _HEAD.size  # 95
 MIN_LEN = HEAD_LEN + SIG_LEN
 MAX_LEN = HEAD_LEN + MAX_ENDPOINTS * EP_LEN + SIG_LEN
 
@@ -50,6 +51,7 @@ class PunchMessage:
     wall_ms: int
     endpoints: tuple[Endpoint, ...] = ()
     signature: bytes = b""
+    nonce: int = 0
 
 
 def signed_part(m: PunchMessage) -> bytes:
@@ -62,10 +64,10 @@ def signed_part(m: PunchMessage) -> bytes:
         raise WireFormatError("keys must be 32 bytes")
     if len(m.endpoints) > MAX_ENDPOINTS:
         raise WireFormatError("too many endpoints")
-    if not (0 <= m.session < 2**64 and 0 <= m.wall_ms < 2**64):
-        raise WireFormatError("session or time out of range")
+    if not (0 <= m.session < 2**64 and 0 <= m.wall_ms < 2**64 and 0 <= m.nonce < 2**64):
+        raise WireFormatError("session, nonce or time out of range")
     head = _HEAD.pack(m.type, MAGIC, VERSION, 0, m.stage, m.origin, m.target, m.session,
-                      m.wall_ms, len(m.endpoints))
+                      m.nonce, m.wall_ms, len(m.endpoints))
     return head + b"".join(encode_endpoint(e) for e in m.endpoints)
 
 
@@ -79,7 +81,8 @@ def decode(data: bytes) -> PunchMessage:
     """Parse (no signature check); WireFormatError on anything malformed."""
     if not MIN_LEN <= len(data) <= MAX_LEN:
         raise WireFormatError("bad hole-punch message length")
-    t, magic, ver, zero, stage, origin, target, session, wall_ms, n = _HEAD.unpack_from(data)
+    t, magic, ver, zero, stage, origin, target, session, nonce, wall_ms, n = \
+        _HEAD.unpack_from(data)
     if t not in HOLEPUNCH_TYPES or magic != MAGIC or ver != VERSION or zero != 0:
         raise WireFormatError("bad hole-punch header")
     if stage not in (STAGE_RENDEZVOUS, STAGE_PROBE) or n > MAX_ENDPOINTS:
@@ -88,4 +91,4 @@ def decode(data: bytes) -> PunchMessage:
         raise WireFormatError("hole-punch length does not match its endpoint count")
     eps = tuple(decode_endpoint(data[HEAD_LEN + i * EP_LEN:HEAD_LEN + (i + 1) * EP_LEN])
                 for i in range(n))
-    return PunchMessage(t, stage, origin, target, session, wall_ms, eps, data[-SIG_LEN:])
+    return PunchMessage(t, stage, origin, target, session, wall_ms, eps, data[-SIG_LEN:], nonce)
