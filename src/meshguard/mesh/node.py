@@ -546,7 +546,7 @@ class MeshNode:
             self.counters["garbage_dropped"] += 1
             return []
         self._org_bind(self.org)
-        revs, aliases = self.org.receive(now, wall, data, self.trusted_orgs())
+        revs, aliases = self.org.receive(now, wall, data, self.trusted_orgs)
         return self._org_learned(revs, aliases, wall)
 
     def _org_learned(self, revs: list[CertRevocation], aliases: list[AliasAnnouncement],

@@ -378,12 +378,14 @@ class OrgGossip:
 
     # network -----------------------------------------------------------------------------
 
-    def receive(self, now: float, wall: float, data: bytes, trusted_orgs: Collection[bytes]
+    def receive(self, now: float, wall: float, data: bytes,
+                trusted_orgs: Collection[bytes] | Callable[[], Collection[bytes]]
                 ) -> tuple[list[CertRevocation], list[AliasAnnouncement]]:
         """The new, valid items of one packet (garbage is counted, never raised). Cost for a
         packet that is not from a member: one dictionary lookup (and one MAC for a sender
         that names a member); from a member: its items that are new cost a signature check
-        each, within a per-member and a global budget."""
+        each, within a per-member and a global budget. `trusted_orgs` may be a function,
+        asked only once the packet has passed its MAC."""
         try:
             body, sender, tag = wire.split_link(data)
         except WireFormatError:
@@ -397,6 +399,8 @@ class OrgGossip:
         if key is None or not hmac.compare_digest(mac(key, data[:-wire.MAC_LEN]), tag):
             self.counters["org_bad_mac"] += 1
             return [], []
+        if callable(trusted_orgs):
+            trusted_orgs = trusted_orgs()
         try:
             if body[:1] == bytes([wire.ORG_CERT_REVOKE]):
                 revs = wire.decode_revocations(body)
