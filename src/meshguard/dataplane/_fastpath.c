@@ -956,6 +956,874 @@ done:
     return out;
 }
 
+/* ------------------------------------------------------- handshake guard ---- */
+/*
+ * HandshakeGuard: the cheap-first checks of received WireGuard handshake messages (the twin of
+ * wireguard/cookie.py's HandshakeGuard, which is the reference), and recv_batch: the UDP
+ * receive loop (recvmmsg) that runs them on handshake messages without entering Python, so a
+ * flood of initiations is read as fast as it arrives. Per message (initiation: 148 bytes,
+ * response: 92):
+ *   ticket      the engine admitted this very message a moment ago: pass, nothing counted
+ *   under load  and the source (IPv4 address, IPv6 /64) is over its token bucket: RATE_LIMITED
+ *               (the message still counts as load)
+ *   mac1        wrong: BAD_MAC1
+ *   load        the message is counted; more than `threshold` in a 1 s window -> under load
+ *               for `hold` s
+ *   under load: mac2 wrong -> a cookie reply when the global cookie budget allows (COOKIE),
+ *               else COOKIE_LIMITED; mac2 right -> the per-source DH bucket (RATE_LIMITED)
+ *   PASS        go on to the DH work (Python)
+ */
+
+#include <openssl/rand.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <sys/socket.h>
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+#define V_PASS 0
+#define V_NO_KEY 1
+#define V_RATE_LIMITED 2
+#define V_BAD_MAC1 3
+#define V_COOKIE 4
+#define V_COOKIE_LIMITED 5
+#define N_VERDICTS 6
+
+/* BLAKE2s (RFC 7693), keyed, for WireGuard's 16-byte MACs */
+static const uint32_t B2S_IV[8] = {0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
+                                   0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19};
+static const uint8_t B2S_SIGMA[10][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0}};
+
+typedef struct {
+    uint32_t h[8];
+    uint32_t t;
+    uint8_t buf[64];
+    size_t buflen;
+} B2s;
+
+static inline uint32_t ror32(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+static void b2s_compress(B2s *S, const uint8_t *block, int last)
+{
+    uint32_t m[16], v[16];
+    for (int i = 0; i < 16; i++)
+        m[i] = le32(block + 4 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = S->h[i];
+        v[i + 8] = B2S_IV[i];
+    }
+    v[12] ^= S->t;
+    if (last)
+        v[14] = ~v[14];
+#define B2G(a, b, c, d, x, y)                                                                   \
+    do {                                                                                        \
+        v[a] = v[a] + v[b] + (x);                                                               \
+        v[d] = ror32(v[d] ^ v[a], 16);                                                          \
+        v[c] = v[c] + v[d];                                                                     \
+        v[b] = ror32(v[b] ^ v[c], 12);                                                          \
+        v[a] = v[a] + v[b] + (y);                                                               \
+        v[d] = ror32(v[d] ^ v[a], 8);                                                           \
+        v[c] = v[c] + v[d];                                                                     \
+        v[b] = ror32(v[b] ^ v[c], 7);                                                           \
+    } while (0)
+    for (int r = 0; r < 10; r++) {
+        const uint8_t *s = B2S_SIGMA[r];
+        B2G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        B2G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        B2G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        B2G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        B2G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        B2G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        B2G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        B2G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+#undef B2G
+    for (int i = 0; i < 8; i++)
+        S->h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* keyed state (outlen 16) after compressing the key block: the data that follows must not
+ * be empty (true of every WireGuard MAC) */
+static void b2s_init_mac(B2s *S, const uint8_t *key, size_t keylen)
+{
+    uint8_t block[64];
+    memcpy(S->h, B2S_IV, sizeof(S->h));
+    S->h[0] ^= 0x01010000u ^ ((uint32_t)keylen << 8) ^ 16u;
+    memset(block, 0, 64);
+    memcpy(block, key, keylen);
+    S->t = 64;
+    b2s_compress(S, block, 0);
+    S->buflen = 0;
+}
+
+static void b2s_update(B2s *S, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (S->buflen == 64) { /* a full block is compressed only once more data follows */
+            S->t += 64;
+            b2s_compress(S, S->buf, 0);
+            S->buflen = 0;
+        }
+        size_t k = 64 - S->buflen;
+        if (k > n)
+            k = n;
+        memcpy(S->buf + S->buflen, p, k);
+        S->buflen += k;
+        p += k;
+        n -= k;
+    }
+}
+
+static void b2s_final16(B2s *S, uint8_t out[16])
+{
+    S->t += (uint32_t)S->buflen;
+    memset(S->buf + S->buflen, 0, 64 - S->buflen);
+    b2s_compress(S, S->buf, 1);
+    for (int i = 0; i < 4; i++) {
+        out[4 * i] = (uint8_t)S->h[i];
+        out[4 * i + 1] = (uint8_t)(S->h[i] >> 8);
+        out[4 * i + 2] = (uint8_t)(S->h[i] >> 16);
+        out[4 * i + 3] = (uint8_t)(S->h[i] >> 24);
+    }
+}
+
+static void b2s_mac(const uint8_t *key, size_t keylen, const uint8_t *p, size_t n,
+                    uint8_t out[16])
+{
+    B2s S;
+    b2s_init_mac(&S, key, keylen);
+    b2s_update(&S, p, n);
+    b2s_final16(&S, out);
+}
+
+static int ct_equal16(const uint8_t *a, const uint8_t *b)
+{
+    uint8_t d = 0;
+    for (int i = 0; i < 16; i++)
+        d |= a[i] ^ b[i];
+    return d == 0;
+}
+
+/* HChaCha20 (draft-irtf-cfrg-xchacha 2.2) */
+#define QR(a, b, c, d)                                                                         \
+    do {                                                                                        \
+        a += b; d ^= a; d = (d << 16) | (d >> 16);                                              \
+        c += d; b ^= c; b = (b << 12) | (b >> 20);                                              \
+        a += b; d ^= a; d = (d << 8) | (d >> 24);                                               \
+        c += d; b ^= c; b = (b << 7) | (b >> 25);                                               \
+    } while (0)
+
+static void hchacha20(const uint8_t key[32], const uint8_t in[16], uint8_t out[32])
+{
+    uint32_t x[16] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574};
+    for (int i = 0; i < 8; i++)
+        x[4 + i] = le32(key + 4 * i);
+    for (int i = 0; i < 4; i++)
+        x[12 + i] = le32(in + 4 * i);
+    for (int r = 0; r < 10; r++) {
+        QR(x[0], x[4], x[8], x[12]);
+        QR(x[1], x[5], x[9], x[13]);
+        QR(x[2], x[6], x[10], x[14]);
+        QR(x[3], x[7], x[11], x[15]);
+        QR(x[0], x[5], x[10], x[15]);
+        QR(x[1], x[6], x[11], x[12]);
+        QR(x[2], x[7], x[8], x[13]);
+        QR(x[3], x[4], x[9], x[14]);
+    }
+    const int idx[8] = {0, 1, 2, 3, 12, 13, 14, 15};
+    for (int i = 0; i < 8; i++) {
+        uint32_t w = x[idx[i]];
+        out[4 * i] = (uint8_t)w;
+        out[4 * i + 1] = (uint8_t)(w >> 8);
+        out[4 * i + 2] = (uint8_t)(w >> 16);
+        out[4 * i + 3] = (uint8_t)(w >> 24);
+    }
+}
+#undef QR
+
+/* token buckets per source: open addressing, rebuilt on garbage collection */
+typedef struct {
+    uint8_t used, klen;
+    uint8_t key[8];
+    double tokens, last;
+} Bucket;
+
+typedef struct {
+    Bucket *slots;
+    size_t cap, len;
+    double rate, burst, last_gc;
+    size_t max_sources;
+} Buckets;
+
+static uint64_t key_hash(const uint8_t *k, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL ^ n; /* k may be NULL when n == 0 */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 1099511628211ULL;
+    return h ^ (h >> 29);
+}
+
+static int buckets_init(Buckets *b, double rate, double burst, size_t max_sources)
+{
+    b->cap = 64;
+    while (b->cap < 2 * (max_sources + 1))
+        b->cap <<= 1;
+    b->slots = PyMem_Calloc(b->cap, sizeof(Bucket));
+    if (b->slots == NULL)
+        return -1;
+    b->len = 0;
+    b->rate = rate;
+    b->burst = burst;
+    b->last_gc = -INFINITY;
+    b->max_sources = max_sources;
+    return 0;
+}
+
+static Bucket *buckets_find(Buckets *b, const uint8_t *key, size_t klen, int *found)
+{
+    size_t mask = b->cap - 1, i = (size_t)key_hash(key, klen) & mask;
+    while (b->slots[i].used) {
+        Bucket *s = &b->slots[i];
+        if (s->klen == klen && (!klen || !memcmp(s->key, key, klen))) {
+            *found = 1;
+            return s;
+        }
+        i = (i + 1) & mask;
+    }
+    *found = 0;
+    return &b->slots[i];
+}
+
+static void buckets_gc(Buckets *b, double now)
+{
+    double full_after = b->burst / b->rate;
+    size_t keep = 0;
+    for (size_t i = 0; i < b->cap; i++)
+        if (b->slots[i].used && now - b->slots[i].last < full_after)
+            keep++;
+    if (keep == b->len)
+        return;
+    Bucket *old = b->slots;
+    Bucket *fresh = PyMem_Calloc(b->cap, sizeof(Bucket));
+    if (fresh == NULL)
+        return; /* keep the old table: still correct, only fuller */
+    b->slots = fresh;
+    b->len = 0;
+    for (size_t i = 0; i < b->cap; i++) {
+        if (!old[i].used || !(now - old[i].last < full_after))
+            continue;
+        int found;
+        Bucket *s = buckets_find(b, old[i].key, old[i].klen, &found);
+        *s = old[i];
+        b->len++;
+    }
+    PyMem_Free(old);
+}
+
+/* SourceRateLimiter.allow: True when the source may go on (one token taken) */
+static int buckets_allow(Buckets *b, double now, const uint8_t *key, size_t klen)
+{
+    if (now - b->last_gc >= 1.0) {
+        buckets_gc(b, now);
+        b->last_gc = now;
+    }
+    int found;
+    Bucket *s = buckets_find(b, key, klen, &found);
+    if (!found && b->len >= b->max_sources) {
+        s = buckets_find(b, key, 0, &found); /* everyone new shares the overflow bucket */
+        klen = 0;
+    }
+    if (!found) {
+        s->used = 1;
+        s->klen = (uint8_t)klen;
+        if (klen)
+            memcpy(s->key, key, klen);
+        s->tokens = b->burst;
+        s->last = now;
+        b->len++;
+    }
+    double tokens = s->tokens + (now - s->last) * b->rate;
+    if (tokens > b->burst)
+        tokens = b->burst;
+    s->last = now;
+    if (tokens < 1.0) {
+        s->tokens = tokens;
+        return 0;
+    }
+    s->tokens = tokens - 1.0;
+    return 1;
+}
+
+typedef struct {
+    PyObject_HEAD
+    int has_key;
+    uint8_t mac1_key[32], cookie_key[32];
+    B2s mac1_state;
+    uint8_t secret[32];
+    double secret_time;
+    long threshold;
+    double hold, window_start, under_until;
+    long count;
+    Buckets pre, dh, ck; /* per source before mac1, per source before DH, global cookies */
+    uint8_t ticket[16];
+    int has_ticket;
+    EVP_CIPHER_CTX *ctx;
+    unsigned long long counts[N_VERDICTS];
+} GuardObject;
+
+static PyTypeObject GuardType;
+
+static void guard_dealloc(GuardObject *g)
+{
+    PyMem_Free(g->pre.slots);
+    PyMem_Free(g->dh.slots);
+    PyMem_Free(g->ck.slots);
+    if (g->ctx)
+        EVP_CIPHER_CTX_free(g->ctx);
+    OPENSSL_cleanse(g->secret, sizeof(g->secret));
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"threshold", "hold", "source_rate", "source_burst", "dh_rate",
+                             "dh_burst", "cookie_rate", "cookie_burst", "max_sources", NULL};
+    long threshold;
+    double hold, srate, sburst, drate, dburst, crate, cburst;
+    Py_ssize_t max_sources;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ldddddddn", kwlist, &threshold, &hold, &srate,
+                                     &sburst, &drate, &dburst, &crate, &cburst, &max_sources))
+        return -1;
+    if (srate <= 0 || drate <= 0 || crate <= 0 || max_sources < 1 || max_sources > (1 << 22)) {
+        PyErr_SetString(PyExc_ValueError, "rates must be positive, max_sources 1..2**22");
+        return -1;
+    }
+    if (g->pre.slots != NULL || g->ctx != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "HandshakeGuard already initialised");
+        return -1;
+    }
+    g->has_key = 0;
+    g->secret_time = -INFINITY;
+    g->threshold = threshold;
+    g->hold = hold;
+    g->window_start = -INFINITY;
+    g->under_until = -INFINITY;
+    g->count = 0;
+    g->has_ticket = 0;
+    memset(g->counts, 0, sizeof(g->counts));
+    if (buckets_init(&g->pre, srate, sburst, (size_t)max_sources) ||
+        buckets_init(&g->dh, drate, dburst, (size_t)max_sources) ||
+        buckets_init(&g->ck, crate, cburst, 1)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    g->ctx = EVP_CIPHER_CTX_new();
+    if (g->ctx == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *guard_set_keys(GuardObject *g, PyObject *args)
+{
+    Py_buffer m1, ck;
+    if (!PyArg_ParseTuple(args, "y*y*", &m1, &ck))
+        return NULL;
+    if ((m1.len != 0 && m1.len != 32) || ck.len != m1.len) {
+        PyBuffer_Release(&m1);
+        PyBuffer_Release(&ck);
+        PyErr_SetString(PyExc_ValueError, "keys are 32 bytes each, or both empty");
+        return NULL;
+    }
+    g->has_key = m1.len == 32;
+    if (g->has_key) {
+        memcpy(g->mac1_key, m1.buf, 32);
+        memcpy(g->cookie_key, ck.buf, 32);
+        b2s_init_mac(&g->mac1_state, g->mac1_key, 32);
+    }
+    PyBuffer_Release(&m1);
+    PyBuffer_Release(&ck);
+    Py_RETURN_NONE;
+}
+
+static void load_record(GuardObject *g, double now)
+{
+    if (now - g->window_start >= 1.0) {
+        g->window_start = now;
+        g->count = 0;
+    }
+    g->count++;
+    if (g->count > g->threshold)
+        g->under_until = now + g->hold;
+}
+
+static int current_secret(GuardObject *g, double now)
+{
+    if (now - g->secret_time >= 120.0) {
+        if (RAND_bytes(g->secret, 32) != 1)
+            return -1;
+        g->secret_time = now;
+    }
+    return 0;
+}
+
+/* the 64-byte cookie reply to `msg` (mac1 at m1off) from the source `ep` (address + port) */
+static int make_reply(GuardObject *g, double now, const uint8_t *msg, size_t m1off,
+                      const uint8_t *ep, size_t eplen, uint8_t out[64])
+{
+    uint8_t cookie[16], subkey[32], nonce12[12];
+    int outl;
+    if (current_secret(g, now))
+        return -1;
+    b2s_mac(g->secret, 32, ep, eplen, cookie);
+    out[0] = 3;
+    out[1] = out[2] = out[3] = 0;
+    memcpy(out + 4, msg + 4, 4); /* the sender index of the message answered */
+    if (RAND_bytes(out + 8, 24) != 1)
+        return -1;
+    hchacha20(g->cookie_key, out + 8, subkey);
+    memset(nonce12, 0, 4);
+    memcpy(nonce12 + 4, out + 8 + 16, 8);
+    int ok = EVP_EncryptInit_ex(g->ctx, EVP_chacha20_poly1305(), NULL, subkey, nonce12) == 1 &&
+             EVP_EncryptUpdate(g->ctx, NULL, &outl, msg + m1off, 16) == 1 &&
+             EVP_EncryptUpdate(g->ctx, out + 32, &outl, cookie, 16) == 1 &&
+             EVP_EncryptFinal_ex(g->ctx, out + 48, &outl) == 1 &&
+             EVP_CIPHER_CTX_ctrl(g->ctx, EVP_CTRL_AEAD_GET_TAG, 16, out + 48) == 1;
+    OPENSSL_cleanse(subkey, sizeof(subkey));
+    return ok ? 0 : -1;
+}
+
+/* the checks on one handshake message (148 or 92 bytes, type already checked); `key` is the
+ * source's bucket key, `ep` its address and port (what a cookie is bound to). Returns a
+ * verdict; V_COOKIE fills `reply`; -1 on an internal failure (no Python error set). */
+static int guard_check(GuardObject *g, double now, const uint8_t *msg, size_t n,
+                       const uint8_t *key, size_t klen, const uint8_t *ep, size_t eplen,
+                       uint8_t reply[64])
+{
+    size_t m1off = n - 32, m2off = n - 16;
+    if (g->has_ticket && ct_equal16(g->ticket, msg + m1off)) {
+        g->has_ticket = 0;
+        return V_PASS;
+    }
+    if (!g->has_key)
+        return V_NO_KEY;
+    if (now < g->under_until && !buckets_allow(&g->pre, now, key, klen)) {
+        load_record(g, now);
+        return V_RATE_LIMITED;
+    }
+    uint8_t m[16];
+    B2s S = g->mac1_state;
+    b2s_update(&S, msg, m1off);
+    b2s_final16(&S, m);
+    if (!ct_equal16(m, msg + m1off))
+        return V_BAD_MAC1;
+    load_record(g, now);
+    if (!(now < g->under_until))
+        return V_PASS;
+    static const uint8_t zero[16];
+    int mac2_ok = 0;
+    if (!ct_equal16(msg + m2off, zero)) {
+        uint8_t cookie[16];
+        if (current_secret(g, now))
+            return -1;
+        b2s_mac(g->secret, 32, ep, eplen, cookie);
+        b2s_mac(cookie, 16, msg, m2off, m);
+        mac2_ok = ct_equal16(m, msg + m2off);
+    }
+    if (!mac2_ok) {
+        if (!buckets_allow(&g->ck, now, NULL, 0))
+            return V_COOKIE_LIMITED;
+        if (make_reply(g, now, msg, m1off, ep, eplen, reply))
+            return -1;
+        return V_COOKIE;
+    }
+    if (!buckets_allow(&g->dh, now, key, klen))
+        return V_RATE_LIMITED;
+    return V_PASS;
+}
+
+static PyObject *guard_precheck(GuardObject *g, PyObject *args)
+{
+    double now;
+    Py_buffer d, k, e;
+    if (!PyArg_ParseTuple(args, "dy*y*y*", &now, &d, &k, &e))
+        return NULL;
+    PyObject *res = NULL;
+    uint8_t reply[64];
+    if (d.len != 148 && d.len != 92) {
+        PyErr_SetString(PyExc_ValueError, "not a handshake message length");
+        goto done;
+    }
+    uint8_t kb[8];
+    size_t klen = (size_t)k.len > 8 ? 8 : (size_t)k.len;
+    memcpy(kb, k.buf, klen);
+    int v = guard_check(g, now, d.buf, (size_t)d.len, kb, klen, e.buf, (size_t)e.len, reply);
+    if (v < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "handshake guard: crypto failure");
+        goto done;
+    }
+    if (v == V_COOKIE)
+        res = Py_BuildValue("(iy#)", v, (const char *)reply, (Py_ssize_t)64);
+    else
+        res = Py_BuildValue("(iO)", v, Py_None);
+done:
+    PyBuffer_Release(&d);
+    PyBuffer_Release(&k);
+    PyBuffer_Release(&e);
+    return res;
+}
+
+static PyObject *guard_set_ticket(GuardObject *g, PyObject *args)
+{
+    Py_buffer t;
+    if (!PyArg_ParseTuple(args, "y*", &t))
+        return NULL;
+    if (t.len != 16) {
+        PyBuffer_Release(&t);
+        PyErr_SetString(PyExc_ValueError, "a ticket is a 16-byte mac1");
+        return NULL;
+    }
+    memcpy(g->ticket, t.buf, 16);
+    g->has_ticket = 1;
+    PyBuffer_Release(&t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *guard_under_load(GuardObject *g, PyObject *arg)
+{
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(now < g->under_until);
+}
+
+static PyObject *guard_take_counts(GuardObject *g, PyObject *unused)
+{
+    PyObject *t = PyTuple_New(N_VERDICTS);
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < N_VERDICTS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(g->counts[i]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+        g->counts[i] = 0;
+    }
+    return t;
+}
+
+static PyObject *guard_sources(GuardObject *g, void *closure)
+{
+    return PyLong_FromSize_t(g->pre.len + g->dh.len);
+}
+
+static PyObject *guard_get_threshold(GuardObject *g, void *closure)
+{
+    return PyLong_FromLong(g->threshold);
+}
+
+static int guard_set_threshold(GuardObject *g, PyObject *v, void *closure)
+{
+    long t = v ? PyLong_AsLong(v) : -1;
+    if (t == -1 && (v == NULL || PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "threshold must be an int");
+        return -1;
+    }
+    g->threshold = t;
+    return 0;
+}
+
+static PyObject *guard_get_hold(GuardObject *g, void *closure)
+{
+    return PyFloat_FromDouble(g->hold);
+}
+
+static int guard_set_hold(GuardObject *g, PyObject *v, void *closure)
+{
+    double h = v ? PyFloat_AsDouble(v) : -1.0;
+    if (v == NULL || (h == -1.0 && PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "hold must be a number");
+        return -1;
+    }
+    g->hold = h;
+    return 0;
+}
+
+static PyObject *guard_self(PyObject *g, void *closure) { return Py_NewRef(g); }
+
+static PyMethodDef guard_methods[] = {
+    {"set_keys", (PyCFunction)guard_set_keys, METH_VARARGS,
+     "set_keys(mac1_key, cookie_key): 32 bytes each, or b'' and b'' (no private key)"},
+    {"precheck", (PyCFunction)guard_precheck, METH_VARARGS,
+     "precheck(now, msg, source_key, source_endpoint) -> (verdict, cookie reply or None)"},
+    {"set_ticket", (PyCFunction)guard_set_ticket, METH_VARARGS,
+     "set_ticket(mac1): the next precheck of the message with this mac1 passes at once"},
+    {"under_load", (PyCFunction)guard_under_load, METH_O, "under_load(now) -> bool"},
+    {"take_counts", (PyCFunction)guard_take_counts, METH_NOARGS,
+     "verdict counts of the messages recv_batch handled itself (reset)"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef guard_getset[] = {
+    {"threshold", (getter)guard_get_threshold, (setter)guard_set_threshold,
+     "handshake messages per second before the device is under load", NULL},
+    {"hold", (getter)guard_get_hold, (setter)guard_set_hold, "seconds under load", NULL},
+    {"load", (getter)guard_self, NULL, "the load meter (this object)", NULL},
+    {"sources", (getter)guard_sources, NULL, "sources tracked by the token buckets", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject GuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshguard.dataplane._fastpath.HandshakeGuard",
+    .tp_basicsize = sizeof(GuardObject),
+    .tp_dealloc = (destructor)guard_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "cheap-first checks of received handshake messages (wireguard/cookie.py)",
+    .tp_methods = guard_methods,
+    .tp_getset = guard_getset,
+    .tp_init = (initproc)guard_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* --------------------------------------------------------------- recv_batch ---- */
+
+#define RB_MAX 64
+#define RB_BUF (65536 + 4096)
+static uint8_t *rb_bufs;
+
+/* bucket key (IPv4 address, IPv6 /64) and endpoint bytes (address + port) of a sockaddr */
+static int source_of(const struct sockaddr_storage *ss, uint8_t key[8], size_t *klen,
+                     uint8_t ep[18], size_t *eplen)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)ss;
+        memcpy(key, &s->sin_addr, 4);
+        *klen = 4;
+        memcpy(ep, &s->sin_addr, 4);
+        memcpy(ep + 4, &s->sin_port, 2);
+        *eplen = 6;
+        return 0;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)ss;
+        const uint8_t *a = s->sin6_addr.s6_addr;
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (!memcmp(a, mapped, 12)) {
+            memcpy(key, a + 12, 4);
+            *klen = 4;
+            memcpy(ep, a + 12, 4);
+            memcpy(ep + 4, &s->sin6_port, 2);
+            *eplen = 6;
+            return 0;
+        }
+        memcpy(key, a, 8);
+        *klen = 8;
+        memcpy(ep, a, 16);
+        memcpy(ep + 16, &s->sin6_port, 2);
+        *eplen = 18;
+        return 0;
+    }
+    return -1;
+}
+
+static int is_handshake(const uint8_t *d, size_t n)
+{
+    return (n == 148 && le32(d) == 1) || (n == 92 && le32(d) == 2);
+}
+
+static int rb_append(PyObject *items, const uint8_t *d, size_t n, Py_ssize_t seg,
+                     PyObject *addr, int admitted)
+{
+    PyObject *item = Py_BuildValue("(y#nOi)", (const char *)d, (Py_ssize_t)n, seg, addr,
+                                   admitted);
+    if (item == NULL)
+        return -1;
+    int r = PyList_Append(items, item);
+    Py_DECREF(item);
+    return r;
+}
+
+static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
+{
+    int fd, limit;
+    PyObject *gobj;
+    double now;
+    if (!PyArg_ParseTuple(args, "iiOd", &fd, &limit, &gobj, &now))
+        return NULL;
+    GuardObject *g = NULL;
+    if (gobj != Py_None) {
+        if (!PyObject_TypeCheck(gobj, &GuardType)) {
+            PyErr_SetString(PyExc_TypeError, "guard must be a HandshakeGuard or None");
+            return NULL;
+        }
+        g = (GuardObject *)gobj;
+    }
+    if (limit < 1)
+        limit = 1;
+    if (limit > RB_MAX)
+        limit = RB_MAX;
+    if (rb_bufs == NULL) {
+        rb_bufs = PyMem_Malloc((size_t)RB_MAX * RB_BUF);
+        if (rb_bufs == NULL)
+            return PyErr_NoMemory();
+    }
+    struct mmsghdr msgs[RB_MAX];
+    struct iovec iov[RB_MAX];
+    struct sockaddr_storage names[RB_MAX];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctrl[RB_MAX];
+    memset(msgs, 0, sizeof(msgs[0]) * (size_t)limit);
+    for (int i = 0; i < limit; i++) {
+        iov[i].iov_base = rb_bufs + (size_t)i * RB_BUF;
+        iov[i].iov_len = RB_BUF;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &names[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
+        msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+        msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
+    }
+    int got;
+    Py_BEGIN_ALLOW_THREADS
+    got = recvmmsg(fd, msgs, (unsigned)limit, MSG_DONTWAIT, NULL);
+    Py_END_ALLOW_THREADS
+    long reads = 0, datagrams = 0, gro_reads = 0, errors = 0, sent = 0, send_errors = 0;
+    long would_block = 0;
+    if (got < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            errors = 1;
+        got = 0;
+    }
+    PyObject *items = PyList_New(0);
+    if (items == NULL)
+        return NULL;
+    uint8_t reply[64];
+    for (int i = 0; i < got; i++) {
+        struct msghdr *h = &msgs[i].msg_hdr;
+        if (h->msg_flags & MSG_TRUNC) {
+            errors++;
+            continue;
+        }
+        reads++;
+        size_t n = msgs[i].msg_len;
+        const uint8_t *d = iov[i].iov_base;
+        size_t seg = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                if (c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                    int v;
+                    memcpy(&v, CMSG_DATA(c), sizeof(int));
+                    seg = v > 0 ? (size_t)v : 0;
+                } else if (c->cmsg_len >= CMSG_LEN(sizeof(uint16_t))) {
+                    uint16_t v;
+                    memcpy(&v, CMSG_DATA(c), sizeof(v));
+                    seg = v;
+                }
+            }
+        }
+        if (!(seg > 0 && seg < n))
+            seg = 0;
+        if (seg) {
+            gro_reads++;
+            datagrams += (long)((n + seg - 1) / seg);
+        } else {
+            datagrams++;
+        }
+        PyObject *addr = PyBytes_FromStringAndSize((const char *)&names[i], h->msg_namelen);
+        if (addr == NULL)
+            goto fail;
+        uint8_t key[8], ep[18];
+        size_t klen = 0, eplen = 0;
+        int guarded = g != NULL && source_of(&names[i], key, &klen, ep, &eplen) == 0;
+        size_t dlen = seg ? seg : n;
+        int split = guarded && is_handshake(d, dlen < n ? dlen : n);
+        if (!split) {
+            if (rb_append(items, d, n, (Py_ssize_t)seg, addr, 0)) {
+                Py_DECREF(addr);
+                goto fail;
+            }
+            Py_DECREF(addr);
+            continue;
+        }
+        /* one datagram, or a GRO train of them: guard each handshake message; runs of other
+         * datagrams go up as they are (cut every seg bytes) */
+        size_t pos = 0, run = 0, run_n = 0;
+        while (pos < n) {
+            size_t l = n - pos;
+            if (seg && seg < l)
+                l = seg;
+            const uint8_t *p = d + pos;
+            if (!is_handshake(p, l)) {
+                if (!run_n)
+                    run = pos;
+                run_n += l;
+                pos += l;
+                continue;
+            }
+            if (run_n) {
+                if (rb_append(items, d + run, run_n, run_n > seg ? (Py_ssize_t)seg : 0, addr,
+                              0))
+                    goto fail_addr;
+                run_n = 0;
+            }
+            int v = guard_check(g, now, p, l, key, klen, ep, eplen, reply);
+            if (v == V_PASS) {
+                if (rb_append(items, p, l, 0, addr, 1))
+                    goto fail_addr;
+            } else if (v < 0) {
+                errors++;
+            } else {
+                g->counts[v]++;
+                if (v == V_COOKIE) {
+                    ssize_t r = sendto(fd, reply, 64, MSG_DONTWAIT,
+                                       (const struct sockaddr *)&names[i], h->msg_namelen);
+                    if (r == 64)
+                        sent++;
+                    else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        would_block++;
+                    else
+                        send_errors++;
+                }
+            }
+            pos += l;
+        }
+        if (run_n && rb_append(items, d + run, run_n, run_n > seg ? (Py_ssize_t)seg : 0, addr,
+                               0))
+            goto fail_addr;
+        Py_DECREF(addr);
+        continue;
+    fail_addr:
+        Py_DECREF(addr);
+        goto fail;
+    }
+    return Py_BuildValue("(Nllllllll)", items, (long)got, reads, datagrams, gro_reads, errors,
+                         sent, send_errors, would_block);
+fail:
+    Py_DECREF(items);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ module ---- */
 
 static PyMethodDef methods[] = {
@@ -970,6 +1838,9 @@ static PyMethodDef methods[] = {
      "open_batch(cipher, buf, seg_size, receiver, offset=0) -> (end, results)"},
     {"coalesce", (PyCFunction)(void (*)(void))fp_coalesce, METH_VARARGS | METH_KEYWORDS,
      "coalesce(packets, verify=True) -> virtio-net buffers to write to the TUN"},
+    {"recv_batch", fp_recv_batch, METH_VARARGS,
+     "recv_batch(fd, limit, guard, now) -> (items, got, reads, datagrams, gro_reads, errors, "
+     "cookies_sent, send_errors, send_would_block); items: (data, seg, sockaddr, admitted)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath",
@@ -977,7 +1848,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath",
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&CipherType) < 0)
+    if (PyType_Ready(&CipherType) < 0 || PyType_Ready(&GuardType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL)
@@ -985,6 +1856,12 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     Py_INCREF(&CipherType);
     if (PyModule_AddObject(m, "Cipher", (PyObject *)&CipherType) < 0) {
         Py_DECREF(&CipherType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&GuardType);
+    if (PyModule_AddObject(m, "HandshakeGuard", (PyObject *)&GuardType) < 0) {
+        Py_DECREF(&GuardType);
         Py_DECREF(m);
         return NULL;
     }

@@ -38,6 +38,15 @@ with the verdicts of the per-packet path (see fastpath.py). The engine owns no p
 Socket errors are counted and never raised into the loop; a bug below is logged and counted
 (`internal_errors`).
 
+Reading the UDP socket: with the C fast path one recvmmsg takes up to `batch` datagrams (up to
+4 per wake-up while the socket stays full), and the Device's handshake guard (its C twin,
+installed by `start`) checks handshake messages right there: a flood of initiations is
+rate-limited, refused or answered with cookie replies without entering Python, so the socket
+is drained as fast as the flood arrives and a legitimate peer's messages are not lost in the
+kernel's queue. Passed handshake messages and everything else take the paths below. Without
+the C module (or MESHGUARD_RECVMMSG=0) the engine reads datagram by datagram and the Device
+runs the same checks (wireguard/cookie.py's HandshakeGuard), with the same verdicts.
+
 Seams (also used by tests and the mesh daemon): `tun_packets_in(packets)` (plain IP packets
 from the TUN), `datagrams_in(grams)`, `send_datagrams(grams)` (slow-path sends: handshakes,
 keepalives, gossip), `write_tun(packets)` (plain IP packets, coalesced when offloading).
@@ -52,6 +61,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -98,6 +108,10 @@ _TRANSPORT_MIN = 32  # header + tag (a keepalive)
 _ZEROS = bytes(16)
 # read errors meaning the TUN interface no longer exists (EBADFD after `ip link del`)
 _TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.ENXIO, errno.ENODEV})
+_recv_batch = fastpath.recv_batch
+_CGuard = fastpath.HandshakeGuard
+_NATIVE = sys.byteorder
+RECV_ROUNDS = 4  # recvmmsg calls per wake-up while each one comes back full
 
 
 def seal_batch(aead: Any, receiver: int, first: int, packets: list[bytes]) -> list[bytes]:
@@ -148,6 +162,25 @@ def _unmap(host: str) -> str:
     if host.startswith("::ffff:") and "." in host:
         return host[7:]
     return host
+
+
+def endpoint_of_sockaddr(raw: bytes) -> Endpoint:
+    """(host, port) of a raw struct sockaddr_in / sockaddr_in6 (what recv_batch returns), as
+    the socket module reports it (IPv4-mapped addresses unmapped, `%zone` on scoped ones)."""
+    fam = int.from_bytes(raw[0:2], _NATIVE)
+    port = int.from_bytes(raw[2:4], "big")
+    if fam == socket.AF_INET6 and len(raw) >= 24:
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        scope = int.from_bytes(raw[24:28], _NATIVE) if len(raw) >= 28 else 0
+        if scope:
+            try:
+                host += "%" + socket.if_indextoname(scope)
+            except OSError:
+                host += f"%{scope}"
+        return (_unmap(host), port)
+    if fam == socket.AF_INET and len(raw) >= 8:
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    raise ValueError(f"unexpected address family {fam}")
 
 
 def make_udp_socket(port: int, fwmark: int = 0) -> socket.socket:
@@ -229,6 +262,9 @@ class Engine:
         self._on_actions = on_actions  # other actions (HandshakeCompleted, ...) for the owner
         self._on_tun_gone = on_tun_gone  # the TUN fd reports the interface deleted
         self.tun_peek = os.environ.get("MESHGUARD_TUN_PEEK", "1") == "1"
+        # one recvmmsg per batch, handshake guard in C (when the C fast path is built)
+        self.c_recv = (_recv_batch is not None
+                       and os.environ.get("MESHGUARD_RECVMMSG", "1") == "1")
         self.lazy_drain = os.environ.get("MESHGUARD_LAZY_DRAIN", "1") == "1"
         # when the previous wake-up of an fd was long ago (sparse traffic: a ping, a DNS
         # query), read one packet and let the (level-triggered) loop wake us again if more
@@ -299,6 +335,7 @@ class Engine:
             self.bind(0)
         assert self.sock is not None
         self._setup_tun()
+        self.install_guard()
         self._loop.add_reader(self.sock.fileno(), self._udp_readable)
         self._loop.add_reader(self.tun_fd, self._tun_readable)
         self.kick()
@@ -318,6 +355,18 @@ class Engine:
             self.sock = None
         self._loop = None
         self._ciphers.clear()
+
+    def install_guard(self) -> None:
+        """Give the Device the C twin of its handshake guard (same parameters), which
+        recv_batch runs on handshake messages as they are read; a no-op without the C fast
+        path, with MESHGUARD_RECVMMSG=0, or for a device without a guard."""
+        if not self.c_recv or _CGuard is None:
+            return
+        dev = self.device
+        guard = getattr(dev, "guard", None)
+        if guard is None or isinstance(guard, _CGuard) or not hasattr(guard, "params"):
+            return
+        dev.use_guard(_CGuard(**guard.params()))
 
     def describe_offloads(self) -> str:
         parts = [f"fastpath={fastpath.IMPLEMENTATION}"]
@@ -606,6 +655,9 @@ class Engine:
         sock = self.sock
         if sock is None:
             return
+        if self.c_recv:
+            self._udp_readable_batch(sock)
+            return
         st = self.stats
         rx = _Receive(self)
         recv = sock.recvmsg_into
@@ -664,6 +716,66 @@ class Engine:
                 # sparse traffic: an answer to what was just written (a ping reply) is often
                 # queued on the TUN already: take it now rather than after another wake-up
                 # (busy fds leave it to the TUN's own wake-up, which batches)
+                self._tun_readable()
+
+    def _udp_readable_batch(self, sock: socket.socket) -> None:
+        """The C reader: recvmmsg batches with the handshake guard applied in C."""
+        st = self.stats
+        limit = self.batch
+        if self.lazy_drain:
+            now = _monotonic()
+            if now - self._udp_last > QUIET_GAP:
+                limit = 1
+            self._udp_last = now
+        rx = _Receive(self)
+        guard = getattr(self.device, "guard", None)
+        if type(guard) is not _CGuard:
+            guard = None
+        endpoints = self._ep_cache
+        fd = sock.fileno()
+        n_reads = 0
+        for _ in range(RECV_ROUNDS if limit > 1 else 1):
+            try:
+                items, got, reads, grams, gro, errs, sent, serr, wb = _recv_batch(
+                    fd, limit, guard, rx.now)
+            except Exception:
+                self._internal_error("udp")
+                break
+            st.udp_rx += grams
+            st.udp_gro_reads += gro
+            st.udp_recv_errors += errs
+            if sent or serr or wb:
+                st.udp_tx += sent
+                st.udp_send_errors += serr
+                st.udp_send_would_block += wb
+            n_reads += reads
+            for data, seg, addr, admitted in items:
+                ep = endpoints.get(addr)
+                try:
+                    if ep is None:
+                        if len(endpoints) > 4096:
+                            endpoints.clear()
+                        ep = endpoints[addr] = endpoint_of_sockaddr(addr)
+                    if admitted and guard is not None:
+                        guard.set_ticket(data[-32:-16])
+                    rx.feed(memoryview(data), seg, ep)
+                except Exception:
+                    self._internal_error("udp")
+            if got < limit:
+                break
+        if guard is not None:
+            counts = guard.take_counts()
+            if any(counts):
+                self.device.count_verdicts(counts)
+        if n_reads:
+            st.udp_rx_batches += 1
+            tun_tx = st.tun_tx
+            try:
+                rx.finish()
+            except Exception:
+                self._internal_error("udp")
+            self._arm()
+            if limit == 1 and st.tun_tx != tun_tx and self.tun_peek and self._loop is not None:
                 self._tun_readable()
 
     def datagrams_in(self, grams: list[Datagram]) -> None:
@@ -900,6 +1012,7 @@ __all__ = [
     "DEFAULT_BATCH",
     "Engine",
     "EngineStats",
+    "endpoint_of_sockaddr",
     "make_udp_socket",
     "offload_default",
     "seal_batch",

@@ -28,6 +28,14 @@ decrypted before being dropped, the same work a forged packet costs).
 
 `coalesce` is `offload.coalesce`. Malformed reads raise ValueError (OffloadError in Python).
 
+C only (None with the pure Python implementation, whose engine reads datagram by datagram and
+leaves every check to the Device): `HandshakeGuard`, the twin of wireguard/cookie.py's, and
+`recv_batch(fd, limit, guard, now)`, one recvmmsg of up to `limit` datagrams (GRO trains
+included) that runs the guard on each handshake message: refused ones are counted in the guard
+(`take_counts`), cookie replies are sent at once from C, and everything else comes back as
+(data, seg, raw sockaddr, admitted) items; `admitted` marks a handshake message the guard
+passed (the engine hands it on with a ticket, so the Device does not check it twice).
+
 The C module is used when importable unless MESHGUARD_PURE_PYTHON=1; `IMPLEMENTATION` says
 which one is active ("c" or "python"); `python_impl()` and `c_impl()` return either module-like
 namespace for tests.
@@ -222,7 +230,8 @@ def py_coalesce(packets: Sequence[Buffer], verify: bool = True) -> list[bytes]:
 def python_impl() -> Any:
     return SimpleNamespace(
         name="python", Cipher=PyCipher, checksum=py_checksum, segment_count=py_segment_count,
-        seal_segments=py_seal_segments, open_batch=py_open_batch, coalesce=py_coalesce)
+        seal_segments=py_seal_segments, open_batch=py_open_batch, coalesce=py_coalesce,
+        HandshakeGuard=None, recv_batch=None)
 
 
 def c_impl() -> Any | None:
@@ -249,6 +258,8 @@ segment_count: Any = _impl.segment_count
 seal_segments: Any = _impl.seal_segments
 open_batch: Any = _impl.open_batch
 coalesce: Any = _impl.coalesce
+HandshakeGuard: Any = getattr(_impl, "HandshakeGuard", None)
+recv_batch: Any = getattr(_impl, "recv_batch", None)
 
 __all__ = [
     "BAD_AUTH",
@@ -257,12 +268,14 @@ __all__ = [
     "KEEPALIVE",
     "OK",
     "Cipher",
+    "HandshakeGuard",
     "PyCipher",
     "c_impl",
     "checksum",
     "coalesce",
     "open_batch",
     "python_impl",
+    "recv_batch",
     "seal_segments",
     "segment_count",
 ]

@@ -8,12 +8,18 @@
   XChaCha20-Poly1305(key = HASH("cookie--" || S_pub_responder), random 24-byte nonce,
   cookie, ad = the mac1 of the message being answered).
 - The initiator stores the cookie and adds mac2 to its next handshake messages.
+
+`HandshakeGuard` runs these checks cheapest first on every received handshake message (see its
+docstring); the C fast path has a twin with the same verdicts (dataplane/_fastpath.c), which
+the data-plane engine installs so a flood is handled without entering Python.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
+from collections.abc import Hashable
 
 from meshguard.crypto.aead import xchacha20poly1305_open, xchacha20poly1305_seal
 from meshguard.crypto.hashes import blake2s, mac
@@ -34,6 +40,29 @@ from meshguard.wireguard.constants import (
 Endpoint = tuple[str, int]
 _PORT = struct.Struct("!H")
 _ZERO_MAC = bytes(MAC_LEN)
+_OVERFLOW = b""  # the bucket key new sources share once MAX_SOURCES buckets are live
+
+# Under load, every handshake message is first held to a token bucket per source (IPv4
+# address, IPv6 /64) before any MAC is computed: a one-address flood then costs a dictionary
+# look-up per message, and its cookie replies are bounded. A legitimate source needs about two
+# messages per handshake (one answered with a cookie, one carrying mac2), so this is generous;
+# many peers behind one NAT share it.
+UNDER_LOAD_SOURCE_RATE = 50.0
+UNDER_LOAD_SOURCE_BURST = 50
+# Cookie replies, all sources together (spoofed sources defeat per-source buckets): replies
+# beyond this are not sent (the message is counted as bad_mac2 without cookie_replies_sent).
+COOKIE_REPLIES_PER_SECOND = 10_000.0
+COOKIE_REPLY_BURST = 1_000
+MAX_SOURCES = 65_536  # token buckets per limiter (then new sources share one)
+
+# HandshakeGuard.precheck verdicts
+PASS = 0
+NO_KEY = 1
+RATE_LIMITED = 2
+BAD_MAC1 = 3
+COOKIE = 4  # answered with the cookie reply returned alongside
+COOKIE_LIMITED = 5  # mac2 missing, but the global cookie budget is spent: dropped
+VERDICTS = ("pass", "no_key", "rate_limited", "bad_mac1", "cookie", "cookie_limited")
 
 
 def mac1_key(public_key: bytes) -> bytes:
@@ -86,24 +115,34 @@ class LoadMeter:
 
 
 class SourceRateLimiter:
-    """Token bucket per source address (not port): `rate` per second, bursts of `burst`."""
+    """Token bucket per source (a key: an address, or `source_keys`' bucket key): `rate` per
+    second, bursts of `burst`. At most `max_sources` buckets: when that many are live, every
+    new source shares one overflow bucket (memory stays bounded under a spoofed flood)."""
 
-    __slots__ = ("_buckets", "_last_gc", "burst", "rate")
+    __slots__ = ("_buckets", "_last_gc", "burst", "max_sources", "rate")
 
     def __init__(
-        self, rate: float = UNDER_LOAD_PER_SOURCE_RATE, burst: int = UNDER_LOAD_PER_SOURCE_BURST
+        self,
+        rate: float = UNDER_LOAD_PER_SOURCE_RATE,
+        burst: float = UNDER_LOAD_PER_SOURCE_BURST,
+        max_sources: int = MAX_SOURCES,
     ) -> None:
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}  # host -> (tokens, time)
+        self.max_sources = max_sources
+        self._buckets: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, time)
         self._last_gc = float("-inf")
 
-    def allow(self, now: float, host: str) -> bool:
+    def allow(self, now: float, host: Hashable) -> bool:
         if now - self._last_gc >= 1.0:
             # a bucket idle long enough to be full again carries no information
             full_after = self.burst / self.rate
-            self._buckets = {h: v for h, v in self._buckets.items() if now - v[1] < full_after}
+            if any(now - v[1] >= full_after for v in self._buckets.values()):
+                self._buckets = {h: v for h, v in self._buckets.items()
+                                 if now - v[1] < full_after}
             self._last_gc = now
+        if host not in self._buckets and len(self._buckets) >= self.max_sources:
+            host = _OVERFLOW
         tokens, last = self._buckets.get(host, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         if tokens < 1.0:
@@ -114,6 +153,22 @@ class SourceRateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def source_keys(src: Endpoint) -> tuple[bytes, bytes]:
+    """(token-bucket key, cookie binding) of a source endpoint: the key is the IPv4 address
+    or the IPv6 /64 (one host owns a /64), the binding the address and port (endpoint_bytes)."""
+    host, port = src
+    addr = host.partition("%")[0]
+    try:
+        if ":" in addr:
+            packed = socket.inet_pton(socket.AF_INET6, addr)
+            key = packed[:8]
+        else:
+            packed = key = socket.inet_pton(socket.AF_INET, addr)
+    except OSError:
+        packed = key = host.encode("utf-8", "replace")
+    return key, packed + _PORT.pack(port & 0xFFFF)
 
 
 class CookieChecker:
@@ -148,6 +203,18 @@ class CookieChecker:
     def cookie_for(self, now: float, src: Endpoint) -> bytes:
         return mac(self._current_secret(now), endpoint_bytes(src))
 
+    def cookie_for_binding(self, now: float, binding: bytes) -> bytes:
+        """The cookie for a source given as endpoint_bytes / source_keys' binding."""
+        return mac(self._current_secret(now), binding)
+
+    def reply_bytes(self, now: float, msg: bytes, mac1_offset: int, binding: bytes) -> bytes:
+        """The encoded cookie reply to `msg` (its sender index at bytes 4..8)."""
+        nonce = self._rng.bytes(COOKIE_NONCE_LEN)
+        sealed = xchacha20poly1305_seal(self._cookie_key, nonce,
+                                        self.cookie_for_binding(now, binding),
+                                        msg[mac1_offset : mac1_offset + MAC_LEN])
+        return b"\x03\x00\x00\x00" + msg[4:8] + nonce + sealed
+
     def check_mac2(self, now: float, msg: bytes, mac2_offset: int, src: Endpoint) -> bool:
         got = msg[mac2_offset : mac2_offset + MAC_LEN]
         if _equal(got, _ZERO_MAC):
@@ -164,6 +231,115 @@ class CookieChecker:
             self._cookie_key, nonce, self.cookie_for(now, src), msg_mac1
         )
         return CookieReply(sender_index, nonce, sealed)
+
+
+class HandshakeGuard:
+    """The cheap-first checks of a received handshake message (initiation or response, type
+    and length already checked), run by the Device before any DH work:
+
+      1. ticket: the data plane already checked this very message (set_ticket): pass
+      2. no private key: NO_KEY
+      3. under load, and the source is over its bucket (UNDER_LOAD_SOURCE_RATE, before any
+         MAC is computed): RATE_LIMITED; the message still counts as load
+      4. mac1 wrong: BAD_MAC1
+      5. the message counts as load (LoadMeter)
+      6. under load: mac2 wrong -> COOKIE with a cookie reply while the global cookie budget
+         lasts, else COOKIE_LIMITED; mac2 right -> the per-source DH bucket
+         (UNDER_LOAD_PER_SOURCE_RATE): RATE_LIMITED when spent
+      7. PASS
+
+    `precheck(now, msg, source_key, source_binding)` (see source_keys) returns (verdict,
+    cookie reply bytes or None). The C fast path's HandshakeGuard is a twin with the same
+    arguments and verdicts (tests compare them); the engine installs it (Device.use_guard)
+    and runs it on handshake messages straight from the socket."""
+
+    __slots__ = ("_cookie_bucket", "_cookies", "_dh", "_pre", "_ticket", "load")
+
+    def __init__(
+        self,
+        rng: Rng,
+        threshold: int = UNDER_LOAD_HANDSHAKES_PER_SECOND,
+        hold: float = UNDER_LOAD_HOLD_TIME,
+        source_rate: float = UNDER_LOAD_SOURCE_RATE,
+        source_burst: float = UNDER_LOAD_SOURCE_BURST,
+        dh_rate: float = UNDER_LOAD_PER_SOURCE_RATE,
+        dh_burst: float = UNDER_LOAD_PER_SOURCE_BURST,
+        cookie_rate: float = COOKIE_REPLIES_PER_SECOND,
+        cookie_burst: float = COOKIE_REPLY_BURST,
+        max_sources: int = MAX_SOURCES,
+    ) -> None:
+        self.load = LoadMeter(threshold, hold)
+        self._cookies = CookieChecker(rng)
+        self._pre = SourceRateLimiter(source_rate, source_burst, max_sources)
+        self._dh = SourceRateLimiter(dh_rate, dh_burst, max_sources)
+        self._cookie_bucket = SourceRateLimiter(cookie_rate, cookie_burst, 1)
+        self._ticket = b""
+
+    @property
+    def threshold(self) -> int:
+        return self.load.threshold
+
+    @property
+    def hold(self) -> float:
+        return self.load.hold
+
+    @property
+    def sources(self) -> int:
+        return len(self._pre) + len(self._dh)
+
+    def params(self) -> dict[str, float]:
+        """The constructor's keyword arguments (a twin is built with the same ones)."""
+        return {"threshold": self.load.threshold, "hold": self.load.hold,
+                "source_rate": self._pre.rate, "source_burst": self._pre.burst,
+                "dh_rate": self._dh.rate, "dh_burst": self._dh.burst,
+                "cookie_rate": self._cookie_bucket.rate,
+                "cookie_burst": self._cookie_bucket.burst,
+                "max_sources": self._pre.max_sources}
+
+    def set_keys(self, mac1: bytes, cookie: bytes) -> None:
+        """mac1_key(our public key) and cookie_key(it), or b"" and b"" without a key."""
+        self._cookies._mac1_key = mac1
+        self._cookies._cookie_key = cookie
+
+    def set_ticket(self, mac1: bytes) -> None:
+        self._ticket = mac1
+
+    def under_load(self, now: float) -> bool:
+        return self.load.under_load(now)
+
+    def take_counts(self) -> tuple[int, ...]:
+        return (0,) * len(VERDICTS)  # only the C data plane handles messages on its own
+
+    def precheck(
+        self, now: float, msg: bytes, source_key: bytes, binding: bytes
+    ) -> tuple[int, bytes | None]:
+        n = len(msg)
+        m1 = n - 2 * MAC_LEN
+        m2 = n - MAC_LEN
+        if self._ticket and _equal(self._ticket, msg[m1:m2]):
+            self._ticket = b""
+            return PASS, None
+        c = self._cookies
+        if not c._mac1_key:
+            return NO_KEY, None
+        load = self.load
+        if load.under_load(now) and not self._pre.allow(now, source_key):
+            load.record(now)
+            return RATE_LIMITED, None
+        if not c.check_mac1(msg, m1):
+            return BAD_MAC1, None
+        load.record(now)
+        if not load.under_load(now):
+            return PASS, None
+        got = msg[m2:]
+        if _equal(got, _ZERO_MAC) or not _equal(mac(c.cookie_for_binding(now, binding),
+                                                     msg[:m2]), got):
+            if not self._cookie_bucket.allow(now, _OVERFLOW):
+                return COOKIE_LIMITED, None
+            return COOKIE, c.reply_bytes(now, msg, m1, binding)
+        if not self._dh.allow(now, source_key):
+            return RATE_LIMITED, None
+        return PASS, None
 
 
 class CookieGenerator:

@@ -12,10 +12,13 @@ HandshakeCompleted, PeerKeysExpired, HandshakeGaveUp):
     send_keepalive(now, wall, peer)         e.g. when persistent keepalive is switched on
     initiate_handshake(now, wall, peer)     start a handshake (rate limited)
 
-Receive checks run cheapest first: type and length, mac1, (under load) mac2 / cookie reply and
-a per-source token bucket, then DH and AEAD, then the per-peer initiation rate and TAI64N
-replay check. Garbage is counted in `device.counters` under one reason and dropped;
-receive_datagram never raises for remote input.
+Receive checks run cheapest first: type and length, then the handshake guard
+(cookie.HandshakeGuard: under load a per-source token bucket before any MAC, mac1, under load
+mac2 / a cookie reply within a global budget and a per-source DH bucket), then DH and AEAD,
+then the per-peer initiation rate and TAI64N replay check. The data-plane engine may swap the
+guard for its C twin (use_guard) and run it on handshake messages as they are read; it then
+reports what it refused with count_verdicts. Garbage is counted in `device.counters` under one
+reason and dropped; receive_datagram never raises for remote input.
 
 Fast path (for a data plane moving batches of packets per wake-up). Per batch, not per packet:
 
@@ -56,6 +59,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from meshguard.crypto.aead import TransportCipher
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
@@ -86,10 +90,17 @@ from meshguard.wireguard.constants import (
     UNDER_LOAD_HOLD_TIME,
 )
 from meshguard.wireguard.cookie import (
-    CookieChecker,
+    COOKIE,
+    COOKIE_LIMITED,
+    NO_KEY,
+    PASS,
+    RATE_LIMITED,
+    VERDICTS,
     CookieGenerator,
-    LoadMeter,
-    SourceRateLimiter,
+    HandshakeGuard,
+    cookie_key,
+    mac1_key,
+    source_keys,
 )
 from meshguard.wireguard.counters import Counters
 from meshguard.wireguard.index import IndexTable
@@ -252,10 +263,9 @@ class Device:
         self.listen_port = 0
         self.fwmark = 0
         self.counters = Counters()
-        self.load = LoadMeter(under_load_threshold, under_load_hold)
-        self.source_limiter = SourceRateLimiter()
+        # the cheap-first checks of handshake messages (a C twin may replace it: use_guard)
+        self.guard: Any = HandshakeGuard(rng, under_load_threshold, under_load_hold)
         self._private_key: X25519PrivateKey | None = None
-        self._cookies = CookieChecker(rng)
         self._peers: dict[bytes, Peer] = {}
         self._indices: IndexTable[Peer | Keypair] = IndexTable(rng)
         self._allowed: AllowedIPs[Peer] = AllowedIPs()
@@ -280,7 +290,7 @@ class Device:
         if key is not None and self._private_key is not None and key == self._private_key:
             return
         self._private_key = key
-        self._cookies.set_public_key(key.public_key.raw if key is not None else None)
+        self._set_guard_keys()
         if key is not None:
             own = self._peers.get(key.public_key.raw)
             if own is not None:
@@ -288,6 +298,46 @@ class Device:
         for peer in self._peers.values():
             self._clear_session_state(peer)
             self._precompute(peer)
+
+    def _set_guard_keys(self) -> None:
+        key = self._private_key
+        if key is None:
+            self.guard.set_keys(b"", b"")
+        else:
+            pub = key.public_key.raw
+            self.guard.set_keys(mac1_key(pub), cookie_key(pub))
+
+    @property
+    def load(self) -> Any:
+        """The load meter (threshold, hold, under_load(now)) of the handshake guard."""
+        return self.guard.load
+
+    def use_guard(self, guard: Any) -> None:
+        """Check handshake messages with `guard` from now on (the C twin of HandshakeGuard,
+        built with the current guard's parameters; its buckets and load start afresh)."""
+        self.guard = guard
+        self._set_guard_keys()
+
+    def count_verdicts(self, counts: Iterable[int]) -> None:
+        """Count handshake messages the guard refused or answered (n per verdict, in the
+        order of cookie.VERDICTS), e.g. those the data plane handled on its own."""
+        for verdict, n in enumerate(counts):
+            if n:
+                self._count_verdict(verdict, n)
+
+    def _count_verdict(self, verdict: int, n: int = 1) -> None:
+        c = self.counters
+        if verdict == NO_KEY:
+            c.no_private_key += n
+        elif verdict == RATE_LIMITED:
+            c.rate_limited += n
+        elif verdict == COOKIE:
+            c.bad_mac2 += n
+            c.cookie_replies_sent += n
+        elif verdict == COOKIE_LIMITED:
+            c.bad_mac2 += n
+        elif verdict != PASS and verdict < len(VERDICTS):
+            c.bad_mac1 += n
 
     def _precompute(self, peer: Peer) -> None:
         raw = peer.public_key.raw
@@ -707,43 +757,29 @@ class Device:
         self.counters.bad_type += 1
         return []
 
-    def _handshake_precheck(
-        self,
-        now: float,
-        data: bytes,
-        mac1_offset: int,
-        mac2_offset: int,
-        sender: int,
-        src: Endpoint,
-    ) -> list[Action] | None:
-        """mac1, then (under load) mac2. None means go on; a list is the final answer."""
+    def _handshake_precheck(self, now: float, data: bytes, src: Endpoint) -> list[Action] | None:
+        """The guard's checks (cookie.HandshakeGuard: per-source bucket under load, mac1,
+        then under load mac2 / cookie reply and the DH bucket). None means go on; a list is
+        the final answer."""
         if self._private_key is None:
             self.counters.no_private_key += 1
             return []
-        if not self._cookies.check_mac1(data, mac1_offset):
-            self.counters.bad_mac1 += 1
-            return []
-        self.load.record(now)
-        if self.load.under_load(now):
-            if not self._cookies.check_mac2(now, data, mac2_offset, src):
-                self.counters.bad_mac2 += 1
-                reply = self._cookies.make_reply(now, data, mac1_offset, sender, src)
-                self.counters.cookie_replies_sent += 1
-                return [SendDatagram(reply.encode(), src)]
-            if not self.source_limiter.allow(now, src[0]):
-                self.counters.rate_limited += 1
-                return []
-        return None
+        key, binding = source_keys(src)
+        verdict, reply = self.guard.precheck(now, data, key, binding)
+        if verdict == PASS:
+            return None
+        self._count_verdict(verdict)
+        if reply is not None:
+            return [SendDatagram(reply, src)]
+        return []
 
     def _receive_initiation(
         self, now: float, wall: float, data: bytes, src: Endpoint
     ) -> list[Action]:
-        msg = wire.Initiation.decode(data)
-        early = self._handshake_precheck(
-            now, data, wire.INITIATION_MAC1_OFFSET, wire.INITIATION_MAC2_OFFSET, msg.sender, src
-        )
+        early = self._handshake_precheck(now, data, src)
         if early is not None:
             return early
+        msg = wire.Initiation.decode(data)
         key = self._private_key
         assert key is not None
         body = noise.InitiationBody(msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp)
@@ -797,12 +833,10 @@ class Device:
     def _receive_response(
         self, now: float, wall: float, data: bytes, src: Endpoint
     ) -> list[Action]:
-        msg = wire.Response.decode(data)
-        early = self._handshake_precheck(
-            now, data, wire.RESPONSE_MAC1_OFFSET, wire.RESPONSE_MAC2_OFFSET, msg.sender, src
-        )
+        early = self._handshake_precheck(now, data, src)
         if early is not None:
             return early
+        msg = wire.Response.decode(data)
         peer = self._indices.get(msg.receiver)
         if (
             not isinstance(peer, Peer)

@@ -1,0 +1,266 @@
+"""Initiation floods against the engine, and the C handshake guard against its Python twin.
+
+A stranger who knows the responder's public key can send initiations with a valid mac1 as
+fast as it likes. The responder must stay cheap: under load a source over its token bucket
+costs a dictionary look-up (no MAC, no cookie reply), and a legitimate peer from another
+address still gets its cookie and then completes its handshake with mac2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from test_engine import FakeTun, ipv4_udp  # tests/dataplane/test_engine.py
+
+from meshguard.crypto.keys import X25519PrivateKey
+from meshguard.dataplane import fastpath
+from meshguard.dataplane.engine import Engine, endpoint_of_sockaddr
+from meshguard.testing.clock import ManualClock
+from meshguard.testing.flood import initiations
+from meshguard.testing.rng import SeededRng
+from meshguard.wire import wireguard as w
+from meshguard.wireguard import cookie
+from meshguard.wireguard.cookie import CookieGenerator, HandshakeGuard, source_keys
+from meshguard.wireguard.device import Device
+
+C_GUARD = fastpath.c_impl()
+needs_c = pytest.mark.skipif(C_GUARD is None, reason="C fast path not built")
+LEGIT, ATTACKER = "127.0.0.1", "127.0.0.2"
+FLOOD = 3000
+
+
+# --- the guard twins ----------------------------------------------------------------------
+
+
+def _guards(**kw: Any) -> tuple[Any, Any, bytes]:
+    py = HandshakeGuard(SeededRng(3), **kw)
+    assert C_GUARD is not None
+    c = C_GUARD.HandshakeGuard(**py.params())
+    key = X25519PrivateKey.generate(SeededRng(4).bytes(32)).public_key.raw
+    for g in (py, c):
+        g.set_keys(cookie.mac1_key(key), cookie.cookie_key(key))
+    return py, c, key
+
+
+def _body(r: random.Random, kind: int) -> bytes:
+    if kind == 1:
+        return w.Initiation(r.getrandbits(32), r.randbytes(32), r.randbytes(48),
+                            r.randbytes(28)).encode()
+    return w.Response(r.getrandbits(32), r.getrandbits(32), r.randbytes(32),
+                      r.randbytes(16)).encode()
+
+
+@needs_c
+def test_c_guard_matches_python_guard_verdict_for_verdict() -> None:
+    """The same messages at the same times give the same verdicts, in C and in Python: valid
+    and bad mac1, missing and valid mac2 (from each guard's own cookies), many sources, load
+    coming and going, buckets refilling, the source table overflowing."""
+    py, c, key = _guards(threshold=20, hold=0.5, source_rate=5, source_burst=3, dh_rate=2,
+                         dh_burst=2, cookie_rate=2, cookie_burst=3, max_sources=8)
+    r = random.Random(7)
+    sources = [(f"192.0.2.{i}", 1000 + i) for i in range(12)] + [
+        (f"2001:db8:0:{i}::{j}", 2000 + j) for i in range(3) for j in range(2)]
+    gens = {id(g): {s: CookieGenerator(key) for s in sources} for g in (py, c)}
+    now = 100.0
+    verdicts: dict[int, list[int]] = {id(py): [], id(c): []}
+    for step in range(6000):
+        now += r.choice((0.0, 0.0, 0.001, 0.01, 0.05, 0.3)) if step % 500 else 2.5
+        src = r.choice(sources)
+        kind = r.choice((1, 1, 2))
+        body = _body(r, kind)
+        bad_mac1 = r.random() < 0.1
+        skey, binding = source_keys(src)
+        for g in (py, c):
+            gen = gens[id(g)][src]
+            off = w.INITIATION_MAC1_OFFSET if kind == 1 else w.RESPONSE_MAC1_OFFSET
+            msg = gen.add_macs(now, body, off)
+            if bad_mac1:
+                msg = msg[:off] + bytes(16) + msg[off + 16:]
+            v, reply = g.precheck(now, msg, skey, binding)
+            verdicts[id(g)].append(v)
+            if v == cookie.COOKIE:
+                assert reply is not None and len(reply) == w.COOKIE_REPLY_SIZE
+                assert reply[4:8] == msg[4:8]
+                assert gen.consume_reply(now, w.CookieReply.decode(reply))
+            else:
+                assert reply is None
+    vp, vc = verdicts[id(py)], verdicts[id(c)]
+    assert vp == vc
+    for v in range(len(cookie.VERDICTS)):
+        if v != cookie.NO_KEY:
+            assert vp.count(v) > 20, (cookie.VERDICTS[v], vp.count(v))
+
+
+@needs_c
+def test_c_guard_ticket_no_key_and_overflow_like_python() -> None:
+    py, c, key = _guards(threshold=0, max_sources=2)
+    msg = initiations(key, 1)[0]
+    for g in (py, c):
+        g.set_ticket(msg[116:132])
+        assert g.precheck(1.0, msg, b"\x01\x02\x03\x04", b"x" * 6) == (cookie.PASS, None)
+        assert g.precheck(1.0, msg, b"\x01\x02\x03\x04", b"x" * 6)[0] == cookie.COOKIE
+        g.set_keys(b"", b"")
+        assert g.precheck(1.0, msg, b"\x01\x02\x03\x04", b"x" * 6) == (cookie.NO_KEY, None)
+        assert g.load.threshold == 0 and g.under_load(1.0)
+
+
+def test_source_keys_bucket_ipv6_by_64_and_bind_cookies_to_the_port() -> None:
+    k1, b1 = source_keys(("2001:db8:1:2::1", 5))
+    k2, b2 = source_keys(("2001:db8:1:2:ffff::9", 5))
+    assert k1 == k2 and b1 != b2 and len(b1) == 18
+    k3, b3 = source_keys(("192.0.2.1", 7))
+    assert k3 == bytes([192, 0, 2, 1]) and b3 == k3 + b"\x00\x07"
+    assert b3 == cookie.endpoint_bytes(("192.0.2.1", 7))
+
+
+def test_endpoint_of_sockaddr_matches_the_socket_module() -> None:
+    import struct
+
+    raw4 = struct.pack("=H", socket.AF_INET) + b"\x1f\x90" + bytes([10, 0, 0, 7]) + bytes(8)
+    assert endpoint_of_sockaddr(raw4) == ("10.0.0.7", 8080)
+    raw6 = (struct.pack("=H", socket.AF_INET6) + b"\x00\x35" + bytes(4)
+            + socket.inet_pton(socket.AF_INET6, "::ffff:1.2.3.4") + bytes(4))
+    assert endpoint_of_sockaddr(raw6) == ("1.2.3.4", 53)
+
+
+# --- the engine under an initiation flood ---------------------------------------------------
+
+
+class Bed:
+    """B (the responder) and A (a legitimate peer) on engines with a shared manual clock; the
+    attacker is a plain UDP socket on another loopback address."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, c_recv: bool) -> None:
+        rng = SeededRng(5)
+        self.clock = ManualClock()
+        self.ka = X25519PrivateKey.generate(rng.bytes(32))
+        self.kb = X25519PrivateKey.generate(rng.bytes(32))
+        self.da = Device(SeededRng(1), self.ka)
+        self.db = Device(SeededRng(2), self.kb)
+        self.ta, self.tb = FakeTun(), FakeTun()
+        self.ea = Engine(self.da, self.ta.engine_fd, self.clock)
+        self.eb = Engine(self.db, self.tb.engine_fd, self.clock)
+        for e in (self.ea, self.eb):
+            e.c_recv = c_recv and e.c_recv
+        self.ea.bind(0)
+        self.eb.bind(0)
+        self.pb = self.da.add_peer(self.kb.public_key)
+        self.pa = self.db.add_peer(self.ka.public_key)
+        self.pb.endpoint = (LEGIT, self.eb.port)
+        self.da.set_allowed_ips(self.pb, ["10.0.0.2/32"])
+        self.db.set_allowed_ips(self.pa, ["10.0.0.1/32"])
+        for t in (self.ta, self.tb):
+            loop.add_reader(t.peer.fileno(), t.drain)
+        self.ea.start(loop)
+        self.eb.start(loop)
+        self.attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.attacker.bind((ATTACKER, 0))
+        self.attacker.setblocking(False)
+        self.attacker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.replies = 0
+        loop.add_reader(self.attacker.fileno(), self._drain_attacker)
+        self.loop = loop
+
+    def _drain_attacker(self) -> None:
+        while True:
+            try:
+                self.attacker.recv(2048)
+            except BlockingIOError:
+                return
+            self.replies += 1
+
+    async def flood(self, n: int) -> None:
+        pkts = initiations(self.kb.public_key.raw, 64)
+        dst = (LEGIT, self.eb.port)
+        for i in range(n):
+            while True:
+                try:
+                    self.attacker.sendto(pkts[i % 64], dst)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0)
+            if i % 256 == 255:
+                await asyncio.sleep(0)  # let the engine read (its socket holds thousands)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.attacker.fileno())
+        self.attacker.close()
+        for t in (self.ta, self.tb):
+            self.loop.remove_reader(t.peer.fileno())
+        self.ea.close()
+        self.eb.close()
+        self.ta.close()
+        self.tb.close()
+
+
+async def settle(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+def _flood_run(c_recv: bool) -> dict[str, int]:
+    result: dict[str, int] = {}
+
+    async def main() -> None:
+        bed = Bed(asyncio.get_running_loop(), c_recv)
+        try:
+            db = bed.db
+            await bed.flood(FLOOD)
+            await settle(lambda: db.counters.bad_handshake + db.counters.bad_mac2
+                         + db.counters.rate_limited >= FLOOD, "the flood to be read")
+            c = db.counters
+            assert db.load.under_load(bed.clock.now)
+            # the responder did DH work only until it noticed the load (the threshold) and
+            # answered only a source's burst with cookies; the rest cost a bucket look-up
+            assert c.bad_handshake <= db.load.threshold + 1
+            assert c.cookie_replies_sent <= cookie.UNDER_LOAD_SOURCE_BURST + 1
+            assert c.rate_limited >= FLOOD - db.load.threshold - cookie.UNDER_LOAD_SOURCE_BURST - 1
+            await settle(lambda: bed.replies >= c.cookie_replies_sent, "the cookie replies")
+            assert bed.replies == c.cookie_replies_sent
+            # the legitimate peer, from its own address, gets a cookie during the flood ...
+            bed.ta.peer.send(ipv4_udp("10.0.0.1", "10.0.0.2", b"legit"))
+            await settle(lambda: bed.da.counters.cookies_received == 1, "A's cookie")
+            assert bed.da.counters.handshakes_completed == 0
+            # ... and its retransmission (with mac2) completes while the flood goes on
+            bed.clock.advance(5.5)
+            await bed.flood(500)
+            await settle(lambda: db.counters.rate_limited + db.counters.bad_handshake
+                         + db.counters.bad_mac2 >= FLOOD + 500 + 1, "the second flood")
+            bed.ea.kick()
+            await settle(lambda: bed.da.counters.handshakes_completed == 1, "A's handshake")
+            await settle(lambda: any(p[20:].endswith(b"legit") for p in bed.tb.received),
+                         "A's packet at B")
+            assert db.load.under_load(bed.clock.now)
+            result.update(db.counters.as_dict())
+            result["attacker_replies"] = bed.replies
+        finally:
+            bed.close()
+
+    asyncio.run(main())
+    return result
+
+
+@pytest.mark.parametrize("c_recv", [True, False], ids=["c-reader", "python-reader"])
+def test_initiation_flood_from_one_source_is_cheap_and_legit_peer_handshakes(
+        c_recv: bool) -> None:
+    if c_recv and C_GUARD is None:
+        pytest.skip("C fast path not built")
+    _flood_run(c_recv)
+
+
+@needs_c
+@pytest.mark.skipif(os.environ.get("MESHGUARD_PURE_PYTHON", "") not in ("", "0"),
+                    reason="compares the C reader with the Python one")
+def test_c_reader_and_python_reader_count_the_same() -> None:
+    """The same flood at the same (manual) times: identical device counters either way."""
+    assert _flood_run(True) == _flood_run(False)
