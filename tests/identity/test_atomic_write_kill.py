@@ -1,8 +1,8 @@
 """kill -9 at any point of any write of the config dir leaves every file old or new, whole.
 
 Every writer of the config dir (keys, the WireGuard key and its vouch, the org key,
-certificates, authorized_keys/, trusted_orgs/, revocations) goes through
-identity/store.py's write_files. Two ways of killing a writer:
+certificates, authorized_keys/, trusted_orgs/, revocations, the daemon's gossip.state) goes
+through identity/store.py's write_files. Two ways of killing a writer:
 
 * deterministic: a forked child counts the system calls of the write path (open, fchmod,
   write, fsync, close, rename/replace, unlink) and SIGKILLs itself before call N, for every N,
@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.daemon import gossip_state
 from meshguard.identity import keygen, store
 from meshguard.identity.trust import Revocation, TrustStore
 from meshguard.identity.wgkey import vouch_wg_key
@@ -107,6 +108,7 @@ def _old_state(d: Path) -> None:
     trust.add("peer", PEER_OLD)
     trust.add("corp", ORG_OLD, org=True)
     trust.revoke(Revocation("key", REVOKED, None, "gone"))
+    gossip_state.save_high_water(d, _gossip_marks(1), 0)
 
 
 def _stale_vouch(d: Path) -> None:
@@ -155,6 +157,14 @@ def _lift(d: Path) -> None:
     TrustStore.load(d).lift(REVOKED)
 
 
+def _gossip_marks(n: int) -> dict[bytes, int]:
+    return {bytes([i]) * 32: 1_700_000_000_000 + n * 1000 + i for i in range(1, 40)}
+
+
+def _save_gossip_state(d: Path) -> None:
+    gossip_state.save_high_water(d, _gossip_marks(2), 0)
+
+
 def _vouch_repair(d: Path) -> None:
     keygen.load_node_keys(d, WALL + 120)
 
@@ -170,6 +180,7 @@ OPERATIONS: dict[str, Callable[[Path], None]] = {
     "revoke": _revoke,
     "lift revocation": _lift,
     "vouch repair at start": _vouch_repair,
+    "gossip.state high-water marks": _save_gossip_state,
 }
 SETUP_EXTRA: dict[str, Callable[[Path], None]] = {"vouch repair at start": _stale_vouch}
 
@@ -218,6 +229,8 @@ def _check_state(name: str, d: Path, old: dict[str, bytes], new: dict[str, bytes
     assert trust.is_key_revoked(REVOKED) or "lift" in name
     if trust.is_key_revoked(PEER_OLD):  # revoke: refused from the moment the line is there
         assert not trust.admit(PEER_OLD, None, WALL)
+    marks, bad = gossip_state.load_high_water(d)
+    assert bad == 0 and marks in (_gossip_marks(1), _gossip_marks(2))
     store.load_org_key(d)
     store.read_certificate(d / store.NODE_CERT)
     keys = keygen.load_node_keys(d, WALL + 1000)

@@ -400,6 +400,31 @@ def _text_files(data: bytes) -> None:
     parse_revocations(text, _DUMMY_PATH)
 
 
+def _gossip_state_target() -> Callable[[bytes], object]:
+    """daemon/gossip_state.py's parser of `gossip.state` (the node's own cache file)."""
+    import tempfile
+
+    from meshguard.daemon import gossip_state
+
+    d = Path(tempfile.mkdtemp(prefix="meshguard-fuzz-"))
+    path = d / gossip_state.STATE_FILE
+
+    def run(data: bytes) -> None:
+        path.write_bytes(data)
+        marks, _bad = gossip_state.load_high_water(d)
+        assert all(len(k) == 32 and 0 <= v < 2**64 for k, v in marks.items())
+
+    return run
+
+
+def _gossip_state_seeds() -> list[bytes]:
+    import base64
+
+    lines = [f"{base64.b64encode(bytes([i]) * 32).decode()} {v}\n"
+             for i, v in ((1, 0), (2, 1_700_000_000_000), (3, 2**64 - 1))]
+    return ["".join(lines).encode(), lines[1].encode(), b"\n# comment\n" + lines[0].encode()]
+
+
 def _resolver_target() -> Callable[[bytes], object]:
     from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 
@@ -551,6 +576,8 @@ def codec_targets() -> dict[str, Target]:
                + [bytes(104)], _vouch, (KeyFileError,)),
         Target("key_files", _key_file_seeds(), _key_files, (KeyFileError,), max_len=512),
         Target("trust_files", _text_seeds(), _text_files, (ConfigError,), max_len=4096),
+        Target("gossip_state", _gossip_state_seeds(), _gossip_state_target(), (),
+               max_len=4096),
     ]
     return {t.name: t for t in targets}
 
