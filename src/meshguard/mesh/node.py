@@ -645,19 +645,17 @@ class MeshNode:
         if rl is None:
             self.counters["garbage_dropped"] += 1
             return []
-        known = set(rl.via)
-        observed = dict(rl.observed)
         sends, delivered = rl.receive(now, wall, data, src, self._relay_view(wall))
         out: list[Action] = [SendDatagram(x.data, x.endpoint) for x in sends]
-        if rl.observed != observed:
+        changed = rl.observed_changed
+        if changed is not None:
+            relay_key, ep = changed
             st = self.stun
-            for relay_key, ep in rl.observed.items():
-                if observed.get(relay_key) != ep and st is not None and st.mapped is not None \
-                        and ep != st.mapped:
-                    out.append(ReflexiveEndpoint(ep, relay_key))
+            if st is not None and st.mapped is not None and ep != st.mapped:
+                out.append(ReflexiveEndpoint(ep, relay_key))
         if delivered is not None and self.device is not None:
             payload, placeholder = delivered
-            if set(rl.via) != known:
+            if rl.via_added:
                 out += self.reconcile(wall)  # a peer now reached through the relay
             out += self._from_device(self.device.receive_datagram(now, wall, payload,
                                                                   placeholder))

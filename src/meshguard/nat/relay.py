@@ -115,6 +115,9 @@ class Relay:
     via: dict[bytes, bytes] = field(default_factory=dict)  # relayed peer -> relay identity
     # relay identity -> our address as that relay sees it (its registration echo says)
     observed: dict[bytes, Endpoint] = field(default_factory=dict)
+    # what the last `receive` changed: a relay's new echo of our address, a new relayed peer
+    observed_changed: tuple[bytes, Endpoint] | None = None
+    via_added: bool = False
     cookie_secret: bytes = field(default_factory=lambda: os.urandom(32))
     budget: SourceBudget = field(default_factory=_default_budget)
     _keys: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)
@@ -124,7 +127,7 @@ class Relay:
     _placeholder: dict[bytes, Endpoint] = field(default_factory=dict)
     _by_placeholder: dict[Endpoint, bytes] = field(default_factory=dict)
     _buckets: dict[bytes, tuple[float, float]] = field(default_factory=dict)
-    _windows: Windows[tuple[bytes, bytes]] = field(default_factory=Windows)
+    _windows: Windows = field(default_factory=Windows)
     _proven: dict[Endpoint, bytes] = field(default_factory=dict)  # source -> hop it MACed as
     _counter: int = 0  # the last counter we used
     _wall: float = 0.0  # the latest wall-clock time we were given
@@ -230,6 +233,8 @@ class Relay:
                 ) -> tuple[list[Send], tuple[bytes, Endpoint] | None]:
         """-> (hops to send, (payload, placeholder source) for the device or None)."""
         self._wall = wall
+        self.observed_changed = None
+        self.via_added = False
         try:
             m = wire.decode(data)
         except WireFormatError:
@@ -282,6 +287,7 @@ class Relay:
             return self._direct(now, m, hop, src), None
         if for_us:
             # a relayed datagram for us, made by its origin for this relay: answer through it
+            self.via_added = m.origin not in self.via
             self.via[m.origin] = m.hop
             self.counters["relay_rx"] += 1
             return [], (m.payload, self.placeholder(m.origin))
@@ -319,10 +325,13 @@ class Relay:
             self.rtt[m.hop] = sample if old is None else 0.875 * old + 0.125 * sample
             self.counters["relay_rtt_samples"] += 1
             try:
-                self.observed[m.hop] = decode_endpoint(m.payload[:EP_LEN])
+                ep = decode_endpoint(m.payload[:EP_LEN])
             except WireFormatError:
                 self.counters["relay_garbage"] += 1
                 return []
+            if self.observed.get(m.hop) != ep:
+                self.observed[m.hop] = ep
+                self.observed_changed = (m.hop, ep)
             if n == EP_LEN:
                 return []
             confirm = self._hop(hop, self.identity_key, m.hop, self._next_counter(),

@@ -2,22 +2,20 @@
 
 `CounterWindow` is WireGuard's scheme (RFC 6479) kept as one Python int: the highest counter
 accepted so far and a bitmap of the `WINDOW` counters below it. A counter is accepted once;
-one below the window, or seen before, is a replay. `Windows` keeps one window per key (a
-sender, or a sender and its target), bounded: past `max_keys` the least recently used window
-is dropped, and its highest counter becomes a floor under which no new window accepts
-anything, so forgetting a window never lets its old counters in again.
+one below the window, or seen before, is a replay. `Windows` keeps one window per (sender,
+target) pair, bounded: past `max_keys` the least recently used window is dropped, and its
+highest counter becomes the sender's floor, under which no new window of that sender accepts
+anything, so forgetting a window never lets its old counters in again. Floors are per sender
+(one counter sequence per sender), so a sender's counters only ever constrain itself.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 WINDOW = 1024
-
-K = TypeVar("K", bound=Hashable)
+MAX_FLOORS = 65536
 
 
 @dataclass
@@ -45,25 +43,31 @@ class CounterWindow:
         return True
 
 
+Key = tuple[bytes, bytes]  # (sender, target)
+
+
 @dataclass
-class Windows(Generic[K]):
+class Windows:
     max_keys: int = 4096
-    floor: int = -1  # counters at or below this are refused by windows created from now on
-    _w: OrderedDict[K, CounterWindow] = field(default_factory=OrderedDict)
+    # sender -> counters at or below this are refused by its windows created from now on
+    floors: dict[bytes, int] = field(default_factory=dict)
+    _w: OrderedDict[Key, CounterWindow] = field(default_factory=OrderedDict)
 
-    def check(self, key: K, counter: int) -> bool:
+    def check(self, key: Key, counter: int) -> bool:
         w = self._w.get(key)
-        return counter > self.floor if w is None else w.check(counter)
+        return counter > self.floors.get(key[0], -1) if w is None else w.check(counter)
 
-    def accept(self, key: K, counter: int) -> bool:
+    def accept(self, key: Key, counter: int) -> bool:
         w = self._w.get(key)
         if w is None:
-            if counter <= self.floor:
+            if counter <= self.floors.get(key[0], -1):
                 return False
             w = self._w[key] = CounterWindow()
             while len(self._w) > self.max_keys:
-                _, old = self._w.popitem(last=False)
-                self.floor = max(self.floor, old.last)
+                (sender, _), old = self._w.popitem(last=False)
+                if len(self.floors) >= MAX_FLOORS and sender not in self.floors:
+                    self.floors.clear()
+                self.floors[sender] = max(self.floors.get(sender, -1), old.last)
         else:
             self._w.move_to_end(key)
         return w.accept(counter)
