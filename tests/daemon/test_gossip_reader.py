@@ -56,3 +56,40 @@ def test_gossip_reader_counts_an_exception_and_keeps_reading(tmp_path: Path) -> 
     finally:
         rx.close()
         tx.close()
+
+
+class ExplodingTicker:
+    """A node whose timer work raises every other time."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self.ticks = 0
+
+    def tick(self, now: float, wall: float) -> list[Any]:
+        self.ticks += 1
+        if self.ticks % 2:
+            raise ValueError("a bug in timer work")
+        return []
+
+    def next_deadline(self) -> float | None:
+        return 0.0
+
+
+def test_kernel_mode_timer_survives_an_exception(tmp_path: Path) -> None:
+    import asyncio
+
+    d = MeshDaemon(DaemonConfig("mg-test", 51820, [], config_dir=tmp_path), ManualClock())
+    node = ExplodingTicker()
+    d.node = node  # type: ignore[assignment]
+    d._execute_kernel = lambda actions: None  # type: ignore[method-assign]
+
+    async def run() -> None:
+        d._on_timer()
+        assert d._timer is not None, "the timer was not re-armed after the exception"
+        for _ in range(20):
+            await asyncio.sleep(0)
+        d._timer.cancel()
+
+    asyncio.run(run())
+    assert node.ticks >= 3
+    assert node.counters["timer_errors"] == (node.ticks + 1) // 2

@@ -735,8 +735,18 @@ class MeshDaemon:
         if self.node is None:
             return
         c = self.clock
-        self._execute_kernel(self.node.tick(c.monotonic(), c.wall()))
-        self._arm_timer()
+        try:
+            self._execute_kernel(self.node.tick(c.monotonic(), c.wall()))
+        except Exception:
+            # a bug must not stop the timers for good: count it, warn now and then, go on
+            self.node.counters["timer_errors"] += 1
+            now = c.monotonic()
+            if now - self._gossip_error_logged >= GOSSIP_ERROR_LOG_INTERVAL:
+                self._gossip_error_logged = now
+                log.exception("timer: node tick raised (%d so far)",
+                              self.node.counters["timer_errors"])
+        finally:
+            self._arm_timer()
 
     def _ready(self, status: str) -> None:
         if self._ready_sent:
