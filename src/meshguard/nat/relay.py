@@ -64,7 +64,7 @@ from meshguard.wire.relay import COUNTER_TIME_SHIFT, NO_TAG, RelayMessage
 
 Endpoint = tuple[str, int]
 RELAY_HOST = "0.0.0.0"  # placeholder endpoints (RELAY_HOST, n): never a real destination
-LABEL = b"meshguard relay key v1"
+LABEL = b"meshguard relay key v2"  # v2: counters and end-to-end tags
 COOKIE_LABEL = b"meshguard relay cookie v1"
 NAT_PUBLIC = 1
 COOKIE_LEN = 16
