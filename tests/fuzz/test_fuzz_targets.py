@@ -15,7 +15,7 @@ import pytest
 from meshguard.testing import fuzz
 from meshguard.wire import gossip, holepunch, relay, wireguard
 
-INPUTS = 3000
+INPUTS = 5000
 SEED = 20261201
 
 
