@@ -153,3 +153,22 @@ def test_forged_probe_signature_is_caught() -> None:
                                         Ed25519PrivateKey(b"\x09" * 32).sign(b"x"), m.nonce))
     assert a.hp.receive(net.now, 1e9 + net.now, bad, src, net.view(a)) == []
     assert a.hp.counters["punch_bad_signature"] == 1
+
+
+def test_member_requests_with_a_victims_address_draw_few_probes() -> None:
+    """A rogue member sends fresh signed requests straight to B with a victim's source
+    address (and endpoints): B starts a few sessions per second, not one per request."""
+    net, _r, a, b = cone_mesh()
+    victim = ("192.0.2.77", 53)
+    sends = 0
+    for i in range(100):
+        net.now = 1.0 + i * 0.001
+        m = wire.PunchMessage(wire.HOLEPUNCH_REQUEST, wire.STAGE_RENDEZVOUS, a.ident,
+                              b.ident, 1000 + i, int((1e9 + net.now) * 1000), (victim,))
+        body = wire.signed_part(m)
+        req = body + a.key.sign(wire.SIGN_CONTEXT + body)
+        sends += sum(isinstance(x, Send) for x in _deliver(b, net, req, victim))
+    assert sends <= 3 * 2  # three requests' worth: a response and a probe each
+    assert b.hp.counters["punch_request_limited"] >= 30
+    assert (b.hp.counters["punch_request_limited"]
+            + b.hp.counters["punch_source_limited"]) >= 97

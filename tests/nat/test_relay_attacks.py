@@ -240,3 +240,20 @@ def test_registration_replayed_to_a_restarted_relay_moves_nothing(
         recv(r, 20.0, data, EVIL, everyone)
     assert a.ident not in r.core._seen_at
     assert r.core.counters["relay_bad_cookie"] == 1
+
+
+def test_member_spoofing_a_victim_gets_few_echoes(
+        mesh: tuple[Member, Member, Member, Member]) -> None:
+    """A rogue member sends fresh registrations with a victim's source address: the relay
+    answers only a few per second (no reflector)."""
+    r, a, b, _m = mesh
+    everyone = [r, a, b]
+    victim = ("192.0.2.77", 53)
+    echoes = 0
+    for i in range(100):
+        a.core._next_register = float("-inf")
+        reg = [s for s in a.core.tick(1.0, WALL + 1, view(a, *everyone)) if s.endpoint == R_EP]
+        out, _ = recv(r, 1.0 + i * 0.001, reg[0].data, victim, everyone)
+        echoes += len(out)
+    assert echoes <= 5
+    assert r.core.counters["relay_registration_limited"] >= 95

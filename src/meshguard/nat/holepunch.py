@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 from meshguard.crypto.keys import Ed25519PrivateKey, ed25519_verify
 from meshguard.errors import WireFormatError
-from meshguard.nat.budget import SourceBudget
+from meshguard.nat.budget import SourceBudget, TokenBucket
 from meshguard.rng import Rng
 from meshguard.wire import holepunch as wire
 from meshguard.wire.holepunch import (
@@ -137,6 +137,7 @@ class HolePuncher:
     max_sessions: int = 4
     max_skew: float = 120.0
     forward_rate: float = 20.0  # stage-0 messages per second forwarded per origin (burst)
+    request_rate: float = 1.0  # requests taken per origin per second (bursts of 3)
     counters: Counter[str] = field(default_factory=Counter)
     self_endpoints: tuple[Endpoint, ...] = ()
     behind_nat: bool = False
@@ -149,6 +150,7 @@ class HolePuncher:
     _probes_seen: dict[tuple[bytes, int, int], float] = field(default_factory=dict)
     _recent: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # ended sessions
     _buckets: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    _req_buckets: dict[bytes, TokenBucket] = field(default_factory=dict)
     unsolicited_budget: SourceBudget = field(default_factory=_unsolicited_budget)
     session_budget: SourceBudget = field(default_factory=_session_budget)
 
@@ -334,6 +336,14 @@ class HolePuncher:
     def _on_request(self, now: float, wall: float, m: PunchMessage, src: Endpoint
                     ) -> list[Action]:
         self.counters["punch_requests_received"] += 1
+        b = self._req_buckets.get(m.origin)
+        if b is None:
+            if len(self._req_buckets) > 4096:
+                self._req_buckets.clear()
+            b = self._req_buckets[m.origin] = TokenBucket(self.request_rate, 3.0)
+        if not b.take(now):  # each request starts probing: a member gets few per second
+            self.counters["punch_request_limited"] += 1
+            return []
         mine = self._sessions.get(m.origin)
         if mine is not None and mine.initiator and self._key < m.origin:
             # both asked at once: the lower key's session goes on, the peer answers ours

@@ -56,7 +56,7 @@ from hmac import compare_digest as _eq
 from meshguard.crypto.hashes import blake2s, mac
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.errors import CryptoError, WireFormatError
-from meshguard.nat.budget import SourceBudget
+from meshguard.nat.budget import SourceBudget, TokenBucket
 from meshguard.nat.replay import Windows
 from meshguard.wire import relay as wire
 from meshguard.wire.gossip import EP_LEN, decode_endpoint, encode_endpoint
@@ -100,6 +100,7 @@ class Relay:
     wg_private: X25519PrivateKey
     register_interval: float = 5.0
     rate: float = 20000.0
+    register_rate: float = 1.0  # registrations answered per member per second (bursts of 5)
     max_skew: float = 120.0  # seconds a counter's time may be off our clock
     counters: Counter[str] = field(default_factory=Counter)
     behind_nat: bool = False
@@ -119,6 +120,7 @@ class Relay:
     _placeholder: dict[bytes, Endpoint] = field(default_factory=dict)
     _by_placeholder: dict[Endpoint, bytes] = field(default_factory=dict)
     _buckets: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    _reg_buckets: dict[bytes, TokenBucket] = field(default_factory=dict)
     _windows: Windows = field(default_factory=Windows)
     _proven: dict[Endpoint, bytes] = field(default_factory=dict)  # source -> hop it MACed as
     _counter: int = 0  # the last counter we used
@@ -292,6 +294,14 @@ class Relay:
         """A registration, a confirmation or an echo (origin == hop, target == us)."""
         n = len(m.payload)
         if n == 0:  # a registration: echo the address it came from (and a cookie to confirm)
+            b = self._reg_buckets.get(m.hop)
+            if b is None:
+                if len(self._reg_buckets) > 4096:
+                    self._reg_buckets.clear()
+                b = self._reg_buckets[m.hop] = TokenBucket(self.register_rate, 5.0)
+            if not b.take(now):  # (a member spoofing a victim's address gets few echoes)
+                self.counters["relay_registration_limited"] += 1
+                return []
             self.counters["relay_registrations"] += 1
             payload = encode_endpoint(src)
             if self._seen_at.get(m.hop) != src:
