@@ -13,7 +13,8 @@ through identity/store.py's write_files. Two ways of killing a writer:
 After each kill: every file is byte for byte its old or its new content and parses; no file
 appears that is neither (temporary files are hidden, and readers skip hidden files); a later
 write removes the temporary files killed writers left; the node's keys still load with a
-vouch that matches its WireGuard key.
+vouch that matches its WireGuard key, and public key files match their secret keys once those
+are loaded (several files written together may be caught half renamed).
 """
 
 from __future__ import annotations
@@ -235,6 +236,13 @@ def _check_state(name: str, d: Path, old: dict[str, bytes], new: dict[str, bytes
     store.read_certificate(d / store.NODE_CERT)
     keys = keygen.load_node_keys(d, WALL + 1000)
     assert keys.vouch.wg_key == keys.wireguard.public_key.raw and keys.vouch.verify()
+    # files written together may be caught half renamed (identity.key new, identity.pub old);
+    # loading the secret puts the public file beside it right again
+    pairs = [(store.IDENTITY_PUB, keys.identity.public_key.raw),
+             (store.WIREGUARD_PUB, keys.wireguard.public_key.raw),
+             (f"{store.ORG_DIR}/{store.ORG_PUB}", store.load_org_key(d).public_key.raw)]
+    for pub, raw in pairs:
+        assert (d / pub).read_bytes() == store.public_key_file(raw), f"{name}: stale {pub}"
 
 
 def _kill_points(calls: int) -> list[tuple[int, bool]]:

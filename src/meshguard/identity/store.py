@@ -258,6 +258,21 @@ def parse_secret_key_file(data: bytes, path: Path, what: str, fix: str) -> Ed255
         raise KeyFileError(f"{path}: {exc}; {fix}") from None
 
 
+def _heal_public(path: Path, raw: bytes) -> None:
+    """Make an existing public key file match the secret key just loaded. Files written
+    together are renamed one by one, so a crash can leave `identity.key` new and
+    `identity.pub` old; the secret key is the truth. Best effort (read-only dirs stay)."""
+    want = public_key_file(raw)
+    try:
+        with path.open("rb") as f:
+            have = f.read(MAX_KEY_FILE + 1)
+    except OSError:
+        return
+    if have != want:
+        with contextlib.suppress(OSError, ConfigError):
+            write_file(path, want)
+
+
 def _tighten(path: Path) -> None:
     """Secret files readable by others (the original wrote them 0644) are made 0600."""
     try:
@@ -279,6 +294,7 @@ def load_identity(config_dir: Path) -> Ed25519PrivateKey:
         data, path, "identity key", "restore it from a backup or run `meshguard keygen --force`"
     )
     _tighten(path)
+    _heal_public(config_dir / IDENTITY_PUB, key.public_key.raw)
     return key
 
 
@@ -299,6 +315,7 @@ def load_wireguard_key(config_dir: Path) -> X25519PrivateKey:
     data = _read_small(path, "WireGuard key", _WG_FIX)
     key = X25519PrivateKey(_decode_b64(data, path, "WireGuard private key", 32, _WG_FIX))
     _tighten(path)
+    _heal_public(config_dir / WIREGUARD_PUB, key.public_key.raw)
     return key
 
 
@@ -332,6 +349,7 @@ def load_org_key(config_dir: Path) -> Ed25519PrivateKey:
     data = _read_small(path, "org key", _ORG_FIX)
     key = parse_secret_key_file(data, path, "org key", "restore it from a backup")
     _tighten(path)
+    _heal_public(config_dir / ORG_DIR / ORG_PUB, key.public_key.raw)
     return key
 
 
