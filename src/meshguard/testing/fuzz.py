@@ -596,6 +596,22 @@ def _guard_target(c: Any) -> Target | None:
                   reset_every=100_000)
 
 
+_STUN_SERVERS = [("192.0.2.200", 3478), ("2001:db8::200", 3478)]
+
+
+def _stun_client(data: bytes) -> None:
+    """A StunClient that has just asked two servers; `data` answers the first. Unless the
+    first byte's low bit is set, its transaction id is that of the pending query."""
+    client = StunClient(SeededRng(1), _STUN_SERVERS, local=[VICTIM_EP])
+    sends = client.start(0.0)
+    if len(data) >= stun.HEADER_LEN and not data[0] & 1:
+        data = data[:8] + sends[0].data[8:20] + data[20:]
+    client.receive(0.1, data, _STUN_SERVERS[0])
+    client.receive(0.2, data, _STUN_SERVERS[1])
+    client.tick(10.0)
+    _ = (client.done, client.mapped, client.nat_type)
+
+
 def _resolver_target() -> Callable[[bytes], object]:
     from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 
@@ -738,6 +754,7 @@ def codec_targets() -> dict[str, Target]:
                _holepunch, wf),
         Target("org", _dedupe(by_type.get("org", []) + _synthetic_org_seeds()), _org, wf),
         Target("stun", _stun_seeds(), _stun, wf),
+        Target("stun_client", _stun_seeds(), _stun_client, ()),
         Target("dns", _dns_seeds(), _dns, wf),
         Target("dns_resolver", _dns_seeds(), _resolver_target(), ()),
         Target("control", _control_seeds(), _control, wf, max_len=4096),
