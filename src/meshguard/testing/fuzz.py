@@ -3,8 +3,10 @@
 A `Target` is a function of one byte string plus the exception types it may raise (the
 documented error of its codec: `WireFormatError` for wire/, `CertificateError` for
 certificates, `KeyFileError` / `ConfigError` for files; nothing at all for the demultiplexer,
-the DNS resolver and `MeshNode.receive_datagram`). Anything else it raises is a failure, as is
-a decoded message that does not encode back to the same bytes where the codec is canonical.
+the DNS resolver, the STUN client, the gossip.state reader and `MeshNode.receive_datagram`).
+Anything else it raises is a failure, as is a decoded message that does not encode back to the
+same bytes where the codec is canonical, and, for the C fast path (coalesce, open_batch, the
+handshake guard), any difference from its pure Python twin.
 
 Seeds are real encodings: `MeshFixture` runs a small mesh in virtual time (real SWIM cores,
 WireGuard devices, org gossip, relay and hole-punch cores, a trust store with an org and an
