@@ -170,7 +170,7 @@ def test_failed_punch_relays_through_the_fastest_public_member() -> None:
 
     node, ms, be, _dev, _bkey, b = setup()
     wg = X25519PrivateKey(b"\x41" * 32)
-    node.relay = Relay(node.identity_key, wg)
+    node.relay = Relay(node.identity_key, wg, cookie_secret=b"\x03" * 32)
     node.relay.behind_nat = True
     # no relay has answered yet: the failure changes nothing
     assert node._punch_actions([PunchFailed(b.identity_key)], 5.0, WALL) == []
@@ -184,7 +184,7 @@ def test_failed_punch_relays_through_the_fastest_public_member() -> None:
     regs = [a for a in node.tick(6.0, WALL + 6) if isinstance(a, SendDatagram)
             and a.data[0] == 0x31]
     assert [a.endpoint for a in regs] == [R_EP]
-    r_core = Relay(rkey.public_key.raw, rwg)
+    r_core = Relay(rkey.public_key.raw, rwg, cookie_secret=b"\x04" * 32)
     me = RelayPeer(node.identity_key, wg.public_key.raw, NODE_EP, 3, True)
     seen_from = ("203.0.113.21", 45000)  # not our STUN mapping: the NAT is symmetric
 

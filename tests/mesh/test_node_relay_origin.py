@@ -28,14 +28,14 @@ def test_forged_origin_never_reaches_the_device() -> None:
     dev = RecordingDevice()
     node.device = dev
     wg = X25519PrivateKey(b"\x41" * 32)
-    node.relay = Relay(node.identity_key, wg)
+    node.relay = Relay(node.identity_key, wg, cookie_secret=b"\x03" * 32)
     # R (a current member) turns rogue: it claims B sent this through it
     rkey = Ed25519PrivateKey(b"\x23" * 32)
     rwg = X25519PrivateKey(b"\x42" * 32)
     r_view = ms.view[rkey.public_key.raw]
     ms.view[r_view.identity_key] = replace(r_view, wg_key=rwg.public_key.raw)
     node.reconcile(WALL)
-    rogue = Relay(rkey.public_key.raw, rwg)
+    rogue = Relay(rkey.public_key.raw, rwg, cookie_secret=b"\x04" * 32)
     rogue._wall = WALL
     me = RelayPeer(node.identity_key, wg.public_key.raw, None, 3, True)
     forged = rogue._hop(me, bkey.public_key.raw, node.identity_key, rogue._next_counter(),

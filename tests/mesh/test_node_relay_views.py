@@ -37,7 +37,8 @@ def big_node(n: int = 1000) -> tuple[MeshNode, CountingMembership, list[MemberVi
     ms, tr, be = CountingMembership(), FakeTrust(), FakeBackend()
     node = MeshNode(me.public_key.raw, b"\x31" * 32, ms, tr, backend=be,
                     holepunch=HolePuncher(me, SeededRng(1)),
-                    relay=Relay(me.public_key.raw, X25519PrivateKey(b"\x41" * 32)))
+                    relay=Relay(me.public_key.raw, X25519PrivateKey(b"\x41" * 32),
+                                cookie_secret=b"\x06" * 32))
     assert node.holepunch is not None
     node.holepunch.set_self((("203.0.113.21", 51821),), behind_nat=True)
     rng = SeededRng(5)

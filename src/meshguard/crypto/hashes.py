@@ -27,6 +27,11 @@ def mac(key: bytes, *parts: bytes) -> bytes:
     return h.digest()
 
 
+def equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison of two MACs or secrets."""
+    return _hmac.compare_digest(a, b)
+
+
 def hmac_blake2s(key: bytes, data: bytes) -> bytes:
     """HMAC (RFC 2104) over BLAKE2s-256 (WireGuard's HMAC)."""
     return _hmac.digest(key, data, hashlib.blake2s)

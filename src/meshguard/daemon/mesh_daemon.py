@@ -393,7 +393,8 @@ class MeshDaemon:
             from meshguard.nat.relay import Relay
 
             self.node.holepunch = HolePuncher(self.identity, self.rng)
-            self.node.relay = Relay(self.identity.public_key.raw, self.wg_private)
+            self.node.relay = Relay(self.identity.public_key.raw, self.wg_private,
+                                    cookie_secret=self.rng.bytes(32))
         self._load_org_items()
         if cfg.dns:
             await self._start_dns(stack)

@@ -53,13 +53,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import math
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshguard.crypto.hashes import blake2s, mac
+from meshguard.crypto.hashes import blake2s, equal, mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode, ed25519_verify
 from meshguard.errors import CryptoError, WireFormatError
 from meshguard.identity.names import is_dns_label
@@ -396,7 +395,7 @@ class OrgGossip:
             self.counters["org_not_member"] += 1
             return [], []
         key = self._link_key(sender, member)
-        if key is None or not hmac.compare_digest(mac(key, data[:-wire.MAC_LEN]), tag):
+        if key is None or not equal(mac(key, data[:-wire.MAC_LEN]), tag):
             self.counters["org_bad_mac"] += 1
             return [], []
         if callable(trusted_orgs):

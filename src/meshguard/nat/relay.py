@@ -47,13 +47,12 @@ datagram the end-to-end tag. Every drop is counted in `counters` by reason.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from hmac import compare_digest as _eq
 
 from meshguard.crypto.hashes import blake2s, mac
+from meshguard.crypto.hashes import equal as _eq
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.errors import CryptoError, WireFormatError
 from meshguard.nat.budget import SourceBudget, TokenBucket
@@ -111,7 +110,7 @@ class Relay:
     # what the last `receive` changed: a relay's new echo of our address, a new relayed peer
     observed_changed: tuple[bytes, Endpoint] | None = None
     via_added: bool = False
-    cookie_secret: bytes = field(default_factory=lambda: os.urandom(32))
+    cookie_secret: bytes = b""  # 32 random bytes from the caller's Rng (required)
     budget: SourceBudget = field(default_factory=_default_budget)
     _keys: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)
     _seen_at: dict[bytes, Endpoint] = field(default_factory=dict)  # confirmed addresses
@@ -391,6 +390,10 @@ class Relay:
             c = base  # first use, or the counter lags the clock: jump to it
         self._counter = c
         return c
+
+    def __post_init__(self) -> None:
+        if len(self.cookie_secret) != 32:
+            raise ValueError("Relay needs cookie_secret: 32 random bytes (Rng.bytes(32))")
 
     def _cookie(self, now: float, member: bytes, src: Endpoint) -> bytes:
         period = int(now // COOKIE_PERIOD).to_bytes(8, "little", signed=True)
