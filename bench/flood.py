@@ -9,15 +9,19 @@ For each target and flood type, fresh daemons in network namespaces (tests/daemo
 the stranger sends the flood from its own namespace (a paced sendmmsg sender, several
 processes with --senders) while a client pings the target through its tunnel (every 0.1 s);
 for userspace WireGuard targets a legitimate peer starts its first handshake 0.3 s into the
-flood. Reported per run: datagrams/s sent, pings answered, median and p99 RTT, seconds until
-the legitimate peer's handshake completed (-: not during the flood), datagrams the target's
-socket took and the kernel dropped at it (RcvbufErrors), and replies the stranger got.
+flood; for meshguard-up the initiation flood goes on --rejoin s more, during which the member is
+restarted (hs s: from its restart until its tunnel to the seed works again). Reported per
+run: datagrams/s sent, pings answered, median and p99 RTT, seconds until the legitimate peer's
+handshake completed (-: not during the flood), datagrams the target's socket took and the
+kernel dropped at it (RcvbufErrors), replies the stranger got, and (meshguard-up) the daemon's
+counters that grew most.
 
 Targets: meshguard (`meshguard wireguard`, C fast path), meshguard-python (the same with
 MESHGUARD_PURE_PYTHON=1), wireguard-go (the binary named by --wireguard-go, default the one on
-PATH), meshguard-up (two `meshguard up` nodes; every flood type). Flood types: initiation
-(valid mac1), garbage; for meshguard-up also org (OrgCertRevoke from a trusted org key, random
-signatures), holepunch (0x33/0x34), relay (0x31), join (0x05). Not part of the test suite.
+PATH), wireguard-go@PATH (another build, labelled by its folder), meshguard-up (two
+`meshguard up` nodes; every flood type). Flood types: initiation (valid mac1), garbage; for
+meshguard-up also org (OrgCertRevoke from a trusted org key, random signatures), holepunch
+(0x33/0x34), relay (0x31), join (0x05). Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -48,13 +52,13 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
 
 
 def table(results: list[FloodResult]) -> str:
-    head = (f"{'target':<17}{'flood':<11}{'sent/s':>9}{'pings':>8}{'med ms':>8}{'p99 ms':>8}"
+    head = (f"{'target':<19}{'flood':<11}{'sent/s':>9}{'pings':>8}{'med ms':>8}{'p99 ms':>8}"
             f"{'hs s':>6}{'rx/s':>9}{'drop/s':>9}{'reply/s':>9}")
     lines = [head, "-" * len(head)]
     for r in results:
         sec = r.seconds or 1
         lines.append(
-            f"{r.target:<17}{r.flood:<11}{r.pps:>9.0f}{r.answered_pct:>7.0f}%"
+            f"{r.target:<19}{r.flood:<11}{r.pps:>9.0f}{r.answered_pct:>7.0f}%"
             f"{_fmt(r.median_rtt):>8}{_fmt(r.p99_rtt):>8}{_fmt(r.handshake_after, '.1f'):>6}"
             f"{r.rx_datagrams / sec:>9.0f}{r.rx_dropped / sec:>9.0f}{r.replies / sec:>9.0f}"
             + (f"  {r.note}" if r.note else ""))
@@ -70,6 +74,8 @@ def main() -> int:
     ap.add_argument("--wireguard-go", default="wireguard-go", help="wireguard-go binary")
     ap.add_argument("--targets", default="meshguard,wireguard-go,meshguard-up")
     ap.add_argument("--only", default="", help="comma-separated flood types")
+    ap.add_argument("--rejoin", type=float, default=15.0,
+                    help="meshguard-up initiation flood: s more, with the member restarted")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -95,7 +101,8 @@ def main() -> int:
             for kind in MESH_FLOODS:
                 if only and kind not in only:
                     continue
-                r = mesh_flood(bed, kind, rate(kind), args.seconds, args.senders)
+                r = mesh_flood(bed, kind, rate(kind), args.seconds, args.senders,
+                               rejoin=args.rejoin if kind == "initiation" else 0.0)
                 results.append(r)
                 print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
     if args.json:

@@ -138,9 +138,20 @@ def _genkey(ns: Namespace) -> tuple[str, str]:
 
 
 def impl_argv(impl: str, ifname: str, wireguard_go: str = "wireguard-go") -> list[str]:
+    """meshguard[-python], wireguard-go (the `wireguard_go` binary) or wireguard-go@PATH."""
     if impl.startswith("meshguard"):
         return [sys.executable, "-m", "meshguard", "wireguard", ifname, "-f"]
+    if "@" in impl:
+        return [impl.partition("@")[2], ifname]
     return [wireguard_go, ifname]
+
+
+def impl_label(impl: str) -> str:
+    """wireguard-go@/x/wireguard-go-2025/wireguard-go -> wireguard-go-2025 (its folder)."""
+    if "@" not in impl:
+        return impl
+    path = Path(impl.partition("@")[2])
+    return path.parent.name if path.parent.name else path.name
 
 
 def _start_wg(ns: Namespace, impl: str, inner: str, outer: str, port: int,
@@ -173,7 +184,7 @@ def userspace_flood(lan: Lan, impl: str, kind: str, rate: float, seconds: float,
     """One flood against a fresh S (impl) with C and L (same impl) on `lan` (4 nodes)."""
     s_ns, c_ns, l_ns, x_ns = lan.nodes[:4]
     env = {"MESHGUARD_PURE_PYTHON": "1"} if impl == "meshguard-python" else {}
-    res = FloodResult(impl, kind, rate, seconds)
+    res = FloodResult(impl_label(impl), kind, rate, seconds)
     flooders: list[flood.FloodSender] = []
     try:
         s = _start_wg(s_ns, impl, "10.88.0.1", str(lan.ipv4[0]), WG_PORT, wireguard_go, env)
@@ -286,9 +297,11 @@ def mesh_down(bed: MeshBed) -> None:
 
 
 def mesh_flood(bed: MeshBed, kind: str, rate: float, seconds: float,
-               senders: int = 1, fresh: bool = True) -> FloodResult:
+               senders: int = 1, fresh: bool = True, rejoin: float = 0.0) -> FloodResult:
     """One flood at the seed while the member pings it; `fresh`: new daemons, stopped after
-    (else the running ones are used and left running)."""
+    (else the running ones are used and left running). `rejoin` > 0: the flood goes on that
+    many seconds more, during which the member is killed and restarted: handshake_after is
+    then the time from its restart until it has a tunnel to the seed again."""
     lan = bed.lan
     seed, member = lan.nodes[0], lan.nodes[1]
     res = FloodResult("meshguard-up", kind, rate, seconds)
@@ -303,13 +316,26 @@ def mesh_flood(bed: MeshBed, kind: str, rate: float, seconds: float,
         before_c = _counters(seed)
         before_s, before_x = udp_counters(seed.ns), udp_counters(bed.x)
         flooders = [flood.FloodSender(bed.x, seed.ip, seed.port, pkts, rate / senders,
-                                      seconds, src_port=40000 + i) for i in range(senders)]
+                                      seconds + rejoin, src_port=40000 + i)
+                    for i in range(senders)]
         for f in flooders:
             f.start()
+        t0 = time.monotonic()
         time.sleep(0.3)
         pinger = Pinger(member.ns, seed.mesh_v4, seconds - 0.5)
-        res.sent = sum(f.wait() for f in flooders)
         pinger.parse_into(res)
+        if rejoin:
+            member.kill()
+            t1 = time.monotonic()
+            member.up([seed], wait=False)
+            while time.monotonic() < t0 + seconds + rejoin:
+                with contextlib.suppress(Exception):
+                    if member.tunnel_to(seed) and member.ping(seed):
+                        res.handshake_after = time.monotonic() - t1
+                        break
+                time.sleep(0.2)
+        res.sent = sum(f.wait() for f in flooders)
+        res.seconds = seconds + rejoin  # the flood's length (the pings took `seconds`)
         after_c = _counters(seed)
         res.counters = {k: v - before_c.get(k, 0) for k, v in after_c.items()
                         if v - before_c.get(k, 0) > 0 and k not in _BORING}
