@@ -21,7 +21,6 @@ reaches a few tens of thousands of packets per second.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
@@ -32,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from meshguard.crypto.hashes import mac
+from meshguard.crypto.hashes import blake2s, mac
 from meshguard.testing.netns import Namespace
 from meshguard.wire import gossip
 from meshguard.wire import holepunch as hp_wire
@@ -171,7 +170,7 @@ def build_sender(cache: Path = _CACHE) -> Path | None:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    digest = hashlib.sha256(SENDER_C.encode()).hexdigest()[:12]
+    digest = blake2s(SENDER_C.encode()).hex()[:12]
     exe = cache / f"flood-{digest}"
     if exe.exists():
         return exe

@@ -16,8 +16,8 @@ the data-plane engine installs so a flood is handled without entering Python.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import socket
 import struct
 from collections.abc import Hashable
 
@@ -155,20 +155,17 @@ class SourceRateLimiter:
         return len(self._buckets)
 
 
+@functools.lru_cache(maxsize=4096)
 def source_keys(src: Endpoint) -> tuple[bytes, bytes]:
     """(token-bucket key, cookie binding) of a source endpoint: the key is the IPv4 address
     or the IPv6 /64 (one host owns a /64), the binding the address and port (endpoint_bytes)."""
     host, port = src
-    addr = host.partition("%")[0]
     try:
-        if ":" in addr:
-            packed = socket.inet_pton(socket.AF_INET6, addr)
-            key = packed[:8]
-        else:
-            packed = key = socket.inet_pton(socket.AF_INET, addr)
-    except OSError:
-        packed = key = host.encode("utf-8", "replace")
-    return key, packed + _PORT.pack(port & 0xFFFF)
+        packed = ipaddress.ip_address(host.partition("%")[0]).packed
+    except ValueError:
+        packed = host.encode("utf-8", "replace")
+        return packed, packed + _PORT.pack(port & 0xFFFF)
+    return (packed[:8] if len(packed) == 16 else packed), packed + _PORT.pack(port & 0xFFFF)
 
 
 class CookieChecker:
