@@ -264,3 +264,28 @@ def test_initiation_flood_from_one_source_is_cheap_and_legit_peer_handshakes(
 def test_c_reader_and_python_reader_count_the_same() -> None:
     """The same flood at the same (manual) times: identical device counters either way."""
     assert _flood_run(True) == _flood_run(False)
+
+
+@pytest.mark.parametrize("impl", ["python", "c"])
+def test_spoofed_source_flood_costs_at_most_the_global_cookie_budget(impl: str) -> None:
+    """Initiations from 20,000 made-up addresses in one second: per-source buckets cannot
+    help, so cookie replies stop at the global budget and the bucket tables stay bounded."""
+    if impl == "c" and C_GUARD is None:
+        pytest.skip("C fast path not built")
+    py = HandshakeGuard(SeededRng(3), max_sources=1000)
+    g: Any = py if impl == "python" else C_GUARD.HandshakeGuard(**py.params())  # type: ignore[union-attr]
+    key = X25519PrivateKey.generate(SeededRng(4).bytes(32)).public_key.raw
+    g.set_keys(cookie.mac1_key(key), cookie.cookie_key(key))
+    pkts = initiations(key, 64)
+    r = random.Random(9)
+    counts = [0] * len(cookie.VERDICTS)
+    n = 20_000
+    for i in range(n):
+        src = (f"10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(256)}", 1024 + i % 999)
+        v, _ = g.precheck(50.0 + i / n, pkts[i % 64], *source_keys(src))
+        counts[v] += 1
+    budget = cookie.COOKIE_REPLY_BURST + cookie.COOKIE_REPLIES_PER_SECOND * 1.0
+    assert counts[cookie.COOKIE] <= budget
+    assert counts[cookie.COOKIE_LIMITED] >= n - budget - cookie.UNDER_LOAD_HANDSHAKES_PER_SECOND
+    assert counts[cookie.PASS] <= cookie.UNDER_LOAD_HANDSHAKES_PER_SECOND + 1  # DH before load
+    assert g.sources <= 2 * 1000 + 1

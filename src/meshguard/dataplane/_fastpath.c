@@ -1169,6 +1169,7 @@ typedef struct {
     size_t cap, len;
     double rate, burst, last_gc;
     size_t max_sources;
+    int overflow_pass; /* a full table lets new sources through untracked (else: shared) */
 } Buckets;
 
 static uint64_t key_hash(const uint8_t *k, size_t n)
@@ -1179,8 +1180,10 @@ static uint64_t key_hash(const uint8_t *k, size_t n)
     return h ^ (h >> 29);
 }
 
-static int buckets_init(Buckets *b, double rate, double burst, size_t max_sources)
+static int buckets_init(Buckets *b, double rate, double burst, size_t max_sources,
+                        int overflow_pass)
 {
+    b->overflow_pass = overflow_pass;
     b->cap = 64;
     while (b->cap < 2 * (max_sources + 1))
         b->cap <<= 1;
@@ -1246,6 +1249,8 @@ static int buckets_allow(Buckets *b, double now, const uint8_t *key, size_t klen
     int found;
     Bucket *s = buckets_find(b, key, klen, &found);
     if (!found && b->len >= b->max_sources) {
+        if (b->overflow_pass)
+            return 1;
         s = buckets_find(b, key, 0, &found); /* everyone new shares the overflow bucket */
         klen = 0;
     }
@@ -1327,9 +1332,9 @@ static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
     g->count = 0;
     g->has_ticket = 0;
     memset(g->counts, 0, sizeof(g->counts));
-    if (buckets_init(&g->pre, srate, sburst, (size_t)max_sources) ||
-        buckets_init(&g->dh, drate, dburst, (size_t)max_sources) ||
-        buckets_init(&g->ck, crate, cburst, 1)) {
+    if (buckets_init(&g->pre, srate, sburst, (size_t)max_sources, 1) ||
+        buckets_init(&g->dh, drate, dburst, (size_t)max_sources, 0) ||
+        buckets_init(&g->ck, crate, cburst, 1, 0)) {
         PyErr_NoMemory();
         return -1;
     }

@@ -116,20 +116,24 @@ class LoadMeter:
 
 class SourceRateLimiter:
     """Token bucket per source (a key: an address, or `source_keys`' bucket key): `rate` per
-    second, bursts of `burst`. At most `max_sources` buckets: when that many are live, every
-    new source shares one overflow bucket (memory stays bounded under a spoofed flood)."""
+    second, bursts of `burst`. At most `max_sources` buckets (memory stays bounded under a
+    spoofed flood): when that many are live, every new source shares one overflow bucket, or
+    with `overflow_pass` goes through untracked (for a first stage that a global budget backs:
+    sources a spoofed flood makes up must not crowd out a real newcomer)."""
 
-    __slots__ = ("_buckets", "_last_gc", "burst", "max_sources", "rate")
+    __slots__ = ("_buckets", "_last_gc", "burst", "max_sources", "overflow_pass", "rate")
 
     def __init__(
         self,
         rate: float = UNDER_LOAD_PER_SOURCE_RATE,
         burst: float = UNDER_LOAD_PER_SOURCE_BURST,
         max_sources: int = MAX_SOURCES,
+        overflow_pass: bool = False,
     ) -> None:
         self.rate = rate
         self.burst = burst
         self.max_sources = max_sources
+        self.overflow_pass = overflow_pass
         self._buckets: dict[Hashable, tuple[float, float]] = {}  # key -> (tokens, time)
         self._last_gc = float("-inf")
 
@@ -142,6 +146,8 @@ class SourceRateLimiter:
                                  if now - v[1] < full_after}
             self._last_gc = now
         if host not in self._buckets and len(self._buckets) >= self.max_sources:
+            if self.overflow_pass:
+                return True
             host = _OVERFLOW
         tokens, last = self._buckets.get(host, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
@@ -237,7 +243,8 @@ class HandshakeGuard:
       1. ticket: the data plane already checked this very message (set_ticket): pass
       2. no private key: NO_KEY
       3. under load, and the source is over its bucket (UNDER_LOAD_SOURCE_RATE, before any
-         MAC is computed): RATE_LIMITED; the message still counts as load
+         MAC is computed): RATE_LIMITED; the message still counts as load (sources beyond
+         MAX_SOURCES are not tracked here: the global cookie budget bounds their cost)
       4. mac1 wrong: BAD_MAC1
       5. the message counts as load (LoadMeter)
       6. under load: mac2 wrong -> COOKIE with a cookie reply while the global cookie budget
@@ -267,7 +274,7 @@ class HandshakeGuard:
     ) -> None:
         self.load = LoadMeter(threshold, hold)
         self._cookies = CookieChecker(rng)
-        self._pre = SourceRateLimiter(source_rate, source_burst, max_sources)
+        self._pre = SourceRateLimiter(source_rate, source_burst, max_sources, overflow_pass=True)
         self._dh = SourceRateLimiter(dh_rate, dh_burst, max_sources)
         self._cookie_bucket = SourceRateLimiter(cookie_rate, cookie_burst, 1)
         self._ticket = b""
