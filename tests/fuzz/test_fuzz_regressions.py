@@ -10,7 +10,9 @@ import json
 import pytest
 
 from meshguard.errors import WireFormatError
-from meshguard.wire import control
+from meshguard.mesh import org_gossip
+from meshguard.testing.rng import SeededRng
+from meshguard.wire import control, org
 
 
 def _status(**fields: object) -> dict[str, object]:
@@ -42,3 +44,28 @@ def test_infinite_number_in_status_document_is_a_wire_format_error(
     assert resp.result is not None
     with pytest.raises(WireFormatError):
         control.StatusReport.from_json(resp.result)
+
+
+# trust_files target (bench/fuzz.py, 1M inputs): an `org/alias` line whose issued_at does not
+# fit the signed message's i64 raised struct.error out of alias_valid, so a daemon loading
+# that file (start, SIGHUP) died instead of skipping the alias.
+ALIAS_LINE = (
+    "alias SD8G6iVXq3fNeswwxPdFeIbLrt99dre8jW1yvoN9TWw= coqp 1700000000"
+    + "4" * 106 + " /3uyEG2RTfInCkSRbEuas/IpmagLU+uYuWvrJ26N2J0meISr0Ry2neH7IK47Oo/yeTh0jgu6z5O08"
+    "/no/UWNDA==\n")
+
+
+def test_alias_line_with_out_of_range_time_is_refused_not_raised() -> None:
+    ann = org_gossip.parse_alias_line(ALIAS_LINE)
+    assert ann is not None and ann.issued_at >= 2**63
+    assert org_gossip.alias_valid(ann) is False
+    core = org_gossip.OrgGossip(SeededRng(1))
+    assert core.add_alias(ann, [ann.org_key], 1_700_000_000.0) is False  # as the daemon calls
+
+
+@pytest.mark.parametrize("t", [2**63, -(2**63) - 1, 10**40])
+def test_signed_messages_refuse_times_outside_i64(t: int) -> None:
+    with pytest.raises(WireFormatError):
+        org.alias_message(b"\x01" * 32, "corp", t)
+    with pytest.raises(WireFormatError):
+        org.revoke_message(b"\x01" * 32, b"\x02" * 32, t)

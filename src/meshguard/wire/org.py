@@ -77,17 +77,26 @@ class AliasAnnouncement:
     signature: bytes
 
 
+def _i64(t: int) -> bytes:
+    if not -(2**63) <= t < 2**63:  # times read from files can be any integer
+        raise WireFormatError("time out of range")
+    return _I64.pack(t)
+
+
 def revoke_message(org_key: bytes, node_key: bytes, revoked_at: int) -> bytes:
     if len(org_key) != KEY_LEN or len(node_key) != KEY_LEN:
         raise WireFormatError("keys must be 32 bytes")
-    return REVOKE_CONTEXT + org_key + node_key + _I64.pack(revoked_at)
+    return REVOKE_CONTEXT + org_key + node_key + _i64(revoked_at)
 
 
 def alias_message(org_key: bytes, alias: str, issued_at: int) -> bytes:
-    raw = alias.encode("ascii")
+    try:
+        raw = alias.encode("ascii")
+    except UnicodeEncodeError:
+        raise WireFormatError("alias is not ASCII") from None
     if len(org_key) != KEY_LEN or not 0 < len(raw) <= MAX_ALIAS_LEN:
         raise WireFormatError("bad org key or alias length")
-    return ALIAS_CONTEXT + org_key + _I64.pack(issued_at) + bytes([len(raw)]) + raw
+    return ALIAS_CONTEXT + org_key + _i64(issued_at) + bytes([len(raw)]) + raw
 
 
 def _header(ptype: int, count: int) -> bytes:
