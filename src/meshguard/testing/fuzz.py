@@ -198,13 +198,17 @@ class FuzzStats:
         return len(self.failures)
 
 
+_building = [0]  # > 0 while a seed mesh is built: its log lines are not the target's
+
+
 class _LogCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.count = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
+        if not _building[0]:
+            self.count += 1
 
 
 def _failure(target: str, data: bytes, exc: BaseException) -> Failure:
@@ -831,8 +835,12 @@ def _member_eps() -> list[Endpoint]:
 
 
 def build_mesh(seed: int = 1, victim_under_load: int | None = None) -> MeshCapture:
-    with counted_logs():
-        return _build_mesh(seed, victim_under_load)
+    _building[0] += 1
+    try:
+        with counted_logs():
+            return _build_mesh(seed, victim_under_load)
+    finally:
+        _building[0] -= 1
 
 
 def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
@@ -860,7 +868,7 @@ def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
                         backend=DeviceBackend(dev), org=OrgGossip(rng, wg), certificate=cert)
         node.holepunch = HolePuncher(ident, rng)
         node.holepunch.set_self((ep,), behind_nat=name != "V")
-        node.relay = Relay(ident.public_key.raw, wg)
+        node.relay = Relay(ident.public_key.raw, wg, cookie_secret=b"\x05" * 32)
         return Member(name, ep, ident, wg, node, cert)
 
     eps = _member_eps()
@@ -934,7 +942,7 @@ def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
         if steps == 80:  # org gossip: a revocation (of a non-member) and an alias
             rev = org_gossip.sign_revocation(org_key, b"\x77" * 32, int(wall))
             run(a, a.node.announce_revocations([rev], wall))
-            a.node.announce_alias(org_gossip.sign_alias(org_key, "corp", int(wall)))
+            a.node.announce_alias(org_gossip.sign_alias(org_key, "corp", int(wall)), wall)
     deliver()
     records = _records_in(datagrams)
     problems: list[str] = []
