@@ -3,7 +3,8 @@
 A `Target` is a function of one byte string plus the exception types it may raise (the
 documented error of its codec: `WireFormatError` for wire/, `CertificateError` for
 certificates, `KeyFileError` / `ConfigError` for files; nothing at all for the demultiplexer,
-the DNS resolver, the STUN client, the gossip.state reader and `MeshNode.receive_datagram`).
+the DNS resolver, the STUN client, the gossip.state reader, the UAPI request parser and
+`MeshNode.receive_datagram`).
 Anything else it raises is a failure, as is a decoded message that does not encode back to the
 same bytes where the codec is canonical, and, for the C fast path (coalesce, open_batch, the
 handshake guard), any difference from its pure Python twin.
@@ -618,6 +619,29 @@ def _stun_client(data: bytes) -> None:
     _ = (client.done, client.mapped, client.nat_type)
 
 
+def _uapi(data: bytes) -> None:
+    """daemon/uapi_protocol.py's request parser (the `wg` tool's socket): never raises; a
+    malformed request becomes BadRequest or ProtocolViolation."""
+    from meshguard.daemon.uapi_protocol import UapiParser
+
+    parser = UapiParser()
+    half = len(data) // 2
+    parser.feed(data[:half])
+    parser.feed(data[half:])
+
+
+def _uapi_seeds() -> list[bytes]:
+    k = "11" * 32
+    return [b"get=1\n\n",
+            (f"set=1\nprivate_key={k}\nlisten_port=51820\nfwmark=0\nreplace_peers=true\n"
+             f"public_key={'22' * 32}\npreshared_key={'33' * 32}\nendpoint=192.0.2.1:51820\n"
+             "persistent_keepalive_interval=25\nreplace_allowed_ips=true\n"
+             "allowed_ip=10.99.0.0/16\nallowed_ip=fd99:6d67::/64\nprotocol_version=1\n"
+             f"public_key={'44' * 32}\nendpoint=[2001:db8::1%eth0]:1\nremove=true\n\n"
+             ).encode(),
+            b"set=1\nlisten_port=99999\n\nget=1\n\n"]
+
+
 def _resolver_target() -> Callable[[bytes], object]:
     from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 
@@ -772,6 +796,7 @@ def codec_targets() -> dict[str, Target]:
         Target("trust_files", _text_seeds(), _text_files, (ConfigError,), max_len=4096),
         Target("gossip_state", _gossip_state_seeds(), _gossip_state_target(), (),
                max_len=4096),
+        Target("uapi", _uapi_seeds(), _uapi, (), max_len=4096),
     ]
     targets += _fastpath_targets()
     return {t.name: t for t in targets}
