@@ -1709,10 +1709,8 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
         msgs[i].msg_hdr.msg_control = ctrl[i].buf;
         msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
     }
-    int got;
-    Py_BEGIN_ALLOW_THREADS
-    got = recvmmsg(fd, msgs, (unsigned)limit, MSG_DONTWAIT, NULL);
-    Py_END_ALLOW_THREADS
+    /* non-blocking, and the GIL stays held: the receive buffers are shared by all callers */
+    int got = recvmmsg(fd, msgs, (unsigned)limit, MSG_DONTWAIT, NULL);
     long reads = 0, datagrams = 0, gro_reads = 0, errors = 0, sent = 0, send_errors = 0;
     long would_block = 0;
     if (got < 0) {
