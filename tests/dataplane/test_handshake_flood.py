@@ -289,3 +289,30 @@ def test_spoofed_source_flood_costs_at_most_the_global_cookie_budget(impl: str) 
     assert counts[cookie.COOKIE_LIMITED] >= n - budget - cookie.UNDER_LOAD_HANDSHAKES_PER_SECOND
     assert counts[cookie.PASS] <= cookie.UNDER_LOAD_HANDSHAKES_PER_SECOND + 1  # DH before load
     assert g.sources <= 2 * 1000 + 1
+
+
+def test_gro_train_of_handshake_messages_is_checked_message_by_message() -> None:
+    """A GSO train from the stranger (received as one GRO buffer): each initiation in it is
+    checked on its own, and the other datagrams in it still reach the slow path."""
+    async def main() -> None:
+        bed = Bed(asyncio.get_running_loop(), True)
+        try:
+            db = bed.db
+            db.load.threshold = 0  # under load from the first message on
+            inits = initiations(bed.kb.public_key.raw, 10)
+            junk = [b"\x09" + bytes(147)] * 10  # same size, not WireGuard
+            train = b"".join(x for pair in zip(inits, junk, strict=True) for x in pair)
+            try:
+                bed.attacker.sendmsg([train], [(socket.SOL_UDP, 103, (148).to_bytes(2, "little"))],
+                                     0, (LEGIT, bed.eb.port))
+            except OSError:
+                pytest.skip("no UDP GSO here")
+            await settle(lambda: db.counters.bad_mac2 + db.counters.bad_type >= 20, "the train")
+            assert db.counters.bad_mac2 == 10 and db.counters.cookie_replies_sent == 10
+            assert db.counters.bad_type == 10
+            await settle(lambda: bed.replies == 10, "ten cookie replies")
+            assert bed.eb.stats.udp_gro_reads == 1  # it came as one train
+        finally:
+            bed.close()
+
+    asyncio.run(main())
