@@ -3,7 +3,7 @@
 
 Run as root:  .venv/bin/python bench/flood.py [--seconds 10] [--rate 20000]
               [--initiation-rate 140000] [--senders 2] [--wireguard-go PATH] [--only KIND]
-              [--targets meshguard,wireguard-go,meshguard-up] [--json]
+              [--targets meshguard,wireguard-go,meshguard-up] [--v6] [--json]
 
 For each target and flood type, fresh daemons in network namespaces (tests/daemon/floodnet.py):
 the stranger sends the flood from its own namespace (a paced sendmmsg sender, several
@@ -76,6 +76,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated flood types")
     ap.add_argument("--rejoin", type=float, default=15.0,
                     help="meshguard-up initiation flood: s more, with the member restarted")
+    ap.add_argument("--v6", action="store_true", help="userspace targets over IPv6 outside")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -93,7 +94,7 @@ def main() -> int:
                     continue
                 for t in userspace:
                     r = userspace_flood(lan, t, kind, rate(kind), args.seconds,
-                                        args.wireguard_go, args.senders)
+                                        args.wireguard_go, args.senders, args.v6)
                     results.append(r)
                     print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
     if "meshguard-up" in targets:

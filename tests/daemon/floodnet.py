@@ -169,7 +169,8 @@ def _start_wg(ns: Namespace, impl: str, inner: str, outer: str, port: int,
 def _peer(a: WgIf, b: WgIf, endpoint: bool) -> None:
     args = ["set", a.ifname, "peer", b.pub, "allowed-ips", f"{b.inner}/32"]
     if endpoint:
-        args += ["endpoint", f"{b.outer}:{b.port}"]
+        host = f"[{b.outer}]" if ":" in b.outer else b.outer
+        args += ["endpoint", f"{host}:{b.port}"]
     a.wg(*args)
 
 
@@ -180,17 +181,19 @@ def _stop_all(ns: Namespace) -> None:
 
 
 def userspace_flood(lan: Lan, impl: str, kind: str, rate: float, seconds: float,
-                    wireguard_go: str = "wireguard-go", senders: int = 1) -> FloodResult:
-    """One flood against a fresh S (impl) with C and L (same impl) on `lan` (4 nodes)."""
+                    wireguard_go: str = "wireguard-go", senders: int = 1,
+                    v6: bool = False) -> FloodResult:
+    """One flood against a fresh S (impl) with C and L (same impl) on `lan` (4 nodes); `v6`:
+    the tunnels and the flood run over the LAN's IPv6 addresses."""
     s_ns, c_ns, l_ns, x_ns = lan.nodes[:4]
     env = {"MESHGUARD_PURE_PYTHON": "1"} if impl == "meshguard-python" else {}
-    res = FloodResult(impl_label(impl), kind, rate, seconds)
+    res = FloodResult(impl_label(impl) + ("/v6" if v6 else ""), kind, rate, seconds)
     flooders: list[flood.FloodSender] = []
     try:
-        s = _start_wg(s_ns, impl, "10.88.0.1", str(lan.ipv4[0]), WG_PORT, wireguard_go, env)
-        c = _start_wg(c_ns, impl, "10.88.0.2", str(lan.ipv4[1]), WG_PORT, wireguard_go, env)
-        legit = _start_wg(l_ns, impl, "10.88.0.3", str(lan.ipv4[2]), WG_PORT, wireguard_go,
-                          env)
+        outer = lan.ipv6 if v6 else lan.ipv4
+        s = _start_wg(s_ns, impl, "10.88.0.1", str(outer[0]), WG_PORT, wireguard_go, env)
+        c = _start_wg(c_ns, impl, "10.88.0.2", str(outer[1]), WG_PORT, wireguard_go, env)
+        legit = _start_wg(l_ns, impl, "10.88.0.3", str(outer[2]), WG_PORT, wireguard_go, env)
         _peer(s, c, False)
         _peer(c, s, True)
         _peer(s, legit, False)

@@ -110,10 +110,10 @@ def test_c_guard_ticket_no_key_and_overflow_like_python() -> None:
         assert g.load.threshold == 0 and g.under_load(1.0)
 
 
-def test_source_keys_bucket_ipv6_by_64_and_bind_cookies_to_the_port() -> None:
+def test_source_keys_are_the_address_and_bind_cookies_to_the_port() -> None:
     k1, b1 = source_keys(("2001:db8:1:2::1", 5))
     k2, b2 = source_keys(("2001:db8:1:2:ffff::9", 5))
-    assert k1 == k2 and b1 != b2 and len(b1) == 18
+    assert k1 != k2 and k1[:8] == k2[:8] and len(k1) == 16 and len(b1) == 18 and b1 != b2
     k3, b3 = source_keys(("192.0.2.1", 7))
     assert k3 == bytes([192, 0, 2, 1]) and b3 == k3 + b"\x00\x07"
     assert b3 == cookie.endpoint_bytes(("192.0.2.1", 7))
@@ -316,3 +316,29 @@ def test_gro_train_of_handshake_messages_is_checked_message_by_message() -> None
             bed.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("impl", ["python", "c"])
+def test_ipv6_neighbour_of_a_flooder_gets_its_cookie_and_a_rotating_flooder_is_bounded(
+        impl: str) -> None:
+    """IPv6: a flood from one address does not starve a peer on the same /64; a flooder
+    cycling through the addresses of its /64 gets at most its network's cookie share."""
+    if impl == "c" and C_GUARD is None:
+        pytest.skip("C fast path not built")
+    py = HandshakeGuard(SeededRng(3), threshold=0)
+    g: Any = py if impl == "python" else C_GUARD.HandshakeGuard(**py.params())  # type: ignore[union-attr]
+    key = X25519PrivateKey.generate(SeededRng(4).bytes(32)).public_key.raw
+    g.set_keys(cookie.mac1_key(key), cookie.cookie_key(key))
+    pkts = initiations(key, 64)
+    now = 10.0
+    for i in range(5000):  # one address, one second
+        g.precheck(now + i / 5000, pkts[i % 64], *source_keys(("2001:db8:7:7::1", 4000)))
+    v, reply = g.precheck(now + 1.0, pkts[0], *source_keys(("2001:db8:7:7::2", 4000)))
+    assert v == cookie.COOKIE and reply is not None
+    cookies = 0
+    for i in range(5000):  # every message from another address of the same /64
+        v, _ = g.precheck(now + 2 + i / 5000, pkts[i % 64],
+                          *source_keys((f"2001:db8:7:7::{i + 16:x}", 4000)))
+        cookies += v == cookie.COOKIE
+    assert cookies <= cookie.UNDER_LOAD_NET_COOKIE_BURST + cookie.UNDER_LOAD_NET_COOKIE_RATE + 1
+    assert cookies < 5000 // 2

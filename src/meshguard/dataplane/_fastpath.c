@@ -964,13 +964,14 @@ done:
  * flood of initiations is read as fast as it arrives. Per message (initiation: 148 bytes,
  * response: 92):
  *   ticket      the engine admitted this very message a moment ago: pass, nothing counted
- *   under load  and the source (IPv4 address, IPv6 /64) is over its token bucket: RATE_LIMITED
- *               (the message still counts as load)
+ *   under load  and the source address is over its token bucket: RATE_LIMITED (the message
+ *               still counts as load)
  *   mac1        wrong: BAD_MAC1
  *   load        the message is counted; more than `threshold` in a 1 s window -> under load
  *               for `hold` s
- *   under load: mac2 wrong -> a cookie reply when the global cookie budget allows (COOKIE),
- *               else COOKIE_LIMITED; mac2 right -> the per-source DH bucket (RATE_LIMITED)
+ *   under load: mac2 wrong -> a cookie reply when the source's network (IPv4 address, IPv6
+ *               /64) and the global cookie budget allow (COOKIE), else COOKIE_LIMITED;
+ *               mac2 right -> the network's DH bucket (RATE_LIMITED)
  *   PASS        go on to the DH work (Python)
  */
 
@@ -1160,7 +1161,7 @@ static void hchacha20(const uint8_t key[32], const uint8_t in[16], uint8_t out[3
 /* token buckets per source: open addressing, rebuilt on garbage collection */
 typedef struct {
     uint8_t used, klen;
-    uint8_t key[8];
+    uint8_t key[16];
     double tokens, last;
 } Bucket;
 
@@ -1285,7 +1286,8 @@ typedef struct {
     long threshold;
     double hold, window_start, under_until;
     long count;
-    Buckets pre, dh, ck; /* per source before mac1, per source before DH, global cookies */
+    /* per address before mac1, cookies per network, per network before DH, global cookies */
+    Buckets pre, net, dh, ck;
     uint8_t ticket[16];
     int has_ticket;
     EVP_CIPHER_CTX *ctx;
@@ -1297,6 +1299,7 @@ static PyTypeObject GuardType;
 static void guard_dealloc(GuardObject *g)
 {
     PyMem_Free(g->pre.slots);
+    PyMem_Free(g->net.slots);
     PyMem_Free(g->dh.slots);
     PyMem_Free(g->ck.slots);
     if (g->ctx)
@@ -1307,15 +1310,18 @@ static void guard_dealloc(GuardObject *g)
 
 static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"threshold", "hold", "source_rate", "source_burst", "dh_rate",
-                             "dh_burst", "cookie_rate", "cookie_burst", "max_sources", NULL};
+    static char *kwlist[] = {"threshold", "hold", "source_rate", "source_burst", "net_rate",
+                             "net_burst", "dh_rate", "dh_burst", "cookie_rate", "cookie_burst",
+                             "max_sources", NULL};
     long threshold;
-    double hold, srate, sburst, drate, dburst, crate, cburst;
+    double hold, srate, sburst, nrate, nburst, drate, dburst, crate, cburst;
     Py_ssize_t max_sources;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ldddddddn", kwlist, &threshold, &hold, &srate,
-                                     &sburst, &drate, &dburst, &crate, &cburst, &max_sources))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ldddddddddn", kwlist, &threshold, &hold, &srate,
+                                     &sburst, &nrate, &nburst, &drate, &dburst, &crate, &cburst,
+                                     &max_sources))
         return -1;
-    if (srate <= 0 || drate <= 0 || crate <= 0 || max_sources < 1 || max_sources > (1 << 22)) {
+    if (srate <= 0 || nrate <= 0 || drate <= 0 || crate <= 0 || max_sources < 1 ||
+        max_sources > (1 << 22)) {
         PyErr_SetString(PyExc_ValueError, "rates must be positive, max_sources 1..2**22");
         return -1;
     }
@@ -1333,6 +1339,7 @@ static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
     g->has_ticket = 0;
     memset(g->counts, 0, sizeof(g->counts));
     if (buckets_init(&g->pre, srate, sburst, (size_t)max_sources, 1) ||
+        buckets_init(&g->net, nrate, nburst, (size_t)max_sources, 0) ||
         buckets_init(&g->dh, drate, dburst, (size_t)max_sources, 0) ||
         buckets_init(&g->ck, crate, cburst, 1, 0)) {
         PyErr_NoMemory();
@@ -1423,6 +1430,7 @@ static int guard_check(GuardObject *g, double now, const uint8_t *msg, size_t n,
                        uint8_t reply[64])
 {
     size_t m1off = n - 32, m2off = n - 16;
+    size_t nlen = klen == 16 ? 8 : klen; /* the network: an IPv6 /64, else the address */
     if (g->has_ticket && ct_equal16(g->ticket, msg + m1off)) {
         g->has_ticket = 0;
         return V_PASS;
@@ -1453,13 +1461,13 @@ static int guard_check(GuardObject *g, double now, const uint8_t *msg, size_t n,
         mac2_ok = ct_equal16(m, msg + m2off);
     }
     if (!mac2_ok) {
-        if (!buckets_allow(&g->ck, now, NULL, 0))
+        if (!buckets_allow(&g->net, now, key, nlen) || !buckets_allow(&g->ck, now, NULL, 0))
             return V_COOKIE_LIMITED;
         if (make_reply(g, now, msg, m1off, ep, eplen, reply))
             return -1;
         return V_COOKIE;
     }
-    if (!buckets_allow(&g->dh, now, key, klen))
+    if (!buckets_allow(&g->dh, now, key, nlen))
         return V_RATE_LIMITED;
     return V_PASS;
 }
@@ -1476,8 +1484,8 @@ static PyObject *guard_precheck(GuardObject *g, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "not a handshake message length");
         goto done;
     }
-    uint8_t kb[8];
-    size_t klen = (size_t)k.len > 8 ? 8 : (size_t)k.len;
+    uint8_t kb[16];
+    size_t klen = (size_t)k.len > 16 ? 16 : (size_t)k.len;
     memcpy(kb, k.buf, klen);
     int v = guard_check(g, now, d.buf, (size_t)d.len, kb, klen, e.buf, (size_t)e.len, reply);
     if (v < 0) {
@@ -1538,7 +1546,7 @@ static PyObject *guard_take_counts(GuardObject *g, PyObject *unused)
 
 static PyObject *guard_sources(GuardObject *g, void *closure)
 {
-    return PyLong_FromSize_t(g->pre.len + g->dh.len);
+    return PyLong_FromSize_t(g->pre.len + g->net.len + g->dh.len);
 }
 
 static PyObject *guard_get_threshold(GuardObject *g, void *closure)
@@ -1615,8 +1623,8 @@ static PyTypeObject GuardType = {
 #define RB_BUF (65536 + 4096)
 static uint8_t *rb_bufs;
 
-/* bucket key (IPv4 address, IPv6 /64) and endpoint bytes (address + port) of a sockaddr */
-static int source_of(const struct sockaddr_storage *ss, uint8_t key[8], size_t *klen,
+/* bucket key (the address) and endpoint bytes (address + port) of a sockaddr */
+static int source_of(const struct sockaddr_storage *ss, uint8_t key[16], size_t *klen,
                      uint8_t ep[18], size_t *eplen)
 {
     if (ss->ss_family == AF_INET) {
@@ -1640,8 +1648,8 @@ static int source_of(const struct sockaddr_storage *ss, uint8_t key[8], size_t *
             *eplen = 6;
             return 0;
         }
-        memcpy(key, a, 8);
-        *klen = 8;
+        memcpy(key, a, 16);
+        *klen = 16;
         memcpy(ep, a, 16);
         memcpy(ep + 16, &s->sin6_port, 2);
         *eplen = 18;
@@ -1756,7 +1764,7 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
         PyObject *addr = PyBytes_FromStringAndSize((const char *)&names[i], h->msg_namelen);
         if (addr == NULL)
             goto fail;
-        uint8_t key[8], ep[18];
+        uint8_t key[16], ep[18];
         size_t klen = 0, eplen = 0;
         int guarded = g != NULL && source_of(&names[i], key, &klen, ep, &eplen) == 0;
         size_t dlen = seg ? seg : n;

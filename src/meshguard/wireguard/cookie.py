@@ -42,13 +42,18 @@ _PORT = struct.Struct("!H")
 _ZERO_MAC = bytes(MAC_LEN)
 _OVERFLOW = b""  # the bucket key new sources share once MAX_SOURCES buckets are live
 
-# Under load, every handshake message is first held to a token bucket per source (IPv4
-# address, IPv6 /64) before any MAC is computed: a one-address flood then costs a dictionary
-# look-up per message, and its cookie replies are bounded. A legitimate source needs about two
-# messages per handshake (one answered with a cookie, one carrying mac2), so this is generous;
-# many peers behind one NAT share it.
+# Under load, every handshake message is first held to a token bucket per source address
+# before any MAC is computed: a one-address flood then costs a dictionary look-up per message,
+# and its cookie replies are bounded. A legitimate source needs about two messages per
+# handshake (one answered with a cookie, one carrying mac2), so this is generous; many peers
+# behind one NAT share it.
 UNDER_LOAD_SOURCE_RATE = 50.0
 UNDER_LOAD_SOURCE_BURST = 50
+# Cookie replies per network (an IPv4 address, an IPv6 /64: one host can use every address of
+# its /64), so a host cycling through its addresses gets a bounded share of the global budget,
+# while a legitimate peer on the same /64 as a one-address attacker is not starved.
+UNDER_LOAD_NET_COOKIE_RATE = 1_000.0
+UNDER_LOAD_NET_COOKIE_BURST = 100
 # Cookie replies, all sources together (spoofed sources defeat per-source buckets): replies
 # beyond this are not sent (the message is counted as bad_mac2 without cookie_replies_sent).
 COOKIE_REPLIES_PER_SECOND = 10_000.0
@@ -163,15 +168,15 @@ class SourceRateLimiter:
 
 @functools.lru_cache(maxsize=4096)
 def source_keys(src: Endpoint) -> tuple[bytes, bytes]:
-    """(token-bucket key, cookie binding) of a source endpoint: the key is the IPv4 address
-    or the IPv6 /64 (one host owns a /64), the binding the address and port (endpoint_bytes)."""
+    """(token-bucket key, cookie binding) of a source endpoint: the key is the packed address
+    (HandshakeGuard derives the network, an IPv6 /64, from it), the binding the address and
+    port (endpoint_bytes)."""
     host, port = src
     try:
         packed = ipaddress.ip_address(host.partition("%")[0]).packed
     except ValueError:
-        packed = host.encode("utf-8", "replace")
-        return packed, packed + _PORT.pack(port & 0xFFFF)
-    return (packed[:8] if len(packed) == 16 else packed), packed + _PORT.pack(port & 0xFFFF)
+        packed = host.encode("utf-8", "replace")[:16]
+    return packed, packed + _PORT.pack(port & 0xFFFF)
 
 
 class CookieChecker:
@@ -247,9 +252,10 @@ class HandshakeGuard:
          MAX_SOURCES are not tracked here: the global cookie budget bounds their cost)
       4. mac1 wrong: BAD_MAC1
       5. the message counts as load (LoadMeter)
-      6. under load: mac2 wrong -> COOKIE with a cookie reply while the global cookie budget
-         lasts, else COOKIE_LIMITED; mac2 right -> the per-source DH bucket
-         (UNDER_LOAD_PER_SOURCE_RATE): RATE_LIMITED when spent
+      6. under load: mac2 wrong -> COOKIE with a cookie reply while the source network's
+         cookie bucket (UNDER_LOAD_NET_COOKIE_RATE; the network is the IPv4 address or the
+         IPv6 /64) and the global cookie budget last, else COOKIE_LIMITED; mac2 right -> the
+         network's DH bucket (UNDER_LOAD_PER_SOURCE_RATE): RATE_LIMITED when spent
       7. PASS
 
     `precheck(now, msg, source_key, source_binding)` (see source_keys) returns (verdict,
@@ -257,7 +263,7 @@ class HandshakeGuard:
     arguments and verdicts (tests compare them); the engine installs it (Device.use_guard)
     and runs it on handshake messages straight from the socket."""
 
-    __slots__ = ("_cookie_bucket", "_cookies", "_dh", "_pre", "_ticket", "load")
+    __slots__ = ("_cookie_bucket", "_cookies", "_dh", "_net", "_pre", "_ticket", "load")
 
     def __init__(
         self,
@@ -266,6 +272,8 @@ class HandshakeGuard:
         hold: float = UNDER_LOAD_HOLD_TIME,
         source_rate: float = UNDER_LOAD_SOURCE_RATE,
         source_burst: float = UNDER_LOAD_SOURCE_BURST,
+        net_rate: float = UNDER_LOAD_NET_COOKIE_RATE,
+        net_burst: float = UNDER_LOAD_NET_COOKIE_BURST,
         dh_rate: float = UNDER_LOAD_PER_SOURCE_RATE,
         dh_burst: float = UNDER_LOAD_PER_SOURCE_BURST,
         cookie_rate: float = COOKIE_REPLIES_PER_SECOND,
@@ -275,6 +283,7 @@ class HandshakeGuard:
         self.load = LoadMeter(threshold, hold)
         self._cookies = CookieChecker(rng)
         self._pre = SourceRateLimiter(source_rate, source_burst, max_sources, overflow_pass=True)
+        self._net = SourceRateLimiter(net_rate, net_burst, max_sources)
         self._dh = SourceRateLimiter(dh_rate, dh_burst, max_sources)
         self._cookie_bucket = SourceRateLimiter(cookie_rate, cookie_burst, 1)
         self._ticket = b""
@@ -289,12 +298,13 @@ class HandshakeGuard:
 
     @property
     def sources(self) -> int:
-        return len(self._pre) + len(self._dh)
+        return len(self._pre) + len(self._net) + len(self._dh)
 
     def params(self) -> dict[str, float]:
         """The constructor's keyword arguments (a twin is built with the same ones)."""
         return {"threshold": self.load.threshold, "hold": self.load.hold,
                 "source_rate": self._pre.rate, "source_burst": self._pre.burst,
+                "net_rate": self._net.rate, "net_burst": self._net.burst,
                 "dh_rate": self._dh.rate, "dh_burst": self._dh.burst,
                 "cookie_rate": self._cookie_bucket.rate,
                 "cookie_burst": self._cookie_bucket.burst,
@@ -335,13 +345,15 @@ class HandshakeGuard:
         load.record(now)
         if not load.under_load(now):
             return PASS, None
+        net = source_key[:8] if len(source_key) == 16 else source_key
         got = msg[m2:]
         if _equal(got, _ZERO_MAC) or not _equal(mac(c.cookie_for_binding(now, binding),
                                                      msg[:m2]), got):
-            if not self._cookie_bucket.allow(now, _OVERFLOW):
+            if (not self._net.allow(now, net)
+                    or not self._cookie_bucket.allow(now, _OVERFLOW)):
                 return COOKIE_LIMITED, None
             return COOKIE, c.reply_bytes(now, msg, m1, binding)
-        if not self._dh.allow(now, source_key):
+        if not self._dh.allow(now, net):
             return RATE_LIMITED, None
         return PASS, None
 
