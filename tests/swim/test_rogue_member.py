@@ -32,29 +32,8 @@ def cluster() -> SwimCluster:
     return c
 
 
-def authentic(c: SwimCluster, sender: int, receiver: int, p: g.Packet) -> bytes:
-    key = c.cache.pair_key(
-        c.wg_keys[sender], c.ids[sender], c.wg_keys[receiver].public_key.raw, c.ids[receiver]
-    )
-    assert key is not None
-    body = g.encode_body(dataclasses.replace(p, sender=c.ids[sender]))
-    return body + mac(key, body)
-
-
-def gossip_from(c: SwimCluster, sender: int, entries: tuple[g.Entry, ...]) -> None:
-    """`sender` (a member whose keys the attacker holds) tells every other member `entries`."""
-    for r in range(N):
-        if r != sender:
-            pkt = g.Packet(g.PING, c.ids[sender], 99, entries=entries)
-            c.net.inject(authentic(c, sender, r, pkt), c.eps[sender], c.eps[r])
-
-
 def record_of(c: SwimCluster, observer: int, subject: int) -> g.NodeRecord | None:
     return next((r for r in c.nodes[observer].members() if r.identity == c.ids[subject]), None)
-
-
-def total(c: SwimCluster, stat: str) -> int:
-    return sum(n.stats[stat] for n in c.nodes)
 
 
 def test_one_dead_notice_at_any_incarnation_evicts_no_one(cluster: SwimCluster) -> None:
@@ -64,7 +43,7 @@ def test_one_dead_notice_at_any_incarnation_evicts_no_one(cluster: SwimCluster) 
         g.encode_accusation(sign_accusation(c.id_keys[ROGUE], True, c.ids[VICTIM], i))
         for i in (U64_MAX, inc + 1, inc)
     )
-    gossip_from(c, ROGUE, notices)
+    c.gossip_from(ROGUE, notices)
     c.net.run_for(60)
     assert not [d for d in c.down_events if d[2] == VICTIM], "the victim was evicted"
     for i in range(N):
@@ -72,14 +51,14 @@ def test_one_dead_notice_at_any_incarnation_evicts_no_one(cluster: SwimCluster) 
             assert c.nodes[i].state_of(c.ids[VICTIM]) == "alive"
     # the victim refuted at a sane incarnation and can go on refuting
     assert c.nodes[VICTIM].incarnation < 2**63
-    assert total(c, "accusation_not_current") >= N - 2
+    assert c.total("accusation_not_current") >= N - 2
 
 
 def test_suspicion_above_the_current_incarnation_is_ignored(cluster: SwimCluster) -> None:
     c = cluster
     inc = c.nodes[VICTIM].incarnation
     acc = sign_accusation(c.id_keys[ROGUE], False, c.ids[VICTIM], inc + 1000)
-    gossip_from(c, ROGUE, (g.encode_accusation(acc),))
+    c.gossip_from(ROGUE, (g.encode_accusation(acc),))
     c.net.run_for(0.2)
     for i in range(N):
         if i not in (ROGUE, VICTIM):
@@ -91,7 +70,7 @@ def test_a_dead_notice_starts_suspicion_which_the_subject_refutes(cluster: SwimC
     c = cluster
     inc = c.nodes[VICTIM].incarnation
     acc = sign_accusation(c.id_keys[ROGUE], True, c.ids[VICTIM], inc)
-    gossip_from(c, ROGUE, (g.encode_accusation(acc),))
+    c.gossip_from(ROGUE, (g.encode_accusation(acc),))
     c.net.run_for(0.1)
     states = {c.nodes[i].state_of(c.ids[VICTIM]) for i in range(N) if i not in (ROGUE, VICTIM)}
     assert "dead" not in states and "suspect" in states
@@ -125,8 +104,8 @@ def test_a_record_claiming_another_members_wireguard_key_is_refused(
         dataclasses.replace(rec, incarnation=rec.incarnation + 1, wg_public=stolen),
     )
     # as a hello (its own record first) and as gossip relayed among other entries
-    gossip_from(c, ROGUE, ((g.TAG_RECORD, raw),))
-    gossip_from(c, ROGUE, ((g.TAG_RECORD, c.nodes[VICTIM]._raw), (g.TAG_RECORD, raw)))
+    c.gossip_from(ROGUE, ((g.TAG_RECORD, raw),))
+    c.gossip_from(ROGUE, ((g.TAG_RECORD, c.nodes[VICTIM]._raw), (g.TAG_RECORD, raw)))
     c.net.run_for(1)
     for i in range(N):
         if i == ROGUE:
@@ -135,7 +114,7 @@ def test_a_record_claiming_another_members_wireguard_key_is_refused(
         assert r is not None and r.wg_public == c.wg_keys[ROGUE].public_key.raw
         v = record_of(c, i, VICTIM) if i != VICTIM else None
         assert v is None or v.wg_public == stolen
-    assert total(c, "wg_key_taken") >= N - 2
+    assert c.total("wg_key_taken") >= N - 2
 
 
 class _Revocable(KeySetAdmission):
@@ -164,7 +143,7 @@ def test_a_new_record_is_checked_against_trust_again() -> None:
     assert rec is not None
     newer = dataclasses.replace(rec, incarnation=rec.incarnation + 1, certificate=cert)
     _, raw = sign_record(c.id_keys[ROGUE], newer)
-    gossip_from(c, ROGUE, ((g.TAG_RECORD, raw),))
+    c.gossip_from(ROGUE, ((g.TAG_RECORD, raw),))
     c.net.run_for(1)
     for i in range(N):
         if i != ROGUE:
@@ -178,7 +157,7 @@ def test_a_member_no_longer_trusted_loses_every_gossip_right(cluster: SwimCluste
     c.net.run_for(c.config.admission_recheck + 2)
     inc = c.nodes[VICTIM].incarnation
     acc = sign_accusation(c.id_keys[ROGUE], False, c.ids[VICTIM], inc)
-    gossip_from(c, ROGUE, (g.encode_accusation(acc),))
+    c.gossip_from(ROGUE, (g.encode_accusation(acc),))
     c.net.run_for(0.2)
     for i in range(N):
         if i not in (ROGUE, VICTIM):
@@ -224,12 +203,12 @@ def test_a_reaped_members_old_record_is_not_accepted_again(cluster: SwimCluster)
     c.net.run_for(c.config.detection_bound(N) + c.config.spread_bound(N)
                   + c.config.dead_reap_after + 10)
     assert all(c.nodes[i].state_of(c.ids[VICTIM]) is None for i in range(N) if i != VICTIM)
-    gossip_from(c, ROGUE, ((g.TAG_RECORD, old),))
+    c.gossip_from(ROGUE, ((g.TAG_RECORD, old),))
     c.net.run_for(1)
     for i in range(N):
         if i not in (ROGUE, VICTIM):
             assert c.nodes[i].state_of(c.ids[VICTIM]) is None, "an old record came back"
-    assert total(c, "stale_record") >= N - 2
+    assert c.total("stale_record") >= N - 2
 
 
 def test_junk_joins_from_one_source_do_not_close_the_seed() -> None:
@@ -263,14 +242,7 @@ def test_a_replayed_join_draws_no_answer(cluster: SwimCluster) -> None:
     c.run_until_true(lambda: bool(joins), limit=5)
     c.net.run_for(2)
     answered = c.nodes[0].stats["joins_answered"]
-    replies: list[bytes] = []
-
-    def watch(src: g.Endpoint, dst: g.Endpoint, data: bytes) -> bool:
-        if dst == SPOOFED:
-            replies.append(data)
-        return False
-
-    c.net.drop_filter = watch
+    replies = c.watch(SPOOFED)
     for _ in range(50):
         c.net.inject(joins[0][0], SPOOFED, c.eps[0])
     c.net.run_for(1)
@@ -291,18 +263,11 @@ def test_a_replayed_join_draws_no_answer(cluster: SwimCluster) -> None:
 
 def test_sync_replies_go_to_announced_endpoints_only(cluster: SwimCluster) -> None:
     c = cluster
-    replies: list[bytes] = []
-
-    def watch(src: g.Endpoint, dst: g.Endpoint, data: bytes) -> bool:
-        if dst == SPOOFED:
-            replies.append(data)
-        return False
-
-    c.net.drop_filter = watch
+    replies = c.watch(SPOOFED)
     # An insider asks for everything (all-zero digests) from a victim's address.
     for ctr in range(1, 11):
         p = g.Packet(g.SYNC_REQ, c.ids[ROGUE], 10**9 + ctr, digests=(0,) * g.SYNC_BUCKETS)
-        c.net.inject(authentic(c, ROGUE, 0, p), SPOOFED, c.eps[0])
+        c.net.inject(c.authentic(ROGUE, 0, p), SPOOFED, c.eps[0])
     c.net.run_for(1)
     assert sum(len(r) for r in replies) == 0
 

@@ -40,26 +40,9 @@ def views(c: SwimCluster) -> list[list[tuple[bytes, int, str | None, tuple[g.End
     return out
 
 
-def authentic(c: SwimCluster, sender: int, receiver: int, p: g.Packet) -> bytes:
-    """A packet correctly MACed by member `sender` for member `receiver` (the test knows keys)."""
-    key = c.cache.pair_key(
-        c.wg_keys[sender], c.ids[sender], c.wg_keys[receiver].public_key.raw, c.ids[receiver]
-    )
-    assert key is not None
-    body = g.encode_body(dataclasses.replace(p, sender=c.ids[sender]))
-    return body + mac(key, body)
-
-
-def deliver_everywhere(c: SwimCluster, sender: int, entries: tuple[g.Entry, ...]) -> None:
-    for r in range(N):
-        if r != sender:
-            pkt = g.Packet(g.PING, c.ids[sender], 99, entries=entries)
-            c.net.inject(authentic(c, sender, r, pkt), c.eps[sender], c.eps[r])
+def _deliver(c: SwimCluster, sender: int, entries: tuple[g.Entry, ...]) -> None:
+    c.gossip_from(sender, entries)
     c.net.run_for(0.5)
-
-
-def total(c: SwimCluster, stat: str) -> int:
-    return sum(n.stats[stat] for n in c.nodes)
 
 
 def test_bad_signature_record_is_ignored(cluster: SwimCluster) -> None:
@@ -77,8 +60,8 @@ def test_bad_signature_record_is_ignored(cluster: SwimCluster) -> None:
     other = Ed25519PrivateKey(b"\x42" * 32)
     body = g.record_signed_part(forged)
     wrong = body + other.sign(b"meshguard-swim-record-v1\x00" + body)
-    deliver_everywhere(c, 1, ((g.TAG_RECORD, bad), (g.TAG_RECORD, wrong)))
-    assert total(c, "bad_signature") >= 2 * (N - 2), f"seed {SEED}"
+    _deliver(c, 1, ((g.TAG_RECORD, bad), (g.TAG_RECORD, wrong)))
+    assert c.total("bad_signature") >= 2 * (N - 2), f"seed {SEED}"
     c.net.run_for(5)
     after = views(c)
     assert after == before, f"view changed (seed {SEED})"
@@ -104,18 +87,18 @@ def test_non_member_join_hello_and_gossip_are_dropped(cluster: SwimCluster) -> N
         body = g.encode_body(g.Packet(g.PING, att.identity, 5, entries=((g.TAG_RECORD, att._raw),)))
         c.net.inject(body + mac(key, body), ATTACKER_EP, c.eps[r])
     # and its record gossiped by a real member
-    deliver_everywhere(c, 2, ((g.TAG_RECORD, att._raw),))
+    _deliver(c, 2, ((g.TAG_RECORD, att._raw),))
     c.net.run_for(5)
     assert all(n.state_of(att.identity) is None for n in c.nodes), f"seed {SEED}"
     assert views(c) == before, f"seed {SEED}"
-    assert total(c, "not_admitted") >= N, f"seed {SEED}"
+    assert c.total("not_admitted") >= N, f"seed {SEED}"
     # a packet from the stranger with no record is dropped before any crypto
     verifs = c.cache.verifications
     for r in range(N):
         body = g.encode_body(g.Packet(g.PING, att.identity, 6))
         c.net.inject(body + b"\x00" * 16, ATTACKER_EP, c.eps[r])
     c.net.run_for(0.5)
-    assert total(c, "non_member") >= N and c.cache.verifications == verifs
+    assert c.total("non_member") >= N and c.cache.verifications == verifs
 
 
 def test_replayed_old_incarnation_loses(cluster: SwimCluster) -> None:
@@ -142,12 +125,12 @@ def test_replayed_old_incarnation_loses(cluster: SwimCluster) -> None:
     )
     c.net.drop_filter = None
     before = views(c)
-    deliver_everywhere(c, 1, ((g.TAG_RECORD, old_raw),))
+    _deliver(c, 1, ((g.TAG_RECORD, old_raw),))
     for data, src, dst in captured[:300]:  # replay everything captured, verbatim
         c.net.inject(data, src, dst)
     c.net.run_for(3)
     assert views(c) == before, f"seed {SEED}"
-    assert total(c, "stale_record") > 0
+    assert c.total("stale_record") > 0
 
 
 def test_accusations_from_non_members_and_forged_ones_are_ignored(cluster: SwimCluster) -> None:
@@ -161,11 +144,11 @@ def test_accusations_from_non_members_and_forged_ones_are_ignored(cluster: SwimC
     # a member's name as accuser, but signed by someone else
     a3 = dataclasses.replace(sign_accusation(outsider, True, c.ids[victim], inc), accuser=c.ids[2])
     entries = tuple(g.encode_accusation(a) for a in (a1, a2, a3))
-    deliver_everywhere(c, 1, entries)
+    _deliver(c, 1, entries)
     c.net.run_for(60)
     assert views(c) == before, f"seed {SEED}"
-    assert total(c, "accuser_not_member") >= 2 * (N - 2)
-    assert total(c, "bad_signature") >= N - 2
+    assert c.total("accuser_not_member") >= 2 * (N - 2)
+    assert c.total("bad_signature") >= N - 2
     assert not c.down_events, f"seed {SEED}"
 
 
@@ -197,7 +180,7 @@ def test_spoofed_source_cannot_inject(cluster: SwimCluster) -> None:
     others = [i for i in range(N) if i != victim]
     c.run_until_true(lambda: c.all_see_gone(victim, others), limit=bound)
     assert spoofed > 0
-    assert total(c, "bad_mac") >= spoofed
+    assert c.total("bad_mac") >= spoofed
     for i in others:
         if i == 1:
             continue
@@ -231,4 +214,4 @@ def test_replayed_ping_from_spoofed_source_draws_only_a_bare_reply(cluster: Swim
     c.net.run_for(1.0)
     assert replies, f"seed {SEED}"
     assert max(len(r) for r in replies) <= 2 * len(smallest[0]) + 40, f"seed {SEED}"
-    assert total(c, "bare_replies") >= len(replies)
+    assert c.total("bare_replies") >= len(replies)

@@ -335,6 +335,46 @@ class SwimCluster:
         key = self.ids[subject]
         return all(self.nodes[i].state_of(key) in ("dead", "left", None) for i in observers)
 
+    # -- an attacker holding member keys (security tests) --------------------------------------
+
+    def authentic(self, sender: int, receiver: int, packet: Any) -> bytes:
+        """`packet` (a wire.gossip.Packet) as member `sender` would MAC it for `receiver`."""
+        import dataclasses
+
+        from meshguard.crypto.hashes import mac
+        from meshguard.wire.gossip import encode_body
+
+        key = self.cache.pair_key(self.wg_keys[sender], self.ids[sender],
+                                  self.wg_keys[receiver].public_key.raw, self.ids[receiver])
+        assert key is not None
+        body = encode_body(dataclasses.replace(packet, sender=self.ids[sender]))
+        return bytes(body + mac(key, body))
+
+    def gossip_from(self, sender: int, entries: tuple[Any, ...]) -> None:
+        """Member `sender` tells every other member `entries` (in an authentic Ping)."""
+        from meshguard.wire.gossip import PING, Packet
+
+        for r in range(self.n):
+            if r != sender:
+                pkt = Packet(PING, self.ids[sender], 99, entries=entries)
+                self.net.inject(self.authentic(sender, r, pkt), self.eps[sender], self.eps[r])
+
+    def total(self, stat: str) -> int:
+        """A stats counter summed over every node."""
+        return sum(int(n.stats[stat]) for n in self.nodes)
+
+    def watch(self, dst: Endpoint) -> list[bytes]:
+        """Record (without dropping) every datagram sent to `dst` from now on."""
+        seen: list[bytes] = []
+
+        def tap(src: Endpoint, to: Endpoint, data: bytes) -> bool:
+            if to == dst:
+                seen.append(data)
+            return False
+
+        self.net.drop_filter = tap
+        return seen
+
     def run_until_true(self, pred: Callable[[], bool], limit: float, step: float = 0.25) -> float:
         """Advance in steps until pred() holds; returns the virtual time or raises."""
         end = self.net.now + limit
