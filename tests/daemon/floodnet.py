@@ -51,7 +51,7 @@ class FloodResult:
     handshake_after: float | None = None  # s from the flood's start; None: not within it
     rx_datagrams: int = 0  # UDP datagrams the target's socket took (kernel counter)
     rx_dropped: int = 0  # datagrams the kernel dropped at the target's socket (full buffer)
-    replies: int = 0  # datagrams the stranger got back (cookie replies, JoinAcks, ...)
+    replies: int = 0  # datagrams the stranger's flooding sockets got back (cookie replies, ...)
     counters: dict[str, int] = field(default_factory=dict)  # the daemon's, grown in the flood
     note: str = ""
 
@@ -76,16 +76,17 @@ class FloodResult:
 
 
 def udp_counters(ns: Namespace) -> dict[str, int]:
-    """The namespace's Udp: line of /proc/net/snmp (InDatagrams, RcvbufErrors, ...)."""
-    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-             if ln.startswith("Udp:")]
-    return {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=True)}
-
-
-def _replies(before: dict[str, int], after: dict[str, int]) -> int:
-    """Datagrams that reached the stranger's namespace (read, dropped or for no socket)."""
-    return sum(after[k] - before[k] for k in ("InDatagrams", "RcvbufErrors", "NoPorts",
-                                              "InErrors") if k in after and k in before)
+    """The namespace's UDP counters (InDatagrams, RcvbufErrors, ...), IPv4 and IPv6 summed
+    (/proc/net/snmp's Udp: lines and /proc/net/snmp6's Udp6* ones)."""
+    out = ns.run(["cat", "/proc/net/snmp", "/proc/net/snmp6"]).stdout.splitlines()
+    lines = [ln.split() for ln in out if ln.startswith("Udp:")]
+    res = {k: int(v) for k, v in zip(lines[0][1:], lines[1][1:], strict=True)}
+    for ln in out:
+        parts = ln.split()
+        if len(parts) == 2 and parts[0].startswith("Udp6") and parts[1].isdigit():
+            key = parts[0][4:]
+            res[key] = res.get(key, 0) + int(parts[1])
+    return res
 
 
 class Pinger:
@@ -202,7 +203,7 @@ def userspace_flood(lan: Lan, impl: str, kind: str, rate: float, seconds: float,
             pkts = flood.initiations(base64.b64decode(s.pub), 512)
         else:
             pkts = flood.GENERATORS[kind](512)
-        before_s, before_x = udp_counters(s_ns), udp_counters(x_ns)
+        before_s = udp_counters(s_ns)
         flooders = [flood.FloodSender(x_ns, s.outer, WG_PORT, pkts, rate / senders, seconds,
                                       src_port=40000 + i) for i in range(senders)]
         t0 = time.monotonic()
@@ -221,10 +222,10 @@ def userspace_flood(lan: Lan, impl: str, kind: str, rate: float, seconds: float,
             time.sleep(0.2)
         res.sent = sum(f.wait() for f in flooders)
         pinger.parse_into(res)
-        after_s, after_x = udp_counters(s_ns), udp_counters(x_ns)
+        after_s = udp_counters(s_ns)
         res.rx_datagrams = after_s["InDatagrams"] - before_s["InDatagrams"]
         res.rx_dropped = after_s["RcvbufErrors"] - before_s["RcvbufErrors"]
-        res.replies = _replies(before_x, after_x)
+        res.replies = sum(f.replies for f in flooders)
     finally:
         for f in flooders:
             f.stop()
@@ -317,7 +318,7 @@ def mesh_flood(bed: MeshBed, kind: str, rate: float, seconds: float,
             **flood.GENERATORS}
         pkts = makers[kind](512)
         before_c = _counters(seed)
-        before_s, before_x = udp_counters(seed.ns), udp_counters(bed.x)
+        before_s = udp_counters(seed.ns)
         flooders = [flood.FloodSender(bed.x, seed.ip, seed.port, pkts, rate / senders,
                                       seconds + rejoin, src_port=40000 + i)
                     for i in range(senders)]
@@ -344,10 +345,10 @@ def mesh_flood(bed: MeshBed, kind: str, rate: float, seconds: float,
                         if v - before_c.get(k, 0) > 0 and k not in _BORING}
         top = sorted(res.counters.items(), key=lambda kv: -kv[1])[:3]
         res.note = " ".join(f"{k}={v}" for k, v in top)
-        after_s, after_x = udp_counters(seed.ns), udp_counters(bed.x)
+        after_s = udp_counters(seed.ns)
         res.rx_datagrams = after_s["InDatagrams"] - before_s["InDatagrams"]
         res.rx_dropped = after_s["RcvbufErrors"] - before_s["RcvbufErrors"]
-        res.replies = _replies(before_x, after_x)
+        res.replies = sum(f.replies for f in flooders)
     finally:
         for f in flooders:
             f.stop()

@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from meshguard.crypto.hashes import blake2s, mac
 from meshguard.testing.netns import Namespace
@@ -130,9 +131,18 @@ int main(int argc, char **argv)
         }
     }
     if (connect(fd, (struct sockaddr *)&ss, slen)) { perror("connect"); return 2; }
-    struct mmsghdr msgs[BATCH];
+    struct mmsghdr msgs[BATCH], in[BATCH];
+    struct iovec riov[BATCH];
+    static uint8_t rbuf[BATCH][2048];
     memset(msgs, 0, sizeof(msgs));
-    long sent = 0, errors = 0;
+    memset(in, 0, sizeof(in));
+    for (int i = 0; i < BATCH; i++) {
+        riov[i].iov_base = rbuf[i];
+        riov[i].iov_len = sizeof(rbuf[i]);
+        in[i].msg_hdr.msg_iov = &riov[i];
+        in[i].msg_hdr.msg_iovlen = 1;
+    }
+    long sent = 0, errors = 0, replies = 0;
     int idx = 0;
     double start = now(), t;
     while ((t = now() - start) < seconds) {
@@ -148,6 +158,9 @@ int main(int argc, char **argv)
             msgs[i].msg_hdr.msg_iovlen = 1;
             idx = idx + 1 == n ? 0 : idx + 1;
         }
+        int got;
+        while ((got = recvmmsg(fd, in, BATCH, MSG_DONTWAIT, NULL)) > 0)
+            replies += got; /* what the target answered (cookie replies, ...) */
         int r = sendmmsg(fd, msgs, k, 0);
         if (r > 0)
             sent += r;
@@ -157,7 +170,13 @@ int main(int argc, char **argv)
             sent += k; /* keep the pace: count as attempted */
         }
     }
-    printf("%ld %ld %.3f\n", sent, errors, now() - start);
+    double elapsed = now() - start;
+    struct timespec ts = {0, 300000000}; /* answers still on their way */
+    nanosleep(&ts, NULL);
+    int got;
+    while ((got = recvmmsg(fd, in, BATCH, MSG_DONTWAIT, NULL)) > 0)
+        replies += got;
+    printf("%ld %ld %.3f %ld\n", sent, errors, elapsed, replies);
     return 0;
 }
 """
@@ -208,6 +227,7 @@ class FloodSender:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sent = 0
         self.elapsed = 0.0
+        self.replies = 0  # datagrams the target sent back to the flooding socket
 
     def argv(self) -> list[str]:
         exe = build_sender()
@@ -229,6 +249,7 @@ class FloodSender:
         if parts:
             self.sent = int(parts[0])
             self.elapsed = float(parts[2]) if len(parts) > 2 else self.seconds
+            self.replies = int(parts[3]) if len(parts) > 3 else 0
         shutil.rmtree(self._dir, ignore_errors=True)
         return self.sent
 
@@ -309,6 +330,16 @@ GENERATORS: dict[str, Callable[[int], list[bytes]]] = {
 # --- the Python fallback sender ---------------------------------------------------------------
 
 
+def _drain(s: Any) -> int:
+    n = 0
+    while True:
+        try:
+            s.recv(2048)
+        except OSError:
+            return n
+        n += 1
+
+
 def _python_send(argv: list[str]) -> int:
     import socket
 
@@ -325,8 +356,9 @@ def _python_send(argv: list[str]) -> int:
     if len(argv) > 5:
         s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", int(argv[5])))
     s.connect((dst, port))
+    s.setblocking(False)
     send = s.send
-    sent = errors = 0
+    sent = errors = replies = 0
     i = 0
     n = len(pkts)
     start = time.monotonic()
@@ -342,7 +374,11 @@ def _python_send(argv: list[str]) -> int:
                 errors += 1
             i = i + 1 if i + 1 < n else 0
             sent += 1
-    print(sent, errors, f"{time.monotonic() - start:.3f}")
+        replies += _drain(s)
+    elapsed = time.monotonic() - start
+    time.sleep(0.3)
+    replies += _drain(s)
+    print(sent, errors, f"{elapsed:.3f}", replies)
     return 0
 
 
