@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import ipaddress
 import logging
 import random
@@ -555,15 +556,17 @@ def _guard_target(c: Any) -> Target | None:
         return None
     params: dict[str, Any] = {
         "threshold": 10, "hold": 0.25, "source_rate": 40.0, "source_burst": 4.0,
-        "dh_rate": 20.0, "dh_burst": 2.0, "cookie_rate": 30.0, "cookie_burst": 5.0,
-        "max_sources": 6}
+        "net_rate": 60.0, "net_burst": 6.0, "dh_rate": 20.0, "dh_burst": 2.0,
+        "cookie_rate": 30.0, "cookie_burst": 5.0, "max_sources": 6}
+    known = inspect.signature(HandshakeGuard).parameters
+    params = {k: v for k, v in params.items() if k in known}
     state: dict[str, Any] = {}
     pub = mesh_capture().victim.wg.public_key.raw
     k1, k2 = mac1_key(pub), cookie_key(pub)
 
     def reset() -> None:
         state["py"] = HandshakeGuard(SeededRng(3), **params)
-        state["c"] = c.HandshakeGuard(**params)
+        state["c"] = c.HandshakeGuard(**state["py"].params())  # the twin, as the engine does
         state["py"].set_keys(k1, k2)
         state["c"].set_keys(k1, k2)
         state["now"] = 1000.0
