@@ -33,7 +33,7 @@ from .meshnet import MeshLan, Node, trust_all
 
 WG_PORT = 51820
 PING_INTERVAL = 0.1
-USERSPACE_FLOODS = ("initiation", "garbage")
+USERSPACE_FLOODS = ("initiation", "garbage", "cookie", "transport")
 MESH_FLOODS = ("initiation", "org", "holepunch", "relay", "join", "garbage")
 _PING_LINE = re.compile(r"icmp_seq=(\d+) .*time=([\d.]+) ms")
 

@@ -973,6 +973,7 @@ done:
  *               /64) and the global cookie budget allow (COOKIE), else COOKIE_LIMITED;
  *               mac2 right -> the network's DH bucket (RATE_LIMITED)
  *   PASS        go on to the DH work (Python)
+ * and on each received cookie reply (64 bytes): a per-source bucket (RATE_LIMITED).
  */
 
 #include <openssl/rand.h>
@@ -1286,8 +1287,9 @@ typedef struct {
     long threshold;
     double hold, window_start, under_until;
     long count;
-    /* per address before mac1, cookies per network, per network before DH, global cookies */
-    Buckets pre, net, dh, ck;
+    /* per address before mac1, cookies per network, per network before DH, global cookies,
+     * cookie replies received per address */
+    Buckets pre, net, dh, ck, cr;
     uint8_t ticket[16];
     int has_ticket;
     EVP_CIPHER_CTX *ctx;
@@ -1302,6 +1304,7 @@ static void guard_dealloc(GuardObject *g)
     PyMem_Free(g->net.slots);
     PyMem_Free(g->dh.slots);
     PyMem_Free(g->ck.slots);
+    PyMem_Free(g->cr.slots);
     if (g->ctx)
         EVP_CIPHER_CTX_free(g->ctx);
     OPENSSL_cleanse(g->secret, sizeof(g->secret));
@@ -1312,15 +1315,15 @@ static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"threshold", "hold", "source_rate", "source_burst", "net_rate",
                              "net_burst", "dh_rate", "dh_burst", "cookie_rate", "cookie_burst",
-                             "max_sources", NULL};
+                             "reply_rate", "reply_burst", "max_sources", NULL};
     long threshold;
-    double hold, srate, sburst, nrate, nburst, drate, dburst, crate, cburst;
+    double hold, srate, sburst, nrate, nburst, drate, dburst, crate, cburst, rrate, rburst;
     Py_ssize_t max_sources;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ldddddddddn", kwlist, &threshold, &hold, &srate,
-                                     &sburst, &nrate, &nburst, &drate, &dburst, &crate, &cburst,
-                                     &max_sources))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ldddddddddddn", kwlist, &threshold, &hold,
+                                     &srate, &sburst, &nrate, &nburst, &drate, &dburst, &crate,
+                                     &cburst, &rrate, &rburst, &max_sources))
         return -1;
-    if (srate <= 0 || nrate <= 0 || drate <= 0 || crate <= 0 || max_sources < 1 ||
+    if (srate <= 0 || nrate <= 0 || drate <= 0 || crate <= 0 || rrate <= 0 || max_sources < 1 ||
         max_sources > (1 << 22)) {
         PyErr_SetString(PyExc_ValueError, "rates must be positive, max_sources 1..2**22");
         return -1;
@@ -1341,7 +1344,8 @@ static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
     if (buckets_init(&g->pre, srate, sburst, (size_t)max_sources, 1) ||
         buckets_init(&g->net, nrate, nburst, (size_t)max_sources, 0) ||
         buckets_init(&g->dh, drate, dburst, (size_t)max_sources, 0) ||
-        buckets_init(&g->ck, crate, cburst, 1, 0)) {
+        buckets_init(&g->ck, crate, cburst, 1, 0) ||
+        buckets_init(&g->cr, rrate, rburst, (size_t)max_sources, 1)) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1472,6 +1476,38 @@ static int guard_check(GuardObject *g, double now, const uint8_t *msg, size_t n,
     return V_PASS;
 }
 
+/* a received cookie reply (64 bytes): 1 to go on, 0 when its source is over its bucket (a
+ * responder sends one per handshake message of ours, so this bounds only floods) */
+static int guard_cookie_reply(GuardObject *g, double now, const uint8_t *msg, size_t n,
+                              const uint8_t *key, size_t klen)
+{
+    if (g->has_ticket && ct_equal16(g->ticket, msg + n - 32)) {
+        g->has_ticket = 0;
+        return 1;
+    }
+    return buckets_allow(&g->cr, now, key, klen);
+}
+
+static PyObject *guard_cookie_reply_py(GuardObject *g, PyObject *args)
+{
+    double now;
+    Py_buffer d, k;
+    if (!PyArg_ParseTuple(args, "dy*y*", &now, &d, &k))
+        return NULL;
+    PyObject *res = NULL;
+    if (d.len != 64) {
+        PyErr_SetString(PyExc_ValueError, "not a cookie reply length");
+    } else {
+        uint8_t kb[16];
+        size_t klen = (size_t)k.len > 16 ? 16 : (size_t)k.len;
+        memcpy(kb, k.buf, klen);
+        res = PyBool_FromLong(guard_cookie_reply(g, now, d.buf, 64, kb, klen));
+    }
+    PyBuffer_Release(&d);
+    PyBuffer_Release(&k);
+    return res;
+}
+
 static PyObject *guard_precheck(GuardObject *g, PyObject *args)
 {
     double now;
@@ -1546,7 +1582,7 @@ static PyObject *guard_take_counts(GuardObject *g, PyObject *unused)
 
 static PyObject *guard_sources(GuardObject *g, void *closure)
 {
-    return PyLong_FromSize_t(g->pre.len + g->net.len + g->dh.len);
+    return PyLong_FromSize_t(g->pre.len + g->net.len + g->dh.len + g->cr.len);
 }
 
 static PyObject *guard_get_threshold(GuardObject *g, void *closure)
@@ -1590,8 +1626,10 @@ static PyMethodDef guard_methods[] = {
      "set_keys(mac1_key, cookie_key): 32 bytes each, or b'' and b'' (no private key)"},
     {"precheck", (PyCFunction)guard_precheck, METH_VARARGS,
      "precheck(now, msg, source_key, source_endpoint) -> (verdict, cookie reply or None)"},
+    {"cookie_reply", (PyCFunction)guard_cookie_reply_py, METH_VARARGS,
+     "cookie_reply(now, msg, source_key) -> bool: False when the source is over its bucket"},
     {"set_ticket", (PyCFunction)guard_set_ticket, METH_VARARGS,
-     "set_ticket(mac1): the next precheck of the message with this mac1 passes at once"},
+     "set_ticket(b): the next check of the message with b at bytes [-32:-16] passes at once"},
     {"under_load", (PyCFunction)guard_under_load, METH_O, "under_load(now) -> bool"},
     {"take_counts", (PyCFunction)guard_take_counts, METH_NOARGS,
      "verdict counts of the messages recv_batch handled itself (reset)"},
@@ -1768,6 +1806,19 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
         size_t klen = 0, eplen = 0;
         int guarded = g != NULL && source_of(&names[i], key, &klen, ep, &eplen) == 0;
         size_t dlen = seg ? seg : n;
+        if (guarded && !seg && n == 64 && le32(d) == 3) {
+            /* a cookie reply: a per-source bucket first, the rest up with a ticket */
+            if (guard_cookie_reply(g, now, d, n, key, klen)) {
+                if (rb_append(items, d, n, 0, addr, 1)) {
+                    Py_DECREF(addr);
+                    goto fail;
+                }
+            } else {
+                g->counts[V_RATE_LIMITED]++;
+            }
+            Py_DECREF(addr);
+            continue;
+        }
         int split = guarded && is_handshake(d, dlen < n ? dlen : n);
         if (!split) {
             if (rb_append(items, d, n, (Py_ssize_t)seg, addr, 0)) {

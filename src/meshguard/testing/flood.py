@@ -13,6 +13,8 @@ Generators (each returns `n` distinct datagrams, cycled by the sender):
   relay(n)                 RelayData (0x31) hops with random keys and MACs
   joins(n)                 gossip Joins (0x05) carrying records of random identities
   garbage(n)               random bytes of random length
+  cookie_replies(n)        WireGuard cookie replies (type 3) for random indices
+  transports(n)            WireGuard transport messages (type 4) for random indices
 
 The sender is a small C program (sendmmsg, paced to `rate`), compiled with `cc` on first use
 into a cache directory; without a compiler a Python sender (sendto loop) is used, which
@@ -315,6 +317,20 @@ def joins(n: int) -> list[bytes]:
     return out
 
 
+def cookie_replies(n: int) -> list[bytes]:
+    """Cookie replies (type 3) for random receiver indices."""
+    return [b"\x03\x00\x00\x00" + os.urandom(wg_wire.COOKIE_REPLY_SIZE - 4) for _ in range(n)]
+
+
+def transports(n: int) -> list[bytes]:
+    """Transport messages (type 4) for random receiver indices, 32 to 1420 bytes."""
+    out = []
+    for i in range(n):
+        size = 32 + (i * 97) % 1389
+        out.append(b"\x04\x00\x00\x00" + os.urandom(size - 4))
+    return out
+
+
 def garbage(n: int) -> list[bytes]:
     out = []
     for _ in range(n):
@@ -324,7 +340,8 @@ def garbage(n: int) -> list[bytes]:
 
 
 GENERATORS: dict[str, Callable[[int], list[bytes]]] = {
-    "holepunch": holepunch, "relay": relay, "join": joins, "garbage": garbage}
+    "holepunch": holepunch, "relay": relay, "join": joins, "garbage": garbage,
+    "cookie": cookie_replies, "transport": transports}
 
 
 # --- the Python fallback sender ---------------------------------------------------------------

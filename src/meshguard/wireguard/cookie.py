@@ -56,6 +56,10 @@ UNDER_LOAD_NET_COOKIE_RATE = 1_000.0
 UNDER_LOAD_NET_COOKIE_BURST = 100
 # Cookie replies, all sources together (spoofed sources defeat per-source buckets): replies
 # beyond this are not sent (the message is counted as bad_mac2 without cookie_replies_sent).
+# Cookie replies *received* per source address: a responder sends one per handshake message of
+# ours (at most one per peer and REKEY_TIMEOUT), so only a flood meets this.
+RECEIVED_COOKIE_REPLY_RATE = 20.0
+RECEIVED_COOKIE_REPLY_BURST = 40
 COOKIE_REPLIES_PER_SECOND = 10_000.0
 COOKIE_REPLY_BURST = 1_000
 MAX_SOURCES = 65_536  # token buckets per limiter (then new sources share one)
@@ -257,13 +261,15 @@ class HandshakeGuard:
          IPv6 /64) and the global cookie budget last, else COOKIE_LIMITED; mac2 right -> the
          network's DH bucket (UNDER_LOAD_PER_SOURCE_RATE): RATE_LIMITED when spent
       7. PASS
+    and on each received cookie reply a per-source bucket (cookie_reply).
 
     `precheck(now, msg, source_key, source_binding)` (see source_keys) returns (verdict,
     cookie reply bytes or None). The C fast path's HandshakeGuard is a twin with the same
     arguments and verdicts (tests compare them); the engine installs it (Device.use_guard)
     and runs it on handshake messages straight from the socket."""
 
-    __slots__ = ("_cookie_bucket", "_cookies", "_dh", "_net", "_pre", "_ticket", "load")
+    __slots__ = ("_cookie_bucket", "_cookies", "_dh", "_net", "_pre", "_replies", "_ticket",
+                 "load")
 
     def __init__(
         self,
@@ -278,6 +284,8 @@ class HandshakeGuard:
         dh_burst: float = UNDER_LOAD_PER_SOURCE_BURST,
         cookie_rate: float = COOKIE_REPLIES_PER_SECOND,
         cookie_burst: float = COOKIE_REPLY_BURST,
+        reply_rate: float = RECEIVED_COOKIE_REPLY_RATE,
+        reply_burst: float = RECEIVED_COOKIE_REPLY_BURST,
         max_sources: int = MAX_SOURCES,
     ) -> None:
         self.load = LoadMeter(threshold, hold)
@@ -286,6 +294,8 @@ class HandshakeGuard:
         self._net = SourceRateLimiter(net_rate, net_burst, max_sources)
         self._dh = SourceRateLimiter(dh_rate, dh_burst, max_sources)
         self._cookie_bucket = SourceRateLimiter(cookie_rate, cookie_burst, 1)
+        self._replies = SourceRateLimiter(reply_rate, reply_burst, max_sources,
+                                          overflow_pass=True)
         self._ticket = b""
 
     @property
@@ -298,7 +308,7 @@ class HandshakeGuard:
 
     @property
     def sources(self) -> int:
-        return len(self._pre) + len(self._net) + len(self._dh)
+        return len(self._pre) + len(self._net) + len(self._dh) + len(self._replies)
 
     def params(self) -> dict[str, float]:
         """The constructor's keyword arguments (a twin is built with the same ones)."""
@@ -308,6 +318,7 @@ class HandshakeGuard:
                 "dh_rate": self._dh.rate, "dh_burst": self._dh.burst,
                 "cookie_rate": self._cookie_bucket.rate,
                 "cookie_burst": self._cookie_bucket.burst,
+                "reply_rate": self._replies.rate, "reply_burst": self._replies.burst,
                 "max_sources": self._pre.max_sources}
 
     def set_keys(self, mac1: bytes, cookie: bytes) -> None:
@@ -316,6 +327,8 @@ class HandshakeGuard:
         self._cookies._cookie_key = cookie
 
     def set_ticket(self, mac1: bytes) -> None:
+        """The next check of the message whose bytes [-32:-16] (mac1 of a handshake message)
+        are these passes at once: the data plane checked it already."""
         self._ticket = mac1
 
     def under_load(self, now: float) -> bool:
@@ -323,6 +336,14 @@ class HandshakeGuard:
 
     def take_counts(self) -> tuple[int, ...]:
         return (0,) * len(VERDICTS)  # only the C data plane handles messages on its own
+
+    def cookie_reply(self, now: float, msg: bytes, source_key: bytes) -> bool:
+        """A received cookie reply (64 bytes) may go on (False: its source is over its bucket,
+        RECEIVED_COOKIE_REPLY_RATE; the data plane may have checked it already: ticket)."""
+        if self._ticket and _equal(self._ticket, msg[-32:-16]):
+            self._ticket = b""
+            return True
+        return self._replies.allow(now, source_key)
 
     def precheck(
         self, now: float, msg: bytes, source_key: bytes, binding: bytes

@@ -750,7 +750,7 @@ class Device:
                 if n != wire.COOKIE_REPLY_SIZE:
                     self.counters.bad_length += 1
                     return []
-                return self._receive_cookie_reply(now, data)
+                return self._receive_cookie_reply(now, data, src)
         except (WireFormatError, CryptoError):
             self.counters.bad_handshake += 1
             return []
@@ -890,7 +890,10 @@ class Device:
             actions += self._keepalive(now, peer)
         return actions
 
-    def _receive_cookie_reply(self, now: float, data: bytes) -> list[Action]:
+    def _receive_cookie_reply(self, now: float, data: bytes, src: Endpoint) -> list[Action]:
+        if not self.guard.cookie_reply(now, data, source_keys(src)[0]):
+            self.counters.rate_limited += 1
+            return []
         msg = wire.CookieReply.decode(data)
         entry = self._indices.get(msg.receiver)
         peer = entry.peer if isinstance(entry, Keypair) else entry
