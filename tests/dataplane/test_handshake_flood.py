@@ -376,3 +376,32 @@ def test_cookie_reply_flood_from_one_source_costs_a_bucket_look_up(c_recv: bool)
             bed.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("c_recv", [True, False], ids=["c-reader", "python-reader"])
+def test_transport_junk_naming_no_index_is_counted_and_dropped(c_recv: bool) -> None:
+    """Transport messages for receiver indices we never handed out: unknown_index, whichever
+    reader (the C one drops them before building any Python object for them)."""
+    if c_recv and C_GUARD is None:
+        pytest.skip("C fast path not built")
+
+    async def main() -> None:
+        bed = Bed(asyncio.get_running_loop(), c_recv)
+        try:
+            db = bed.db
+            r = random.Random(6)
+            for i in range(FLOOD):
+                junk = b"\x04\x00\x00\x00" + r.randbytes(28 + i % 200)
+                bed.attacker.sendto(junk, (LEGIT, bed.eb.port))
+                if i % 256 == 255:
+                    await asyncio.sleep(0)
+            await settle(lambda: db.counters.unknown_index >= FLOOD, "the flood to be read")
+            assert db.counters.unknown_index == FLOOD and db.counters.dropped() == FLOOD
+            # the tunnel still works
+            bed.ta.peer.send(ipv4_udp("10.0.0.1", "10.0.0.2", b"after"))
+            await settle(lambda: any(p[20:].endswith(b"after") for p in bed.tb.received),
+                         "A's packet at B")
+        finally:
+            bed.close()
+
+    asyncio.run(main())

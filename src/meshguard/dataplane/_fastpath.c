@@ -1716,10 +1716,14 @@ static int rb_append(PyObject *items, const uint8_t *d, size_t n, Py_ssize_t seg
 static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
 {
     int fd, limit;
-    PyObject *gobj;
+    PyObject *gobj, *indices = Py_None;
     double now;
-    if (!PyArg_ParseTuple(args, "iiOd", &fd, &limit, &gobj, &now))
+    if (!PyArg_ParseTuple(args, "iiOd|O", &fd, &limit, &gobj, &now, &indices))
         return NULL;
+    if (indices != Py_None && !PyDict_Check(indices)) {
+        PyErr_SetString(PyExc_TypeError, "indices must be a dict or None");
+        return NULL;
+    }
     GuardObject *g = NULL;
     if (gobj != Py_None) {
         if (!PyObject_TypeCheck(gobj, &GuardType)) {
@@ -1758,7 +1762,7 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
     /* non-blocking, and the GIL stays held: the receive buffers are shared by all callers */
     int got = recvmmsg(fd, msgs, (unsigned)limit, MSG_DONTWAIT, NULL);
     long reads = 0, datagrams = 0, gro_reads = 0, errors = 0, sent = 0, send_errors = 0;
-    long would_block = 0;
+    long would_block = 0, unknown = 0;
     if (got < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             errors = 1;
@@ -1798,6 +1802,20 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
             datagrams += (long)((n + seg - 1) / seg);
         } else {
             datagrams++;
+        }
+        if (indices != Py_None && !seg && n >= 32 && le32(d) == 4) {
+            /* a transport message naming no receiver index of ours: counted, dropped */
+            PyObject *idx = PyLong_FromUnsignedLong(le32(d + 4));
+            if (idx == NULL)
+                goto fail;
+            int known = PyDict_Contains(indices, idx);
+            Py_DECREF(idx);
+            if (known < 0)
+                goto fail;
+            if (!known) {
+                unknown++;
+                continue;
+            }
         }
         PyObject *addr = PyBytes_FromStringAndSize((const char *)&names[i], h->msg_namelen);
         if (addr == NULL)
@@ -1879,8 +1897,8 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
         Py_DECREF(addr);
         goto fail;
     }
-    return Py_BuildValue("(Nllllllll)", items, (long)got, reads, datagrams, gro_reads, errors,
-                         sent, send_errors, would_block);
+    return Py_BuildValue("(Nlllllllll)", items, (long)got, reads, datagrams, gro_reads, errors,
+                         sent, send_errors, would_block, unknown);
 fail:
     Py_DECREF(items);
     return NULL;
@@ -1901,8 +1919,9 @@ static PyMethodDef methods[] = {
     {"coalesce", (PyCFunction)(void (*)(void))fp_coalesce, METH_VARARGS | METH_KEYWORDS,
      "coalesce(packets, verify=True) -> virtio-net buffers to write to the TUN"},
     {"recv_batch", fp_recv_batch, METH_VARARGS,
-     "recv_batch(fd, limit, guard, now) -> (items, got, reads, datagrams, gro_reads, errors, "
-     "cookies_sent, send_errors, send_would_block); items: (data, seg, sockaddr, admitted)"},
+     "recv_batch(fd, limit, guard, now, indices=None) -> (items, got, reads, datagrams, "
+     "gro_reads, errors, cookies_sent, send_errors, send_would_block, unknown_index); items: "
+     "(data, seg, sockaddr, admitted)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath",

@@ -41,11 +41,13 @@ Socket errors are counted and never raised into the loop; a bug below is logged 
 Reading the UDP socket: with the C fast path one recvmmsg takes up to `batch` datagrams (up to
 4 per wake-up while the socket stays full), and the Device's handshake guard (its C twin,
 installed by `start`) checks handshake messages right there: a flood of initiations is
-rate-limited, refused or answered with cookie replies without entering Python, so the socket
-is drained as fast as the flood arrives and a legitimate peer's messages are not lost in the
-kernel's queue. Passed handshake messages and everything else take the paths below. Without
-the C module (or MESHGUARD_RECVMMSG=0) the engine reads datagram by datagram and the Device
-runs the same checks (wireguard/cookie.py's HandshakeGuard), with the same verdicts.
+rate-limited, refused or answered with cookie replies without entering Python (as are
+received cookie replies over their source's bucket, and transport messages naming none of the
+Device's receiver indices), so the socket is drained as fast as the flood arrives and a
+legitimate peer's messages are not lost in the kernel's queue. Passed handshake messages and
+everything else take the paths below. Without the C module (or MESHGUARD_RECVMMSG=0) the
+engine reads datagram by datagram and the Device runs the same checks (wireguard/cookie.py's
+HandshakeGuard), with the same verdicts and counters.
 
 Seams (also used by tests and the mesh daemon): `tun_packets_in(packets)` (plain IP packets
 from the TUN), `datagrams_in(grams)`, `send_datagrams(grams)` (slow-path sends: handshakes,
@@ -731,13 +733,17 @@ class Engine:
         guard = getattr(self.device, "guard", None)
         if type(guard) is not _CGuard:
             guard = None
+        indices = getattr(self.device, "receiver_indices", None)
+        if type(indices) is not dict:
+            indices = None
         endpoints = self._ep_cache
+        unknown = 0
         fd = sock.fileno()
         n_reads = 0
         for _ in range(RECV_ROUNDS if limit > 1 else 1):
             try:
-                items, got, reads, grams, gro, errs, sent, serr, wb = _recv_batch(
-                    fd, limit, guard, rx.now)
+                items, got, reads, grams, gro, errs, sent, serr, wb, unk = _recv_batch(
+                    fd, limit, guard, rx.now, indices)
             except Exception:
                 self._internal_error("udp")
                 break
@@ -749,6 +755,7 @@ class Engine:
                 st.udp_send_errors += serr
                 st.udp_send_would_block += wb
             n_reads += reads
+            unknown += unk
             for data, seg, addr, admitted in items:
                 ep = endpoints.get(addr)
                 try:
@@ -767,6 +774,8 @@ class Engine:
             counts = guard.take_counts()
             if any(counts):
                 self.device.count_verdicts(counts)
+        if unknown:
+            rx.c_drops["unknown_index"] += unknown
         if n_reads:
             st.udp_rx_batches += 1
             tun_tx = st.tun_tx

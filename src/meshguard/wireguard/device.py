@@ -312,6 +312,13 @@ class Device:
         """The load meter (threshold, hold, under_load(now)) of the handshake guard."""
         return self.guard.load
 
+    @property
+    def receiver_indices(self) -> dict[int, Any]:
+        """The live receiver-index table (index -> Peer or Keypair), read only: the data plane
+        drops transport messages naming no index in it before entering Python; they count as
+        unknown_index either way."""
+        return self._indices._entries
+
     def use_guard(self, guard: Any) -> None:
         """Check handshake messages with `guard` from now on (the C twin of HandshakeGuard,
         built with the current guard's parameters; its buckets and load start afresh)."""
