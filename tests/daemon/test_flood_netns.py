@@ -41,7 +41,7 @@ pytestmark = [
     pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
 ]
 
-RATE = 25_000  # datagrams per second from the stranger
+RATE = 20_000  # datagrams per second from the stranger (the issue: 20k+)
 INITIATION_SECONDS = 9.0  # a cookie round trip, then the retransmission after 5 s
 MESH_SECONDS = 3.0
 REJOIN_SECONDS = 14.0  # the member's start-up, a cookie round trip, the retransmission
@@ -82,6 +82,7 @@ def test_mesh_daemon_flood_tunnel_stays_usable(mesh: MeshBed, kind: str) -> None
     rejoin = REJOIN_SECONDS if kind == "initiation" else 0.0
     r = mesh_flood(mesh, kind, RATE, MESH_SECONDS, fresh=False, rejoin=rejoin)
     why = _describe(r)
+    print(why)
     assert r.rx_datagrams + r.rx_dropped >= 0.5 * RATE * r.seconds, why
     assert r.answered_pct >= 90.0, why
     if rejoin:
