@@ -374,6 +374,9 @@ class Engine:
         parts = [f"fastpath={fastpath.IMPLEMENTATION}"]
         parts.append(f"tun={'vnet' if self.vnet else 'plain'}/{self.tun_offloads:#x}")
         parts.append(f"gso={'on' if self.gso else 'off'} gro={'on' if self.gro else 'off'}")
+        guarded = type(getattr(self.device, "guard", None)) is _CGuard
+        parts.append("udp=recvmmsg" + ("+guard" if guarded else "") if self.c_recv
+                     else "udp=recvmsg")
         return " ".join(parts)
 
     # --- timers ----------------------------------------------------------------------------
