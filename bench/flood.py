@@ -19,9 +19,11 @@ counters that grew most.
 Targets: meshguard (`meshguard wireguard`, C fast path), meshguard-python (the same with
 MESHGUARD_PURE_PYTHON=1), wireguard-go (the binary named by --wireguard-go, default the one on
 PATH), wireguard-go@PATH (another build, labelled by its folder), meshguard-up (two
-`meshguard up` nodes; every flood type). Flood types: initiation (valid mac1), garbage; for
+`meshguard up` nodes; every flood type). Flood types: initiation (valid mac1), cookie (cookie
+replies for random indices), transport (transport messages for random indices), garbage; for
 meshguard-up also org (OrgCertRevoke from a trusted org key, random signatures), holepunch
-(0x33/0x34), relay (0x31), join (0x05). Not part of the test suite.
+(0x33/0x34), relay (0x31), join (0x05). The WireGuard-typed floods run at --initiation-rate,
+the others at --rate. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -68,8 +70,10 @@ def table(results: list[FloodResult]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rate", type=float, default=20_000, help="packets/s (all but initiation)")
-    ap.add_argument("--initiation-rate", type=float, default=140_000)
+    ap.add_argument("--rate", type=float, default=20_000,
+                    help="packets/s of the garbage and mesh-message floods")
+    ap.add_argument("--initiation-rate", type=float, default=140_000,
+                    help="packets/s of the WireGuard-typed floods (initiation, cookie, transport)")
     ap.add_argument("--senders", type=int, default=2, help="flooding processes")
     ap.add_argument("--wireguard-go", default="wireguard-go", help="wireguard-go binary")
     ap.add_argument("--targets", default="meshguard,wireguard-go,meshguard-up")
@@ -84,7 +88,8 @@ def main() -> int:
     results: list[FloodResult] = []
 
     def rate(kind: str) -> float:
-        return float(args.initiation_rate if kind == "initiation" else args.rate)
+        wg_typed = kind in ("initiation", "cookie", "transport")
+        return float(args.initiation_rate if wg_typed else args.rate)
 
     userspace = [t for t in targets if t != "meshguard-up"]
     if userspace:
