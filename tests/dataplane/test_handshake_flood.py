@@ -405,3 +405,23 @@ def test_transport_junk_naming_no_index_is_counted_and_dropped(c_recv: bool) -> 
             bed.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("impl", ["python", "c"])
+def test_made_up_sources_filling_the_tables_do_not_crowd_out_a_newcomer(impl: str) -> None:
+    """Once the bucket tables are full, new sources are not tracked (nor share one bucket):
+    a real newcomer still gets its cookie while the global budget lasts."""
+    if impl == "c" and C_GUARD is None:
+        pytest.skip("C fast path not built")
+    py = HandshakeGuard(SeededRng(3), threshold=0, max_sources=4)
+    g: Any = py if impl == "python" else C_GUARD.HandshakeGuard(**py.params())  # type: ignore[union-attr]
+    key = X25519PrivateKey.generate(SeededRng(4).bytes(32)).public_key.raw
+    g.set_keys(cookie.mac1_key(key), cookie.cookie_key(key))
+    pkts = initiations(key, 64)
+    for i in range(300):  # made-up addresses, one message each, within a few ms
+        v, _ = g.precheck(20.0 + i * 1e-5, pkts[i % 64], *source_keys((f"203.0.113.{i % 250}",
+                                                                        1000 + i)))
+        assert v == cookie.COOKIE
+    v, reply = g.precheck(20.01, pkts[5], *source_keys(("198.51.100.7", 51820)))
+    assert v == cookie.COOKIE and reply is not None
+    assert g.sources <= 3 * 4 + 3

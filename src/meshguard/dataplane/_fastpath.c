@@ -1342,7 +1342,7 @@ static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
     g->has_ticket = 0;
     memset(g->counts, 0, sizeof(g->counts));
     if (buckets_init(&g->pre, srate, sburst, (size_t)max_sources, 1) ||
-        buckets_init(&g->net, nrate, nburst, (size_t)max_sources, 0) ||
+        buckets_init(&g->net, nrate, nburst, (size_t)max_sources, 1) ||
         buckets_init(&g->dh, drate, dburst, (size_t)max_sources, 0) ||
         buckets_init(&g->ck, crate, cburst, 1, 0) ||
         buckets_init(&g->cr, rrate, rburst, (size_t)max_sources, 1)) {

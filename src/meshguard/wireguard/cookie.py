@@ -253,7 +253,8 @@ class HandshakeGuard:
       2. no private key: NO_KEY
       3. under load, and the source is over its bucket (UNDER_LOAD_SOURCE_RATE, before any
          MAC is computed): RATE_LIMITED; the message still counts as load (sources beyond
-         MAX_SOURCES are not tracked here: the global cookie budget bounds their cost)
+         MAX_SOURCES are not tracked here nor in the network cookie buckets: the global
+         cookie budget bounds their cost, and made-up sources cannot crowd out a newcomer)
       4. mac1 wrong: BAD_MAC1
       5. the message counts as load (LoadMeter)
       6. under load: mac2 wrong -> COOKIE with a cookie reply while the source network's
@@ -291,7 +292,7 @@ class HandshakeGuard:
         self.load = LoadMeter(threshold, hold)
         self._cookies = CookieChecker(rng)
         self._pre = SourceRateLimiter(source_rate, source_burst, max_sources, overflow_pass=True)
-        self._net = SourceRateLimiter(net_rate, net_burst, max_sources)
+        self._net = SourceRateLimiter(net_rate, net_burst, max_sources, overflow_pass=True)
         self._dh = SourceRateLimiter(dh_rate, dh_burst, max_sources)
         self._cookie_bucket = SourceRateLimiter(cookie_rate, cookie_burst, 1)
         self._replies = SourceRateLimiter(reply_rate, reply_burst, max_sources,
