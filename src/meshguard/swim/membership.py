@@ -527,6 +527,10 @@ class Membership:
         if self._left:
             return []
         self._set_wall(now, wall)
+        if t == JOIN and self._source_exhausted(now, src):
+            # A Join flood from one address stops here, before it is even decoded.
+            self.stats["join_rate_limited"] += 1
+            return []
         try:
             p = decode_packet(data)
         except WireFormatError:
@@ -1232,6 +1236,17 @@ class Membership:
         if per_source:
             self._src_tokens[host] = (have - 1.0, now)
         return True
+
+    def _source_exhausted(self, now: float, src: Endpoint) -> bool:
+        """True when a Join from `src` (not a member's announced address) could not be
+        verified anyway: its source's budget or the global one is spent."""
+        if src in self._ep_index:
+            return False
+        cfg = self.config
+        if self._tokens + (now - self._tokens_at) * cfg.join_rate < 1.0:
+            return True  # the global budget is spent (a flood from many addresses)
+        b = self._src_tokens.get(src[0])
+        return b is not None and b[0] + (now - b[1]) * cfg.join_source_rate < 1.0
 
     def _set_wall(self, now: float, wall: float | None) -> None:
         self._wall = wall if wall is not None else now

@@ -395,7 +395,7 @@ def decode_packet(data: bytes) -> Packet:
             raise WireFormatError("join not padded")
         off = HEADER_LEN + 8
         size = record_len_at(data, off)
-        if any(data[off + size :]):
+        if data.count(0, off + size) != len(data) - off - size:
             raise WireFormatError("nonzero join padding")
         (nonce,) = _U64.unpack_from(data, HEADER_LEN)
         return Packet(JOIN, seq=nonce, record=data[off : off + size])
