@@ -10,7 +10,9 @@ harness catches what the target may raise (its documented error) and records any
 (an uncaught exception) with its input in DIR/<target>/; a process that dies (a signal,
 libFuzzer's timeout or memory limit) is a crash. One line per target:
 
-    target  inputs  accepted  rejected  exceptions (unique)  crashes  log-lines  max-RSS  seconds
+    target inputs accepted rejected exceptions (unique) crashes log-lines max-RSS seconds cov
+
+(cov: the instrumented code edges libFuzzer reached, atheris only.)
 
 Exit status 1 if any target had an exception or a crash. Reproduce a recorded input with
 `--replay FILE --targets NAME`.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -81,11 +84,15 @@ def worker(name: str, runs: int, engine: str, seed: int, out: Path) -> None:
     if engine == "atheris":
         import atheris
 
+        # building the target inside the block instruments what it imports on the way too
         with atheris.instrument_imports(include=["meshguard"]):
             from meshguard.testing import fuzz as harness
+
+            target = _targets([name])[name]
     else:
         from meshguard.testing import fuzz as harness
-    target = _targets([name])[name]
+
+        target = _targets([name])[name]
     stats = harness.FuzzStats(name)
     started = time.perf_counter()
     logs_cm = harness.counted_logs()
@@ -180,7 +187,7 @@ def main() -> int:
           f"output in {args.out}", flush=True)
     print(f"{'target':14s} {'inputs':>9s} {'accepted':>9s} {'rejected':>9s} "
           f"{'exceptions':>10s} {'unique':>6s} {'crashes':>7s} {'logs':>6s} {'maxRSS':>7s} "
-          f"{'seconds':>8s}", flush=True)
+          f"{'seconds':>8s} {'cov':>6s}", flush=True)
     bad = False
     total = time.perf_counter()
     for name in all_names:
@@ -201,6 +208,7 @@ def main() -> int:
         except (OSError, ValueError):
             doc = {"inputs": 0, "accepted": 0, "rejected": 0, "exceptions": 0, "unique": 0,
                    "log_records": 0, "done": False, "failures": [], "max_rss_kb": 0}
+        cov = re.findall(rb"cov: (\d+)", (out / "worker.log").read_bytes())
         artifacts = [p for p in out.iterdir()
                      if p.name.startswith(("crash-", "timeout-", "oom-", "leak-"))]
         crashes = len(artifacts) + (1 if proc.returncode != 0 and not artifacts else 0)
@@ -209,8 +217,8 @@ def main() -> int:
         bad |= bool(doc["exceptions"] or crashes)
         print(f"{name:14s} {doc['inputs']:9d} {doc['accepted']:9d} {doc['rejected']:9d} "
               f"{doc['exceptions']:10d} {doc['unique']:6d} {crashes:7d} "
-              f"{doc['log_records']:6d} {doc['max_rss_kb'] // 1024:5d}MB {elapsed:8.1f}",
-              flush=True)
+              f"{doc['log_records']:6d} {doc['max_rss_kb'] // 1024:5d}MB {elapsed:8.1f} "
+              f"{int(cov[-1]) if cov else '-':>6}", flush=True)
         for f in doc["failures"]:
             print(f"    {f['error'][:160]}  at {f['where']}", flush=True)
         if crashes:

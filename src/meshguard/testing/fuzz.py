@@ -27,6 +27,7 @@ it is installed); tests/fuzz/ runs a few thousand per target.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -35,6 +36,7 @@ import ipaddress
 import logging
 import random
 import struct
+import tempfile
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,8 +46,13 @@ from typing import Any
 
 from meshguard.crypto.hashes import blake2s, mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.daemon import gossip_state
+from meshguard.daemon.uapi_protocol import UapiParser
+from meshguard.dataplane import fastpath, offload
+from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 from meshguard.errors import ConfigError, WireFormatError
 from meshguard.identity import store
+from meshguard.identity.addressing import mesh_ipv4
 from meshguard.identity.certificate import V1_LEN, V2_LEN, NodeCertificate, sign_certificate
 from meshguard.identity.errors import CertificateError, KeyFileError
 from meshguard.identity.trust import REVOCATIONS_HEADER, Revocation, TrustStore, parse_revocations
@@ -63,7 +70,7 @@ from meshguard.swim import records as swim_records
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import control, dns, gossip, holepunch, org, relay, stun, wireguard
 from meshguard.wireguard.actions import SendDatagram
-from meshguard.wireguard.cookie import mac1_key
+from meshguard.wireguard.cookie import HandshakeGuard, cookie_key, mac1_key
 from meshguard.wireguard.device import Device
 
 Endpoint = tuple[str, int]
@@ -410,11 +417,8 @@ def _text_files(data: bytes) -> None:
 
 def _gossip_state_target() -> Callable[[bytes], object]:
     """daemon/gossip_state.py's parser of `gossip.state` (the node's own cache file)."""
-    import tempfile
-
-    from meshguard.daemon import gossip_state
-
-    d = Path(tempfile.mkdtemp(prefix="meshguard-fuzz-"))
+    shm = Path("/dev/shm")
+    d = Path(tempfile.mkdtemp(prefix="meshguard-fuzz-", dir=shm if shm.is_dir() else None))
     path = d / gossip_state.STATE_FILE
 
     def run(data: bytes) -> None:
@@ -426,8 +430,6 @@ def _gossip_state_target() -> Callable[[bytes], object]:
 
 
 def _gossip_state_seeds() -> list[bytes]:
-    import base64
-
     lines = [f"{base64.b64encode(bytes([i]) * 32).decode()} {v}\n"
              for i, v in ((1, 0), (2, 1_700_000_000_000), (3, 2**64 - 1))]
     return ["".join(lines).encode(), lines[1].encode(), b"\n# comment\n" + lines[0].encode()]
@@ -442,8 +444,6 @@ _V6 = (bytes.fromhex("fd996d67000000000000000000000001"),
 
 def _tcp_packet(v6: bool, seq: int, payload: bytes, flags: int = 0x10, ip_id: int = 0) -> bytes:
     """A TCP segment with correct checksums (what a peer's TUN would have produced)."""
-    from meshguard.dataplane import offload
-
     src, dst = _V6 if v6 else _V4
     tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 443, seq, 1, 5 << 4, flags, 65535, 0, 0)
                     + payload)
@@ -462,8 +462,6 @@ def _udp_packet(payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", 5353, 53, 8 + len(payload), 0) + payload
     ip = bytearray(struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0)
                    + src + dst)
-    from meshguard.dataplane import offload
-
     struct.pack_into("!H", ip, 10, offload.checksum(ip))
     return bytes(ip) + udp
 
@@ -506,8 +504,6 @@ def _same_outcome(what: str, run_c: Callable[[], object], run_py: Callable[[], o
 
 
 def _fastpath_targets() -> list[Target]:
-    from meshguard.dataplane import fastpath
-
     c = fastpath.c_impl()
     if c is None:
         return []
@@ -550,8 +546,6 @@ def _guard_target(c: Any) -> Target | None:
     must be the same. Small limits, so load, buckets and budgets all come into play. Input:
     time step (4 ms units), source, then the message; mac1 is fixed up unless the source
     byte's top bit is set."""
-    from meshguard.wireguard.cookie import HandshakeGuard, cookie_key
-
     if getattr(c, "HandshakeGuard", None) is None:
         return None
     params: dict[str, Any] = {
@@ -625,8 +619,6 @@ def _stun_client(data: bytes) -> None:
 def _uapi(data: bytes) -> None:
     """daemon/uapi_protocol.py's request parser (the `wg` tool's socket): never raises; a
     malformed request becomes BadRequest or ProtocolViolation."""
-    from meshguard.daemon.uapi_protocol import UapiParser
-
     parser = UapiParser()
     half = len(data) // 2
     parser.feed(data[:half])
@@ -646,8 +638,6 @@ def _uapi_seeds() -> list[bytes]:
 
 
 def _resolver_target() -> Callable[[bytes], object]:
-    from meshguard.dns.resolver import HostAddresses, Resolver, build_table
-
     table = build_table([
         ("node-1.a1b2c3.mesh", HostAddresses((ipaddress.IPv4Address("10.99.0.1"),),
                                              (ipaddress.IPv6Address("fd99:6d67::1"),))),
@@ -985,8 +975,6 @@ def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
 
 
 def _ip_packet(src_key: bytes, dst_key: bytes) -> bytes:
-    from meshguard.identity.addressing import mesh_ipv4
-
     s4, d4 = mesh_ipv4(src_key), mesh_ipv4(dst_key)
     payload = b"fuzz-seed-payload"
     total = 20 + len(payload)
