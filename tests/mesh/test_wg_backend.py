@@ -26,3 +26,25 @@ def test_backend_drives_device() -> None:
     assert be.stats(pk) == (0.0, 0, 0, ("192.0.2.9", 1))
     be.remove(pk)
     assert dev.peer(X25519PublicKey(pk)) is None and be.stats(pk) == (0.0, 0, 0, None)
+
+
+def test_switching_persistent_keepalive_on_starts_a_handshake_at_once() -> None:
+    # as `wg set ... persistent-keepalive 25` does on wireguard-go and the kernel: the NAT
+    # mapping opens (and the handshake happens) before any traffic
+    from meshguard.wire.wireguard import MESSAGE_INITIATION
+    from meshguard.wireguard.actions import SendDatagram
+
+    rng = SeededRng(4)
+    dev = Device(rng, X25519PrivateKey(rng.bytes(32)))
+    be = DeviceBackend(dev)
+    pk = X25519PrivateKey(rng.bytes(32)).public_key.raw
+    nets = (ipaddress.ip_network("10.99.3.5/32"),)
+    be.upsert(PeerConfig(pk, b"j" * 32, ("192.0.2.1", 51821), nets, 25))
+    due = dev.next_deadline()
+    assert due is not None and due <= 100.0
+    sent = [a for a in dev.tick(100.0, 1.7e9) if isinstance(a, SendDatagram)]
+    assert len(sent) == 1 and sent[0].data[0] == MESSAGE_INITIATION
+    assert sent[0].endpoint == ("192.0.2.1", 51821)
+    # an unchanged peer set does not start another one
+    be.upsert(PeerConfig(pk, b"j" * 32, ("192.0.2.1", 51821), nets, 25))
+    assert not [a for a in dev.tick(100.5, 1.7e9) if isinstance(a, SendDatagram)]

@@ -20,7 +20,14 @@ class DeviceBackend:
             # a roamed endpoint (learned from authenticated traffic) is newer than the record
             # only while the record is unchanged; a record change is an explicit move
             p.endpoint = peer.endpoint
+        was = p.persistent_keepalive
         p.persistent_keepalive = peer.keepalive
+        if peer.keepalive > 0 and was == 0:
+            # Switched on: a keepalive at the next tick (a handshake, with no session yet), as
+            # wireguard-go and the kernel do, so NAT mappings open before any traffic.
+            p.timers.persistent_keepalive = float("-inf")
+            if p.timers.bound is not None:
+                p.timers.bound.lower(float("-inf"))
         self.device.set_allowed_ips(p, peer.allowed_ips, replace=True)
 
     def remove(self, wg_key: bytes) -> None:
