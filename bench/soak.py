@@ -60,11 +60,18 @@ class Soak:
     broken_since: dict[tuple[int, int], float] = field(default_factory=dict)
     worst_broken: float = 0.0
     events: int = 0
+    started: dict[int, float] = field(default_factory=dict)  # node -> wall time of its start
 
     def start(self, i: int) -> None:
         n = self.nodes[i]
         seeds = [s for s in self.seeds if s is not n]
+        self.started[i] = time.time()
         n.up(seeds=seeds, wait=True)
+
+    def ping_all(self) -> list[tuple[int, int]]:
+        """Pairs whose ping over the tunnel (a to b) gets no answer."""
+        return [(a, b) for a in range(len(self.nodes)) for b in range(a + 1, len(self.nodes))
+                if not self.nodes[a].ns.ping(self.nodes[b].mesh_v4, count=2, wait=1.0)]
 
     def busy(self) -> set[int]:
         out: set[int] = set()
@@ -84,6 +91,8 @@ class Soak:
         self.events += 1
         if kind == "restart":
             n.kill()
+            with contextlib.suppress(FileNotFoundError):
+                n.sock.unlink()  # the killed daemon's control socket is left behind
             self.start(i)
             self.active.append(Churn(kind, i, until=now + self.cut))
         elif kind == "cut":
@@ -131,11 +140,13 @@ class Soak:
         for a in range(len(self.nodes)):
             for b in range(a + 1, len(self.nodes)):
                 ok = True
+                # a handshake since both ends last started, and not long ago
+                since = max(self.started.get(a, 0.0), self.started.get(b, 0.0))
                 for x, y in ((a, b), (b, a)):
                     m = views[x].get(base64.b64encode(self.nodes[y].identity).decode())
                     hs = m.get("last_handshake") if m else None
                     if not (m and m.get("tunnel") and isinstance(hs, int | float)
-                            and wall - hs < HANDSHAKE_FRESH):
+                            and since <= hs and wall - hs < HANDSHAKE_FRESH):
                         ok = False
                 if a in busy or b in busy:
                     self.broken_since.pop((a, b), None)
@@ -186,6 +197,7 @@ def main() -> int:
         trust_all(nodes)
         soak = Soak(lan, nodes, nodes[:2], random.Random(args.seed), args.cut)
         t_start = time.monotonic()
+        soak.started[0] = time.time()
         nodes[0].up()
         for i in range(1, len(nodes)):
             soak.start(i)
@@ -231,12 +243,15 @@ def main() -> int:
                 healed = True
                 break
             time.sleep(2)
+        silent = soak.ping_all() if healed else []
+        healed = healed and not silent
         rss, fds = soak.resources()
         assert first is not None
         print(f"churn events: {soak.events}; longest break of an unchurned pair: "
               f"{soak.worst_broken:.1f} s")
         print(f"after churn: {'all pairs healthy' if healed else 'BROKEN ' + repr(broken)} "
-              f"in {time.monotonic() - t_heal:.1f} s")
+              f"in {time.monotonic() - t_heal:.1f} s"
+              + (f"; no ping answer: {silent}" if silent else "; every pair answers a ping"))
         rss_growth = max(rss) - max(first[0])
         fd_growth = max(fds) - max(first[1])
         print(f"RSS max {max(first[0]):.1f} -> {max(rss):.1f} MiB ({rss_growth:+.1f}); "
