@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import pytest
 
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import (
@@ -339,3 +342,19 @@ def test_periodic_recheck_drops_expired_certificates() -> None:
     assert d is not None and d <= TRUST_RECHECK
     out = node.tick(TRUST_RECHECK, WALL + TRUST_RECHECK)
     assert [type(x) for x in out] == [PeerDown] and be.peers == {}
+
+
+def test_learned_revocations_are_logged_at_a_bounded_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # whoever holds a trusted org key may sign revocations by the thousand: one log line each
+    # would let it flood the log, so after a burst they are only counted
+    from meshguard.wire.org import CertRevocation
+
+    node, *_ = make()
+    revs = [CertRevocation(b"o" * 32, bytes([i]) * 32, i, b"s" * 64) for i in range(50)]
+    with caplog.at_level(logging.WARNING, logger="meshguard.mesh.node"):
+        node._org_learned(revs, [], wall=1000.0)
+    lines = [r for r in caplog.records if "revoked its certificate" in r.getMessage()]
+    assert len(lines) == 10
+    assert node.counters["revocation_logs_suppressed"] == 40

@@ -56,6 +56,7 @@ from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.org_gossip import OrgGossip, OrgLink
+from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.holepunch import Send as PunchSend
 from meshguard.nat.relay import Relay, RelayPeer
@@ -284,6 +285,8 @@ class MeshNode:
     _relay_members: _LazyView[RelayPeer] | None = None
     _punch_members: _LazyView[PeerInfo] | None = None
     _views_wall: float | None = None
+    # learned revocations are logged at most 10 at once, then one per 5 s (the rest counted)
+    _revocation_logs: TokenBucket = field(default_factory=lambda: TokenBucket(0.2, 10.0))
 
     def __post_init__(self) -> None:
         self.self_ipv4 = mesh_ipv4(self.identity_key)
@@ -560,9 +563,11 @@ class MeshNode:
                 if r.node_key == self.identity_key:
                     log.error("our org %s revoked THIS node's certificate: members that trust "
                               "us only through it drop our tunnels", r.org_key.hex()[:12])
-                else:
+                elif self._revocation_logs.take(wall):
                     log.warning("org %s revoked its certificate of %s", r.org_key.hex()[:12],
                                 r.node_key.hex()[:12])
+                else:
+                    self.counters["revocation_logs_suppressed"] += 1
             self._admission.clear()
             self.names_version += 1
             out += self.reconcile(wall)

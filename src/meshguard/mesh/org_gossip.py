@@ -298,7 +298,7 @@ class OrgGossip:
         if a.org_key not in trusted_orgs:
             self.counters["org_alias_untrusted"] += 1
             return False
-        if a.issued_at < 0 or (wall is not None and a.issued_at > wall + MAX_FUTURE):
+        if not 0 <= a.issued_at < 2**63 or (wall is not None and a.issued_at > wall + MAX_FUTURE):
             self.counters["org_alias_bad_time"] += 1
             return False
         if alias_problem(a.alias) is not None:
