@@ -710,18 +710,23 @@ class Engine:
             except Exception:
                 self._internal_error("udp")
         if n_reads:
-            st.udp_rx_batches += 1
-            tun_tx = st.tun_tx
-            try:
-                rx.finish()
-            except Exception:
-                self._internal_error("udp")
-            self._arm()
-            if limit == 1 and st.tun_tx != tun_tx and self.tun_peek and self._loop is not None:
-                # sparse traffic: an answer to what was just written (a ping reply) is often
-                # queued on the TUN already: take it now rather than after another wake-up
-                # (busy fds leave it to the TUN's own wake-up, which batches)
-                self._tun_readable()
+            self._udp_batch_done(rx, limit)
+
+    def _udp_batch_done(self, rx: _Receive, limit: int) -> None:
+        """After a batch read from the UDP socket: flush what it decrypted, re-arm timers."""
+        st = self.stats
+        st.udp_rx_batches += 1
+        tun_tx = st.tun_tx
+        try:
+            rx.finish()
+        except Exception:
+            self._internal_error("udp")
+        self._arm()
+        if limit == 1 and st.tun_tx != tun_tx and self.tun_peek and self._loop is not None:
+            # sparse traffic: an answer to what was just written (a ping reply) is often
+            # queued on the TUN already: take it now rather than after another wake-up
+            # (busy fds leave it to the TUN's own wake-up, which batches)
+            self._tun_readable()
 
     def _udp_readable_batch(self, sock: socket.socket) -> None:
         """The C reader: recvmmsg batches with the handshake guard applied in C."""
@@ -780,15 +785,7 @@ class Engine:
         if unknown:
             rx.c_drops["unknown_index"] += unknown
         if n_reads:
-            st.udp_rx_batches += 1
-            tun_tx = st.tun_tx
-            try:
-                rx.finish()
-            except Exception:
-                self._internal_error("udp")
-            self._arm()
-            if limit == 1 and st.tun_tx != tun_tx and self.tun_peek and self._loop is not None:
-                self._tun_readable()
+            self._udp_batch_done(rx, limit)
 
     def datagrams_in(self, grams: list[Datagram]) -> None:
         """Datagrams (one per entry) -> decrypted packets written to the TUN; the same path
