@@ -96,9 +96,9 @@ class Soak:
             self.start(i)
             self.active.append(Churn(kind, i, until=now + self.cut))
         elif kind == "cut":
-            n.ns.run(["nft", "add table inet soak { chain i { type filter hook input priority 0;"
-                      " policy drop; } chain o { type filter hook output priority 0;"
-                      " policy drop; } }"])
+            n.ns.run(["nft", "add table inet soak; add chain inet soak i { type filter hook input"
+                      " priority 0; policy drop; }; add chain inet soak o { type filter hook"
+                      " output priority 0; policy drop; }"])
             self.active.append(Churn(kind, i, until=now + self.cut))
         elif kind == "trust":
             j = self.rng.choice([x for x in free if x != i])
