@@ -12,8 +12,9 @@ Churn, one event every --churn-every seconds, at random:
 
 Every --sample seconds it prints, per sample: the daemons' RSS (min/median/max MiB) and open
 fds (min/max), and the tunnel state: the pairs that should be up (neither end churned right
-now) and how many of those are healthy (both ends list a tunnel and a handshake younger than
-200 s). At the end the churn stops, and every pair must be healthy again within --settle
+now) and how many of those are healthy (both ends list a tunnel, and either a handshake since
+both ends last started, younger than 200 s, or a ping over the tunnel is answered).
+At the end the churn stops, and every pair must be healthy again within --settle
 seconds; the longest time any pair stayed broken outside a churn window is reported. RSS and
 fd counts must be flat: the last sample is compared with the first after the mesh formed.
 
@@ -89,6 +90,7 @@ class Soak:
         kind = self.rng.choice(["restart", "cut", "trust", "rotate"])
         n = self.nodes[i]
         self.events += 1
+        print(f"  churn: {kind} {n.name}", flush=True)
         if kind == "restart":
             n.kill()
             with contextlib.suppress(FileNotFoundError):
@@ -139,19 +141,24 @@ class Soak:
         wall = time.time()
         for a in range(len(self.nodes)):
             for b in range(a + 1, len(self.nodes)):
-                ok = True
-                # a handshake since both ends last started, and not long ago
-                since = max(self.started.get(a, 0.0), self.started.get(b, 0.0))
-                for x, y in ((a, b), (b, a)):
-                    m = views[x].get(base64.b64encode(self.nodes[y].identity).decode())
-                    hs = m.get("last_handshake") if m else None
-                    if not (m and m.get("tunnel") and isinstance(hs, int | float)
-                            and since <= hs and wall - hs < HANDSHAKE_FRESH):
-                        ok = False
                 if a in busy or b in busy:
                     self.broken_since.pop((a, b), None)
                     continue
                 expected += 1
+                # both ends list a tunnel, and a ping over it (which handshakes if need be)
+                # is answered; a handshake since both ends last started proves it as well
+                since = max(self.started.get(a, 0.0), self.started.get(b, 0.0))
+                ok = fresh = True
+                for x, y in ((a, b), (b, a)):
+                    m = views[x].get(base64.b64encode(self.nodes[y].identity).decode())
+                    hs = m.get("last_handshake") if m else None
+                    if not (m and m.get("tunnel")):
+                        ok = False
+                    if not (isinstance(hs, int | float) and since <= hs
+                            and wall - hs < HANDSHAKE_FRESH):
+                        fresh = False
+                if ok and not fresh:
+                    ok = self.nodes[a].ns.ping(self.nodes[b].mesh_v4, count=2, wait=1.0)
                 if ok:
                     healthy += 1
                     t0 = self.broken_since.pop((a, b), None)
@@ -225,13 +232,15 @@ def main() -> int:
             if now >= next_sample:
                 next_sample = now + args.sample
                 rss, fds = soak.resources()
-                exp, ok, _ = soak.healthy_pairs(now)
+                exp, ok, bad = soak.healthy_pairs(now)
                 if first is None:
                     first = (rss, fds)
                 samples.append((now - t0, max(rss), max(fds)))
                 print(f"{now - t0:6.0f} {soak.events:6d} "
                       f"{min(rss):6.1f}/{statistics.median(rss):5.1f}/{max(rss):5.1f}      "
-                      f"{min(fds):4d}/{max(fds):<4d}    {ok:6d}/{exp:<6d}", flush=True)
+                      f"{min(fds):4d}/{max(fds):<4d}    {ok:6d}/{exp:<6d}"
+                      + (f" broken: {[(nodes[a].name, nodes[b].name) for a, b in bad]}"
+                         if bad else ""), flush=True)
             time.sleep(0.5)
         soak.settle_churn(time.monotonic(), force=True)
         t_heal = time.monotonic()

@@ -4,8 +4,10 @@ import ipaddress
 
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
 from meshguard.mesh.node import PeerConfig
-from meshguard.mesh.wg_backend import DeviceBackend
+from meshguard.mesh.wg_backend import INITIAL_KEEPALIVE_DELAY, DeviceBackend
 from meshguard.testing.rng import SeededRng
+from meshguard.wire.wireguard import MESSAGE_INITIATION
+from meshguard.wireguard.actions import SendDatagram
 from meshguard.wireguard.device import Device
 
 
@@ -28,23 +30,30 @@ def test_backend_drives_device() -> None:
     assert dev.peer(X25519PublicKey(pk)) is None and be.stats(pk) == (0.0, 0, 0, None)
 
 
-def test_switching_persistent_keepalive_on_starts_a_handshake_at_once() -> None:
-    # as `wg set ... persistent-keepalive 25` does on wireguard-go and the kernel: the NAT
-    # mapping opens (and the handshake happens) before any traffic
-    from meshguard.wire.wireguard import MESSAGE_INITIATION
-    from meshguard.wireguard.actions import SendDatagram
 
-    rng = SeededRng(4)
-    dev = Device(rng, X25519PrivateKey(rng.bytes(32)))
-    be = DeviceBackend(dev)
-    pk = X25519PrivateKey(rng.bytes(32)).public_key.raw
+def _initiations(actions: list[object]) -> list[SendDatagram]:
+    return [a for a in actions if isinstance(a, SendDatagram) and a.data[0] == MESSAGE_INITIATION]
+
+
+def test_switching_persistent_keepalive_on_starts_a_handshake_lower_key_first() -> None:
+    # as `wg set ... persistent-keepalive 25` does on wireguard-go and the kernel: the NAT
+    # mapping opens (and a restarted peer is re-keyed) before any traffic; of two members that
+    # configure each other at once, the lower key goes first so the initiations do not cross
+    keys = sorted((X25519PrivateKey(bytes([i]) * 32) for i in (7, 9)),
+                  key=lambda k: k.public_key.raw)
+    low, high = keys
     nets = (ipaddress.ip_network("10.99.3.5/32"),)
-    be.upsert(PeerConfig(pk, b"j" * 32, ("192.0.2.1", 51821), nets, 25))
-    due = dev.next_deadline()
-    assert due is not None and due <= 100.0
-    sent = [a for a in dev.tick(100.0, 1.7e9) if isinstance(a, SendDatagram)]
-    assert len(sent) == 1 and sent[0].data[0] == MESSAGE_INITIATION
-    assert sent[0].endpoint == ("192.0.2.1", 51821)
-    # an unchanged peer set does not start another one
-    be.upsert(PeerConfig(pk, b"j" * 32, ("192.0.2.1", 51821), nets, 25))
-    assert not [a for a in dev.tick(100.5, 1.7e9) if isinstance(a, SendDatagram)]
+    for own, other, delay in ((low, high, 0.0), (high, low, INITIAL_KEEPALIVE_DELAY)):
+        dev = Device(SeededRng(4), own)
+        dev.tick(100.0, 1.7e9)
+        be = DeviceBackend(dev)
+        be.upsert(PeerConfig(other.public_key.raw, b"j" * 32, ("192.0.2.1", 51821), nets, 25))
+        due = dev.next_deadline()
+        assert due is not None and due <= 100.0 + delay
+        if delay:
+            assert not _initiations(dev.tick(100.0 + delay / 2, 1.7e9))
+        sent = _initiations(dev.tick(100.0 + delay, 1.7e9))
+        assert len(sent) == 1 and sent[0].endpoint == ("192.0.2.1", 51821)
+        # an unchanged peer set does not start another one
+        be.upsert(PeerConfig(other.public_key.raw, b"j" * 32, ("192.0.2.1", 51821), nets, 25))
+        assert not _initiations(dev.tick(100.5 + delay, 1.7e9))

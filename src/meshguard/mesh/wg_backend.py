@@ -8,6 +8,8 @@ from meshguard.crypto.keys import X25519PublicKey
 from meshguard.mesh.node import Endpoint, PeerConfig
 from meshguard.wireguard.device import Device
 
+INITIAL_KEEPALIVE_DELAY = 2.0  # seconds (see DeviceBackend.upsert)
+
 
 @dataclass
 class DeviceBackend:
@@ -23,11 +25,14 @@ class DeviceBackend:
         was = p.persistent_keepalive
         p.persistent_keepalive = peer.keepalive
         if peer.keepalive > 0 and was == 0:
-            # Switched on: a keepalive at the next tick (a handshake, with no session yet), as
-            # wireguard-go and the kernel do, so NAT mappings open before any traffic.
-            p.timers.persistent_keepalive = float("-inf")
-            if p.timers.bound is not None:
-                p.timers.bound.lower(float("-inf"))
+            # Switched on: a keepalive (a handshake, with no session yet), as wireguard-go and
+            # the kernel do, so NAT mappings open and a restarted peer is re-keyed before any
+            # traffic. Two members usually configure each other at the same moment: the lower
+            # WireGuard key goes first, the other a little later (by then it has a session and
+            # sends a plain keepalive), so the two initiations do not cross.
+            own = self.device.public_key
+            first = own is None or own.raw < peer.wg_key
+            self.device.keepalive_soon(p, 0.0 if first else INITIAL_KEEPALIVE_DELAY)
         self.device.set_allowed_ips(p, peer.allowed_ips, replace=True)
 
     def remove(self, wg_key: bytes) -> None:

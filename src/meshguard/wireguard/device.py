@@ -273,6 +273,7 @@ class Device:
         self._static_static_map: dict[bytes, bytes] = {}
         self._retired_timestamps: dict[bytes, bytes] = {}  # public key -> greatest TAI64N
         self._wall_offset: float | None = None
+        self._ticked = float("-inf")  # `now` of the last tick
         self._bound = DeadlineBound()
         self.set_private_key(private_key)
 
@@ -578,6 +579,14 @@ class Device:
         """Send an empty transport message now (or start a handshake if there are no keys)."""
         self._wall_offset = wall - now
         return self._keepalive(now, peer)
+
+    def keepalive_soon(self, peer: Peer, delay: float) -> None:
+        """Send a keepalive (a handshake, with no session) `delay` seconds after the last tick:
+        what switching persistent keepalive on does, without the caller knowing the time."""
+        t = peer.timers
+        t.persistent_keepalive = d = self._ticked + delay
+        if t.bound is not None:
+            t.bound.lower(d)
 
     def initiate_handshake(self, now: float, wall: float, peer: Peer) -> list[Action]:
         """Start a handshake now (subject to the one-per-REKEY_TIMEOUT rate limit)."""
@@ -962,6 +971,7 @@ class Device:
     def tick(self, now: float, wall: float) -> list[Action]:
         """Run every timer that is due (paper section 6)."""
         self._wall_offset = wall - now
+        self._ticked = now
         actions: list[Action] = []
         for peer in list(self._peers.values()):
             for timer in peer.timers.expired(now):
