@@ -427,17 +427,20 @@ class Engine:
 
     # --- TUN -> UDP -------------------------------------------------------------------------
 
+    def _drain_limit(self, last: float) -> tuple[int, float]:
+        """How many reads this wake-up may take, and the new time of the last wake-up: one
+        after a quiet gap (sparse traffic, lazy_drain), else a whole batch."""
+        if not self.lazy_drain:
+            return self.batch, last
+        now = _monotonic()
+        return (1 if now - last > QUIET_GAP else self.batch), now
+
     def _tun_readable(self) -> None:
         reads: list[bytes] = []
         read = os.read
         fd = self.tun_fd
         size = TUN_READ_SIZE + VNET_HDR_LEN if self.vnet else TUN_READ_SIZE
-        limit = self.batch
-        if self.lazy_drain:
-            now = _monotonic()
-            if now - self._tun_last > QUIET_GAP:
-                limit = 1
-            self._tun_last = now
+        limit, self._tun_last = self._drain_limit(self._tun_last)
         for _ in range(limit):
             try:
                 reads.append(read(fd, size))
@@ -670,12 +673,7 @@ class Engine:
         mv = self._rmv
         endpoints = self._ep_cache
         n_reads = 0
-        limit = self.batch
-        if self.lazy_drain:
-            now = _monotonic()
-            if now - self._udp_last > QUIET_GAP:
-                limit = 1
-            self._udp_last = now
+        limit, self._udp_last = self._drain_limit(self._udp_last)
         for _ in range(limit):
             try:
                 n, anc, flags, addr = recv(bufs, _GRO_ANC)
@@ -731,12 +729,7 @@ class Engine:
     def _udp_readable_batch(self, sock: socket.socket) -> None:
         """The C reader: recvmmsg batches with the handshake guard applied in C."""
         st = self.stats
-        limit = self.batch
-        if self.lazy_drain:
-            now = _monotonic()
-            if now - self._udp_last > QUIET_GAP:
-                limit = 1
-            self._udp_last = now
+        limit, self._udp_last = self._drain_limit(self._udp_last)
         rx = _Receive(self)
         guard = getattr(self.device, "guard", None)
         if type(guard) is not _CGuard:
