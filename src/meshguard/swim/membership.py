@@ -71,6 +71,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meshguard.crypto.hashes import equal as _equal
 from meshguard.crypto.hashes import mac as _mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.errors import MeshguardError, WireFormatError
@@ -190,11 +191,6 @@ class Member:
         self.sync_out = -1
         self.sync_budget = 0  # records it may still ask for under sync_in
         self.heard = False  # an authenticated packet from it arrived (it knows our record)
-
-
-def _mac_equal(a: bytes, b: bytes) -> bool:
-    # No early exit on the first differing byte.
-    return len(a) == len(b) and (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")) == 0
 
 
 class Membership:
@@ -622,7 +618,7 @@ class Membership:
 
     def _mac_ok(self, m: Member, data: bytes, tag: bytes) -> bool:
         key = self._pair_key(m)
-        if key is None or not _mac_equal(_mac(key, data[:-MAC_LEN]), tag):
+        if key is None or not _equal(_mac(key, data[:-MAC_LEN]), tag):
             self.stats["bad_mac"] += 1
             return False
         return True
@@ -663,7 +659,7 @@ class Membership:
         if m is None and not self._admit(sender, rec.certificate):
             return None
         key = self._cache.pair_key(self._wg, self._id, rec.wg_public, sender)
-        if key is None or not _mac_equal(_mac(key, data[:-MAC_LEN]), tag):
+        if key is None or not _equal(_mac(key, data[:-MAC_LEN]), tag):
             self.stats["bad_mac"] += 1
             return None
         self._apply_record(now, raw, out, rebroadcast=True)
