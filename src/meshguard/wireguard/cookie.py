@@ -23,6 +23,7 @@ from collections.abc import Hashable
 
 from meshguard.crypto.aead import xchacha20poly1305_open, xchacha20poly1305_seal
 from meshguard.crypto.hashes import blake2s, mac
+from meshguard.crypto.hashes import equal as _equal
 from meshguard.errors import CryptoError
 from meshguard.rng import Rng
 from meshguard.wire.wireguard import COOKIE_NONCE_LEN, MAC_LEN, CookieReply
@@ -416,13 +417,3 @@ class CookieGenerator:
         self._cookie = cookie
         self._cookie_time = now
         return True
-
-
-def _equal(a: bytes, b: bytes) -> bool:
-    """Constant-time comparison (without importing hmac outside crypto/)."""
-    if len(a) != len(b):
-        return False
-    diff = 0
-    for x, y in zip(a, b, strict=True):
-        diff |= x ^ y
-    return diff == 0
