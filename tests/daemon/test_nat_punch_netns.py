@@ -11,9 +11,13 @@ The NAT rules are those of the NAT lab guide (NAT-LAB.md "Base ruleset", type `c
 endpoint-independent, port-preserving mapping; address-and-port-dependent filtering, and
 unsolicited inbound packets dropped in INPUT so they leave no conntrack state.
 
-A and B learn their public mappings through STUN, gossip them through S, find that WireGuard
-gets no handshake through, and ask S (the public member) to mediate a hole punch. The test
-ends when both have a direct tunnel and ping each other over mesh addresses. With A behind a
+A and B learn their public mappings through STUN and gossip them through S. Both initiate a
+WireGuard handshake to the other's mapping as soon as the tunnel is configured (the lower key
+2 s before the other), so the first initiation opens its sender's NAT and the second one gets
+through: the handshakes are their own hole punch. Where they do not get through in time, A or
+B asks S (the public member) to mediate a hole punch (the punch protocol itself is tested in
+`tests/nat/`). The test ends when both have a direct tunnel to the other's public mapping,
+nothing went through S, and they ping each other over mesh addresses. With A behind a
 symmetric NAT (`masquerade random`) the punch fails and A and B relay through S instead.
 """
 
@@ -143,8 +147,15 @@ def test_two_cone_nats_punch_a_direct_tunnel(tmp_path: Path) -> None:
         assert ma["endpoint"].startswith("203.0.113.22:"), ma
         assert mb["endpoint"].startswith("203.0.113.21:"), mb
         ca, cb, cs = (x.status()["counters"] for x in (a, b, s))
-        assert ca.get("punch_succeeded", 0) + cb.get("punch_succeeded", 0) >= 1, (ca, cb)
-        assert cs.get("punch_forwarded", 0) >= 2, cs
+        # Both ends initiate to the other's STUN mapping as soon as the tunnel is configured,
+        # so the crossing handshakes usually open both NATs before a punch is due. A punch,
+        # when one was asked for, went through the seed and succeeded; nothing was relayed.
+        asked = ca.get("punch_requests_sent", 0) + cb.get("punch_requests_sent", 0)
+        if asked:
+            assert ca.get("punch_succeeded", 0) + cb.get("punch_succeeded", 0) >= 1, (ca, cb)
+            assert cs.get("punch_forwarded", 0) >= 2, cs
+        assert cs.get("relay_forwarded", 0) == 0, cs
+        assert ca.get("relay_tx", 0) == 0 and cb.get("relay_tx", 0) == 0, (ca, cb)
         assert cs.get("punch_requests_sent", 0) == 0  # the public seed never needs to ask
 
 
