@@ -1,18 +1,14 @@
-"""Actions returned by the sans-IO WireGuard device (contracts.md section 2)."""
+"""Actions returned by the sans-IO WireGuard device (docs/architecture.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from meshguard.crypto.keys import X25519PublicKey
+from meshguard.sansio import Endpoint, SendDatagram
 
-Endpoint = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class SendDatagram:
-    data: bytes
-    endpoint: Endpoint
+__all__ = ["Action", "Endpoint", "HandshakeCompleted", "HandshakeGaveUp", "PeerKeysExpired",
+           "SendDatagram", "WriteTun"]
 
 
 @dataclass(frozen=True, slots=True)
