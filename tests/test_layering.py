@@ -1,4 +1,4 @@
-"""The layering of ARCHITECTURE.md: protocol cores never do I/O, and imports point down only."""
+"""The layering (docs/architecture.md#layers): cores never do I/O, and imports point down only."""
 
 from __future__ import annotations
 

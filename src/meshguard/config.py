@@ -1,4 +1,4 @@
-"""Where meshguard keeps its files (SPEC-NOTES section 1).
+"""Where meshguard keeps its files (docs/compatibility.md#the-config-dir).
 
 The config dir is the first match of: `$MESHGUARD_CONFIG_DIR`; `/etc/meshguard` when running
 as root; `$XDG_CONFIG_HOME/meshguard`; `~/.config/meshguard`. Empty variables count as unset.

@@ -7,7 +7,7 @@ Topology (every name carries a random suffix; everything is removed at the end):
       ├─ natA  203.0.113.21   nftables masquerade, INPUT drop ── hostA 192.168.10.2 (node A)
       └─ natB  203.0.113.22   nftables masquerade, INPUT drop ── hostB 192.168.20.2 (node B)
 
-The NAT rules are those of the NAT lab guide (NAT-LAB.md "Base ruleset", type `cone`):
+The NAT rules are those of the NAT lab guide (docs/nat-testbed.md#base-ruleset, type `cone`):
 endpoint-independent, port-preserving mapping; address-and-port-dependent filtering, and
 unsolicited inbound packets dropped in INPUT so they leave no conntrack state.
 

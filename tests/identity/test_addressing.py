@@ -1,4 +1,4 @@
-"""Deterministic mesh addresses, org domains and names (SPEC-NOTES section 2)."""
+"""Deterministic mesh addresses, org domains and names (docs/compatibility.md)."""
 
 from __future__ import annotations
 

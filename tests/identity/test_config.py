@@ -1,4 +1,4 @@
-"""Config dir resolution, first match wins (SPEC-NOTES section 1)."""
+"""Config dir resolution, first match wins (docs/compatibility.md#the-config-dir)."""
 
 from __future__ import annotations
 

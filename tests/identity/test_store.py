@@ -1,4 +1,4 @@
-"""Key files byte for byte (SPEC-NOTES 1), atomic writes, typed load errors."""
+"""Key files byte for byte (docs/compatibility.md), atomic writes, typed load errors."""
 
 from __future__ import annotations
 

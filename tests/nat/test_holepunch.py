@@ -1,6 +1,6 @@
 """Hole punching: the codec, and the sans-IO core in a simulated network with NAT routers.
 
-The simulated NATs follow the Linux behaviour measured in the NAT lab (NAT-LAB.md): a cone NAT
+The simulated NATs follow Linux behaviour measured in a NAT lab (docs/nat-testbed.md): a cone NAT
 maps an inner endpoint to one public port for every destination (endpoint-independent mapping),
 a symmetric NAT gives every destination a new port; both filter inbound packets by address and
 port (only a remote endpoint the inner host has sent to may answer).

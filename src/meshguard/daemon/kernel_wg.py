@@ -11,7 +11,7 @@
 Port design (interop between kernel and userspace nodes): the kernel device owns its UDP listen
 port, so the daemon cannot also receive gossip there. Every node therefore advertises *two*
 endpoints in its signed gossip record: its WireGuard endpoint and its gossip endpoint. A
-userspace node uses one port for both (WireGuard and gossip are demultiplexed, SPEC-NOTES 4); a
+userspace node uses one port for both (WireGuard and gossip demultiplexed, docs/wire-format.md); a
 kernel node listens for WireGuard on `port` and for gossip on `port + 1`
 (`gossip_port_for(mode, port)`). Peers always send WireGuard to the member's WireGuard endpoint
 and gossip to its gossip endpoint, so either kind of node talks to either kind. Seeds are given

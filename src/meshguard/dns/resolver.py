@@ -3,8 +3,8 @@
 Names (all lowercase, under the `mesh` top-level domain; see mesh/node.py `dns_names`):
 
   <node>.<org-hex6>.mesh   a member admitted by an org certificate: the certificate's node name
-                           and the org domain (SPEC-NOTES 2); the org signed the name, so every
-                           member that trusts the org serves the same name for the same key
+                           and the org domain (docs/compatibility.md); the org signed the name, so
+                           every member trusting the org serves the same name for the same key
   <node>.<alias>.mesh      the same member when the org announced an alias (OrgAliasAnnounce)
   <name>.mesh              a member admitted by an authorized key: the file name of
                            authorized_keys/<name>.pub on *this* node (a local nickname, as in

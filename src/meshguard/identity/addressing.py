@@ -1,4 +1,4 @@
-"""Deterministic mesh addresses and org domains (SPEC-NOTES section 2).
+"""Deterministic mesh addresses and org domains (docs/compatibility.md#mesh-addresses-and-names).
 
     h = BLAKE3-256(ed25519_public_key)
     IPv4 = 10.99.h[0].h[1], with x = 0 -> 1, y = 0 -> 1, y = 255 -> 254     (prefix /16)

@@ -1,4 +1,4 @@
-"""NodeCertificate: an org's Ed25519 signature over a node's identity and name (SPEC-NOTES 3).
+"""NodeCertificate: an org's signature over a node's identity and name (docs/compatibility.md).
 
 Version 1, 186 bytes, little-endian:
 

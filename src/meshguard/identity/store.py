@@ -1,4 +1,4 @@
-"""The config dir on disk (SPEC-NOTES section 1): key files, certificates, atomic writes.
+"""The config dir on disk (docs/compatibility.md#the-config-dir): key files, certificates, writes.
 
     identity.key      base64(seed(32) || public(32)) + "\\n", mode 0600
     identity.pub      base64(public(32)) + "\\n"

@@ -1,4 +1,4 @@
-"""Classify a datagram arriving on the mesh's single UDP port (SPEC-NOTES 4).
+"""Classify a datagram arriving on the mesh's single UDP port (docs/wire-format.md#the-demux-rule).
 
 Order of checks (cheapest first, no allocation):
 1. the first four bytes as a little-endian u32 in 1..4 -> WireGuard (initiation, response,
@@ -25,8 +25,8 @@ from meshguard.wire.gossip import GOSSIP_TYPES as SWIM_TYPES
 
 STUN_MAGIC = b"\x21\x12\xa4\x42"
 
-# NAT and org messages (SPEC-NOTES 4): RelayData, HolepunchRequest/Response, OrgAliasAnnounce,
-# OrgCertRevoke
+# NAT and org messages (docs/wire-format.md#message-types): RelayData, HolepunchRequest/Response,
+# OrgAliasAnnounce, OrgCertRevoke
 NAT_ORG_TYPES = frozenset({0x31, 0x33, 0x34, 0x41, 0x42})
 # every SWIM type wire/gossip.py defines (new ones are picked up automatically) plus the above
 GOSSIP_TYPES = SWIM_TYPES | NAT_ORG_TYPES

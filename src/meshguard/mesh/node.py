@@ -1,6 +1,6 @@
 """MeshNode: the sans-IO composition of one mesh member.
 
-One UDP port carries everything (SPEC-NOTES 4). `MeshNode.receive_datagram` classifies each
+One UDP port carries everything (docs/wire-format.md). `MeshNode.receive_datagram` classifies each
 datagram (mesh/demux.py) and hands it to the WireGuard device, the SWIM membership or the STUN
 client; garbage is counted (`counters["garbage_dropped"]`) and dropped.
 

@@ -1,8 +1,8 @@
 """Org revocations and aliases that spread through the mesh and persist (sans-IO).
 
 The original meshguard kept revocations in memory on receivers and never sent aliases
-(SPEC-NOTES 5). Here an org admin signs an `OrgCertRevoke` ("org O no longer vouches for node
-N", wire/org.py) with the org key; the signed item then travels from member to member:
+(docs/compatibility.md). Here an org admin signs an `OrgCertRevoke` ("org O no longer vouches for
+node N", wire/org.py) with the org key; the signed item then travels from member to member:
 
 * **members only, cheap checks first**: every packet carries the sender's WireGuard key and a
   keyed-BLAKE2s MAC under a key the two members share (BLAKE2s(LINK_LABEL, X25519 of their

@@ -41,7 +41,7 @@ class AdmissionResult(Protocol):
 
 
 class AdmissionPolicy(Protocol):
-    """What the identity layer answers (contracts.md item 1; TrustStore fits)."""
+    """What the identity layer answers (docs/architecture.md#seams; TrustStore fits)."""
 
     def admit(
         self, node_key: bytes, certificate: bytes | None, now_wall: float

@@ -7,7 +7,7 @@ STUN (bytes 4..8 == 0x2112A442). Integers are little-endian; every field has a f
 every variable part is count-prefixed and bounded. No packet exceeds MAX_PACKET (1280 bytes, the
 IPv6 minimum MTU, so gossip never fragments).
 
-Packets (type numbers keep SPEC-NOTES section 4; new ones take numbers above 0x04):
+Packets (type numbers keep the original's, docs/wire-format.md; new ones take numbers above 0x04):
 
   authenticated (sender key after the header, 16-byte MAC at the end, over everything before):
     0x01 Ping      sender(32) seq(u32) piggyback

@@ -1,6 +1,6 @@
 """Binary codec for the hole-punching messages (no state, no crypto).
 
-Both types keep the numbers of SPEC-NOTES section 4 and the gossip header (type, b"MG",
+Both types keep the original's numbers (docs/wire-format.md) and the gossip header (type, b"MG",
 version, 0), so the demultiplexer sends them to the mesh layer:
 
     0x33 HolepunchRequest   stage 0: "please punch with me"  (origin -> rendezvous -> target)

@@ -203,7 +203,7 @@ def message_type(data: bytes) -> int:
 
 
 def is_wireguard(data: bytes) -> bool:
-    """Demux rule (SPEC-NOTES 4): a little-endian u32 of 1..4 in the first four bytes."""
+    """Demux rule (docs/wire-format.md): a little-endian u32 of 1..4 in the first four bytes."""
     return 1 <= message_type(data) <= 4
 
 

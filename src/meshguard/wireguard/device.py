@@ -1,4 +1,4 @@
-"""The multi-peer WireGuard device: a sans-IO core (contracts.md section 2).
+"""The multi-peer WireGuard device: a sans-IO core (docs/architecture.md#the-sans-io-contract).
 
 Nothing here does I/O. Every entry point takes `now` (monotonic seconds) and, where a TAI64N
 timestamp may be needed, `wall` (unix seconds); randomness comes from the injected Rng.
@@ -189,7 +189,7 @@ class HandshakeState(Enum):
 
 @dataclass(eq=False)
 class Peer:
-    """One configured peer. Public fields are configuration and statistics (contracts.md)."""
+    """One configured peer. Public fields: configuration and statistics (docs/architecture.md)."""
 
     public_key: X25519PublicKey
     preshared_key: bytes = NO_PSK
