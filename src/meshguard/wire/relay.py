@@ -1,4 +1,4 @@
-"""Binary codec for RelayData (0x31, docs/wire-format.md#relaydata): one hop of a relayed datagram.
+"""Binary codec for RelayData (0x31, docs/wire-format.md): one hop of a relayed datagram.
 
     type(0x31) b"MG" version(u8) 0(u8) hop(32) origin(32) target(32) counter(u64)
     payload tag(16) mac(16)
