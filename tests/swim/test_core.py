@@ -69,6 +69,21 @@ def test_suspicion_shrinks_with_confirmations_to_the_minimum() -> None:
     assert s.timeout() == 10.0
 
 
+def test_confirmations_beyond_k_neither_shrink_the_timeout_nor_are_stored() -> None:
+    k = 2
+    s = Suspicion(100.0, 3, b"x", min_t=10.0, max_t=60.0, k=k)
+    news = [s.confirm(bytes([i])) for i in range(k + 5)]
+    assert news == [True] * k + [False] * 5
+    assert s.timeout() == 10.0
+    assert len(s.accusers) - 1 <= k  # the first accuser plus at most k confirmers
+
+
+def test_no_confirmations_are_stored_when_k_is_zero() -> None:
+    s = Suspicion(0.0, 1, b"x", min_t=4.0, max_t=24.0, k=0)
+    assert not s.confirm(b"y")
+    assert s.accusers == {b"x"} and s.timeout() == 4.0
+
+
 def test_config_formulas_scale_with_log_n() -> None:
     c = SwimConfig()
     assert c.retransmit_limit(9) == 4 and c.retransmit_limit(1000) == 16

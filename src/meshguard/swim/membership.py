@@ -454,11 +454,11 @@ class Membership:
                     # Our own failed probe confirms someone else's suspicion (Lifeguard): the
                     # timeout shrinks here, and our signed confirmation shrinks it elsewhere.
                     self.stats["probe_failed"] += 1
-                    self.stats["confirmed"] += 1
-                    acc = sign_accusation(self._key, False, m.key, m.suspicion.incarnation)
-                    m.suspicion.confirm(self._id)
-                    self._push_suspicion(m)
-                    self._queue.put(m.key, encode_accusation(acc))
+                    if m.suspicion.confirm(self._id):
+                        self.stats["confirmed"] += 1
+                        acc = sign_accusation(self._key, False, m.key, m.suspicion.incarnation)
+                        self._push_suspicion(m)
+                        self._queue.put(m.key, encode_accusation(acc))
             self._probe_acked = True
             self._start_probe(now, out)
             self._next_probe = now + cfg.probe_interval * (1 + self._lhm)
@@ -1031,18 +1031,20 @@ class Membership:
         entry: Entry = (TAG_DEAD if dead else TAG_SUSPECT, raw)
         s = m.suspicion
         if m.state == SUSPECT and s is not None:
-            if accuser in s.accusers and (not dead or accuser in s.dead):
+            if accuser in (s.dead if dead else s.accusers):
                 return
             if not self._cache.accusation_valid(dead, raw):
                 self.stats["bad_signature"] += 1
                 return
-            s.confirm(accuser)
+            new = s.confirm(accuser)
             if dead:
                 s.dead.add(accuser)
                 if len(s.dead) >= self.config.dead_quorum:
                     self.stats["dead_by_quorum"] += 1
                     self._set_accused(now, m, True, inc, accuser, entry, out)
                     return
+            elif not new:
+                return  # beyond k confirmations: the timeout cannot shrink, nothing to spread
             self._push_suspicion(m)
             self._queue.put(subject, entry)
             return

@@ -3,6 +3,10 @@
 A suspicion starts with timeout `max_t`; each independent confirmation (a Suspect notice for the
 same incarnation from another accuser) shrinks it on a log curve towards `min_t`, reached after
 `k` confirmations:  timeout(c) = max(min_t, max_t - (max_t - min_t) * log(c + 1) / log(k + 1)).
+
+Confirmations are counted up to `k` (Lifeguard's cap): a further one can shrink nothing, so it
+is neither stored (a suspicion holds at most k + 1 accusers, whatever the mesh size) nor worth
+spreading again.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ class Suspicion:
         self.dead: set[bytes] = set()  # accusers who have declared the subject dead
 
     def confirm(self, accuser: bytes) -> bool:
-        """Count an independent confirmation; True if it was new (the deadline moved)."""
-        if accuser in self.accusers:
+        """Count an independent confirmation; True if it was new and under the cap of `k`
+        (the deadline moved)."""
+        if accuser in self.accusers or len(self.accusers) > self.k:
             return False
         self.accusers.add(accuser)
         return True
