@@ -39,7 +39,7 @@ def test_a_restarted_node_refuses_records_below_its_saved_marks(tmp_path: Path) 
     c = SwimCluster(4, 3)
     c.start(join_window=0.5)
     c.run_until_true(lambda: c.converged(range(4)), limit=60)
-    old = c.nodes[2]._raw
+    old = c.nodes[2].raw_record
     old_wg = c.wg_keys[2]
     c.nodes[2].update_self(c.net.now, wg_key=X25519PrivateKey.generate(b"\x31" * 32))
     c.run_until_true(
@@ -56,11 +56,11 @@ def test_a_restarted_node_refuses_records_below_its_saved_marks(tmp_path: Path) 
     key = c.cache.pair_key(old_wg, c.ids[2], c.wg_keys[0].public_key.raw, c.ids[0])
     assert key is not None
     body = g.encode_body(g.Packet(g.PING, c.ids[2], 5, entries=((g.TAG_RECORD, old),)))
-    fresh.receive(now, body + mac(key, body), c.eps[2])
+    fresh.receive(now, now, body + mac(key, body), c.eps[2])
     assert fresh.state_of(c.ids[2]) is None
     assert fresh.stats["stale_record"] == 1
     # without the marks the same replay is accepted: that is what the file is for
     naive = Membership(c.id_keys[0], c.wg_keys[0], [c.eps[0]], c.admission, SeededRng(5),
                        cache=c.cache, incarnation=int(now * 1000) + 1, now=now)
-    naive.receive(now, body + mac(key, body), c.eps[2])
+    naive.receive(now, now, body + mac(key, body), c.eps[2])
     assert naive.state_of(c.ids[2]) == "alive"

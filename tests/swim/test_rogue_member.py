@@ -105,7 +105,7 @@ def test_a_record_claiming_another_members_wireguard_key_is_refused(
     )
     # as a hello (its own record first) and as gossip relayed among other entries
     c.gossip_from(ROGUE, ((g.TAG_RECORD, raw),))
-    c.gossip_from(ROGUE, ((g.TAG_RECORD, c.nodes[VICTIM]._raw), (g.TAG_RECORD, raw)))
+    c.gossip_from(ROGUE, ((g.TAG_RECORD, c.nodes[VICTIM].raw_record), (g.TAG_RECORD, raw)))
     c.net.run_for(1)
     for i in range(N):
         if i == ROGUE:
@@ -177,7 +177,8 @@ def test_an_old_record_with_a_rotated_key_is_refused_by_a_fresh_node(
     cluster: SwimCluster,
 ) -> None:
     c = cluster
-    old = c.nodes[ROGUE]._raw  # the record carrying the WireGuard key about to be rotated away
+    # the record carrying the WireGuard key about to be rotated away
+    old = c.nodes[ROGUE].raw_record
     old_wg = c.wg_keys[ROGUE]
     c.net.run_for(5)
     new_wg = X25519PrivateKey.generate(b"\x51" * 32)
@@ -189,14 +190,14 @@ def test_an_old_record_with_a_rotated_key_is_refused_by_a_fresh_node(
     key = c.cache.pair_key(old_wg, c.ids[ROGUE], c.wg_keys[0].public_key.raw, c.ids[0])
     assert key is not None
     body = g.encode_body(g.Packet(g.PING, c.ids[ROGUE], 5, entries=((g.TAG_RECORD, old),)))
-    fresh.receive(now, body + mac(key, body), c.eps[ROGUE])
+    fresh.receive(now, now, body + mac(key, body), c.eps[ROGUE])
     assert fresh.state_of(c.ids[ROGUE]) is None
     assert fresh.stats["record_too_old"] == 1
 
 
 def test_a_reaped_members_old_record_is_not_accepted_again(cluster: SwimCluster) -> None:
     c = cluster
-    old = c.nodes[VICTIM]._raw
+    old = c.nodes[VICTIM].raw_record
     c.nodes[VICTIM].update_self(c.net.now, endpoints=[c.eps[VICTIM], ("10.9.9.9", 9)])
     c.net.run_for(5)
     c.crash(VICTIM)

@@ -81,13 +81,15 @@ def test_non_member_join_hello_and_gossip_are_dropped(cluster: SwimCluster) -> N
     for r in range(N):
         c.net.inject(g.encode_packet(join), ATTACKER_EP, c.eps[r])
     # a "hello" ping carrying its own record, MACed correctly under the pair key
+    att_wg = X25519PrivateKey.generate(b"\x67" * 32)  # the attacker's key (see _attacker)
     for r in range(N):
-        key = c.cache.pair_key(att._wg, att.identity, c.wg_keys[r].public_key.raw, c.ids[r])
+        key = c.cache.pair_key(att_wg, att.identity, c.wg_keys[r].public_key.raw, c.ids[r])
         assert key is not None
-        body = g.encode_body(g.Packet(g.PING, att.identity, 5, entries=((g.TAG_RECORD, att._raw),)))
+        hello = ((g.TAG_RECORD, att.raw_record),)
+        body = g.encode_body(g.Packet(g.PING, att.identity, 5, entries=hello))
         c.net.inject(body + mac(key, body), ATTACKER_EP, c.eps[r])
     # and its record gossiped by a real member
-    _deliver(c, 2, ((g.TAG_RECORD, att._raw),))
+    _deliver(c, 2, ((g.TAG_RECORD, att.raw_record),))
     c.net.run_for(5)
     assert all(n.state_of(att.identity) is None for n in c.nodes), f"seed {SEED}"
     assert views(c) == before, f"seed {SEED}"
@@ -104,7 +106,7 @@ def test_non_member_join_hello_and_gossip_are_dropped(cluster: SwimCluster) -> N
 def test_replayed_old_incarnation_loses(cluster: SwimCluster) -> None:
     c = cluster
     subject = 4
-    old_raw = c.nodes[subject]._raw
+    old_raw = c.nodes[subject].raw_record
     captured: list[tuple[bytes, g.Endpoint, g.Endpoint]] = []
 
     def tap(src: g.Endpoint, dst: g.Endpoint, data: bytes) -> bool:

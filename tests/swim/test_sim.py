@@ -112,7 +112,7 @@ def test_withdrawn_admission_drops_member_and_keeps_it_out() -> None:
     c.admission.keys.discard(c.ids[5])
     for i in range(n):
         if i != 5:
-            c.net._perform(c.eps[i], c.nodes[i].reevaluate_admission(c.net.now))
+            c.net._perform(c.eps[i], c.nodes[i].reevaluate_admission(c.net.now, c.net.now))
     c.net.run_for(60.0)  # node 5 keeps probing, gossiping and re-joining
     for i in range(n):
         if i != 5:

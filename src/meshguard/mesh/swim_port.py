@@ -1,7 +1,8 @@
 """Adapter from the SWIM `Membership` core (swim/membership.py) to MeshNode's MembershipPort.
 
-It turns SWIM's `Send` actions into the WireGuard device's `SendDatagram` (so the data-plane
-engine executes both alike), keeps a view of every member including dead and left ones (for
+SWIM and the WireGuard device send the same `sansio.SendDatagram` (so the data-plane engine
+executes both alike); the adapter passes SWIM's datagrams on, turns its membership events into
+member views, keeps a view of every member including dead and left ones (for
 `status`; the core itself forgets them), and emits `Joined` once the core has joined.
 
 WireGuard endpoint vs gossip endpoint. A signed record lists *gossip* endpoints (SWIM sends to
@@ -18,22 +19,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
-from meshguard.mesh.node import Endpoint, Joined, MemberView
+from meshguard.mesh.node import Joined, MemberView
 from meshguard.rng import Rng
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.swim.config import DEFAULT_CONFIG, SwimConfig
-from meshguard.swim.membership import (
-    MemberDown,
-    Membership,
-    MemberUp,
-    MemberUpdated,
-    Send,
-)
+from meshguard.swim.membership import Action, MemberDown, Membership, MemberUp, MemberUpdated
 from meshguard.swim.records import AdmissionPolicy
 from meshguard.wire.gossip import NodeRecord
-from meshguard.wireguard.actions import SendDatagram
+
+PortAction = SendDatagram | Joined
+"""What the port hands the node: SWIM's datagrams, and Joined once."""
 
 NAT_SPLIT_PORT = 0x80
 NAT_TYPE_MASK = 0x7F
@@ -73,13 +70,13 @@ class SwimPort:
 
     # MembershipPort ----------------------------------------------------------------------
 
-    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Any]:
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Action]:
         self._now = now
-        return self.core.receive(now, data, src, wall)
+        return self.core.receive(now, wall, data, src)
 
-    def tick(self, now: float, wall: float) -> list[Any]:
+    def tick(self, now: float, wall: float) -> list[Action]:
         self._now = now
-        out: list[Any] = self.core.tick(now, wall)
+        out = self.core.tick(now, wall)
         for k, t in list(self._gone_at.items()):
             if now - t > DEAD_KEEP:
                 del self._gone_at[k]
@@ -89,12 +86,12 @@ class SwimPort:
     def next_deadline(self) -> float | None:
         return self.core.next_deadline()
 
-    def leave(self, now: float, wall: float) -> list[Any]:
+    def leave(self, now: float, wall: float) -> list[Action]:
         return self.core.leave(now)
 
     def members(self) -> Iterable[MemberView]:
         # refresh live states (alive <-> suspect changes raise no event)
-        out = []
+        out: list[MemberView] = []
         for k, v in self._views.items():
             st = self.core.state_of(k)
             if st is not None and st != v.state and v.state not in ("dead", "left"):
@@ -103,12 +100,12 @@ class SwimPort:
             out.append(v)
         return out
 
-    def absorb(self, actions: Sequence[Any]) -> tuple[list[Any], bool]:
-        out: list[Any] = []
+    def absorb(self, actions: Sequence[Action]) -> tuple[list[PortAction], bool]:
+        out: list[PortAction] = []
         changed = False
         for a in actions:
-            if isinstance(a, Send):
-                out.append(SendDatagram(a.data, a.endpoint))
+            if isinstance(a, SendDatagram):
+                out.append(a)
             elif isinstance(a, MemberUp | MemberUpdated):
                 rec = a.record
                 state = self.core.state_of(rec.identity) or "alive"
@@ -132,13 +129,14 @@ class SwimPort:
 
     # for the daemon ----------------------------------------------------------------------
 
-    def join_actions(self, seeds: Sequence[Endpoint], now: float, wall: float) -> list[Any]:
+    def join_actions(self, seeds: Sequence[Endpoint], now: float, wall: float
+                     ) -> list[PortAction]:
         self._now = now
         if not seeds:
             self._joined_reported = True  # nothing to join: the daemon is ready at once
         return self.absorb(self.core.join(seeds, now))[0]
 
-    def trust_changed(self, now: float, wall: float) -> list[Any]:
+    def trust_changed(self, now: float, wall: float) -> list[PortAction]:
         self._now = now
         return self.absorb(self.core.reevaluate_admission(now, wall))[0]
 

@@ -1,8 +1,9 @@
 """The sans-IO SWIM membership core.
 
-Feed it datagrams with `receive(now, data, src)` and call `tick(now)` at `next_deadline()`; it
-returns actions: `Send` (bytes to an endpoint) and membership events (`MemberUp`,
-`MemberUpdated`, `MemberDown`) carrying the member's verified, signed record.
+Feed it datagrams with `receive(now, wall, data, src)` and call `tick(now, wall)` at
+`next_deadline()` (the shape every sans-IO core shares, see sansio.py); it returns actions:
+`SendDatagram` and membership events (`MemberUp`, `MemberUpdated`, `MemberDown`) carrying the
+member's verified, signed record.
 
 Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017):
 - one probe per period, targets in randomized round-robin order (each round a fresh shuffle;
@@ -76,6 +77,7 @@ from meshguard.crypto.hashes import mac as _mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.errors import MeshguardError, WireFormatError
 from meshguard.rng import Rng
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.swim.broadcast import CRITICAL, NORMAL, URGENT, BroadcastQueue
 from meshguard.swim.config import DEFAULT_CONFIG, SwimConfig
 from meshguard.swim.records import (
@@ -107,7 +109,6 @@ from meshguard.wire.gossip import (
     TAG_DEAD,
     TAG_RECORD,
     TAG_SUSPECT,
-    Endpoint,
     Entry,
     NodeRecord,
     Packet,
@@ -136,12 +137,6 @@ class SwimUsageError(MeshguardError):
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True, slots=True)
 class MemberUp:
     record: NodeRecord
 
@@ -157,7 +152,7 @@ class MemberDown:
     reason: str  # "dead" | "left" | "untrusted"
 
 
-Action = Send | MemberUp | MemberUpdated | MemberDown
+Action = SendDatagram | MemberUp | MemberUpdated | MemberDown
 
 
 class Member:
@@ -289,6 +284,11 @@ class Membership:
         return self._record
 
     @property
+    def raw_record(self) -> bytes:
+        """Our signed record as it goes on the wire."""
+        return self._raw
+
+    @property
     def local_health(self) -> int:
         """Lifeguard's local health multiplier (0 = healthy, up to awareness_max)."""
         return self._lhm
@@ -383,9 +383,9 @@ class Membership:
                 m.heard = False  # our next packet to each carries the new record first
         self._bump(self._inc + 1)
 
-    def reevaluate_admission(self, now: float, wall: float | None = None) -> list[Action]:
+    def reevaluate_admission(self, now: float, wall: float) -> list[Action]:
         """Ask the admission policy again about every member; drop those no longer admitted."""
-        self._wall = wall if wall is not None else now
+        self._wall = wall
         self._rejected.clear()
         out: list[Action] = []
         for m in list(self._members.values()):
@@ -415,7 +415,7 @@ class Membership:
 
     # -- timers --------------------------------------------------------------------------------
 
-    def tick(self, now: float, wall: float | None = None) -> list[Action]:
+    def tick(self, now: float, wall: float) -> list[Action]:
         if self._left:
             return []
         self._set_wall(now, wall)
@@ -512,9 +512,7 @@ class Membership:
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def receive(
-        self, now: float, data: bytes, src: Endpoint, wall: float | None = None
-    ) -> list[Action]:
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Action]:
         """Handle one datagram. Garbage and forgeries are counted in `stats` and dropped."""
         t = peek_type(data)
         if t < 0:
@@ -794,7 +792,7 @@ class Membership:
                 for i in range(0, len(items), MAX_SUMMARY_ITEMS):
                     chunk = tuple(items[i : i + MAX_SUMMARY_ITEMS])
                     body = encode_body(Packet(SYNC_SUMMARY, self._id, p.seq, items=chunk), False)
-                    out.append(Send(body + _mac(key, body), src))
+                    out.append(SendDatagram(body + _mac(key, body), src))
         if p.flags & SYNC_FLAG_REPLY:
             self._send_sync_req(m, 0, out)
 
@@ -818,7 +816,7 @@ class Membership:
                 chunk.append(entries[i])
                 i += 1
             body = encode_body(Packet(SYNC_DATA, self._id, counter, entries=tuple(chunk)), False)
-            out.append(Send(body + _mac(key, body), dst))
+            out.append(SendDatagram(body + _mac(key, body), dst))
             sent += 1
 
     def _on_sync_summary(self, m: Member, p: Packet, src: Endpoint, out: list[Action]) -> None:
@@ -852,7 +850,7 @@ class Membership:
         for i in range(0, len(want), MAX_WANT_ITEMS):
             chunk = tuple(want[i : i + MAX_WANT_ITEMS])
             body = encode_body(Packet(SYNC_WANT, self._id, p.seq, items=chunk), False)
-            out.append(Send(body + _mac(key, body), src))
+            out.append(SendDatagram(body + _mac(key, body), src))
 
     def _on_sync_want(self, m: Member, p: Packet, src: Endpoint, out: list[Action]) -> None:
         if p.seq != m.sync_in or m.sync_budget <= 0:
@@ -1246,9 +1244,9 @@ class Membership:
         b = self._src_tokens.get(src[0])
         return b is not None and b[0] + (now - b[1]) * cfg.join_source_rate < 1.0
 
-    def _set_wall(self, now: float, wall: float | None) -> None:
-        self._wall = wall if wall is not None else now
-        self._wall_offset = self._wall - now
+    def _set_wall(self, now: float, wall: float) -> None:
+        self._wall = wall
+        self._wall_offset = wall - now
 
     def _refresh_due(self) -> float:
         """When (in `now` time) our record becomes record_refresh old."""
@@ -1315,7 +1313,7 @@ class Membership:
             body = encode_body(
                 Packet(t, self._id, pkt.seq, pkt.key, record=pkt.record, entries=keep), False
             )
-            out.append(Send(body + _mac(key, body), ep))
+            out.append(SendDatagram(body + _mac(key, body), ep))
             self.stats["bare_replies"] += 1
             return
         if not m.heard and t != JOIN_ACK and not self._left:
@@ -1344,7 +1342,7 @@ class Membership:
             Packet(t, self._id, pkt.seq, pkt.key, record=pkt.record, entries=tuple(entries)),
             False,
         )
-        out.append(Send(body + _mac(key, body), ep))
+        out.append(SendDatagram(body + _mac(key, body), ep))
 
     def _start_probe(self, now: float, out: list[Action]) -> None:
         target = None
@@ -1397,7 +1395,7 @@ class Membership:
             if len(self._join_nonces) < 256:
                 self._join_nonces[nonce] = now + 2 * self.config.join_retry_max
             body = encode_body(Packet(JOIN, seq=nonce, record=self._raw))
-            out.append(Send(body, ep))
+            out.append(SendDatagram(body, ep))
             self.stats["joins_sent"] += 1
 
     def _recontact(self, now: float, out: list[Action]) -> None:
@@ -1422,4 +1420,4 @@ class Membership:
         body = encode_body(
             Packet(SYNC_REQ, self._id, self._sync_ctr, digests=tuple(self._bdig), flags=flags)
         )
-        out.append(Send(body + _mac(key, body), ep))
+        out.append(SendDatagram(body + _mac(key, body), ep))

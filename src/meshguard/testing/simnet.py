@@ -6,33 +6,39 @@ latency plus per-packet jitter (which reorders packets), independent loss and du
 partitions split the endpoints into groups that cannot talk; nodes can crash (their packets and
 timers vanish) and restart as a fresh object.
 
-A simulated node is any object with `receive(now, data, src) -> list`, `tick(now) -> list` and
-`next_deadline() -> float | None`. Actions that have `data` and `endpoint` attributes are sent;
-any other action is handed to `on_event(now, endpoint, action)`.
+A simulated node is any sans-IO core (sansio.Core): `receive(now, wall, data, src)`,
+`tick(now, wall)` and `next_deadline()`. The simulated wall clock is the virtual time. A
+`SendDatagram` action is sent; any other action is handed to `on_event(now, endpoint, action)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-Endpoint = tuple[str, int]
+from meshguard.crypto.hashes import mac
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.sansio import Core, Endpoint, SendDatagram
+from meshguard.swim.config import SwimConfig
+from meshguard.swim.membership import MemberDown, Membership
+from meshguard.swim.records import CryptoCache
+from meshguard.testing.rng import SeededRng
+from meshguard.wire.gossip import PING, Entry, Packet, encode_body
 
 _DELIVER = 0
 _TIMER = 1
 _CALL = 2
 
 
-class SimNode(Protocol):
-    def receive(self, now: float, data: bytes, src: Endpoint) -> list[Any]: ...
+SimNode = Core[object]
 
-    def tick(self, now: float) -> list[Any]: ...
-
-    def next_deadline(self) -> float | None: ...
+# A heap event's payload: a datagram and its source (_DELIVER), a scripted call (_CALL), or
+# nothing (_TIMER).
+_Payload = tuple[bytes, Endpoint] | Callable[[], None] | None
 
 
 @dataclass
@@ -58,7 +64,7 @@ class SimNet:
         loss: float = 0.0,
         duplicate: float = 0.0,
         start: float = 0.0,
-        on_event: Callable[[float, Endpoint, Any], None] | None = None,
+        on_event: Callable[[float, Endpoint, object], None] | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -73,14 +79,14 @@ class SimNet:
         self._down: set[Endpoint] = set()
         self._group: dict[Endpoint, int] = {}
         self._link: dict[tuple[Endpoint, Endpoint], float] = {}
-        self._heap: list[tuple[float, int, int, Endpoint, Any]] = []
+        self._heap: list[tuple[float, int, int, Endpoint, _Payload]] = []
         self._timer_at: dict[Endpoint, float] = {}
         self._seq = 0
         self.drop_filter: Callable[[Endpoint, Endpoint, bytes], bool] | None = None
 
     # -- topology ------------------------------------------------------------------------------
 
-    def add(self, ep: Endpoint, node: SimNode, actions: Iterable[Any] = ()) -> None:
+    def add(self, ep: Endpoint, node: SimNode, actions: Iterable[object] = ()) -> None:
         """Attach a node at `ep` (replacing a crashed one) and perform its initial actions."""
         self.nodes[ep] = node
         self._down.discard(ep)
@@ -122,6 +128,7 @@ class SimNet:
             when, _, kind, ep, payload = heapq.heappop(heap)
             self.now = when
             if kind == _CALL:
+                assert callable(payload)
                 payload()
                 continue
             if ep in self._down:
@@ -131,15 +138,17 @@ class SimNet:
             node = self.nodes.get(ep)
             if node is None:
                 continue
+            actions: Sequence[object]
             if kind == _DELIVER:
+                assert isinstance(payload, tuple)
                 data, src = payload
                 self.stats.delivered += 1
-                actions = node.receive(when, data, src)
+                actions = node.receive(when, when, data, src)
             else:
                 if self._timer_at.get(ep) != when:
                     continue
                 del self._timer_at[ep]
-                actions = node.tick(when)
+                actions = node.tick(when, when)
             if actions:
                 self._perform(ep, actions)
             self._schedule(ep)
@@ -150,7 +159,7 @@ class SimNet:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _push(self, when: float, kind: int, ep: Endpoint, payload: Any) -> None:
+    def _push(self, when: float, kind: int, ep: Endpoint, payload: _Payload) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (when, self._seq, kind, ep, payload))
 
@@ -166,12 +175,10 @@ class SimNet:
         self._timer_at[ep] = d
         self._push(d, _TIMER, ep, None)
 
-    def _perform(self, ep: Endpoint, actions: list[Any]) -> None:
+    def _perform(self, ep: Endpoint, actions: Sequence[object]) -> None:
         for a in actions:
-            data = getattr(a, "data", None)
-            dst = getattr(a, "endpoint", None)
-            if isinstance(data, bytes) and dst is not None:
-                self._transmit(ep, dst, data)
+            if isinstance(a, SendDatagram):
+                self._transmit(ep, a.endpoint, a.data)
             elif self.on_event is not None:
                 self.on_event(self.now, ep, a)
 
@@ -231,16 +238,11 @@ class SwimCluster:
         n: int,
         seed: int,
         *,
-        config: Any = None,
+        config: SwimConfig | None = None,
         loss: float = 0.0,
         duplicate: float = 0.0,
         latency: tuple[float, float] = (0.002, 0.040),
     ) -> None:
-        from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
-        from meshguard.swim.config import SwimConfig
-        from meshguard.swim.records import CryptoCache
-        from meshguard.testing.rng import SeededRng
-
         self.n = n
         self.seed = seed
         self.config = config if config is not None else SwimConfig()
@@ -258,32 +260,26 @@ class SwimCluster:
         ]
         self.ep_index = {ep: i for i, ep in enumerate(self.eps)}
         self.admission = KeySetAdmission(self.ids)
-        self._rng_cls = SeededRng
-        self.nodes: list[Any] = [self._make(i, 0) for i in range(n)]
-        self.events: list[tuple[float, int, Any]] = []
+        self.nodes: list[Membership] = [self._make(i, 0) for i in range(n)]
+        self.events: list[tuple[float, int, object]] = []
         self.down_events: list[tuple[float, int, int, str]] = []  # (t, observer, subject, reason)
-        from meshguard.swim.membership import MemberDown
-
-        self._down_cls = MemberDown
         self.record_events = False
 
-    def _make(self, i: int, incarnation: int) -> Any:
-        from meshguard.swim.membership import Membership
-
+    def _make(self, i: int, incarnation: int) -> Membership:
         return Membership(
             self.id_keys[i],
             self.wg_keys[i],
             [self.eps[i]],
             self.admission,
-            self._rng_cls(self.seed * 100_003 + i * 7 + incarnation),
+            SeededRng(self.seed * 100_003 + i * 7 + incarnation),
             self.config,
             incarnation=incarnation,
             cache=self.cache,
             now=self.net.now,
         )
 
-    def _on_event(self, now: float, ep: Endpoint, action: Any) -> None:
-        if type(action) is self._down_cls:
+    def _on_event(self, now: float, ep: Endpoint, action: object) -> None:
+        if isinstance(action, MemberDown):
             subj = self.index.get(action.record.identity, -1)
             self.down_events.append((now, self.ep_index[ep], subj, action.reason))
         if self.record_events:
@@ -337,23 +333,16 @@ class SwimCluster:
 
     # -- an attacker holding member keys (security tests) --------------------------------------
 
-    def authentic(self, sender: int, receiver: int, packet: Any) -> bytes:
-        """`packet` (a wire.gossip.Packet) as member `sender` would MAC it for `receiver`."""
-        import dataclasses
-
-        from meshguard.crypto.hashes import mac
-        from meshguard.wire.gossip import encode_body
-
+    def authentic(self, sender: int, receiver: int, packet: Packet) -> bytes:
+        """`packet` as member `sender` would MAC it for `receiver`."""
         key = self.cache.pair_key(self.wg_keys[sender], self.ids[sender],
                                   self.wg_keys[receiver].public_key.raw, self.ids[receiver])
         assert key is not None
         body = encode_body(dataclasses.replace(packet, sender=self.ids[sender]))
         return bytes(body + mac(key, body))
 
-    def gossip_from(self, sender: int, entries: tuple[Any, ...]) -> None:
+    def gossip_from(self, sender: int, entries: tuple[Entry, ...]) -> None:
         """Member `sender` tells every other member `entries` (in an authentic Ping)."""
-        from meshguard.wire.gossip import PING, Packet
-
         for r in range(self.n):
             if r != sender:
                 pkt = Packet(PING, self.ids[sender], 99, entries=entries)
