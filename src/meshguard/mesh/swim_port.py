@@ -25,7 +25,8 @@ from meshguard.mesh.node import Joined, MemberView
 from meshguard.rng import Rng
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.swim.config import DEFAULT_CONFIG, SwimConfig
-from meshguard.swim.membership import Action, MemberDown, Membership, MemberUp, MemberUpdated
+from meshguard.swim.events import Action, MemberDown, MemberUp, MemberUpdated
+from meshguard.swim.membership import Membership
 from meshguard.swim.records import AdmissionPolicy
 from meshguard.wire.gossip import NodeRecord
 

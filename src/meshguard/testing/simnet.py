@@ -24,7 +24,8 @@ from meshguard.crypto.hashes import mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.sansio import Core, Endpoint, SendDatagram
 from meshguard.swim.config import SwimConfig
-from meshguard.swim.membership import MemberDown, Membership
+from meshguard.swim.events import MemberDown
+from meshguard.swim.membership import Membership
 from meshguard.swim.records import CryptoCache
 from meshguard.testing.rng import SeededRng
 from meshguard.wire.gossip import PING, Entry, Packet, encode_body
