@@ -1,7 +1,8 @@
 """SWIM in the deterministic simulator: convergence, failure detection, partition healing.
 
 Prints measured figures next to the bounds derived from SwimConfig. Usage:
-    .venv/bin/python bench/swim_sim.py [--nodes 1000] [--seed 1] [--skip-detect] [--skip-heal]
+    .venv/bin/python bench/swim_sim.py [--nodes 1000] [--seed 1] [--preset lan|wan|local]
+        [--skip-detect] [--skip-loss] [--skip-heal]
 
 All runs share one CryptoCache across the simulated nodes (a pure-function memo of Ed25519
 verification, record parsing and X25519 pair keys), so each record is verified once per run;
@@ -14,12 +15,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from meshguard.swim.config import SwimConfig
+from meshguard.swim.config import PRESETS, SwimConfig
 from meshguard.testing.simnet import SwimCluster
 
 
-def converge(n: int, seed: int, window: float) -> SwimCluster:
-    cfg = SwimConfig()
+def converge(n: int, seed: int, window: float, cfg: SwimConfig) -> SwimCluster:
     c = SwimCluster(n, seed, config=cfg)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
@@ -68,8 +68,8 @@ def detect(c: SwimCluster, victim: int) -> None:
     )
 
 
-def lossy(n: int, seed: int, minutes: float, loss: float) -> None:
-    c = SwimCluster(n, seed, loss=loss)
+def lossy(n: int, seed: int, minutes: float, loss: float, cfg: SwimConfig) -> None:
+    c = SwimCluster(n, seed, config=cfg, loss=loss)
     c.start(join_window=1.0)
     c.run_until_true(lambda: c.converged(range(n), strict=False), limit=300.0, step=1.0)
     t0 = time.perf_counter()
@@ -86,8 +86,8 @@ def lossy(n: int, seed: int, minutes: float, loss: float) -> None:
     )
 
 
-def heal(n: int, seed: int, hold: float) -> None:
-    c = SwimCluster(n, seed)
+def heal(n: int, seed: int, hold: float, cfg: SwimConfig) -> None:
+    c = SwimCluster(n, seed, config=cfg)
     c.start(join_window=1.0)
     c.run_until_true(lambda: c.converged(range(n)), limit=300.0, step=1.0)
     half_a = [c.eps[i] for i in range(0, n, 2)]
@@ -119,17 +119,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="lan")
     ap.add_argument("--skip-detect", action="store_true")
     ap.add_argument("--skip-loss", action="store_true")
     ap.add_argument("--skip-heal", action="store_true")
     args = ap.parse_args()
-    c = converge(args.nodes, args.seed, window=2.0)
+    cfg = PRESETS[args.preset]()
+    c = converge(args.nodes, args.seed, window=2.0, cfg=cfg)
     if not args.skip_detect:
         detect(c, victim=args.nodes // 2)
     if not args.skip_loss:
-        lossy(200, args.seed, minutes=10, loss=0.10)
+        lossy(200, args.seed, minutes=10, loss=0.10, cfg=cfg)
     if not args.skip_heal:
-        heal(200, args.seed, hold=300.0)
+        heal(200, args.seed, hold=300.0, cfg=cfg)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""SWIM knobs with their defaults and the reason for each.
+"""SWIM knobs with their defaults and the reason for each, and presets for three networks.
 
 Time is in seconds. N is the number of members a node currently counts alive (itself included).
+The defaults are the LAN preset (`lan()`, the daemon's configuration); `wan()` and `local()`
+change only what the network's round trip, loss and cost call for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -128,4 +132,65 @@ class SwimConfig:
         return self.retransmit_limit(n) * self.probe_interval * 2
 
 
-DEFAULT_CONFIG = SwimConfig()
+def lan() -> SwimConfig:
+    """Members on one site or one cloud region: round trips of a few milliseconds, rare loss.
+
+    The defaults of `SwimConfig` (memberlist's DefaultLANConfig values, see each field). The
+    daemon runs with this preset.
+    """
+    return SwimConfig()
+
+
+def wan() -> SwimConfig:
+    """Members spread over the internet: round trips up to hundreds of milliseconds, bursts
+    of loss, links that may be metered.
+
+    - probe_interval 5 s: each probe crosses the internet; probing a fifth as often cuts the
+      background load five-fold and gives transient loss time to pass (memberlist's WAN value).
+    - probe_timeout 3 s: a round trip plus queueing on a congested path may take seconds; a
+      shorter timeout would send indirect probes on every slow answer.
+    - suspicion_mult 6: a refutation needs more time to reach the suspect and come back over
+      lossy links (memberlist's WAN value); it also allows k = 4 confirmations.
+    - sync_interval 30 s: a state pull may be many packets; over the internet it is worth
+      doing less often (piggyback still carries every update).
+    - recontact_interval 30 s: a partition between sites lasts minutes rather than seconds; a
+      Join every 30 s still merges the sides soon after it heals.
+    """
+    return dataclasses.replace(
+        SwimConfig(),
+        probe_interval=5.0,
+        probe_timeout=3.0,
+        suspicion_mult=6.0,
+        sync_interval=30.0,
+        recontact_interval=30.0,
+    )
+
+
+def local() -> SwimConfig:
+    """Members on one host (containers, network namespaces, tests): sub-millisecond round
+    trips, no loss, no independent paths.
+
+    - probe_timeout 0.2 s: loopback answers in microseconds; a member that has not answered
+      in 200 ms is stopped or overloaded (memberlist's local value).
+    - indirect_checks 1: every path runs through the same host and kernel, so more indirect
+      probes would not add an independent path.
+    - retransmit_mult 2: nothing is lost, so two transmissions per update are enough.
+    - suspicion_mult 3: the suspect hears the rumour within a period; failures are detected
+      sooner (memberlist's local value).
+    - sync_interval 5 s and recontact_interval 5 s: pulls and re-contacts cost nothing on one
+      host, and a restarted member is merged back sooner.
+    """
+    return dataclasses.replace(
+        SwimConfig(),
+        probe_timeout=0.2,
+        indirect_checks=1,
+        retransmit_mult=2,
+        suspicion_mult=3.0,
+        sync_interval=5.0,
+        recontact_interval=5.0,
+    )
+
+
+PRESETS: dict[str, Callable[[], SwimConfig]] = {"lan": lan, "wan": wan, "local": local}
+
+DEFAULT_CONFIG = lan()
