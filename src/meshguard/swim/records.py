@@ -14,7 +14,7 @@ which is how a 1,000-node simulation avoids a million verifications.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from meshguard.crypto.hashes import blake2s
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, ed25519_verify
@@ -28,6 +28,9 @@ from meshguard.wire.gossip import (
     encode_record,
     record_signed_part,
 )
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 RECORD_DOMAIN = b"meshguard-swim-record-v1\x00"
 SUSPECT_DOMAIN = b"meshguard-swim-suspect-v1\x00"
@@ -98,7 +101,7 @@ class CryptoCache:
         self.verifications = 0
         self.dh_computations = 0
 
-    def _room(self, table: dict[Any, Any]) -> None:
+    def _room(self, table: dict[_K, _V]) -> None:
         if self.max_entries is not None and len(table) >= self.max_entries:
             table.clear()
 
