@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.sansio import SendDatagram
+from meshguard.swim.awareness import Awareness
 from meshguard.swim.broadcast import NORMAL, URGENT, BroadcastQueue
 from meshguard.swim.config import SwimConfig
 from meshguard.swim.membership import Membership
@@ -83,6 +84,17 @@ def test_no_confirmations_are_stored_when_k_is_zero() -> None:
     s = Suspicion(0.0, 1, b"x", min_t=4.0, max_t=24.0, k=0)
     assert not s.confirm(b"y")
     assert s.accusers == {b"x"} and s.timeout() == 4.0
+
+
+def test_awareness_stretches_timeouts_within_its_bounds() -> None:
+    a = Awareness(max_score=2)
+    a.better()
+    assert a.score == 0 and a.scale(0.5) == 0.5
+    for _ in range(5):
+        a.worse()
+    assert a.score == 2 and a.scale(0.5) == 1.5
+    a.better()
+    assert a.scale(1.0) == 2.0
 
 
 def test_config_formulas_scale_with_log_n() -> None:

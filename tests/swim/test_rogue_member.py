@@ -277,3 +277,27 @@ def test_the_config_knobs_are_sane() -> None:
     cfg = SwimConfig()
     assert cfg.record_refresh * 2 < cfg.record_max_age
     assert cfg.record_max_age > cfg.dead_reap_after
+
+
+def test_confirmations_beyond_k_cost_the_observer_nothing() -> None:
+    """Many members confirming one suspicion: the observer keeps at most k confirmers (k from
+    SwimConfig.expected_confirmations) and its timeout stops at the minimum."""
+    n, victim, observer = 10, 9, 0
+    c = SwimCluster(n, SEED)
+    c.start(join_window=0.5)
+    c.run_until_true(lambda: c.converged(range(n)), limit=60)
+    c.crash(victim)  # it cannot refute
+    inc = c.nodes[victim].incarnation
+    for accuser in range(1, n - 1):
+        acc = g.encode_accusation(sign_accusation(c.id_keys[accuser], False, c.ids[victim], inc))
+        pkt = g.Packet(g.PING, c.ids[accuser], 77, entries=(acc,))
+        c.net.inject(c.authentic(accuser, observer, pkt), c.eps[accuser], c.eps[observer])
+    c.net.run_for(0.5)
+    cfg = c.config
+    k = cfg.expected_confirmations(n)
+    assert 0 < k < n - 3  # more accusers than k
+    # the suspicion as the observer holds it (no public view of it exists)
+    s = c.nodes[observer]._s.members[c.ids[victim]].suspicion
+    assert s is not None and c.nodes[observer].state_of(c.ids[victim]) == "suspect"
+    assert len(s.accusers) <= k + 1, f"seed {SEED}"
+    assert s.timeout() == cfg.suspicion_min(c.nodes[observer].alive_count()), f"seed {SEED}"
