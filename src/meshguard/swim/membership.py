@@ -17,8 +17,9 @@ Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017)
   members joining mid-round go to a random place among those not yet probed); direct Ping,
   and after `probe_timeout` a PingReq to k members, which ping the target and forward its Ack
   back; no ack by the end of the period -> Suspect.
-- Suspicion timeout from `SwimConfig.suspicion_min/max(N)`, shortened by independent
-  confirmations (Lifeguard); when it expires the member is declared Dead.
+- Suspicion timeout from `SwimConfig.suspicion_min/max(N)`, shortened by up to k independent
+  confirmations (Lifeguard; further ones are neither stored nor spread); when it expires the
+  member is declared Dead.
 - Lifeguard local health: a node whose probes fail or who has to refute suspicions stretches its
   own probe period and timeout (x (1 + lhm), lhm <= awareness_max), so a slow or cut-off node
   does not flood the mesh with false suspicions.
@@ -166,7 +167,8 @@ class Membership:
         self._out = Piggyback(s, self._queue)
         self._awareness = Awareness(config.awareness_max)
         self._updates = Updates(s, self._queue, self._awareness)
-        # The parts draw their first timer jitter from `rng` in this order.
+        # The parts draw their first timer jitter from `rng` in this order; keep it, so that a
+        # seeded simulation stays reproducible across versions.
         self._probe = Prober(s, self._out, self._updates, self._awareness, now)
         self._next_recheck = now + config.admission_recheck
         self._joins = Joiner(s, self._out, self._updates, now)
