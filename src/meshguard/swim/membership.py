@@ -10,7 +10,8 @@ state.py (the member table and this node's record), probing.py (failure detectio
 awareness.py (Lifeguard local health), suspicion.py (the suspicion timeout), updates.py
 (applying records and accusations, reaping), broadcast.py (the piggyback queue and the packet
 budget), sync.py (anti-entropy) and join.py (joins, re-contact and their budgets). This module
-receives datagrams, authenticates their senders and hands them to the right part.
+receives datagrams, authenticates their senders and hands them to the right part. The parts,
+a member's states and the configuration presets are described in docs/swim.md.
 
 Protocol (SWIM, Das et al. 2002, with Lifeguard refinements, Dadgar et al. 2017):
 - one probe per period, targets in randomized round-robin order (each round a fresh shuffle;
