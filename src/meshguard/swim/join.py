@@ -75,11 +75,6 @@ class Joiner:
             if self.joined:
                 self._recontact(now, out)
 
-    def settle(self) -> None:
-        """End of a tick: once joined, no retry is due."""
-        if self.joined:
-            self._next_join = float("inf")
-
     def join(self, seeds: Sequence[Endpoint], now: float) -> list[Action]:
         """Start joining through `seeds` (endpoints; no key known). Retries with backoff."""
         s = self._s

@@ -320,7 +320,6 @@ class Membership:
         self._updates.tick(now, out)
         self._joins.tick(now, out)
         self._sync.tick(now, out)
-        self._joins.settle()
         return out
 
     # -- receiving -----------------------------------------------------------------------------
