@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meshguard.config import resolve_config_dir
 from meshguard.daemon.control_client import (
     ControlClient,
     DaemonNotRunningError,
@@ -45,8 +46,13 @@ from meshguard.daemon.control_client import (
     select_daemon,
     wait_until_gone,
 )
+from meshguard.daemon.mesh_daemon import ALIAS_FILE, DaemonConfig, run_foreground
 from meshguard.daemon.runtime import DEFAULT_INTERFACE, run_dir, validate_interface
 from meshguard.errors import MeshguardError
+from meshguard.identity import store
+from meshguard.identity.names import is_dns_label
+from meshguard.identity.trust import Revocation, TrustStore
+from meshguard.mesh import org_gossip
 from meshguard.wire.control import StatusReport
 
 DEFAULT_PORT = 51821
@@ -201,8 +207,6 @@ def _parse_announce(text: str | None) -> str | None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from meshguard.daemon.mesh_daemon import DaemonConfig, run_foreground
-
     validate_interface(args.interface)
     if not 0 < args.port < 65535:
         raise UsageError("--port must be between 1 and 65534")
@@ -366,12 +370,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_org_revoke(args: argparse.Namespace) -> int:
-    from meshguard.config import resolve_config_dir
-    from meshguard.identity import store
-    from meshguard.identity.names import is_dns_label
-    from meshguard.identity.trust import Revocation, TrustStore
-    from meshguard.mesh import org_gossip
-
     cfg = resolve_config_dir()
     if args.import_file:
         path = Path(args.import_file)
@@ -424,11 +422,6 @@ def cmd_org_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_org_alias(args: argparse.Namespace) -> int:
-    from meshguard.config import resolve_config_dir
-    from meshguard.daemon.mesh_daemon import ALIAS_FILE
-    from meshguard.identity import store
-    from meshguard.mesh import org_gossip
-
     problem = org_gossip.alias_problem(args.alias)
     if problem is not None:
         raise UsageError(f"{problem}: {args.alias!r}")

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any
 
+from meshguard.daemon.wg_interface import preflight, serve
+from meshguard.dataplane.tun import DEFAULT_MTU, validate_ifname
 from meshguard.errors import MeshguardError
 
 _LEVELS = {
@@ -55,9 +57,6 @@ def _setup_logging(to_stderr: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meshguard.daemon.wg_interface import preflight
-    from meshguard.dataplane.tun import DEFAULT_MTU, validate_ifname
-
     ifname: str = args.ifname
     try:
         validate_ifname(ifname)
@@ -75,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_loop(ifname: str, mtu: int, ready_pipe: list[int] | None) -> None:
     """Serve until a signal; `ready_pipe` ([fd]) gets "ok" and is closed once ready."""
-    from meshguard.daemon.wg_interface import serve
-
     def ready() -> None:
         if ready_pipe:
             fd = ready_pipe.pop()

@@ -20,6 +20,7 @@ as gossip endpoints.
 
 from __future__ import annotations
 
+import base64
 import errno
 import ipaddress
 import shutil
@@ -28,6 +29,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pyroute2 import IPRoute, WireGuard
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink.generic.wireguard import wgmsg
 
 from meshguard.errors import MeshguardError
 
@@ -87,8 +92,6 @@ class KernelPeerStats:
 
 
 def _b64(raw: bytes) -> str:
-    import base64
-
     if len(raw) != 32:
         raise ValueError("WireGuard keys are 32 bytes")
     return base64.b64encode(raw).decode("ascii")
@@ -132,8 +135,6 @@ def build_set_device(
     replace_peers: bool = False,
 ) -> Any:
     """A WG_CMD_SET_DEVICE message (pyroute2 `wgmsg`), built but not encoded or sent."""
-    from pyroute2.netlink.generic.wireguard import wgmsg
-
     msg = wgmsg()
     msg["cmd"] = WG_CMD_SET_DEVICE
     msg["version"] = WG_GENL_VERSION
@@ -182,8 +183,6 @@ class KernelWireGuard:
         self.created = False
 
     def create_link(self) -> None:
-        from pyroute2 import IPRoute
-
         with IPRoute() as ipr:
             try:
                 ipr.link("add", ifname=self.ifname, kind="wireguard")
@@ -202,8 +201,6 @@ class KernelWireGuard:
             self.created = True
 
     def delete_link(self) -> None:
-        from pyroute2 import IPRoute
-
         if not self.created:
             return
         with IPRoute() as ipr:
@@ -216,9 +213,6 @@ class KernelWireGuard:
 
     def apply(self, msg: Any) -> None:
         """Send a message from `build_set_device` and wait for the kernel's ack."""
-        from pyroute2 import WireGuard
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-
         try:
             wg = WireGuard()
         except Exception as exc:
@@ -242,10 +236,6 @@ class KernelWireGuard:
             self.apply(build_set_device(self.ifname, peers=batch))
 
     def peer_stats(self) -> list[KernelPeerStats]:
-        import base64
-
-        from pyroute2 import WireGuard
-
         out: list[KernelPeerStats] = []
         wg = WireGuard()
         try:

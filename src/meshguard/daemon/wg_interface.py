@@ -19,6 +19,7 @@ import asyncio
 import errno
 import logging
 import os
+import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ from meshguard.dataplane.engine import Engine
 from meshguard.dataplane.tun import DEFAULT_MTU, TunDevice, TunError, interface_exists
 from meshguard.errors import MeshguardError
 from meshguard.rng import Rng, SystemRng
+from meshguard.wireguard import keypair as _keypair
 from meshguard.wireguard.device import Device, Peer
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,6 @@ def apply_test_knobs(device: Device, env: Mapping[str, str]) -> None:
     if not seconds > 0:
         raise InterfaceError(f"{REKEY_ENV} must be positive")
     # Keypair.wants_rekey reads this module global at call time: override it for this process.
-    from meshguard.wireguard import keypair as _keypair
-
     if not hasattr(_keypair, "REKEY_AFTER_TIME"):
         raise InterfaceError(f"{REKEY_ENV} is not supported by this WireGuard core")
     setattr(_keypair, "REKEY_AFTER_TIME", seconds)  # noqa: B010
@@ -306,8 +306,6 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Create the interface, serve until SIGTERM/SIGINT, then remove socket and interface."""
-    import signal
-
     iface = WireGuardInterface(ifname, run_dir=run_dir, mtu=mtu)
     await iface.start()
     loop = asyncio.get_running_loop()
