@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from meshguard.config import resolve_config_dir
 from meshguard.daemon.control_client import (
@@ -309,7 +308,7 @@ def _add_common(p: argparse.ArgumentParser, default_iface: str | None) -> None:
     p.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's sub-commands to the parser."""
     up = sub.add_parser("up", help="join the mesh (start the daemon)")
     _add_common(up, DEFAULT_INTERFACE)

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any
 
 from meshguard.daemon.wg_interface import preflight, serve
 from meshguard.dataplane.tun import DEFAULT_MTU, validate_ifname
@@ -34,7 +33,7 @@ class DaemonStartError(MeshguardError):
     """The background interface process failed before it was ready."""
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's sub-commands to the parser."""
     p = sub.add_parser(
         "wireguard",

@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from meshguard.clock import Clock
 from meshguard.daemon.daemon_config import bind_error
 from meshguard.dataplane.engine import make_udp_socket
 from meshguard.mesh.demux import Kind, classify
-from meshguard.mesh.node import MeshNode
+from meshguard.mesh.node import Action, MeshNode
 from meshguard.sansio import map_host, unmap_host
 from meshguard.wireguard.actions import SendDatagram
 
@@ -45,7 +44,7 @@ class GossipSocket:
     """
 
     def __init__(self, sock: socket.socket, clock: Clock,
-                 deliver: Callable[[list[Any]], None], *, drop_wireguard: bool = False,
+                 deliver: Callable[[list[Action]], None], *, drop_wireguard: bool = False,
                  throttle: ErrorThrottle | None = None) -> None:
         self.sock = sock
         self.clock = clock
@@ -56,7 +55,7 @@ class GossipSocket:
         self.node: MeshNode | None = None
 
     @classmethod
-    def bind(cls, port: int, clock: Clock, deliver: Callable[[list[Any]], None], *,
+    def bind(cls, port: int, clock: Clock, deliver: Callable[[list[Action]], None], *,
              drop_wireguard: bool = False, throttle: ErrorThrottle | None = None
              ) -> GossipSocket:
         try:
@@ -71,9 +70,9 @@ class GossipSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, actions: list[Any]) -> list[Any]:
+    def send(self, actions: list[Action]) -> list[Action]:
         """Send every SendDatagram in `actions`; return the other actions, in order."""
-        other: list[Any] = []
+        other: list[Action] = []
         sock = self.sock
         for a in actions:
             if isinstance(a, SendDatagram):
@@ -95,7 +94,7 @@ class GossipSocket:
         node = self.node
         if node is None:
             return
-        out: list[Any] = []
+        out: list[Action] = []
         for _ in range(READ_BATCH):
             try:
                 data, addr = sock.recvfrom(65535)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -17,10 +16,10 @@ from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError
 from meshguard.daemon.gossip_socket import ErrorThrottle, GossipSocket
 from meshguard.daemon.kernel_wg import KernelPeer, KernelWireGuard, build_set_device
+from meshguard.daemon.status import PeerStats
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
-from meshguard.mesh.node import MeshNode, PeerDown, PeerUp
-from meshguard.sansio import Endpoint
+from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
 from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger("meshguard.daemon")
@@ -32,7 +31,7 @@ class KernelRunner:
     mode = "kernel"
 
     def __init__(self, cfg: DaemonConfig, clock: Clock,
-                 on_actions: Callable[[list[Any]], None]) -> None:
+                 on_actions: Callable[[list[Action]], None]) -> None:
         self.cfg = cfg
         self.clock = clock
         self._on_actions = on_actions
@@ -81,13 +80,13 @@ class KernelRunner:
             loop.add_reader(gossip.fileno(), gossip.readable)
             stack.callback(loop.remove_reader, gossip.fileno())
 
-    def execute(self, actions: list[Any]) -> None:
+    def execute(self, actions: list[Action]) -> None:
         if not actions:
             return
         self._dispatch(actions)
         self._arm_timer()
 
-    def _dispatch(self, actions: list[Any]) -> None:
+    def _dispatch(self, actions: list[Action]) -> None:
         """Datagrams leave from the gossip socket; everything else is an event for the daemon."""
         if self.gossip is not None:
             other = self.gossip.send(actions)
@@ -113,10 +112,10 @@ class KernelRunner:
         except MeshguardError as exc:
             log.error("kernel WireGuard: %s", exc)
 
-    async def peer_stats(self) -> dict[bytes, tuple[float, int, int, Endpoint | None]] | None:
+    async def peer_stats(self) -> PeerStats | None:
         return await asyncio.to_thread(self._kernel_stats)
 
-    def _kernel_stats(self) -> dict[bytes, tuple[float, int, int, Endpoint | None]]:
+    def _kernel_stats(self) -> PeerStats:
         assert self.kernel is not None
         try:
             return {s.public_key: (s.last_handshake_wall, s.rx_bytes, s.tx_bytes, s.endpoint)

@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from meshguard import __version__
 from meshguard.clock import Clock, SystemClock
@@ -48,7 +48,7 @@ from meshguard.daemon.host_probe import has_net_admin, local_addresses, resolve_
 from meshguard.daemon.kernel_runner import KernelRunner
 from meshguard.daemon.kernel_wg import ensure_module, gossip_port_for
 from meshguard.daemon.runtime import socket_path
-from meshguard.daemon.status import build_status
+from meshguard.daemon.status import PeerStats, build_status
 from meshguard.daemon.trust_holder import TrustHolder
 from meshguard.daemon.userspace_runner import UserspaceRunner
 from meshguard.dataplane.tun import interface_exists
@@ -58,6 +58,7 @@ from meshguard.identity import store
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
 from meshguard.mesh import org_gossip
 from meshguard.mesh.node import (
+    Action,
     Joined,
     MeshNode,
     PeerDown,
@@ -95,12 +96,11 @@ class ModeRunner(Protocol):
     def attach(self, node: MeshNode, loop: asyncio.AbstractEventLoop,
                stack: contextlib.AsyncExitStack) -> None: ...
 
-    def execute(self, actions: list[Any]) -> None: ...
+    def execute(self, actions: list[Action]) -> None: ...
 
     def peers_changed(self, changes: list[PeerUp | PeerDown]) -> None: ...
 
-    async def peer_stats(self) -> dict[bytes, tuple[float, int, int, Endpoint | None]] | None:
-        ...
+    async def peer_stats(self) -> PeerStats | None: ...
 
     def counters(self) -> dict[str, int]: ...
 
@@ -123,7 +123,7 @@ class MeshDaemon:
         self.joined = asyncio.Event()
         self.stop_event = asyncio.Event()
         self.exit_code = 0
-        self._trust_fp: tuple[Any, ...] = ()
+        self._trust_fp: tuple[tuple[str, int, int], ...] = ()
         self._membership: SwimPort | None = None
         self.name: str | None = None
         self._ready_sent = False
@@ -246,7 +246,7 @@ class MeshDaemon:
 
     # ---- org revocations and aliases, DNS ------------------------------------------------
 
-    def _load_org_items(self) -> list[Any]:
+    def _load_org_items(self) -> list[Action]:
         """Signed revocations from the `revocations` file and this org's alias (org/alias):
         the new ones take effect and start spreading."""
         node, trust = self.node, self.trust
@@ -298,11 +298,11 @@ class MeshDaemon:
 
     # ---- event plumbing --------------------------------------------------------------
 
-    def _execute(self, actions: list[Any]) -> None:
+    def _execute(self, actions: list[Action]) -> None:
         if actions:
             self.runner.execute(actions)
 
-    def _on_actions(self, actions: list[Any]) -> None:
+    def _on_actions(self, actions: list[Action]) -> None:
         """The node's events (everything that is not a datagram or a TUN write)."""
         changes: list[PeerUp | PeerDown] = []
         for a in actions:
@@ -418,7 +418,7 @@ class MeshDaemon:
 
     # ---- control ---------------------------------------------------------------------
 
-    async def _control(self, req: Request) -> dict[str, Any]:
+    async def _control(self, req: Request) -> dict[str, object]:
         if req.op == "hello":
             return {"interface": self.cfg.interface, "pid": os.getpid(), "version": __version__}
         if req.op == "status":
@@ -430,7 +430,7 @@ class MeshDaemon:
             return {"leaving": True}
         raise MeshguardError(f"unsupported op {req.op}")
 
-    def status(self, kernel_stats: dict[bytes, Any] | None = None) -> StatusReport:
+    def status(self, kernel_stats: PeerStats | None = None) -> StatusReport:
         node = self.node
         assert node is not None and self.trust is not None
         dns = self.dns_server

@@ -6,14 +6,17 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.kernel_wg import gossip_port_for
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.swim_port import SwimPort
+from meshguard.sansio import Endpoint
 from meshguard.wire.control import MemberStatus, SelfStatus, StatusReport, format_endpoint
+
+PeerStats = dict[bytes, tuple[float, int, int, Endpoint | None]]
+"""Per WireGuard key: last handshake (wall clock), rx bytes, tx bytes, endpoint."""
 
 
 def _b64(k: bytes) -> str:
@@ -21,7 +24,7 @@ def _b64(k: bytes) -> str:
 
 
 def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, name: str | None,
-                 started_at: float, wall: float, kernel_stats: dict[bytes, Any] | None,
+                 started_at: float, wall: float, kernel_stats: PeerStats | None,
                  runner_counters: Mapping[str, int], dns_counters: Mapping[str, int] | None
                  ) -> StatusReport:
     """`kernel_stats` are the kernel device's per-peer (handshake, rx, tx, endpoint) in kernel

@@ -3,9 +3,7 @@ the node keep one object while the files under the config directory change."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from meshguard.identity.trust import TrustStore
+from meshguard.identity.trust import Admission, TrustStore
 from meshguard.mesh import org_gossip
 from meshguard.wire.org import CertRevocation
 
@@ -16,7 +14,7 @@ class TrustHolder:
     def __init__(self, trust: TrustStore) -> None:
         self.store = trust
 
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Any:
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Admission:
         return self.store.admit(node_key, certificate, now_wall)
 
     def trusted_org_keys(self) -> list[bytes]:

@@ -9,21 +9,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from meshguard.clock import Clock
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError, bind_error
 from meshguard.daemon.engine_wiring import EngineDevice, MeshUapi, route_engine_sends
 from meshguard.daemon.gossip_socket import GossipSocket
+from meshguard.daemon.status import PeerStats
 from meshguard.daemon.uapi_server import UapiServer
 from meshguard.dataplane.engine import Engine
 from meshguard.dataplane.tun import DEFAULT_MTU, TunDevice, TunError
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
-from meshguard.mesh.node import MeshNode, PeerDown, PeerUp
+from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
 from meshguard.rng import Rng
-from meshguard.sansio import Endpoint
 from meshguard.wireguard.actions import SendDatagram
 from meshguard.wireguard.device import Device
 
@@ -34,7 +33,7 @@ class UserspaceRunner:
     mode = "userspace"
 
     def __init__(self, cfg: DaemonConfig, clock: Clock,
-                 on_actions: Callable[[list[Any]], None]) -> None:
+                 on_actions: Callable[[list[Action]], None]) -> None:
         self.cfg = cfg
         self.clock = clock
         self._on_actions = on_actions
@@ -106,7 +105,7 @@ class UserspaceRunner:
         if self.gossip is not None:
             self._on_actions(self.gossip.send(list(grams)))
 
-    def execute(self, actions: list[Any]) -> None:
+    def execute(self, actions: list[Action]) -> None:
         if not actions:
             return
         engine = self.engine
@@ -117,7 +116,7 @@ class UserspaceRunner:
     def peers_changed(self, changes: list[PeerUp | PeerDown]) -> None:
         """The node has already given its tunnels to the Device the engine runs."""
 
-    async def peer_stats(self) -> dict[bytes, tuple[float, int, int, Endpoint | None]] | None:
+    async def peer_stats(self) -> PeerStats | None:
         return None  # the node's backend has them
 
     def counters(self) -> dict[str, int]:

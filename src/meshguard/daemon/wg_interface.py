@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from meshguard.clock import Clock, SystemClock
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
@@ -285,7 +284,7 @@ class WireGuardInterface:
         log.error("interface %s was removed; shutting down", self.ifname)
         self._close_task = asyncio.get_running_loop().create_task(self.close())
 
-    def _events(self, actions: list[Any]) -> None:
+    def _events(self, actions: list[object]) -> None:
         for a in actions:
             log.debug("device event: %s", type(a).__name__)
 
