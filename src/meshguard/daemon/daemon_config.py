@@ -10,6 +10,8 @@ from pathlib import Path
 from meshguard.errors import MeshguardError
 from meshguard.sansio import Endpoint
 
+ALIAS_FILE = "alias"  # org/alias: this org's signed alias (`meshguard org-alias`)
+
 
 class StartupError(MeshguardError):
     """The daemon cannot start (the message names the fix)."""

@@ -41,7 +41,7 @@ from meshguard.clock import Clock, SystemClock
 from meshguard.config import resolve_config_dir
 from meshguard.daemon import sd_notify
 from meshguard.daemon.control_server import ControlServer, claim_socket_path
-from meshguard.daemon.daemon_config import DaemonConfig, StartupError
+from meshguard.daemon.daemon_config import ALIAS_FILE, DaemonConfig, StartupError
 from meshguard.daemon.dns_server import DnsServer
 from meshguard.daemon.gossip_state import load_high_water, save_high_water
 from meshguard.daemon.host_probe import has_net_admin, local_addresses, resolve_seeds, route_source
@@ -85,7 +85,6 @@ log = logging.getLogger("meshguard.daemon")
 TRUST_POLL = 2.0  # seconds between trust-store mtime polls
 LEAVE_LINGER = 0.3  # seconds to let the leave datagrams go out before closing the socket
 GOSSIP_STATE_SAVE = 60.0  # seconds between saves of the gossip high-water marks
-ALIAS_FILE = "alias"  # org/alias: this org's signed alias (`meshguard org-alias`)
 
 
 class ModeRunner(Protocol):
