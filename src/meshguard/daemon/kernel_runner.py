@@ -20,6 +20,7 @@ from meshguard.daemon.status import PeerStats
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
+from meshguard.rng import Rng
 from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger("meshguard.daemon")
@@ -43,8 +44,9 @@ class KernelRunner:
         self._throttle = ErrorThrottle()
 
     async def open(self, stack: contextlib.AsyncExitStack, identity_key: bytes,
-                   wg_private: X25519PrivateKey, gossip_port: int) -> None:
-        """Bind the gossip socket, then create and configure the kernel link."""
+                   wg_private: X25519PrivateKey, rng: Rng, gossip_port: int) -> None:
+        """Bind the gossip socket, then create and configure the kernel link. There is no
+        userspace Device: the kernel holds the keys and the tunnels."""
         cfg = self.cfg
         gossip = GossipSocket.bind(gossip_port, self.clock, self.execute,
                                    drop_wireguard=cfg.split_port, throttle=self._throttle)

@@ -39,6 +39,7 @@ from typing import Protocol
 from meshguard import __version__
 from meshguard.clock import Clock, SystemClock
 from meshguard.config import resolve_config_dir
+from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon import sd_notify
 from meshguard.daemon.control_server import ControlServer, claim_socket_path
 from meshguard.daemon.daemon_config import ALIAS_FILE, DaemonConfig, StartupError
@@ -73,10 +74,11 @@ from meshguard.mesh.wg_backend import DeviceBackend
 from meshguard.nat.holepunch import HolePuncher
 from meshguard.nat.relay import Relay
 from meshguard.nat.stun_client import NatType, StunClient
-from meshguard.rng import SystemRng
+from meshguard.rng import Rng, SystemRng
 from meshguard.sansio import Endpoint
 from meshguard.wire.control import Request, StatusReport, format_endpoint
 from meshguard.wire.org import CertRevocation
+from meshguard.wireguard.device import Device
 
 __all__ = ["ALIAS_FILE", "DaemonConfig", "MeshDaemon", "StartupError", "run_foreground"]
 
@@ -91,6 +93,11 @@ class ModeRunner(Protocol):
     """What carries the tunnels in one mode (userspace_runner.py, kernel_runner.py)."""
 
     mode: str
+
+    async def open(self, stack: contextlib.AsyncExitStack, identity_key: bytes,
+                   wg_private: X25519PrivateKey, rng: Rng, gossip_port: int) -> Device | None:
+        """Create what carries the tunnels; the userspace WireGuard device, if there is one."""
+        ...
 
     def attach(self, node: MeshNode, loop: asyncio.AbstractEventLoop,
                stack: contextlib.AsyncExitStack) -> None: ...
@@ -193,12 +200,7 @@ class MeshDaemon:
         assert self.trust is not None
         pub = self.identity.public_key.raw
         runner = self.runner
-        if isinstance(runner, KernelRunner):
-            await runner.open(stack, pub, self.wg_private, gport)
-            device = None
-        else:
-            assert isinstance(runner, UserspaceRunner)
-            device = await runner.open(stack, pub, self.wg_private, self.rng, gport)
+        device = await runner.open(stack, pub, self.wg_private, self.rng, gport)
         endpoints = await asyncio.to_thread(self._advertised, gport)
         membership = build_membership(
             identity=self.identity, wg_private=self.wg_private,
