@@ -1,15 +1,18 @@
-"""The kernel-mode gossip reader (MeshDaemon._gossip_readable) without namespaces: a datagram
-whose handling raises is counted and the reader goes on with the rest of the batch, so one bad
-packet neither stops the reader nor loses the other datagrams' actions."""
+"""The kernel-mode gossip reader (GossipSocket.readable) and timer (KernelRunner) without
+namespaces: a datagram whose handling raises is counted and the reader goes on with the rest of
+the batch, so one bad packet neither stops the reader nor loses the other datagrams' actions."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from meshguard.daemon.mesh_daemon import DaemonConfig, MeshDaemon
+from meshguard.daemon.daemon_config import DaemonConfig
+from meshguard.daemon.gossip_socket import GossipSocket
+from meshguard.daemon.kernel_runner import KernelRunner
 from meshguard.testing.clock import ManualClock
 from meshguard.wireguard.actions import SendDatagram
 
@@ -28,9 +31,8 @@ class ExplodingNode:
         return [SendDatagram(b"reply-" + data, src)]
 
 
-def test_gossip_reader_counts_an_exception_and_keeps_reading(tmp_path: Path) -> None:
+def test_gossip_reader_counts_an_exception_and_keeps_reading() -> None:
     # (loopback UDP is queued on the receiving socket during sendto: nothing to wait for)
-    d = MeshDaemon(DaemonConfig("mg-test", 51820, [], config_dir=tmp_path), ManualClock())
     node = ExplodingNode()
     executed: list[Any] = []
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -38,20 +40,19 @@ def test_gossip_reader_counts_an_exception_and_keeps_reading(tmp_path: Path) -> 
     try:
         rx.bind(("127.0.0.1", 0))
         rx.setblocking(False)
-        d.gossip_sock = rx
-        d.node = node  # type: ignore[assignment]
-        d._execute = executed.extend  # type: ignore[method-assign]
+        reader = GossipSocket(rx, ManualClock(), executed.extend)
+        reader.node = node  # type: ignore[assignment]
         msgs = [b"one", b"boom-1", b"two", b"boom-2", b"three"]
         for m in msgs:
             tx.sendto(m, rx.getsockname())
         for _ in range(3):
-            d._gossip_readable()
+            reader.readable()
         assert node.seen == msgs
         assert node.counters["gossip_reader_errors"] == 2
         assert [a.data for a in executed] == [b"reply-one", b"reply-two", b"reply-three"]
         # and the reader still works afterwards
         tx.sendto(b"four", rx.getsockname())
-        d._gossip_readable()
+        reader.readable()
         assert node.seen[-1] == b"four" and executed[-1].data == b"reply-four"
     finally:
         rx.close()
@@ -76,12 +77,11 @@ class ExplodingTicker:
 
 
 def test_kernel_mode_timer_survives_an_exception(tmp_path: Path) -> None:
-    import asyncio
-
-    d = MeshDaemon(DaemonConfig("mg-test", 51820, [], config_dir=tmp_path), ManualClock())
+    d = KernelRunner(DaemonConfig("mg-test", 51820, [], config_dir=tmp_path), ManualClock(),
+                     lambda actions: None)
     node = ExplodingTicker()
     d.node = node  # type: ignore[assignment]
-    d._execute_kernel = lambda actions: None  # type: ignore[method-assign]
+    d._dispatch = lambda actions: None  # type: ignore[method-assign]
 
     async def run() -> None:
         d._on_timer()

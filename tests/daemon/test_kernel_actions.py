@@ -8,6 +8,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from meshguard.daemon.gossip_socket import GossipSocket
+from meshguard.daemon.host_probe import has_net_admin
+from meshguard.daemon.kernel_runner import KernelRunner
 from meshguard.daemon.kernel_wg import WGPEER_F_REMOVE_ME, KernelWireGuard
 from meshguard.daemon.mesh_daemon import DaemonConfig, MeshDaemon
 from meshguard.mesh.node import PeerConfig, PeerDown, PeerUp
@@ -33,7 +36,9 @@ def test_peer_actions_become_netlink_messages(tmp_path: Path) -> None:
     d = MeshDaemon(DaemonConfig("mgk-test", 51821, [], kernel=True, run_dir=tmp_path,
                                 config_dir=tmp_path, env={}))
     k = RecordingKernel()
-    d.kernel = k
+    runner = d.runner
+    assert isinstance(runner, KernelRunner)
+    runner.kernel = k
     nets = (ipaddress.ip_network("10.99.1.2/32"), ipaddress.ip_network("fd99:6d67::5/128"))
     up = PeerUp(PeerConfig(b"\x07" * 32, b"i" * 32, ("192.0.2.1", 51821), nets, 25))
     down = PeerDown(b"\x09" * 32, b"j" * 32, "dead")
@@ -58,11 +63,13 @@ def test_gossip_goes_out_on_the_gossip_socket(tmp_path: Path) -> None:
     tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     tx.bind(("::", 0))
-    d.gossip_sock = tx
-    d.kernel = RecordingKernel()
+    runner = d.runner
+    assert isinstance(runner, KernelRunner)
+    runner.gossip = GossipSocket(tx, d.clock, runner.execute)
+    runner.kernel = RecordingKernel()
     try:
-        d._execute_kernel([SendDatagram(b"\x01MG\x01\x00hello", ("127.0.0.1",
-                                                                  rx.getsockname()[1]))])
+        runner._dispatch([SendDatagram(b"\x01MG\x01\x00hello", ("127.0.0.1",
+                                                                 rx.getsockname()[1]))])
         data, src = rx.recvfrom(100)
         assert data == b"\x01MG\x01\x00hello" and src[1] == tx.getsockname()[1]
     finally:
@@ -71,8 +78,6 @@ def test_gossip_goes_out_on_the_gossip_socket(tmp_path: Path) -> None:
 
 
 def test_net_admin_detection(tmp_path: Path) -> None:
-    from meshguard.daemon.mesh_daemon import has_net_admin
-
     f = tmp_path / "status"
     f.write_text("Name:\tx\nCapEff:\t0000000000001000\n")
     assert has_net_admin(str(f))

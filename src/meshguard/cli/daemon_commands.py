@@ -1,10 +1,5 @@
-"""`meshguard up`, `meshguard down`, `meshguard status`, `meshguard org-revoke`, `org-alias`.
-
-`up` runs the daemon (meshguard.daemon.mesh_daemon). With `-f` it stays in the foreground
-(systemd, tests); without, it starts itself again in the background with `-f` and returns once
-the daemon reports ready (joined, or no seeds to join) or failed, printing the failure as one
-line. Readiness travels over the systemd notify protocol: the parent listens on a private
-datagram socket named in the child's $NOTIFY_SOCKET.
+"""`meshguard down`, `meshguard status`, `meshguard org-revoke`, `org-alias`; the helpers
+`meshguard up` (cli/up_command.py) shares with them.
 
 `down` asks the daemon on the control socket to leave the mesh gracefully, waits until it is
 gone and exits 0; with no daemon it says so and exits 1. `status` prints a table or, with
@@ -26,18 +21,11 @@ that file announces it at start-up and on SIGHUP.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ipaddress
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from meshguard.config import resolve_config_dir
 from meshguard.daemon.control_client import (
     ControlClient,
     DaemonNotRunningError,
@@ -45,12 +33,16 @@ from meshguard.daemon.control_client import (
     select_daemon,
     wait_until_gone,
 )
-from meshguard.daemon.runtime import DEFAULT_INTERFACE, run_dir, validate_interface
+from meshguard.daemon.daemon_config import ALIAS_FILE
+from meshguard.daemon.runtime import run_dir
 from meshguard.errors import MeshguardError
+from meshguard.identity import store
+from meshguard.identity.names import is_dns_label
+from meshguard.identity.trust import Revocation, TrustStore
+from meshguard.mesh import org_gossip
 from meshguard.wire.control import StatusReport
 
 DEFAULT_PORT = 51821
-READY_TIMEOUT = 30.0  # seconds `up` waits for the background daemon before giving up
 DOWN_TIMEOUT = 10.0
 
 
@@ -125,12 +117,12 @@ def format_status(rep: StatusReport, now: float) -> str:
 # status / down ---------------------------------------------------------------------------
 
 
-def _run_dir(args: argparse.Namespace) -> Path:
+def run_dir_of(args: argparse.Namespace) -> Path:
     return run_dir(getattr(args, "run_dir", None))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    directory = _run_dir(args)
+    directory = run_dir_of(args)
     now = time.time()
     if args.interface is None:
         daemons = running_daemons(directory)
@@ -153,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    client = select_daemon(_run_dir(args), args.interface)
+    client = select_daemon(run_dir_of(args), args.interface)
     client.request("down")
     if not wait_until_gone(client.path, DOWN_TIMEOUT):
         raise MeshguardError(f"the daemon on {client.interface} did not stop within "
@@ -162,7 +154,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-# up --------------------------------------------------------------------------------------
+# seeds -----------------------------------------------------------------------------------
 
 
 STUN_PORT = 3478  # RFC 5389 section 9
@@ -191,157 +183,24 @@ def parse_seed(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     return host, port
 
 
-def _parse_announce(text: str | None) -> str | None:
-    if text is None:
-        return None
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise UsageError(f"--announce needs an IP address, got {text!r}") from None
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from meshguard.daemon.mesh_daemon import DaemonConfig, run_foreground
-
-    validate_interface(args.interface)
-    if not 0 < args.port < 65535:
-        raise UsageError("--port must be between 1 and 65534")
-    config = DaemonConfig(
-        interface=args.interface,
-        port=args.port,
-        seeds=[parse_seed(s) for s in args.seed],
-        announce=_parse_announce(args.announce),
-        stun=[parse_seed(s, STUN_PORT) for s in args.stun],
-        kernel=args.kernel,
-        split_port=args.split_port,
-        open_mesh=args.open,
-        run_dir=_run_dir(args),
-        log_level=args.log_level,
-        dns=not args.no_dns,
-        dns_port=args.dns_port,
-    )
-    if not 0 < args.dns_port < 65536:
-        raise UsageError("--dns-port must be between 1 and 65535")
-    if args.foreground:
-        return run_foreground(config)
-    return _start_background(args, config.run_dir)
-
-
-def _start_background(args: argparse.Namespace, directory: Path) -> int:
-    argv = [sys.executable, "-m", "meshguard", "up", "-f",
-            "--interface", args.interface, "--port", str(args.port),
-            "--log-level", args.log_level, "--run-dir", str(directory)]
-    for s in args.seed:
-        argv += ["--seed", s]
-    if args.announce:
-        argv += ["--announce", args.announce]
-    for s in args.stun:
-        argv += ["--stun", s]
-    if args.kernel:
-        argv.append("--kernel")
-    if args.split_port:
-        argv.append("--split-port")
-    if args.open:
-        argv.append("--open")
-    if args.no_dns:
-        argv.append("--no-dns")
-    argv += ["--dns-port", str(args.dns_port)]
-    with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
-        notify_path = os.path.join(tmp, "notify")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
-            ns.bind(notify_path)
-            ns.settimeout(0.2)
-            log_path = directory / f"{args.interface}.log"
-            with contextlib.suppress(OSError):
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-            except OSError:
-                log = open(os.devnull, "ab")  # noqa: SIM115
-            with log:
-                env = {**os.environ, "NOTIFY_SOCKET": notify_path}
-                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=log,
-                                        start_new_session=True, close_fds=True)
-            return _wait_ready(ns, proc, args.interface, log_path)
-
-
-def _wait_ready(ns: socket.socket, proc: subprocess.Popen[bytes], iface: str,
-                log_path: Path) -> int:
-    deadline = time.monotonic() + READY_TIMEOUT
-    status = ""
-    while time.monotonic() < deadline:
-        try:
-            msg = ns.recv(4096).decode("utf-8", "replace")
-        except TimeoutError:
-            msg = ""
-        fields = dict(line.split("=", 1) for line in msg.splitlines() if "=" in line)
-        status = fields.get("STATUS", status)
-        if fields.get("READY") == "1":
-            print(f"meshguard is up on {iface} (pid {proc.pid}): {status or 'running'}")
-            return 0
-        rc = proc.poll()
-        if rc is not None:
-            # drain a last STATUS sent just before exiting
-            with contextlib.suppress(TimeoutError, OSError):
-                last = ns.recv(4096).decode("utf-8", "replace")
-                for line in last.splitlines():
-                    if line.startswith("STATUS="):
-                        status = line[len("STATUS="):]
-            raise MeshguardError(status or f"the daemon exited with status {rc} "
-                                 f"(see {log_path})")
-    print(f"meshguard started on {iface} (pid {proc.pid}) but has not joined yet "
-          f"({status or 'waiting for seeds'}); see `meshguard status`")
-    return 0
-
-
 # registration ----------------------------------------------------------------------------
 
 
-def _add_common(p: argparse.ArgumentParser, default_iface: str | None) -> None:
+def add_common(p: argparse.ArgumentParser, default_iface: str | None) -> None:
     p.add_argument("--interface", "-i", default=default_iface, metavar="IFACE",
                    help="interface name" + (f" (default {default_iface})" if default_iface
                                             else " (default: the only running daemon)"))
     p.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's sub-commands to the parser."""
-    up = sub.add_parser("up", help="join the mesh (start the daemon)")
-    _add_common(up, DEFAULT_INTERFACE)
-    up.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
-                    help="a member to join through: its gossip port, which is its --port, or "
-                         "--port + 1 for a --kernel node (repeatable; host names allowed)")
-    up.add_argument("--port", type=int, default=DEFAULT_PORT,
-                    help=f"UDP port for WireGuard and gossip (default {DEFAULT_PORT})")
-    up.add_argument("--announce", metavar="IP",
-                    help="the address other members should use to reach this node")
-    up.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
-                    help="STUN server to discover the public endpoint with (repeatable)")
-    up.add_argument("--kernel", action="store_true",
-                    help="use the kernel WireGuard module (gossip then on PORT+1)")
-    # userspace WireGuard with kernel mode's port layout (gossip on PORT+1), for interop tests
-    up.add_argument("--split-port", action="store_true", help=argparse.SUPPRESS)
-    up.add_argument("--open", action="store_true",
-                    help="start even with an empty trust store (no member will be admitted "
-                         "until one is trusted)")
-    up.add_argument("--dns-port", type=int, default=53,
-                    help="port of the *.mesh DNS server on the mesh addresses (default 53); "
-                         "point a resolver at it with `resolvectl dns IFACE <mesh IPv4>; "
-                         "resolvectl domain IFACE '~mesh'` (docs/mesh-dns-and-org-revocation.md)")
-    up.add_argument("--no-dns", action="store_true", help="do not serve *.mesh names")
-    up.add_argument("-f", "--foreground", action="store_true",
-                    help="stay in the foreground (systemd, debugging)")
-    up.add_argument("--log-level", default="info",
-                    choices=["debug", "info", "warning", "error"])
-    up.set_defaults(func=cmd_up)
-
     down = sub.add_parser("down", help="leave the mesh and stop the daemon")
-    _add_common(down, None)
+    add_common(down, None)
     down.set_defaults(func=cmd_down)
 
     st = sub.add_parser("status", help="show members and tunnels")
-    _add_common(st, None)
+    add_common(st, None)
     st.add_argument("--json", action="store_true",
                     help="machine-readable output (schema in meshguard.wire.control)")
     st.set_defaults(func=cmd_status)
@@ -366,12 +225,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def cmd_org_revoke(args: argparse.Namespace) -> int:
-    from meshguard.config import resolve_config_dir
-    from meshguard.identity import store
-    from meshguard.identity.names import is_dns_label
-    from meshguard.identity.trust import Revocation, TrustStore
-    from meshguard.mesh import org_gossip
-
     cfg = resolve_config_dir()
     if args.import_file:
         path = Path(args.import_file)
@@ -424,11 +277,6 @@ def cmd_org_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_org_alias(args: argparse.Namespace) -> int:
-    from meshguard.config import resolve_config_dir
-    from meshguard.daemon.mesh_daemon import ALIAS_FILE
-    from meshguard.identity import store
-    from meshguard.mesh import org_gossip
-
     problem = org_gossip.alias_problem(args.alias)
     if problem is not None:
         raise UsageError(f"{problem}: {args.alias!r}")

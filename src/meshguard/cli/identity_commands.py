@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from meshguard import __version__
 from meshguard.clock import SystemClock
@@ -166,7 +165,7 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=_version)
 

@@ -2,9 +2,10 @@
 
 Each command module exposes `register(subparsers)`, adding its sub-commands with
 `set_defaults(func=handler)`; a handler takes the parsed arguments and returns an exit code.
-A command in `STANDALONE` (a module registering only that command) is parsed with its own
-module alone, so `meshguard wireguard IF` starts without importing every other command's
-dependencies (start-up time is part of that command's contract, as for `wireguard-go IF`).
+A known command is parsed with the one module that registers it (`COMMANDS`), so a command
+imports only its own dependencies: `meshguard status` does not load the daemon and the data
+plane, and `meshguard wireguard IF` starts as fast as it can (start-up time is part of that
+command's contract, as for `wireguard-go IF`). `--help` and unknown commands load them all.
 A MeshguardError raised anywhere below becomes one `meshguard: error: ...` line on stderr.
 """
 
@@ -18,13 +19,19 @@ from collections.abc import Sequence
 from meshguard import __version__
 from meshguard.errors import MeshguardError
 
-COMMAND_MODULES = (
-    "meshguard.cli.identity_commands",
-    "meshguard.cli.wireguard_command",
-    "meshguard.cli.daemon_commands",
-)
-# command name -> the one module that registers it (and nothing else)
-STANDALONE = {"wireguard": "meshguard.cli.wireguard_command"}
+_IDENTITY = "meshguard.cli.identity_commands"
+_WIREGUARD = "meshguard.cli.wireguard_command"
+_UP = "meshguard.cli.up_command"
+_DAEMON = "meshguard.cli.daemon_commands"
+COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON)  # in the order `--help` lists them
+# command name -> the module that registers it (a test holds this to what the modules register)
+COMMANDS = {
+    **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
+                     "rotate-wg-key", "show"), _IDENTITY),
+    "wireguard": _WIREGUARD,
+    "up": _UP,
+    **dict.fromkeys(("down", "status", "org-revoke", "org-alias"), _DAEMON),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +55,7 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    only = STANDALONE.get(args_list[0]) if args_list else None
+    only = COMMANDS.get(args_list[0]) if args_list else None
     parser = build_parser((only,) if only else COMMAND_MODULES)
     args = parser.parse_args(args_list)
     func = getattr(args, "func", None)

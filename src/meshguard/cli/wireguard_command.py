@@ -15,8 +15,9 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any
 
+from meshguard.daemon.wg_interface import preflight, serve
+from meshguard.dataplane.tun import DEFAULT_MTU, validate_ifname
 from meshguard.errors import MeshguardError
 
 _LEVELS = {
@@ -32,7 +33,7 @@ class DaemonStartError(MeshguardError):
     """The background interface process failed before it was ready."""
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's sub-commands to the parser."""
     p = sub.add_parser(
         "wireguard",
@@ -55,9 +56,6 @@ def _setup_logging(to_stderr: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meshguard.daemon.wg_interface import preflight
-    from meshguard.dataplane.tun import DEFAULT_MTU, validate_ifname
-
     ifname: str = args.ifname
     try:
         validate_ifname(ifname)
@@ -75,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_loop(ifname: str, mtu: int, ready_pipe: list[int] | None) -> None:
     """Serve until a signal; `ready_pipe` ([fd]) gets "ok" and is closed once ready."""
-    from meshguard.daemon.wg_interface import serve
-
     def ready() -> None:
         if ready_pipe:
             fd = ready_pipe.pop()

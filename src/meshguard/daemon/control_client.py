@@ -9,7 +9,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from meshguard.daemon.runtime import candidate_sockets, socket_path
 from meshguard.errors import MeshguardError, WireFormatError
@@ -48,7 +47,7 @@ class ControlClient:
         self.interface = interface
         self.timeout = timeout
 
-    def request(self, op: str, **args: Any) -> dict[str, Any]:
+    def request(self, op: str, **args: object) -> dict[str, object]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

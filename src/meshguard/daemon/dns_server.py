@@ -28,7 +28,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from meshguard.dns.resolver import Resolver
 from meshguard.identity.addressing import MESH_IPV4_NETWORK, MESH_IPV6_NETWORK
@@ -137,7 +137,7 @@ class DnsServer:
         return _Udp(self)
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer: Any = writer.get_extra_info("peername")
+        peer: object = writer.get_extra_info("peername")
         if not (isinstance(peer, tuple) and peer and self.allowed(str(peer[0]))):
             self.counters["dns_foreign_source"] += 1
             writer.close()

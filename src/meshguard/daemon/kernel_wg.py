@@ -20,6 +20,7 @@ as gossip endpoints.
 
 from __future__ import annotations
 
+import base64
 import errno
 import ipaddress
 import shutil
@@ -27,7 +28,10 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from pyroute2 import IPRoute, WireGuard
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink.generic.wireguard import wgmsg
 
 from meshguard.errors import MeshguardError
 
@@ -46,6 +50,8 @@ AF_INET = 2
 AF_INET6 = 10
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# a netlink attribute value as pyroute2 takes it: a scalar, an address dict, or nested attributes
+NlaValue = str | int | bytes | list["NlaValue"] | dict[str, "NlaValue"]
 
 
 class KernelModuleMissingError(MeshguardError):
@@ -87,15 +93,13 @@ class KernelPeerStats:
 
 
 def _b64(raw: bytes) -> str:
-    import base64
-
     if len(raw) != 32:
         raise ValueError("WireGuard keys are 32 bytes")
     return base64.b64encode(raw).decode("ascii")
 
 
-def _peer_attrs(peer: KernelPeer) -> dict[str, Any]:
-    attrs: list[list[Any]] = [["WGPEER_A_PUBLIC_KEY", _b64(peer.public_key)]]
+def _peer_attrs(peer: KernelPeer) -> dict[str, NlaValue]:
+    attrs: list[NlaValue] = [["WGPEER_A_PUBLIC_KEY", _b64(peer.public_key)]]
     if peer.remove:
         attrs.append(["WGPEER_A_FLAGS", WGPEER_F_REMOVE_ME])
         return {"attrs": attrs}
@@ -110,7 +114,7 @@ def _peer_attrs(peer: KernelPeer) -> dict[str, Any]:
     if peer.persistent_keepalive is not None:
         attrs.append(["WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL", peer.persistent_keepalive])
     if peer.allowed_ips or peer.replace_allowed_ips:
-        ips = []
+        ips: list[NlaValue] = []
         for net in peer.allowed_ips:
             family = AF_INET if net.version == 4 else AF_INET6
             ips.append({"attrs": [
@@ -130,10 +134,8 @@ def build_set_device(
     fwmark: int | None = None,
     peers: Sequence[KernelPeer] = (),
     replace_peers: bool = False,
-) -> Any:
+) -> wgmsg:
     """A WG_CMD_SET_DEVICE message (pyroute2 `wgmsg`), built but not encoded or sent."""
-    from pyroute2.netlink.generic.wireguard import wgmsg
-
     msg = wgmsg()
     msg["cmd"] = WG_CMD_SET_DEVICE
     msg["version"] = WG_GENL_VERSION
@@ -182,8 +184,6 @@ class KernelWireGuard:
         self.created = False
 
     def create_link(self) -> None:
-        from pyroute2 import IPRoute
-
         with IPRoute() as ipr:
             try:
                 ipr.link("add", ifname=self.ifname, kind="wireguard")
@@ -202,8 +202,6 @@ class KernelWireGuard:
             self.created = True
 
     def delete_link(self) -> None:
-        from pyroute2 import IPRoute
-
         if not self.created:
             return
         with IPRoute() as ipr:
@@ -214,11 +212,8 @@ class KernelWireGuard:
                     raise KernelWireGuardError(f"cannot delete {self.ifname}: {exc}") from None
         self.created = False
 
-    def apply(self, msg: Any) -> None:
+    def apply(self, msg: wgmsg) -> None:
         """Send a message from `build_set_device` and wait for the kernel's ack."""
-        from pyroute2 import WireGuard
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-
         try:
             wg = WireGuard()
         except Exception as exc:
@@ -242,10 +237,6 @@ class KernelWireGuard:
             self.apply(build_set_device(self.ifname, peers=batch))
 
     def peer_stats(self) -> list[KernelPeerStats]:
-        import base64
-
-        from pyroute2 import WireGuard
-
         out: list[KernelPeerStats] = []
         wg = WireGuard()
         try:

@@ -19,8 +19,8 @@ import asyncio
 import errno
 import logging
 import os
+import signal
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from meshguard.clock import Clock, SystemClock
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
@@ -38,6 +38,7 @@ from meshguard.dataplane.engine import Engine
 from meshguard.dataplane.tun import DEFAULT_MTU, TunDevice, TunError, interface_exists
 from meshguard.errors import MeshguardError
 from meshguard.rng import Rng, SystemRng
+from meshguard.wireguard import keypair as _keypair
 from meshguard.wireguard.device import Device, Peer
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,6 @@ def apply_test_knobs(device: Device, env: Mapping[str, str]) -> None:
     if not seconds > 0:
         raise InterfaceError(f"{REKEY_ENV} must be positive")
     # Keypair.wants_rekey reads this module global at call time: override it for this process.
-    from meshguard.wireguard import keypair as _keypair
-
     if not hasattr(_keypair, "REKEY_AFTER_TIME"):
         raise InterfaceError(f"{REKEY_ENV} is not supported by this WireGuard core")
     setattr(_keypair, "REKEY_AFTER_TIME", seconds)  # noqa: B010
@@ -285,7 +284,7 @@ class WireGuardInterface:
         log.error("interface %s was removed; shutting down", self.ifname)
         self._close_task = asyncio.get_running_loop().create_task(self.close())
 
-    def _events(self, actions: list[Any]) -> None:
+    def _events(self, actions: list[object]) -> None:
         for a in actions:
             log.debug("device event: %s", type(a).__name__)
 
@@ -306,8 +305,6 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Create the interface, serve until SIGTERM/SIGINT, then remove socket and interface."""
-    import signal
-
     iface = WireGuardInterface(ifname, run_dir=run_dir, mtu=mtu)
     await iface.start()
     loop = asyncio.get_running_loop()

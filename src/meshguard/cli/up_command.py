@@ -1,0 +1,168 @@
+"""`meshguard up` runs the daemon (meshguard.daemon.mesh_daemon). With `-f` it stays in the
+foreground (systemd, tests); without, it starts itself again in the background with `-f` and
+returns once the daemon reports ready (joined, or no seeds to join) or failed, printing the
+failure as one line. Readiness travels over the systemd notify protocol: the parent listens on a
+private datagram socket named in the child's $NOTIFY_SOCKET.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from meshguard.cli.daemon_commands import (
+    DEFAULT_PORT,
+    STUN_PORT,
+    UsageError,
+    add_common,
+    parse_seed,
+    run_dir_of,
+)
+from meshguard.daemon.daemon_config import DaemonConfig
+from meshguard.daemon.mesh_daemon import run_foreground
+from meshguard.daemon.runtime import DEFAULT_INTERFACE, validate_interface
+from meshguard.errors import MeshguardError
+
+READY_TIMEOUT = 30.0  # seconds `up` waits for the background daemon before giving up
+
+
+def _parse_announce(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(f"--announce needs an IP address, got {text!r}") from None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    validate_interface(args.interface)
+    if not 0 < args.port < 65535:
+        raise UsageError("--port must be between 1 and 65534")
+    config = DaemonConfig(
+        interface=args.interface,
+        port=args.port,
+        seeds=[parse_seed(s) for s in args.seed],
+        announce=_parse_announce(args.announce),
+        stun=[parse_seed(s, STUN_PORT) for s in args.stun],
+        kernel=args.kernel,
+        split_port=args.split_port,
+        open_mesh=args.open,
+        run_dir=run_dir_of(args),
+        log_level=args.log_level,
+        dns=not args.no_dns,
+        dns_port=args.dns_port,
+    )
+    if not 0 < args.dns_port < 65536:
+        raise UsageError("--dns-port must be between 1 and 65535")
+    if args.foreground:
+        return run_foreground(config)
+    return _start_background(args, config.run_dir)
+
+
+def _start_background(args: argparse.Namespace, directory: Path) -> int:
+    argv = [sys.executable, "-m", "meshguard", "up", "-f",
+            "--interface", args.interface, "--port", str(args.port),
+            "--log-level", args.log_level, "--run-dir", str(directory)]
+    for s in args.seed:
+        argv += ["--seed", s]
+    if args.announce:
+        argv += ["--announce", args.announce]
+    for s in args.stun:
+        argv += ["--stun", s]
+    if args.kernel:
+        argv.append("--kernel")
+    if args.split_port:
+        argv.append("--split-port")
+    if args.open:
+        argv.append("--open")
+    if args.no_dns:
+        argv.append("--no-dns")
+    argv += ["--dns-port", str(args.dns_port)]
+    with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
+        notify_path = os.path.join(tmp, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
+            ns.bind(notify_path)
+            ns.settimeout(0.2)
+            log_path = directory / f"{args.interface}.log"
+            with contextlib.suppress(OSError):
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+            except OSError:
+                log = open(os.devnull, "ab")  # noqa: SIM115
+            with log:
+                env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+                proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=log,
+                                        start_new_session=True, close_fds=True)
+            return _wait_ready(ns, proc, args.interface, log_path)
+
+
+def _wait_ready(ns: socket.socket, proc: subprocess.Popen[bytes], iface: str,
+                log_path: Path) -> int:
+    deadline = time.monotonic() + READY_TIMEOUT
+    status = ""
+    while time.monotonic() < deadline:
+        try:
+            msg = ns.recv(4096).decode("utf-8", "replace")
+        except TimeoutError:
+            msg = ""
+        fields = dict(line.split("=", 1) for line in msg.splitlines() if "=" in line)
+        status = fields.get("STATUS", status)
+        if fields.get("READY") == "1":
+            print(f"meshguard is up on {iface} (pid {proc.pid}): {status or 'running'}")
+            return 0
+        rc = proc.poll()
+        if rc is not None:
+            # drain a last STATUS sent just before exiting
+            with contextlib.suppress(TimeoutError, OSError):
+                last = ns.recv(4096).decode("utf-8", "replace")
+                for line in last.splitlines():
+                    if line.startswith("STATUS="):
+                        status = line[len("STATUS="):]
+            raise MeshguardError(status or f"the daemon exited with status {rc} "
+                                 f"(see {log_path})")
+    print(f"meshguard started on {iface} (pid {proc.pid}) but has not joined yet "
+          f"({status or 'waiting for seeds'}); see `meshguard status`")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `up` to the parser."""
+    up = sub.add_parser("up", help="join the mesh (start the daemon)")
+    add_common(up, DEFAULT_INTERFACE)
+    up.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
+                    help="a member to join through: its gossip port, which is its --port, or "
+                         "--port + 1 for a --kernel node (repeatable; host names allowed)")
+    up.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help=f"UDP port for WireGuard and gossip (default {DEFAULT_PORT})")
+    up.add_argument("--announce", metavar="IP",
+                    help="the address other members should use to reach this node")
+    up.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
+                    help="STUN server to discover the public endpoint with (repeatable)")
+    up.add_argument("--kernel", action="store_true",
+                    help="use the kernel WireGuard module (gossip then on PORT+1)")
+    # userspace WireGuard with kernel mode's port layout (gossip on PORT+1), for interop tests
+    up.add_argument("--split-port", action="store_true", help=argparse.SUPPRESS)
+    up.add_argument("--open", action="store_true",
+                    help="start even with an empty trust store (no member will be admitted "
+                         "until one is trusted)")
+    up.add_argument("--dns-port", type=int, default=53,
+                    help="port of the *.mesh DNS server on the mesh addresses (default 53); "
+                         "point a resolver at it with `resolvectl dns IFACE <mesh IPv4>; "
+                         "resolvectl domain IFACE '~mesh'` (docs/mesh-dns-and-org-revocation.md)")
+    up.add_argument("--no-dns", action="store_true", help="do not serve *.mesh names")
+    up.add_argument("-f", "--foreground", action="store_true",
+                    help="stay in the foreground (systemd, debugging)")
+    up.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"])
+    up.set_defaults(func=cmd_up)

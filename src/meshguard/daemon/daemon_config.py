@@ -1,0 +1,51 @@
+"""What `meshguard up` is asked to run: the daemon's configuration and its start-up error."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshguard.errors import MeshguardError
+from meshguard.sansio import Endpoint
+
+ALIAS_FILE = "alias"  # org/alias: this org's signed alias (`meshguard org-alias`)
+
+
+class StartupError(MeshguardError):
+    """The daemon cannot start (the message names the fix)."""
+
+
+@dataclass
+class DaemonConfig:
+    interface: str
+    port: int
+    seeds: list[Endpoint]
+    announce: str | None = None
+    stun: list[Endpoint] = field(default_factory=list)
+    kernel: bool = False
+    # userspace WireGuard with the kernel mode's port layout (gossip on port + 1): lets tests
+    # check that split-port and single-port nodes interoperate on a machine without the module
+    split_port: bool = False
+    open_mesh: bool = False
+    run_dir: Path = Path("/run/meshguard")
+    log_level: str = "info"
+    config_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    dns: bool = True  # serve *.mesh on the mesh addresses (daemon/dns_server.py)
+    dns_port: int = 53
+
+    @property
+    def split(self) -> bool:
+        """WireGuard and gossip on separate ports (kernel mode, or userspace `split_port`)."""
+        return self.kernel or self.split_port
+
+
+def bind_error(exc: OSError, port: int) -> StartupError:
+    """One clear line for a UDP port the daemon could not bind."""
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"UDP port {port} is already in use; pick another with --port")
+    if exc.errno == errno.EACCES:
+        return StartupError(f"cannot bind UDP port {port}: permission denied")
+    return StartupError(f"cannot bind UDP port {port}: {exc.strerror}")

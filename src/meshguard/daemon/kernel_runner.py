@@ -1,0 +1,159 @@
+"""Kernel mode: the Linux WireGuard device carries the tunnels, configured over netlink
+(kernel_wg.py); the daemon reads gossip on its own socket (port + 1) and runs the node's timers
+on the event loop, since no data-plane engine is there to do it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from pyroute2 import IPRoute
+
+from meshguard.clock import Clock
+from meshguard.crypto.keys import X25519PrivateKey
+from meshguard.daemon.daemon_config import DaemonConfig, StartupError
+from meshguard.daemon.gossip_socket import ErrorThrottle, GossipSocket
+from meshguard.daemon.kernel_wg import KernelPeer, KernelWireGuard, build_set_device
+from meshguard.daemon.status import PeerStats
+from meshguard.errors import MeshguardError
+from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
+from meshguard.rng import Rng
+from meshguard.wireguard.actions import SendDatagram
+
+log = logging.getLogger("meshguard.daemon")
+
+MAX_TIMER_DELAY = 1.0  # seconds: the node is ticked at least this often
+
+
+class KernelRunner:
+    mode = "kernel"
+
+    def __init__(self, cfg: DaemonConfig, clock: Clock,
+                 on_actions: Callable[[list[Action]], None]) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self._on_actions = on_actions
+        self.kernel: KernelWireGuard | None = None
+        self.gossip: GossipSocket | None = None
+        self.node: MeshNode | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        # one warning budget for the gossip reader and the timer, as they share the log
+        self._throttle = ErrorThrottle()
+
+    async def open(self, stack: contextlib.AsyncExitStack, identity_key: bytes,
+                   wg_private: X25519PrivateKey, rng: Rng, gossip_port: int) -> None:
+        """Bind the gossip socket, then create and configure the kernel link. There is no
+        userspace Device: the kernel holds the keys and the tunnels."""
+        cfg = self.cfg
+        gossip = GossipSocket.bind(gossip_port, self.clock, self.execute,
+                                   drop_wireguard=cfg.split_port, throttle=self._throttle)
+        stack.callback(gossip.close)
+        self.gossip = gossip
+        kwg = KernelWireGuard(cfg.interface)
+        await asyncio.to_thread(kwg.create_link)
+        stack.push_async_callback(asyncio.to_thread, kwg.delete_link)
+        self.kernel = kwg
+
+        def configure() -> None:
+            kwg.configure(wg_private.raw, cfg.port)
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=cfg.interface)[0]
+                ipr.addr("add", index=idx, address=str(mesh_ipv4(identity_key)), prefixlen=16)
+                ipr.addr("add", index=idx, address=str(mesh_ipv6(identity_key)), prefixlen=64)
+                ipr.link("set", index=idx, state="up")
+
+        try:
+            await asyncio.to_thread(configure)
+        except OSError as exc:
+            raise StartupError(f"UDP port {cfg.port} could not be given to the kernel "
+                               f"device: {exc}") from None
+
+    def attach(self, node: MeshNode, loop: asyncio.AbstractEventLoop,
+               stack: contextlib.AsyncExitStack) -> None:
+        """Start the node's timers and the gossip reader."""
+        self.node = node
+        self._arm_timer()
+        gossip = self.gossip
+        if gossip is not None:
+            gossip.node = node
+            loop.add_reader(gossip.fileno(), gossip.readable)
+            stack.callback(loop.remove_reader, gossip.fileno())
+
+    def execute(self, actions: list[Action]) -> None:
+        if not actions:
+            return
+        self._dispatch(actions)
+        self._arm_timer()
+
+    def _dispatch(self, actions: list[Action]) -> None:
+        """Datagrams leave from the gossip socket; everything else is an event for the daemon."""
+        if self.gossip is not None:
+            other = self.gossip.send(actions)
+        else:
+            other = [a for a in actions if not isinstance(a, SendDatagram)]
+        self._on_actions(other)
+
+    def peers_changed(self, changes: list[PeerUp | PeerDown]) -> None:
+        """The node's tunnels go to the kernel device in one WG_CMD_SET_DEVICE."""
+        kwg = self.kernel
+        if not changes or kwg is None:
+            return
+        peers: list[KernelPeer] = []
+        for a in changes:
+            if isinstance(a, PeerUp):
+                p = a.peer
+                peers.append(KernelPeer(p.wg_key, p.endpoint, p.keepalive, p.allowed_ips))
+            else:
+                peers.append(KernelPeer(a.wg_key, remove=True))
+        msg = build_set_device(kwg.ifname, peers=peers)
+        try:
+            kwg.apply(msg)
+        except MeshguardError as exc:
+            log.error("kernel WireGuard: %s", exc)
+
+    async def peer_stats(self) -> PeerStats | None:
+        return await asyncio.to_thread(self._kernel_stats)
+
+    def _kernel_stats(self) -> PeerStats:
+        assert self.kernel is not None
+        try:
+            return {s.public_key: (s.last_handshake_wall, s.rx_bytes, s.tx_bytes, s.endpoint)
+                    for s in self.kernel.peer_stats()}
+        except Exception as exc:
+            log.warning("kernel peer stats: %s", exc)
+            return {}
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    # ---- timers ------------------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        if self.node is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        deadline = self.node.next_deadline()
+        delay = MAX_TIMER_DELAY if deadline is None else max(0.0,
+                                                             deadline - self.clock.monotonic())
+        self._timer = loop.call_later(min(delay, MAX_TIMER_DELAY), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.node is None:
+            return
+        c = self.clock
+        try:
+            self._dispatch(self.node.tick(c.monotonic(), c.wall()))
+        except Exception:
+            # a bug must not stop the timers for good: count it, warn now and then, go on
+            self.node.counters["timer_errors"] += 1
+            if self._throttle.due(c.monotonic()):
+                log.exception("timer: node tick raised (%d so far)",
+                              self.node.counters["timer_errors"])
+        finally:
+            self._arm_timer()

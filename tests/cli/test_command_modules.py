@@ -1,0 +1,32 @@
+"""The command table of `meshguard` (cli/main.py): each command is parsed with the one module
+that registers it, so a command imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from meshguard.cli.main import COMMAND_MODULES, COMMANDS, build_parser
+
+
+def _registered(module: str) -> set[str]:
+    parser = build_parser((module,))
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name for s in subs for name in s.choices}
+
+
+def test_the_table_names_the_module_that_registers_each_command() -> None:
+    registered = {name: m for m in COMMAND_MODULES for name in _registered(m)}
+    assert registered == COMMANDS
+
+
+def test_status_does_not_load_the_daemon_or_the_data_plane(tmp_path: Path) -> None:
+    code = ("import sys; from meshguard.cli.main import main; "
+            "rc = main(['status', '--run-dir', sys.argv[1]]); "
+            "print(rc, sorted(m for m in sys.modules if m.startswith("
+            "('meshguard.daemon.mesh_daemon', 'meshguard.dataplane'))))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    assert out.split(maxsplit=1) == ["1", "[]\n"]
