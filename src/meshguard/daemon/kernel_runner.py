@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyroute2 import IPRoute
 
@@ -82,7 +82,7 @@ class KernelRunner:
             loop.add_reader(gossip.fileno(), gossip.readable)
             stack.callback(loop.remove_reader, gossip.fileno())
 
-    def execute(self, actions: list[Action]) -> None:
+    def execute(self, actions: Sequence[Action]) -> None:
         if not actions:
             return
         self._dispatch(actions)

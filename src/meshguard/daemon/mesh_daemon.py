@@ -33,7 +33,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from meshguard import __version__
@@ -102,7 +102,7 @@ class ModeRunner(Protocol):
     def attach(self, node: MeshNode, loop: asyncio.AbstractEventLoop,
                stack: contextlib.AsyncExitStack) -> None: ...
 
-    def execute(self, actions: list[Action]) -> None: ...
+    def execute(self, actions: Sequence[Action]) -> None: ...
 
     def peers_changed(self, changes: list[PeerUp | PeerDown]) -> None: ...
 
@@ -299,7 +299,7 @@ class MeshDaemon:
 
     # ---- event plumbing --------------------------------------------------------------
 
-    def _execute(self, actions: list[Action]) -> None:
+    def _execute(self, actions: Sequence[Action]) -> None:
         if actions:
             self.runner.execute(actions)
 
