@@ -88,7 +88,7 @@ class KernelRunner:
         self._dispatch(actions)
         self._arm_timer()
 
-    def _dispatch(self, actions: list[Action]) -> None:
+    def _dispatch(self, actions: Sequence[Action]) -> None:
         """Datagrams leave from the gossip socket; everything else is an event for the daemon."""
         if self.gossip is not None:
             other = self.gossip.send(actions)
