@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pyroute2 import IPRoute
 
@@ -82,13 +82,13 @@ class KernelRunner:
             loop.add_reader(gossip.fileno(), gossip.readable)
             stack.callback(loop.remove_reader, gossip.fileno())
 
-    def execute(self, actions: Sequence[Action]) -> None:
+    def execute(self, actions: list[Action]) -> None:
         if not actions:
             return
         self._dispatch(actions)
         self._arm_timer()
 
-    def _dispatch(self, actions: Sequence[Action]) -> None:
+    def _dispatch(self, actions: list[Action]) -> None:
         """Datagrams leave from the gossip socket; everything else is an event for the daemon."""
         if self.gossip is not None:
             other = self.gossip.send(actions)

@@ -33,7 +33,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 from meshguard import __version__
@@ -102,7 +102,7 @@ class ModeRunner(Protocol):
     def attach(self, node: MeshNode, loop: asyncio.AbstractEventLoop,
                stack: contextlib.AsyncExitStack) -> None: ...
 
-    def execute(self, actions: Sequence[Action]) -> None: ...
+    def execute(self, actions: list[Action]) -> None: ...
 
     def peers_changed(self, changes: list[PeerUp | PeerDown]) -> None: ...
 
@@ -237,8 +237,9 @@ class MeshDaemon:
                  cfg.interface, self.identity.public_key.b64()[:12], self.node.self_ipv4,
                  self.node.self_ipv6, cfg.port,
                  f" (gossip {gport})" if gport != cfg.port else "")
-        self._execute(membership.join_actions(self.seeds, self.clock.monotonic(),
-                                              self.clock.wall()))
+        joining: list[Action] = [*membership.join_actions(self.seeds, self.clock.monotonic(),
+                                                          self.clock.wall())]
+        self._execute(joining)
         if self.stun_servers:
             client = StunClient(self.rng, self.stun_servers, local=endpoints)
             self._execute(self.node.start_stun(client, self.clock.monotonic()))
@@ -299,7 +300,7 @@ class MeshDaemon:
 
     # ---- event plumbing --------------------------------------------------------------
 
-    def _execute(self, actions: Sequence[Action]) -> None:
+    def _execute(self, actions: list[Action]) -> None:
         if actions:
             self.runner.execute(actions)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from meshguard.clock import Clock
 from meshguard.crypto.keys import X25519PrivateKey
@@ -105,7 +105,7 @@ class UserspaceRunner:
         if self.gossip is not None:
             self._on_actions(self.gossip.send(list(grams)))
 
-    def execute(self, actions: Sequence[Action]) -> None:
+    def execute(self, actions: list[Action]) -> None:
         if not actions:
             return
         engine = self.engine
