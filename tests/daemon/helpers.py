@@ -1,4 +1,6 @@
-"""Shared helpers for the daemon tests: whether this kernel can run kernel-mode WireGuard.
+"""Shared helpers for the daemon tests: kernel-mode WireGuard and a STUN server's readiness.
+
+Whether this kernel can run kernel-mode WireGuard:
 
 Kernel mode is tested for real where the kernel can provide WireGuard and its refusal is tested
 where it cannot. Both test files (test_kernel_wg.py and test_up_cli_netns.py) take the decision
@@ -21,10 +23,12 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.kernel_wg import (
@@ -33,7 +37,8 @@ from meshguard.daemon.kernel_wg import (
     KernelWireGuard,
     build_set_device,
 )
-from meshguard.testing.netns import Namespace, netns_skip_reason, unique_name
+from meshguard.testing.netns import Namespace, netns_skip_reason, unique_name, wait_until
+from meshguard.wire import stun
 
 SYS_MODULE = Path("/sys/module/wireguard")
 
@@ -108,11 +113,38 @@ def kernel_link_probe(ifname: str) -> dict[str, object]:
     return out
 
 
-def run_kernel_link_probe(ns: Namespace) -> dict[str, object]:
-    """`kernel_link_probe` in a child process inside `ns`, with a unique interface name."""
+def stun_answers(host: str, port: int | str) -> bool:
+    """Run in a namespace: True when a STUN server at host:port answers one binding request."""
+    txid = os.urandom(stun.TXID_LEN)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        sock.sendto(stun.encode_binding_request(txid), (host, int(port)))
+        try:
+            data = sock.recv(2048)
+        except OSError:  # timeout, or ICMP port unreachable: not listening yet
+            return False
+    return stun.is_stun(data) and stun.decode(data).transaction_id == txid
+
+
+def run_in_namespace(ns: Namespace, helper: str, *args: str) -> Any:
+    """Call `helper` (a function of this module) with `args` in a child process inside `ns`
+    and return its result, which must be JSON."""
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
-            "from tests.daemon.helpers import kernel_link_probe; "
-            "print(json.dumps(kernel_link_probe(sys.argv[2])))")
-    res = ns.run([sys.executable, "-c", code, str(REPO), unique_name("mgk")])
-    result: dict[str, object] = json.loads(res.stdout)
+            "from tests.daemon import helpers; "
+            "print(json.dumps(getattr(helpers, sys.argv[2])(*sys.argv[3:])))")
+    res = ns.run([sys.executable, "-c", code, str(REPO), helper, *args])
+    return json.loads(res.stdout)
+
+
+def run_kernel_link_probe(ns: Namespace) -> dict[str, object]:
+    """`kernel_link_probe` inside `ns`, with a unique interface name."""
+    result: dict[str, object] = run_in_namespace(ns, "kernel_link_probe", unique_name("mgk"))
     return result
+
+
+def wait_for_stun(ns: Namespace, host: str, port: int, timeout: float = 15) -> None:
+    """Return once the STUN server at host:port answers from inside `ns` (coturn binds its
+    socket before it serves, so a listening socket alone is not enough)."""
+    wait_until(lambda: run_in_namespace(ns, "stun_answers", host, str(port)) is True,
+               timeout, f"the STUN server at {host}:{port} to answer")

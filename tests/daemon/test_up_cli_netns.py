@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from meshguard.testing.netns import netns_skip_reason, wait_until
 
-from .helpers import kernel_wireguard
+from .helpers import kernel_wireguard, wait_for_stun
 from .meshnet import MeshLan, Node, run_cli, trust_all
 
 pytestmark = [
@@ -115,7 +114,6 @@ def test_background_mode_status_and_down(lan: MeshLan) -> None:
     a = lan.add_node("a")
     b = lan.add_node("b")
     trust_all([a, b])
-    t0 = time.monotonic()
     res = a.cli("up", "--interface", a.iface, "--announce", a.ip, timeout=40)
     assert res.returncode == 0, res.stderr
     assert "is up" in res.stdout and a.sock.exists()
@@ -123,7 +121,6 @@ def test_background_mode_status_and_down(lan: MeshLan) -> None:
                 timeout=40)
     assert res.returncode == 0, res.stderr
     assert "joined" in res.stdout, res.stdout  # READY only once joined through the seed
-    assert time.monotonic() - t0 < 30
     # two daemons share the run dir: status lists both, down asks which
     res = a.cli("status")
     assert res.returncode == 0 and a.iface in res.stdout and b.iface in res.stdout
@@ -152,7 +149,7 @@ def test_stun_discovery_against_coturn(lan: MeshLan) -> None:
     trust_all([a, b])
     a.ns.popen(["turnserver", "-n", "--listening-ip", a.ip, "--listening-port", "3478",
                 "--stun-only", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp"])
-    wait_until(lambda: ":3478" in a.ns.run(["ss", "-uln"]).stdout, 10, "coturn listening")
+    wait_for_stun(a.ns, a.ip, 3478)
     a.up()
     b.up([a], "--stun", a.ip)
     lan.wait(lambda: b.log is not None and "STUN: public endpoint" in b.log.read_text(),
