@@ -6,123 +6,15 @@ deadlines (no sleeps).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import struct
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from meshguard.crypto.keys import X25519PrivateKey
-from meshguard.dataplane.engine import Engine, seal_batch
-from meshguard.testing.rng import SeededRng
-from meshguard.wireguard.device import Device, seal_transport
+from meshguard.dataplane.engine import seal_batch
+from meshguard.wireguard.device import seal_transport
 
-A_IN, B_IN = "10.0.0.1", "10.0.0.2"
-DEADLINE = 10.0
-
-
-def ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", 1000, 2000, 8 + len(payload), 0) + payload
-    hdr = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(udp),
-        0,
-        0,
-        64,
-        17,
-        0,
-        socket.inet_aton(src),
-        socket.inet_aton(dst),
-    )
-    return hdr + udp
-
-
-class FakeTun:
-    """A SOCK_SEQPACKET pair: the engine gets `engine_fd`, the test reads/writes `peer`."""
-
-    def __init__(self) -> None:
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        a.setblocking(False)
-        b.setblocking(False)
-        for sock in (a, b):  # room for a burst of a few hundred packets
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE (root)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        self._engine_side, self.peer = a, b
-        self.engine_fd = a.fileno()
-        self.received: list[bytes] = []
-
-    def drain(self) -> None:
-        while True:
-            try:
-                self.received.append(self.peer.recv(65535))
-            except BlockingIOError:
-                return
-
-    def close(self) -> None:
-        self._engine_side.close()
-        self.peer.close()
-
-
-class World:
-    def __init__(self, loop: asyncio.AbstractEventLoop, outer: str = "127.0.0.1") -> None:
-        rng = SeededRng(5)
-        self.ka = X25519PrivateKey.generate(rng.bytes(32))
-        self.kb = X25519PrivateKey.generate(rng.bytes(32))
-        self.da = Device(SeededRng(1), self.ka)
-        self.db = Device(SeededRng(2), self.kb)
-        self.ta, self.tb = FakeTun(), FakeTun()
-        self.ea = Engine(self.da, self.ta.engine_fd)
-        self.eb = Engine(self.db, self.tb.engine_fd)
-        self.ea.bind(0)
-        self.eb.bind(0)
-        self.pb = self.da.add_peer(self.kb.public_key)
-        self.pa = self.db.add_peer(self.ka.public_key)
-        self.pb.endpoint = (outer, self.eb.port)
-        self.pa.endpoint = (outer, self.ea.port)
-        self.da.set_allowed_ips(self.pb, [f"{B_IN}/32"])
-        self.db.set_allowed_ips(self.pa, [f"{A_IN}/32"])
-        for t in (self.ta, self.tb):
-            loop.add_reader(t.peer.fileno(), t.drain)
-        self.ea.start(loop)
-        self.eb.start(loop)
-        self.loop = loop
-
-    def close(self) -> None:
-        for t in (self.ta, self.tb):
-            self.loop.remove_reader(t.peer.fileno())
-        self.ea.close()
-        self.eb.close()
-        self.ta.close()
-        self.tb.close()
-
-
-async def until(pred: Callable[[], bool], what: str) -> None:
-    """Yield to the loop until pred() holds (deadline); event-driven, the loop does the I/O."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        fut = loop.create_future()
-        loop.call_later(0.001, fut.set_result, None)
-        await fut
-
-
-def run(body: Callable[[World], Awaitable[None]], outer: str = "127.0.0.1") -> None:
-    async def main() -> None:
-        w = World(asyncio.get_running_loop(), outer)
-        try:
-            await body(w)
-        finally:
-            w.close()
-
-    asyncio.run(main())
+from .helpers import A_IN, B_IN, DEADLINE, World, ipv4_udp, run, until
 
 
 @pytest.mark.parametrize("outer", ["127.0.0.1", "::1"])

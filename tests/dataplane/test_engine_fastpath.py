@@ -12,11 +12,12 @@ import socket
 from typing import Any
 
 import pytest
-from test_engine import A_IN, B_IN, World, ipv4_udp, until
 
 from meshguard.dataplane import engine as engine_mod
 from meshguard.dataplane import fastpath
 from meshguard.dataplane.engine import seal_batch
+
+from .helpers import A_IN, B_IN, World, ipv4_udp, until
 
 IMPLS = [fastpath.python_impl()]
 if fastpath.c_impl() is not None:
