@@ -1,10 +1,8 @@
 """Shared helpers for the daemon tests: kernel-mode WireGuard and a STUN server's readiness.
 
-Whether this kernel can run kernel-mode WireGuard:
-
 Kernel mode is tested for real where the kernel can provide WireGuard and its refusal is tested
 where it cannot. Both test files (test_kernel_wg.py and test_up_cli_netns.py) take the decision
-from `kernel_wireguard()`, so they never disagree and neither skips:
+from `kernel_wireguard()`, so they never disagree and neither skips. It asks, in order:
 
 1. /sys/module/wireguard exists: the module is loaded (or built in).
 2. `modprobe -n -q wireguard` succeeds: the module is installed and the daemon's own
