@@ -30,7 +30,7 @@ SLOW_MODULES = frozenset({
     "tests/swim/test_sim.py",
     "tests/identity/test_atomic_write_kill.py",
 })
-ROOT = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 # `./dev check` may run as a user who cannot write the checkout: Hypothesis's example database
 # then lives in memory (rather than warning on every test). Set here, at import, because the
@@ -56,8 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.is_relative_to(ROOT) and \
-                item.path.relative_to(ROOT).as_posix() in SLOW_MODULES:
+        if item.path.is_relative_to(REPO) and \
+                item.path.relative_to(REPO).as_posix() in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
 
 
