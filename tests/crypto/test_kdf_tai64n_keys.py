@@ -16,7 +16,7 @@ from meshguard.crypto.keys import (
 from meshguard.crypto.tai64n import parse_tai64n, tai64n
 from meshguard.errors import KeyFormatError
 
-from .conftest import h, load_vectors
+from .helpers import h, load_vectors
 
 BLOCK = 64  # BLAKE2s block size
 

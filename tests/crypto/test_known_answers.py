@@ -22,7 +22,7 @@ from meshguard.crypto.keys import (
 )
 from meshguard.errors import CryptoError, KeyFormatError
 
-from .conftest import h, load_vectors
+from .helpers import h, load_vectors
 
 X25519 = load_vectors("x25519.json")
 ED25519 = load_vectors("ed25519.json")

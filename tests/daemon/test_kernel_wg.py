@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.kernel_wg import (
     MISSING_MODULE_MESSAGE,
     WGDEVICE_F_REPLACE_PEERS,
@@ -15,11 +15,13 @@ from meshguard.daemon.kernel_wg import (
     WGPEER_F_REPLACE_ALLOWEDIPS,
     KernelModuleMissingError,
     KernelPeer,
-    KernelWireGuard,
     build_set_device,
     ensure_module,
     gossip_port_for,
 )
+from meshguard.testing.netns import Namespace, netns_skip_reason
+
+from .helpers import PEER_PRIVATE, kernel_wireguard, run_kernel_link_probe
 
 PRIV = bytes(range(32))
 PEER = bytes([7] * 32)
@@ -108,16 +110,28 @@ def test_ensure_module_paths(tmp_path: Path) -> None:
         ensure_module(tmp_path / "absent", modprobe=("no-such-modprobe-xyz", "wireguard"))
 
 
-@pytest.mark.skipif(Path("/sys/module/wireguard").exists(), reason="this kernel has WireGuard")
-def test_missing_module_for_real() -> None:
-    with pytest.raises(KernelModuleMissingError) as info:
-        ensure_module()
-    assert str(info.value).startswith(MISSING_MODULE_MESSAGE)
-    if os.geteuid() != 0:
-        pytest.skip("creating a link needs root")
-    kwg = KernelWireGuard("mgk" + os.urandom(3).hex())
-    with pytest.raises(KernelModuleMissingError, match="EOPNOTSUPP"):
-        kwg.create_link()
-    assert not kwg.created
-    with pytest.raises(KernelModuleMissingError, match="generic netlink"):
-        kwg.apply(build_set_device(kwg.ifname, listen_port=1))
+@pytest.mark.netns
+@pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason()))
+def test_kernel_link_in_a_namespace() -> None:
+    """Kernel mode for real where the kernel has WireGuard, its refusal where it has not: the
+    decision is kernel_wireguard()'s, shared with test_up_cli_netns.py."""
+    support = kernel_wireguard()
+    with Namespace.create("mgkwg") as ns:
+        got = run_kernel_link_probe(ns)
+    if not support.available:
+        with pytest.raises(KernelModuleMissingError) as info:
+            ensure_module()
+        assert str(info.value).startswith(MISSING_MODULE_MESSAGE)
+        assert got["created"] is False, (support, got)
+        assert "EOPNOTSUPP" in str(got["create_error"]), got
+        assert "generic netlink" in str(got["apply_error"]), got
+        return
+    ensure_module()  # loads the module if it is only installed: kernel mode needs it
+    peer = X25519PrivateKey(PEER_PRIVATE).public_key.raw
+    assert got == {
+        "created": True,
+        "peers": [{"public_key": peer.hex(), "endpoint": ["192.0.2.1", 51821],
+                   "allowed_ips": ["10.99.1.2/32"]}],
+        "kind": "wireguard",
+        "deleted": True,
+    }, support

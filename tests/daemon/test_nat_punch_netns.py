@@ -34,6 +34,7 @@ from meshguard.identity import keygen
 from meshguard.rng import SystemRng
 from meshguard.testing.netns import Namespace, netns_skip_reason, unique_name
 
+from .helpers import wait_for_stun
 from .meshnet import MeshLan, Node
 
 pytestmark = [
@@ -121,6 +122,7 @@ def start_mesh(lan: NatLan, tmp_path: Path, masq: str, masq_b: str | None = None
     s.ns.popen(["turnserver", "-n", "--stun-only", "-L", PUB, "-p", "3478", "--no-cli",
                 "--no-tls", "--no-dtls", "--log-file", "stdout", "--simple-log",
                 "--pidfile", str(tmp_path / "turn.pid")])
+    wait_for_stun(s.ns, PUB, 3478)  # the nodes' first STUN query must find it serving
     stun = ["--stun", f"{PUB}:3478"]
     s.up(None, *stun)
     a.up([s], *stun)

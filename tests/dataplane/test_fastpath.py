@@ -12,16 +12,6 @@ import struct
 from typing import Any
 
 import pytest
-from test_offload import (  # tests/dataplane/test_offload.py (same directory)
-    V4A,
-    V4B,
-    V6A,
-    V6B,
-    gso_super,
-    partial,
-    tcp_packet,
-    udp_packet,
-)
 
 from meshguard.crypto.aead import TransportCipher
 from meshguard.dataplane import fastpath, offload
@@ -33,6 +23,23 @@ from meshguard.dataplane.vnet import (
     VIRTIO_NET_HDR_GSO_UDP_L4,
     ZERO_HDR,
     VirtioNetHdr,
+)
+
+from .helpers import (
+    A_IN,
+    B_IN,
+    V4A,
+    V4B,
+    V6A,
+    V6B,
+    World,
+    gso_super,
+    ipv4_udp,
+    partial,
+    run,
+    tcp_packet,
+    udp_packet,
+    until,
 )
 
 IMPLS = [fastpath.python_impl()]
@@ -302,8 +309,6 @@ def test_cipher_cache_entry_dies_with_its_transport_cipher() -> None:
 def test_zeroed_keys_leave_the_fast_path() -> None:
     """After ZERO_KEYS the engine keeps no fast-path cipher under the old session keys: a
     packet sealed under them is dropped, and nothing is sealed under them any more."""
-    from test_engine import A_IN, B_IN, World, ipv4_udp, run, until
-
     from meshguard.wireguard.constants import ZERO_KEYS_AFTER
     from meshguard.wireguard.device import seal_transport
 

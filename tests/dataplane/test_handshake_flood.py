@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_engine import FakeTun, ipv4_udp  # tests/dataplane/test_engine.py
 
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.dataplane import fastpath
@@ -28,6 +27,8 @@ from meshguard.wire import wireguard as w
 from meshguard.wireguard import cookie
 from meshguard.wireguard.cookie import CookieGenerator, HandshakeGuard, source_keys
 from meshguard.wireguard.device import Device
+
+from .helpers import FakeTun, ipv4_udp
 
 C_GUARD = fastpath.c_impl()
 needs_c = pytest.mark.skipif(C_GUARD is None, reason="C fast path not built")

@@ -74,8 +74,12 @@ def test_kernel_tso_and_gso_write_through_a_vnet_tun(family: str, tso: str) -> N
 
 
 def _inner(family: str, tso: str) -> None:  # pragma: no cover - runs in a subprocess
+    # run as a script (not as part of the tests package): imports are made here, from this
+    # file's directory, once the child is inside the namespace
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from test_offload import TCP_ACK, TCP_PSH, TCP_SYN, tcp_packet
+    from helpers import tcp_packet
+
+    from meshguard.dataplane.offload import TCP_ACK, TCP_PSH, TCP_SYN
 
     v6 = family == "v6"
     fam = socket.AF_INET6 if v6 else socket.AF_INET

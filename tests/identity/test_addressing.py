@@ -25,7 +25,7 @@ from meshguard.identity.addressing import (
 from meshguard.identity.errors import UnsafeNameError
 from meshguard.identity.names import is_dns_label, node_dns_name, validate_label
 
-from .conftest import make_key
+from .helpers import make_key
 
 VEC = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "identity.json").read_text())
 

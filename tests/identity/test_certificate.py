@@ -19,7 +19,7 @@ from meshguard.identity.certificate import (
 )
 from meshguard.identity.errors import CertificateError
 
-from .conftest import make_key
+from .helpers import make_key
 
 ORG = make_key("org")
 NODE = make_key("node").public_key.raw

@@ -22,7 +22,7 @@ from meshguard.identity.errors import (
 from meshguard.identity.wgkey import vouch_wg_key
 from meshguard.testing.rng import SeededRng
 
-from .conftest import make_key
+from .helpers import make_key
 
 VEC = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "identity.json").read_text())
 

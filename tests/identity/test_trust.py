@@ -20,7 +20,7 @@ from meshguard.identity.trust import (
     resolve_revocation,
 )
 
-from .conftest import make_key
+from .helpers import make_key
 
 T0 = 1_700_000_000.0
 ORG = make_key("org")

@@ -7,7 +7,7 @@ import pytest
 from meshguard.identity.errors import KeyFileError
 from meshguard.identity.wgkey import DOMAIN, VOUCH_LEN, WgKeyVouch, vouch_message, vouch_wg_key
 
-from .conftest import make_key
+from .helpers import make_key
 
 ID = make_key("id")
 WG = b"\x09" * 32

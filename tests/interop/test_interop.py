@@ -12,17 +12,13 @@ import textwrap
 import time
 
 import pytest
-from wgpair import IMPLS, Node, add_peer, genkey, pair, start_node
+from wgpair import IMPLS, RECEIVER, SENDER, add_peer, genkey, pair, start_node, wait_ping
 
 from meshguard.testing.netns import Namespace, Testbed, wait_until
 
 pytestmark = pytest.mark.netns
 
 PEER_IMPLS = pytest.mark.parametrize("impl_b", IMPLS)
-
-
-def wait_ping(src: Node, dst: Node, v6: bool = False, timeout: float = 10) -> None:
-    wait_until(lambda: src.ping(dst, v6=v6), timeout, f"ping {src.impl}->{dst.impl} v6={v6}")
 
 
 @PEER_IMPLS
@@ -51,37 +47,6 @@ def test_inner_v4_v6_over_outer_v6(tb: Testbed, impl_b: str) -> None:
         assert src.ping(dst, v6=True, count=3)
     assert a.endpoint_of(b) == f"[{b.outer6}]:{b.port}"
     assert b.endpoint_of(a) == f"[{a.outer6}]:{a.port}"
-
-
-RECEIVER = textwrap.dedent(
-    """
-    import hashlib, socket, sys
-    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], 5555)); s.listen(1); print("listening", flush=True)
-    c, _ = s.accept(); h = hashlib.sha256(); n = 0
-    while True:
-        d = c.recv(1 << 20)
-        if not d: break
-        h.update(d); n += len(d)
-    print(n, h.hexdigest(), flush=True)
-    """
-)
-SENDER = textwrap.dedent(
-    """
-    import hashlib, random, socket, sys, time
-    data = random.Random(7).randbytes(int(sys.argv[2]))
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            c = socket.create_connection((sys.argv[1], 5555), timeout=5); break
-        except OSError:
-            if time.monotonic() > deadline: raise
-            time.sleep(0.1)
-    c.settimeout(60); c.sendall(data); c.close()
-    print(len(data), hashlib.sha256(data).hexdigest())
-    """
-)
 
 
 @PEER_IMPLS

@@ -16,8 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_interop import RECEIVER, SENDER, wait_ping
-from wgpair import IMPLS, Node, add_peer, genkey
+from wgpair import IMPLS, RECEIVER, SENDER, Node, add_peer, genkey, wait_ping
 
 from meshguard.testing.netns import Testbed, start_userspace_wg, unique_name
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meshguard.testing.netns import Namespace, Testbed, start_userspace_wg, unique_name
+from meshguard.testing.netns import Namespace, Testbed, start_userspace_wg, unique_name, wait_until
 
 IMPLS = ("meshguard", "wireguard-go")
 
@@ -134,3 +135,39 @@ def pair(
     add_peer(a, b, endpoint=a_knows_b, v6_outer=v6_outer, psk=psk)
     add_peer(b, a, endpoint=b_knows_a, v6_outer=v6_outer, psk=psk)
     return a, b
+
+
+def wait_ping(src: Node, dst: Node, v6: bool = False, timeout: float = 10) -> None:
+    wait_until(lambda: src.ping(dst, v6=v6), timeout, f"ping {src.impl}->{dst.impl} v6={v6}")
+
+
+# A bulk TCP transfer checked by sha256: the receiver prints the digest of what arrived.
+RECEIVER = textwrap.dedent(
+    """
+    import hashlib, socket, sys
+    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], 5555)); s.listen(1); print("listening", flush=True)
+    c, _ = s.accept(); h = hashlib.sha256(); n = 0
+    while True:
+        d = c.recv(1 << 20)
+        if not d: break
+        h.update(d); n += len(d)
+    print(n, h.hexdigest(), flush=True)
+    """
+)
+SENDER = textwrap.dedent(
+    """
+    import hashlib, random, socket, sys, time
+    data = random.Random(7).randbytes(int(sys.argv[2]))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            c = socket.create_connection((sys.argv[1], 5555), timeout=5); break
+        except OSError:
+            if time.monotonic() > deadline: raise
+            time.sleep(0.1)
+    c.settimeout(60); c.sendall(data); c.close()
+    print(len(data), hashlib.sha256(data).hexdigest())
+    """
+)

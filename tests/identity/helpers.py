@@ -1,4 +1,4 @@
-"""Shared helpers for identity tests: deterministic keys."""
+"""Deterministic keys shared by the identity tests."""
 
 from __future__ import annotations
 
