@@ -5,6 +5,9 @@
 - "Trust files are re-read when they change (and on SIGHUP), without a restart", for
   `trusted_orgs/`: an org trusted while the daemon runs admits its certificates, and an org
   no longer trusted stops admitting them (its members stop being WireGuard peers).
+- "Key files and certificates are byte-compatible with the original Zig meshguard, so an
+  identity or an org's certificates move between the two": a node running on the original's
+  identity and certificate joins a mesh that trusts the original's org key file.
 - contrib/meshguard.service is Type=notify, "ready once the node has joined": READY=1 reaches
   $NOTIFY_SOCKET only after the node has joined its seed, not while the seed is down.
 """
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -126,6 +130,30 @@ def test_trusted_orgs_change_is_picked_up_by_a_running_daemon(lan: MeshLan) -> N
     lan.wait(lambda: not seed.tunnel_to(d), "seed drops d once the org is untrusted", 15)
     assert not seed.ping(d)
     assert seed.log is not None and "trust store reloaded (files changed)" in seed.log.read_text()
+
+
+ZIG = Path(__file__).resolve().parents[1] / "vectors" / "zig"
+
+
+def test_identity_and_certificate_from_the_original_join_a_mesh(lan: MeshLan) -> None:
+    seed, z = lan.add_node("seed"), lan.add_node("z")
+    # z migrates from the original: its identity and node.cert are the original's files; the
+    # WireGuard key made by add_node stays (the original derived one), its vouch is re-signed
+    for name in (store.IDENTITY_KEY, store.IDENTITY_PUB, store.NODE_CERT):
+        shutil.copyfile(ZIG / "node-a" / name, z.cfg / name)
+    (z.cfg / store.IDENTITY_KEY).chmod(0o600)
+    z.identity = store.load_identity(z.cfg).public_key.raw
+    # the seed trusts the original's org.pub, copied as it is
+    _org_file(seed).parent.mkdir(mode=0o700, exist_ok=True)
+    shutil.copyfile(ZIG / "org" / "org.pub", _org_file(seed))
+    z.trust(seed)
+    seed.up()
+    z.up([seed])
+    lan.wait(lambda: seed.tunnel_to(z) and z.tunnel_to(seed), "original identity admitted", 30)
+    lan.wait(lambda: z.ping(seed) and seed.ping(z, v6=True), "mesh ping both ways", 10)
+    assert z.mesh_v4 == "10.99.239.67"  # what the original printed for node-a
+    member = seed.member(z)
+    assert member is not None and member.get("name") == "node-a", member
 
 
 def _notify_socket(path: Path) -> socket.socket:
