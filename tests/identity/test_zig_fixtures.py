@@ -260,3 +260,33 @@ def test_the_originals_wireguard_key_carries_over(
     wg_info = info["wireguard"]
     assert isinstance(wg_info, dict)
     assert NODES[node].x25519 in wg_info.values()
+
+
+def test_cli_trusts_the_originals_key_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`meshguard trust` takes the original's .pub files as they are, for an org and a node."""
+    cfg = _config_dir(tmp_path, "node-b")
+    monkeypatch.setenv("MESHGUARD_CONFIG_DIR", str(cfg))
+    assert main(["trust", str(ZIG / "org" / "org.pub"), "--org", "--name", "acme"]) == 0
+    assert main(["trust", str(ZIG / "node-c" / "identity.pub"), "--name", "node-c"]) == 0
+    capsys.readouterr()
+    info = _show_json(cfg, monkeypatch, capsys)
+    assert info["orgs"] == [
+        {"name": "acme", "public_key": ORG_PUB, "domain": ORG_DOMAIN_MESH.removesuffix(".mesh")}
+    ]
+    peers = info["peers"]
+    assert isinstance(peers, list) and len(peers) == 1
+    assert peers[0]["name"] == "node-c" and peers[0]["public_key"] == NODES["node-c"].ed25519
+    # the trust files meshguard wrote hold the original's bytes
+    assert (cfg / store.TRUSTED_ORGS / "acme.org").read_bytes() == (
+        ZIG / "org" / "org.pub"
+    ).read_bytes()
+    assert (cfg / store.AUTHORIZED_KEYS / "node-c.pub").read_bytes() == (
+        ZIG / "node-c" / "identity.pub"
+    ).read_bytes()
+    # and the original's certificates are now admitted here
+    ts = TrustStore.load(cfg)
+    a_key = base64.b64decode(NODES["node-a"].ed25519)
+    adm = ts.admit(a_key, (ZIG / "node-a" / "node.cert").read_bytes(), ORG_CERT_ISSUED_AT + 1)
+    assert adm.admitted and adm.name == "node-a"
