@@ -1,9 +1,9 @@
 """meshguard on the pure Python fast path (MESHGUARD_PURE_PYTHON=1) against wireguard-go.
 
 The same daemon as in test_interop, started with the variable set, on side `a`; side `b` is
-Debian's wireguard-go. The daemon's start-up log line names the active fast path, so the test
-knows the pure path really carried the traffic; the default start is checked to say `c` when
-the C extension is built, so the check can tell the two apart.
+Debian's wireguard-go, or meshguard on the default path. The daemon's start-up log line names
+the active fast path, so the test knows the pure path really carried the traffic; the default
+start is checked to say `c` when the C extension is built, so the check can tell the two apart.
 """
 
 from __future__ import annotations
@@ -94,17 +94,22 @@ def _transfer(src: Node, dst: Node, address: str, size: int, seed: int) -> None:
     assert got == [str(size), want]
 
 
-def test_pure_python_path_against_wireguard_go(tb: Testbed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("impl_b", ["wireguard-go", "meshguard"])
+def test_pure_python_path_interoperates(tb: Testbed, tmp_path: Path, impl_b: str) -> None:
+    """Side b is wireguard-go, or meshguard on the default (C when built) path."""
     log = tmp_path / "meshguard.log"
     a = _start(tb, "a", "meshguard", log, {**PURE, "LOG_LEVEL": "info"})
-    b = _start(tb, "b", "wireguard-go", tmp_path / "wg-go.log", {})
+    b_log = tmp_path / "b.log"
+    b = _start(tb, "b", impl_b, b_log, {"LOG_LEVEL": "info"} if impl_b == "meshguard" else {})
     assert _active_fastpath(log) == "python"
+    if impl_b == "meshguard":
+        assert _active_fastpath(b_log) == fastpath.IMPLEMENTATION
     add_peer(a, b)
     add_peer(b, a)
-    wait_until(lambda: a.ping(b), 10, "ping meshguard(pure) -> wireguard-go")
+    wait_until(lambda: a.ping(b), 10, f"ping meshguard(pure) -> {impl_b}")
     assert b.ping(a, v6=True, count=3)
     assert a.handshake_time(b) > 0 and b.handshake_time(a) > 0
-    # bulk both ways: TUN offload splitting, sealing and opening all in Python
+    # bulk both ways: TUN offload splitting, sealing and opening all in Python on side a
     _transfer(a, b, b.inner4, 4 << 20, 1)
     _transfer(b, a, a.inner6, 4 << 20, 2)
 
