@@ -169,11 +169,6 @@ def _messages(s: socket.socket) -> list[dict[str, str]]:
         out.append(fields)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: SwimPort.absorb reports Joined (READY=1) while the seed is down, because "
-    "Membership starts with joined=True and the daemon absorbs actions before join_actions",
-)
 def test_ready_only_after_joining_the_seed(lan: MeshLan) -> None:
     seed, b = lan.add_node("seed"), lan.add_node("b")
     seed.trust(b)

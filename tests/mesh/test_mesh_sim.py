@@ -240,3 +240,21 @@ def test_remote_garbage_never_raises(prefix: bytes, body: bytes) -> None:
     assert all(isinstance(a, SendDatagram | WriteTun | PeerUp | PeerDown | Joined)
                for a in out)
     assert node.peers == {}
+
+
+def test_joined_is_reported_only_after_the_seed_answers() -> None:
+    # Joined is the daemon's READY=1 for systemd: timers that run before the join is started,
+    # or while the seed is down, must not report it
+    net = Net(11)
+    seed, n = net.add("seed", "192.0.2.1"), net.add("n", "192.0.2.2")
+    trust_all([seed, n])
+    net.down.add(seed.ep)
+    net.run(2.0)  # n's timers run before its join starts
+    assert not any(isinstance(e, Joined) for e in n.events)
+    net.join(n, [seed])
+    net.run(3.0)  # the seed is down: n retries its join
+    assert not any(isinstance(e, Joined) for e in n.events)
+    net.down.discard(seed.ep)
+    net.join(seed, [])
+    net.run(8.0)
+    assert sum(isinstance(e, Joined) for e in n.events) == 1

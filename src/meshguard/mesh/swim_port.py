@@ -67,6 +67,9 @@ class SwimPort:
     _views: dict[bytes, MemberView] = field(default_factory=dict)
     _gone_at: dict[bytes, float] = field(default_factory=dict)
     _joined_reported: bool = False
+    # the core reads as joined until join() gives it seeds: Joined (READY=1 for systemd) may
+    # only be reported once the daemon has started the join
+    _join_started: bool = False
     _now: float = 0.0
 
     # MembershipPort ----------------------------------------------------------------------
@@ -123,7 +126,7 @@ class SwimPort:
                     self._views[rec.identity] = view_of(rec, state)
                     self._gone_at[rec.identity] = self._now
                 changed = True
-        if not self._joined_reported and self.core.joined:
+        if not self._joined_reported and self._join_started and self.core.joined:
             self._joined_reported = True
             out.append(Joined())
         return out, changed
@@ -135,7 +138,9 @@ class SwimPort:
         self._now = now
         if not seeds:
             self._joined_reported = True  # nothing to join: the daemon is ready at once
-        return self.absorb(self.core.join(seeds, now))[0]
+        actions = self.core.join(seeds, now)
+        self._join_started = True
+        return self.absorb(actions)[0]
 
     def trust_changed(self, now: float, wall: float) -> list[PortAction]:
         self._now = now
