@@ -24,11 +24,13 @@ ROOT_REASON = re.compile(r"\broot\b|namespace|netns|/dev/net/tun|\bTUN\b|CAP_NET
                          re.IGNORECASE)
 
 
-# Whole modules of long simulations and kill-at-every-system-call loops (minutes, not seconds):
-# marked here so their files stay as their owners wrote them.
+# Whole modules of long runs, marked here so their files stay as their owners wrote them: long
+# simulations, kill-at-every-system-call loops, and the re-run of the engine tests on the pure
+# Python path (the same tests run on the default path in `./dev check`).
 SLOW_MODULES = frozenset({
     "tests/swim/test_sim.py",
     "tests/identity/test_atomic_write_kill.py",
+    "tests/dataplane/test_engine_pure_python.py",
 })
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "netns: needs root, network namespaces and TUN (real-network tests)"
     )
-    config.addinivalue_line("markers", "slow: takes minutes; `./dev check` leaves it out")
+    config.addinivalue_line("markers", "slow: a long run; `./dev check` leaves it out")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
