@@ -9,7 +9,7 @@ from typing import Any
 from meshguard.crypto.keys import Ed25519PrivateKey
 from meshguard.crypto.keys import X25519PublicKey as _X
 from meshguard.mesh.node import MemberView, MeshNode
-from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchSucceeded, Send
+from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchSucceeded
 from meshguard.testing.rng import SeededRng
 from meshguard.wire.holepunch import HOLEPUNCH_REQUEST, HOLEPUNCH_RESPONSE, STAGE_PROBE, decode
 from meshguard.wireguard.actions import SendDatagram
@@ -88,7 +88,7 @@ def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
     view = {node.identity_key: PeerInfo(node.identity_key, node.wg_key, NODE_EP, (NODE_EP,),
                                         2, True, False)}
     bout = bhp.receive(4.6, WALL + 4.6, reqs[0].data, R_EP, view)
-    probes = [a for a in bout if isinstance(a, Send) and a.endpoint == NODE_EP]
+    probes = [a for a in bout if isinstance(a, SendDatagram) and a.endpoint == NODE_EP]
     assert len(probes) == 1 and decode(probes[0].data).stage == STAGE_PROBE
     # the probe arrives from a port B never advertised (peer-reflexive): we answer it and
     # probe that port, but a probe proves nothing by itself
@@ -104,7 +104,7 @@ def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
     assert [x.endpoint for x in bres if isinstance(x, PunchSucceeded)] == [NODE_EP]
     # B answers our probe of that port: now the path is proven, from where we sent it
     bans = [a for a in bhp.receive(4.8, WALL + 4.8, ours[0].data, NODE_EP, view)
-            if isinstance(a, Send)]
+            if isinstance(a, SendDatagram)]
     assert len(bans) == 1
     got = node.receive_datagram(4.9, WALL + 4.9, bans[0].data, seen_from)
     assert be.peers[b.wg_key].endpoint == seen_from

@@ -21,12 +21,11 @@ from meshguard.nat.holepunch import (
     PeerInfo,
     PunchFailed,
     PunchSucceeded,
-    Send,
 )
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import holepunch as wire
 
-Endpoint = tuple[str, int]
 NAT_CONE = 2
 NAT_SYMMETRIC = 3
 LATENCY = 0.02
@@ -176,7 +175,7 @@ class Net:
 
     def _apply(self, h: Host, actions: list[object]) -> None:
         for a in actions:
-            if isinstance(a, Send):
+            if isinstance(a, SendDatagram):
                 self.send(h, a.data, a.endpoint)
             else:
                 h.results.append(a)
@@ -348,7 +347,7 @@ def test_rendezvous_forwards_only_signed_member_requests() -> None:
     wall = 1e9
     good = _request(a.key, b.ident, wall)
     out = _deliver(r, net, good, ("203.0.113.21", 51821))
-    assert out == [Send(good, b.advertised[0])]
+    assert out == [SendDatagram(good, b.advertised[0])]
     forged = _request(a.key, b.ident, wall, session=2, signer=Ed25519PrivateKey(b"\x09" * 32))
     assert _deliver(r, net, forged, ("6.6.6.6", 1)) == []
     assert r.hp.counters["punch_bad_signature"] == 1
@@ -376,8 +375,8 @@ def test_target_rejects_replay_stale_and_forged() -> None:
     wall = 1e9
     req = _request(a.key, b.ident, wall, session=42)
     out = _deliver(b, net, req, r.local)
-    assert any(isinstance(x, Send) and x.endpoint == r.local for x in out)  # response via R
-    assert any(isinstance(x, Send) and x.endpoint == ("203.0.113.21", 51821) for x in out)
+    assert any(isinstance(x, SendDatagram) and x.endpoint == r.local for x in out)  # response via R
+    assert any(isinstance(x, SendDatagram) and x.endpoint == ("203.0.113.21", 51821) for x in out)
     assert _deliver(b, net, req, r.local) == []
     assert b.hp.counters["punch_replayed"] == 1
     assert _deliver(b, net, _request(a.key, b.ident, wall - 600, session=43), r.local) == []
@@ -403,7 +402,7 @@ def test_probe_answer_is_not_larger_than_probe() -> None:
     probe = next(x[2] for x in net.queue if x[2][0] == wire.HOLEPUNCH_REQUEST
                  and x[2][5] == wire.STAGE_PROBE and x[4] == a.advertised[0])
     sends = [x for x in _deliver(a, net, probe, ("203.0.113.22", 51821))
-             if isinstance(x, Send)]
+             if isinstance(x, SendDatagram)]
     out = [x for x in sends if x.data[0] == wire.HOLEPUNCH_RESPONSE]
     assert len(out) == 1  # one answer (and A's own probe of that endpoint, once)
     assert len(sends) <= 2

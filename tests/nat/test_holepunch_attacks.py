@@ -11,13 +11,13 @@ import pytest
 
 import meshguard.nat.holepunch as hp_mod
 from meshguard.crypto.keys import Ed25519PrivateKey
-from meshguard.nat.holepunch import PunchSucceeded, Send
+from meshguard.nat.holepunch import PunchSucceeded
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import holepunch as wire
 
 from .test_holepunch import Host, Net, _deliver, _request, cone_mesh
 
 EVIL = ("198.51.100.66", 4444)
-Endpoint = tuple[str, int]
 
 
 def _count_verifies(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -56,7 +56,7 @@ def test_signature_flood_from_one_source_is_bounded(monkeypatch: pytest.MonkeyPa
     assert r.hp.counters["punch_forwarded"] == 0
     # the forgeries did not spend A's forwarding allowance at R: A's real request goes on
     good = _request(a.key, b.ident, wall, session=77)
-    assert _deliver(r, net, good, ("203.0.113.21", 51821)) == [Send(good, b.advertised[0])]
+    assert _deliver(r, net, good, ("203.0.113.21", 51821)) == [SendDatagram(good, b.advertised[0])]
 
 
 def test_signature_flood_from_many_sources_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,7 +167,7 @@ def test_member_requests_with_a_victims_address_draw_few_probes() -> None:
                               b.ident, 1000 + i, int((1e9 + net.now) * 1000), (victim,))
         body = wire.signed_part(m)
         req = body + a.key.sign(wire.SIGN_CONTEXT + body)
-        sends += sum(isinstance(x, Send) for x in _deliver(b, net, req, victim))
+        sends += sum(isinstance(x, SendDatagram) for x in _deliver(b, net, req, victim))
     assert sends <= 3 * 2  # three requests' worth: a response and a probe each
     assert b.hp.counters["punch_request_limited"] >= 30
     assert (b.hp.counters["punch_request_limited"]

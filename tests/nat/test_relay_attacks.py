@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import meshguard.nat.relay as relay_mod
-from meshguard.nat.relay import RelayPeer, Send
+from meshguard.nat.relay import RelayPeer
+from meshguard.sansio import SendDatagram
 from meshguard.wire import relay as wire
 
 from .test_relay import A_EP, B_EP, R_EP, Member, view
@@ -21,7 +22,7 @@ EVIL = ("198.51.100.66", 4444)
 
 
 def recv(m: Member, now: float, data: bytes, src: tuple[str, int], everyone: list[Member]
-         ) -> tuple[list[Send], tuple[bytes, tuple[str, int]] | None]:
+         ) -> tuple[list[SendDatagram], tuple[bytes, tuple[str, int]] | None]:
     return m.core.receive(now, WALL + now, data, src, view(m, *everyone))
 
 

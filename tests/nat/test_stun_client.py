@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshguard.nat.stun_client import NatType, StunClient, StunSend
+from meshguard.nat.stun_client import NatType, StunClient
+from meshguard.sansio import SendDatagram
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import stun
 
@@ -17,7 +18,7 @@ S1 = ("198.51.100.1", 3478)
 S2 = ("203.0.113.9", 3478)
 
 
-def answer(send: StunSend, mapped: tuple[str, int]) -> bytes:
+def answer(send: SendDatagram, mapped: tuple[str, int]) -> bytes:
     txid = stun.decode(send.data).transaction_id
     return stun.encode_binding_success(txid, mapped)
 

@@ -58,8 +58,8 @@ from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.org_gossip import OrgGossip, OrgLink
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
-from meshguard.nat.holepunch import Send as PunchSend
 from meshguard.nat.relay import Relay, RelayPeer
+from meshguard.sansio import Endpoint as Endpoint  # re-exported: mesh/swim_port.py uses it
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
 from meshguard.wire.relay import RELAY_DATA
@@ -68,7 +68,6 @@ from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger(__name__)
 
-Endpoint = tuple[str, int]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 KEEPALIVE = 25  # seconds; the usual WireGuard value for keeping NAT mappings alive
@@ -432,7 +431,7 @@ class MeshNode:
     def _punch_actions(self, actions: list[Any], now: float, wall: float) -> list[Action]:
         out: list[Action] = []
         for a in actions:
-            if isinstance(a, PunchSend):
+            if isinstance(a, SendDatagram):
                 out.append(SendDatagram(a.data, a.endpoint))
             elif isinstance(a, PunchSucceeded):
                 out += self._punch_succeeded(a, now, wall)

@@ -63,10 +63,9 @@ from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode
 from meshguard.errors import CryptoError, WireFormatError
 from meshguard.identity.names import is_dns_label
 from meshguard.rng import Rng
+from meshguard.sansio import Endpoint
 from meshguard.wire import org as wire
 from meshguard.wire.org import AliasAnnouncement, CertRevocation
-
-Endpoint = tuple[str, int]
 
 ROUND = 1.0  # seconds between push rounds (the SWIM protocol period)
 FANOUT = 3  # members pushed to per round

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshguard.crypto.keys import X25519PublicKey
-from meshguard.mesh.node import Endpoint, PeerConfig
+from meshguard.mesh.node import PeerConfig
+from meshguard.sansio import Endpoint
 from meshguard.wireguard.device import Device
 
 INITIAL_KEEPALIVE_DELAY = 2.0  # seconds (see DeviceBackend.upsert)

@@ -50,6 +50,7 @@ from meshguard.crypto.keys import Ed25519PrivateKey, ed25519_verify
 from meshguard.errors import WireFormatError
 from meshguard.nat.budget import SourceBudget, TokenBucket
 from meshguard.rng import Rng
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import holepunch as wire
 from meshguard.wire.holepunch import (
     HOLEPUNCH_REQUEST,
@@ -58,8 +59,6 @@ from meshguard.wire.holepunch import (
     STAGE_RENDEZVOUS,
     PunchMessage,
 )
-
-Endpoint = tuple[str, int]
 
 NAT_PUBLIC = 1  # nat.stun_client.NatType.PUBLIC
 MAX_SENT = 64  # probe nonces remembered per session (the newest)
@@ -91,12 +90,6 @@ class PeerInfo:
 
 
 @dataclass(frozen=True)
-class Send:
-    data: bytes
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True)
 class PunchSucceeded:
     identity_key: bytes
     endpoint: Endpoint
@@ -108,7 +101,7 @@ class PunchFailed:
     identity_key: bytes
 
 
-Action = Send | PunchSucceeded | PunchFailed
+Action = SendDatagram | PunchSucceeded | PunchFailed
 
 
 @dataclass
@@ -234,8 +227,8 @@ class HolePuncher:
             s = _Session(k, sid, True, now, rendezvous=r.gossip_endpoint)
             self._sessions[k] = s
             self.counters["punch_requests_sent"] += 1
-            out.append(Send(self._sign(HOLEPUNCH_REQUEST, STAGE_RENDEZVOUS, k, sid, wall,
-                                       self.self_endpoints), r.gossip_endpoint))
+            out.append(SendDatagram(self._sign(HOLEPUNCH_REQUEST, STAGE_RENDEZVOUS, k, sid, wall,
+                                               self.self_endpoints), r.gossip_endpoint))
         return out
 
     # datagrams ---------------------------------------------------------------------------
@@ -317,8 +310,8 @@ class HolePuncher:
         if len(self._probes_seen) > MAX_SEEN:
             self._probes_seen.clear()
         self.counters["punch_probes_answered"] += 1
-        out: list[Action] = [Send(self._sign(HOLEPUNCH_RESPONSE, STAGE_PROBE, m.origin,
-                                             m.session, wall, (), m.nonce), src)]
+        out: list[Action] = [SendDatagram(self._sign(
+            HOLEPUNCH_RESPONSE, STAGE_PROBE, m.origin, m.session, wall, (), m.nonce), src)]
         if live and s is not None and src not in s.candidates:
             hosts = {h for h, _ in (*s.candidates, *origin.endpoints)}
             if origin.gossip_endpoint is not None:
@@ -354,8 +347,9 @@ class HolePuncher:
             return []
         s = _Session(m.origin, m.session, False, now, m.endpoints, True, now, src)
         self._sessions[m.origin] = s
-        out: list[Action] = [Send(self._sign(HOLEPUNCH_RESPONSE, STAGE_RENDEZVOUS, m.origin,
-                                             m.session, wall, self.self_endpoints), src)]
+        out: list[Action] = [SendDatagram(self._sign(
+            HOLEPUNCH_RESPONSE, STAGE_RENDEZVOUS, m.origin, m.session, wall, self.self_endpoints),
+            src)]
         s.next_probe = now + self.probe_interval
         return out + self._probes(s, wall)
 
@@ -397,7 +391,7 @@ class HolePuncher:
         if len(self._buckets) > 4096:
             self._buckets.clear()
         self.counters["punch_forwarded"] += 1
-        return [Send(data, target.gossip_endpoint)]
+        return [SendDatagram(data, target.gossip_endpoint)]
 
     # helpers -----------------------------------------------------------------------------
 
@@ -409,8 +403,8 @@ class HolePuncher:
         for ep in s.candidates if to is None else to:
             nonce = int.from_bytes(self.rng.bytes(8), "little")
             s.sent[nonce] = ep
-            out.append(Send(self._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, s.peer, s.session, wall,
-                                       (), nonce), ep))
+            out.append(SendDatagram(self._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, s.peer,
+                                               s.session, wall, (), nonce), ep))
         while len(s.sent) > MAX_SENT:
             del s.sent[next(iter(s.sent))]
         self.counters["punch_probes_sent"] += len(out)

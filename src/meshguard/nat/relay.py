@@ -57,11 +57,11 @@ from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.errors import CryptoError, WireFormatError
 from meshguard.nat.budget import SourceBudget, TokenBucket
 from meshguard.nat.replay import Windows
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import relay as wire
 from meshguard.wire.gossip import EP_LEN, decode_endpoint, encode_endpoint
 from meshguard.wire.relay import COUNTER_TIME_SHIFT, NO_TAG, RelayMessage
 
-Endpoint = tuple[str, int]
 RELAY_HOST = "0.0.0.0"  # placeholder endpoints (RELAY_HOST, n): never a real destination
 LABEL = b"meshguard relay key v2"  # v2: counters and end-to-end tags
 COOKIE_LABEL = b"meshguard relay cookie v1"
@@ -79,12 +79,6 @@ class RelayPeer:
     gossip_endpoint: Endpoint | None
     nat_type: int
     alive: bool
-
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-    endpoint: Endpoint
 
 
 def _default_budget() -> SourceBudget:
@@ -176,18 +170,19 @@ class Relay:
     def next_deadline(self) -> float | None:
         return self._next_register if self.behind_nat else None
 
-    def tick(self, now: float, wall: float, members: Mapping[bytes, RelayPeer]) -> list[Send]:
+    def tick(self, now: float, wall: float, members: Mapping[bytes, RelayPeer]
+             ) -> list[SendDatagram]:
         self._wall = wall
         if not self.behind_nat or now < self._next_register:
             return []
         self._next_register = now + self.register_interval
-        out: list[Send] = []
+        out: list[SendDatagram] = []
         for k, m in members.items():
             if m.alive and m.nat_type == NAT_PUBLIC and m.gossip_endpoint is not None:
                 data = self._hop(m, self.identity_key, k, self._next_counter(), b"")
                 if data is not None:
                     self._pending[k] = now
-                    out.append(Send(data, m.gossip_endpoint))
+                    out.append(SendDatagram(data, m.gossip_endpoint))
         self.prune(members)
         return out
 
@@ -203,7 +198,7 @@ class Relay:
     # datagrams ---------------------------------------------------------------------------
 
     def wrap(self, endpoint: Endpoint, data: bytes, members: Mapping[bytes, RelayPeer]
-             ) -> Send | None:
+             ) -> SendDatagram | None:
         """A device datagram to a placeholder endpoint -> the RelayData hop to its relay."""
         peer = self._by_placeholder.get(endpoint)
         r = self.via.get(peer) if peer is not None else None
@@ -219,11 +214,11 @@ class Relay:
             self.counters["relay_no_key"] += 1
             return None
         self.counters["relay_tx"] += 1
-        return Send(out, m.gossip_endpoint)
+        return SendDatagram(out, m.gossip_endpoint)
 
     def receive(self, now: float, wall: float, data: bytes, src: Endpoint,
                 members: Mapping[bytes, RelayPeer]
-                ) -> tuple[list[Send], tuple[bytes, Endpoint] | None]:
+                ) -> tuple[list[SendDatagram], tuple[bytes, Endpoint] | None]:
         """-> (hops to send, (payload, placeholder source) for the device or None)."""
         self._wall = wall
         self.observed_changed = None
@@ -289,7 +284,7 @@ class Relay:
     # helpers -----------------------------------------------------------------------------
 
     def _direct(self, now: float, m: RelayMessage, hop: RelayPeer, src: Endpoint
-                ) -> list[Send]:
+                ) -> list[SendDatagram]:
         """A registration, a confirmation or an echo (origin == hop, target == us)."""
         n = len(m.payload)
         if n == 0:  # a registration: echo the address it came from (and a cookie to confirm)
@@ -306,7 +301,7 @@ class Relay:
             if self._seen_at.get(m.hop) != src:
                 payload += self._cookie(now, m.hop, src)
             echo = self._hop(hop, self.identity_key, m.hop, self._next_counter(), payload)
-            return [Send(echo, src)] if echo is not None else []
+            return [SendDatagram(echo, src)] if echo is not None else []
         if n == COOKIE_LEN:  # a confirmation: from now on the member's traffic goes to src
             if not any(_eq(self._cookie(now - d, m.hop, src), m.payload)
                        for d in (0.0, COOKIE_PERIOD)):
@@ -337,12 +332,12 @@ class Relay:
                 return []
             confirm = self._hop(hop, self.identity_key, m.hop, self._next_counter(),
                                 m.payload[EP_LEN:])
-            return [Send(confirm, src)] if confirm is not None else []
+            return [SendDatagram(confirm, src)] if confirm is not None else []
         self.counters["relay_not_forwarded"] += 1
         return []
 
     def _forward(self, now: float, m: RelayMessage, members: Mapping[bytes, RelayPeer]
-                 ) -> list[Send]:
+                 ) -> list[SendDatagram]:
         """We are the relay: pass the origin's hop on to the target."""
         target = members.get(m.target)
         dst = self._seen_at.get(m.target) or (target.gossip_endpoint if target else None)
@@ -363,7 +358,7 @@ class Relay:
             self.counters["relay_no_key"] += 1
             return []
         self.counters["relay_forwarded"] += 1
-        return [Send(out, dst)]
+        return [SendDatagram(out, dst)]
 
     def _key(self, m: RelayPeer) -> bytes | None:
         if m.wg_key is None:

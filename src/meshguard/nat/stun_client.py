@@ -3,7 +3,7 @@ NAT's mapping behaviour, over the mesh's own UDP port (so the mapping found is t
 will see).
 
     client = StunClient(rng, [("198.51.100.1", 3478), ("203.0.113.9", 3478)])
-    sends = client.start(now)            # [StunSend(data, endpoint), ...] to put on the socket
+    sends = client.start(now)            # [SendDatagram(data, endpoint), ...] to put on the socket
     client.receive(now, data, src)       # for datagrams the demux classified as STUN
     sends = client.tick(now)             # at client.next_deadline(): retransmissions
     client.done, client.mapped, client.nat_type
@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 
 from meshguard.errors import WireFormatError
 from meshguard.rng import Rng
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import stun
-
-Endpoint = tuple[str, int]
 
 INITIAL_RTO = 0.5
 MAX_TRIES = 4
@@ -44,12 +43,6 @@ class NatType(enum.IntEnum):
     PUBLIC = 1
     CONE = 2
     SYMMETRIC = 3
-
-
-@dataclass(frozen=True)
-class StunSend:
-    data: bytes
-    endpoint: Endpoint
 
 
 @dataclass
@@ -73,13 +66,13 @@ class StunClient:
     counters: Counter[str] = field(default_factory=Counter)
     _queries: list[_Query] = field(default_factory=list)
 
-    def start(self, now: float) -> list[StunSend]:
+    def start(self, now: float) -> list[SendDatagram]:
         self._queries = [_Query(s, self.rng.bytes(stun.TXID_LEN), rto=self.initial_rto)
                          for s in self.servers]
         return self._send_due(now, force=True)
 
-    def _send_due(self, now: float, force: bool = False) -> list[StunSend]:
-        out: list[StunSend] = []
+    def _send_due(self, now: float, force: bool = False) -> list[SendDatagram]:
+        out: list[SendDatagram] = []
         for q in self._queries:
             if q.mapped is not None or q.failed:
                 continue
@@ -93,11 +86,11 @@ class StunClient:
                 q.rto *= 2
             q.tries += 1
             q.deadline = now + q.rto
-            out.append(StunSend(stun.encode_binding_request(q.txid), q.server))
+            out.append(SendDatagram(stun.encode_binding_request(q.txid), q.server))
             self.counters["requests_sent"] += 1
         return out
 
-    def tick(self, now: float) -> list[StunSend]:
+    def tick(self, now: float) -> list[SendDatagram]:
         return self._send_due(now)
 
     def next_deadline(self) -> float | None:

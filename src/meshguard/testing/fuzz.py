@@ -66,6 +66,7 @@ from meshguard.nat import relay as relay_core
 from meshguard.nat.holepunch import HolePuncher
 from meshguard.nat.relay import Relay
 from meshguard.nat.stun_client import StunClient
+from meshguard.sansio import Endpoint
 from meshguard.swim import records as swim_records
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import control, dns, gossip, holepunch, org, relay, stun, wireguard
@@ -73,7 +74,6 @@ from meshguard.wireguard.actions import SendDatagram
 from meshguard.wireguard.cookie import HandshakeGuard, cookie_key, mac1_key
 from meshguard.wireguard.device import Device
 
-Endpoint = tuple[str, int]
 WALL0 = 1_700_000_000.0
 MAX_DATAGRAM = 1400
 

@@ -38,8 +38,7 @@ import struct
 from dataclasses import dataclass
 
 from meshguard.errors import WireFormatError
-
-Endpoint = tuple[str, int]
+from meshguard.sansio import Endpoint
 
 PING = 0x01
 PING_REQ = 0x02

@@ -22,9 +22,8 @@ import struct
 from dataclasses import dataclass
 
 from meshguard.errors import WireFormatError
+from meshguard.sansio import Endpoint
 from meshguard.wire.gossip import EP_LEN, MAGIC, VERSION, decode_endpoint, encode_endpoint
-
-Endpoint = tuple[str, int]
 
 HOLEPUNCH_REQUEST = 0x33
 HOLEPUNCH_RESPONSE = 0x34
