@@ -9,13 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshguard.nat.stun_client import NatType, StunClient
+from meshguard.nat.stun_client import NatType, StunAnswered, StunClient, StunFinished
 from meshguard.sansio import SendDatagram
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import stun
 
 S1 = ("198.51.100.1", 3478)
 S2 = ("203.0.113.9", 3478)
+WALL = 1.7e9
 
 
 def answer(send: SendDatagram, mapped: tuple[str, int]) -> bytes:
@@ -28,21 +29,23 @@ def test_cone_mapping_and_public_endpoint() -> None:
     sends = c.start(0.0)
     assert [s.endpoint for s in sends] == [S1, S2]
     assert not c.done and c.mapped is None and c.nat_type is NatType.UNKNOWN
-    assert c.receive(0.1, answer(sends[0], ("192.0.2.50", 40000)), S1)
+    mapped = ("192.0.2.50", 40000)
+    assert c.receive(0.1, WALL, answer(sends[0], mapped), S1) == [StunAnswered(S1, mapped)]
     assert c.mapped == ("192.0.2.50", 40000) and c.nat_type is NatType.UNKNOWN
-    assert c.receive(0.1, answer(sends[1], ("192.0.2.50", 40000)), S2)
+    assert c.receive(0.1, WALL, answer(sends[1], mapped), S2) == [
+        StunAnswered(S2, mapped), StunFinished(mapped, NatType.CONE)]
     assert c.done and c.nat_type is NatType.CONE and c.next_deadline() is None
 
 
 def test_symmetric_and_public() -> None:
     c = StunClient(SeededRng(2), [S1, S2])
     a, b = c.start(0.0)
-    c.receive(0.1, answer(a, ("192.0.2.50", 40000)), S1)
-    c.receive(0.1, answer(b, ("192.0.2.50", 40123)), S2)
+    c.receive(0.1, WALL, answer(a, ("192.0.2.50", 40000)), S1)
+    c.receive(0.1, WALL, answer(b, ("192.0.2.50", 40123)), S2)
     assert c.nat_type is NatType.SYMMETRIC
     p = StunClient(SeededRng(3), [S1], local=[("192.0.2.7", 51821)])
     (q,) = p.start(0.0)
-    p.receive(0.1, answer(q, ("192.0.2.7", 51821)), S1)
+    p.receive(0.1, WALL, answer(q, ("192.0.2.7", 51821)), S1)
     assert p.nat_type is NatType.PUBLIC
 
 
@@ -53,11 +56,13 @@ def test_retransmission_schedule_and_give_up() -> None:
     now = 0.0
     while (d := c.next_deadline()) is not None:
         now = d
-        sends = c.tick(now)
+        acts = c.tick(now, WALL)
+        sends = [a for a in acts if isinstance(a, SendDatagram)]
         if sends:
             assert sends[0].data == first.data  # same transaction, RFC 5389 7.2.1
             times.append(now)
     assert times == [0.5, 1.5, 3.5]
+    assert acts == [StunFinished(None, NatType.UNKNOWN)]  # the last tick gave up
     assert now == 7.5 and c.done and c.mapped is None
     assert c.counters["requests_sent"] == 4 and c.counters["server_timeouts"] == 1
 
@@ -65,13 +70,28 @@ def test_retransmission_schedule_and_give_up() -> None:
 def test_spoofed_and_garbage_responses_are_dropped() -> None:
     c = StunClient(SeededRng(5), [S1])
     (q,) = c.start(0.0)
-    assert not c.receive(0.1, answer(q, ("6.6.6.6", 1)), ("192.0.2.66", 3478))  # wrong source
-    assert not c.receive(0.1, stun.encode_binding_success(b"x" * 12, ("6.6.6.6", 1)), S1)
-    assert not c.receive(0.1, b"\x00\x01garbage", S1)
+    wrong_source = ("192.0.2.66", 3478)
+    assert not c.receive(0.1, WALL, answer(q, ("6.6.6.6", 1)), wrong_source)
+    assert not c.receive(0.1, WALL, stun.encode_binding_success(b"x" * 12, ("6.6.6.6", 1)), S1)
+    assert not c.receive(0.1, WALL, b"\x00\x01garbage", S1)
     assert c.mapped is None and c.counters["malformed"] == 1 and c.counters["unmatched"] == 2
-    assert c.receive(0.2, answer(q, ("192.0.2.1", 2)), S1)
-    assert not c.receive(0.3, answer(q, ("6.6.6.6", 1)), S1)  # a duplicate changes nothing
+    assert c.receive(0.2, WALL, answer(q, ("192.0.2.1", 2)), S1) == [
+        StunAnswered(S1, ("192.0.2.1", 2)), StunFinished(("192.0.2.1", 2), NatType.UNKNOWN)]
+    assert not c.receive(0.3, WALL, answer(q, ("6.6.6.6", 1)), S1)  # a duplicate changes nothing
     assert c.mapped == ("192.0.2.1", 2)
+
+
+def test_an_error_response_answers_the_query_without_a_mapping() -> None:
+    c = StunClient(SeededRng(7), [S1, S2])
+    q, r = c.start(0.0)
+    txid = stun.decode(q.data).transaction_id
+    error = stun.encode_binding_success(txid, ("192.0.2.1", 2))
+    error = stun.BINDING_ERROR.to_bytes(2, "big") + error[2:]
+    assert c.receive(0.1, WALL, error, S1) == [StunAnswered(S1, None)]
+    assert c.counters["error_responses"] == 1 and not c.done
+    mapped = ("192.0.2.9", 9)
+    assert c.receive(0.2, WALL, answer(r, mapped), S2) == [
+        StunAnswered(S2, mapped), StunFinished(mapped, NatType.UNKNOWN)]
 
 
 def _free_udp_port() -> int:
@@ -118,10 +138,11 @@ def test_against_coturn_on_loopback(coturn: tuple[str, int]) -> None:
             except TimeoutError:
                 now = time.monotonic() - t0
                 if (d := c.next_deadline()) is not None and now >= d:
-                    for s in c.tick(now):
-                        sock.sendto(s.data, s.endpoint)
+                    for a in c.tick(now, WALL):
+                        if isinstance(a, SendDatagram):
+                            sock.sendto(a.data, a.endpoint)
                 continue
-            c.receive(time.monotonic() - t0, data, (src[0], src[1]))
+            c.receive(time.monotonic() - t0, WALL, data, (src[0], src[1]))
     finally:
         sock.close()
     assert c.mapped == local

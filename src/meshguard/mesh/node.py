@@ -59,6 +59,7 @@ from meshguard.mesh.org_gossip import OrgGossip, OrgLink
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.relay import Relay, RelayPeer
+from meshguard.nat.stun_client import StunAction, StunFinished
 from meshguard.sansio import Endpoint as Endpoint  # re-exported: mesh/swim_port.py uses it
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
@@ -227,9 +228,12 @@ class PeerBackend(Protocol):
 class StunPort(Protocol):
     """nat.stun_client.StunClient."""
 
-    def receive(self, now: float, data: bytes, src: Endpoint) -> bool: ...
+    def start(self, now: float) -> Sequence[SendDatagram]: ...
 
-    def tick(self, now: float) -> list[Any]: ...
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
+                ) -> Sequence[StunAction]: ...
+
+    def tick(self, now: float, wall: float) -> Sequence[StunAction]: ...
 
     def next_deadline(self) -> float | None: ...
 
@@ -238,9 +242,6 @@ class StunPort(Protocol):
 
     @property
     def mapped(self) -> Endpoint | None: ...
-
-    @property
-    def nat_type(self) -> int: ...
 
 
 # the node ------------------------------------------------------------------------------
@@ -272,7 +273,6 @@ class MeshNode:
     self_ipv4: ipaddress.IPv4Address | None = None
     _admission: dict[tuple[bytes, bytes | None], _Cached] = field(default_factory=dict)
     _last_recheck: float = float("-inf")
-    _stun_reported: bool = False
     names_version: int = 0
     _org_seen: int = -1
     _punch_scan: float = float("-inf")
@@ -325,8 +325,7 @@ class MeshNode:
             if self.stun is None or self.stun.done:
                 self.counters["stun_unexpected"] += 1
                 return []
-            self.stun.receive(now, data, src)
-            return self._stun_finished()
+            return self._stun_actions(self.stun.receive(now, wall, data, src))
         self.counters["garbage_dropped"] += 1
         return []
 
@@ -340,8 +339,7 @@ class MeshNode:
         if self.device is not None:
             out += self._from_device(self.device.tick(now, wall))
         if self.stun is not None and not self.stun.done:
-            out += [SendDatagram(x.data, x.endpoint) for x in self.stun.tick(now)]
-            out += self._stun_finished()
+            out += self._stun_actions(self.stun.tick(now, wall))
         m = self.membership.tick(now, wall)
         out += self._after_membership(m, wall)
         hp = self.holepunch
@@ -494,17 +492,20 @@ class MeshNode:
             out += initiate(now, wall, p)
         return out
 
-    def start_stun(self, stun: Any, now: float) -> list[Action]:
+    def start_stun(self, stun: StunPort, now: float) -> list[Action]:
         """Begin public-endpoint discovery with a nat.stun_client.StunClient."""
         self.stun = stun
-        return [SendDatagram(x.data, x.endpoint) for x in stun.start(now)]
+        return list(stun.start(now))
 
-    def _stun_finished(self) -> list[Action]:
-        st = self.stun
-        if st is None or not st.done or self._stun_reported:
-            return []
-        self._stun_reported = True
-        return [StunResult(st.mapped, int(st.nat_type))]
+    @staticmethod
+    def _stun_actions(actions: Sequence[StunAction]) -> list[Action]:
+        out: list[Action] = []
+        for a in actions:
+            if isinstance(a, SendDatagram):
+                out.append(a)
+            elif isinstance(a, StunFinished):
+                out.append(StunResult(a.mapped, int(a.nat_type)))
+        return out
 
     def leave(self, now: float, wall: float) -> list[Action]:
         """Announce a graceful leave; the caller sends the datagrams and then shuts down."""

@@ -3,10 +3,14 @@ NAT's mapping behaviour, over the mesh's own UDP port (so the mapping found is t
 will see).
 
     client = StunClient(rng, [("198.51.100.1", 3478), ("203.0.113.9", 3478)])
-    sends = client.start(now)            # [SendDatagram(data, endpoint), ...] to put on the socket
-    client.receive(now, data, src)       # for datagrams the demux classified as STUN
-    sends = client.tick(now)             # at client.next_deadline(): retransmissions
+    sends = client.start(now)                     # [SendDatagram, ...] to put on the socket
+    acts = client.receive(now, wall, data, src)   # for datagrams the demux classified as STUN
+    acts = client.tick(now, wall)                 # at client.next_deadline(): retransmissions
     client.done, client.mapped, client.nat_type
+
+`receive` and `tick` return `StunAction`s: `SendDatagram`s, a `StunAnswered` for every response
+that matched one of our requests, and one `StunFinished` when every server has answered or
+been given up on.
 
 Retransmission follows RFC 5389 section 7.2.1 with a shorter budget: RTO starts at
 `initial_rto` (500 ms, the RFC's default) and doubles per try, `max_tries` (4) transmissions per
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 
 from meshguard.errors import WireFormatError
 from meshguard.rng import Rng
-from meshguard.sansio import Endpoint, SendDatagram
+from meshguard.sansio import Endpoint, SendDatagram, unmap_host
 from meshguard.wire import stun
 
 INITIAL_RTO = 0.5
@@ -43,6 +47,25 @@ class NatType(enum.IntEnum):
     PUBLIC = 1
     CONE = 2
     SYMMETRIC = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StunAnswered:
+    """`server` answered one of our requests: with our mapped endpoint, or None (an error)."""
+
+    server: Endpoint
+    mapped: Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class StunFinished:
+    """Discovery is over: the public endpoint (None if no server answered) and NAT type."""
+
+    mapped: Endpoint | None
+    nat_type: NatType
+
+
+StunAction = SendDatagram | StunAnswered | StunFinished
 
 
 @dataclass
@@ -65,6 +88,7 @@ class StunClient:
     max_tries: int = MAX_TRIES
     counters: Counter[str] = field(default_factory=Counter)
     _queries: list[_Query] = field(default_factory=list)
+    _finished: bool = False
 
     def start(self, now: float) -> list[SendDatagram]:
         self._queries = [_Query(s, self.rng.bytes(stun.TXID_LEN), rto=self.initial_rto)
@@ -90,20 +114,29 @@ class StunClient:
             self.counters["requests_sent"] += 1
         return out
 
-    def tick(self, now: float) -> list[SendDatagram]:
-        return self._send_due(now)
+    def tick(self, now: float, wall: float) -> list[StunAction]:
+        out: list[StunAction] = list(self._send_due(now))
+        return out + self._finish()
+
+    def _finish(self) -> list[StunAction]:
+        """The one StunFinished, once the last query is answered or given up."""
+        if self._finished or not self._queries or not self.done:
+            return []
+        self._finished = True
+        return [StunFinished(self.mapped, self.nat_type)]
 
     def next_deadline(self) -> float | None:
         pending = [q.deadline for q in self._queries if q.mapped is None and not q.failed]
         return min(pending) if pending else None
 
-    def receive(self, now: float, data: bytes, src: Endpoint) -> bool:
-        """Handle a STUN datagram; True when it answered one of our requests."""
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
+                ) -> list[StunAction]:
+        """Handle a STUN datagram: a StunAnswered when it answered one of our requests."""
         try:
             msg = stun.decode(data)
         except WireFormatError:
             self.counters["malformed"] += 1
-            return False
+            return []
         for q in self._queries:
             if q.txid != msg.transaction_id:
                 continue
@@ -112,12 +145,12 @@ class StunClient:
             if msg.msg_type != stun.BINDING_SUCCESS or msg.mapped is None:
                 q.failed = True
                 self.counters["error_responses"] += 1
-                return True
+                return [StunAnswered(q.server, None), *self._finish()]
             q.mapped = msg.mapped
             self.counters["responses"] += 1
-            return True
+            return [StunAnswered(q.server, q.mapped), *self._finish()]
         self.counters["unmatched"] += 1
-        return False
+        return []
 
     @property
     def done(self) -> bool:
@@ -146,9 +179,7 @@ class StunClient:
 
 def _norm(ep: Endpoint) -> Endpoint:
     host, port = ep
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return (host.lower(), port)
+    return (unmap_host(host).lower(), port)
 
 
 def _same_endpoint(a: Endpoint, b: Endpoint) -> bool:

@@ -610,9 +610,9 @@ def _stun_client(data: bytes) -> None:
     sends = client.start(0.0)
     if len(data) >= stun.HEADER_LEN and not data[0] & 1:
         data = data[:8] + sends[0].data[8:20] + data[20:]
-    client.receive(0.1, data, _STUN_SERVERS[0])
-    client.receive(0.2, data, _STUN_SERVERS[1])
-    client.tick(10.0)
+    client.receive(0.1, 1e9, data, _STUN_SERVERS[0])
+    client.receive(0.2, 1e9, data, _STUN_SERVERS[1])
+    client.tick(10.0, 1e9)
     _ = (client.done, client.mapped, client.nat_type)
 
 
