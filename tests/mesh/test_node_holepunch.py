@@ -184,22 +184,24 @@ def test_failed_punch_relays_through_the_fastest_public_member() -> None:
     regs = [a for a in node.tick(6.0, WALL + 6) if isinstance(a, SendDatagram)
             and a.data[0] == 0x31]
     assert [a.endpoint for a in regs] == [R_EP]
-    r_core = Relay(rkey.public_key.raw, rwg, cookie_secret=b"\x04" * 32)
     me = RelayPeer(node.identity_key, wg.public_key.raw, NODE_EP, 3, True)
+    r_core = Relay(rkey.public_key.raw, rwg, cookie_secret=b"\x04" * 32,
+                   members=lambda: {node.identity_key: me})
     seen_from = ("203.0.113.21", 45000)  # not our STUN mapping: the NAT is symmetric
 
     class Stun:
         mapped = NODE_EP
 
     node.stun = Stun()  # type: ignore[assignment]
-    echo, _ = r_core.receive(6.0, WALL + 6, regs[0].data, seen_from, {node.identity_key: me})
+    echo = r_core.receive(6.0, WALL + 6, regs[0].data, seen_from)
+    assert [type(a) for a in echo] == [SendDatagram]
+    assert isinstance(echo[0], SendDatagram)
     out = node.receive_datagram(6.02, WALL + 6.02, echo[0].data, R_EP)
     assert ReflexiveEndpoint(seen_from, rkey.public_key.raw) in out
     # the echo carried a cookie: the node confirms the address from where it registered
     confirms = [a for a in out if isinstance(a, SendDatagram) and a.data[0] == 0x31]
     assert [a.endpoint for a in confirms] == [R_EP]
-    assert r_core.receive(6.03, WALL + 6.03, confirms[0].data, seen_from,
-                          {node.identity_key: me}) == ([], None)
+    assert r_core.receive(6.03, WALL + 6.03, confirms[0].data, seen_from) == []
     assert r_core._seen_at[node.identity_key] == seen_from
     assert abs(node.relay.rtt[rkey.public_key.raw] - 0.02) < 1e-9
     # now the failure switches B to the relay: a placeholder endpoint, status says relayed

@@ -13,7 +13,7 @@ from meshguard.nat.relay import RelayPeer
 from meshguard.sansio import SendDatagram
 from meshguard.wire import relay as wire
 
-from .test_relay import A_EP, B_EP, R_EP, Member, view
+from .test_relay import A_EP, B_EP, R_EP, Member, on, split, view
 
 WALL = 1_700_000_000.0
 A_AT_R = ("203.0.113.21", 5555)  # A's NAT mapping toward R
@@ -23,7 +23,7 @@ EVIL = ("198.51.100.66", 4444)
 
 def recv(m: Member, now: float, data: bytes, src: tuple[str, int], everyone: list[Member]
          ) -> tuple[list[SendDatagram], tuple[bytes, tuple[str, int]] | None]:
-    return m.core.receive(now, WALL + now, data, src, view(m, *everyone))
+    return split(on(m, view(m, *everyone)).receive(now, WALL + now, data, src))
 
 
 def register(c: Member, r: Member, now: float, seen_as: tuple[str, int],
@@ -31,7 +31,7 @@ def register(c: Member, r: Member, now: float, seen_as: tuple[str, int],
     """A full registration of `c` with `r` from `seen_as`; the datagrams c sent to r."""
     sent: list[bytes] = []
     c.core._next_register = float("-inf")
-    to_r = [s for s in c.core.tick(now, WALL + now, view(c, *everyone)) if s.endpoint == r.ep]
+    to_r = [s for s in on(c, view(c, *everyone)).tick(now, WALL + now) if s.endpoint == r.ep]
     queue = [x.data for x in to_r]
     while queue:
         data = queue.pop(0)
@@ -56,7 +56,7 @@ def hop_from(c: Member, to: Member, target: Member, payload: bytes,
     """The hop `c` sends to relay `to` for `target` (c relays through `to`)."""
     c.core.via[target.ident] = to.ident
     c.core._wall = c.core._wall or WALL
-    s = c.core.wrap(c.core.placeholder(target.ident), payload, view(c, *everyone))
+    s = on(c, view(c, *everyone)).wrap(c.core.placeholder(target.ident), payload)
     assert s is not None and s.endpoint == to.ep
     return s.data
 
@@ -206,7 +206,7 @@ def test_forged_echo_does_not_set_observed_address(
     assert a.core.observed[r.ident] == A_AT_R
     # replay R's echo of the first registration after A moved: A keeps the newer answer
     a.core._next_register = float("-inf")
-    regs = [s for s in a.core.tick(10.0, WALL + 10, view(a, *everyone)) if s.endpoint == R_EP]
+    regs = [s for s in on(a, view(a, *everyone)).tick(10.0, WALL + 10) if s.endpoint == R_EP]
     echo, _ = recv(r, 10.0, regs[0].data, ("203.0.113.21", 6000), everyone)
     old = echo[0].data
     for s in echo:
@@ -224,7 +224,7 @@ def test_member_view_without_key_is_dropped(mesh: tuple[Member, Member, Member, 
     members = view(r, *everyone)
     members[a.ident] = RelayPeer(a.ident, None, A_EP, 3, True)
     hop = hop_from(a, r, b, b"x", everyone)
-    assert r.core.receive(1.0, WALL + 1, hop, A_AT_R, members) == ([], None)
+    assert split(on(r, members).receive(1.0, WALL + 1, hop, A_AT_R)) == ([], None)
     assert r.core.counters["relay_bad_mac"] == 1
 
 
@@ -253,7 +253,7 @@ def test_member_spoofing_a_victim_gets_few_echoes(
     echoes = 0
     for i in range(100):
         a.core._next_register = float("-inf")
-        reg = [s for s in a.core.tick(1.0, WALL + 1, view(a, *everyone)) if s.endpoint == R_EP]
+        reg = [s for s in on(a, view(a, *everyone)).tick(1.0, WALL + 1) if s.endpoint == R_EP]
         out, _ = recv(r, 1.0 + i * 0.001, reg[0].data, victim, everyone)
         echoes += len(out)
     assert echoes <= 5

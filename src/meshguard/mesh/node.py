@@ -58,7 +58,7 @@ from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.org_gossip import OrgGossip, OrgLink
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
-from meshguard.nat.relay import Relay, RelayPeer
+from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
 from meshguard.sansio import Endpoint as Endpoint  # re-exported: mesh/swim_port.py uses it
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
@@ -348,13 +348,12 @@ class MeshNode:
             if due is None or now >= due or now >= self._punch_scan:
                 self._punch_scan = now + 1.0
                 out += self._punch_actions(hp.tick(now, wall, self._punch_view(wall)), now, wall)
-        rl = self.relay
+        rl = self._relay_core(wall)
         if rl is not None:
             due = rl.next_deadline()
             if due is not None and now >= due:
-                out += [SendDatagram(x.data, x.endpoint)
-                        for x in rl.tick(now, wall, self._relay_view(wall))]
-            if rl.via and rl.prune(self._relay_view(wall)):
+                out += [x for x in rl.tick(now, wall) if isinstance(x, SendDatagram)]
+            if rl.via and rl.prune():
                 out += self.reconcile(wall)  # a relay died: back to the advertised endpoint
         org = self.org
         if org is not None and (org.revocations or org.aliases):
@@ -438,18 +437,17 @@ class MeshNode:
         return out
 
     def _punch_failed(self, a: PunchFailed, now: float, wall: float) -> list[Action]:
-        rl = self.relay
+        rl = self._relay_core(wall)
         if rl is None or a.identity_key in rl.via:
             log.info("hole punch to %s failed", a.identity_key.hex()[:12])
             return []
-        view = self._relay_view(wall)
-        if not rl.start(a.identity_key, view):
+        if not rl.start(a.identity_key):
             log.info("hole punch to %s failed; no relay has answered yet",
                      a.identity_key.hex()[:12])
             return []
         log.info("hole punch to %s failed: relaying through %s at %s",
                  a.identity_key.hex()[:12], rl.via[a.identity_key].hex()[:12],
-                 rl.relay_endpoint(a.identity_key, view))
+                 rl.relay_endpoint(a.identity_key))
         out: list[Action] = list(self.reconcile(wall))
         member = next((m for m in self.membership.members()
                        if m.identity_key == a.identity_key), None)
@@ -607,15 +605,15 @@ class MeshNode:
         return out
 
     def _from_device(self, actions: list[Any]) -> list[Action]:
-        rl = self.relay
+        rl = self._relay_core(None)
         if rl is None or not rl.via:
             return actions
         out: list[Action] = []
         for a in actions:
             if isinstance(a, SendDatagram) and rl.is_placeholder(a.endpoint):
-                w = rl.wrap(a.endpoint, a.data, self._relay_view(None))
+                w = rl.wrap(a.endpoint, a.data)
                 if w is not None:
-                    out.append(SendDatagram(w.data, w.endpoint))
+                    out.append(w)
             else:
                 out.append(a)
         return out
@@ -632,6 +630,18 @@ class MeshNode:
             v = self._relay_members = _LazyView(self._build_relay_view, self.counters)
         return v
 
+    def _relay_core(self, wall: float | None) -> Relay | None:
+        """The relay core, seeing the members through this node's view (bound here, on use:
+        the shell sets `relay` after constructing the node)."""
+        rl = self.relay
+        if rl is not None:
+            self._relay_view(wall)
+            rl.members = self._relay_members_now
+        return rl
+
+    def _relay_members_now(self) -> Mapping[bytes, RelayPeer]:
+        return self._relay_view(None)
+
     def _build_relay_view(self) -> dict[bytes, RelayPeer]:
         wall = self._views_wall
         out: dict[bytes, RelayPeer] = {}
@@ -646,33 +656,31 @@ class MeshNode:
 
     def _receive_relay(self, now: float, wall: float, data: bytes, src: Endpoint
                        ) -> list[Action]:
-        rl = self.relay
+        rl = self._relay_core(wall)
         if rl is None:
             self.counters["garbage_dropped"] += 1
             return []
-        sends, delivered = rl.receive(now, wall, data, src, self._relay_view(wall))
-        out: list[Action] = [SendDatagram(x.data, x.endpoint) for x in sends]
-        changed = rl.observed_changed
-        if changed is not None:
-            relay_key, ep = changed
-            st = self.stun
-            if st is not None and st.mapped is not None and ep != st.mapped:
-                out.append(ReflexiveEndpoint(ep, relay_key))
-        if delivered is not None and self.device is not None:
-            payload, placeholder = delivered
-            if rl.via_added:
-                out += self.reconcile(wall)  # a peer now reached through the relay
-            out += self._from_device(self.device.receive_datagram(now, wall, payload,
-                                                                  placeholder))
+        out: list[Action] = []
+        for a in rl.receive(now, wall, data, src):
+            if isinstance(a, SendDatagram):
+                out.append(a)
+            elif isinstance(a, RelayObserved):
+                st = self.stun
+                if st is not None and st.mapped is not None and a.endpoint != st.mapped:
+                    out.append(ReflexiveEndpoint(a.endpoint, a.relay))
+            elif self.device is not None:  # RelayDelivered
+                if a.new_path:
+                    out += self.reconcile(wall)  # a peer now reached through the relay
+                out += self._from_device(self.device.receive_datagram(now, wall, a.payload,
+                                                                      a.source))
         return out
 
     def path_of(self, wg_key: bytes) -> tuple[str, Endpoint | None]:
         """("relayed", the relay's endpoint) or ("direct", None) for `status`."""
-        rl = self.relay
+        rl = self._relay_core(None)
         peer = self.peers.get(wg_key)
         if rl is not None and peer is not None and rl.is_placeholder(peer.endpoint):
-            ident = peer.identity_key
-            return "relayed", rl.relay_endpoint(ident, self._relay_view(None))
+            return "relayed", rl.relay_endpoint(peer.identity_key)
         return "direct", None
 
 

@@ -12,8 +12,14 @@ its end-to-end encryption; the relay only moves its datagrams.
 
 The WireGuard device addresses a relayed peer by a placeholder endpoint (RELAY_HOST, n), which
 is never a real destination: `wrap(endpoint, data)` turns a device datagram to a placeholder
-into a RelayData hop to the relay, and `receive` turns a relayed datagram into (payload,
-placeholder source) for the device, so roaming keeps the placeholder while traffic is relayed.
+into a RelayData hop to the relay, and `receive` turns a relayed datagram into a
+`RelayDelivered` (payload, placeholder source) for the device, so roaming keeps the placeholder
+while traffic is relayed.
+
+The core sees the members through `members`, a callable returning the current view (identity
+key -> RelayPeer), given at construction or bound later by the mesh node. `receive` and `tick`
+return `RelayAction`s: `SendDatagram`s, `RelayDelivered`, and `RelayObserved` when a relay's echo
+reports a new address of ours.
 
 Relay side (a public member): a hop from a current member, with a valid MAC, for another
 current member is re-MACed and sent to the address that member last confirmed (or its gossip
@@ -48,7 +54,7 @@ datagram the end-to-end tag. Every drop is counted in `counters` by reason.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from meshguard.crypto.hashes import blake2s, mac
@@ -81,6 +87,31 @@ class RelayPeer:
     alive: bool
 
 
+@dataclass(frozen=True, slots=True)
+class RelayDelivered:
+    """A relayed datagram for us: `payload` for the WireGuard device from the placeholder
+    `source`; `new_path` when its origin was not reached through a relay before."""
+
+    payload: bytes
+    source: Endpoint
+    new_path: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RelayObserved:
+    """Relay `relay` echoed a new address of ours: `endpoint` is where it sees us."""
+
+    relay: bytes
+    endpoint: Endpoint
+
+
+RelayAction = SendDatagram | RelayDelivered | RelayObserved
+
+
+def _no_members() -> Mapping[bytes, RelayPeer]:
+    return {}
+
+
 def _default_budget() -> SourceBudget:
     # checks for sources that have not proved themselves: 20/s per host (bursts of 50),
     # 500/s in all (bursts of 1000); proven sources are not limited here
@@ -101,11 +132,9 @@ class Relay:
     via: dict[bytes, bytes] = field(default_factory=dict)  # relayed peer -> relay identity
     # relay identity -> our address as that relay sees it (its registration echo says)
     observed: dict[bytes, Endpoint] = field(default_factory=dict)
-    # what the last `receive` changed: a relay's new echo of our address, a new relayed peer
-    observed_changed: tuple[bytes, Endpoint] | None = None
-    via_added: bool = False
     cookie_secret: bytes = b""  # 32 random bytes from the caller's Rng (required)
     budget: SourceBudget = field(default_factory=_default_budget)
+    members: Callable[[], Mapping[bytes, RelayPeer]] = _no_members  # identity -> member
     _keys: dict[tuple[bytes, bytes], bytes] = field(default_factory=dict)
     _seen_at: dict[bytes, Endpoint] = field(default_factory=dict)  # confirmed addresses
     _pending: dict[bytes, float] = field(default_factory=dict)  # registration sent at
@@ -133,16 +162,17 @@ class Relay:
     def is_placeholder(ep: Endpoint | None) -> bool:
         return ep is not None and ep[0] == RELAY_HOST
 
-    def relay_endpoint(self, peer: bytes, members: Mapping[bytes, RelayPeer]) -> Endpoint | None:
+    def relay_endpoint(self, peer: bytes) -> Endpoint | None:
+        members = self.members()
         r = self.via.get(peer)
         m = members.get(r) if r is not None else None
         return m.gossip_endpoint if m is not None else None
 
     # choosing a relay --------------------------------------------------------------------
 
-    def best_relay(self, members: Mapping[bytes, RelayPeer], exclude: bytes = b""
-                   ) -> bytes | None:
+    def best_relay(self, exclude: bytes = b"") -> bytes | None:
         """The alive public member with the lowest measured RTT (None if none answered)."""
+        members = self.members()
         best: tuple[float, bytes] | None = None
         for k, rtt in self.rtt.items():
             m = members.get(k)
@@ -153,8 +183,8 @@ class Relay:
                 best = (rtt, k)
         return best[1] if best else None
 
-    def start(self, peer: bytes, members: Mapping[bytes, RelayPeer]) -> bool:
-        r = self.best_relay(members, exclude=peer)
+    def start(self, peer: bytes) -> bool:
+        r = self.best_relay(exclude=peer)
         if r is None:
             self.counters["relay_unavailable"] += 1
             return False
@@ -170,24 +200,25 @@ class Relay:
     def next_deadline(self) -> float | None:
         return self._next_register if self.behind_nat else None
 
-    def tick(self, now: float, wall: float, members: Mapping[bytes, RelayPeer]
-             ) -> list[SendDatagram]:
+    def tick(self, now: float, wall: float) -> list[RelayAction]:
         self._wall = wall
         if not self.behind_nat or now < self._next_register:
             return []
         self._next_register = now + self.register_interval
-        out: list[SendDatagram] = []
+        members = self.members()
+        out: list[RelayAction] = []
         for k, m in members.items():
             if m.alive and m.nat_type == NAT_PUBLIC and m.gossip_endpoint is not None:
                 data = self._hop(m, self.identity_key, k, self._next_counter(), b"")
                 if data is not None:
                     self._pending[k] = now
                     out.append(SendDatagram(data, m.gossip_endpoint))
-        self.prune(members)
+        self.prune()
         return out
 
-    def prune(self, members: Mapping[bytes, RelayPeer]) -> bool:
+    def prune(self) -> bool:
         """Forget relayed peers that are gone and relays that died; True if any was."""
+        members = self.members()
         gone = [k for k, r in self.via.items()
                 if k not in members or not members[k].alive
                 or r not in members or not members[r].alive]
@@ -197,9 +228,9 @@ class Relay:
 
     # datagrams ---------------------------------------------------------------------------
 
-    def wrap(self, endpoint: Endpoint, data: bytes, members: Mapping[bytes, RelayPeer]
-             ) -> SendDatagram | None:
+    def wrap(self, endpoint: Endpoint, data: bytes) -> SendDatagram | None:
         """A device datagram to a placeholder endpoint -> the RelayData hop to its relay."""
+        members = self.members()
         peer = self._by_placeholder.get(endpoint)
         r = self.via.get(peer) if peer is not None else None
         m = members.get(r) if r is not None else None
@@ -216,49 +247,47 @@ class Relay:
         self.counters["relay_tx"] += 1
         return SendDatagram(out, m.gossip_endpoint)
 
-    def receive(self, now: float, wall: float, data: bytes, src: Endpoint,
-                members: Mapping[bytes, RelayPeer]
-                ) -> tuple[list[SendDatagram], tuple[bytes, Endpoint] | None]:
-        """-> (hops to send, (payload, placeholder source) for the device or None)."""
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
+                ) -> list[RelayAction]:
+        """Hops to send, or the payload for the device (RelayDelivered)."""
         self._wall = wall
-        self.observed_changed = None
-        self.via_added = False
         try:
             m = wire.decode(data)
         except WireFormatError:
             self.counters["relay_garbage"] += 1
-            return [], None
+            return []
         # cheap checks first: lookups, the counter's time and the replay window
+        members = self.members()
         hop = members.get(m.hop)
         if hop is None or not hop.alive or m.hop == self.identity_key:
             self.counters["relay_unknown_hop"] += 1
-            return [], None
+            return []
         direct = m.origin == m.hop
         for_us = m.target == self.identity_key
         if not for_us and not direct:
             self.counters["relay_not_forwarded"] += 1  # no relay chains, no reflection
-            return [], None
+            return []
         origin = hop if direct else members.get(m.origin)
         if origin is None or not origin.alive or m.origin == self.identity_key:
             self.counters["relay_unknown_origin"] += 1
-            return [], None
+            return []
         sent = m.counter >> COUNTER_TIME_SHIFT
         if not wall - self.max_skew - COUNTER_LAG <= sent <= wall + self.max_skew:
             self.counters["relay_stale"] += 1
-            return [], None
+            return []
         wkey = (m.origin, m.target)
         if not self._windows.check(wkey, m.counter):
             self.counters["relay_replayed"] += 1
-            return [], None
+            return []
         if self._proven.get(src) != m.hop:
             limited = self.budget.take(now, src[0])
             if limited is not None:
                 self.counters["relay_" + limited] += 1
-                return [], None
+                return []
         key = self._key(hop)
         if key is None or not _eq(mac(key, data[:-wire.MAC_LEN]), m.mac):
             self.counters["relay_bad_mac"] += 1
-            return [], None
+            return []
         if self._proven.get(src) != m.hop:
             if len(self._proven) >= MAX_KNOWN_SOURCES:
                 self._proven.clear()
@@ -267,24 +296,24 @@ class Relay:
             okey = self._key(origin)
             if okey is None or not _eq(mac(okey, wire.end_to_end_part(m.hop, m)), m.tag):
                 self.counters["relay_bad_origin"] += 1
-                return [], None
+                return []
         if not self._windows.accept(wkey, m.counter):
             self.counters["relay_replayed"] += 1
-            return [], None
+            return []
         if for_us and direct:
-            return self._direct(now, m, hop, src), None
+            return self._direct(now, m, hop, src)
         if for_us:
             # a relayed datagram for us, made by its origin for this relay: answer through it
-            self.via_added = m.origin not in self.via
+            new_path = m.origin not in self.via
             self.via[m.origin] = m.hop
             self.counters["relay_rx"] += 1
-            return [], (m.payload, self.placeholder(m.origin))
-        return self._forward(now, m, members), None
+            return [RelayDelivered(m.payload, self.placeholder(m.origin), new_path)]
+        return self._forward(now, m, members)
 
     # helpers -----------------------------------------------------------------------------
 
     def _direct(self, now: float, m: RelayMessage, hop: RelayPeer, src: Endpoint
-                ) -> list[SendDatagram]:
+                ) -> list[RelayAction]:
         """A registration, a confirmation or an echo (origin == hop, target == us)."""
         n = len(m.payload)
         if n == 0:  # a registration: echo the address it came from (and a cookie to confirm)
@@ -325,19 +354,21 @@ class Relay:
             except WireFormatError:
                 self.counters["relay_garbage"] += 1
                 return []
+            observed: list[RelayAction] = []
             if self.observed.get(m.hop) != ep:
                 self.observed[m.hop] = ep
-                self.observed_changed = (m.hop, ep)
+                observed.append(RelayObserved(m.hop, ep))
             if n == EP_LEN:
-                return []
+                return observed
             confirm = self._hop(hop, self.identity_key, m.hop, self._next_counter(),
                                 m.payload[EP_LEN:])
-            return [SendDatagram(confirm, src)] if confirm is not None else []
+            sends: list[RelayAction] = [SendDatagram(confirm, src)] if confirm is not None else []
+            return sends + observed
         self.counters["relay_not_forwarded"] += 1
         return []
 
     def _forward(self, now: float, m: RelayMessage, members: Mapping[bytes, RelayPeer]
-                 ) -> list[SendDatagram]:
+                 ) -> list[RelayAction]:
         """We are the relay: pass the origin's hop on to the target."""
         target = members.get(m.target)
         dst = self._seen_at.get(m.target) or (target.gossip_endpoint if target else None)
