@@ -83,11 +83,11 @@ def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
     req = decode(reqs[0].data)
     assert req.target == bkey.public_key.raw and req.endpoints == (NODE_EP,)
     # B (its own puncher) gets the request through R, answers and probes our endpoint
-    bhp = HolePuncher(bkey, SeededRng(2))
-    bhp.set_self((B_EP,), behind_nat=True)
     view = {node.identity_key: PeerInfo(node.identity_key, node.wg_key, NODE_EP, (NODE_EP,),
-                                        2, True, False)}
-    bout = bhp.receive(4.6, WALL + 4.6, reqs[0].data, R_EP, view)
+                                        2, True)}
+    bhp = HolePuncher(bkey, SeededRng(2), members=lambda: view)
+    bhp.set_self((B_EP,), behind_nat=True)
+    bout = bhp.receive(4.6, WALL + 4.6, reqs[0].data, R_EP)
     probes = [a for a in bout if isinstance(a, SendDatagram) and a.endpoint == NODE_EP]
     assert len(probes) == 1 and decode(probes[0].data).stage == STAGE_PROBE
     # the probe arrives from a port B never advertised (peer-reflexive): we answer it and
@@ -100,10 +100,10 @@ def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
     assert len(answer) == 1 and len(ours) == 1
     assert be.peers[b.wg_key].endpoint == B_EP and b.wg_key not in node.punched
     # the answer proves the path to B (B's NAT sends it from where B probed us from)
-    bres = bhp.receive(4.8, WALL + 4.8, answer[0].data, NODE_EP, view)
+    bres = bhp.receive(4.8, WALL + 4.8, answer[0].data, NODE_EP)
     assert [x.endpoint for x in bres if isinstance(x, PunchSucceeded)] == [NODE_EP]
     # B answers our probe of that port: now the path is proven, from where we sent it
-    bans = [a for a in bhp.receive(4.8, WALL + 4.8, ours[0].data, NODE_EP, view)
+    bans = [a for a in bhp.receive(4.8, WALL + 4.8, ours[0].data, NODE_EP)
             if isinstance(a, SendDatagram)]
     assert len(bans) == 1
     got = node.receive_datagram(4.9, WALL + 4.9, bans[0].data, seen_from)

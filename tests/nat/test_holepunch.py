@@ -139,6 +139,8 @@ class Net:
     def add(self, name: str, local: Endpoint, nat: Nat | None, seed: int, **kw: float) -> Host:
         key = Ed25519PrivateKey(bytes([seed]) * 32)
         h = Host(name, key, local, nat, HolePuncher(key, SeededRng(seed), **kw))  # type: ignore[arg-type]
+        h.hp.members = lambda: self.view(h)
+        h.hp.connected = lambda p: p.identity_key in h.connected
         self.hosts[name] = h
         return h
 
@@ -157,7 +159,7 @@ class Net:
             # gossip reaches every member through the public seed; the gossip endpoint is the
             # advertised one (the rendezvous is public, so it is reachable)
             out[h.ident] = PeerInfo(h.ident, b"W" + h.ident[:31], h.advertised[0],
-                                    h.advertised, h.nat_type, True, h.ident in me.connected)
+                                    h.advertised, h.nat_type, True)
         return out
 
     def send(self, h: Host, data: bytes, dst: Endpoint) -> None:
@@ -193,10 +195,9 @@ class Net:
                     continue
                 self.delivered += 1
                 self.tap.append((h.name, data, src))
-                self._apply(h, h.hp.receive(self.now, 1e9 + self.now, data, src,
-                                            self.view(h)))
+                self._apply(h, h.hp.receive(self.now, 1e9 + self.now, data, src))
             for h in self.hosts.values():
-                self._apply(h, h.hp.tick(self.now, 1e9 + self.now, self.view(h)))
+                self._apply(h, h.hp.tick(self.now, 1e9 + self.now))
             self.now = round(self.now + step, 6)
 
 
@@ -330,7 +331,7 @@ def test_at_most_max_sessions_at_once() -> None:
 
 
 def _deliver(h: Host, net: Net, data: bytes, src: Endpoint) -> list[object]:
-    return list(h.hp.receive(net.now, 1e9 + net.now, data, src, net.view(h)))
+    return list(h.hp.receive(net.now, 1e9 + net.now, data, src))
 
 
 def _request(sender: Ed25519PrivateKey, target: bytes, wall: float, session: int = 1,

@@ -116,10 +116,10 @@ def test_probe_resent_from_another_address_does_not_move_the_endpoint() -> None:
     b.connected.add(a.ident)  # only A asks: B answers and probes
     probe, _src, _dst = _intercept(net, _is(wire.HOLEPUNCH_REQUEST, wire.STAGE_PROBE, b), 8.0)
     wall = 1e9 + net.now
-    out = a.hp.receive(net.now, wall, probe, EVIL, net.view(a))
+    out = a.hp.receive(net.now, wall, probe, EVIL)
     assert not [x for x in out if isinstance(x, PunchSucceeded)]
     # the same probe again (from anywhere) draws nothing more
-    again = a.hp.receive(net.now, wall, probe, EVIL, net.view(a))
+    again = a.hp.receive(net.now, wall, probe, EVIL)
     assert again == []
     assert a.hp.counters["punch_replayed"] >= 1
     # the punch itself still works, and only at B's real address
@@ -135,7 +135,7 @@ def test_answer_resent_from_another_address_does_not_move_the_endpoint() -> None
     answer, _src, _dst = _intercept(net, _is(wire.HOLEPUNCH_RESPONSE, wire.STAGE_PROBE, b),
                                     8.0)
     wall = 1e9 + net.now
-    out = a.hp.receive(net.now, wall, answer, EVIL, net.view(a))
+    out = a.hp.receive(net.now, wall, answer, EVIL)
     assert not [x for x in out if isinstance(x, PunchSucceeded)]
     assert a.hp.counters["punch_wrong_path"] == 1
     net.run(net.now + 6.0)
@@ -151,7 +151,7 @@ def test_forged_probe_signature_is_caught() -> None:
     bad = wire.encode(wire.PunchMessage(m.type, m.stage, m.origin, m.target, m.session,
                                         m.wall_ms, m.endpoints,
                                         Ed25519PrivateKey(b"\x09" * 32).sign(b"x"), m.nonce))
-    assert a.hp.receive(net.now, 1e9 + net.now, bad, src, net.view(a)) == []
+    assert a.hp.receive(net.now, 1e9 + net.now, bad, src) == []
     assert a.hp.counters["punch_bad_signature"] == 1
 
 

@@ -45,7 +45,7 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from meshguard.crypto.keys import X25519PublicKey
@@ -304,12 +304,11 @@ class MeshNode:
             return self._from_device(self.device.receive_datagram(now, wall, data, src))
         if kind is Kind.GOSSIP and data[0] in HOLEPUNCH_TYPES:
             self.counters["holepunch_rx"] += 1
-            hp = self.holepunch
+            hp = self._punch_core(wall)
             if hp is None:
                 self.counters["garbage_dropped"] += 1
                 return []
-            return self._punch_actions(
-                hp.receive(now, wall, bytes(data), src, self._punch_lookup(wall)), now, wall)
+            return self._punch_actions(hp.receive(now, wall, bytes(data), src), now, wall)
         if kind is Kind.GOSSIP and data[0] == RELAY_DATA:
             self.counters["relaydata_rx"] += 1
             return self._receive_relay(now, wall, bytes(data), src)
@@ -342,12 +341,12 @@ class MeshNode:
             out += self._stun_actions(self.stun.tick(now, wall))
         m = self.membership.tick(now, wall)
         out += self._after_membership(m, wall)
-        hp = self.holepunch
+        hp = self._punch_core(wall)
         if hp is not None:
             due = hp.next_deadline()
             if due is None or now >= due or now >= self._punch_scan:
                 self._punch_scan = now + 1.0
-                out += self._punch_actions(hp.tick(now, wall, self._punch_view(wall)), now, wall)
+                out += self._punch_actions(hp.tick(now, wall), now, wall)
         rl = self._relay_core(wall)
         if rl is not None:
             due = rl.next_deadline()
@@ -390,11 +389,20 @@ class MeshNode:
         due = hp.next_deadline()
         return self._punch_scan if due is None else min(due, self._punch_scan)
 
-    def _punch_lookup(self, wall: float) -> Mapping[bytes, PeerInfo]:
-        """Every member as the hole puncher sees it (alive = routed and admitted), for
-        datagrams: built on first use after a membership change (reconcile drops it), so a
-        datagram costs lookups, never a scan. `connected` is False here (receive ignores it)."""
-        self._views_wall = wall
+    def _punch_core(self, wall: float) -> HolePuncher | None:
+        """The hole puncher, seeing the members through this node's view (bound here, on
+        use: the shell sets `holepunch` after constructing the node)."""
+        hp = self.holepunch
+        if hp is not None:
+            self._views_wall = wall
+            hp.members = self._punch_lookup
+            hp.connected = self._punch_connected
+        return hp
+
+    def _punch_lookup(self) -> Mapping[bytes, PeerInfo]:
+        """Every member as the hole puncher sees it (alive = routed and admitted): built on
+        first use after a membership change (reconcile drops it), so a datagram costs
+        lookups, never a scan."""
         v = self._punch_members
         if v is None:
             v = self._punch_members = _LazyView(self._build_punch_view, self.counters)
@@ -410,20 +418,16 @@ class MeshNode:
                 wall is None or self.admission(m, wall).admitted)
             eps = m.endpoints or ((m.wg_endpoint,) if m.wg_endpoint else ())
             out[m.identity_key] = PeerInfo(m.identity_key, m.wg_key, m.gossip_endpoint,
-                                           tuple(eps), m.nat_type, alive, False)
+                                           tuple(eps), m.nat_type, alive)
         return out
 
-    def _punch_view(self, wall: float) -> dict[bytes, PeerInfo]:
-        """The lookup view plus whether a recent handshake proves a direct path (timers)."""
-        out: dict[bytes, PeerInfo] = {}
-        be = self.backend
-        for k, p in self._punch_lookup(wall).items():
-            if p.wg_key is not None and p.wg_key in self.peers and be is not None:
-                hs = be.stats(p.wg_key)[0]
-                if hs > 0 and wall - hs < HANDSHAKE_FRESH:
-                    p = replace(p, connected=True)
-            out[k] = p
-        return out
+    def _punch_connected(self, p: PeerInfo) -> bool:
+        """Whether a recent handshake (at the latest wall time known) proves a direct path."""
+        be, wall = self.backend, self._views_wall
+        if p.wg_key is None or p.wg_key not in self.peers or be is None or wall is None:
+            return False
+        hs = be.stats(p.wg_key)[0]
+        return hs > 0 and wall - hs < HANDSHAKE_FRESH
 
     def _punch_actions(self, actions: list[Any], now: float, wall: float) -> list[Action]:
         out: list[Action] = []

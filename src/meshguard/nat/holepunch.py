@@ -23,6 +23,11 @@ not succeeded after `timeout` seconds is `PunchFailed`, and the member is tried 
 backoff (doubling from `retry_after`). At most `max_sessions` sessions run at once. When both
 sides ask at the same time, the session of the lower identity key goes on.
 
+The core sees the members through `members`, a callable returning the current view (identity
+key -> PeerInfo), and asks `connected(peer)` whether a recent WireGuard handshake proves a direct
+path; both are given at construction or bound later by the mesh node. `receive` and `tick` return
+`Action`s: `SendDatagram`s and the `PunchSucceeded`/`PunchFailed` events.
+
 Authentication: every message is signed by its origin's identity key (Ed25519) over a context
 string, the origin must be a current member, the target must be this node (or, at a
 rendezvous, a member it forwards to), the signed wall-clock time must be within `max_skew`, and
@@ -43,7 +48,7 @@ punch), and only then one Ed25519 verification. Every drop is counted in `counte
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshguard.crypto.keys import Ed25519PrivateKey, ed25519_verify
@@ -66,6 +71,14 @@ MAX_REFLEXIVE = 2  # peer-reflexive candidates probed per session
 MAX_SEEN = 8192
 
 
+def _no_members() -> Mapping[bytes, PeerInfo]:
+    return {}
+
+
+def _never_connected(peer: PeerInfo) -> bool:
+    return False
+
+
 def _unsolicited_budget() -> SourceBudget:
     # requests and forwards: 20/s per source host (bursts of 40), 200/s in all (bursts of 400)
     return SourceBudget(20.0, 40.0, 200.0, 400.0)
@@ -78,7 +91,7 @@ def _session_budget() -> SourceBudget:
 
 @dataclass(frozen=True)
 class PeerInfo:
-    """One member as the hole puncher sees it (built by the mesh layer each call)."""
+    """One member as the hole puncher sees it (built by the mesh layer)."""
 
     identity_key: bytes
     wg_key: bytes | None
@@ -86,7 +99,6 @@ class PeerInfo:
     endpoints: tuple[Endpoint, ...]
     nat_type: int  # low 7 bits of the record's nat_type
     alive: bool
-    connected: bool  # a recent WireGuard handshake with it
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,8 @@ class HolePuncher:
     _req_buckets: dict[bytes, TokenBucket] = field(default_factory=dict)
     unsolicited_budget: SourceBudget = field(default_factory=_unsolicited_budget)
     session_budget: SourceBudget = field(default_factory=_session_budget)
+    members: Callable[[], Mapping[bytes, PeerInfo]] = _no_members  # identity key -> member
+    connected: Callable[[PeerInfo], bool] = _never_connected  # a recent handshake with it
 
     def __post_init__(self) -> None:
         self._key = self.identity.public_key.raw
@@ -172,14 +186,16 @@ class HolePuncher:
         ds += [t + self.stall for t in self._stalled_since.values()]
         return min(ds) if ds else None
 
-    def tick(self, now: float, wall: float, peers: Mapping[bytes, PeerInfo]) -> list[Action]:
+    def tick(self, now: float, wall: float) -> list[Action]:
+        peers = self.members()
         out: list[Action] = []
         # forget what is gone or connected
         for k in list(self._stalled_since):
             p = peers.get(k)
-            if p is None or p.connected or not p.alive:
+            connected = p is not None and self.connected(p)
+            if p is None or connected or not p.alive:
                 del self._stalled_since[k]
-                if p is not None and p.connected:
+                if connected:
                     self._backoff.pop(k, None)
                     self._next_try.pop(k, None)
         for k, s in list(self._sessions.items()):
@@ -208,7 +224,7 @@ class HolePuncher:
                              if p.alive and p.nat_type == NAT_PUBLIC
                              and p.gossip_endpoint is not None), key=lambda p: p.identity_key)
         for k, p in peers.items():
-            if (k == self._key or p.connected or not p.alive or p.wg_key is None
+            if (k == self._key or self.connected(p) or not p.alive or p.wg_key is None
                     or p.nat_type == NAT_PUBLIC or not p.endpoints):
                 continue
             since = self._stalled_since.setdefault(k, now)
@@ -233,13 +249,13 @@ class HolePuncher:
 
     # datagrams ---------------------------------------------------------------------------
 
-    def receive(self, now: float, wall: float, data: bytes, src: Endpoint,
-                peers: Mapping[bytes, PeerInfo]) -> list[Action]:
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Action]:
         try:
             m = wire.decode(data)
         except WireFormatError:
             self.counters["punch_garbage"] += 1
             return []
+        peers = self.members()
         origin = peers.get(m.origin)
         if origin is None or not origin.alive or m.origin == self._key:
             self.counters["punch_unknown_origin"] += 1
