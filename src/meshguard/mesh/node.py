@@ -55,7 +55,9 @@ from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
 from meshguard.mesh.demux import Kind, classify
-from meshguard.mesh.org_gossip import OrgGossip, OrgLink
+from meshguard.mesh.org_gossip import AliasLearned as AliasLearned  # re-exported
+from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
+from meshguard.mesh.org_gossip import RevocationLearned as RevocationLearned  # re-exported
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
@@ -146,18 +148,6 @@ class ReflexiveEndpoint:
 
     endpoint: Endpoint
     relay: bytes
-
-
-@dataclass(frozen=True)
-class RevocationLearned:
-    """A valid org-signed certificate revocation arrived: persist it (the shell's job)."""
-
-    revocation: CertRevocation
-
-
-@dataclass(frozen=True)
-class AliasLearned:
-    alias: AliasAnnouncement
 
 
 # SendDatagram / WriteTun are the WireGuard device's own action types, so the data-plane engine
@@ -314,7 +304,7 @@ class MeshNode:
             return self._receive_relay(now, wall, bytes(data), src)
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
-            return self._receive_org(now, wall, bytes(data))
+            return self._receive_org(now, wall, bytes(data), src)
         if kind is Kind.GOSSIP:
             self.counters["gossip_rx"] += 1
             out = self.membership.receive(now, wall, data, src)
@@ -360,9 +350,8 @@ class MeshNode:
             due = org.next_deadline()
             if self._org_seen != self.names_version or (due is not None and now >= due):
                 self._org_seen = self.names_version
-                peers = [g for g in (x.gossip_endpoint for x in self.routed_members(wall))
-                         if g is not None]
-                out += [SendDatagram(d, ep) for d, ep in org.tick(now, peers)]
+                self._org_bind(org, wall)
+                out += [a for a in org.tick(now, wall) if isinstance(a, SendDatagram)]
         if now - self._last_recheck >= TRUST_RECHECK:
             # certificates expire: ask the trust store again about everyone
             self._last_recheck = now
@@ -526,10 +515,21 @@ class MeshNode:
         fn = getattr(self.trust, "trusted_org_keys", None)
         return frozenset(bytes(k) for k in fn()) if fn is not None else frozenset()
 
-    def _org_bind(self, org: OrgGossip) -> None:
+    def _org_bind(self, org: OrgGossip, wall: float | None) -> None:
         """Tell the org core who the members are (its packets are MACed member to member)."""
+        if wall is not None:
+            self._views_wall = wall
         if org.member_of is None:
-            org.bind(self.identity_key, self._org_member, self._org_links)
+            org.bind(self.identity_key, self._org_member, self._org_links, self._org_peers,
+                     self.trusted_orgs)
+
+    def _org_peers(self) -> list[Endpoint]:
+        """The gossip endpoints of the members with a tunnel (at the latest wall time known)."""
+        wall = self._views_wall
+        if wall is None:
+            return []
+        return [g for g in (x.gossip_endpoint for x in self.routed_members(wall))
+                if g is not None]
 
     def _org_member(self, wg_key: bytes) -> bytes | None:
         """The identity of the member with a tunnel under this WireGuard key (O(1))."""
@@ -546,18 +546,18 @@ class MeshNode:
                 out[m.gossip_endpoint] = OrgLink(m.identity_key, wg)
         return out
 
-    def _receive_org(self, now: float, wall: float, data: bytes) -> list[Action]:
+    def _receive_org(self, now: float, wall: float, data: bytes, src: Endpoint
+                     ) -> list[Action]:
         if self.org is None:
             self.counters["garbage_dropped"] += 1
             return []
-        self._org_bind(self.org)
-        revs, aliases = self.org.receive(now, wall, data, self.trusted_orgs)
-        return self._org_learned(revs, aliases, wall)
+        self._org_bind(self.org, wall)
+        return self._org_learned(self.org.receive(now, wall, data, src), wall)
 
-    def _org_learned(self, revs: list[CertRevocation], aliases: list[AliasAnnouncement],
-                     wall: float) -> list[Action]:
-        out: list[Action] = [RevocationLearned(r) for r in revs]
-        out += [AliasLearned(a) for a in aliases]
+    def _org_learned(self, actions: list[OrgAction], wall: float) -> list[Action]:
+        out: list[Action] = list(actions)
+        revs = [a.revocation for a in actions if isinstance(a, RevocationLearned)]
+        aliases = [a.alias for a in actions if isinstance(a, AliasLearned)]
         if aliases:
             self.names_version += 1
         if revs:
@@ -580,7 +580,7 @@ class MeshNode:
         valid take effect now and start spreading. No RevocationLearned for them."""
         if self.org is None:
             return []
-        self._org_bind(self.org)
+        self._org_bind(self.org, None)
         trusted = self.trusted_orgs()
         new = [r for r in revs if self.org.add_revocation(r, trusted)]
         if not new:
@@ -594,7 +594,7 @@ class MeshNode:
         here as every other member would refuse it."""
         if self.org is None:
             return False
-        self._org_bind(self.org)
+        self._org_bind(self.org, None)
         if not self.org.add_alias(alias, self.trusted_orgs(), wall):
             return False
         self.names_version += 1

@@ -43,6 +43,10 @@ rename. An alias is a DNS label that is not itself six hex digits (it would shad
 domain); when two trusted orgs claim the same alias, the earliest claim wins (ties: the lower
 org key), so every node that trusts the same orgs maps the alias the same way.
 
+The core follows the sans-IO shape of the others: `receive(now, wall, data, src)` and
+`tick(now, wall)` return `OrgAction`s (`SendDatagram`s, and `RevocationLearned`/`AliasLearned`
+for every new valid item a packet brought); `bind` gives it the member views it reads.
+
 Replay: a replayed packet (from anywhere) is either dropped by its MAC or carries items that
 are already known or already failed, so it costs one BLAKE2s and dictionary lookups and changes
 nothing; items are idempotent (a revocation is permanent, an alias is ordered by its signed
@@ -63,7 +67,7 @@ from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode
 from meshguard.errors import CryptoError, WireFormatError
 from meshguard.identity.names import is_dns_label
 from meshguard.rng import Rng
-from meshguard.sansio import Endpoint
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import org as wire
 from meshguard.wire.org import AliasAnnouncement, CertRevocation
 
@@ -174,6 +178,31 @@ def parse_line(text: str) -> CertRevocation | None:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationLearned:
+    """A valid org-signed certificate revocation arrived: persist it (the shell's job)."""
+
+    revocation: CertRevocation
+
+
+@dataclass(frozen=True, slots=True)
+class AliasLearned:
+    """A valid, newer org alias arrived."""
+
+    alias: AliasAnnouncement
+
+
+OrgAction = SendDatagram | RevocationLearned | AliasLearned
+
+
+def _no_peers() -> Sequence[Endpoint]:
+    return ()
+
+
+def _no_orgs() -> Collection[bytes]:
+    return frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class OrgLink:
     """A member this node exchanges org packets with: its identity and WireGuard keys."""
 
@@ -208,6 +237,8 @@ class OrgGossip:
     member_of: Callable[[bytes], bytes | None] | None = None
     # gossip endpoint -> member, for sealing what `tick` sends
     links: Callable[[], Mapping[Endpoint, OrgLink]] | None = None
+    peers: Callable[[], Sequence[Endpoint]] = _no_peers  # the live members' gossip endpoints
+    trusted_orgs: Callable[[], Collection[bytes]] = _no_orgs  # asked after a packet's MAC
     _per_org: Counter[bytes] = field(default_factory=Counter)  # revocations stored per org
     _budget: dict[tuple[str, bytes, bytes], int] = field(default_factory=dict)
     _seen_peers: set[Endpoint] = field(default_factory=set)
@@ -220,10 +251,14 @@ class OrgGossip:
     _global_bucket: _Bucket = field(default_factory=lambda: _Bucket(VERIFY_BURST, 0.0))
 
     def bind(self, identity_key: bytes, member_of: Callable[[bytes], bytes | None],
-             links: Callable[[], Mapping[Endpoint, OrgLink]]) -> None:
+             links: Callable[[], Mapping[Endpoint, OrgLink]],
+             peers: Callable[[], Sequence[Endpoint]] = _no_peers,
+             trusted_orgs: Callable[[], Collection[bytes]] = _no_orgs) -> None:
         self.identity_key = bytes(identity_key)
         self.member_of = member_of
         self.links = links
+        self.peers = peers
+        self.trusted_orgs = trusted_orgs
 
     # adding items ------------------------------------------------------------------------
 
@@ -376,40 +411,38 @@ class OrgGossip:
 
     # network -----------------------------------------------------------------------------
 
-    def receive(self, now: float, wall: float, data: bytes,
-                trusted_orgs: Collection[bytes] | Callable[[], Collection[bytes]]
-                ) -> tuple[list[CertRevocation], list[AliasAnnouncement]]:
-        """The new, valid items of one packet (garbage is counted, never raised). Cost for a
-        packet that is not from a member: one dictionary lookup (and one MAC for a sender
-        that names a member); from a member: its items that are new cost a signature check
-        each, within a per-member and a global budget. `trusted_orgs` may be a function,
-        asked only once the packet has passed its MAC."""
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
+                ) -> list[OrgAction]:
+        """The new, valid items of one packet, as RevocationLearned/AliasLearned (garbage is
+        counted, never raised). Cost for a packet that is not from a member: one dictionary
+        lookup (and one MAC for a sender that names a member); from a member: its items that
+        are new cost a signature check each, within a per-member and a global budget. The
+        trusted orgs are asked only once the packet has passed its MAC."""
         try:
             body, sender, tag = wire.split_link(data)
         except WireFormatError:
             self.counters["org_garbage"] += 1
-            return [], []
+            return []
         member = self.member_of(sender) if self.member_of is not None else None
         if member is None:
             self.counters["org_not_member"] += 1
-            return [], []
+            return []
         key = self._link_key(sender, member)
         if key is None or not equal(mac(key, data[:-wire.MAC_LEN]), tag):
             self.counters["org_bad_mac"] += 1
-            return [], []
-        if callable(trusted_orgs):
-            trusted_orgs = trusted_orgs()
+            return []
+        trusted_orgs = self.trusted_orgs()
         try:
             if body[:1] == bytes([wire.ORG_CERT_REVOKE]):
                 revs = wire.decode_revocations(body)
-                return [r for r in revs if self.add_revocation(r, trusted_orgs, sender=sender,
-                                                               now=now)], []
+                return [RevocationLearned(r) for r in revs
+                        if self.add_revocation(r, trusted_orgs, sender=sender, now=now)]
             aliases = wire.decode_aliases(body)
         except WireFormatError:
             self.counters["org_garbage"] += 1
-            return [], []
-        return [], [a for a in aliases if self.add_alias(a, trusted_orgs, wall, sender=sender,
-                                                         now=now)]
+            return []
+        return [AliasLearned(a) for a in aliases
+                if self.add_alias(a, trusted_orgs, wall, sender=sender, now=now)]
 
     def _packets(self, revs: Sequence[CertRevocation], aliases: Sequence[AliasAnnouncement]
                  ) -> list[bytes]:
@@ -435,9 +468,9 @@ class OrgGossip:
 
     def _sealed(self, bodies: Sequence[bytes], targets: Iterable[Endpoint],
                 links: Mapping[Endpoint, OrgLink], missed: set[Endpoint] | None = None
-                ) -> list[tuple[bytes, Endpoint]]:
+                ) -> list[OrgAction]:
         """`bodies` MACed for each target; targets without a link go to `missed`."""
-        out: list[tuple[bytes, Endpoint]] = []
+        out: list[OrgAction] = []
         for ep in targets:
             link = links.get(ep)
             if link is None:
@@ -450,13 +483,14 @@ class OrgGossip:
                 if d is None:
                     self.counters["org_send_no_link"] += 1
                     break
-                out.append((d, ep))
+                out.append(SendDatagram(d, ep))
         return out
 
-    def tick(self, now: float, peers: Sequence[Endpoint]) -> list[tuple[bytes, Endpoint]]:
-        """Datagrams to send: (data, gossip endpoint). `peers` are the live members'."""
+    def tick(self, now: float, wall: float) -> list[OrgAction]:
+        """Datagrams to the live members' gossip endpoints (`peers`)."""
+        peers = self.peers()
         self._members = len(peers) + 1
-        out: list[tuple[bytes, Endpoint]] = []
+        out: list[OrgAction] = []
         if not self.revocations and not self.aliases:
             return out  # (members met before the first item count as new then: cheap)
         links: Mapping[Endpoint, OrgLink] = self.links() if self.links is not None else {}
@@ -482,7 +516,7 @@ class OrgGossip:
         return out
 
     def _push_round(self, peers: Sequence[Endpoint], links: Mapping[Endpoint, OrgLink]
-                    ) -> list[tuple[bytes, Endpoint]]:
+                    ) -> list[OrgAction]:
         pending = sorted(self._budget.items(), key=lambda kv: -kv[1])
         revs = [self.revocations[(k[1], k[2])] for k, _ in pending if k[0] == "r"]
         aliases = [self.aliases[k[1]] for k, _ in pending if k[0] == "a"]
