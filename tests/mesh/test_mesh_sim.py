@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.identity.trust import Admission
 from meshguard.mesh.node import Joined, MeshNode, PeerDown, PeerUp
 from meshguard.mesh.swim_port import NAT_SPLIT_PORT, SwimPort, build_membership, wg_endpoint_of
 from meshguard.mesh.wg_backend import DeviceBackend
@@ -29,8 +30,9 @@ from meshguard.wireguard.device import Device
 class Trust:
     keys: set[bytes] = field(default_factory=set)
 
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> bool:
-        return bytes(node_key) in self.keys
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float
+              ) -> Admission:
+        return Admission(bytes(node_key) in self.keys, "")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.identity.trust import Admission
 from meshguard.mesh.node import (
     MemberView,
     MeshNode,
@@ -29,12 +30,7 @@ def key() -> bytes:
     return rng.bytes(32)
 
 
-@dataclass(frozen=True)
-class Adm:
-    admitted: bool
-    reason: str = ""
-    name: str | None = None
-    org_domain: str | None = None
+Adm = Admission  # the trust store's typed answer
 
 
 @dataclass
@@ -48,7 +44,7 @@ class FakeTrust:
         if certificate == b"boom":
             raise ValueError("malformed certificate")
         if node_key in self.keys or (certificate is not None and certificate in self.orgs_cert):
-            return Adm(True, name="n-" + node_key.hex()[:4])
+            return Adm(True, "", name="n-" + node_key.hex()[:4])
         return Adm(False, "unknown key")
 
 
@@ -328,7 +324,7 @@ def test_periodic_recheck_drops_expired_certificates() -> None:
         until: float
 
         def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Adm:
-            return Adm(now_wall < self.until)
+            return Adm(now_wall < self.until, "")
 
     ms = FakeMembership()
     be = FakeBackend()

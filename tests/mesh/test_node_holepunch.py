@@ -48,9 +48,15 @@ class HsDevice:
     def peer(self, pub: Any) -> HsPeer:
         return self.peers.setdefault(pub.raw, HsPeer())
 
-    def initiate_handshake(self, now: float, wall: float, peer: HsPeer) -> list[Any]:
-        self.initiated.append(peer.endpoint)
-        return [SendDatagram(b"\x01\x00\x00\x00init", peer.endpoint or ("0.0.0.0", 0))]
+    def new_path(self, peer_key: bytes, now: float, wall: float,
+                 endpoint: tuple[str, int] | None = None, initiate: bool = True) -> list[Any]:
+        p = self.peers.setdefault(peer_key, HsPeer())
+        if endpoint is not None:
+            p.endpoint = endpoint
+        if not initiate:
+            return []
+        self.initiated.append(p.endpoint)
+        return [SendDatagram(b"\x01\x00\x00\x00init", p.endpoint or ("0.0.0.0", 0))]
 
 
 def setup() -> tuple[MeshNode, FakeMembership, FakeBackend, HsDevice, Ed25519PrivateKey,

@@ -57,3 +57,21 @@ def test_switching_persistent_keepalive_on_starts_a_handshake_lower_key_first() 
         # an unchanged peer set does not start another one
         be.upsert(PeerConfig(other.public_key.raw, b"j" * 32, ("192.0.2.1", 51821), nets, 25))
         assert not _initiations(dev.tick(100.5 + delay, 1.7e9))
+
+
+def test_new_path_moves_the_peer_and_starts_a_handshake_past_the_rate_limit() -> None:
+    # what the node does after a hole punch or a switch to a relay (mesh/node.py)
+    rng = SeededRng(5)
+    dev = Device(rng, X25519PrivateKey(rng.bytes(32)))
+    other = X25519PrivateKey(rng.bytes(32)).public_key.raw
+    p = dev.add_peer(X25519PublicKey(other))
+    p.endpoint = ("192.0.2.1", 51821)
+    assert len(_initiations(dev.initiate_handshake(10.0, 1.7e9, p))) == 1
+    assert not _initiations(dev.initiate_handshake(10.5, 1.7e9, p))  # one per REKEY_TIMEOUT
+    punched = ("203.0.113.22", 40007)
+    assert dev.new_path(other, 11.0, 1.7e9, punched, initiate=False) == []
+    assert p.endpoint == punched
+    sent = _initiations(dev.new_path(other, 11.0, 1.7e9))
+    assert [s.endpoint for s in sent] == [punched]
+    unknown = X25519PrivateKey(rng.bytes(32)).public_key.raw
+    assert dev.new_path(unknown, 11.0, 1.7e9, punched) == []

@@ -46,19 +46,20 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from meshguard.crypto.keys import X25519PublicKey
 from meshguard.dns.resolver import HostAddresses
 from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6, org_domain
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
+from meshguard.identity.trust import Admission
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.org_gossip import AliasLearned as AliasLearned  # re-exported
 from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
 from meshguard.mesh.org_gossip import RevocationLearned as RevocationLearned  # re-exported
 from meshguard.nat.budget import TokenBucket
+from meshguard.nat.holepunch import Action as PunchAction
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
@@ -159,32 +160,29 @@ Action = (DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunR
 # ports ---------------------------------------------------------------------------------
 
 
-class AdmissionLike(Protocol):
-    @property
-    def admitted(self) -> bool: ...
-
-    @property
-    def name(self) -> str | None: ...
-
-
 class Admitter(Protocol):
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Any: ...
+    """The trust store's answer for one member (identity.trust.TrustStore fits)."""
+
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float
+              ) -> Admission: ...
 
 
 class MembershipPort(Protocol):
-    """What the node needs from the SWIM core (see mesh/swim_port.py)."""
+    """What the node needs from the SWIM core (see mesh/swim_port.py). The core's own actions
+    are opaque to the node: it hands them back to `absorb`."""
 
-    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Any]: ...
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
+                ) -> Sequence[object]: ...
 
-    def tick(self, now: float, wall: float) -> list[Any]: ...
+    def tick(self, now: float, wall: float) -> Sequence[object]: ...
 
     def next_deadline(self) -> float | None: ...
 
-    def leave(self, now: float, wall: float) -> list[Any]: ...
+    def leave(self, now: float, wall: float) -> Sequence[object]: ...
 
     def members(self) -> Iterable[MemberView]: ...
 
-    def absorb(self, actions: Sequence[Any]) -> tuple[list[Any], bool]:
+    def absorb(self, actions: Sequence[object]) -> tuple[list[Action], bool]:
         """The core's actions -> (actions for the shell: SendDatagram and notable events such
         as Joined; whether membership changed, so peers must be reconciled)."""
         ...
@@ -194,13 +192,21 @@ class DevicePort(Protocol):
     """The subset of wireguard.device.Device that the node drives."""
 
     def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
-                         ) -> list[Any]: ...
+                         ) -> Sequence[DeviceAction]: ...
 
-    def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]: ...
+    def send_packet(self, now: float, wall: float, ip_packet: bytes
+                    ) -> Sequence[DeviceAction]: ...
 
-    def tick(self, now: float, wall: float) -> list[Any]: ...
+    def tick(self, now: float, wall: float) -> Sequence[DeviceAction]: ...
 
     def next_deadline(self) -> float | None: ...
+
+    def new_path(self, peer_key: bytes, now: float, wall: float,
+                 endpoint: Endpoint | None = None, initiate: bool = True
+                 ) -> Sequence[DeviceAction]:
+        """A hole punch or relay found a new path: move the peer to `endpoint` (if given)
+        and, with `initiate`, start a handshake now despite the initiation rate limit."""
+        ...
 
 
 class PeerBackend(Protocol):
@@ -418,7 +424,8 @@ class MeshNode:
         hs = be.stats(p.wg_key)[0]
         return hs > 0 and wall - hs < HANDSHAKE_FRESH
 
-    def _punch_actions(self, actions: list[Any], now: float, wall: float) -> list[Action]:
+    def _punch_actions(self, actions: Sequence[PunchAction], now: float, wall: float
+                       ) -> list[Action]:
         out: list[Action] = []
         for a in actions:
             if isinstance(a, SendDatagram):
@@ -445,14 +452,10 @@ class MeshNode:
         member = next((m for m in self.membership.members()
                        if m.identity_key == a.identity_key), None)
         dev = self.device
-        peer_of = getattr(dev, "peer", None)
-        initiate = getattr(dev, "initiate_handshake", None)
-        if member is not None and member.wg_key is not None and peer_of is not None:
-            p = peer_of(X25519PublicKey(member.wg_key))
-            if p is not None and initiate is not None and self.identity_key < a.identity_key:
-                if hasattr(p, "last_initiation_sent"):
-                    p.last_initiation_sent = float("-inf")
-                out += self._from_device(initiate(now, wall, p))
+        if (member is not None and member.wg_key is not None and dev is not None
+                and self.identity_key < a.identity_key):
+            # the lower identity key starts the handshake through the relay, as after a punch
+            out += self._from_device(dev.new_path(member.wg_key, now, wall))
         return out
 
     def _punch_succeeded(self, a: PunchSucceeded, now: float, wall: float) -> list[Action]:
@@ -468,19 +471,13 @@ class MeshNode:
             self.relay.stop(a.identity_key)
         out: list[Action] = list(self.reconcile(wall))
         dev = self.device
-        peer_of = getattr(dev, "peer", None)
-        initiate = getattr(dev, "initiate_handshake", None)
-        p = peer_of(X25519PublicKey(member.wg_key)) if peer_of is not None else None
-        if p is not None:
-            p.endpoint = a.endpoint
-        # one side starts the handshake (two crossing initiations would cancel each other's
-        # state and leave the tunnel to the 5 s retry): the lower identity key
-        if p is not None and initiate is not None and self.identity_key < a.identity_key:
-            if hasattr(p, "last_initiation_sent"):
-                # a handshake sent into the closed NAT before the punch does not count
-                # against the one-per-REKEY_TIMEOUT limit: the path is new
-                p.last_initiation_sent = float("-inf")
-            out += initiate(now, wall, p)
+        if dev is not None:
+            # one side starts the handshake (two crossing initiations would cancel each
+            # other's state and leave the tunnel to the 5 s retry): the lower identity key;
+            # a handshake sent into the closed NAT before the punch does not count against
+            # the rate limit, the path is new
+            out += dev.new_path(member.wg_key, now, wall, a.endpoint,
+                                initiate=self.identity_key < a.identity_key)
         return out
 
     def start_stun(self, stun: StunPort, now: float) -> list[Action]:
@@ -602,16 +599,16 @@ class MeshNode:
 
     # membership -> peers -----------------------------------------------------------------
 
-    def _after_membership(self, actions: list[Any], wall: float) -> list[Action]:
+    def _after_membership(self, actions: Sequence[object], wall: float) -> list[Action]:
         out, changed = self.membership.absorb(actions)
         if changed:
             out += self.reconcile(wall)
         return out
 
-    def _from_device(self, actions: list[Any]) -> list[Action]:
+    def _from_device(self, actions: Sequence[DeviceAction]) -> list[Action]:
         rl = self._relay_core(None)
         if rl is None or not rl.via:
-            return actions
+            return list(actions)
         out: list[Action] = []
         for a in actions:
             if isinstance(a, SendDatagram) and rl.is_placeholder(a.endpoint):
@@ -694,9 +691,7 @@ class MeshNode:
         if c is None:
             try:
                 res = self.trust.admit(m.identity_key, m.certificate, wall)
-                c = _Cached(bool(getattr(res, "admitted", res)), getattr(res, "name", None),
-                            str(getattr(res, "reason", "")), wall,
-                            getattr(res, "org_domain", None))
+                c = _Cached(res.admitted, res.name, res.reason, wall, res.org_domain)
             except Exception as exc:  # a malformed certificate from the network: not admitted
                 self.counters["admission_errors"] += 1
                 c = _Cached(False, None, f"error: {exc}", wall)

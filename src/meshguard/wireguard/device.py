@@ -1008,3 +1008,19 @@ class Device:
         if timer is Timer.PERSISTENT_KEEPALIVE and peer.persistent_keepalive > 0:
             return self._keepalive(now, peer)
         return []
+
+    def new_path(self, peer_key: bytes, now: float, wall: float,
+                 endpoint: Endpoint | None = None, initiate: bool = True) -> list[Action]:
+        """The mesh found a new path to the peer (a hole punch, or a relay): move the peer to
+        `endpoint` when given and, with `initiate`, start a handshake now. An initiation sent
+        into the old path does not count against the one-per-REKEY_TIMEOUT limit: the path is
+        new. An unknown peer: nothing."""
+        peer = self.peer(X25519PublicKey(peer_key))
+        if peer is None:
+            return []
+        if endpoint is not None:
+            peer.endpoint = endpoint
+        if not initiate:
+            return []
+        peer.last_initiation_sent = float("-inf")
+        return self.initiate_handshake(now, wall, peer)
