@@ -3,7 +3,7 @@ from __future__ import annotations
 import ipaddress
 
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
-from meshguard.mesh.node import PeerConfig
+from meshguard.mesh.actions import PeerConfig
 from meshguard.mesh.wg_backend import INITIAL_KEEPALIVE_DELAY, DeviceBackend
 from meshguard.testing.rng import SeededRng
 from meshguard.wire.wireguard import MESSAGE_INITIATION

@@ -25,7 +25,11 @@ device from them. Admission decisions are cached per (key, certificate) and reco
 reload and every `TRUST_RECHECK` seconds (certificate expiry).
 
 The membership core is reached through the small `MembershipPort` protocol (adapter in
-mesh/swim_port.py) and the device through `DevicePort` (the subset of wireguard.Device used).
+mesh/swim_port.py) and the device through `DevicePort` (the subset of wireguard.Device used);
+every port is in mesh/ports.py, the member view, peer config and actions in mesh/actions.py.
+The NAT cores (nat/relay.py, nat/holepunch.py) and the org core see the members through
+callables the node binds on first use (the shell attaches those cores after construction);
+their views are built lazily (mesh/member_views.py).
 
 Org messages (OrgCertRevoke 0x42, OrgAliasAnnounce 0x41) go to the optional `org` core
 (mesh/org_gossip.py). A newly learned revocation takes effect at once (a member admitted only
@@ -44,200 +48,57 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
 
 from meshguard.dns.resolver import HostAddresses
 from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6, org_domain
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
-from meshguard.identity.trust import Admission
+from meshguard.mesh.actions import (
+    ROUTED_STATES,
+    Action,
+    AliasLearned,
+    IPNetwork,
+    Joined,
+    MemberView,
+    PeerConfig,
+    PeerDown,
+    PeerUp,
+    ReflexiveEndpoint,
+    RevocationLearned,
+    SelfAddressChanged,
+    StunResult,
+)
 from meshguard.mesh.demux import Kind, classify
-from meshguard.mesh.org_gossip import AliasLearned as AliasLearned  # re-exported
+from meshguard.mesh.member_views import LazyView, punch_peers, relay_peers
 from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
-from meshguard.mesh.org_gossip import RevocationLearned as RevocationLearned  # re-exported
+from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
-from meshguard.sansio import Endpoint as Endpoint  # re-exported: mesh/swim_port.py uses it
+from meshguard.sansio import Endpoint
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
 from meshguard.wire.relay import RELAY_DATA
 from meshguard.wireguard.actions import Action as DeviceAction
 from meshguard.wireguard.actions import SendDatagram
 
-log = logging.getLogger(__name__)
+# the node's vocabulary and ports live in mesh/actions.py and mesh/ports.py; importers of this
+# module may take them from here
+__all__ = ["KEEPALIVE", "TRUST_RECHECK", "Action", "Admitter", "AliasLearned", "DevicePort",
+           "Endpoint", "Joined", "MemberView", "MembershipPort", "MeshNode", "PeerBackend",
+           "PeerConfig", "PeerDown", "PeerUp", "ReflexiveEndpoint", "RevocationLearned",
+           "SelfAddressChanged", "StunPort", "StunResult"]
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger(__name__)
 
 KEEPALIVE = 25  # seconds; the usual WireGuard value for keeping NAT mappings alive
 TRUST_RECHECK = 60.0  # seconds between re-checks of cached admissions (certificate expiry)
-ROUTED_STATES = frozenset({"alive", "suspect"})
 HANDSHAKE_FRESH = 180.0  # a handshake this recent means the direct path works
-
-
-@dataclass(frozen=True)
-class MemberView:
-    """What the mesh layer needs to know about one member (from its signed gossip record)."""
-
-    identity_key: bytes
-    wg_key: bytes | None
-    wg_endpoint: Endpoint | None
-    gossip_endpoint: Endpoint | None
-    certificate: bytes | None
-    state: str  # "alive" | "suspect" | "dead" | "left"
-    incarnation: int = 0
-    nat_type: int = 0  # the record's NAT type (low 7 bits: nat.stun_client.NatType)
-    endpoints: tuple[Endpoint, ...] = ()  # every advertised gossip endpoint
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    wg_key: bytes
-    identity_key: bytes
-    endpoint: Endpoint | None
-    allowed_ips: tuple[IPNetwork, ...]
-    keepalive: int
-
-
-# actions -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerUp:
-    """A peer was added or its endpoint/allowed IPs changed."""
-
-    peer: PeerConfig
-
-
-@dataclass(frozen=True)
-class PeerDown:
-    wg_key: bytes
-    identity_key: bytes
-    reason: str
-
-
-@dataclass(frozen=True)
-class Joined:
-    """The membership core has joined the mesh through a seed (the daemon reports READY)."""
-
-
-@dataclass(frozen=True)
-class StunResult:
-    """STUN discovery finished: our public endpoint (None if no server answered), NAT type."""
-
-    mapped: Endpoint | None
-    nat_type: int
-
-
-@dataclass(frozen=True)
-class SelfAddressChanged:
-    """Our mesh IPv4 moved (an address collision with a lower key); None = IPv6 only."""
-
-    old: ipaddress.IPv4Address | None
-    new: ipaddress.IPv4Address | None
-
-
-@dataclass(frozen=True)
-class ReflexiveEndpoint:
-    """A public member (relay) sees us at `endpoint`, which differs from our STUN mapping:
-    the NAT maps per destination (symmetric), so advertise this one (the shell's job)."""
-
-    endpoint: Endpoint
-    relay: bytes
-
-
-# SendDatagram / WriteTun are the WireGuard device's own action types, so the data-plane engine
-# executes the node's actions exactly like the device's (the node is the engine's "device").
-Action = (DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
-          | RevocationLearned | AliasLearned | ReflexiveEndpoint)
-
-
-# ports ---------------------------------------------------------------------------------
-
-
-class Admitter(Protocol):
-    """The trust store's answer for one member (identity.trust.TrustStore fits)."""
-
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float
-              ) -> Admission: ...
-
-
-class MembershipPort(Protocol):
-    """What the node needs from the SWIM core (see mesh/swim_port.py). The core's own actions
-    are opaque to the node: it hands them back to `absorb`."""
-
-    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
-                ) -> Sequence[object]: ...
-
-    def tick(self, now: float, wall: float) -> Sequence[object]: ...
-
-    def next_deadline(self) -> float | None: ...
-
-    def leave(self, now: float, wall: float) -> Sequence[object]: ...
-
-    def members(self) -> Iterable[MemberView]: ...
-
-    def absorb(self, actions: Sequence[object]) -> tuple[list[Action], bool]:
-        """The core's actions -> (actions for the shell: SendDatagram and notable events such
-        as Joined; whether membership changed, so peers must be reconciled)."""
-        ...
-
-
-class DevicePort(Protocol):
-    """The subset of wireguard.device.Device that the node drives."""
-
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
-                         ) -> Sequence[DeviceAction]: ...
-
-    def send_packet(self, now: float, wall: float, ip_packet: bytes
-                    ) -> Sequence[DeviceAction]: ...
-
-    def tick(self, now: float, wall: float) -> Sequence[DeviceAction]: ...
-
-    def next_deadline(self) -> float | None: ...
-
-    def new_path(self, peer_key: bytes, now: float, wall: float,
-                 endpoint: Endpoint | None = None, initiate: bool = True
-                 ) -> Sequence[DeviceAction]:
-        """A hole punch or relay found a new path: move the peer to `endpoint` (if given)
-        and, with `initiate`, start a handshake now despite the initiation rate limit."""
-        ...
-
-
-class PeerBackend(Protocol):
-    """Applies peer changes to a WireGuard implementation (userspace Device here)."""
-
-    def upsert(self, peer: PeerConfig) -> None: ...
-
-    def remove(self, wg_key: bytes) -> None: ...
-
-    def stats(self, wg_key: bytes) -> tuple[float, int, int, Endpoint | None]:
-        """(last handshake wall time or 0, rx bytes, tx bytes, current endpoint)."""
-        ...
-
-
-class StunPort(Protocol):
-    """nat.stun_client.StunClient."""
-
-    def start(self, now: float) -> Sequence[SendDatagram]: ...
-
-    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
-                ) -> Sequence[StunAction]: ...
-
-    def tick(self, now: float, wall: float) -> Sequence[StunAction]: ...
-
-    def next_deadline(self) -> float | None: ...
-
-    @property
-    def done(self) -> bool: ...
-
-    @property
-    def mapped(self) -> Endpoint | None: ...
 
 
 # the node ------------------------------------------------------------------------------
@@ -277,8 +138,8 @@ class MeshNode:
     # WireGuard key -> (the record's endpoint when punched, the endpoint that worked)
     punched: dict[bytes, tuple[Endpoint | None, Endpoint]] = field(default_factory=dict)
     # the relay and hole-punch views of the members, built on first use after a change
-    _relay_members: _LazyView[RelayPeer] | None = None
-    _punch_members: _LazyView[PeerInfo] | None = None
+    _relay_members: LazyView[RelayPeer] | None = None
+    _punch_members: LazyView[PeerInfo] | None = None
     _views_wall: float | None = None
     # learned revocations are logged at most 10 at once, then one per 5 s (the rest counted)
     _revocation_logs: TokenBucket = field(default_factory=lambda: TokenBucket(0.2, 10.0))
@@ -400,21 +261,16 @@ class MeshNode:
         lookups, never a scan."""
         v = self._punch_members
         if v is None:
-            v = self._punch_members = _LazyView(self._build_punch_view, self.counters)
+            v = self._punch_members = LazyView(self._build_punch_view, self.counters)
         return v
 
     def _build_punch_view(self) -> dict[bytes, PeerInfo]:
+        return punch_peers(self.membership.members(), self.identity_key, self._view_admitted)
+
+    def _view_admitted(self, m: MemberView) -> bool:
+        """Admitted at the latest wall time known (the member views' notion of alive)."""
         wall = self._views_wall
-        out: dict[bytes, PeerInfo] = {}
-        for m in self.membership.members():
-            if m.identity_key == self.identity_key:
-                continue
-            alive = m.state in ROUTED_STATES and (
-                wall is None or self.admission(m, wall).admitted)
-            eps = m.endpoints or ((m.wg_endpoint,) if m.wg_endpoint else ())
-            out[m.identity_key] = PeerInfo(m.identity_key, m.wg_key, m.gossip_endpoint,
-                                           tuple(eps), m.nat_type, alive)
-        return out
+        return wall is None or self.admission(m, wall).admitted
 
     def _punch_connected(self, p: PeerInfo) -> bool:
         """Whether a recent handshake (at the latest wall time known) proves a direct path."""
@@ -628,7 +484,7 @@ class MeshNode:
             self._views_wall = wall
         v = self._relay_members
         if v is None:
-            v = self._relay_members = _LazyView(self._build_relay_view, self.counters)
+            v = self._relay_members = LazyView(self._build_relay_view, self.counters)
         return v
 
     def _relay_core(self, wall: float | None) -> Relay | None:
@@ -644,16 +500,7 @@ class MeshNode:
         return self._relay_view(None)
 
     def _build_relay_view(self) -> dict[bytes, RelayPeer]:
-        wall = self._views_wall
-        out: dict[bytes, RelayPeer] = {}
-        for m in self.membership.members():
-            if m.identity_key == self.identity_key:
-                continue
-            alive = m.state in ROUTED_STATES and (
-                wall is None or self.admission(m, wall).admitted)
-            out[m.identity_key] = RelayPeer(m.identity_key, m.wg_key, m.gossip_endpoint,
-                                            m.nat_type, alive)
-        return out
+        return relay_peers(self.membership.members(), self.identity_key, self._view_admitted)
 
     def _receive_relay(self, now: float, wall: float, data: bytes, src: Endpoint
                        ) -> list[Action]:
@@ -825,35 +672,6 @@ class MeshNode:
                          ", ".join(str(n) for n in new.allowed_ips))
             out.append(PeerUp(new))
         return out
-
-
-V = TypeVar("V")
-
-
-class _LazyView(Mapping[bytes, V], Generic[V]):
-    """A member view built on first use: a datagram that fails to decode, or is dropped
-    before any member lookup, never builds it. Each build is counted."""
-
-    def __init__(self, build: Callable[[], dict[bytes, V]], counters: Counter[str]) -> None:
-        self._build = build
-        self._counters = counters
-        self._d: dict[bytes, V] | None = None
-
-    def _get(self) -> dict[bytes, V]:
-        d = self._d
-        if d is None:
-            d = self._d = self._build()
-            self._counters["member_views_built"] += 1
-        return d
-
-    def __getitem__(self, key: bytes) -> V:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
 
 
 def _parse_cert(certificate: bytes | None) -> NodeCertificate | None:

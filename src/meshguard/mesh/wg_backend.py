@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshguard.crypto.keys import X25519PublicKey
-from meshguard.mesh.node import PeerConfig
+from meshguard.mesh.actions import PeerConfig
 from meshguard.sansio import Endpoint
 from meshguard.wireguard.device import Device
 
