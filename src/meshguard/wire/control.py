@@ -63,8 +63,8 @@ This module is pure encoding: no sockets, no clocks.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from meshguard.errors import WireFormatError
 
@@ -77,17 +77,17 @@ MEMBER_STATES = ("alive", "suspect", "dead", "left")
 @dataclass(frozen=True)
 class Request:
     op: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Response:
     ok: bool
-    result: dict[str, Any] | None = None
+    result: dict[str, object] | None = None
     error: str | None = None
 
 
-def _loads_line(line: bytes) -> dict[str, Any]:
+def _loads_line(line: bytes) -> dict[str, object]:
     if len(line) > MAX_LINE:
         raise WireFormatError("control line too long")
     try:
@@ -101,12 +101,12 @@ def _loads_line(line: bytes) -> dict[str, Any]:
     return obj
 
 
-def _dumps_line(obj: dict[str, Any]) -> bytes:
+def _dumps_line(obj: dict[str, object]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
 
 
 def encode_request(req: Request) -> bytes:
-    obj: dict[str, Any] = {"op": req.op}
+    obj: dict[str, object] = {"op": req.op}
     if req.args:
         obj["args"] = req.args
     return _dumps_line(obj)
@@ -124,7 +124,7 @@ def decode_request(line: bytes) -> Request:
 
 
 def encode_response(resp: Response) -> bytes:
-    obj: dict[str, Any] = {"ok": resp.ok}
+    obj: dict[str, object] = {"ok": resp.ok}
     if resp.ok:
         obj["result"] = resp.result if resp.result is not None else {}
     else:
@@ -185,7 +185,7 @@ class StatusReport:
     members: tuple[MemberStatus, ...]
     counters: dict[str, int]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "schema_version": SCHEMA_VERSION,
             "interface": self.interface,
@@ -198,27 +198,95 @@ class StatusReport:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> StatusReport:
+    def from_json(cls, obj: Mapping[str, object]) -> StatusReport:
         try:
             if obj["schema_version"] != SCHEMA_VERSION:
                 raise WireFormatError(f"unsupported status schema {obj['schema_version']!r}")
-            me = obj["self"]
+            me = _object(obj["self"])
             return cls(
                 interface=str(obj["interface"]),
                 mode=str(obj["mode"]),
-                pid=int(obj["pid"]),
-                started_at=float(obj["started_at"]),
-                self_=SelfStatus(**{k: me[k] for k in SelfStatus.__dataclass_fields__}),
-                members=tuple(
-                    MemberStatus(**{k: m[k] for k in MemberStatus.__dataclass_fields__
-                                    if k != "dns_names"},
-                                 dns_names=tuple(str(n) for n in m.get("dns_names", ())))
-                    for m in obj["members"]
-                ),
-                counters={str(k): int(v) for k, v in obj.get("counters", {}).items()},
+                pid=_as_int(obj["pid"]),
+                started_at=_as_float(obj["started_at"]),
+                self_=SelfStatus(
+                    name=_opt_str(me["name"]), identity_key=_str(me["identity_key"]),
+                    wireguard_key=_str(me["wireguard_key"]), mesh_ipv4=_str(me["mesh_ipv4"]),
+                    mesh_ipv6=_str(me["mesh_ipv6"]), wg_port=_int(me["wg_port"]),
+                    gossip_port=_int(me["gossip_port"])),
+                members=tuple(_member(_object(m)) for m in _list(obj["members"])),
+                counters={str(k): _as_int(v)
+                          for k, v in _object(obj.get("counters", {})).items()},
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # inf: OverflowError
             raise WireFormatError(f"malformed status document: {exc}") from None
+
+
+def _member(m: Mapping[str, object]) -> MemberStatus:
+    last = m["last_handshake"]
+    return MemberStatus(
+        name=_opt_str(m["name"]), identity_key=_str(m["identity_key"]),
+        wireguard_key=_opt_str(m["wireguard_key"]), mesh_ipv4=_str(m["mesh_ipv4"]),
+        mesh_ipv6=_str(m["mesh_ipv6"]), endpoint=_opt_str(m["endpoint"]),
+        state=_str(m["state"]), trusted=_bool(m["trusted"]), tunnel=_bool(m["tunnel"]),
+        last_handshake=None if last is None else _number(last),
+        rx_bytes=_int(m["rx_bytes"]), tx_bytes=_int(m["tx_bytes"]), path=_str(m["path"]),
+        dns_names=tuple(str(n) for n in _list(m.get("dns_names", []))))
+
+
+# a status document's fields, checked as they are read (a TypeError: a malformed document)
+
+
+def _object(v: object) -> Mapping[str, object]:
+    if not isinstance(v, dict):
+        raise TypeError("expected an object")
+    return v
+
+
+def _list(v: object) -> list[object]:
+    if not isinstance(v, list | tuple):
+        raise TypeError("expected a list")
+    return list(v)
+
+
+def _str(v: object) -> str:
+    if not isinstance(v, str):
+        raise TypeError("expected a string")
+    return v
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _bool(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError("expected true or false")
+    return v
+
+
+def _int(v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError("expected an integer")
+    return v
+
+
+def _as_int(v: object) -> int:
+    """int(v), for the values int() takes from a JSON document (numbers, numeric strings)."""
+    if not isinstance(v, int | float | str):
+        raise TypeError("expected a number")
+    return int(v)
+
+
+def _as_float(v: object) -> float:
+    if not isinstance(v, int | float | str):
+        raise TypeError("expected a number")
+    return float(v)
+
+
+def _number(v: object) -> int | float:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise TypeError("expected a number")
+    return v
 
 
 def format_endpoint(endpoint: tuple[str, int] | None) -> str | None:
