@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from meshguard.crypto.keys import b64encode
 from meshguard.errors import MeshguardError
@@ -17,25 +17,81 @@ from meshguard.identity.trust import TrustStore
 SCHEMA_VERSION = 1
 
 
+# the document `describe` returns (the JSON of `meshguard show --json`)
+
+
+class IdentityInfo(TypedDict):
+    public_key: str
+    mesh_ipv4: str
+    mesh_ipv6: str
+
+
+class WireGuardInfo(TypedDict):
+    public_key: str
+    vouched: bool
+    vouched_at: int | None
+
+
+class CertificateInfo(TypedDict):
+    version: int
+    name: str
+    org_key: str
+    org_domain: str
+    dns_name: str
+    issued_at: int
+    expires_at: int | None
+    valid: bool
+    problem: str | None
+
+
+class OrgInfo(TypedDict):
+    public_key: str
+    domain: str
+
+
+class PeerInfo(TypedDict):
+    name: str
+    public_key: str
+    mesh_ipv4: str
+    mesh_ipv6: str
+
+
+class TrustedOrgInfo(TypedDict):
+    name: str
+    public_key: str
+    domain: str
+
+
+class RevocationInfo(TypedDict):
+    kind: str
+    key: str
+    org_key: str | None
+    label: str | None
+
+
+class Overview(TypedDict):
+    schema: int
+    config_dir: str
+    identity: IdentityInfo
+    wireguard: WireGuardInfo | None
+    certificate: CertificateInfo | None
+    org: OrgInfo | None
+    peers: list[PeerInfo]
+    orgs: list[TrustedOrgInfo]
+    revocations: list[RevocationInfo]
+    problems: list[str]
+
+
 def _iso(ts: int) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def describe(config_dir: Path, now_wall: float) -> dict[str, Any]:
+def describe(config_dir: Path, now_wall: float) -> Overview:
     """A JSON-ready description (stable keys, `schema` versioned) of the config dir."""
     identity = store.load_identity(config_dir)
     pub = identity.public_key.raw
     problems: list[str] = []
-    out: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "config_dir": str(config_dir),
-        "identity": {
-            "public_key": b64encode(pub),
-            "mesh_ipv4": str(mesh_ipv4(pub)),
-            "mesh_ipv6": str(mesh_ipv6(pub)),
-        },
-    }
-    wg: dict[str, Any] | None = None
+    wg: WireGuardInfo | None = None
     try:
         wg_key = store.load_wireguard_key(config_dir)
     except IdentityMissingError:
@@ -52,9 +108,8 @@ def describe(config_dir: Path, now_wall: float) -> dict[str, Any]:
         }
         if not valid:
             problems.append("WireGuard key is not vouched for; run `meshguard rotate-wg-key`")
-    out["wireguard"] = wg
     trust = TrustStore.load(config_dir)
-    cert_info: dict[str, Any] | None = None
+    cert_info: CertificateInfo | None = None
     try:
         cert = store.load_node_certificate(config_dir)
     except MeshguardError as exc:
@@ -74,8 +129,7 @@ def describe(config_dir: Path, now_wall: float) -> dict[str, Any]:
             "valid": problem is None,
             "problem": problem,
         }
-    out["certificate"] = cert_info
-    org_info: dict[str, Any] | None = None
+    org_info: OrgInfo | None = None
     org_pub_path = config_dir / store.ORG_DIR / store.ORG_PUB
     if org_pub_path.exists():
         try:
@@ -83,34 +137,44 @@ def describe(config_dir: Path, now_wall: float) -> dict[str, Any]:
             org_info = {"public_key": b64encode(org_pub), "domain": org_domain(org_pub)}
         except MeshguardError as exc:
             problems.append(str(exc))
-    out["org"] = org_info
-    out["peers"] = [
-        {
-            "name": name,
-            "public_key": b64encode(key),
-            "mesh_ipv4": str(mesh_ipv4(key)),
-            "mesh_ipv6": str(mesh_ipv6(key)),
-        }
-        for name, key in sorted(trust.peers.items())
-    ]
-    out["orgs"] = [
-        {"name": name, "public_key": b64encode(key), "domain": org_domain(key)}
-        for name, key in sorted(trust.orgs.items())
-    ]
-    out["revocations"] = [
-        {
-            "kind": r.kind,
-            "key": b64encode(r.key),
-            "org_key": b64encode(r.org_key) if r.org_key is not None else None,
-            "label": r.label or None,
-        }
-        for r in trust.revocations
-    ]
-    out["problems"] = problems + trust.problems
-    return out
+    return {
+        "schema": SCHEMA_VERSION,
+        "config_dir": str(config_dir),
+        "identity": {
+            "public_key": b64encode(pub),
+            "mesh_ipv4": str(mesh_ipv4(pub)),
+            "mesh_ipv6": str(mesh_ipv6(pub)),
+        },
+        "wireguard": wg,
+        "certificate": cert_info,
+        "org": org_info,
+        "peers": [
+            {
+                "name": name,
+                "public_key": b64encode(key),
+                "mesh_ipv4": str(mesh_ipv4(key)),
+                "mesh_ipv6": str(mesh_ipv6(key)),
+            }
+            for name, key in sorted(trust.peers.items())
+        ],
+        "orgs": [
+            {"name": name, "public_key": b64encode(key), "domain": org_domain(key)}
+            for name, key in sorted(trust.orgs.items())
+        ],
+        "revocations": [
+            {
+                "kind": r.kind,
+                "key": b64encode(r.key),
+                "org_key": b64encode(r.org_key) if r.org_key is not None else None,
+                "label": r.label or None,
+            }
+            for r in trust.revocations
+        ],
+        "problems": problems + trust.problems,
+    }
 
 
-def render_text(info: dict[str, Any]) -> str:
+def render_text(info: Overview) -> str:
     """The human-readable form of `describe`."""
     ident = info["identity"]
     lines = [
@@ -123,7 +187,8 @@ def render_text(info: dict[str, Any]) -> str:
     if wg is None:
         lines.append("WireGuard key: (none)")
     else:
-        state = f"vouched at {_iso(wg['vouched_at'])}" if wg["vouched"] else "NOT vouched"
+        at = wg["vouched_at"]  # set whenever vouched
+        state = f"vouched at {_iso(at)}" if wg["vouched"] and at is not None else "NOT vouched"
         lines.append(f"WireGuard key: {wg['public_key']} ({state})")
     cert = info["certificate"]
     if cert is None:
