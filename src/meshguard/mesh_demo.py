@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.identity.store import IDENTITY_PUB, load_identity
@@ -80,18 +79,20 @@ def _workdir() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _status(lan: Lan, node: DemoNode, run_dir: Path) -> dict[str, Any]:
+def _status(lan: Lan, node: DemoNode, run_dir: Path) -> dict[str, object]:
     res = _mg(["status", "--json", "--interface", node.iface], _env(node, run_dir),
               lan.nodes[node.index].argv([]), check=False, show=False)
     if res.returncode != 0:
         return {}
-    doc: dict[str, Any] = json.loads(res.stdout)
+    doc: dict[str, object] = json.loads(res.stdout)
     return doc
 
 
 def _tunnels(lan: Lan, node: DemoNode, run_dir: Path) -> int:
-    doc = _status(lan, node, run_dir)
-    return sum(1 for m in doc.get("members", []) if m.get("tunnel"))
+    members = _status(lan, node, run_dir).get("members", [])
+    if not isinstance(members, list):
+        return 0
+    return sum(1 for m in members if isinstance(m, dict) and m.get("tunnel"))
 
 
 def _wait_ping(lan: Lan, a: DemoNode, b: DemoNode) -> None:

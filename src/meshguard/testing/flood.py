@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -32,7 +33,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from meshguard.crypto.hashes import blake2s, mac
 from meshguard.testing.netns import Namespace
@@ -347,7 +347,7 @@ GENERATORS: dict[str, Callable[[int], list[bytes]]] = {
 # --- the Python fallback sender ---------------------------------------------------------------
 
 
-def _drain(s: Any) -> int:
+def _drain(s: socket.socket) -> int:
     n = 0
     while True:
         try:
@@ -358,8 +358,6 @@ def _drain(s: Any) -> int:
 
 
 def _python_send(argv: list[str]) -> int:
-    import socket
-
     dst, port, rate, seconds, path = argv[0], int(argv[1]), float(argv[2]), float(argv[3]), argv[4]
     blob = Path(path).read_bytes()
     pkts: list[bytes] = []

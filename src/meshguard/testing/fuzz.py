@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from meshguard.crypto.hashes import blake2s, mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
@@ -55,7 +55,13 @@ from meshguard.identity import store
 from meshguard.identity.addressing import mesh_ipv4
 from meshguard.identity.certificate import V1_LEN, V2_LEN, NodeCertificate, sign_certificate
 from meshguard.identity.errors import CertificateError, KeyFileError
-from meshguard.identity.trust import REVOCATIONS_HEADER, Revocation, TrustStore, parse_revocations
+from meshguard.identity.trust import (
+    REVOCATIONS_HEADER,
+    Admission,
+    Revocation,
+    TrustStore,
+    parse_revocations,
+)
 from meshguard.identity.wgkey import WgKeyVouch, vouch_wg_key
 from meshguard.mesh import demux, org_gossip
 from meshguard.mesh.node import MeshNode
@@ -534,54 +540,73 @@ def _fastpath_targets() -> list[Target]:
     seeds = _fastpath_seeds()
     out = [Target("fastpath_coalesce", seeds, coalesce, max_len=8192),
            Target("fastpath_open", seeds, open_batch, max_len=8192)]
-    guard = _guard_target(c)
+    guard = _guard_target(getattr(c, "HandshakeGuard", None))
     if guard is not None:
         out.append(guard)
     return out
 
 
-def _guard_target(c: Any) -> Target | None:
+class _Guard(Protocol):
+    """What the fuzz target drives of a handshake guard (C or wireguard/cookie.py)."""
+
+    def set_keys(self, mac1: bytes, cookie: bytes) -> None: ...
+
+    def precheck(self, now: float, msg: bytes, source_key: bytes, binding: bytes
+                 ) -> tuple[int, bytes | None]: ...
+
+
+@dataclass
+class _GuardTwins:
+    py: HandshakeGuard
+    c: _Guard
+    now: float = 1000.0
+    history: deque[bytes] = field(default_factory=lambda: deque(maxlen=16))
+
+
+def _guard_target(c_guard: Callable[..., _Guard] | None) -> Target | None:
     """The C HandshakeGuard (run on handshake messages straight from the socket) against its
     Python twin (wireguard/cookie.py), fed the same messages at the same times: the verdicts
     must be the same. Small limits, so load, buckets and budgets all come into play. Input:
     time step (4 ms units), source, then the message; mac1 is fixed up unless the source
     byte's top bit is set."""
-    if getattr(c, "HandshakeGuard", None) is None:
+    if c_guard is None:
         return None
-    params: dict[str, Any] = {
+    params: dict[str, float] = {
         "threshold": 10, "hold": 0.25, "source_rate": 40.0, "source_burst": 4.0,
         "net_rate": 60.0, "net_burst": 6.0, "dh_rate": 20.0, "dh_burst": 2.0,
         "cookie_rate": 30.0, "cookie_burst": 5.0, "max_sources": 6}
     known = inspect.signature(HandshakeGuard).parameters
     params = {k: v for k, v in params.items() if k in known}
-    state: dict[str, Any] = {}
     pub = mesh_capture().victim.wg.public_key.raw
     k1, k2 = mac1_key(pub), cookie_key(pub)
 
-    def reset() -> None:
-        state["py"] = HandshakeGuard(SeededRng(3), **params)
-        state["c"] = c.HandshakeGuard(**state["py"].params())  # the twin, as the engine does
-        state["py"].set_keys(k1, k2)
-        state["c"].set_keys(k1, k2)
-        state["now"] = 1000.0
-        state["history"] = deque(maxlen=16)
+    def twins() -> _GuardTwins:
+        py = HandshakeGuard(SeededRng(3), **params)  # type: ignore[arg-type]
+        t = _GuardTwins(py, c_guard(**py.params()))  # the twin, as the engine does
+        t.py.set_keys(k1, k2)
+        t.c.set_keys(k1, k2)
+        return t
 
-    reset()
+    state = [twins()]
+
+    def reset() -> None:
+        state[0] = twins()
 
     def run(data: bytes) -> None:
         msg = data[2:]
         if len(data) < 2 or len(msg) not in (wireguard.INITIATION_SIZE,
                                               wireguard.RESPONSE_SIZE):
             return
-        state["now"] += data[0] * 4e-3
+        t = state[0]
+        t.now += data[0] * 4e-3
         src = bytes([data[1] & 0x7F]) * 8
         binding = src + b"\x00\x01"
-        state["history"].append(data)
-        now = state["now"]
-        vp, rp = state["py"].precheck(now, msg, src, binding)
-        vc, rc = state["c"].precheck(now, msg, src, binding)
+        t.history.append(data)
+        now = t.now
+        vp, rp = t.py.precheck(now, msg, src, binding)
+        vc, rc = t.c.precheck(now, msg, src, binding)
         if (vp, rp is None) != (vc, rc is None) or (rc is not None and len(rc) != 64):
-            history = " ".join(h.hex() for h in state["history"])
+            history = " ".join(h.hex() for h in t.history)
             raise RoundTripError(f"guard: C {vc} {rc is None}, Python {vp} {rp is None} "
                                  f"at {now}; inputs {history}")
 
@@ -808,7 +833,8 @@ class FuzzTrust:
     def __init__(self, store_: TrustStore) -> None:
         self.store = store_
 
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Any:
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float
+              ) -> Admission:
         return self.store.admit(node_key, certificate, now_wall)
 
     def trusted_org_keys(self) -> list[bytes]:
