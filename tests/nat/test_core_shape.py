@@ -1,0 +1,40 @@
+"""Every sans-IO core this package and mesh/org_gossip.py hold has the shape of sansio.Core:
+receive(now, wall, data, src), tick(now, wall) and next_deadline(), each returning actions."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.mesh.org_gossip import OrgGossip
+from meshguard.nat.holepunch import HolePuncher
+from meshguard.nat.relay import Relay
+from meshguard.nat.stun_client import StunClient
+from meshguard.sansio import Core
+from meshguard.testing.rng import SeededRng
+
+CORES = {
+    "stun": lambda: StunClient(SeededRng(1), [("192.0.2.1", 3478)]),
+    "relay": lambda: Relay(b"\x01" * 32, X25519PrivateKey(b"\x02" * 32),
+                           cookie_secret=b"\x03" * 32),
+    "holepunch": lambda: HolePuncher(Ed25519PrivateKey(b"\x04" * 32), SeededRng(2)),
+    "org": lambda: OrgGossip(SeededRng(3)),
+}
+
+
+def _params(fn: object) -> list[str]:
+    assert callable(fn)
+    return list(inspect.signature(fn).parameters)
+
+
+@pytest.mark.parametrize("name", sorted(CORES))
+def test_core_entry_points(name: str) -> None:
+    core: Core[object] = CORES[name]()
+    assert _params(core.receive) == ["now", "wall", "data", "src"]
+    assert _params(core.tick) == ["now", "wall"]
+    assert _params(core.next_deadline) == []
+    # garbage is counted and dropped, never raised: no actions
+    assert list(core.receive(1.0, 1.7e9, b"\x00garbage", ("192.0.2.9", 1))) == []
+    assert isinstance(list(core.tick(1.0, 1.7e9)), list)
