@@ -81,6 +81,7 @@ from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSuc
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
 from meshguard.sansio import Endpoint
+from meshguard.swim.events import Action as SwimAction
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
 from meshguard.wire.relay import RELAY_DATA
@@ -353,7 +354,7 @@ class MeshNode:
 
     def leave(self, now: float, wall: float) -> list[Action]:
         """Announce a graceful leave; the caller sends the datagrams and then shuts down."""
-        return self.membership.absorb(self.membership.leave(now, wall))[0]
+        return list(self.membership.absorb(self.membership.leave(now, wall))[0])
 
     def set_trust(self, trust: Admitter, wall: float) -> list[Action]:
         """A new trust store (reload): forget every admission decision and reconcile."""
@@ -455,8 +456,9 @@ class MeshNode:
 
     # membership -> peers -----------------------------------------------------------------
 
-    def _after_membership(self, actions: Sequence[object], wall: float) -> list[Action]:
-        out, changed = self.membership.absorb(actions)
+    def _after_membership(self, actions: Sequence[SwimAction], wall: float) -> list[Action]:
+        absorbed, changed = self.membership.absorb(actions)
+        out = list(absorbed)
         if changed:
             out += self.reconcile(wall)
         return out

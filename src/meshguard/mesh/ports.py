@@ -12,6 +12,7 @@ from meshguard.identity.trust import Admission
 from meshguard.mesh.actions import Action, MemberView, PeerConfig
 from meshguard.nat.stun_client import StunAction
 from meshguard.sansio import Endpoint, SendDatagram
+from meshguard.swim.events import Action as SwimAction
 from meshguard.wireguard.actions import Action as DeviceAction
 
 
@@ -23,21 +24,21 @@ class Admitter(Protocol):
 
 
 class MembershipPort(Protocol):
-    """What the node needs from the SWIM core (see mesh/swim_port.py). The core's own actions
-    are opaque to the node: it hands them back to `absorb`."""
+    """What the node needs from the SWIM core (see mesh/swim_port.py). The core's actions
+    (swim/events.py) are opaque to the node: it hands them back to `absorb`."""
 
     def receive(self, now: float, wall: float, data: bytes, src: Endpoint
-                ) -> Sequence[object]: ...
+                ) -> Sequence[SwimAction]: ...
 
-    def tick(self, now: float, wall: float) -> Sequence[object]: ...
+    def tick(self, now: float, wall: float) -> Sequence[SwimAction]: ...
 
     def next_deadline(self) -> float | None: ...
 
-    def leave(self, now: float, wall: float) -> Sequence[object]: ...
+    def leave(self, now: float, wall: float) -> Sequence[SwimAction]: ...
 
     def members(self) -> Iterable[MemberView]: ...
 
-    def absorb(self, actions: Sequence[object]) -> tuple[list[Action], bool]:
+    def absorb(self, actions: Sequence[SwimAction]) -> tuple[Sequence[Action], bool]:
         """The core's actions -> (actions for the shell: SendDatagram and notable events such
         as Joined; whether membership changed, so peers must be reconciled)."""
         ...
