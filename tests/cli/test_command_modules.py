@@ -30,3 +30,14 @@ def test_status_does_not_load_the_daemon_or_the_data_plane(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, check=True, timeout=60).stdout
     assert out.split(maxsplit=1) == ["1", "[]\n"]
+
+
+def test_a_userspace_daemon_does_not_load_the_netlink_stack() -> None:
+    # pyroute2 costs ~12 MiB of RSS: only kernel mode (and the local-address probe) needs it
+    code = ("import sys; from meshguard.cli.main import build_parser; "
+            "import meshguard.daemon.mesh_daemon, meshguard.cli.up_command; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2' "
+            "or m == 'meshguard.daemon.kernel_wg'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out == "[]\n"

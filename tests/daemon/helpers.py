@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from meshguard.crypto.keys import X25519PrivateKey
+from meshguard.daemon.kernel_module import KernelModuleMissingError
 from meshguard.daemon.kernel_wg import (
-    KernelModuleMissingError,
     KernelPeer,
     KernelWireGuard,
     build_set_device,

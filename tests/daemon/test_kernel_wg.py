@@ -8,16 +8,18 @@ from typing import Any
 import pytest
 
 from meshguard.crypto.keys import X25519PrivateKey
-from meshguard.daemon.kernel_wg import (
+from meshguard.daemon.kernel_module import (
     MISSING_MODULE_MESSAGE,
+    KernelModuleMissingError,
+    ensure_module,
+    gossip_port_for,
+)
+from meshguard.daemon.kernel_wg import (
     WGDEVICE_F_REPLACE_PEERS,
     WGPEER_F_REMOVE_ME,
     WGPEER_F_REPLACE_ALLOWEDIPS,
-    KernelModuleMissingError,
     KernelPeer,
     build_set_device,
-    ensure_module,
-    gossip_port_for,
 )
 from meshguard.testing.netns import Namespace, netns_skip_reason
 

@@ -7,8 +7,6 @@ import ipaddress
 import os
 import socket
 
-from pyroute2 import IPRoute
-
 from meshguard.daemon.daemon_config import StartupError
 from meshguard.sansio import Endpoint
 
@@ -45,6 +43,10 @@ def resolve_seeds(seeds: list[Endpoint]) -> list[Endpoint]:
 def local_addresses(exclude_ifname: str) -> list[str]:
     """Global unicast addresses of this host (the endpoints advertised without --announce)."""
     found: list[str] = []
+    # imported here, not at the top: pyroute2 costs a userspace daemon ~12 MiB of RSS, and
+    # this probe runs only when no seed route and no --announce name a local address
+    from pyroute2 import IPRoute
+
     with IPRoute() as ipr:
         names = {ln["index"]: ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
         for a in ipr.get_addr():

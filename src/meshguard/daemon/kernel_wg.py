@@ -4,7 +4,7 @@
 * Keys, port and peers go through the "wireguard" generic-netlink family, command
   WG_CMD_SET_DEVICE (uapi/linux/wireguard.h). `build_set_device` builds that message without
   sending it, so its attributes are unit-tested; `KernelWireGuard.apply` sends it.
-* A kernel without the module is detected before anything is created (`ensure_module`: no
+* A kernel without the module is detected before anything is created (kernel_module.py: no
   /sys/module/wireguard and `modprobe wireguard` fails) and again if RTM_NEWLINK answers
   EOPNOTSUPP; either way the daemon stops at once with `KernelModuleMissingError`.
 
@@ -23,21 +23,15 @@ from __future__ import annotations
 import base64
 import errno
 import ipaddress
-import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyroute2 import IPRoute, WireGuard
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.generic.wireguard import wgmsg
 
+from meshguard.daemon.kernel_module import KernelModuleMissingError
 from meshguard.errors import MeshguardError
-
-MISSING_MODULE_MESSAGE = (
-    "the kernel has no WireGuard module; load it with `modprobe wireguard` or run without --kernel"
-)
 
 # uapi/linux/wireguard.h
 WG_CMD_SET_DEVICE = 1
@@ -54,21 +48,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 NlaValue = str | int | bytes | list["NlaValue"] | dict[str, "NlaValue"]
 
 
-class KernelModuleMissingError(MeshguardError):
-    """The kernel has no WireGuard support."""
-
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(MISSING_MODULE_MESSAGE + (f" ({detail})" if detail else ""))
-
-
 class KernelWireGuardError(MeshguardError):
     """A netlink request to the kernel WireGuard device failed."""
-
-
-def gossip_port_for(kernel: bool, wg_port: int) -> int:
-    """The gossip UDP port: the WireGuard port itself in userspace mode, the next one in kernel
-    mode (the kernel owns the WireGuard port). See the module docstring."""
-    return wg_port + 1 if kernel else wg_port
 
 
 @dataclass(frozen=True)
@@ -151,23 +132,6 @@ def build_set_device(
     if peers:
         msg["attrs"].append(["WGDEVICE_A_PEERS", [_peer_attrs(p) for p in peers]])
     return msg
-
-
-def ensure_module(sys_module: Path = Path("/sys/module/wireguard"),
-                  modprobe: Sequence[str] = ("modprobe", "wireguard")) -> None:
-    """Return if the kernel has WireGuard (built in or loadable); raise otherwise."""
-    if sys_module.exists():
-        return
-    if shutil.which(modprobe[0]) is None:
-        raise KernelModuleMissingError(f"{sys_module} is absent and {modprobe[0]} is not installed")
-    try:
-        proc = subprocess.run(list(modprobe), capture_output=True, text=True, timeout=15,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelModuleMissingError(f"{' '.join(modprobe)} failed: {exc}") from None
-    if proc.returncode != 0 or not sys_module.exists():
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise KernelModuleMissingError(detail[-1] if detail else f"{sys_module} is absent")
 
 
 def _netlink_errno(exc: BaseException) -> int | None:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 
 from meshguard.daemon.daemon_config import DaemonConfig
-from meshguard.daemon.kernel_wg import gossip_port_for
+from meshguard.daemon.kernel_module import gossip_port_for
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.swim_port import SwimPort
