@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
+from meshguard.testing.rng import SeededRng
 from meshguard.wire import wireguard as w
 from meshguard.wireguard.actions import (
     HandshakeCompleted,
@@ -22,7 +25,7 @@ from meshguard.wireguard.constants import (
     REKEY_TIMEOUT_JITTER_MAX,
     ZERO_KEYS_AFTER,
 )
-from meshguard.wireguard.device import Device
+from meshguard.wireguard.device import Device, DeviceError
 
 from .sim import A_EP, A_IP, B_EP, B_IP, Node, SimNet, ipv4_packet, ipv6_packet, make_key, make_pair
 
@@ -508,3 +511,24 @@ def test_next_deadline_is_never_late() -> None:
     for node, peer in ((a, pb), (b, pa)):
         node.device.tick(net.clock.now, net.clock.wall())
         assert node.device.next_deadline() == peer.timers.next_deadline()
+
+
+def test_rekey_after_time_is_a_device_option() -> None:
+    """rekey_after_time (a Device option) re-keys the initiator's session at that age, and
+    only on that device: the module's REKEY_AFTER_TIME is untouched."""
+    net, a, b, pb, _ = make_pair(seed=5)
+    a.device.rekey_after_time = 10.0
+    net.send(a, ipv4_packet(A_IP, B_IP, b"start"))
+    net.run_for(1.0)
+    first = pb.keypairs.current
+    assert first is not None and first.rekey_after_time == 10.0
+    sent_a, sent_b = _chat(net, a, b, 25.0)
+    assert len(b.tun) == sent_a + 1 and len(a.tun) == sent_b
+    assert _completed(a) >= 2  # re-keyed well before REKEY_AFTER_TIME
+    assert pb.keypairs.current is not first
+    assert REKEY_AFTER_TIME == 120.0
+
+
+def test_rekey_after_time_must_be_positive() -> None:
+    with pytest.raises(DeviceError):
+        Device(SeededRng(1), make_key(1), rekey_after_time=0)

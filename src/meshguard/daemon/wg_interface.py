@@ -38,7 +38,6 @@ from meshguard.dataplane.engine import Engine
 from meshguard.dataplane.tun import DEFAULT_MTU, TunDevice, TunError, interface_exists
 from meshguard.errors import MeshguardError
 from meshguard.rng import Rng, SystemRng
-from meshguard.wireguard import keypair as _keypair
 from meshguard.wireguard.device import Device, Peer
 
 log = logging.getLogger(__name__)
@@ -74,11 +73,8 @@ def apply_test_knobs(device: Device, env: Mapping[str, str]) -> None:
         raise InterfaceError(f"{REKEY_ENV} must be a number of seconds") from None
     if not seconds > 0:
         raise InterfaceError(f"{REKEY_ENV} must be positive")
-    # Keypair.wants_rekey reads this module global at call time: override it for this process.
-    if not hasattr(_keypair, "REKEY_AFTER_TIME"):
-        raise InterfaceError(f"{REKEY_ENV} is not supported by this WireGuard core")
-    setattr(_keypair, "REKEY_AFTER_TIME", seconds)  # noqa: B010
-    log.warning("test knob: REKEY_AFTER_TIME = %s s", seconds)
+    device.rekey_after_time = seconds
+    log.warning("test knob: rekey_after_time = %s s", seconds)
 
 
 class DeviceUapiBackend:

@@ -20,6 +20,7 @@ import functools
 import ipaddress
 import struct
 from collections.abc import Hashable
+from typing import Protocol
 
 from meshguard.crypto.aead import xchacha20poly1305_open, xchacha20poly1305_seal
 from meshguard.crypto.hashes import blake2s, mac
@@ -244,6 +245,35 @@ class CookieChecker:
             self._cookie_key, nonce, self.cookie_for(now, src), msg_mac1
         )
         return CookieReply(sender_index, nonce, sealed)
+
+
+class LoadView(Protocol):
+    """The load meter of a handshake guard (LoadMeter, or the C guard itself)."""
+
+    threshold: int
+    hold: float
+
+    def under_load(self, now: float) -> bool: ...
+
+
+class Guard(Protocol):
+    """What the Device needs of a handshake guard: HandshakeGuard below, or its C twin
+    (dataplane/_fastpath.pyi), which the engine installs with Device.use_guard."""
+
+    @property
+    def load(self) -> LoadView: ...
+
+    def set_keys(self, mac1: bytes, cookie: bytes) -> None: ...
+
+    def set_ticket(self, mac1: bytes) -> None: ...
+
+    def take_counts(self) -> tuple[int, ...]: ...
+
+    def cookie_reply(self, now: float, msg: bytes, source_key: bytes) -> bool: ...
+
+    def precheck(
+        self, now: float, msg: bytes, source_key: bytes, binding: bytes
+    ) -> tuple[int, bytes | None]: ...
 
 
 class HandshakeGuard:

@@ -2,6 +2,9 @@
 
 Nothing here does I/O. Every entry point takes `now` (monotonic seconds) and, where a TAI64N
 timestamp may be needed, `wall` (unix seconds); randomness comes from the injected Rng.
+The mechanisms live one per module, as in wireguard-go's device/: handshakes in handshake.py,
+transport framing, sealing and the receive policy in transport.py, peers in peer.py, timers in
+timers.py; this module holds the peer set, routing and the two paths that use them.
 
 Slow path (returns a list of actions, see actions.py: SendDatagram, WriteTun,
 HandshakeCompleted, PeerKeysExpired, HandshakeGaveUp):
@@ -25,49 +28,41 @@ Fast path (for a data plane moving batches of packets per wake-up). Per batch, n
     send:    b = device.prepare_send(now, dst_address_bytes)      # None -> use send_packet()
              (or device.route(dst) to group by peer, then device.prepare_send_peer(now, peer))
              first = b.reserve(n)                                   # None -> use send_packet()
-             for i, pkt: data = seal_transport(b.cipher, b.receiver_index, first + i, pkt)
-                         (or the data plane's own sealing with the same layout: 16-byte
-                         header, payload zero-padded to 16, ChaCha20-Poly1305 under b.cipher)
+             data = transport.seal_batch(b.cipher.aead, b.receiver_index, first, packets)
+                         (or the C fast path's seal_segments: the same bytes)
              actions = device.note_sent(now, b.peer, n, total_bytes, n_keepalive=0)
     receive: kp = device.keypair_for_receive(receiver_index, now)  # None -> unknown_index
-             per packet: kp.replay.check(counter) -> kp.receive.open_or_none(counter, ct)
-                         -> kp.replay.accept(counter) -> inner_packet(plaintext)
-                         -> device.source_allowed(kp.peer, src_address_bytes)
-             actions = device.note_received(now, kp, n_auth, n_bytes, src_endpoint,
-                                            n_keepalive=k)
-             device.note_dropped(reason, n) for packets that failed a check (reason: a
-             Counters drop field: unknown_index, replay, bad_auth, bad_inner, bad_source, ...)
+             open the run of messages under kp.receive (fastpath.open_batch), then
+             n, nbytes, keep = transport.accept_batch(kp, results, device.source_allowed,
+                                                      src_ok, tun, drops)
+             actions = device.note_received(now, kp, n, nbytes, src_endpoint,
+                                            n_keepalive=keep)
+             device.note_dropped(reason, n) for each drop reason counted
 
 `route` caches destination -> peer lookups (the cache is cleared whenever allowed IPs
 change). `note_sent` / `note_received` run the timer and statistics bookkeeping of the whole
 batch once (keepalive timers, rekey after time/messages, promoting the `next` keypair on its
 first use, roaming to the source endpoint, sending packets queued for a handshake). The slow
-path is built from these same calls, so both paths give identical bytes and state
-(tests/wireguard/test_fastpath.py). `note_sent`/`note_received` may start a handshake and
-need a wall time for its TAI64N: pass `wall=`, or the device extrapolates from the last slow
-path call.
+path is built from these same calls and the same accept_batch, so both paths give identical
+bytes, verdicts and state (tests/wireguard/test_fastpath.py). `note_sent`/`note_received` may
+start a handshake and need a wall time for its TAI64N: pass `wall=`, or the device
+extrapolates from the last slow path call.
 
 Knobs (constructor keywords; defaults and reasons in constants.py): under_load_threshold
-(handshake messages per second before mac2 is demanded, default 200), under_load_hold (1 s).
+(handshake messages per second before mac2 is demanded, default 200), under_load_hold (1 s),
+rekey_after_time (the initiator's re-key age, REKEY_AFTER_TIME = 120 s; tests shorten it to
+watch re-keying).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import struct
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
 
-from meshguard.crypto.aead import TransportCipher
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
-from meshguard.crypto.tai64n import TAI64N_LEN, tai64n
 from meshguard.errors import CryptoError, MeshguardError, WireFormatError
 from meshguard.rng import Rng
 from meshguard.wire import wireguard as wire
-from meshguard.wireguard import noise
 from meshguard.wireguard.actions import (
     Action,
     Endpoint,
@@ -81,36 +76,43 @@ from meshguard.wireguard.allowed_ips import AllowedIPs, IPNetwork
 from meshguard.wireguard.constants import (
     KEEPALIVE_TIMEOUT,
     MAX_HANDSHAKE_ATTEMPTS,
-    MAX_INITIATIONS_PER_PEER_PER_SECOND,
     MAX_STAGED_PACKETS,
+    REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_AGE,
-    REKEY_TIMEOUT,
-    REKEY_TIMEOUT_JITTER_MAX,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
     UNDER_LOAD_HOLD_TIME,
 )
 from meshguard.wireguard.cookie import (
-    COOKIE,
-    COOKIE_LIMITED,
-    NO_KEY,
-    PASS,
-    RATE_LIMITED,
-    VERDICTS,
-    CookieGenerator,
+    Guard,
     HandshakeGuard,
+    LoadView,
     cookie_key,
     mac1_key,
-    source_keys,
 )
 from meshguard.wireguard.counters import Counters
+from meshguard.wireguard.handshake import Handshakes
 from meshguard.wireguard.index import IndexTable
-from meshguard.wireguard.keypair import Keypair, Keypairs, ReceiveKeypair
-from meshguard.wireguard.timers import DeadlineBound, PeerTimers, Timer
+from meshguard.wireguard.keypair import Keypair, ReceiveKeypair
+from meshguard.wireguard.peer import NO_PSK, HandshakeState, Peer, SendBatch
+from meshguard.wireguard.timers import DeadlineBound, Timer
+from meshguard.wireguard.transport import (
+    DROP_REASONS,
+    HEADER,
+    accept_batch,
+    inner_destination,
+    inner_packet,
+    open_result,
+    open_transport,
+    seal_batch,
+    seal_transport,
+)
 
 __all__ = [
+    "NO_PSK",
     "Device",
     "DeviceError",
     "Endpoint",
+    "HandshakeState",
     "Peer",
     "ReceiveKeypair",
     "SendBatch",
@@ -120,10 +122,6 @@ __all__ = [
     "seal_transport",
 ]
 
-NO_PSK = bytes(32)
-_HEADER = struct.Struct("<IIQ")
-_U16 = struct.Struct("!H")
-_INITIATION_INTERVAL = 1.0 / MAX_INITIATIONS_PER_PEER_PER_SECOND
 # removed peers whose greatest initiation timestamp is remembered, so an initiation captured
 # before a removal is still a replay after the peer is added again (oldest forgotten first)
 MAX_RETIRED_TIMESTAMPS = 4096
@@ -134,121 +132,10 @@ class DeviceError(MeshguardError):
     """Local misuse of the device API (bad peer key, bad allowed IP, ...)."""
 
 
-# -- inner IP packets and transport framing (shared by the slow and the fast path) ---------
-
-
-def inner_packet(plaintext: bytes) -> tuple[bytes, bytes] | None:
-    """(packet without padding, raw source address) of a decrypted payload; None if invalid."""
-    n = len(plaintext)
-    if n == 0:
-        return None
-    version = plaintext[0] >> 4
-    if version == 4 and n >= 20:
-        total = _U16.unpack_from(plaintext, 2)[0]
-        if total < 20 or total > n:
-            return None
-        return plaintext[:total], plaintext[12:16]
-    if version == 6 and n >= 40:
-        total = 40 + _U16.unpack_from(plaintext, 4)[0]
-        if total > n:
-            return None
-        return plaintext[:total], plaintext[8:24]
-    return None
-
-
-def inner_destination(packet: bytes) -> bytes | None:
-    """Raw destination address of an IPv4/IPv6 packet; None if it is neither."""
-    n = len(packet)
-    if n >= 20 and packet[0] >> 4 == 4:
-        return packet[16:20]
-    if n >= 40 and packet[0] >> 4 == 6:
-        return packet[24:40]
-    return None
-
-
-def seal_transport(cipher: TransportCipher, receiver: int, counter: int, packet: bytes) -> bytes:
-    """A transport message: header then the packet zero-padded to 16 and sealed."""
-    pad = (-len(packet)) & 15
-    plaintext = packet + bytes(pad) if pad else packet
-    return _HEADER.pack(wire.MESSAGE_TRANSPORT, receiver, counter) + cipher.seal(counter, plaintext)
-
-
-def open_transport(cipher: TransportCipher, data: bytes) -> bytes | None:
-    """Decrypt a transport message (no replay check); None when it does not authenticate."""
-    _, _, counter = _HEADER.unpack_from(data)
-    return cipher.open_or_none(counter, data[wire.TRANSPORT_HEADER_SIZE :])
-
-
-# -- peers ------------------------------------------------------------------------------
-
-
-class HandshakeState(Enum):
-    NONE = 0
-    INITIATION_SENT = 1
-
-
-@dataclass(eq=False)
-class Peer:
-    """One configured peer. Public fields: configuration and statistics (docs/architecture.md)."""
-
-    public_key: X25519PublicKey
-    preshared_key: bytes = NO_PSK
-    endpoint: Endpoint | None = None
-    persistent_keepalive: int = 0
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    last_handshake_wall: float = 0.0
-    # protocol state (owned by the device)
-    keypairs: Keypairs = field(default_factory=Keypairs)
-    timers: PeerTimers = field(default_factory=PeerTimers)
-    handshake_state: HandshakeState = HandshakeState.NONE
-    handshake_index: int = 0
-    initiator_state: noise.InitiatorState | None = None
-    last_initiation_sent: float = float("-inf")
-    last_sent_timestamp: bytes = bytes(TAI64N_LEN)
-    last_initiation_consumed: float = float("-inf")
-    greatest_timestamp: bytes = bytes(TAI64N_LEN)
-    staged: deque[bytes] = field(default_factory=deque)
-    static_static: bytes | None = None
-    cookie: CookieGenerator | None = None
-    routes: AllowedIPs[Peer] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.cookie is None:
-            self.cookie = CookieGenerator(self.public_key.raw)
-
-    def __repr__(self) -> str:
-        return f"Peer({self.public_key.b64()}, endpoint={self.endpoint})"
-
-    @property
-    def allowed_ips(self) -> list[IPNetwork]:
-        """The networks routed to this peer (set with Device.set_allowed_ips)."""
-        return self.routes.networks_of(self) if self.routes is not None else []
-
-    @property
-    def current_keypair(self) -> Keypair | None:
-        return self.keypairs.current
-
-
-@dataclass(slots=True)
-class SendBatch:
-    """Everything the data plane needs to send a batch to one peer."""
-
-    peer: Peer
-    keypair: Keypair
-    endpoint: Endpoint
-    cipher: TransportCipher
-    receiver_index: int
-
-    def reserve(self, n: int) -> int | None:
-        """First of n consecutive send counters, or None when the keypair is exhausted."""
-        return self.keypair.reserve(n)
-
-
 # -- the device -------------------------------------------------------------------------
 
 
-class Device:
+class Device(Handshakes):
     """A WireGuard interface's protocol state: peers, keys, timers, routing (sans-IO)."""
 
     def __init__(
@@ -258,13 +145,18 @@ class Device:
         *,
         under_load_threshold: int = UNDER_LOAD_HANDSHAKES_PER_SECOND,
         under_load_hold: float = UNDER_LOAD_HOLD_TIME,
+        rekey_after_time: float = REKEY_AFTER_TIME,
     ) -> None:
+        if not rekey_after_time > 0:
+            raise DeviceError("rekey_after_time must be positive")
         self.rng = rng
+        # applies to keypairs made from now on
+        self.rekey_after_time = rekey_after_time
         self.listen_port = 0
         self.fwmark = 0
         self.counters = Counters()
         # the cheap-first checks of handshake messages (a C twin may replace it: use_guard)
-        self.guard: Any = HandshakeGuard(rng, under_load_threshold, under_load_hold)
+        self.guard: Guard = HandshakeGuard(rng, under_load_threshold, under_load_hold)
         self._private_key: X25519PrivateKey | None = None
         self._peers: dict[bytes, Peer] = {}
         self._indices: IndexTable[Peer | Keypair] = IndexTable(rng)
@@ -309,18 +201,18 @@ class Device:
             self.guard.set_keys(mac1_key(pub), cookie_key(pub))
 
     @property
-    def load(self) -> Any:
+    def load(self) -> LoadView:
         """The load meter (threshold, hold, under_load(now)) of the handshake guard."""
         return self.guard.load
 
     @property
-    def receiver_indices(self) -> dict[int, Any]:
+    def receiver_indices(self) -> dict[int, Peer | Keypair]:
         """The live receiver-index table (index -> Peer or Keypair), read only: the data plane
         drops transport messages naming no index in it before entering Python; they count as
         unknown_index either way."""
         return self._indices._entries
 
-    def use_guard(self, guard: Any) -> None:
+    def use_guard(self, guard: Guard) -> None:
         """Check handshake messages with `guard` from now on (the C twin of HandshakeGuard,
         built with the current guard's parameters; its buckets and load start afresh)."""
         self.guard = guard
@@ -332,20 +224,6 @@ class Device:
         for verdict, n in enumerate(counts):
             if n:
                 self._count_verdict(verdict, n)
-
-    def _count_verdict(self, verdict: int, n: int = 1) -> None:
-        c = self.counters
-        if verdict == NO_KEY:
-            c.no_private_key += n
-        elif verdict == RATE_LIMITED:
-            c.rate_limited += n
-        elif verdict == COOKIE:
-            c.bad_mac2 += n
-            c.cookie_replies_sent += n
-        elif verdict == COOKIE_LIMITED:
-            c.bad_mac2 += n
-        elif verdict != PASS and verdict < len(VERDICTS):
-            c.bad_mac1 += n
 
     def _precompute(self, peer: Peer) -> None:
         raw = peer.public_key.raw
@@ -625,14 +503,11 @@ class Device:
         first = batch.reserve(len(packets))
         if first is None:
             return []
-        actions: list[Action] = []
-        total = 0
-        keepalives = 0
-        for i, p in enumerate(packets):
-            data = seal_transport(batch.cipher, batch.receiver_index, first + i, p)
-            total += len(data)
-            keepalives += not p
-            actions.append(SendDatagram(data, batch.endpoint))
+        sealed = seal_batch(batch.cipher.aead, batch.receiver_index, first, packets)
+        ep = batch.endpoint
+        actions: list[Action] = [SendDatagram(data, ep) for data in sealed]
+        total = sum(len(data) for data in sealed)
+        keepalives = sum(not p for p in packets)
         actions += self.note_sent(now, peer, len(packets), total, n_keepalive=keepalives)
         return actions
 
@@ -642,103 +517,6 @@ class Device:
         if self._wall_offset is None:
             return now
         return now + self._wall_offset
-
-    # -- handshakes -------------------------------------------------------------------------
-    def _initiate(self, now: float, wall: float, peer: Peer, retry: bool) -> list[Action]:
-        """Send a handshake initiation to peer, at most one per REKEY_TIMEOUT (paper 6.1)."""
-        if not retry:
-            if now - peer.last_initiation_sent < REKEY_TIMEOUT:
-                return []
-            peer.timers.handshake_attempts = 0
-        key = self._private_key
-        if key is None:
-            self.counters.no_private_key += 1
-            return []
-        if peer.endpoint is None:
-            self.counters.no_endpoint += 1
-            return []
-        if peer.static_static is None:
-            return []
-        endpoint = peer.endpoint
-        self._forget_handshake(peer)
-        ephemeral = X25519PrivateKey.generate(self.rng.bytes(32))
-        timestamp = tai64n(wall)
-        if timestamp <= peer.last_sent_timestamp:
-            # TAI64N must increase for the responder to accept it (paper 5.1).
-            secs, nanos = struct.unpack(">QI", peer.last_sent_timestamp)
-            nanos += 1 << 24
-            if nanos >= 1_000_000_000:
-                secs, nanos = secs + 1, 0
-            timestamp = struct.pack(">QI", secs, nanos)
-        peer.last_sent_timestamp = timestamp
-        try:
-            body, state = noise.create_initiation(
-                key, peer.public_key.raw, ephemeral, timestamp, static_static=peer.static_static
-            )
-        except CryptoError:
-            return []
-        index = self._indices.new_index(peer)
-        peer.handshake_state = HandshakeState.INITIATION_SENT
-        peer.handshake_index = index
-        peer.initiator_state = state
-        peer.last_initiation_sent = now
-        msg = wire.Initiation(
-            index, body.ephemeral, body.encrypted_static, body.encrypted_payload
-        ).encode()
-        assert peer.cookie is not None
-        msg = peer.cookie.add_macs(now, msg, wire.INITIATION_MAC1_OFFSET)
-        t = peer.timers
-        t.handshake_initiated(now, self.rng.uniform(0.0, REKEY_TIMEOUT_JITTER_MAX))
-        t.traversal(now, peer.persistent_keepalive)
-        t.any_authenticated_sent()
-        self.counters.initiations_sent += 1
-        return [SendDatagram(msg, endpoint)]
-
-    def _forget_handshake(self, peer: Peer) -> None:
-        if peer.handshake_index and self._indices.get(peer.handshake_index) is peer:
-            self._indices.remove(peer.handshake_index)
-        peer.handshake_index = 0
-        peer.handshake_state = HandshakeState.NONE
-        peer.initiator_state = None
-
-    def _new_keypair(
-        self,
-        now: float,
-        wall: float,
-        peer: Peer,
-        session: noise.Session,
-        initiator: bool,
-        local_index: int,
-        remote_index: int,
-    ) -> Keypair:
-        send, recv = session.transport_keys(initiator)
-        kp = Keypair(
-            send=TransportCipher(send),
-            receive=TransportCipher(recv),
-            local_index=local_index,
-            remote_index=remote_index,
-            initiator=initiator,
-            created=now,
-            peer=peer,
-            created_wall=wall,
-        )
-        self._indices.replace(local_index, kp)
-        return kp
-
-    def _drop_keypair(self, kp: Keypair) -> None:
-        if self._indices.get(kp.local_index) is kp:
-            self._indices.remove(kp.local_index)
-
-    def _handshake_complete(self, peer: Peer, kp: Keypair) -> None:
-        peer.timers.handshake_complete()
-        peer.last_handshake_wall = kp.created_wall
-        self.counters.handshakes_completed += 1
-
-    def _clear_session_state(self, peer: Peer) -> None:
-        self._forget_handshake(peer)
-        for kp in peer.keypairs.all():
-            self._drop_keypair(kp)
-        peer.keypairs = Keypairs()
 
     # -- slow path: receiving -----------------------------------------------------------------
     def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Action]:
@@ -773,181 +551,29 @@ class Device:
         self.counters.bad_type += 1
         return []
 
-    def _handshake_precheck(self, now: float, data: bytes, src: Endpoint) -> list[Action] | None:
-        """The guard's checks (cookie.HandshakeGuard: per-source bucket under load, mac1,
-        then under load mac2 / cookie reply and the DH bucket). None means go on; a list is
-        the final answer."""
-        if self._private_key is None:
-            self.counters.no_private_key += 1
-            return []
-        key, binding = source_keys(src)
-        verdict, reply = self.guard.precheck(now, data, key, binding)
-        if verdict == PASS:
-            return None
-        self._count_verdict(verdict)
-        if reply is not None:
-            return [SendDatagram(reply, src)]
-        return []
-
-    def _receive_initiation(
-        self, now: float, wall: float, data: bytes, src: Endpoint
-    ) -> list[Action]:
-        early = self._handshake_precheck(now, data, src)
-        if early is not None:
-            return early
-        msg = wire.Initiation.decode(data)
-        key = self._private_key
-        assert key is not None
-        body = noise.InitiationBody(msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp)
-        try:
-            state = noise.consume_initiation(key, body, static_static_for=self._static_static_map)
-        except CryptoError:
-            self.counters.bad_handshake += 1
-            return []
-        peer = self._peers.get(state.remote_static)
-        if peer is None:
-            self.counters.unknown_peer += 1
-            return []
-        if len(state.payload) != TAI64N_LEN or state.payload <= peer.greatest_timestamp:
-            self.counters.handshake_replay += 1
-            return []
-        if now - peer.last_initiation_consumed < _INITIATION_INTERVAL:
-            self.counters.handshake_flood += 1
-            return []
-        self.counters.initiations_received += 1
-        peer.greatest_timestamp = state.payload
-        peer.last_initiation_consumed = now
-        # Respond: <- e, ee, se, psk, {}
-        ephemeral = X25519PrivateKey.generate(self.rng.bytes(32))
-        try:
-            rbody, session = noise.create_response(state, ephemeral, peer.preshared_key)
-        except CryptoError:
-            self.counters.bad_handshake += 1
-            return []
-        self._forget_handshake(peer)
-        index = self._indices.new_index(peer)
-        kp = self._new_keypair(now, wall, peer, session, False, index, msg.sender)
-        kps = peer.keypairs
-        if kps.next is not None:
-            self._drop_keypair(kps.next)
-        if kps.previous is not None:
-            self._drop_keypair(kps.previous)
-        kps.next = kp
-        kps.previous = None
-        peer.endpoint = src
-        resp = wire.Response(index, msg.sender, rbody.ephemeral, rbody.encrypted_payload).encode()
-        assert peer.cookie is not None
-        resp = peer.cookie.add_macs(now, resp, wire.RESPONSE_MAC1_OFFSET)
-        t = peer.timers
-        t.any_authenticated_received()
-        t.traversal(now, peer.persistent_keepalive)
-        t.session_derived(now)
-        t.any_authenticated_sent()
-        self.counters.responses_sent += 1
-        return [SendDatagram(resp, src)]
-
-    def _receive_response(
-        self, now: float, wall: float, data: bytes, src: Endpoint
-    ) -> list[Action]:
-        early = self._handshake_precheck(now, data, src)
-        if early is not None:
-            return early
-        msg = wire.Response.decode(data)
-        peer = self._indices.get(msg.receiver)
-        if (
-            not isinstance(peer, Peer)
-            or peer.handshake_state is not HandshakeState.INITIATION_SENT
-            or peer.handshake_index != msg.receiver
-            or peer.initiator_state is None
-        ):
-            self.counters.stale_response += 1
-            return []
-        key = self._private_key
-        assert key is not None
-        try:
-            session = noise.consume_response(
-                peer.initiator_state,
-                key,
-                noise.ResponseBody(msg.ephemeral, msg.encrypted_empty),
-                peer.preshared_key,
-            )
-        except CryptoError:
-            self.counters.bad_handshake += 1
-            return []
-        index = peer.handshake_index
-        peer.handshake_state = HandshakeState.NONE
-        peer.initiator_state = None
-        peer.handshake_index = 0
-        kp = self._new_keypair(now, wall, peer, session, True, index, msg.sender)
-        kps = peer.keypairs
-        if kps.next is not None:
-            if kps.current is not None:
-                self._drop_keypair(kps.current)
-            if kps.previous is not None:
-                self._drop_keypair(kps.previous)
-            kps.previous = kps.next
-            kps.next = None
-        else:
-            if kps.previous is not None:
-                self._drop_keypair(kps.previous)
-            kps.previous = kps.current
-        kps.current = kp
-        peer.endpoint = src
-        t = peer.timers
-        t.any_authenticated_received()
-        t.traversal(now, peer.persistent_keepalive)
-        t.session_derived(now)
-        self._handshake_complete(peer, kp)
-        actions: list[Action] = [HandshakeCompleted(peer.public_key)]
-        # Confirm the session to the responder: queued packets, or else a keepalive.
-        if peer.staged:
-            actions += self._send_staged(now, peer)
-        else:
-            actions += self._keepalive(now, peer)
-        return actions
-
-    def _receive_cookie_reply(self, now: float, data: bytes, src: Endpoint) -> list[Action]:
-        if not self.guard.cookie_reply(now, data, source_keys(src)[0]):
-            self.counters.rate_limited += 1
-            return []
-        msg = wire.CookieReply.decode(data)
-        entry = self._indices.get(msg.receiver)
-        peer = entry.peer if isinstance(entry, Keypair) else entry
-        if peer is None or peer.cookie is None or not peer.cookie.consume_reply(now, msg):
-            self.counters.bad_cookie_reply += 1
-            return []
-        self.counters.cookies_received += 1
-        return []
-
     def _receive_transport(self, now: float, data: bytes, src: Endpoint) -> list[Action]:
-        _, receiver, counter = _HEADER.unpack_from(data)
+        _, receiver, counter = HEADER.unpack_from(data)
         kp = self.keypair_for_receive(receiver, now)
         if kp is None:
             self.counters.unknown_index += 1
             return []
         if not kp.replay.check(counter):
+            # accept_batch would say replay too; checking first saves the AEAD
             self.counters.replay += 1
             return []
-        plaintext = kp.receive.open_or_none(counter, data[wire.TRANSPORT_HEADER_SIZE :])
-        if plaintext is None:
-            self.counters.bad_auth += 1
+        opened = open_result(
+            counter, kp.receive.open_or_none(counter, data[wire.TRANSPORT_HEADER_SIZE :]),
+            len(data))
+        tun: list[bytes] = []
+        drops = dict.fromkeys(DROP_REASONS, 0)
+        n, nbytes, keep = accept_batch(kp, (opened,), self.source_allowed, {}, tun, drops)
+        for reason, k in drops.items():
+            if k:
+                self.note_dropped(reason, k)
+        if not n:
             return []
-        if not kp.replay.accept(counter):
-            self.counters.replay += 1
-            return []
-        peer = kp.peer
-        actions: list[Action] = []
-        if not plaintext:
-            actions += self.note_received(now, kp, 1, len(data), src, n_keepalive=1)
-            return actions
-        inner = inner_packet(plaintext)
-        if inner is None:
-            self.counters.bad_inner += 1
-        elif not self.source_allowed(peer, inner[1]):
-            self.counters.bad_source += 1
-        else:
-            actions.append(WriteTun(inner[0]))
-        actions += self.note_received(now, kp, 1, len(data), src)
+        actions: list[Action] = [WriteTun(p) for p in tun]
+        actions += self.note_received(now, kp, n, nbytes, src, n_keepalive=keep)
         return actions
 
     # -- timers -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from meshguard.wireguard.constants import (
 )
 
 if TYPE_CHECKING:
-    from meshguard.wireguard.device import Peer
+    from meshguard.wireguard.peer import Peer
 
 _BLOCK_SHIFT = REPLAY_BLOCK_BITS.bit_length() - 1  # 6
 _BLOCK_MASK = REPLAY_RING_BLOCKS - 1
@@ -90,6 +90,8 @@ class Keypair:
     created: float
     peer: Peer
     created_wall: float = 0.0
+    # the initiator re-keys a session this old (the Device's option; REKEY_AFTER_TIME)
+    rekey_after_time: float = REKEY_AFTER_TIME
     send_counter: int = 0
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     # Set when this keypair has been used to receive at least once.
@@ -111,10 +113,10 @@ class Keypair:
         return now - self.created >= REJECT_AFTER_TIME
 
     def wants_rekey(self, now: float) -> bool:
-        """Paper 6.2: re-key after REKEY_AFTER_MESSAGES, or after REKEY_AFTER_TIME if we
+        """Paper 6.2: re-key after REKEY_AFTER_MESSAGES, or after rekey_after_time if we
         initiated this session."""
         return self.send_counter >= REKEY_AFTER_MESSAGES or (
-            self.initiator and now - self.created >= REKEY_AFTER_TIME
+            self.initiator and now - self.created >= self.rekey_after_time
         )
 
     def __repr__(self) -> str:
