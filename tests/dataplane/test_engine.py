@@ -11,8 +11,8 @@ import socket
 
 import pytest
 
-from meshguard.dataplane.engine import seal_batch
 from meshguard.wireguard.device import seal_transport
+from meshguard.wireguard.transport import seal_batch
 
 from .helpers import A_IN, B_IN, DEADLINE, World, ipv4_udp, run, until
 

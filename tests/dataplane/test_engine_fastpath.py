@@ -15,7 +15,7 @@ import pytest
 
 from meshguard.dataplane import engine as engine_mod
 from meshguard.dataplane import fastpath
-from meshguard.dataplane.engine import seal_batch
+from meshguard.wireguard.transport import seal_batch
 
 from .helpers import A_IN, B_IN, World, ipv4_udp, until
 
@@ -88,7 +88,7 @@ def test_receive_verdicts_match_the_slow_path(impl: Any) -> None:
         tail = seal_batch(aead, rcv, 2006, [b""])[0]
         train = b"".join([*msgs[:3], bytes(stranger), *msgs[3:], tail])
         unknown0 = c.unknown_index
-        rx = engine_mod._Receive(w.eb)
+        rx = w.eb._receive_batch()
         rx.feed(memoryview(train), len(msgs[0]), src)
         rx.finish()
         await until(lambda: len(w.tb.received) == 8, "the train")

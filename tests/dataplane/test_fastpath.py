@@ -16,7 +16,6 @@ import pytest
 from meshguard.crypto.aead import TransportCipher
 from meshguard.dataplane import fastpath, offload
 from meshguard.dataplane.cipher_cache import CipherCache
-from meshguard.dataplane.engine import seal_batch
 from meshguard.dataplane.offload import TCP_ACK, TCP_CWR, TCP_FIN, TCP_PSH, TCP_SYN
 from meshguard.dataplane.vnet import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -24,6 +23,7 @@ from meshguard.dataplane.vnet import (
     ZERO_HDR,
     VirtioNetHdr,
 )
+from meshguard.wireguard.transport import seal_batch
 
 from .helpers import (
     A_IN,

@@ -49,7 +49,7 @@ class UserspaceRunner:
         cfg = self.cfg
         device = Device(rng, wg_private)
         device.listen_port = cfg.port
-        engine = Engine(device, -1, self.clock, on_actions=self._on_actions)
+        engine = Engine(device, -1, self.clock, on_actions=self._engine_actions)
         try:
             engine.bind(cfg.port)
         except OSError as exc:
@@ -90,8 +90,8 @@ class UserspaceRunner:
         engine = self.engine
         assert engine is not None
         # the engine is annotated with Device but drives this wrapper (replaced by typed ports)
-        engine.device = EngineDevice(node, self.device,  # type: ignore[assignment]
-                                     wireguard_only=self.cfg.split)
+        wrapper = EngineDevice(node, self.device, wireguard_only=self.cfg.split)
+        engine.fast = engine.slow = wrapper
         if self.cfg.split:
             route_engine_sends(engine, self._send_gossip)
         engine.start(loop)
@@ -100,6 +100,11 @@ class UserspaceRunner:
             gossip.node = node
             loop.add_reader(gossip.fileno(), gossip.readable)
             stack.callback(loop.remove_reader, gossip.fileno())
+
+    def _engine_actions(self, actions: list[object]) -> None:
+        # the engine passes on what its ports returned: the node's actions (and the Device's,
+        # a part of them)
+        self._on_actions([a for a in actions if isinstance(a, Action)])
 
     def _send_gossip(self, grams: list[SendDatagram]) -> None:
         if self.gossip is not None:

@@ -12,10 +12,10 @@ can only meet the device's index table, which no longer knows it.
 from __future__ import annotations
 
 import weakref
-from typing import Any
 
 from meshguard.crypto.aead import TransportCipher
 from meshguard.dataplane import fastpath
+from meshguard.dataplane.fastpath import FastCipher
 
 
 class CipherCache:
@@ -24,9 +24,10 @@ class CipherCache:
     __slots__ = ("_map",)
 
     def __init__(self) -> None:
-        self._map: weakref.WeakKeyDictionary[TransportCipher, Any] = weakref.WeakKeyDictionary()
+        self._map: weakref.WeakKeyDictionary[TransportCipher, FastCipher] = (
+            weakref.WeakKeyDictionary())
 
-    def get(self, tc: TransportCipher) -> Any:
+    def get(self, tc: TransportCipher) -> FastCipher:
         c = self._map.get(tc)
         if c is None:
             c = self._map[tc] = fastpath.Cipher(tc.key)

@@ -29,14 +29,24 @@ one falls back on its own when the kernel refuses it):
 The fast path module is the C extension when built (`fastpath.IMPLEMENTATION`), else its pure
 Python twin (MESHGUARD_PURE_PYTHON=1 forces it); ciphers are keyed once per keypair.
 
-Transport data takes the Device's fast path (route and keypair once per peer and batch, replay
-/AEAD/source checks per packet, bookkeeping once per keypair and batch); handshakes, cookies,
-timers, packets for peers without a session and everything else go through the sans-IO slow
-path (`receive_datagram`, `send_packet`, `tick`), whose actions the engine executes. The replay
-window stays in Python (wireguard/keypair.py): results of a batched open are accepted in order,
-with the verdicts of the per-packet path (see fastpath.py). The engine owns no protocol policy.
-Socket errors are counted and never raised into the loop; a bug below is logged and counted
-(`internal_errors`).
+The engine works through three ports (dataplane/ports.py): transport data takes the fast-path
+port (route and keypair once per peer and batch, bookkeeping once per keypair and batch);
+handshakes, cookies, timers, packets for peers without a session and everything else go through
+the slow-path port (`receive_datagram`, `send_packet`, `tick`), whose actions the engine
+executes; the send router, when given, takes the datagrams that leave from another socket. What
+a received transport message must pass (replay window, source address, keepalives, the drop
+reasons) is wireguard/transport.py's accept_batch, the same function the Device's slow path
+uses: the engine decides no protocol question itself, it only batches. Socket errors are counted
+and never raised into the loop; a bug below is logged and counted (`internal_errors`).
+
+The walk of one datagram from the UDP socket to the TUN (each layer once, docs/architecture.md):
+  - transport: socket -> Engine (ReceiveBatch: its type and receiver index pick the fast path)
+    -> FastPathPort (keypair) -> fastpath.open_batch -> transport.accept_batch -> TUN write,
+    then note_received once per keypair and batch;
+  - anything else: socket -> Engine (not a transport message) -> SlowPathPort.receive_datagram
+    (the Device, or the MeshNode, whose demultiplexer classifies it once and hands a handshake
+    to its Device or gossip to SWIM) -> actions back to the Engine, which sends the datagrams
+    (through the SendRouter when there is one) and passes the rest to its owner.
 
 Reading the UDP socket: with the C fast path one recvmmsg takes up to `batch` datagrams (up to
 4 per wake-up while the socket stays full), and the Device's handshake guard (its C twin,
@@ -51,7 +61,8 @@ HandshakeGuard), with the same verdicts and counters.
 
 Seams (also used by tests and the mesh daemon): `tun_packets_in(packets)` (plain IP packets
 from the TUN), `datagrams_in(grams)`, `send_datagrams(grams)` (slow-path sends: handshakes,
-keepalives, gossip), `write_tun(packets)` (plain IP packets, coalesced when offloading).
+keepalives, gossip; through the router), `write_tun(packets)` (plain IP packets, coalesced when
+offloading). The clock is injected: the engine reads no other.
 """
 
 from __future__ import annotations
@@ -63,201 +74,95 @@ import logging
 import os
 import socket
 import struct
-import sys
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 from meshguard.clock import Clock, SystemClock
 from meshguard.dataplane import fastpath
 from meshguard.dataplane.cipher_cache import CipherCache
 from meshguard.dataplane.offload import split_tun_read
+from meshguard.dataplane.ports import Datagram, FastPathPort, SendRouter, SlowPathPort
+from meshguard.dataplane.receive import ReceiveBatch
+from meshguard.dataplane.udp_io import (
+    GRO_BUFFER,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    EngineStats,
+    Sealed,
+    UdpSender,
+    endpoint_of_sockaddr,
+    make_udp_socket,
+    offload_default,
+    set_fwmark,
+)
 from meshguard.dataplane.vnet import VNET_HDR_LEN, ZERO_HDR, TunOffloadError, enable_offloads
+from meshguard.sansio import Endpoint, unmap_host
 from meshguard.wireguard.actions import SendDatagram, WriteTun
-from meshguard.wireguard.device import Device
+from meshguard.wireguard.cookie import HandshakeGuard as PyHandshakeGuard
+from meshguard.wireguard.peer import Peer
 
 log = logging.getLogger(__name__)
-
-Endpoint = tuple[str, int]
-Datagram = tuple[bytes, Endpoint]
 
 DEFAULT_BATCH = 64  # packets drained per wake-up (64 measured best: docs/performance.md#batching)
 TUN_READ_SIZE = 65535
 QUIET_GAP = 0.001  # s since an fd's previous wake-up after which it reads one packet only
 UDP_READ_SIZE = 65535
-SOCKET_BUFFER = 4 * 1024 * 1024
-SO_SNDBUFFORCE = 32  # not named in Python 3.11's socket module
-SO_RCVBUFFORCE = 33
-SO_MARK = 36
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-GSO_MAX_SEGMENTS = 64  # the kernel's per-send limit (UDP_MAX_SEGMENTS; 128 on newer kernels)
-GSO_MAX_BYTES = 65000  # payload bytes per GSO send, below the 64 KB IP limit for v4 and v6
-GRO_BUFFER = 65536 + 4096
 _GRO_ANC = socket.CMSG_SPACE(4)
 _U16N = struct.Struct("=H")
 _I32N = struct.Struct("=i")
-_monotonic = time.monotonic
 _MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: IntFlag arithmetic is slow per packet
-_GSO_OFF = frozenset({errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
-
-_TRANSPORT_HEADER = struct.Struct("<IIQ")
-_NONCE = struct.Struct("<4xQ")
-_TRANSPORT_TYPE = b"\x04\x00\x00\x00"
-_TRANSPORT_MIN = 32  # header + tag (a keepalive)
-_ZEROS = bytes(16)
+_EP_CACHE_MAX = 4096
 # read errors meaning the TUN interface no longer exists (EBADFD after `ip link del`)
 _TUN_GONE = frozenset({errno.EBADFD, errno.EBADF, errno.ENXIO, errno.ENODEV})
 _recv_batch = fastpath.recv_batch
 _CGuard = fastpath.HandshakeGuard
-_NATIVE = sys.byteorder
 RECV_ROUNDS = 4  # recvmmsg calls per wake-up while each one comes back full
 
 
-def seal_batch(aead: Any, receiver: int, first: int, packets: list[bytes]) -> list[bytes]:
-    """Transport messages for consecutive counters first, first+1, ... (padding to 16)."""
-    out: list[bytes] = []
-    pack_hdr = _TRANSPORT_HEADER.pack
-    pack_nonce = _NONCE.pack
-    enc = aead.encrypt
-    zeros = _ZEROS
-    counter = first
-    for pkt in packets:
-        pad = -len(pkt) & 15
-        if pad:
-            pkt = pkt + zeros[:pad]
-        out.append(pack_hdr(4, receiver, counter) + enc(pack_nonce(counter), pkt, None))
-        counter += 1
-    return out
-
-
-@dataclass
-class EngineStats:
-    udp_rx: int = 0
-    udp_tx: int = 0
-    tun_rx: int = 0
-    tun_tx: int = 0
-    udp_rx_batches: int = 0
-    tun_rx_batches: int = 0
-    udp_send_errors: int = 0
-    udp_send_refused: int = 0
-    udp_send_would_block: int = 0
-    udp_recv_errors: int = 0
-    tun_write_errors: int = 0
-    tun_read_errors: int = 0
-    timer_runs: int = 0
-    internal_errors: int = 0
-    tun_bad_reads: int = 0  # malformed reads from a vnet-hdr TUN (dropped)
-    tun_gso_reads: int = 0  # reads that carried more than one packet
-    tun_gso_writes: int = 0  # coalesced super-packets written
-    udp_gso_sends: int = 0  # sendmsg calls carrying more than one datagram
-    udp_gro_reads: int = 0  # receives that carried more than one datagram
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-def _unmap(host: str) -> str:
-    """`::ffff:1.2.3.4` (an IPv4 peer seen on the dual-stack socket) -> `1.2.3.4`."""
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:]
-    return host
-
-
-def endpoint_of_sockaddr(raw: bytes) -> Endpoint:
-    """(host, port) of a raw struct sockaddr_in / sockaddr_in6 (what recv_batch returns), as
-    the socket module reports it (IPv4-mapped addresses unmapped, `%zone` on scoped ones)."""
-    fam = int.from_bytes(raw[0:2], _NATIVE)
-    port = int.from_bytes(raw[2:4], "big")
-    if fam == socket.AF_INET6 and len(raw) >= 24:
-        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        scope = int.from_bytes(raw[24:28], _NATIVE) if len(raw) >= 28 else 0
-        if scope:
-            try:
-                host += "%" + socket.if_indextoname(scope)
-            except OSError:
-                host += f"%{scope}"
-        return (_unmap(host), port)
-    if fam == socket.AF_INET and len(raw) >= 8:
-        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
-    raise ValueError(f"unexpected address family {fam}")
-
-
-def make_udp_socket(port: int, fwmark: int = 0) -> socket.socket:
-    """A non-blocking dual-stack UDP socket bound to `port` (0 = any); IPv4-only fallback."""
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
-        except BaseException:
-            sock.close()
-            raise
-    except OSError as exc:
-        if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-            raise
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except BaseException:
-            sock.close()
-            raise
-    sock.setblocking(False)
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-    if fwmark:
-        set_fwmark(sock, fwmark)
-    return sock
-
-
-def set_fwmark(sock: socket.socket, mark: int) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
-
-
-def offload_default(env: dict[str, str] | None = None) -> bool:
-    """Offloads are on unless MESHGUARD_NO_OFFLOAD is set to something other than 0."""
-    e = os.environ if env is None else env
-    return e.get("MESHGUARD_NO_OFFLOAD", "") in ("", "0")
-
-
 class Engine:
+    """The data path of one UDP socket and one TUN fd (see the module docstring).
+
+    `fast` is the fast-path port; `slow` the slow-path port, by default `fast` itself (a
+    standalone Device is both); `router` sends what does not leave from the engine's socket.
+    """
+
     def __init__(
         self,
-        device: Device,
+        fast: FastPathPort,
         tun_fd: int,
         clock: Clock | None = None,
         batch: int = DEFAULT_BATCH,
-        on_actions: Callable[[list[Any]], None] | None = None,
+        on_actions: Callable[[list[object]], None] | None = None,
         on_tun_gone: Callable[[OSError], None] | None = None,
         offload: bool | None = None,
+        *,
+        slow: SlowPathPort | None = None,
+        router: SendRouter | None = None,
     ) -> None:
-        self.device = device
+        if slow is None:
+            if not isinstance(fast, SlowPathPort):
+                raise TypeError("Engine: give a slow-path port (fast is not one)")
+            slow = fast
+        self.fast = fast
+        self.slow: SlowPathPort = slow
+        self.router = router
         self.tun_fd = tun_fd
         self.clock: Clock = clock or SystemClock()
         self.batch = batch
         self.stats = EngineStats()
-        self.sock: socket.socket | None = None
+        self.udp = UdpSender(self.stats)
         self.port = 0
         self.fwmark = 0
         self.offload = offload_default() if offload is None else offload
         self.vnet = False  # the TUN fd carries virtio-net headers (set up in start())
         self.tun_offloads = 0  # TUN_F_* bits the kernel accepted
         self.tun_tso = False  # coalesce TCP segments into GSO writes
-        self.gso = False
         self.gro = False
-        self._family = socket.AF_INET6
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._addr_cache: dict[Endpoint, tuple[Any, ...]] = {}
-        self._ep_cache: dict[tuple[Any, ...], Endpoint] = {}  # sockaddr -> Endpoint
+        # socket address as recvmsg reports it (a tuple) or raw (recv_batch: bytes) -> Endpoint
+        self._ep_cache: dict[object, Endpoint] = {}
         self._ciphers = CipherCache()  # entries die with their keypair (ZERO_KEYS)
         self._rbuf = bytearray(GRO_BUFFER)
         self._rmv = memoryview(self._rbuf)
@@ -276,6 +181,16 @@ class Engine:
 
     # --- sockets ---------------------------------------------------------------------------
 
+    @property
+    def sock(self) -> socket.socket | None:
+        """The engine's UDP socket (None before bind/start and after close)."""
+        return self.udp.sock
+
+    @property
+    def gso(self) -> bool:
+        """UDP GSO is in use on the socket (switched off for good if the kernel refuses)."""
+        return self.udp.gso
+
     def bind(self, port: int) -> int:
         """(Re)bind the UDP socket; returns the bound port. Raises OSError (EADDRINUSE) and
         keeps the old socket when the new one cannot be bound."""
@@ -285,15 +200,12 @@ class Engine:
         old = self.sock
         if old is not None and self._loop is not None:
             self._loop.remove_reader(old.fileno())
-        self.sock = new
-        self._family = new.family
         self.port = int(new.getsockname()[1])
-        self._addr_cache.clear()
-        self.gso = self.gro = False
+        gso = self.gro = False
         if self.offload:
             try:
                 new.getsockopt(SOL_UDP, UDP_SEGMENT)
-                self.gso = True
+                gso = True
             except OSError:
                 pass
             try:
@@ -301,6 +213,7 @@ class Engine:
                 self.gro = True
             except OSError:
                 pass
+        self.udp.attach(new, gso)
         if self._loop is not None:
             self._loop.add_reader(new.fileno(), self._udp_readable)
         if old is not None:
@@ -354,7 +267,7 @@ class Engine:
             self._timer = None
         if self.sock is not None:
             self.sock.close()
-            self.sock = None
+            self.udp.attach(None)
         self._loop = None
         self._ciphers.clear()
 
@@ -364,17 +277,19 @@ class Engine:
         path, with MESHGUARD_RECVMMSG=0, or for a device without a guard."""
         if not self.c_recv or _CGuard is None:
             return
-        dev = self.device
-        guard = getattr(dev, "guard", None)
-        if guard is None or isinstance(guard, _CGuard) or not hasattr(guard, "params"):
-            return
-        dev.use_guard(_CGuard(**guard.params()))
+        guard = self.fast.guard
+        if isinstance(guard, PyHandshakeGuard):
+            p = guard.params()
+            self.fast.use_guard(_CGuard(
+                int(p["threshold"]), p["hold"], p["source_rate"], p["source_burst"],
+                p["net_rate"], p["net_burst"], p["dh_rate"], p["dh_burst"], p["cookie_rate"],
+                p["cookie_burst"], p["reply_rate"], p["reply_burst"], int(p["max_sources"])))
 
     def describe_offloads(self) -> str:
         parts = [f"fastpath={fastpath.IMPLEMENTATION}"]
         parts.append(f"tun={'vnet' if self.vnet else 'plain'}/{self.tun_offloads:#x}")
         parts.append(f"gso={'on' if self.gso else 'off'} gro={'on' if self.gro else 'off'}")
-        guarded = type(getattr(self.device, "guard", None)) is _CGuard
+        guarded = _CGuard is not None and type(self.fast.guard) is _CGuard
         parts.append("udp=recvmmsg" + ("+guard" if guarded else "") if self.c_recv
                      else "udp=recvmsg")
         return " ".join(parts)
@@ -391,7 +306,7 @@ class Engine:
         loop = self._loop
         if loop is None:
             return
-        deadline = self.device.next_deadline()
+        deadline = self.slow.next_deadline()
         if deadline is None:
             return
         if self._timer is not None and self._timer_at is not None:
@@ -408,7 +323,7 @@ class Engine:
         self.stats.timer_runs += 1
         c = self.clock
         try:
-            actions = self.device.tick(c.monotonic(), c.wall())
+            actions = self.slow.tick(c.monotonic(), c.wall())
             if actions:
                 self.execute(actions)
         except Exception:
@@ -421,9 +336,10 @@ class Engine:
         self.stats.internal_errors += 1
         log.exception("engine: internal error in %s path", where)
 
-    def _cipher(self, tc: Any) -> Any:
-        """The fast-path cipher for a keypair's TransportCipher, keyed once."""
-        return self._ciphers.get(tc)
+    def _receive_batch(self) -> ReceiveBatch:
+        c = self.clock
+        return ReceiveBatch(self.fast, self.slow, self._ciphers, self.write_tun, self.execute,
+                            c.monotonic(), c.wall())
 
     # --- TUN -> UDP -------------------------------------------------------------------------
 
@@ -432,7 +348,7 @@ class Engine:
         after a quiet gap (sparse traffic, lazy_drain), else a whole batch."""
         if not self.lazy_drain:
             return self.batch, last
-        now = _monotonic()
+        now = self.clock.monotonic()
         return (1 if now - last > QUIET_GAP else self.batch), now
 
     def _tun_readable(self) -> None:
@@ -483,12 +399,12 @@ class Engine:
         split-and-seal call. Reads for a peer without a usable session go to the slow path,
         which queues their packets and starts a handshake.
         """
-        dev = self.device
+        fast = self.fast
         c = self.clock
         now, wall = c.monotonic(), c.wall()
-        groups: dict[Any, list[bytes]] = {}
+        groups: dict[Peer, list[bytes]] = {}
         rest: list[bytes] = []
-        route = dev.route
+        route = fast.route
         no_route = 0
         off = VNET_HDR_LEN if vnet else 0
         for r in reads:
@@ -515,10 +431,11 @@ class Engine:
             else:
                 group.append(r)
         if no_route:
-            dev.note_dropped("no_route", no_route)
-        out: list[tuple[bytes, int, int, Endpoint]] = []
-        actions: list[Any] = []
-        prepare = dev.prepare_send_peer
+            fast.note_dropped("no_route", no_route)
+        out: list[Sealed] = []
+        actions: list[object] = []
+        prepare = fast.prepare_send_peer
+        ciphers = self._ciphers
         count = fastpath.segment_count
         seal = fastpath.seal_segments
         st = self.stats
@@ -527,7 +444,7 @@ class Engine:
             if b is None:
                 rest.extend(rs)
                 continue
-            cipher = self._cipher(b.cipher)
+            cipher = ciphers.get(b.cipher)
             receiver = b.receiver_index
             reserve = b.reserve
             ep = b.endpoint
@@ -549,11 +466,11 @@ class Engine:
                 if k > 1:
                     st.tun_gso_reads += 1
             if n_pk:
-                actions += dev.note_sent(now, peer, n_pk, n_bytes, wall=wall)
+                actions += fast.note_sent(now, peer, n_pk, n_bytes, wall=wall)
         if out:
-            self._send_sealed(out)
+            self.udp.send_sealed(out)
         if rest:
-            send_packet = dev.send_packet
+            send_packet = self.slow.send_packet
             for r in rest:
                 if vnet:
                     try:
@@ -568,106 +485,17 @@ class Engine:
         if actions:
             self.execute(actions)
 
-    def _send_sealed(self, out: list[tuple[bytes, int, int, Endpoint]]) -> None:
-        """Send sealed messages: (buffer of `count` messages, each `seg` bytes but the last,
-        endpoint). Consecutive buffers to one endpoint whose messages all have one size share
-        a GSO send; larger buffers are cut into GSO-sized chunks."""
-        sock = self.sock
-        if sock is None:
-            return
-        run: list[Any] = []
-        run_ep: Endpoint | None = None
-        run_seg = run_n = run_bytes = 0
-        run_open = False
-        gso = self.gso
-        for data, seg, k, ep in out:
-            size = len(data)
-            per = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg) if gso else 1
-            if (
-                run_open
-                and ep == run_ep
-                and seg == run_seg
-                and run_n + k <= per
-                and run_bytes + size <= GSO_MAX_BYTES
-            ):
-                run.append(data)
-                run_n += k
-                run_bytes += size
-                run_open = size == k * seg
-                continue
-            if run:
-                self._send_run(run, run_seg, run_n, run_ep)  # type: ignore[arg-type]
-                run = []
-            if k <= per:
-                run = [data]
-                run_ep, run_seg, run_n, run_bytes = ep, seg, k, size
-                run_open = size == k * seg
-                continue
-            mv = memoryview(data)
-            step = per * seg
-            for i in range(0, size, step):
-                chunk = mv[i : i + step]
-                self._send_run([chunk], seg, -(-len(chunk) // seg), ep)
-        if run:
-            self._send_run(run, run_seg, run_n, run_ep)  # type: ignore[arg-type]
-        # gso may have been switched off by a failed send; stays off for this socket
-
-    def _send_run(self, bufs: list[Any], seg: int, n: int, ep: Endpoint) -> None:
-        sock = self.sock
-        st = self.stats
-        if sock is None:
-            return
-        try:
-            addr = self._sockaddr(ep)
-        except (OSError, ValueError):
-            st.udp_send_errors += n
-            return
-        try:
-            if n == 1:
-                sock.sendto(bufs[0], addr)
-            else:
-                sock.sendmsg(bufs, [(SOL_UDP, UDP_SEGMENT, _U16N.pack(seg))], 0, addr)
-                st.udp_gso_sends += 1
-            st.udp_tx += n
-            return
-        except BlockingIOError:
-            st.udp_send_would_block += n
-            return
-        except ConnectionRefusedError:
-            st.udp_send_refused += n
-            return
-        except OSError as exc:
-            if n == 1 or exc.errno not in (_GSO_OFF | {errno.EINVAL, errno.EMSGSIZE}):
-                st.udp_send_errors += n
-                return
-            if exc.errno in _GSO_OFF:
-                log.info("engine: UDP GSO refused (%s); sending datagram by datagram",
-                         exc.strerror)
-                self.gso = False
-        # GSO refused: one datagram per send
-        data = memoryview(b"".join(bufs))
-        for i in range(0, len(data), seg):
-            try:
-                sock.sendto(data[i : i + seg], addr)
-                st.udp_tx += 1
-            except BlockingIOError:
-                st.udp_send_would_block += 1
-            except ConnectionRefusedError:
-                st.udp_send_refused += 1
-            except OSError:
-                st.udp_send_errors += 1
-
     # --- UDP -> TUN -------------------------------------------------------------------------
 
     def _udp_readable(self) -> None:
         sock = self.sock
         if sock is None:
             return
-        if self.c_recv:
-            self._udp_readable_batch(sock)
+        if self.c_recv and _recv_batch is not None:
+            self._udp_readable_batch(sock, _recv_batch)
             return
         st = self.stats
-        rx = _Receive(self)
+        rx = self._receive_batch()
         recv = sock.recvmsg_into
         bufs = [self._rbuf]
         mv = self._rmv
@@ -694,9 +522,9 @@ class Engine:
                            else _U16N.unpack(value[:2])[0])
             ep = endpoints.get(addr)
             if ep is None:
-                if len(endpoints) > 4096:
+                if len(endpoints) > _EP_CACHE_MAX:
                     endpoints.clear()
-                ep = endpoints[addr] = (_unmap(addr[0]), addr[1])
+                ep = endpoints[addr] = (unmap_host(addr[0]), addr[1])
             if 0 < seg < n:
                 st.udp_gro_reads += 1
                 st.udp_rx += -(-n // seg)
@@ -710,7 +538,7 @@ class Engine:
         if n_reads:
             self._udp_batch_done(rx, limit)
 
-    def _udp_batch_done(self, rx: _Receive, limit: int) -> None:
+    def _udp_batch_done(self, rx: ReceiveBatch, limit: int) -> None:
         """After a batch read from the UDP socket: flush what it decrypted, re-arm timers."""
         st = self.stats
         st.udp_rx_batches += 1
@@ -726,15 +554,15 @@ class Engine:
             # (busy fds leave it to the TUN's own wake-up, which batches)
             self._tun_readable()
 
-    def _udp_readable_batch(self, sock: socket.socket) -> None:
+    def _udp_readable_batch(self, sock: socket.socket, recv_batch: fastpath.RecvBatch) -> None:
         """The C reader: recvmmsg batches with the handshake guard applied in C."""
         st = self.stats
         limit, self._udp_last = self._drain_limit(self._udp_last)
-        rx = _Receive(self)
-        guard = getattr(self.device, "guard", None)
-        if type(guard) is not _CGuard:
-            guard = None
-        indices = getattr(self.device, "receiver_indices", None)
+        rx = self._receive_batch()
+        fast = self.fast
+        guard = fast.guard
+        cguard = guard if _CGuard is not None and isinstance(guard, _CGuard) else None
+        indices: Mapping[int, object] | None = fast.receiver_indices
         if type(indices) is not dict:
             indices = None
         endpoints = self._ep_cache
@@ -743,8 +571,8 @@ class Engine:
         n_reads = 0
         for _ in range(RECV_ROUNDS if limit > 1 else 1):
             try:
-                items, got, reads, grams, gro, errs, sent, serr, wb, unk = _recv_batch(
-                    fd, limit, guard, rx.now, indices)
+                items, got, reads, grams, gro, errs, sent, serr, wb, unk = recv_batch(
+                    fd, limit, cguard, rx.now, indices)
             except Exception:
                 self._internal_error("udp")
                 break
@@ -761,20 +589,20 @@ class Engine:
                 ep = endpoints.get(addr)
                 try:
                     if ep is None:
-                        if len(endpoints) > 4096:
+                        if len(endpoints) > _EP_CACHE_MAX:
                             endpoints.clear()
                         ep = endpoints[addr] = endpoint_of_sockaddr(addr)
-                    if admitted and guard is not None:
-                        guard.set_ticket(data[-32:-16])
+                    if admitted and cguard is not None:
+                        cguard.set_ticket(data[-32:-16])
                     rx.feed(memoryview(data), seg, ep)
                 except Exception:
                     self._internal_error("udp")
             if got < limit:
                 break
-        if guard is not None:
-            counts = guard.take_counts()
+        if cguard is not None:
+            counts = cguard.take_counts()
             if any(counts):
-                self.device.count_verdicts(counts)
+                fast.count_verdicts(counts)
         if unknown:
             rx.c_drops["unknown_index"] += unknown
         if n_reads:
@@ -783,16 +611,16 @@ class Engine:
     def datagrams_in(self, grams: list[Datagram]) -> None:
         """Datagrams (one per entry) -> decrypted packets written to the TUN; the same path
         the socket reader takes."""
-        rx = _Receive(self)
+        rx = self._receive_batch()
         for data, src in grams:
             rx.feed(memoryview(data), 0, src)
         rx.finish()
 
-    def execute(self, actions: Iterable[Any]) -> None:
-        """Carry out device actions: datagrams and TUN writes batched, the rest to the owner."""
+    def execute(self, actions: Iterable[object]) -> None:
+        """Carry out port actions: datagrams and TUN writes batched, the rest to the owner."""
         out: list[Datagram] = []
         tun: list[bytes] = []
-        other: list[Any] = []
+        other: list[object] = []
         for a in actions:
             if isinstance(a, SendDatagram):
                 out.append((a.data, a.endpoint))
@@ -807,45 +635,13 @@ class Engine:
         if other and self._on_actions is not None:
             self._on_actions(other)
 
-    def _sockaddr(self, ep: Endpoint) -> tuple[Any, ...]:
-        addr = self._addr_cache.get(ep)
-        if addr is None:
-            host, port = ep
-            if self._family == socket.AF_INET6:
-                if ":" not in host:
-                    host = "::ffff:" + host
-                scope = 0
-                if "%" in host:
-                    host, _, zone = host.partition("%")
-                    scope = socket.if_nametoindex(zone) if not zone.isdigit() else int(zone)
-                addr = (host, port, 0, scope)
-            else:
-                if ":" in host:
-                    raise OSError(errno.EAFNOSUPPORT, "IPv6 endpoint on an IPv4-only socket")
-                addr = (host, port)
-            if len(self._addr_cache) > 4096:
-                self._addr_cache.clear()
-            self._addr_cache[ep] = addr
-        return addr
-
     def send_datagrams(self, grams: list[Datagram]) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        sendto = sock.sendto
-        st = self.stats
-        sent = 0
-        for data, ep in grams:
-            try:
-                sendto(data, self._sockaddr(ep))
-                sent += 1
-            except BlockingIOError:
-                st.udp_send_would_block += 1
-            except ConnectionRefusedError:
-                st.udp_send_refused += 1
-            except (OSError, ValueError):
-                st.udp_send_errors += 1
-        st.udp_tx += sent
+        """Slow-path datagrams: those the router takes leave elsewhere, the rest from here."""
+        if self.router is not None:
+            grams = self.router.route(grams)
+            if not grams:
+                return
+        self.udp.send_datagrams(grams)
 
     def write_tun(self, packets: list[bytes]) -> None:
         """Write plain IP packets to the TUN; with virtio-net headers, TCP segments of a flow
@@ -876,140 +672,6 @@ class Engine:
         st.tun_tx += n
 
 
-_DROPS = ("unknown_index", "replay", "bad_auth", "bad_inner", "bad_source")
-
-
-class _Receive:
-    """One wake-up's worth of received datagrams: transport runs opened in batches (replay,
-    source checks per packet), everything else through the slow path in arrival order, with
-    the TUN writes and bookkeeping gathered so far flushed before each slow-path datagram."""
-
-    __slots__ = ("acc", "actions", "c_drops", "dev", "engine", "last_index", "last_kp",
-                 "now", "src_ok", "tun", "wall")
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.dev = engine.device
-        c = engine.clock
-        self.now, self.wall = c.monotonic(), c.wall()
-        self.tun: list[bytes] = []
-        # keypair -> [packets, bytes, keepalives, last source]
-        self.acc: dict[Any, list[Any]] = {}
-        self.c_drops = dict.fromkeys(_DROPS, 0)
-        self.actions: list[Any] = []
-        # (peer, inner source) -> allowed, for this wake-up only (routes may change between)
-        self.src_ok: dict[tuple[Any, bytes], bool] = {}
-        self.last_index = -1
-        self.last_kp: Any = None
-
-    def flush(self) -> None:
-        if self.tun:
-            self.engine.write_tun(self.tun)
-            self.tun = []
-        if self.acc:
-            dev, now, wall = self.dev, self.now, self.wall
-            for k, (n, nbytes, keep, src) in self.acc.items():
-                self.actions.extend(
-                    dev.note_received(now, k, n, nbytes, src, n_keepalive=keep, wall=wall)
-                )
-            self.acc.clear()
-
-    def feed(self, data: memoryview, seg: int, src: Endpoint) -> None:
-        """One received buffer: a datagram, or (seg > 0) a GRO train cut every seg bytes."""
-        n = len(data)
-        pos = 0
-        drops = self.c_drops
-        if not n:  # an empty datagram is garbage for the slow path to count
-            self.flush()
-            self.actions.extend(self.dev.receive_datagram(self.now, self.wall, b"", src))
-            return
-        while pos < n:
-            dlen = n - pos
-            if 0 < seg < dlen:
-                dlen = seg
-            if dlen < _TRANSPORT_MIN or data[pos : pos + 4] != _TRANSPORT_TYPE:
-                self.flush()
-                self.last_index = -1
-                self.actions.extend(self.dev.receive_datagram(
-                    self.now, self.wall, bytes(data[pos : pos + dlen]), src))
-                pos += dlen
-                continue
-            receiver = int.from_bytes(data[pos + 4 : pos + 8], "little")
-            if receiver != self.last_index:
-                kp = self.dev.keypair_for_receive(receiver)
-                if kp is not None and kp.receive_expired(self.now):
-                    kp = None
-                self.last_index = receiver
-                self.last_kp = kp
-            kp = self.last_kp
-            if kp is None:
-                drops["unknown_index"] += 1
-                pos += dlen
-                continue
-            end, results = fastpath.open_batch(
-                self.engine._cipher(kp.receive), data, seg, receiver, pos)
-            if end <= pos:  # cannot happen (the header was checked); never loop forever
-                pos += dlen
-                continue
-            pos = end
-            self._accept(kp, results, src)
-
-    def _accept(self, kp: Any, results: list[Any], src: Endpoint) -> None:
-        replay = kp.replay
-        accept = replay.accept
-        drops = self.c_drops
-        peer = kp.peer
-        src_ok = self.src_ok
-        tun = self.tun
-        npk = nbytes = keep = 0
-        for counter, status, pkt, inner_src, wire_len in results:
-            if status == _BAD_AUTH:
-                # as if checked before decrypting: a replayed counter counts as a replay
-                drops["replay" if not replay.check(counter) else "bad_auth"] += 1
-                continue
-            if not accept(counter):
-                drops["replay"] += 1
-                continue
-            npk += 1
-            nbytes += wire_len
-            if status:
-                if status == _KEEPALIVE:
-                    keep += 1
-                else:
-                    drops["bad_inner"] += 1
-                continue
-            key = (peer, inner_src)
-            ok = src_ok.get(key)
-            if ok is None:
-                ok = src_ok[key] = self.dev.source_allowed(peer, inner_src)
-            if ok:
-                tun.append(pkt)
-            else:
-                drops["bad_source"] += 1
-        if npk:
-            a = self.acc.get(kp)
-            if a is None:
-                self.acc[kp] = [npk, nbytes, keep, src]
-            else:
-                a[0] += npk
-                a[1] += nbytes
-                a[2] += keep
-                a[3] = src
-
-    def finish(self) -> None:
-        self.flush()
-        dev = self.dev
-        for reason, n in self.c_drops.items():
-            if n:
-                dev.note_dropped(reason, n)
-        if self.actions:
-            self.engine.execute(self.actions)
-
-
-_BAD_AUTH = fastpath.BAD_AUTH
-_KEEPALIVE = fastpath.KEEPALIVE
-
-
 __all__ = [
     "DEFAULT_BATCH",
     "Engine",
@@ -1017,5 +679,5 @@ __all__ = [
     "endpoint_of_sockaddr",
     "make_udp_socket",
     "offload_default",
-    "seal_batch",
+    "set_fwmark",
 ]

@@ -44,10 +44,9 @@ namespace for tests.
 from __future__ import annotations
 
 import os
-import struct
-from collections.abc import Sequence
-from types import SimpleNamespace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
 
 from meshguard.crypto.aead import TransportCipher
 from meshguard.dataplane import offload
@@ -61,20 +60,39 @@ from meshguard.dataplane.vnet import (
     VNET_HDR_LEN,
     unpack_hdr_from,
 )
-from meshguard.wireguard.device import inner_packet
+from meshguard.wireguard.transport import (
+    BAD_AUTH,
+    BAD_INNER,
+    HEADER,
+    KEEPALIVE,
+    OK,
+    OpenResult,
+    open_result,
+    seal_batch,
+)
+
+try:
+    from meshguard.dataplane import _fastpath as _c
+
+    _HAVE_C = True
+except ImportError:  # not built, or cannot load (e.g. no libcrypto)
+    _HAVE_C = False
+
+if TYPE_CHECKING:
+    from meshguard.dataplane._fastpath import HandshakeGuard as CHandshakeGuard
 
 Buffer = bytes | bytearray | memoryview
 
-OK = 0
-KEEPALIVE = 1
-BAD_AUTH = 2
-BAD_INNER = 3
 
-_HEADER = struct.Struct("<IIQ")
-_NONCE = struct.Struct("<4xQ")
-_U16 = struct.Struct("!H")
-_ZEROS = bytes(16)
 _TYPE4 = b"\x04\x00\x00\x00"
+
+
+class FastCipher(Protocol):
+    """ChaCha20-Poly1305 under one transport key: PyCipher or the C Cipher."""
+
+    def seal(self, counter: int, plaintext: Buffer) -> bytes: ...
+
+    def open(self, counter: int, ciphertext: Buffer) -> bytes | None: ...
 
 
 class PyCipher:
@@ -174,30 +192,22 @@ def py_segment_count(buf: Buffer, vnet: bool = True) -> int:
 
 
 def py_seal_segments(
-    cipher: PyCipher, receiver: int, first: int, buf: Buffer, vnet: bool = True
+    cipher: FastCipher, receiver: int, first: int, buf: Buffer, vnet: bool = True
 ) -> tuple[bytes, int, int]:
-    packets = _split(buf, vnet)
-    aead = cipher._aead
-    out: list[bytes] = []
-    counter = first
-    for pkt in packets:
-        pad = -len(pkt) & 15
-        if pad:
-            pkt = pkt + _ZEROS[:pad]
-        out.append(_HEADER.pack(4, receiver, counter) + aead.encrypt(_NONCE.pack(counter), pkt,
-                                                                     None))
-        counter += 1
+    if not isinstance(cipher, PyCipher):
+        raise TypeError("the Python seal_segments takes a PyCipher")
+    out = seal_batch(cipher._aead, receiver, first, _split(buf, vnet))
     return b"".join(out), len(out[0]), len(out)
 
 
 def py_open_batch(
-    cipher: PyCipher, buf: Buffer, seg_size: int, receiver: int, offset: int = 0
-) -> tuple[int, list[tuple[int, int, bytes | None, bytes | None, int]]]:
+    cipher: FastCipher, buf: Buffer, seg_size: int, receiver: int, offset: int = 0
+) -> tuple[int, list[OpenResult]]:
     mv = memoryview(buf)
     n = len(mv)
     pos = max(offset, 0)
-    results: list[tuple[int, int, bytes | None, bytes | None, int]] = []
-    unpack = _HEADER.unpack_from
+    results: list[OpenResult] = []
+    unpack = HEADER.unpack_from
     while pos < n:
         dlen = n - pos
         if 0 < seg_size < dlen:
@@ -207,19 +217,9 @@ def py_open_batch(
         _, rcv, counter = unpack(mv, pos)
         if rcv != receiver:
             break
-        pt = cipher.open(counter, mv[pos + 16 : pos + dlen])
+        results.append(open_result(counter, cipher.open(counter, mv[pos + 16 : pos + dlen]),
+                                   dlen))
         pos += dlen
-        if pt is None:
-            results.append((counter, BAD_AUTH, None, None, dlen))
-            continue
-        if not pt:
-            results.append((counter, KEEPALIVE, b"", None, dlen))
-            continue
-        inner = inner_packet(pt)
-        if inner is None:
-            results.append((counter, BAD_INNER, None, None, dlen))
-        else:
-            results.append((counter, OK, inner[0], inner[1], dlen))
     return pos, results
 
 
@@ -227,24 +227,72 @@ def py_coalesce(packets: Sequence[Buffer], verify: bool = True) -> list[bytes]:
     return offload.coalesce(packets, verify=verify)
 
 
-def python_impl() -> Any:
-    return SimpleNamespace(
+class _Checksum(Protocol):
+    def __call__(self, data: Buffer, initial: int = 0, /) -> int: ...
+
+
+class _SegmentCount(Protocol):
+    def __call__(self, buf: Buffer, vnet: bool = True) -> int: ...
+
+
+class _SealSegments(Protocol):
+    def __call__(self, cipher: FastCipher, receiver: int, first: int, buf: Buffer,
+                 vnet: bool = True) -> tuple[bytes, int, int]: ...
+
+
+class _OpenBatch(Protocol):
+    def __call__(self, cipher: FastCipher, buf: Buffer, seg_size: int, receiver: int,
+                 offset: int = 0) -> tuple[int, list[OpenResult]]: ...
+
+
+class _Coalesce(Protocol):
+    def __call__(self, packets: Sequence[Buffer], verify: bool = True) -> list[bytes]: ...
+
+
+RecvBatch = Callable[
+    [int, int, "CHandshakeGuard | None", float, "Mapping[int, object] | None"],
+    tuple[list[tuple[bytes, int, bytes, int]], int, int, int, int, int, int, int, int, int],
+]
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation of the fast path: its calls, by the names fastpath exports.
+
+    A Cipher made by one implementation goes only to that implementation's seal_segments and
+    open_batch (the C ones check its type)."""
+
+    name: str
+    Cipher: Callable[[bytes], FastCipher]
+    checksum: _Checksum
+    segment_count: _SegmentCount
+    seal_segments: _SealSegments
+    open_batch: _OpenBatch
+    coalesce: _Coalesce
+    HandshakeGuard: type[CHandshakeGuard] | None
+    recv_batch: RecvBatch | None
+
+
+def python_impl() -> Impl:
+    return Impl(
         name="python", Cipher=PyCipher, checksum=py_checksum, segment_count=py_segment_count,
         seal_segments=py_seal_segments, open_batch=py_open_batch, coalesce=py_coalesce,
         HandshakeGuard=None, recv_batch=None)
 
 
-def c_impl() -> Any | None:
+def c_impl() -> Impl | None:
     """The C module, or None when it is not built (or cannot load, e.g. no libcrypto)."""
-    try:
-        from meshguard.dataplane import _fastpath  # type: ignore[attr-defined]
-    except ImportError:
+    if not _HAVE_C:
         return None
-    _fastpath.name = "c"
-    return _fastpath
+    return Impl(
+        name="c", Cipher=_c.Cipher, checksum=_c.checksum, segment_count=_c.segment_count,
+        # the C calls take the C Cipher only (they raise TypeError for any other object)
+        seal_segments=cast(_SealSegments, _c.seal_segments),
+        open_batch=cast(_OpenBatch, _c.open_batch),
+        coalesce=_c.coalesce, HandshakeGuard=_c.HandshakeGuard, recv_batch=_c.recv_batch)
 
 
-def _select() -> Any:
+def _select() -> Impl:
     if os.environ.get("MESHGUARD_PURE_PYTHON", "") not in ("", "0"):
         return python_impl()
     return c_impl() or python_impl()
@@ -252,14 +300,14 @@ def _select() -> Any:
 
 _impl = _select()
 IMPLEMENTATION: str = _impl.name
-Cipher: Any = _impl.Cipher
-checksum: Any = _impl.checksum
-segment_count: Any = _impl.segment_count
-seal_segments: Any = _impl.seal_segments
-open_batch: Any = _impl.open_batch
-coalesce: Any = _impl.coalesce
-HandshakeGuard: Any = getattr(_impl, "HandshakeGuard", None)
-recv_batch: Any = getattr(_impl, "recv_batch", None)
+Cipher = _impl.Cipher
+checksum = _impl.checksum
+segment_count = _impl.segment_count
+seal_segments = _impl.seal_segments
+open_batch = _impl.open_batch
+coalesce = _impl.coalesce
+HandshakeGuard = _impl.HandshakeGuard
+recv_batch = _impl.recv_batch
 
 __all__ = [
     "BAD_AUTH",

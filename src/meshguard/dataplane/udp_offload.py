@@ -22,10 +22,10 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 Buffer = bytes | bytearray | memoryview
-Address = Any  # what the socket family's sendto/recvfrom use
+# what the socket family's sendto/recvfrom use (None: a connected socket)
+Address = tuple[str, int] | tuple[str, int, int, int] | None
 
 SOL_UDP = 17
 UDP_SEGMENT = 103

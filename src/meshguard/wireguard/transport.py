@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
-
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from typing import TYPE_CHECKING, Protocol
 
 from meshguard.crypto.aead import TransportCipher
 from meshguard.wire import wireguard as wire
@@ -39,8 +37,10 @@ __all__ = [
     "BAD_AUTH",
     "BAD_INNER",
     "DROP_REASONS",
+    "HEADER",
     "KEEPALIVE",
     "OK",
+    "Aead",
     "OpenResult",
     "accept_batch",
     "inner_destination",
@@ -63,6 +63,14 @@ packet and source are set for OK only (packet b"" for KEEPALIVE)."""
 
 DROP_REASONS = ("unknown_index", "replay", "bad_auth", "bad_inner", "bad_source")
 """The Counters drop fields a received transport message can end in."""
+
+
+
+class Aead(Protocol):
+    """An AEAD keyed with one transport key (TransportCipher.aead: ChaCha20-Poly1305)."""
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
+
 
 HEADER = struct.Struct("<IIQ")
 _NONCE = struct.Struct("<4xQ")
@@ -99,7 +107,7 @@ def inner_destination(packet: bytes) -> bytes | None:
     return None
 
 
-def seal_batch(aead: ChaCha20Poly1305, receiver: int, first: int,
+def seal_batch(aead: Aead, receiver: int, first: int,
                packets: Iterable[bytes]) -> list[bytes]:
     """Transport messages for consecutive counters first, first+1, ... (padding to 16)."""
     out: list[bytes] = []
