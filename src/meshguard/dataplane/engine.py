@@ -179,6 +179,14 @@ class Engine:
         self._tun_last = 0.0
         self._udp_last = 0.0
 
+    def connect(self, fast: FastPathPort, slow: SlowPathPort,
+                router: SendRouter | None = None) -> None:
+        """Put other ports behind the engine, before start(): for an owner that binds the
+        socket first and builds the protocol layers above on the bound port (the mesh)."""
+        if self._loop is not None:
+            raise RuntimeError("Engine.connect after start")
+        self.fast, self.slow, self.router = fast, slow, router
+
     # --- sockets ---------------------------------------------------------------------------
 
     @property

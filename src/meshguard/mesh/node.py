@@ -155,11 +155,7 @@ class MeshNode:
                          ) -> list[Action]:
         kind = classify(data)
         if kind is Kind.WIREGUARD:
-            self.counters["wireguard_rx"] += 1
-            if self.device is None:
-                self.counters["garbage_dropped"] += 1
-                return []
-            return self._from_device(self.device.receive_datagram(now, wall, data, src))
+            return self.receive_wireguard(now, wall, data, src)
         if kind is Kind.GOSSIP and data[0] in HOLEPUNCH_TYPES:
             self.counters["holepunch_rx"] += 1
             hp = self._punch_core(wall)
@@ -185,6 +181,15 @@ class MeshNode:
             return self._stun_actions(self.stun.receive(now, wall, data, src))
         self.counters["garbage_dropped"] += 1
         return []
+
+    def receive_wireguard(self, now: float, wall: float, data: bytes, src: Endpoint
+                          ) -> list[Action]:
+        """A datagram already classified as WireGuard (e.g. on a WireGuard-only port)."""
+        self.counters["wireguard_rx"] += 1
+        if self.device is None:
+            self.counters["garbage_dropped"] += 1
+            return []
+        return self._from_device(self.device.receive_datagram(now, wall, data, src))
 
     def send_packet(self, now: float, wall: float, packet: bytes) -> list[Action]:
         if self.device is None:
