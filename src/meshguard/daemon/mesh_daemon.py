@@ -8,7 +8,7 @@ Start-up, in an order that fails before anything is created whenever it can:
 3. the mode's runner opens what carries the tunnels:
    userspace (userspace_runner.py): the UDP port is bound (busy -> one clear line), then the
    TUN is created with the node's mesh IPv4 /16 and IPv6 /64 (the prefixes give the routes)
-   and brought up; the data-plane engine drives the MeshNode as its device;
+   and brought up; the MeshNode sits behind the data-plane engine's ports;
    kernel (kernel_runner.py): the kernel WireGuard link is created and configured over
    netlink, the gossip socket is bound on port + 1 (kernel_wg.py explains the port design),
    peers go to the kernel;

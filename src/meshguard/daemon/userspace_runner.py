@@ -1,7 +1,8 @@
 """Userspace mode: a TUN device and the data-plane engine (dataplane/engine.py) carry the
-tunnels. The engine drives the mesh node as its device (engine_wiring.py), so transport data
-takes the WireGuard fast path and everything else reaches `MeshNode.receive_datagram`; the
-engine's timers tick the node. With `split_port`, gossip has its own socket as in kernel mode."""
+tunnels. The mesh sits behind the engine's ports (engine_wiring.py): transport data takes the
+Device's fast path, everything else reaches `MeshNode.receive_datagram`, and the engine's
+timers tick the node. With `split_port`, gossip has its own socket as in kernel mode, and the
+engine's send router sends gossip and STUN from it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from meshguard.clock import Clock
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError, bind_error
-from meshguard.daemon.engine_wiring import EngineDevice, MeshUapi, route_engine_sends
+from meshguard.daemon.engine_wiring import MeshUapi, connect_mesh
 from meshguard.daemon.gossip_socket import GossipSocket
 from meshguard.daemon.status import PeerStats
 from meshguard.daemon.uapi_server import UapiServer
@@ -89,11 +90,9 @@ class UserspaceRunner:
         """Hand the node to the engine and start it; start the gossip reader if split."""
         engine = self.engine
         assert engine is not None
-        # the engine is annotated with Device but drives this wrapper (replaced by typed ports)
-        wrapper = EngineDevice(node, self.device, wireguard_only=self.cfg.split)
-        engine.fast = engine.slow = wrapper
-        if self.cfg.split:
-            route_engine_sends(engine, self._send_gossip)
+        assert self.device is not None
+        connect_mesh(engine, node, self.device, split_port=self.cfg.split,
+                     send_gossip=self._send_gossip)
         engine.start(loop)
         gossip = self.gossip
         if gossip is not None:
