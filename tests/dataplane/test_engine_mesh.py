@@ -1,6 +1,7 @@
 """The userspace mesh wiring without namespaces: two Engines on loopback UDP, each with a real
 MeshNode (SWIM membership, trust) and a real Device behind the typed ports of
-mesh/engine_ports.py, SOCK_SEQPACKET pairs standing in for the TUNs.
+mesh/engine_ports.py, connected as the daemon does it (daemon/engine_wiring.py), SOCK_SEQPACKET
+pairs standing in for the TUNs.
 
 A join, a handshake and transport data go through the engines' seams and sockets; gossip
 reaches the membership; split-port sends leave from the right socket; a relayed peer's packets
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.daemon.engine_wiring import connect_mesh
 from meshguard.dataplane.engine import Engine
 from meshguard.identity.addressing import mesh_ipv4
 from meshguard.mesh.demux import Kind, classify
@@ -84,12 +86,17 @@ class End:
         self.node = MeshNode(self.ident.public_key.raw, self.wg.public_key.raw,
                              self.membership, self.trust, device=self.device,
                              backend=DeviceBackend(self.device))
-        self.fast = MeshFastPath(self.device)
-        self.slow = MeshSlowPath(self.node)
-        self.engine.connect(self.fast, self.slow)
+        connect_mesh(self.engine, self.node, self.device, split_port=False,
+                     send_gossip=self.unexpected)
+        assert isinstance(self.engine.fast, MeshFastPath)
+        assert isinstance(self.engine.slow, MeshSlowPath)
+        self.fast, self.slow = self.engine.fast, self.engine.slow
         self.loop = loop
         loop.add_reader(self.tun.peer.fileno(), self.tun.drain)
         self.engine.start(loop)
+
+    def unexpected(self, grams: list[SendDatagram]) -> None:
+        raise AssertionError(f"a send router with one port: {grams}")
 
     @property
     def key(self) -> bytes:
@@ -208,8 +215,8 @@ def test_split_port_sends_wireguard_from_the_engine_and_the_rest_elsewhere() -> 
         a.engine.close()
         split = Engine(a.device, -1)
         split.bind(0)
-        split.connect(a.fast, MeshSlowPath(a.node, wireguard_only=True),
-                      SplitPortRouter(gossip_socket.extend))
+        connect_mesh(split, a.node, a.device, split_port=True, send_gossip=gossip_socket.extend)
+        assert isinstance(split.router, SplitPortRouter)
         initiation = b"\x01\x00\x00\x00" + bytes(144)
         gossip = b.membership.join_actions([(LOOPBACK, a.port)], 0.0, 0.0)
         ping = next(x.data for x in gossip if isinstance(x, SendDatagram))
