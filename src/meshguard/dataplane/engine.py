@@ -1,7 +1,8 @@
 """The batched userspace data path: one UDP socket and one TUN fd on an asyncio loop.
 
-    engine = Engine(device, tun_fd, clock)
+    engine = Engine(device, tun_fd, clock)     # a Device is both its fast and slow path
     engine.bind(51820)          # dual-stack UDP socket (IPv4 and IPv6 outside)
+    engine.connect(fast, slow, router)        # optional, before start: other ports (the mesh)
     engine.start(loop)          # offload setup, add_reader on both fds, timer at next_deadline()
     ...
     engine.kick()               # after a configuration change (timers may have moved)
@@ -55,7 +56,7 @@ rate-limited, refused or answered with cookie replies without entering Python (a
 received cookie replies over their source's bucket, and transport messages naming none of the
 Device's receiver indices), so the socket is drained as fast as the flood arrives and a
 legitimate peer's messages are not lost in the kernel's queue. Passed handshake messages and
-everything else take the paths below. Without the C module (or MESHGUARD_RECVMMSG=0) the
+everything else take the paths above. Without the C module (or MESHGUARD_RECVMMSG=0) the
 engine reads datagram by datagram and the Device runs the same checks (wireguard/cookie.py's
 HandshakeGuard), with the same verdicts and counters.
 
