@@ -11,7 +11,6 @@ take the slow path. Conditions are awaited with deadlines (no sleeps).
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from meshguard.sansio import SendDatagram
 from meshguard.testing.rng import SeededRng
 from meshguard.wireguard.device import Device
 
+from .helpers import FakeTun
+
 DEADLINE = 20.0
 LOOPBACK = "127.0.0.1"
 
@@ -40,29 +41,6 @@ class Trust:
 
     def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> bool:
         return bytes(node_key) in self.keys
-
-
-class FakeTun:
-    """A SOCK_SEQPACKET pair: the engine gets `engine_fd`, the test reads `peer`."""
-
-    def __init__(self) -> None:
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        a.setblocking(False)
-        b.setblocking(False)
-        self._engine_side, self.peer = a, b
-        self.engine_fd = a.fileno()
-        self.received: list[bytes] = []
-
-    def drain(self) -> None:
-        while True:
-            try:
-                self.received.append(self.peer.recv(65535))
-            except BlockingIOError:
-                return
-
-    def close(self) -> None:
-        self._engine_side.close()
-        self.peer.close()
 
 
 class End:

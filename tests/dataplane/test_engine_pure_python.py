@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ENGINE_TESTS = ("test_engine.py", "test_engine_fastpath.py", "test_handshake_flood.py")
+ENGINE_TESTS = ("test_engine.py", "test_engine_fastpath.py", "test_handshake_flood.py",
+                "test_engine_mesh.py")
 # Needs both readers in one process; the default run has it.
 BOTH_PATHS = ("test_handshake_flood.py::test_c_reader_and_python_reader_count_the_same",)
 PROBE = """

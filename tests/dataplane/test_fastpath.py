@@ -1,6 +1,7 @@
 """The fast path's two implementations (C extension and pure Python) against each other and
 against the reference code they replace: offload.py (split, coalesce, checksums),
-engine.seal_batch and crypto/aead.py (sealing). Every case runs for both implementations.
+wireguard/transport.seal_batch and crypto/aead.py (sealing). Every case runs for both
+implementations.
 """
 
 from __future__ import annotations
