@@ -19,6 +19,7 @@ from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.daemon.engine_wiring import connect_mesh
 from meshguard.dataplane.engine import Engine
 from meshguard.identity.addressing import mesh_ipv4
+from meshguard.identity.trust import Admission
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.engine_ports import MeshFastPath, MeshSlowPath, SplitPortRouter
 from meshguard.mesh.node import MeshNode, PeerUp
@@ -39,8 +40,9 @@ LOOPBACK = "127.0.0.1"
 class Trust:
     keys: set[bytes] = field(default_factory=set)
 
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> bool:
-        return bytes(node_key) in self.keys
+    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float
+              ) -> Admission:
+        return Admission(bytes(node_key) in self.keys, "")
 
 
 class End:
