@@ -40,8 +40,6 @@ CITATION = re.compile(r"\bdocs/([\w./-]+?\.md)(?:#([\w-]+))?")
 NAMED_FILE = re.compile(r"`([\w./-]+\.(?:py|pyi|c|json))(?:::(\w+))?`|`::(\w+)`")
 # A docs path is relative to one of these (src/meshguard for modules, tests for tests).
 ROOTS = [ROOT, ROOT / "tests", ROOT / "src" / "meshguard", ROOT / "src"]
-# Modules the docs already describe that land with the data-plane seam work.
-NOT_YET_THERE = {"dataplane/ports.py"}
 
 
 def _files() -> list[Path]:
@@ -151,7 +149,7 @@ def test_every_file_and_test_a_doc_names_exists() -> None:
                     rel = m.group(1)
                     found = [r / rel for r in ROOTS if (r / rel).is_file()]
                     current = found[0] if found else None
-                    if current is None and rel not in NOT_YET_THERE:
+                    if current is None:
                         bad.append(f"{where}: {rel} (no such file)")
                     name = m.group(2)
                 else:
