@@ -8,18 +8,9 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 
-# Imports of test modules that remain, in directories whose tests are being rewritten
-# elsewhere; each entry is (importing file, imported module). Move the helpers to the
-# directory's helpers.py and delete the entry.
-KNOWN: frozenset[tuple[str, str]] = frozenset({
-    ("mesh/test_node_holepunch.py", "test_node"),
-    ("mesh/test_node_relay_origin.py", "test_node_holepunch"),
-    ("mesh/test_node_relay_views.py", "test_node"),
-    ("mesh/test_org_flood.py", "test_org_gossip"),
-    ("mesh/test_org_gossip.py", "test_mesh_sim"),
-    ("nat/test_holepunch_attacks.py", "test_holepunch"),
-    ("nat/test_relay_attacks.py", "test_relay"),
-})
+# Imports of test modules that are allowed, each as (importing file, imported module): none.
+# Shared helpers go in the directory's helpers.py, shared fixtures in its conftest.py.
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 
 
 def _imported_modules(path: Path) -> set[str]:

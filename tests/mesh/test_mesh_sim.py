@@ -6,125 +6,18 @@ IPv6); an untrusted node never does; trust removal and death tear tunnels down; 
 from __future__ import annotations
 
 import ipaddress
-import struct
-from collections import deque
-from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
-from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
-from meshguard.identity.trust import Admission
+from meshguard.identity.addressing import mesh_ipv4
 from meshguard.mesh.node import Joined, MeshNode, PeerDown, PeerUp
-from meshguard.mesh.swim_port import NAT_SPLIT_PORT, SwimPort, build_membership, wg_endpoint_of
-from meshguard.mesh.wg_backend import DeviceBackend
-from meshguard.testing.clock import ManualClock
-from meshguard.testing.rng import SeededRng
+from meshguard.mesh.swim_port import NAT_SPLIT_PORT, build_membership, wg_endpoint_of
 from meshguard.wire.gossip import NodeRecord
 from meshguard.wireguard.actions import SendDatagram, WriteTun
-from meshguard.wireguard.device import Device
 
-
-@dataclass
-class Trust:
-    keys: set[bytes] = field(default_factory=set)
-
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float
-              ) -> Admission:
-        return Admission(bytes(node_key) in self.keys, "")
-
-
-@dataclass
-class SimNode:
-    name: str
-    ep: tuple[str, int]
-    ident: Ed25519PrivateKey
-    node: MeshNode
-    trust: Trust
-    tun: list[bytes] = field(default_factory=list)
-    events: list[object] = field(default_factory=list)
-
-    @property
-    def key(self) -> bytes:
-        return self.ident.public_key.raw
-
-
-class Net:
-    def __init__(self, seed: int = 1) -> None:
-        self.rng = SeededRng(seed)
-        self.clock = ManualClock()
-        self.nodes: dict[tuple[str, int], SimNode] = {}
-        self.queue: deque[tuple[tuple[str, int], bytes, tuple[str, int]]] = deque()
-        self.down: set[tuple[str, int]] = set()
-
-    def add(self, name: str, ip: str) -> SimNode:
-        ident = Ed25519PrivateKey(self.rng.bytes(32))
-        wg = X25519PrivateKey.generate(self.rng.bytes(32))
-        ep = (ip, 51821)
-        trust = Trust()
-        c = self.clock
-        port = build_membership(identity=ident, wg_private=wg, certificate=None, endpoints=[ep],
-                                kernel=False, admitter=trust, rng=self.rng, now=c.monotonic(),
-                                wall=c.wall())
-        dev = Device(self.rng, wg)
-        node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, trust, device=dev,
-                        backend=DeviceBackend(dev))
-        sn = SimNode(name, ep, ident, node, trust)
-        self.nodes[ep] = sn
-        return sn
-
-    def join(self, sn: SimNode, seeds: list[SimNode]) -> None:
-        port = sn.node.membership
-        assert isinstance(port, SwimPort)
-        c = self.clock
-        self.run_actions(sn, port.join_actions([s.ep for s in seeds], c.monotonic(), c.wall()))
-
-    def run_actions(self, sn: SimNode, actions: list[object]) -> None:
-        for a in actions:
-            if isinstance(a, SendDatagram):
-                self.queue.append((a.endpoint, a.data, sn.ep))
-            elif isinstance(a, WriteTun):
-                sn.tun.append(a.packet)
-            else:
-                sn.events.append(a)
-
-    def step(self, dt: float = 0.05) -> None:
-        c = self.clock
-        while self.queue:
-            dst, data, src = self.queue.popleft()
-            target = self.nodes.get(dst)
-            if target is None or dst in self.down or src in self.down:
-                continue
-            self.run_actions(target, target.node.receive_datagram(c.monotonic(), c.wall(), data,
-                                                                  src))
-        c.advance(dt)
-        for ep, sn in self.nodes.items():
-            if ep in self.down:
-                continue
-            d = sn.node.next_deadline()
-            if d is not None and d <= c.monotonic():
-                self.run_actions(sn, sn.node.tick(c.monotonic(), c.wall()))
-
-    def run(self, seconds: float) -> None:
-        end = self.clock.monotonic() + seconds
-        while self.clock.monotonic() < end:
-            self.step()
-
-    def send_ip(self, a: SimNode, b: SimNode, v6: bool = False) -> bytes:
-        pkt = ip_packet(a.key, b.key, v6, self.rng.bytes(8))
-        c = self.clock
-        self.run_actions(a, a.node.send_packet(c.monotonic(), c.wall(), pkt))
-        return pkt
-
-
-def ip_packet(src_key: bytes, dst_key: bytes, v6: bool, payload: bytes) -> bytes:
-    if v6:
-        return (struct.pack("!IHBB", 6 << 28, len(payload), 17, 64)
-                + mesh_ipv6(src_key).packed + mesh_ipv6(dst_key).packed + payload)
-    total = 20 + len(payload)
-    return (struct.pack("!BBHHHBBH", 0x45, 0, total, 0, 0, 64, 17, 0)
-            + mesh_ipv4(src_key).packed + mesh_ipv4(dst_key).packed + payload)
+from .helpers import Net, SimNode, Trust
 
 
 def trust_all(nodes: list[SimNode]) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -14,13 +14,14 @@ from meshguard.identity.trust import Admission
 from meshguard.mesh.node import (
     MemberView,
     MeshNode,
-    PeerConfig,
     PeerDown,
     PeerUp,
     SelfAddressChanged,
 )
 from meshguard.testing.rng import SeededRng
 from meshguard.wireguard.actions import SendDatagram, WriteTun
+
+from .helpers import FakeBackend, FakeMembership, FakeTrust
 
 WALL = 1_700_000_000.0
 rng = SeededRng(7)
@@ -31,74 +32,6 @@ def key() -> bytes:
 
 
 Adm = Admission  # the trust store's typed answer
-
-
-@dataclass
-class FakeTrust:
-    keys: set[bytes] = field(default_factory=set)
-    orgs_cert: set[bytes] = field(default_factory=set)
-    calls: int = 0
-
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Adm:
-        self.calls += 1
-        if certificate == b"boom":
-            raise ValueError("malformed certificate")
-        if node_key in self.keys or (certificate is not None and certificate in self.orgs_cert):
-            return Adm(True, "", name="n-" + node_key.hex()[:4])
-        return Adm(False, "unknown key")
-
-
-@dataclass(frozen=True)
-class Sent:
-    data: bytes
-    to: tuple[str, int]
-
-
-@dataclass(frozen=True)
-class Changed:
-    pass
-
-
-@dataclass
-class FakeMembership:
-    view: dict[bytes, MemberView] = field(default_factory=dict)
-    received: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
-    left: bool = False
-
-    def receive(self, now: float, wall: float, data: bytes, src: tuple[str, int]) -> list[Any]:
-        self.received.append((data, src))
-        return [Sent(b"\x03ack", src), Changed()]
-
-    def tick(self, now: float, wall: float) -> list[Any]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return 5.0
-
-    def leave(self, now: float, wall: float) -> list[Any]:
-        self.left = True
-        return [Sent(b"\x01leave", ("192.0.2.9", 51821))]
-
-    def members(self) -> Iterable[MemberView]:
-        return list(self.view.values())
-
-    def absorb(self, actions: Sequence[Any]) -> tuple[list[Any], bool]:
-        out = [SendDatagram(a.data, a.to) for a in actions if isinstance(a, Sent)]
-        return out, len(out) != len(actions)
-
-
-@dataclass
-class FakeBackend:
-    peers: dict[bytes, PeerConfig] = field(default_factory=dict)
-
-    def upsert(self, peer: PeerConfig) -> None:
-        self.peers[peer.wg_key] = peer
-
-    def remove(self, wg_key: bytes) -> None:
-        del self.peers[wg_key]
-
-    def stats(self, wg_key: bytes) -> tuple[float, int, int, tuple[str, int] | None]:
-        return (0.0, 0, 0, None)
 
 
 class FakeDevice:

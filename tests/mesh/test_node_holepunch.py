@@ -3,79 +3,16 @@ becomes the WireGuard peer's endpoint and starts a handshake at once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 from meshguard.crypto.keys import Ed25519PrivateKey
 from meshguard.crypto.keys import X25519PublicKey as _X
-from meshguard.mesh.node import MemberView, MeshNode
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchSucceeded
 from meshguard.testing.rng import SeededRng
 from meshguard.wire.holepunch import HOLEPUNCH_REQUEST, HOLEPUNCH_RESPONSE, STAGE_PROBE, decode
 from meshguard.wireguard.actions import SendDatagram
 
-from .test_node import FakeBackend, FakeMembership, FakeTrust
-
-WALL = 1_700_000_000.0
-NODE_EP = ("203.0.113.21", 51821)
-B_EP = ("203.0.113.22", 51821)
-R_EP = ("203.0.113.10", 51821)
-
-
-@dataclass
-class HsPeer:
-    endpoint: tuple[str, int] | None = None
-
-
-@dataclass
-class HsDevice:
-    peers: dict[Any, HsPeer] = field(default_factory=dict)
-    initiated: list[tuple[str, int] | None] = field(default_factory=list)
-
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
-                         ) -> list[Any]:
-        return []
-
-    def send_packet(self, now: float, wall: float, ip_packet: bytes) -> list[Any]:
-        return []
-
-    def tick(self, now: float, wall: float) -> list[Any]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
-
-    def peer(self, pub: Any) -> HsPeer:
-        return self.peers.setdefault(pub.raw, HsPeer())
-
-    def new_path(self, peer_key: bytes, now: float, wall: float,
-                 endpoint: tuple[str, int] | None = None, initiate: bool = True) -> list[Any]:
-        p = self.peers.setdefault(peer_key, HsPeer())
-        if endpoint is not None:
-            p.endpoint = endpoint
-        if not initiate:
-            return []
-        self.initiated.append(p.endpoint)
-        return [SendDatagram(b"\x01\x00\x00\x00init", p.endpoint or ("0.0.0.0", 0))]
-
-
-def setup() -> tuple[MeshNode, FakeMembership, FakeBackend, HsDevice, Ed25519PrivateKey,
-                     MemberView]:
-    me = Ed25519PrivateKey(b"\x21" * 32)
-    bkey = Ed25519PrivateKey(b"\x22" * 32)
-    rkey = Ed25519PrivateKey(b"\x23" * 32)
-    ms, tr, be, dev = FakeMembership(), FakeTrust(), FakeBackend(), HsDevice()
-    node = MeshNode(me.public_key.raw, b"\x31" * 32, ms, tr, device=dev, backend=be,
-                    holepunch=HolePuncher(me, SeededRng(1)))
-    assert node.holepunch is not None
-    node.holepunch.set_self((NODE_EP,), behind_nat=True)
-    b = MemberView(bkey.public_key.raw, b"\x32" * 32, B_EP, B_EP, None, "alive", 1, 2, (B_EP,))
-    r = MemberView(rkey.public_key.raw, b"\x33" * 32, R_EP, R_EP, None, "alive", 1, 1, (R_EP,))
-    for m in (b, r):
-        tr.keys.add(m.identity_key)
-        ms.view[m.identity_key] = m
-    node.reconcile(WALL)
-    return node, ms, be, dev, bkey, b
+from .helpers import B_EP, NODE_EP, R_EP, WALL, setup
 
 
 def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:

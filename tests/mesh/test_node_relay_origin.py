@@ -9,7 +9,7 @@ from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.mesh.node import MeshNode
 from meshguard.nat.relay import Relay, RelayPeer
 
-from .test_node_holepunch import WALL, HsDevice, setup
+from .helpers import WALL, HsDevice, setup
 
 
 class RecordingDevice(HsDevice):

@@ -17,7 +17,7 @@ from meshguard.testing.rng import SeededRng
 from meshguard.wire import holepunch as hpwire
 from meshguard.wire import relay as rwire
 
-from .test_node import FakeBackend, FakeMembership, FakeTrust
+from .helpers import FakeBackend, FakeMembership, FakeTrust
 
 WALL = 1_700_000_000.0
 EVIL = ("198.51.100.66", 4444)

@@ -20,7 +20,7 @@ from meshguard.testing.rng import SeededRng
 from meshguard.wire import org as wire
 from meshguard.wireguard.actions import SendDatagram
 
-from .test_org_gossip import cluster
+from .helpers import cluster
 
 FLOOD = 20_000
 

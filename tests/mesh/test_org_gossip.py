@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.crypto.keys import Ed25519PrivateKey
 from meshguard.dns.resolver import Resolver, build_table
 from meshguard.identity.addressing import org_domain
-from meshguard.identity.certificate import NodeCertificate, sign_certificate
-from meshguard.identity.trust import Admission, Revocation, TrustStore
+from meshguard.identity.certificate import sign_certificate
+from meshguard.identity.trust import Revocation, TrustStore
 from meshguard.mesh import org_gossip
-from meshguard.mesh.node import AliasLearned, MeshNode, RevocationLearned
+from meshguard.mesh.node import AliasLearned, RevocationLearned
 from meshguard.mesh.org_gossip import (
     OrgGossip,
     OrgLink,
@@ -35,68 +34,7 @@ from meshguard.wire import dns
 from meshguard.wire import org as wire
 from meshguard.wireguard.actions import SendDatagram
 
-from .test_mesh_sim import Net, SimNode
-
-
-@dataclass
-class CertTrust:
-    """Admits members with a valid certificate from a trusted org (and listed keys)."""
-
-    orgs: set[bytes] = field(default_factory=set)
-    keys: dict[bytes, str] = field(default_factory=dict)
-
-    def trusted_org_keys(self) -> set[bytes]:
-        return self.orgs
-
-    def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Admission:
-        dom = None
-        cert_ok = False
-        if certificate is not None:
-            cert = NodeCertificate.from_bytes(certificate)
-            cert_ok = cert.org_key in self.orgs and cert.problem(now_wall, node_key) is None
-            dom = org_domain(cert.org_key) if cert_ok else None
-        if node_key in self.keys:
-            return Admission(True, "authorized key", self.keys[node_key], dom)
-        if cert_ok:
-            return Admission(True, "org certificate", cert.name, dom)
-        return Admission(False, "unknown key")
-
-
-class OrgNet(Net):
-    def __init__(self, seed: int, org: Ed25519PrivateKey) -> None:
-        super().__init__(seed)
-        self.org = org
-
-    def add_cert_node(self, name: str, ip: str, trusted: bool = True) -> SimNode:
-        from meshguard.mesh.swim_port import build_membership
-
-        ident = Ed25519PrivateKey(self.rng.bytes(32))
-        wg = X25519PrivateKey.generate(self.rng.bytes(32))
-        ep = (ip, 51821)
-        c = self.clock
-        cert = sign_certificate(self.org, ident.public_key.raw, name, int(c.wall()) - 60)
-        trust = CertTrust({self.org.public_key.raw} if trusted else set())
-        port = build_membership(identity=ident, wg_private=wg, certificate=cert.to_bytes(),
-                                endpoints=[ep], kernel=False, admitter=trust, rng=self.rng,
-                                now=c.monotonic(), wall=c.wall())
-        node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, trust,
-                        org=OrgGossip(self.rng, wg, identity_key=ident.public_key.raw),
-                        certificate=cert.to_bytes())
-        sn = SimNode(name, ep, ident, node, trust)  # type: ignore[arg-type]
-        self.nodes[ep] = sn
-        return sn
-
-
-def cluster(n: int, seed: int = 3) -> tuple[OrgNet, list[SimNode]]:
-    net = OrgNet(seed, Ed25519PrivateKey(SeededRng(seed + 1000).bytes(32)))
-    nodes = [net.add_cert_node(f"node-{i}", f"192.0.2.{i + 1}") for i in range(n)]
-    net.join(nodes[0], [])
-    for x in nodes[1:]:
-        net.join(x, [nodes[0]])
-    net.run(10.0)
-    for a in nodes:
-        assert len(a.node.peers) == n - 1, f"{a.name} has {len(a.node.peers)} peers"
-    return net, nodes
+from .helpers import CertTrust, OrgNet, SimNode, cluster
 
 
 def has_tunnel(a: SimNode, b: SimNode) -> bool:

@@ -15,7 +15,7 @@ from meshguard.nat.holepunch import PunchSucceeded
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import holepunch as wire
 
-from .test_holepunch import Host, Net, _deliver, _request, cone_mesh
+from .helpers import Host, Net, cone_mesh, deliver, signed_request
 
 EVIL = ("198.51.100.66", 4444)
 
@@ -45,18 +45,18 @@ def test_signature_flood_from_one_source_is_bounded(monkeypatch: pytest.MonkeyPa
     # requests "from A" to B with garbage signatures, from one address
     for i in range(5000):
         net.now = i * 1e-5
-        assert _deliver(b, net, _forged(a.ident, b.ident, wall, i), EVIL) == []
+        assert deliver(b, net, _forged(a.ident, b.ident, wall, i), EVIL) == []
     assert calls[0] <= 60
     assert b.hp.counters["punch_source_limited"] >= 4940
     # ... and through the rendezvous
     calls[0] = 0
     for i in range(5000):
-        assert _deliver(r, net, _forged(a.ident, b.ident, wall, i), EVIL) == []
+        assert deliver(r, net, _forged(a.ident, b.ident, wall, i), EVIL) == []
     assert calls[0] <= 60
     assert r.hp.counters["punch_forwarded"] == 0
     # the forgeries did not spend A's forwarding allowance at R: A's real request goes on
-    good = _request(a.key, b.ident, wall, session=77)
-    assert _deliver(r, net, good, ("203.0.113.21", 51821)) == [SendDatagram(good, b.advertised[0])]
+    good = signed_request(a.key, b.ident, wall, session=77)
+    assert deliver(r, net, good, ("203.0.113.21", 51821)) == [SendDatagram(good, b.advertised[0])]
 
 
 def test_signature_flood_from_many_sources_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,7 +65,7 @@ def test_signature_flood_from_many_sources_is_bounded(monkeypatch: pytest.Monkey
     for i in range(5000):
         net.now = i * 1e-5
         src = (f"10.{i >> 8 & 255}.{i & 255}.1", 1000 + i)
-        assert _deliver(b, net, _forged(a.ident, b.ident, 1e9, i), src) == []
+        assert deliver(b, net, _forged(a.ident, b.ident, 1e9, i), src) == []
     assert calls[0] <= 1100
     assert b.hp.counters["punch_global_limited"] >= 3900
 
@@ -77,8 +77,8 @@ def test_stage_one_junk_costs_no_signature_check(monkeypatch: pytest.MonkeyPatch
     calls = _count_verifies(monkeypatch)
     for i in range(3000):
         t = wire.HOLEPUNCH_REQUEST if i % 2 else wire.HOLEPUNCH_RESPONSE
-        assert _deliver(b, net, _forged(a.ident, b.ident, 1e9, i, wire.STAGE_PROBE, t),
-                        EVIL) == []
+        assert deliver(b, net, _forged(a.ident, b.ident, 1e9, i, wire.STAGE_PROBE, t),
+                       EVIL) == []
     assert calls[0] == 0
     assert b.hp.counters["punch_no_session"] == 3000
 
@@ -167,7 +167,7 @@ def test_member_requests_with_a_victims_address_draw_few_probes() -> None:
                               b.ident, 1000 + i, int((1e9 + net.now) * 1000), (victim,))
         body = wire.signed_part(m)
         req = body + a.key.sign(wire.SIGN_CONTEXT + body)
-        sends += sum(isinstance(x, SendDatagram) for x in _deliver(b, net, req, victim))
+        sends += sum(isinstance(x, SendDatagram) for x in deliver(b, net, req, victim))
     assert sends <= 3 * 2  # three requests' worth: a response and a probe each
     assert b.hp.counters["punch_request_limited"] >= 30
     assert (b.hp.counters["punch_request_limited"]

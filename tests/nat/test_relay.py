@@ -3,60 +3,21 @@ forwarding, authentication and limits."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import pytest
 
-from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.errors import WireFormatError
 from meshguard.nat.relay import (
     RELAY_HOST,
-    Relay,
-    RelayAction,
     RelayDelivered,
     RelayObserved,
     RelayPeer,
 )
-from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import relay as wire
 
+from .helpers import A_EP, B_EP, R_EP, Member, on, split, view
+
 WALL = 1_700_000_000.0
-A_EP = ("203.0.113.21", 40001)
-B_EP = ("203.0.113.22", 40002)
-R_EP = ("203.0.113.10", 51821)
 R2_EP = ("203.0.113.11", 51821)
-
-
-class Member:
-    def __init__(self, seed: int, ep: tuple[str, int], nat: int) -> None:
-        self.ident = Ed25519PrivateKey(bytes([seed]) * 32).public_key.raw
-        self.wg = X25519PrivateKey(bytes([seed + 100]) * 32)
-        self.ep = ep
-        self.nat = nat
-        self.core = Relay(self.ident, self.wg, cookie_secret=bytes([seed]) * 32)
-        self.core.behind_nat = nat != 1
-
-    def peer(self) -> RelayPeer:
-        return RelayPeer(self.ident, self.wg.public_key.raw, self.ep, self.nat, True)
-
-
-def view(me: Member, *others: Member) -> dict[bytes, RelayPeer]:
-    return {o.ident: o.peer() for o in others if o is not me}
-
-
-def on(me: Member, members: Mapping[bytes, RelayPeer]) -> Relay:
-    """`me`'s relay core, seeing `members`."""
-    me.core.members = lambda: members
-    return me.core
-
-
-def split(actions: Sequence[RelayAction]
-          ) -> tuple[list[SendDatagram], tuple[bytes, Endpoint] | None]:
-    """(the datagrams to send, (payload, placeholder source) delivered to the device)."""
-    sends = [a for a in actions if isinstance(a, SendDatagram)]
-    got = [(a.payload, a.source) for a in actions if isinstance(a, RelayDelivered)]
-    assert len(got) <= 1 and not (sends and got)
-    return sends, (got[0] if got else None)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from meshguard.nat.relay import RelayPeer
 from meshguard.sansio import SendDatagram
 from meshguard.wire import relay as wire
 
-from .test_relay import A_EP, B_EP, R_EP, Member, on, split, view
+from .helpers import A_EP, B_EP, R_EP, Member, on, split, view
 
 WALL = 1_700_000_000.0
 A_AT_R = ("203.0.113.21", 5555)  # A's NAT mapping toward R
