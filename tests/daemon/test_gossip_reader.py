@@ -24,7 +24,7 @@ class ExplodingNode:
         self.counters: Counter[str] = Counter()
         self.seen: list[bytes] = []
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: Any) -> list[Any]:
+    def receive(self, now: float, wall: float, data: bytes, src: Any) -> list[Any]:
         self.seen.append(data)
         if data.startswith(b"boom"):
             raise ValueError("a bug reached by bad input")

@@ -121,7 +121,7 @@ class HsDevice:
     peers: dict[Any, HsPeer] = field(default_factory=dict)
     initiated: list[tuple[str, int] | None] = field(default_factory=list)
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
+    def receive(self, now: float, wall: float, data: bytes, src: tuple[str, int]
                          ) -> list[Any]:
         return []
 
@@ -240,7 +240,7 @@ class Net:
             target = self.nodes.get(dst)
             if target is None or dst in self.down or src in self.down:
                 continue
-            self.run_actions(target, target.node.receive_datagram(c.monotonic(), c.wall(), data,
+            self.run_actions(target, target.node.receive(c.monotonic(), c.wall(), data,
                                                                   src))
         c.advance(dt)
         for ep, sn in self.nodes.items():

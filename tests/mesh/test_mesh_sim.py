@@ -131,7 +131,7 @@ _FUZZ_NODE = _FUZZ_NET.add("fuzz", "192.0.2.1")
 @settings(max_examples=200, deadline=None)
 def test_remote_garbage_never_raises(prefix: bytes, body: bytes) -> None:
     node = _FUZZ_NODE.node
-    out = node.receive_datagram(1.0, 1_700_000_000.0, prefix + body, ("203.0.113.5", 4444))
+    out = node.receive(1.0, 1_700_000_000.0, prefix + body, ("203.0.113.5", 4444))
     assert all(isinstance(a, SendDatagram | WriteTun | PeerUp | PeerDown | Joined)
                for a in out)
     assert node.peers == {}

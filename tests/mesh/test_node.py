@@ -38,7 +38,7 @@ class FakeDevice:
     def __init__(self) -> None:
         self.got: list[bytes] = []
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
+    def receive(self, now: float, wall: float, data: bytes, src: tuple[str, int]
                          ) -> list[Any]:
         self.got.append(data)
         return [WriteTun(b"inner"), SendDatagram(b"reply", src)]
@@ -193,14 +193,14 @@ def test_demux_routes_datagrams() -> None:
     dev = node.device
     assert isinstance(dev, FakeDevice)
     wg = struct.pack("<I", 4) + b"\x00" * 28
-    out = node.receive_datagram(1.0, WALL, wg, ("192.0.2.5", 9))
+    out = node.receive(1.0, WALL, wg, ("192.0.2.5", 9))
     assert out == [WriteTun(b"inner"), SendDatagram(b"reply", ("192.0.2.5", 9))]
     assert dev.got == [wg]
-    out = node.receive_datagram(1.0, WALL, b"\x01gossip", ("192.0.2.5", 9))
+    out = node.receive(1.0, WALL, b"\x01gossip", ("192.0.2.5", 9))
     assert out[0] == SendDatagram(b"\x03ack", ("192.0.2.5", 9))
     assert ms.received == [(b"\x01gossip", ("192.0.2.5", 9))]
     for junk in (b"", b"\xff" * 50, b"\xfeabc"):
-        assert node.receive_datagram(1.0, WALL, junk, ("192.0.2.5", 9)) == []
+        assert node.receive(1.0, WALL, junk, ("192.0.2.5", 9)) == []
     assert node.counters["garbage_dropped"] == 3
     assert node.counters["gossip_rx"] == 1 and node.counters["wireguard_rx"] == 1
     assert node.send_packet(1.0, WALL, b"\x45" + b"\x00" * 19) == [
@@ -210,7 +210,7 @@ def test_demux_routes_datagrams() -> None:
 def test_kernel_mode_without_device_counts_wireguard_as_garbage() -> None:
     ms, tr = FakeMembership(), FakeTrust()
     node = MeshNode(key(), key(), ms, tr)
-    assert node.receive_datagram(1.0, WALL, struct.pack("<I", 1) + bytes(144), ("1.2.3.4", 1)) \
+    assert node.receive(1.0, WALL, struct.pack("<I", 1) + bytes(144), ("1.2.3.4", 1)) \
         == []
     assert node.counters["garbage_dropped"] == 1
     a = member(key())
@@ -242,10 +242,10 @@ def test_stun_through_the_node() -> None:
     assert again and again[0].data == req.data
     txid = stun_codec.decode(req.data).transaction_id
     resp = stun_codec.encode_binding_success(txid, ("192.0.2.77", 40000))
-    out = node.receive_datagram(0.6, WALL, resp, server)
+    out = node.receive(0.6, WALL, resp, server)
     assert out == [StunResult(("192.0.2.77", 40000), int(NatType.UNKNOWN))]
     # late duplicates are counted, not re-reported
-    assert node.receive_datagram(0.7, WALL, resp, server) == []
+    assert node.receive(0.7, WALL, resp, server) == []
     assert node.counters["stun_rx"] == 2 and node.counters["stun_unexpected"] == 1
 
 

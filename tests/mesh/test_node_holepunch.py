@@ -36,7 +36,7 @@ def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
     # the probe arrives from a port B never advertised (peer-reflexive): we answer it and
     # probe that port, but a probe proves nothing by itself
     seen_from = ("203.0.113.22", 40007)
-    got = node.receive_datagram(4.7, WALL + 4.7, probes[0].data, seen_from)
+    got = node.receive(4.7, WALL + 4.7, probes[0].data, seen_from)
     to_b = [a for a in got if isinstance(a, SendDatagram) and a.endpoint == seen_from]
     answer = [a for a in to_b if a.data[0] == HOLEPUNCH_RESPONSE]
     ours = [a for a in to_b if a.data[0] == HOLEPUNCH_REQUEST]
@@ -49,7 +49,7 @@ def test_stalled_peer_is_punched_and_gets_the_proven_endpoint() -> None:
     bans = [a for a in bhp.receive(4.8, WALL + 4.8, ours[0].data, NODE_EP)
             if isinstance(a, SendDatagram)]
     assert len(bans) == 1
-    got = node.receive_datagram(4.9, WALL + 4.9, bans[0].data, seen_from)
+    got = node.receive(4.9, WALL + 4.9, bans[0].data, seen_from)
     assert be.peers[b.wg_key].endpoint == seen_from
     assert node.punched[b.wg_key] == (B_EP, seen_from)
     assert dev.peer(_X(b.wg_key)).endpoint == seen_from
@@ -79,12 +79,12 @@ def test_higher_key_side_waits_for_the_handshake() -> None:
     bhp = HolePuncher(bkey, SeededRng(3))
     probe = bhp._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, node.identity_key, sess.session,
                       WALL + 4.6, (), nonce=9)
-    got = node.receive_datagram(4.6, WALL + 4.6, probe, B_EP)
+    got = node.receive(4.6, WALL + 4.6, probe, B_EP)
     ours = [a for a in got if isinstance(a, SendDatagram) and a.data[0] == HOLEPUNCH_REQUEST]
     assert dev.initiated == [] and len(ours) == 1  # a probe proves nothing: we probe back
     ans = bhp._sign(HOLEPUNCH_RESPONSE, STAGE_PROBE, node.identity_key, sess.session,
                     WALL + 4.7, (), nonce=decode(ours[0].data).nonce)
-    node.receive_datagram(4.7, WALL + 4.7, ans, B_EP)
+    node.receive(4.7, WALL + 4.7, ans, B_EP)
     assert hp.counters["punch_succeeded"] == 1
     assert bool(dev.initiated) is lower
 
@@ -101,7 +101,7 @@ def test_connected_peers_are_left_alone() -> None:
 def test_holepunch_messages_without_puncher_are_garbage() -> None:
     node, _, _, _, _, _ = setup()
     node.holepunch = None
-    assert node.receive_datagram(0.0, WALL, b"\x33MG\x01\x00" + b"\x00" * 200, B_EP) == []
+    assert node.receive(0.0, WALL, b"\x33MG\x01\x00" + b"\x00" * 200, B_EP) == []
     assert node.counters["garbage_dropped"] == 1
 
 
@@ -139,7 +139,7 @@ def test_failed_punch_relays_through_the_fastest_public_member() -> None:
     echo = r_core.receive(6.0, WALL + 6, regs[0].data, seen_from)
     assert [type(a) for a in echo] == [SendDatagram]
     assert isinstance(echo[0], SendDatagram)
-    out = node.receive_datagram(6.02, WALL + 6.02, echo[0].data, R_EP)
+    out = node.receive(6.02, WALL + 6.02, echo[0].data, R_EP)
     assert ReflexiveEndpoint(seen_from, rkey.public_key.raw) in out
     # the echo carried a cookie: the node confirms the address from where it registered
     confirms = [a for a in out if isinstance(a, SendDatagram) and a.data[0] == 0x31]

@@ -17,7 +17,7 @@ class RecordingDevice(HsDevice):
         super().__init__()
         self.got: list[tuple[bytes, tuple[str, int]]] = []
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: tuple[str, int]
+    def receive(self, now: float, wall: float, data: bytes, src: tuple[str, int]
                          ) -> list[object]:
         self.got.append((data, src))
         return []
@@ -42,7 +42,7 @@ def test_forged_origin_never_reaches_the_device() -> None:
                         b"\x01\x00\x00\x00" + b"\x00" * 144)
     assert forged is not None
     before = dict(be.peers)
-    out = node.receive_datagram(1.0, WALL + 1, forged, r_view.gossip_endpoint or ("0", 0))
+    out = node.receive(1.0, WALL + 1, forged, r_view.gossip_endpoint or ("0", 0))
     assert out == [] and dev.got == []
     assert node.relay.via == {} and be.peers == before
     assert node.relay.counters["relay_bad_origin"] == 1

@@ -59,7 +59,7 @@ def test_one_byte_datagrams_scan_no_members(type_byte: int) -> None:
     node, ms, _ = big_node()
     before = ms.scans
     for i in range(2000):
-        assert node.receive_datagram(1.0 + i * 1e-4, WALL + 1, bytes([type_byte]), EVIL) == []
+        assert node.receive(1.0 + i * 1e-4, WALL + 1, bytes([type_byte]), EVIL) == []
     assert ms.scans == before
     assert node.counters["member_views_built"] == 0
 
@@ -75,8 +75,8 @@ def test_well_formed_stranger_datagrams_build_the_views_once() -> None:
     punch_junk = hpwire.encode(punch)
     before = ms.scans
     for i in range(1000):
-        node.receive_datagram(1.0 + i * 1e-4, WALL + 1, relay_junk, EVIL)
-        node.receive_datagram(1.0 + i * 1e-4, WALL + 1, punch_junk, EVIL)
+        node.receive(1.0 + i * 1e-4, WALL + 1, relay_junk, EVIL)
+        node.receive(1.0 + i * 1e-4, WALL + 1, punch_junk, EVIL)
     assert ms.scans - before <= 2  # one build of each view, then lookups
     assert node.counters["member_views_built"] <= 2
     assert node.relay is not None and node.relay.counters["relay_unknown_hop"] == 1000
@@ -88,5 +88,5 @@ def test_well_formed_stranger_datagrams_build_the_views_once() -> None:
     relay_dead = rwire.authenticated_part(rwire.RelayMessage(
         views[0].identity_key, views[0].identity_key, node.identity_key, b"",
         int(WALL) << 24)) + b"\x00" * 16
-    node.receive_datagram(3.0, WALL + 3, relay_dead, EVIL)
+    node.receive(3.0, WALL + 3, relay_dead, EVIL)
     assert node.relay.counters["relay_unknown_hop"] == 1001

@@ -62,7 +62,7 @@ def test_stranger_flood_of_forged_revocations_costs_no_signature_check(
         else:
             data = body + member_wg + rnd.randbytes(16)  # a real member's key, no MAC key
         src = (f"203.0.113.{i % 250 + 1}", 1024 + i % 50_000)
-        assert a.node.receive_datagram(now, wall, data, src) == []
+        assert a.node.receive(now, wall, data, src) == []
     assert verify_calls[0] == 0
     org = a.node.org
     assert org is not None and org.revocations == {}
@@ -141,17 +141,17 @@ def test_member_flood_of_forged_revocations_costs_a_bounded_number_of_checks(
                                to_a)
         assert data is not None
         first = first or data
-        assert a.node.receive_datagram(now, wall, data, rogue.ep) == []
+        assert a.node.receive(now, wall, data, rogue.ep) == []
     assert verify_calls[0] <= org_gossip.VERIFY_BURST_PER_SENDER
     assert org.counters["org_verify_rate_limited"] >= FLOOD * wire.MAX_ITEMS - verify_calls[0]
     checks = verify_calls[0]
     for _ in range(1000):  # the same forgery again: remembered, not re-checked
-        a.node.receive_datagram(now, wall, first, rogue.ep)
+        a.node.receive(now, wall, first, rogue.ep)
     assert verify_calls[0] == checks
     rev = sign_revocation(net.org, victim.key, int(wall))
     data = honest.node.org.seal(wire.encode_revocations([rev]), to_a)  # type: ignore[union-attr]
     assert data is not None
-    a.node.receive_datagram(now, wall, data, honest.ep)
+    a.node.receive(now, wall, data, honest.ep)
     assert rev.target in org.revocations and victim.node.wg_key not in a.node.peers
     assert org.revocations.keys() == {rev.target}
 
@@ -167,7 +167,7 @@ def test_revoked_member_loses_its_org_gossip_rights() -> None:
     alias = sign_alias(net.org, "acme", int(net.clock.wall()))
     data = vcore.seal(wire.encode_aliases([alias]), OrgLink(a.key, a.node.wg_key))
     assert data is not None
-    assert a.node.receive_datagram(net.clock.monotonic(), net.clock.wall(), data,
+    assert a.node.receive(net.clock.monotonic(), net.clock.wall(), data,
                                    victim.ep) == []
     assert a.node.org is not None and a.node.org.counters["org_not_member"] == 1
     assert a.node.org.aliases == {}
@@ -186,7 +186,7 @@ def test_member_macs_on_garbage_never_raise(prefix: bytes, body: bytes) -> None:
     assert core is not None
     data = core.seal(prefix + body, OrgLink(a.key, a.node.wg_key))
     assert data is not None
-    out = a.node.receive_datagram(1.0, _NET.clock.wall(), data, b.ep)
+    out = a.node.receive(1.0, _NET.clock.wall(), data, b.ep)
     assert not any(isinstance(x, SendDatagram) for x in out)
 
 

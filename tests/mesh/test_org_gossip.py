@@ -113,13 +113,13 @@ def test_forged_and_untrusted_revocations_are_ignored_and_not_forwarded() -> Non
     to_a = OrgLink(a.key, a.node.wg_key)
     for r in (forged, untrusted, wrong_node):
         # from a stranger: dropped before any check of the items
-        out = a.node.receive_datagram(net.clock.monotonic(), wall, wire.encode_revocations([r]),
+        out = a.node.receive(net.clock.monotonic(), wall, wire.encode_revocations([r]),
                                       ("203.0.113.9", 4000))
         assert out == []
         # from a member (MACed for a): the items are checked and refused
         data = sender.seal(wire.encode_revocations([r]), to_a)
         assert data is not None
-        out = a.node.receive_datagram(net.clock.monotonic(), wall, data, nodes[2].ep)
+        out = a.node.receive(net.clock.monotonic(), wall, data, nodes[2].ep)
         assert out == []
     org = a.node.org
     assert org is not None and org.revocations == {}
@@ -211,7 +211,7 @@ _NODE = cluster(2, seed=12)[1][0]
        st.binary(max_size=400))
 @settings(max_examples=300, deadline=None)
 def test_org_garbage_never_raises(prefix: bytes, body: bytes) -> None:
-    out = _NODE.node.receive_datagram(1.0, 1_700_000_000.0, prefix + body, ("203.0.113.5", 1))
+    out = _NODE.node.receive(1.0, 1_700_000_000.0, prefix + body, ("203.0.113.5", 1))
     assert not any(isinstance(a, SendDatagram) for a in out)
     assert _NODE.node.org is not None and not _NODE.node.org.revocations
 

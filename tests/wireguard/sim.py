@@ -112,7 +112,7 @@ class SimNet:
                     continue
                 self.delivered += 1
                 self.handle(
-                    node, node.device.receive_datagram(self.clock.now, self.clock.wall(), data, src)
+                    node, node.device.receive(self.clock.now, self.clock.wall(), data, src)
                 )
             for n in self.nodes.values():
                 d = n.device.next_deadline()

@@ -24,9 +24,9 @@ def _world() -> tuple[Node, Node, Peer, Peer]:
     """A has completed a handshake with B; B holds the new keypair as `next` (unconfirmed)."""
     _, a, b, pb, pa = make_pair(seed=21)
     init = [x for x in a.device.initiate_handshake(NOW, WALL, pb) if isinstance(x, SendDatagram)]
-    resp = b.device.receive_datagram(NOW, WALL, init[0].data, A_EP)
+    resp = b.device.receive(NOW, WALL, init[0].data, A_EP)
     assert isinstance(resp[0], SendDatagram)
-    out = a.device.receive_datagram(NOW, WALL, resp[0].data, B_EP)
+    out = a.device.receive(NOW, WALL, resp[0].data, B_EP)
     assert isinstance(out[0], HandshakeCompleted)  # the confirming keepalive is not delivered
     assert pa.keypairs.next is not None and pa.keypairs.current is None
     return a, b, pb, pa
@@ -142,7 +142,7 @@ def test_receive_fast_path_matches_slow_path() -> None:
     src = ("203.0.113.5", 999)  # roamed
     slow: list[Action] = []
     for d in batch:
-        slow += b1.device.receive_datagram(t, WALL, d, src)
+        slow += b1.device.receive(t, WALL, d, src)
     fast = _fast_receive(b2.device, t, [(d, src) for d in batch])
     slow_tun = [x for x in slow if isinstance(x, WriteTun)]
     fast_tun = [x for x in fast if isinstance(x, WriteTun)]

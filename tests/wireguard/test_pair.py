@@ -405,7 +405,7 @@ def test_garbage_never_raises_and_device_still_works() -> None:
             data = s[:i] + bytes([s[i] ^ (1 << r.randrange(8))]) + s[i + 1 :]
         else:
             data = s + r.randbytes(r.randrange(1, 2000))  # oversized
-        db.receive_datagram(now, wall, data, ("203.0.113.1", 1))
+        db.receive(now, wall, data, ("203.0.113.1", 1))
         n += 1
     c = db.counters
     assert c.dropped() >= n * 0.9
@@ -436,7 +436,7 @@ def test_private_key_change_drops_sessions() -> None:
     assert pb.keypairs.all() == []
     dev = Device(a.device.rng)
     assert dev.public_key is None
-    assert dev.receive_datagram(0.0, 0.0, a.sent[0], A_EP) == []
+    assert dev.receive(0.0, 0.0, a.sent[0], A_EP) == []
     assert dev.counters.no_private_key == 1
 
 
@@ -479,11 +479,11 @@ def test_under_load_mac2_holders_are_rate_limited_per_source() -> None:
         body = w.Initiation(1, r.randbytes(32), r.randbytes(48), r.randbytes(28)).encode()
         return gen.add_macs(net.clock.now, body, w.INITIATION_MAC1_OFFSET)
 
-    reply = db.receive_datagram(net.clock.now, net.clock.wall(), forged(), attacker)
+    reply = db.receive(net.clock.now, net.clock.wall(), forged(), attacker)
     assert isinstance(reply[0], SendDatagram)
     assert gen.consume_reply(net.clock.now, w.CookieReply.decode(reply[0].data))
     for _ in range(100):
-        db.receive_datagram(net.clock.now, net.clock.wall(), forged(), attacker)
+        db.receive(net.clock.now, net.clock.wall(), forged(), attacker)
     c = db.counters
     assert c.bad_handshake == 5 and c.rate_limited == 95  # the burst, then nothing
     # the legitimate peer from its own address is unaffected

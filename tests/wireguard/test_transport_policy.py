@@ -81,7 +81,7 @@ def test_slow_path_counts_what_accept_batch_decides() -> None:
     spoofed = seal_batch(send.send.aead, send.remote_index, 200,
                          [ipv4_packet("10.0.0.99", B_IP, b"spoof")])[0]
     for _ in range(2):  # the second is a replay
-        assert dev.receive_datagram(now, 1_700_002_000.0, spoofed, ("10.1.0.1", 51820)) == []
+        assert dev.receive(now, 1_700_002_000.0, spoofed, ("10.1.0.1", 51820)) == []
     after = c.as_dict()
     assert after["bad_source"] == before["bad_source"] + 1
     assert after["replay"] == before["replay"] + 1

@@ -109,7 +109,7 @@ class GossipSocket:
                 continue
             c = self.clock
             try:
-                out += node.receive_datagram(c.monotonic(), c.wall(), data, (host, addr[1]))
+                out += node.receive(c.monotonic(), c.wall(), data, (host, addr[1]))
             except Exception:
                 # a bug reached by network input: count it, warn now and then, read on
                 node.counters["gossip_reader_errors"] += 1

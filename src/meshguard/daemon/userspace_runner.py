@@ -1,6 +1,6 @@
 """Userspace mode: a TUN device and the data-plane engine (dataplane/engine.py) carry the
 tunnels. The mesh sits behind the engine's ports (engine_wiring.py): transport data takes the
-Device's fast path, everything else reaches `MeshNode.receive_datagram`, and the engine's
+Device's fast path, everything else reaches `MeshNode.receive`, and the engine's
 timers tick the node. With `split_port`, gossip has its own socket as in kernel mode, and the
 engine's send router sends gossip and STUN from it."""
 

@@ -33,7 +33,7 @@ Python twin (MESHGUARD_PURE_PYTHON=1 forces it); ciphers are keyed once per keyp
 The engine works through three ports (dataplane/ports.py): transport data takes the fast-path
 port (route and keypair once per peer and batch, bookkeeping once per keypair and batch);
 handshakes, cookies, timers, packets for peers without a session and everything else go through
-the slow-path port (`receive_datagram`, `send_packet`, `tick`), whose actions the engine
+the slow-path port (`receive`, `send_packet`, `tick`), whose actions the engine
 executes; the send router, when given, takes the datagrams that leave from another socket. What
 a received transport message must pass (replay window, source address, keepalives, the drop
 reasons) is wireguard/transport.py's accept_batch, the same function the Device's slow path
@@ -44,7 +44,7 @@ The walk of one datagram from the UDP socket to the TUN (each layer once, docs/a
   - transport: socket -> Engine (ReceiveBatch: its type and receiver index pick the fast path)
     -> FastPathPort (keypair) -> fastpath.open_batch -> transport.accept_batch -> TUN write,
     then note_received once per keypair and batch;
-  - anything else: socket -> Engine (not a transport message) -> SlowPathPort.receive_datagram
+  - anything else: socket -> Engine (not a transport message) -> SlowPathPort.receive
     (the Device, or the MeshNode, whose demultiplexer classifies it once and hands a handshake
     to its Device or gossip to SWIM) -> actions back to the Engine, which sends the datagrams
     (through the SendRouter when there is one) and passes the rest to its owner.

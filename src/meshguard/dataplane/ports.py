@@ -69,7 +69,7 @@ class FastPathPort(Protocol):
 class SlowPathPort(Protocol):
     """One datagram or packet at a time, and the timers (a sans-IO core)."""
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
                          ) -> Sequence[object]: ...
 
     def send_packet(self, now: float, wall: float, ip_packet: bytes) -> Sequence[object]: ...

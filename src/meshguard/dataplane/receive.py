@@ -77,7 +77,7 @@ class ReceiveBatch:
         drops = self.c_drops
         if not n:  # an empty datagram is garbage for the slow path to count
             self.flush()
-            self.actions.extend(self.slow.receive_datagram(self.now, self.wall, b"", src))
+            self.actions.extend(self.slow.receive(self.now, self.wall, b"", src))
             return
         while pos < n:
             dlen = n - pos
@@ -86,7 +86,7 @@ class ReceiveBatch:
             if dlen < _TRANSPORT_MIN or data[pos : pos + 4] != _TRANSPORT_TYPE:
                 self.flush()
                 self.last_index = -1
-                self.actions.extend(self.slow.receive_datagram(
+                self.actions.extend(self.slow.receive(
                     self.now, self.wall, bytes(data[pos : pos + dlen]), src))
                 pos += dlen
                 continue

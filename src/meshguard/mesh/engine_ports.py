@@ -75,11 +75,11 @@ class MeshSlowPath:
         self.tick = node.tick
         self.next_deadline = node.next_deadline
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
                          ) -> list[Action]:
         node = self._node
         if not self._wireguard_only:
-            return node.receive_datagram(now, wall, data, src)
+            return node.receive(now, wall, data, src)
         if classify(data) is not Kind.WIREGUARD:
             node.counters["garbage_dropped"] += 1  # a kernel device would drop it too
             return []

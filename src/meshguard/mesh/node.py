@@ -1,6 +1,6 @@
 """MeshNode: the sans-IO composition of one mesh member.
 
-One UDP port carries everything (docs/wire-format.md). `MeshNode.receive_datagram` classifies each
+One UDP port carries everything (docs/wire-format.md). `MeshNode.receive` classifies each
 datagram (mesh/demux.py) and hands it to the WireGuard device, the SWIM membership or the STUN
 client; garbage is counted (`counters["garbage_dropped"]`) and dropped.
 
@@ -151,7 +151,7 @@ class MeshNode:
 
     # datagrams ---------------------------------------------------------------------------
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
                          ) -> list[Action]:
         kind = classify(data)
         if kind is Kind.WIREGUARD:
@@ -189,7 +189,7 @@ class MeshNode:
         if self.device is None:
             self.counters["garbage_dropped"] += 1
             return []
-        return self._from_device(self.device.receive_datagram(now, wall, data, src))
+        return self._from_device(self.device.receive(now, wall, data, src))
 
     def send_packet(self, now: float, wall: float, packet: bytes) -> list[Action]:
         if self.device is None:
@@ -526,7 +526,7 @@ class MeshNode:
             elif self.device is not None:  # RelayDelivered
                 if a.new_path:
                     out += self.reconcile(wall)  # a peer now reached through the relay
-                out += self._from_device(self.device.receive_datagram(now, wall, a.payload,
+                out += self._from_device(self.device.receive(now, wall, a.payload,
                                                                       a.source))
         return out
 

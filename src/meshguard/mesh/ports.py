@@ -47,7 +47,7 @@ class MembershipPort(Protocol):
 class DevicePort(Protocol):
     """The subset of wireguard.device.Device that the node drives."""
 
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint
                          ) -> Sequence[DeviceAction]: ...
 
     def send_packet(self, now: float, wall: float, ip_packet: bytes

@@ -4,7 +4,7 @@ A `Target` is a function of one byte string plus the exception types it may rais
 documented error of its codec: `WireFormatError` for wire/, `CertificateError` for
 certificates, `KeyFileError` / `ConfigError` for files; nothing at all for the demultiplexer,
 the DNS resolver, the STUN client, the gossip.state reader, the UAPI request parser and
-`MeshNode.receive_datagram`).
+`MeshNode.receive`).
 Anything else it raises is a failure, as is a decoded message that does not encode back to the
 same bytes where the codec is canonical, and, for the C fast path (coalesce, open_batch, the
 handshake guard), any difference from its pure Python twin.

@@ -164,7 +164,7 @@ def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
             datagrams.append(data)
             if target is v:
                 to_victim.append(data)
-            run(target, target.node.receive_datagram(now, wall, data, src))
+            run(target, target.node.receive(now, wall, data, src))
 
     def join(x: Member, seeds: list[Member]) -> None:
         port = x.node.membership
@@ -317,7 +317,7 @@ class NodeHarness:
         self._n += 1
         self.now += self.step
         src = self.source(data)
-        out = self.node.receive_datagram(self.now, self.wall, data, src)
+        out = self.node.receive(self.now, self.wall, data, src)
         self.sent += len(out)
         if self._n % 256 == 0:
             d = self.node.next_deadline()

@@ -9,7 +9,7 @@ timers.py; this module holds the peer set, routing and the two paths that use th
 Slow path (returns a list of actions, see actions.py: SendDatagram, WriteTun,
 HandshakeCompleted, PeerKeysExpired, HandshakeGaveUp):
 
-    receive_datagram(now, wall, data, src)  a UDP datagram from `src`
+    receive(now, wall, data, src)  a UDP datagram from `src`
     send_packet(now, wall, ip_packet)       an IP packet read from the TUN
     tick(now, wall)                         run due timers; call again at next_deadline()
     send_keepalive(now, wall, peer)         e.g. when persistent keepalive is switched on
@@ -21,7 +21,7 @@ mac2 / a cookie reply within a global budget and a per-source DH bucket), then D
 then the per-peer initiation rate and TAI64N replay check. The data-plane engine may swap the
 guard for its C twin (use_guard) and run it on handshake messages as they are read; it then
 reports what it refused with count_verdicts. Garbage is counted in `device.counters` under one
-reason and dropped; receive_datagram never raises for remote input.
+reason and dropped; receive never raises for remote input.
 
 Fast path (for a data plane moving batches of packets per wake-up). Per batch, not per packet:
 
@@ -519,7 +519,7 @@ class Device(Handshakes):
         return now + self._wall_offset
 
     # -- slow path: receiving -----------------------------------------------------------------
-    def receive_datagram(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Action]:
+    def receive(self, now: float, wall: float, data: bytes, src: Endpoint) -> list[Action]:
         """A UDP datagram addressed to the WireGuard port. Never raises for remote input."""
         self._wall_offset = wall - now
         n = len(data)
