@@ -7,12 +7,11 @@ configured with the unmodified `wg` tool over UAPI, in two namespaces joined by 
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import time
 
 import pytest
-from wgpair import IMPLS, RECEIVER, SENDER, add_peer, genkey, pair, start_node, wait_ping
+from wgpair import IMPLS, add_peer, genkey, pair, start_node, transfer, wait_ping
 
 from meshguard.testing.netns import Namespace, Testbed, wait_until
 
@@ -54,23 +53,8 @@ def test_bulk_tcp_transfer_sha256(tb: Testbed, impl_b: str) -> None:
     a, b = pair(tb, impl_b)
     wait_ping(a, b)
     size = 32 * 1024 * 1024
-    import subprocess
-
-    server = b.ns.popen([sys.executable, "-c", RECEIVER, b.inner4], stdout=subprocess.PIPE)
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == b"listening"
-    sent = a.ns.run([sys.executable, "-c", SENDER, b.inner4, str(size)], timeout=90).stdout
-    got = server.communicate(timeout=60)[0].decode()
-    assert sent.split() == got.split() and sent.split()[0] == str(size)
-    # and the other direction, over IPv6 inside
-    server = a.ns.popen(
-        [sys.executable, "-c", RECEIVER, a.inner6], stdout=subprocess.PIPE, stderr=None
-    )
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == b"listening"
-    sent = b.ns.run([sys.executable, "-c", SENDER, a.inner6, str(size // 4)], timeout=90).stdout
-    got = server.communicate(timeout=60)[0].decode()
-    assert sent.split() == got.split()
+    transfer(a, b, b.inner4, size)
+    transfer(b, a, a.inner6, size // 4)  # and the other direction, over IPv6 inside
 
 
 @PEER_IMPLS

@@ -8,16 +8,11 @@ start is checked to say `c` when the C extension is built, so the check can tell
 
 from __future__ import annotations
 
-import hashlib
-import random
-import subprocess
-import sys
-import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from wgpair import Node, add_peer, genkey, impl_argv
+from wgpair import Node, add_peer, genkey, impl_argv, transfer
 
 from meshguard.dataplane import fastpath
 from meshguard.testing.netns import Testbed, start_userspace_wg, unique_name, wait_until
@@ -25,30 +20,6 @@ from meshguard.testing.netns import Testbed, start_userspace_wg, unique_name, wa
 pytestmark = pytest.mark.netns
 
 PURE = {"MESHGUARD_PURE_PYTHON": "1"}
-
-RECEIVE = textwrap.dedent(
-    """
-    import hashlib, socket, sys
-    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], 5556)); s.listen(1); print("listening", flush=True)
-    c, _ = s.accept(); h = hashlib.sha256(); n = 0
-    while True:
-        d = c.recv(1 << 20)
-        if not d: break
-        h.update(d); n += len(d)
-    print(n, h.hexdigest(), flush=True)
-    """
-)
-SEND = textwrap.dedent(
-    """
-    import random, socket, sys
-    data = random.Random(int(sys.argv[3])).randbytes(int(sys.argv[2]))
-    c = socket.create_connection((sys.argv[1], 5556), timeout=30)
-    c.sendall(data); c.close()
-    """
-)
-
 
 def _start(tb: Testbed, side: str, impl: str, log: Path, env: Mapping[str, str]) -> Node:
     """Like wgpair.start_node, with the daemon's log kept in `log`."""
@@ -84,16 +55,6 @@ def _active_fastpath(log: Path) -> str:
     raise AssertionError(f"no start-up line in {log}: {log.read_text(errors='replace')!r}")
 
 
-def _transfer(src: Node, dst: Node, address: str, size: int, seed: int) -> None:
-    server = dst.ns.popen([sys.executable, "-c", RECEIVE, address], stdout=subprocess.PIPE)
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == b"listening"
-    src.ns.run([sys.executable, "-c", SEND, address, str(size), str(seed)], timeout=120)
-    got = server.communicate(timeout=120)[0].decode().split()
-    want = hashlib.sha256(random.Random(seed).randbytes(size)).hexdigest()
-    assert got == [str(size), want]
-
-
 @pytest.mark.parametrize("impl_b", ["wireguard-go", "meshguard"])
 def test_pure_python_path_interoperates(tb: Testbed, tmp_path: Path, impl_b: str) -> None:
     """Side b is wireguard-go, or meshguard on the default (C when built) path."""
@@ -110,8 +71,8 @@ def test_pure_python_path_interoperates(tb: Testbed, tmp_path: Path, impl_b: str
     assert b.ping(a, v6=True, count=3)
     assert a.handshake_time(b) > 0 and b.handshake_time(a) > 0
     # bulk both ways: TUN offload splitting, sealing and opening all in Python on side a
-    _transfer(a, b, b.inner4, 4 << 20, 1)
-    _transfer(b, a, a.inner6, 4 << 20, 2)
+    transfer(a, b, b.inner4, 4 << 20)
+    transfer(b, a, a.inner6, 4 << 20)
 
 
 @pytest.mark.skipif(fastpath.c_impl() is None, reason="the C extension is not built")

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from wgpair import IMPLS, RECEIVER, SENDER, Node, add_peer, genkey, wait_ping
+from wgpair import IMPLS, Node, add_peer, genkey, transfer, wait_ping
 
 from meshguard.testing.netns import Testbed, start_userspace_wg, unique_name
 
@@ -46,16 +46,6 @@ def start(tb: Testbed, side: str, impl: str, log: Path, pure: bool = False) -> N
     ns.add_address(ifname, f"{node.inner6}/64")
     ns.link_up(ifname)
     return node
-
-
-def transfer(src: Node, dst_ns_node: Node, ip: str, size: int) -> None:
-    server = dst_ns_node.ns.popen([sys.executable, "-c", RECEIVER, ip], stdout=subprocess.PIPE)
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == b"listening"
-    sent = src.ns.run([sys.executable, "-c", SENDER, ip, str(size)], timeout=120).stdout
-    got = server.communicate(timeout=60)[0].decode()
-    assert sent.split() == got.split(), (sent, got)
-    assert sent.split()[0] == str(size)
 
 
 UDP_ECHO = textwrap.dedent(

@@ -171,3 +171,14 @@ SENDER = textwrap.dedent(
     print(len(data), hashlib.sha256(data).hexdigest())
     """
 )
+
+
+def transfer(src: Node, dst_ns_node: Node, ip: str, size: int) -> None:
+    """`size` bytes over TCP from `src` to `ip` in `dst_ns_node`'s namespace, checked by sha256."""
+    server = dst_ns_node.ns.popen([sys.executable, "-c", RECEIVER, ip], stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == b"listening"
+    sent = src.ns.run([sys.executable, "-c", SENDER, ip, str(size)], timeout=120).stdout
+    got = server.communicate(timeout=60)[0].decode()
+    assert sent.split() == got.split(), (sent, got)
+    assert sent.split()[0] == str(size)
