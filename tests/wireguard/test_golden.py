@@ -3,14 +3,14 @@
 The Noise core is proven against the public vector (test_vector.py); this pins the complete
 WireGuard framing on top of it (indices, TAI64N, mac1, the response, the first transport
 message and a cookie reply), so any change to the bytes on the wire is noticed. The file
-golden_handshake.json was produced by this code and checked for self-consistency below; set
-MESHGUARD_WRITE_GOLDEN=1 to rewrite it after an intended change.
+golden_handshake.json was produced by this code and checked for self-consistency below; the
+test never writes it. After an intended change to the wire bytes, rewrite it on purpose with
+`.venv/bin/python -m tests.wireguard.test_golden` and review the diff.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from meshguard.crypto.aead import TransportCipher
@@ -70,11 +70,7 @@ def _transcript() -> dict[str, str]:
 
 
 def test_golden_transcript() -> None:
-    got = _transcript()
-    if os.environ.get("MESHGUARD_WRITE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
-    want = json.loads(GOLDEN.read_text())
-    assert got == want
+    assert _transcript() == json.loads(GOLDEN.read_text())
 
 
 def test_golden_file_is_self_consistent() -> None:
@@ -98,3 +94,8 @@ def test_golden_file_is_self_consistent() -> None:
     assert isinstance(r, w.Response) and r.receiver == m.sender
     t = w.parse(bytes.fromhex(g["transport_0"]))
     assert isinstance(t, w.Transport) and t.receiver == r.sender and t.counter == 0
+
+
+if __name__ == "__main__":
+    GOLDEN.write_text(json.dumps(_transcript(), indent=1) + "\n")
+    print(f"wrote {GOLDEN}")
