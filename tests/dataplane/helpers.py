@@ -237,3 +237,26 @@ def run(body: Callable[[World], Awaitable[None]], outer: str = "127.0.0.1") -> N
             w.close()
 
     asyncio.run(main())
+
+
+# Whether this kernel offers UDP GSO and GRO is decided here, by raw setsockopt calls, never by
+# the code under test (its probes are checked against these). UDP_SEGMENT and UDP_GRO are the
+# values of include/uapi/linux/udp.h; Linux has them since 4.18 and 5.0.
+_SOL_UDP, _UDP_SEGMENT, _UDP_GRO = 17, 103, 104
+
+
+def _kernel_accepts(family: int, option: int, value: int) -> bool:
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.setsockopt(_SOL_UDP, option, value)
+        except OSError:
+            return False
+    return True
+
+
+def kernel_has_gso(family: int) -> bool:
+    return _kernel_accepts(family, _UDP_SEGMENT, 1200)
+
+
+def kernel_has_gro(family: int) -> bool:
+    return _kernel_accepts(family, _UDP_GRO, 1)
