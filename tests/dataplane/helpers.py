@@ -216,10 +216,11 @@ class World:
         self.tb.close()
 
 
-async def until(pred: Callable[[], bool], what: str) -> None:
-    """Yield to the loop until pred() holds (deadline); event-driven, the loop does the I/O."""
+async def until(pred: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    """Yield to the loop until pred() holds (or fail after `deadline` seconds); event-driven,
+    the loop does the I/O."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
+    end = loop.time() + deadline
     while not pred():
         if loop.time() > end:
             raise AssertionError(f"timed out waiting for {what}")

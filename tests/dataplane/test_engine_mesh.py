@@ -31,6 +31,7 @@ from meshguard.testing.rng import SeededRng
 from meshguard.wireguard.device import Device
 
 from .helpers import FakeTun
+from .helpers import until as wait_until
 
 DEADLINE = 20.0
 LOOPBACK = "127.0.0.1"
@@ -94,15 +95,8 @@ def ip_packet(src_key: bytes, dst_key: bytes, payload: bytes) -> bytes:
             + mesh_ipv4(src_key).packed + mesh_ipv4(dst_key).packed + payload)
 
 
-async def until(pred: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + DEADLINE
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        fut = loop.create_future()
-        loop.call_later(0.005, fut.set_result, None)
-        await fut
+def until(pred: Callable[[], bool], what: str) -> Awaitable[None]:
+    return wait_until(pred, what, DEADLINE)  # joins and handshakes: a longer deadline
 
 
 def run(body: Callable[[End, End], Awaitable[None]]) -> None:
