@@ -11,9 +11,10 @@ from collections.abc import Callable
 from meshguard.clock import Clock
 from meshguard.daemon.daemon_config import bind_error
 from meshguard.dataplane.engine import make_udp_socket
+from meshguard.dataplane.udp_io import sockaddr_of
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.node import Action, MeshNode
-from meshguard.sansio import map_host, unmap_host
+from meshguard.sansio import unmap_host
 from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger("meshguard.daemon")
@@ -76,12 +77,8 @@ class GossipSocket:
         sock = self.sock
         for a in actions:
             if isinstance(a, SendDatagram):
-                host, port = a.endpoint
                 try:
-                    if sock.family == socket.AF_INET6:
-                        sock.sendto(a.data, (map_host(host), port, 0, 0))
-                    else:
-                        sock.sendto(a.data, (host, port))
+                    sock.sendto(a.data, sockaddr_of(sock.family, a.endpoint))
                 except OSError:
                     if self.node is not None:
                         self.node.counters["udp_send_errors"] += 1

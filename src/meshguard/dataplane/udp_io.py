@@ -83,6 +83,22 @@ class EngineStats:
         return asdict(self)
 
 
+def sockaddr_of(family: int, ep: Endpoint) -> SockAddr:
+    """The socket address of an endpoint on a socket of `family`: IPv4 mapped on a dual-stack
+    (AF_INET6) socket, a `%zone` resolved to its scope id; OSError for an unusable one."""
+    host, port = ep
+    if family == socket.AF_INET6:
+        host = map_host(host)
+        scope = 0
+        if "%" in host:
+            host, _, zone = host.partition("%")
+            scope = socket.if_nametoindex(zone) if not zone.isdigit() else int(zone)
+        return (host, port, 0, scope)
+    if ":" in host:
+        raise OSError(errno.EAFNOSUPPORT, "IPv6 endpoint on an IPv4-only socket")
+    return (host, port)
+
+
 def endpoint_of_sockaddr(raw: bytes) -> Endpoint:
     """(host, port) of a raw struct sockaddr_in / sockaddr_in6 (what recv_batch returns), as
     the socket module reports it (IPv4-mapped addresses unmapped, `%zone` on scoped ones)."""
@@ -167,18 +183,7 @@ class UdpSender:
         `%zone` resolved to its scope id); OSError for an unusable one."""
         addr = self._addr_cache.get(ep)
         if addr is None:
-            host, port = ep
-            if self.family == socket.AF_INET6:
-                host = map_host(host)
-                scope = 0
-                if "%" in host:
-                    host, _, zone = host.partition("%")
-                    scope = socket.if_nametoindex(zone) if not zone.isdigit() else int(zone)
-                addr = (host, port, 0, scope)
-            else:
-                if ":" in host:
-                    raise OSError(errno.EAFNOSUPPORT, "IPv6 endpoint on an IPv4-only socket")
-                addr = (host, port)
+            addr = sockaddr_of(self.family, ep)
             if len(self._addr_cache) > _ADDR_CACHE_MAX:
                 self._addr_cache.clear()
             self._addr_cache[ep] = addr
