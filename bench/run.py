@@ -1,64 +1,88 @@
 #!/usr/bin/env python3
 """Tunnel benchmark: raw veth vs wireguard-go vs meshguard, in two network namespaces.
 
-Run as root:  .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--json]
+Run as root:  .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--paths P,Q]
+              [--wireguard-go PATH] [--json [FILE]] [--quick]
 
 Builds two namespaces joined by a veth pair (unique names, everything removed on exit, Ctrl-C
 or failure), then for each round and each path brings the path up, measures, and tears it down:
-  - iperf3 TCP throughput, 1 stream and 4 streams (-J)
+  - iperf3 TCP throughput, 1 stream and 4 streams (-J); namespace A runs the client (sends)
   - 64-byte UDP packets per second received (iperf3 -u -l 64 -b 0)
-  - ping RTT median (ping -c 20 -i 0.05)
-  - time from starting the tunnel processes to the first ping reply through the tunnel
-  - CPU seconds per gigabit of the tunnel processes (utime+stime from /proc/PID/stat, over the
-    1-stream TCP test; n/a for kernel paths) and their resident memory (VmRSS, largest daemon)
-Paths: veth (the wire), wireguard-go (Debian's), meshguard-wg (`meshguard wireguard IFNAME`:
+  - ping RTT p50 and p99 (ping -c 200 -i 0.01)
+  - start->1st ping: from starting the tunnel processes to the first echo reply through the
+    tunnel (echoes every 10 ms from the bench's own raw socket in namespace A, bench/icmp_echo.py)
+  - joined->1st ping (meshguard-up): from both daemons listing each other as members with a
+    tunnel (their `status` over the control socket, polled every 5 ms, as the namespace tests
+    wait) to the first echo reply; the first echo usually needs the handshake
+  - CPU seconds per gigabit (utime+stime from /proc/PID/stat, over the 1-stream TCP test) of
+    both tunnel processes, of the sender's (namespace A) and of the receiver's; n/a for
+    kernel paths; resident memory (VmRSS, largest daemon)
+Paths: veth (the wire), wireguard-go (--wireguard-go PATH, default the first on PATH; the
+table and the JSON name its path and --version), meshguard-wg (`meshguard wireguard IFNAME`:
 the engine with its default offloads and the C fast path), meshguard-wg-python (the same with
 the pure Python fast path, MESHGUARD_PURE_PYTHON=1), meshguard-up (two `meshguard up` nodes
 that trust each other); optional: meshguard-wg-nooffload (MESHGUARD_NO_OFFLOAD=1: one packet
 per syscall, as before the offloads). Tunnel MTU 1420.
 meshguard's byte code is compiled first (`python -m compileall`, as `pip install` does), so
 start-up is measured as installed even when PYTHONDONTWRITEBYTECODE is set.
-Prints medians and ratios to wireguard-go. The machine is shared: trust medians and ratios from
-one run, never a lone absolute number. Not part of the test suite.
+Prints medians and ratios to wireguard-go, then the issue-11 goals met or not in this run
+(bench/tunnel_report.py); --json prints a record of the run, --json FILE writes it to FILE.
+The machine is shared: trust medians and ratios from one run, never a lone absolute number.
+Not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
+import platform
 import re
 import secrets
+import select
 import shutil
 import signal
-import statistics
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-MESHGUARD = REPO / ".venv" / "bin" / "meshguard"
+sys.path.insert(0, str(REPO))
+
+from bench.icmp_echo import EchoProbe  # noqa: E402
+from bench.tunnel_report import (  # noqa: E402
+    format_goals,
+    format_table,
+    goal_verdicts,
+    ping_summary,
+    summarize,
+)
+
 TUN_MTU = 1420
 VETH_NET = "10.231.{}.{}"
 TUN_NET = "10.232.{}.{}"
 WG_PORT = 51820
+PING_COUNT, PING_INTERVAL = 200, 0.01  # enough replies for a p99 (the 2nd-slowest of 200)
+ECHO_RESEND = 0.01  # s between echoes while waiting for a new tunnel's first reply
+JOIN_POLL = 0.005  # s between `status` requests while waiting for two daemons to list each other
 PATHS = ["veth", "wireguard-go", "meshguard-wg", "meshguard-wg-python", "meshguard-up"]
 EXTRA_PATHS = ["meshguard-wg-nooffload"]
-METRICS = [
-    # key, title, unit, higher is better
-    ("tcp1", "TCP 1 stream", "Gbit/s", True),
-    ("tcp4", "TCP 4 streams", "Gbit/s", True),
-    ("udp64", "UDP 64 B", "kpps", True),
-    ("ping", "ping RTT", "ms", False),
-    ("first_ping", "start->1st ping", "ms", False),
-    ("cpu_per_gbit", "CPU", "s/Gbit", False),
-    ("rss", "RSS", "MiB", False),
-]
+
+
+def meshguard_exe() -> str | None:
+    """The tree's own venv's `meshguard`, else the one beside this interpreter, else PATH's.
+    (It imports meshguard as this interpreter does: PYTHONPATH picks the source tree.)"""
+    for exe in (REPO / ".venv" / "bin" / "meshguard", Path(sys.executable).with_name("meshguard")):
+        if exe.exists():
+            return str(exe)
+    return shutil.which("meshguard")
 
 
 class NotAvailable(Exception):
@@ -150,30 +174,29 @@ class Testbed:
 
 @dataclass
 class Tunnel:
-    """The address to reach through a path and the processes that carry it."""
+    """The address to reach through a path and the processes that carry it: pids[0] runs in
+    namespace A (the iperf3 client's: the sender), pids[1] in B (the receiver). `startup`
+    holds the start-up numbers (first_ping, and joined_ping etc. where the path has them)."""
 
     server_ip: str
     pids: list[int]
-    first_ping_ms: float | None
+    startup: dict[str, float | None]
     teardown: Callable[[], None]
 
 
-def wait_ping(tb: Testbed, ip: str, deadline_s: float = 20.0) -> None:
-    end = time.monotonic() + deadline_s
-    tries = 0
-    while time.monotonic() < end:
-        tries += 1
-        r = subprocess.run(ns(tb.a, "ping", "-c", "1", "-W", "0.2", "-n", ip),
-                           capture_output=True)
-        if r.returncode == 0:
-            if tries > 1 and os.environ.get("BENCH_DEBUG"):
-                print(f"  first ping: {tries} tries", file=sys.stderr)
-            return
-    raise RuntimeError(f"no ping reply from {ip} within {deadline_s} s")
+def first_echo(tb: Testbed, probe: EchoProbe, t0: float,
+               check: Callable[[], None] | None = None) -> dict[str, float | None]:
+    """Wait for the first echo reply through a new tunnel; ms since t0, and which echo."""
+    reply = probe.first_reply(20.0, ECHO_RESEND, check)
+    if os.environ.get("BENCH_DEBUG"):
+        print(f"  first reply: echo #{reply.seq}, its RTT {reply.rtt_ms:.1f} ms",
+              file=sys.stderr)
+    return {"first_ping": (reply.at - t0) * 1000, "first_echo_seq": float(reply.seq),
+            "first_echo_rtt": reply.rtt_ms}
 
 
 def up_veth(tb: Testbed) -> Tunnel:
-    return Tunnel(VETH_NET.format(0, 2), [], None, lambda: None)
+    return Tunnel(VETH_NET.format(0, 2), [], {"first_ping": None}, lambda: None)
 
 
 def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]],
@@ -192,11 +215,14 @@ def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]],
     procs = []
     socks = [Path(f"/var/run/wireguard/{ifn}.sock") for ifn in ifnames]
     tb.socks.extend(socks)
+    ip = TUN_NET.format(0, 2)
+    probe = EchoProbe(tb.a, ip)
     t0 = time.monotonic()
     for n, ifn in zip((tb.a, tb.b), ifnames, strict=True):
         procs.append(tb.spawn(ns(n, *argv(ifn)), env=env))
 
     def teardown() -> None:
+        probe.close()
         for p in procs:
             tb.stop(p)
 
@@ -213,7 +239,8 @@ def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]],
                     except RuntimeError:
                         pass
                 if procs[i].poll() is not None:
-                    err = procs[i].stderr.read().decode(errors="replace") if procs[i].stderr else ""
+                    pipe = procs[i].stderr
+                    err = pipe.read().decode(errors="replace") if pipe else ""
                     raise RuntimeError(f"{argv(ifname)[0]} exited: {err.strip()[-300:]}")
                 if time.monotonic() > end:
                     raise RuntimeError(f"{ifname} did not appear in {n}")
@@ -231,23 +258,47 @@ def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]],
                 keyfile.unlink()
             sh(*ns(n, "ip", "addr", "add", f"{TUN_NET.format(0, i + 1)}/24", "dev", ifname))
             sh(*ns(n, "ip", "link", "set", ifname, "mtu", str(TUN_MTU), "up"))
-        ip = TUN_NET.format(0, 2)
-        wait_ping(tb, ip)
-        first = (time.monotonic() - t0) * 1000
+        startup = first_echo(tb, probe, t0)
     except BaseException:
         teardown()
         raise
-    return Tunnel(ip, [p.pid for p in procs], first, teardown)
+    probe.close()
+    return Tunnel(ip, [p.pid for p in procs], startup, teardown)
 
 
-def up_wireguard_go(tb: Testbed) -> Tunnel:
-    if not shutil.which("wireguard-go"):
-        raise NotAvailable("wireguard-go not installed")
-    return up_userspace_wg(tb, lambda ifn: ["wireguard-go", "-f", ifn])
+@dataclass(frozen=True)
+class WireguardGo:
+    """The wireguard-go build the run compares with."""
+
+    path: str | None
+    version: str | None
+
+    @classmethod
+    def find(cls, path: str | None) -> WireguardGo:
+        """`path` (a file, or a name to look up on PATH), default the first on PATH."""
+        found = shutil.which(path or "wireguard-go")
+        if found is None:
+            return cls(path, None)
+        found = str(Path(found).resolve())
+        r = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10)
+        lines = (r.stdout or r.stderr).strip().splitlines()
+        return cls(found, lines[0] if lines else None)
+
+    def label(self) -> str:
+        if self.path is None or self.version is None:
+            return "wireguard-go (not found)"
+        return f"{self.path} ({self.version})"
+
+
+def up_wireguard_go(tb: Testbed, wg: WireguardGo) -> Tunnel:
+    exe = wg.path
+    if exe is None or wg.version is None:
+        raise NotAvailable(f"wireguard-go not found ({wg.path or 'not on PATH'})")
+    return up_userspace_wg(tb, lambda ifn: [exe, "-f", ifn])
 
 
 def _meshguard_wg(tb: Testbed, extra_env: dict[str, str] | None = None) -> Tunnel:
-    exe = str(MESHGUARD) if MESHGUARD.exists() else shutil.which("meshguard")
+    exe = meshguard_exe()
     if not exe or subprocess.run([exe, "wireguard", "--help"],
                                  capture_output=True).returncode != 0:
         raise NotAvailable("`meshguard wireguard` not available")
@@ -268,19 +319,69 @@ def up_meshguard_wg_nooffload(tb: Testbed) -> Tunnel:
     return _meshguard_wg(tb, {"MESHGUARD_NO_OFFLOAD": "1"})
 
 
+def lists_alive_peer(sock: Path, iface: str, other: str) -> bool:
+    """Whether the daemon on `sock` lists member `other` (identity key, base64) alive and with
+    a tunnel (its WireGuard peer configured): its `status` over the control socket, as the
+    namespace tests wait (tests/daemon/meshnet.py, Node.tunnel_to)."""
+    from meshguard.daemon.control_client import ControlClient
+    from meshguard.errors import MeshguardError
+
+    try:
+        status = ControlClient(sock, iface, timeout=2).request("status")
+    except MeshguardError:
+        return False  # not listening yet
+    members = status.get("members")
+    return isinstance(members, list) and any(
+        isinstance(m, dict) and m.get("identity_key") == other and m.get("state") == "alive"
+        and bool(m.get("tunnel")) for m in members)
+
+
+def wait_joined(notify: socket.socket, seed_lists_joiner: Callable[[], bool], deadline: float,
+                check: Callable[[], None]) -> tuple[float, float]:
+    """When the two nodes have joined each other: the later of the joiner's READY=1 on the
+    sd_notify socket (sent once it joined through the seed; `meshguard up` waits for the
+    same, src/meshguard/cli/up_command.py) and the start of the first `status` request
+    (one every JOIN_POLL s from the start) in which the seed lists the joiner. Returns
+    (joined, ms from READY to that request: negative when the seed listed the joiner first).
+    When the seed is seen only after READY, the first echo waits for that request's answer
+    (a millisecond or two), which then counts in joined->1st ping."""
+    ready_at: float | None = None
+    seed_at: float | None = None
+    while time.monotonic() < deadline:
+        check()
+        asked = time.monotonic()
+        if seed_at is None and seed_lists_joiner():
+            seed_at = asked
+        if ready_at is None:
+            ready, _, _ = select.select([notify], [], [], JOIN_POLL)
+            if ready:
+                at = time.monotonic()
+                if "READY=1" in notify.recv(4096).decode("utf-8", "replace").splitlines():
+                    ready_at = at
+        elif seed_at is None:
+            time.sleep(JOIN_POLL)
+        if ready_at is not None and seed_at is not None:
+            return max(ready_at, seed_at), (seed_at - ready_at) * 1000
+    raise RuntimeError("the two nodes did not join each other within 30 s")
+
+
 def up_meshguard_up(tb: Testbed) -> Tunnel:
     """Two `meshguard up` nodes that trust each other; B joins through A's veth address.
-    Throughput is measured between their mesh IPv4 addresses."""
-    exe = str(MESHGUARD) if MESHGUARD.exists() else shutil.which("meshguard")
+    Throughput is measured between their mesh IPv4 addresses. Start-up: start->joined
+    (wait_joined), joined->1st ping (the first echo is sent at once) and start->1st ping."""
+    exe = meshguard_exe()
     if not exe or subprocess.run([exe, "up", "--help"], capture_output=True).returncode != 0:
         raise NotAvailable("`meshguard up` not available")
     import base64
     import tempfile
 
+    from meshguard.daemon.runtime import socket_path
     from meshguard.identity.addressing import mesh_ipv4
 
     work = Path(tempfile.mkdtemp(prefix=f"mgbench-{tb.sfx}-"))
     base = f"mgu{secrets.token_hex(3)}"
+    ifaces = [f"{base}{i}" for i in range(2)]
+    socks = [socket_path(ifaces[i], work / f"run{i}") for i in range(2)]
     envs, pubs = [], []
     for i in range(2):
         env = {**os.environ, "MESHGUARD_CONFIG_DIR": str(work / f"conf{i}"),
@@ -294,48 +395,56 @@ def up_meshguard_up(tb: Testbed) -> Tunnel:
         subprocess.run([exe, "trust", "--name", f"node{1 - i}", pubs[1 - i]], env=envs[i],
                        check=True, capture_output=True)
     server_ip = str(mesh_ipv4(base64.b64decode(pubs[1])))
+    probe = EchoProbe(tb.a, server_ip)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(work / "notify"))  # a path: reachable from every network namespace
+    envs[1]["NOTIFY_SOCKET"] = str(work / "notify")
     procs = []
     t0 = time.monotonic()
     for i, n in enumerate((tb.a, tb.b)):
-        argv = [exe, "up", "-f", "-i", f"{base}{i}", "--port", "51821",
+        argv = [exe, "up", "-f", "-i", ifaces[i], "--port", "51821",
                 "--announce", VETH_NET.format(0, i + 1), "--log-level", "error"]
         if i == 1:
             argv += ["--seed", f"{VETH_NET.format(0, 1)}:51821"]
         procs.append(tb.spawn(ns(n, *argv), env=envs[i]))
 
     def teardown() -> None:
+        probe.close()
+        notify.close()
         for p in procs:
             tb.stop(p)
         shutil.rmtree(work, ignore_errors=True)
 
+    def check_alive() -> None:
+        for p in procs:
+            if p.poll() is not None:
+                err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+                raise RuntimeError(f"meshguard up exited: {err.strip()[-300:]}")
+
     try:
-        end = time.monotonic() + 30
-        while True:
-            for p in procs:
-                if p.poll() is not None:
-                    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
-                    raise RuntimeError(f"meshguard up exited: {err.strip()[-300:]}")
-            r = subprocess.run(ns(tb.a, "ping", "-c", "1", "-W", "0.2", "-n", server_ip),
-                               capture_output=True)
-            if r.returncode == 0:
-                break
-            if time.monotonic() > end:
-                raise RuntimeError(f"no ping reply from {server_ip} within 30 s")
-        first = (time.monotonic() - t0) * 1000
+        joined, seed_after_ready = wait_joined(
+            notify, lambda: lists_alive_peer(socks[0], ifaces[0], pubs[1]),
+            time.monotonic() + 30, check_alive)
+        startup = first_echo(tb, probe, t0, check_alive)
+        reply_at = t0 + (startup["first_ping"] or 0) / 1000
+        startup["joined_ping"] = (reply_at - joined) * 1000
+        startup["start_to_joined"] = (joined - t0) * 1000
+        startup["seed_listed_after_ready"] = seed_after_ready
     except BaseException:
         teardown()
         raise
-    return Tunnel(server_ip, [p.pid for p in procs], first, teardown)
+    probe.close()
+    notify.close()
+    return Tunnel(server_ip, [p.pid for p in procs], startup, teardown)
 
 
 UPS: dict[str, Callable[[Testbed], Tunnel]] = {
     "veth": up_veth,
-    "wireguard-go": up_wireguard_go,
     "meshguard-wg": up_meshguard_wg,
     "meshguard-wg-python": up_meshguard_wg_python,
     "meshguard-wg-nooffload": up_meshguard_wg_nooffload,
     "meshguard-up": up_meshguard_up,
-}
+}  # and "wireguard-go": up_wireguard_go with the chosen build (main)
 
 
 @contextlib.contextmanager
@@ -364,30 +473,35 @@ def iperf(tb: Testbed, ip: str, duration: float, *args: str) -> dict[str, Any]:
     return data
 
 
-def measure(tb: Testbed, path: str, duration: float,
+def ping_rtts(tb: Testbed, ip: str) -> dict[str, float | None]:
+    out = sh(*ns(tb.a, "ping", "-c", str(PING_COUNT), "-i", str(PING_INTERVAL), "-n", ip),
+             check=False, timeout=PING_COUNT * PING_INTERVAL + 30)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+    return ping_summary(rtts, PING_COUNT)
+
+
+def measure(tb: Testbed, up: Callable[[Testbed], Tunnel], duration: float,
             quick: bool = False) -> dict[str, float | None]:
-    tun = UPS[path](tb)
-    res: dict[str, float | None] = {"first_ping": tun.first_ping_ms}
+    tun = up(tb)
+    res: dict[str, float | None] = dict(tun.startup)
     try:
-        out = sh(*ns(tb.a, "ping", "-c", "20", "-i", "0.05", "-n", tun.server_ip), check=False)
-        rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
-        res["ping"] = statistics.median(rtts) if rtts else None
+        res.update(ping_rtts(tb, tun.server_ip))
         if quick:
-            out = sh(*ns(tb.a, "ping", "-c", "200", "-i", "0.01", "-n", tun.server_ip),
-                     check=False)
-            rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
-            res["ping200"] = statistics.median(rtts) if rtts else None
             res["rss"] = max((rss_mib(p) for p in tun.pids), default=None)
             return res
         with iperf_server(tb, tun.server_ip):
-            cpu0 = sum(cpu_seconds(p) for p in tun.pids)
+            cpu0 = [cpu_seconds(p) for p in tun.pids]
             d = iperf(tb, tun.server_ip, duration)
-            cpu1 = sum(cpu_seconds(p) for p in tun.pids)
+            cpu = [c1 - c0 for c0, c1 in zip(cpu0, (cpu_seconds(p) for p in tun.pids),
+                                              strict=True)]
             recv = d["end"]["sum_received"]
             res["tcp1"] = recv["bits_per_second"] / 1e9
             res["retrans1"] = float(d["end"]["sum_sent"].get("retransmits", 0))
             gbits = recv["bytes"] * 8 / 1e9
-            res["cpu_per_gbit"] = (cpu1 - cpu0) / gbits if tun.pids and gbits else None
+            if cpu and gbits:
+                res["cpu_per_gbit"] = sum(cpu) / gbits
+                res["cpu_send_per_gbit"] = cpu[0] / gbits  # namespace A: the iperf3 client
+                res["cpu_recv_per_gbit"] = cpu[1] / gbits
             d = iperf(tb, tun.server_ip, duration, "-P", "4")
             res["tcp4"] = d["end"]["sum_received"]["bits_per_second"] / 1e9
             d = iperf(tb, tun.server_ip, duration, "-u", "-l", "64", "-b", "0")
@@ -400,62 +514,32 @@ def measure(tb: Testbed, path: str, duration: float,
     return res
 
 
-def fmt(v: float | None, key: str) -> str:
-    if v is None:
-        return "n/a"
-    if key in ("tcp1", "tcp4"):
-        return f"{v:.2f}"
-    if key == "ping":
-        return f"{v:.3f}"
-    return f"{v:.1f}" if key != "cpu_per_gbit" else f"{v:.2f}"
+def git(*args: str) -> str | None:
+    r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
 
 
-def summarize(results: dict[str, list[dict[str, float | None]] | str]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for path, runs in results.items():
-        if isinstance(runs, str):
-            summary[path] = {"status": runs}
-            continue
-        med: dict[str, float | None] = {}
-        keys = {k for r in runs for k in r}
-        for k in sorted(keys):
-            vals = [v for r in runs if (v := r.get(k)) is not None]
-            med[k] = statistics.median(vals) if vals else None
-        summary[path] = {"status": "ok", "median": med, "rounds": runs}
-    ref = summary.get("wireguard-go", {}).get("median")
-    if ref:
-        for s in summary.values():
-            if s.get("status") == "ok":
-                s["ratio_to_wireguard_go"] = {
-                    k: (v / ref[k] if v is not None and ref.get(k) else None)
-                    for k, v in s["median"].items()
-                }
-    return summary
+def host_facts() -> dict[str, Any]:
+    cpu = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"kernel": platform.release(), "cpu_model": cpu, "nproc": os.cpu_count(),
+            "python": platform.python_version()}
 
 
-def print_table(summary: dict[str, Any], rounds: int, duration: float) -> None:
-    print(f"\nmedians of {rounds} rounds x {duration:g} s; (xN) = ratio to wireguard-go; "
-          f"shared noisy machine: compare ratios, not absolutes")
-    cols = [f"{title} [{unit}]" for _, title, unit, _ in METRICS]
-    width = [max(len(c), 16) for c in cols]
-    print(f"{'path':21}" + "".join(f" {c:>{w}}" for c, w in zip(cols, width, strict=True)))
-    for path, s in summary.items():
-        if s["status"] != "ok":
-            print(f"{path:21} {s['status']}")
-            continue
-        cells = []
-        for (key, _, _, _), w in zip(METRICS, width, strict=True):
-            v = s["median"].get(key)
-            cell = fmt(v, key)
-            ratio = s.get("ratio_to_wireguard_go", {}).get(key)
-            if ratio is not None and path != "wireguard-go":
-                cell += f" (x{ratio:.2f})"
-            cells.append(f" {cell:>{w}}")
-        print(f"{path:21}" + "".join(cells))
-    for path, s in summary.items():
-        if s["status"] == "ok" and s["median"].get("retrans1") is not None:
-            print(f"  {path}: TCP retransmits (1 stream, median) {s['median']['retrans1']:.0f}, "
-                  f"UDP 64 B loss {s['median'].get('udp64_loss_pct') or 0:.1f} %")
+def tree_facts() -> dict[str, Any]:
+    """The commit of the tree bench/run.py is in, and where meshguard was imported from."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("meshguard")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"path": str(REPO), "commit": git("rev-parse", "HEAD"),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": bool(status) if status is not None else None,
+            "meshguard_imported_from": spec.origin if spec else None}
 
 
 def compile_package() -> None:
@@ -470,17 +554,47 @@ def compile_package() -> None:
         subprocess.run([sys.executable, "-m", "compileall", "-q", loc], capture_output=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[1])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per iperf3 test")
     ap.add_argument("--paths", default=",".join(PATHS),
                     help=f"comma list of {PATHS + EXTRA_PATHS}")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--wireguard-go", metavar="PATH", default=None,
+                    help="the wireguard-go binary to compare with (default: the first "
+                    "`wireguard-go` on PATH); every ratio is to it")
+    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                    help="a record of the run (host, commit, arguments, every round, medians, "
+                    "ratios, goals) as JSON: to FILE, or printed after the table without one")
     ap.add_argument("--quick", action="store_true",
-                    help="latency only: start->1st ping, ping RTT (20 x 50 ms, and 200 x 10 ms "
-                    "as ping200 in the JSON), no iperf3")
+                    help=f"latency only: start->1st ping, joined->1st ping, ping RTT "
+                    f"({PING_COUNT} x {PING_INTERVAL * 1000:g} ms), RSS; no iperf3")
+    return ap
+
+
+def record(args: argparse.Namespace, wg: WireguardGo, summary: dict[str, Any],
+           goals: list[dict[str, Any]], started: datetime.datetime) -> dict[str, Any]:
+    """The run as a record to keep (the stdout form of --json has always had rounds,
+    duration, mtu, nproc and results; the rest came with --json FILE)."""
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "host": host_facts(),
+        "tree": tree_facts(),
+        "argv": sys.argv[1:],
+        "args": vars(args),
+        "wireguard_go": asdict(wg),
+        "rounds": args.rounds, "duration": args.duration, "mtu": TUN_MTU,
+        "nproc": os.cpu_count(),
+        "ping": {"count": PING_COUNT, "interval_s": PING_INTERVAL},
+        "results": summary,
+        "goals": goals,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
+    started = datetime.datetime.now(datetime.UTC)
     if os.geteuid() != 0:
         print("bench/run.py: run me as root (namespaces, TUN)", file=sys.stderr)
         return 1
@@ -492,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(paths) - set(PATHS) - set(EXTRA_PATHS)
     if unknown:
         ap.error(f"unknown paths {sorted(unknown)}")
+    wg = WireguardGo.find(args.wireguard_go)
+    if args.wireguard_go and wg.version is None:
+        ap.error(f"--wireguard-go {args.wireguard_go}: not an executable wireguard-go")
+    ups = {**UPS, "wireguard-go": lambda tb: up_wireguard_go(tb, wg)}
+    print(f"wireguard-go: {wg.label()}", file=sys.stderr)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -509,11 +628,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"round {r + 1}/{args.rounds}: {path} ...", file=sys.stderr, flush=True)
                 try:
-                    res = measure(tb, path, args.duration, args.quick)
+                    res = measure(tb, ups[path], args.duration, args.quick)
                 except NotAvailable as exc:
                     results[path] = f"not available ({exc})"
                     continue
-                except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
+                except (RuntimeError, OSError, subprocess.TimeoutExpired, KeyError,
+                        ValueError) as exc:
                     print(f"  {path} failed: {exc}", file=sys.stderr)
                     results[path] = f"failed: {str(exc)[:120]}"
                     continue
@@ -528,10 +648,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         tb.destroy()
     summary = summarize(results)
-    print_table(summary, args.rounds, args.duration)
-    if args.json:
-        print(json.dumps({"rounds": args.rounds, "duration": args.duration, "mtu": TUN_MTU,
-                          "nproc": os.cpu_count(), "results": summary}, indent=2))
+    goals = goal_verdicts(summary)
+    print()
+    print(format_table(summary, args.rounds, None if args.quick else args.duration,
+                       f"wireguard-go = {wg.label()}"))
+    print()
+    print(format_goals(goals))
+    if args.json is not None:
+        text = json.dumps(record(args, wg, summary, goals, started), indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+            print(f"record written to {args.json}", file=sys.stderr)
     return 0
 
 
