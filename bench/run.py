@@ -659,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json == "-":
             print(text)
         else:
-            Path(args.json).write_text(text + "\n")
+            out = Path(args.json)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
             print(f"record written to {args.json}", file=sys.stderr)
     return 0
 
