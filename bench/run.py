@@ -184,7 +184,7 @@ class Tunnel:
     teardown: Callable[[], None]
 
 
-def first_echo(tb: Testbed, probe: EchoProbe, t0: float,
+def first_echo(probe: EchoProbe, t0: float,
                check: Callable[[], None] | None = None) -> dict[str, float | None]:
     """Wait for the first echo reply through a new tunnel; ms since t0, and which echo."""
     reply = probe.first_reply(20.0, ECHO_RESEND, check)
@@ -258,7 +258,7 @@ def up_userspace_wg(tb: Testbed, argv: Callable[[str], list[str]],
                 keyfile.unlink()
             sh(*ns(n, "ip", "addr", "add", f"{TUN_NET.format(0, i + 1)}/24", "dev", ifname))
             sh(*ns(n, "ip", "link", "set", ifname, "mtu", str(TUN_MTU), "up"))
-        startup = first_echo(tb, probe, t0)
+        startup = first_echo(probe, t0)
     except BaseException:
         teardown()
         raise
@@ -425,7 +425,7 @@ def up_meshguard_up(tb: Testbed) -> Tunnel:
         joined, seed_after_ready = wait_joined(
             notify, lambda: lists_alive_peer(socks[0], ifaces[0], pubs[1]),
             time.monotonic() + 30, check_alive)
-        startup = first_echo(tb, probe, t0, check_alive)
+        startup = first_echo(probe, t0, check_alive)
         reply_at = t0 + (startup["first_ping"] or 0) / 1000
         startup["joined_ping"] = (reply_at - joined) * 1000
         startup["start_to_joined"] = (joined - t0) * 1000
