@@ -1,7 +1,7 @@
 /* io_eval: one end of a measured tunnel, TUN <-> UDP, for bench/io_eval.py.
  *
- *   io_eval --mode epoll|uring --tun NAME --peer IPV4 --port P [--queues N] [--crypto 0|1]
- *           [--depth D] [--fixed 0|1]
+ *   io_eval --mode epoll|uring --tun NAME --peer IPV4 --port P [--queues N] [--mq 0|1]
+ *           [--shared-port 0|1] [--crypto 0|1] [--depth D] [--fixed 0|1]
  *
  * Does the work of a data path without its protocol: reads the TUN (IFF_VNET_HDR with
  * checksum/TSO4/TSO6 offloads), cuts TCP super-packets into MTU-sized segments (checksums
@@ -21,7 +21,10 @@
  *   are batched: one io_uring_enter per round. --fixed 1 registers the buffers (WRITE_FIXED,
  *   and READ_FIXED for in-flight reads).
  * --queues N: N threads, each with its own TUN queue (IFF_MULTI_QUEUE, given whenever
- *   --mq 1 or N > 1) and its own UDP socket on port P+i talking to the peer's P+i.
+ *   --mq 1 or N > 1) and its own UDP socket on port P+i talking to the peer's P+i; with
+ *   --shared-port 1 all sockets are bound to P (SO_REUSEPORT) and talk to the peer's P, as
+ *   with one WireGuard peer: every datagram from the peer then has one 4-tuple and reaches one
+ *   socket (one thread), whichever thread sent it.
  *
  * Prints "ready" once the TUN exists, runs until SIGTERM/SIGINT, then prints one JSON line
  * of counters. Exit status 2 on a setup error (message on stderr).
@@ -1135,13 +1138,17 @@ static int open_tun(const char *name, int mq, int nonblock)
     return fd;
 }
 
-static int open_udp(int port, int nonblock)
+static int open_udp(int port, int nonblock, int reuseport)
 {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0)
         return -1;
     int one = 1, size = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        close(fd);
+        return -1;
+    }
     setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size));
     if (setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) < 0)
@@ -1157,14 +1164,15 @@ static int open_udp(int port, int nonblock)
 static void usage(void)
 {
     fprintf(stderr, "usage: io_eval --mode epoll|uring --tun NAME --peer IPV4 --port P "
-                    "[--queues N] [--mq 0|1] [--crypto 0|1] [--depth D] [--fixed 0|1]\n");
+                    "[--queues N] [--mq 0|1] [--shared-port 0|1] [--crypto 0|1] [--depth D] "
+                    "[--fixed 0|1]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     const char *mode = NULL, *tun = NULL, *peer = NULL;
-    int port = 0, queues = 1, mq = 0;
+    int port = 0, queues = 1, mq = 0, shared_port = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--mode"))
@@ -1179,6 +1187,8 @@ int main(int argc, char **argv)
             queues = atoi(v);
         else if (!strcmp(k, "--mq"))
             mq = atoi(v);
+        else if (!strcmp(k, "--shared-port"))
+            shared_port = atoi(v);
         else if (!strcmp(k, "--crypto"))
             opt_crypto = atoi(v);
         else if (!strcmp(k, "--depth"))
@@ -1207,13 +1217,14 @@ int main(int argc, char **argv)
         w->id = i;
         w->uring = uring;
         w->tunfd = open_tun(tun, mq, !uring);
-        w->udpfd = open_udp(port + i, !uring);
+        int p = shared_port ? port : port + i;
+        w->udpfd = open_udp(p, !uring, shared_port);
         if (w->tunfd < 0 || w->udpfd < 0) {
             fprintf(stderr, "setup of queue %d failed: %s\n", i, strerror(errno));
             return 2;
         }
         w->peer.sin_family = AF_INET;
-        w->peer.sin_port = htons((uint16_t)(port + i));
+        w->peer.sin_port = htons((uint16_t)p);
         if (inet_pton(AF_INET, peer, &w->peer.sin_addr) != 1)
             usage();
         w->enc = EVP_CIPHER_CTX_new();

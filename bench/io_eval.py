@@ -22,6 +22,9 @@ Variants (bench/io_eval.c says what each does):
   uring-fixed  uring with registered write buffers (WRITE_FIXED)
   uring-d4/d32 uring with 4 or 32 plain TUN reads kept in flight instead of the multishot read
   mq1, mq2     epoll with an IFF_MULTI_QUEUE TUN: 1 or 2 queues, a thread, socket and epoll each
+               (each thread's socket on its own port: two UDP flows between the ends)
+  mq2-1port    mq2 with all sockets on one port (SO_REUSEPORT), as with one WireGuard peer:
+               the peer's datagrams all reach one socket, so one thread receives them all
   uring-mq2    uring with 2 queues/threads
 
 For each variant, traffic kind and crypto setting it reports, as the median of `--runs` runs:
@@ -64,9 +67,9 @@ UDP_PORT = 51900
 IPERF_PORT = 5211
 
 def _variant(mode: str, queues: int = 1, mq: bool = False, fixed: bool = False,
-             depth: int = 0) -> dict[str, str]:
+             depth: int = 0, shared_port: bool = False) -> dict[str, str]:
     return {"mode": mode, "queues": str(queues), "mq": str(int(mq or queues > 1)),
-            "fixed": str(int(fixed)), "depth": str(depth)}
+            "fixed": str(int(fixed)), "depth": str(depth), "shared_port": str(int(shared_port))}
 
 
 VARIANTS: dict[str, dict[str, str]] = {
@@ -77,6 +80,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "uring-d32": _variant("uring", depth=32),
     "mq1": _variant("epoll", mq=True),
     "mq2": _variant("epoll", queues=2),
+    "mq2-1port": _variant("epoll", queues=2, shared_port=True),
     "uring-mq2": _variant("uring", queues=2),
 }
 DEFAULT_VARIANTS = ["epoll", "uring", "uring-fixed", "uring-d4", "uring-d32", "mq1", "mq2"]
@@ -122,7 +126,8 @@ def io_eval_argv(binary: str, variant: str, crypto: str, tun: str, peer: str) ->
     """The command line of one tunnel end."""
     v = VARIANTS[variant]
     return [binary, "--mode", v["mode"], "--tun", tun, "--peer", peer, "--port", str(UDP_PORT),
-            "--queues", v["queues"], "--mq", v["mq"], "--crypto", CRYPTO[crypto],
+            "--queues", v["queues"], "--mq", v["mq"], "--shared-port", v["shared_port"],
+            "--crypto", CRYPTO[crypto],
             "--depth", v["depth"], "--fixed", v["fixed"]]
 
 

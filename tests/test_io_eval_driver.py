@@ -52,11 +52,12 @@ def test_command_lines() -> None:
     assert argv[0] == "/x/io_eval"
     assert opts == {"--mode": "epoll", "--tun": "tunA", "--peer": "10.0.0.2",
                     "--port": str(io_eval.UDP_PORT), "--queues": "2", "--mq": "1",
-                    "--crypto": "0", "--depth": "0", "--fixed": "0"}
+                    "--shared-port": "0", "--crypto": "0", "--depth": "0", "--fixed": "0"}
     opts = dict(zip(*[iter(io_eval.io_eval_argv("b", "uring-d32", "on", "t", "p")[1:])] * 2,
                     strict=True))
     assert (opts["--mode"], opts["--depth"], opts["--crypto"]) == ("uring", "32", "1")
     assert opts["--mq"] == "0" and io_eval.VARIANTS["mq1"]["mq"] == "1"
+    assert io_eval.VARIANTS["mq2-1port"]["shared_port"] == "1"
     udp = io_eval.iperf_argv("udp", "10.1.0.2", 5, 1372)
     assert udp[-5:] == ["-u", "-b", "0", "-l", "1372"] and "-P" not in udp
     assert io_eval.iperf_argv("tcp4", "10.1.0.2", 2.5, 64)[-2:] == ["-P", "4"]
