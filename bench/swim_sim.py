@@ -1,118 +1,97 @@
-"""SWIM in the deterministic simulator: convergence, failure detection, partition healing.
+"""SWIM in the deterministic simulator: join, steady state, crash detection, partition healing.
 
-Prints measured figures next to the bounds derived from SwimConfig. Usage:
+One cluster of --nodes members goes through the scenarios in order (meshguard.testing.
+swim_scale, which tests/swim/test_scale.py runs at a small N); each prints one line: the
+measured virtual time next to its SwimConfig bound, the gossip bandwidth per node meanwhile,
+the peak resident memory so far and the wall time. Usage:
+
     .venv/bin/python bench/swim_sim.py [--nodes 1000] [--seed 1] [--preset lan|wan|local]
-        [--skip-detect] [--skip-loss] [--skip-heal]
+        [--steady 60] [--hold 300] [--skip-detect] [--skip-heal] [--skip-loss] [--json FILE]
 
-All runs share one CryptoCache across the simulated nodes (a pure-function memo of Ed25519
-verification, record parsing and X25519 pair keys), so each record is verified once per run;
-every node still performs every check. Virtual time, so the figures do not depend on the load
-of the machine; only the "wall" figures do.
+Bandwidth is SWIM payload bytes sent (MAC included, no IP/UDP headers) per node per virtual
+second. Memory is ru_maxrss, the peak resident set of the whole process (interpreter included).
+All nodes share one CryptoCache (a pure-function memo of Ed25519 verification, record parsing
+and X25519 pair keys), so each record is verified once per run; every node still performs
+every check. Virtual time, so the figures do not depend on the load of the machine; only the
+wall and CPU figures do. The loss scenario (--skip-loss) runs its own 200-node cluster.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import time
+from typing import Any
 
 from meshguard.swim.config import PRESETS, SwimConfig
 from meshguard.testing.simnet import SwimCluster
+from meshguard.testing.swim_scale import Outcome, ScaleRun
 
 
-def converge(n: int, seed: int, window: float, cfg: SwimConfig) -> SwimCluster:
-    c = SwimCluster(n, seed, config=cfg)
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Report:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.rows: list[dict[str, Any]] = []
+        self._t = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def line(self, o: Outcome, bounded: bool = True) -> None:
+        wall = time.perf_counter() - self._t
+        cpu = time.process_time() - self._cpu
+        self._t = time.perf_counter()
+        self._cpu = time.process_time()
+        tr = o.traffic
+        if bounded:
+            fig = f"{o.measured:6.1f} s (bound {o.bound:5.1f} s, {'ok' if o.within else 'OVER'})"
+        else:
+            fig = f"{o.measured:6.1f} s" + " " * 25
+        print(
+            f"{o.scenario:6s} n={self.n:5d}: {fig} | {tr.bytes_per_node_s:7.0f} B/s/node "
+            f"{tr.packets_per_node_s:5.1f} pkt/s/node | {o.note} | peak RSS {peak_rss_mb():.0f} MB"
+            f" | wall {wall:.1f} s (CPU {cpu:.1f} s)",
+            flush=True,
+        )
+        self.rows.append(
+            {
+                "scenario": o.scenario,
+                "measured_s": round(o.measured, 2),
+                "bound_s": round(o.bound, 2) if bounded else None,
+                "within_bound": o.within if bounded else None,
+                "bytes_per_node_s": round(tr.bytes_per_node_s, 1),
+                "packets_per_node_s": round(tr.packets_per_node_s, 2),
+                "window_s": round(tr.seconds, 2),
+                "note": o.note,
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
+            }
+        )
+
+
+def lossy(n: int, seed: int, minutes: float, loss: float, cfg: SwimConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
-    cpu0 = time.process_time()
-    c.start(join_window=window)
-    everyone = range(n)
-    t = c.run_until_true(lambda: c.converged(everyone), limit=300.0, step=0.5)
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    bound = convergence_bound(cfg, n, window)
-    st = c.net.stats
-    print(
-        f"join     n={n:5d} seed={seed}: all {n} nodes know all others at t={t:.1f} s "
-        f"(joins spread over {window:.0f} s; bound {bound:.0f} s = "
-        f"{bound / cfg.probe_interval:.0f} periods) wall {wall:.1f} s (CPU {cpu:.1f} s), "
-        f"{st.sent} packets ({st.sent / n:.0f}/node), max packet {st.max_packet} B, "
-        f"Ed25519 verifications {c.cache.verifications}, X25519 {c.cache.dh_computations}"
-    )
-    false = [e for e in c.down_events if e[3] == "dead"]
-    print(f"         false deaths during join: {len(false)}")
-    return c
-
-
-def convergence_bound(cfg: SwimConfig, n: int, window: float) -> float:
-    return window + cfg.join_bound(n)
-
-
-def detect(c: SwimCluster, victim: int) -> None:
-    cfg = c.config
-    n = c.n
-    c.crash(victim)
-    t0 = c.net.now
-    others = [i for i in range(n) if i != victim]
-    first: list[float] = []
-
-    def all_gone() -> bool:
-        if not first and any(c.nodes[i].state_of(c.ids[victim]) == "dead" for i in others):
-            first.append(c.net.now)
-        return c.all_see_gone(victim, others)
-
-    bound = cfg.detection_bound(n) + cfg.spread_bound(n)
-    t = c.run_until_true(all_gone, limit=bound + 60, step=0.25)
-    print(
-        f"detect   n={n:5d}: crash declared dead first after {first[0] - t0:.1f} s, by all "
-        f"after {t - t0:.1f} s (bound {bound:.0f} s = 2T + suspicion_max "
-        f"{cfg.suspicion_max(n):.0f} s + spread {cfg.spread_bound(n):.0f} s)"
-    )
-
-
-def lossy(n: int, seed: int, minutes: float, loss: float, cfg: SwimConfig) -> None:
     c = SwimCluster(n, seed, config=cfg, loss=loss)
     c.start(join_window=1.0)
     c.run_until_true(lambda: c.converged(range(n), strict=False), limit=300.0, step=1.0)
-    t0 = time.perf_counter()
-    start = c.net.now
-    c.net.run_until(start + minutes * 60)
-    dead = [e for e in c.down_events if e[3] == "dead"]
-    susp = sum(nd.stats["probe_failed"] for nd in c.nodes)
-    ref = sum(nd.stats["refuted"] for nd in c.nodes)
+    c.net.run_until(c.net.now + minutes * 60)
+    dead = sum(1 for e in c.down_events if e[3] == "dead")
+    susp = c.total("probe_failed")
+    ref = c.total("refuted")
+    ok = c.converged(range(n), strict=False)
+    wall = time.perf_counter() - t0
     print(
-        f"loss     n={n:5d} loss={loss:.0%} for {minutes:.0f} min: false deaths {len(dead)}, "
-        f"suspicions {susp}, refutations {ref}, "
-        f"converged at end: {c.converged(range(n), strict=False)} "
-        f"(wall {time.perf_counter() - t0:.1f} s)"
+        f"loss   n={n:5d}: {loss:.0%} loss for {minutes:.0f} min: false deaths {dead}, "
+        f"suspicions {susp}, refutations {ref}, converged at end {ok} | wall {wall:.1f} s",
+        flush=True,
     )
-
-
-def heal(n: int, seed: int, hold: float, cfg: SwimConfig) -> None:
-    c = SwimCluster(n, seed, config=cfg)
-    c.start(join_window=1.0)
-    c.run_until_true(lambda: c.converged(range(n)), limit=300.0, step=1.0)
-    half_a = [c.eps[i] for i in range(0, n, 2)]
-    half_b = [c.eps[i] for i in range(1, n, 2)]
-    c.net.partition([half_a, half_b])
-    t_part = c.net.now
-    a = list(range(0, n, 2))
-    b = list(range(1, n, 2))
-    c.run_until_true(lambda: c.converged(a) and c.converged(b), limit=hold, step=1.0)
-    split = c.net.now - t_part
-    c.net.run_until(t_part + hold)
-    c.net.heal()
-    t_heal = c.net.now
-    cfg = c.config
-    bound = heal_bound(cfg, n)
-    t = c.run_until_true(lambda: c.converged(range(n)), limit=bound + 120, step=1.0)
-    print(
-        f"heal     n={n:5d}: 50/50 partition, each side agreed on its half after {split:.0f} s; "
-        f"held {hold:.0f} s; whole mesh again {t - t_heal:.1f} s after the heal "
-        f"(bound {bound:.0f} s)"
-    )
-
-
-def heal_bound(cfg: SwimConfig, n: int) -> float:
-    return cfg.heal_bound(n)
+    return {"scenario": "loss", "nodes": n, "loss": loss, "minutes": minutes,
+            "false_deaths": dead, "suspicions": susp, "refutations": ref,
+            "converged": ok, "wall_s": round(wall, 2)}
 
 
 def main() -> None:
@@ -120,18 +99,57 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="lan")
+    ap.add_argument("--steady", type=float, default=60.0,
+                    help="virtual seconds of steady state (measured after 3 sync intervals)")
+    ap.add_argument("--hold", type=float, default=300.0,
+                    help="virtual seconds the 50/50 partition lasts")
     ap.add_argument("--skip-detect", action="store_true")
-    ap.add_argument("--skip-loss", action="store_true")
     ap.add_argument("--skip-heal", action="store_true")
+    ap.add_argument("--skip-loss", action="store_true")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = ap.parse_args()
     cfg = PRESETS[args.preset]()
-    c = converge(args.nodes, args.seed, window=2.0, cfg=cfg)
+    n = args.nodes
+    wall0 = time.perf_counter()
+    cpu0 = time.process_time()
+    rep = Report(n)
+    run = ScaleRun(n, args.seed, cfg)
+    rep.line(run.join())
+    c = run.cluster
+    print(
+        f"         {c.net.stats.sent} packets, max packet {c.net.stats.max_packet} B, "
+        f"Ed25519 verifications {c.cache.verifications}, X25519 {c.cache.dh_computations}",
+        flush=True,
+    )
+    if args.steady > 0:
+        rep.line(run.steady(args.steady), bounded=False)
     if not args.skip_detect:
-        detect(c, victim=args.nodes // 2)
-    if not args.skip_loss:
-        lossy(200, args.seed, minutes=10, loss=0.10, cfg=cfg)
+        rep.line(run.crash(victim=n // 2))
     if not args.skip_heal:
-        heal(200, args.seed, hold=300.0, cfg=cfg)
+        rep.line(run.partition(args.hold), bounded=False)
+        rep.line(run.heal())
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    print(
+        f"total  n={n:5d}: wall {wall:.1f} s (CPU {cpu:.1f} s), virtual {c.net.now:.0f} s, "
+        f"{c.net.stats.sent} packets, peak RSS {peak_rss_mb():.0f} MB (ru_maxrss)",
+        flush=True,
+    )
+    extra: list[dict[str, Any]] = []
+    if not args.skip_loss:
+        extra.append(lossy(200, args.seed, minutes=10, loss=0.10, cfg=cfg))
+    if args.json:
+        doc = {
+            "nodes": n, "seed": args.seed, "preset": args.preset, "steady_s": args.steady,
+            "hold_s": args.hold, "scenarios": rep.rows, "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2), "virtual_s": round(c.net.now, 2),
+            "packets": c.net.stats.sent, "max_packet": c.net.stats.max_packet,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "memory_measure": "ru_maxrss",
+            "loss": extra,
+        }
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
 
 
 if __name__ == "__main__":
