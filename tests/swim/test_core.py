@@ -159,3 +159,67 @@ def test_join_packets_are_padded_against_amplification() -> None:
     out = m.join([("10.0.0.2", 51821)], 0.0)
     assert len(out) == 1 and isinstance(out[0], SendDatagram)
     assert len(out[0].data) >= g.JOIN_MIN_LEN
+
+
+def test_member_tables_share_one_copy_of_each_record() -> None:
+    # Every packet carrying a record is a fresh slice; the table keeps the CryptoCache's copy,
+    # so N simulated nodes (or one node hearing a record many times) hold each record once.
+    n, seed = 12, 41
+    c = SwimCluster(n, seed)
+    c.start()
+    c.run_until_true(lambda: c.converged(range(n)), limit=60)
+    for subject in range(n):
+        k = c.ids[subject]
+        held = [c.nodes[i]._s.members[k] for i in range(n) if i != subject]
+        assert len({id(m.raw) for m in held}) == 1, f"subject {subject} (seed {seed})"
+        assert len({id(m.key) for m in held}) == 1, f"subject {subject} (seed {seed})"
+        assert all(m.raw == held[0].raw and m.key == k for m in held)
+
+
+def test_dead_members_are_indexed_for_recontact_until_they_refute_or_are_reaped() -> None:
+    n, seed = 12, 42
+    c = SwimCluster(n, seed)
+    c.start()
+    c.run_until_true(lambda: c.converged(range(n)), limit=60)
+    others = [i for i in range(n) if i not in (3, 4)]
+    for victim in (3, 4):
+        c.crash(victim)
+    c.run_until_true(lambda: c.all_see_gone(3, others) and c.all_see_gone(4, others), limit=120)
+    for i in others:
+        dead = c.nodes[i]._s.dead
+        assert len(dead) == 2 and c.ids[3] in dead and c.ids[4] in dead, f"node {i}"
+    joins = c.total("joins_sent")
+    c.restart(3, incarnation=0)  # comes back and refutes: no longer a re-contact candidate
+    c.run_until_true(lambda: c.converged([i for i in range(n) if i != 4]), limit=120)
+    for i in others:
+        dead = c.nodes[i]._s.dead
+        assert c.ids[3] not in dead and c.ids[4] in dead, f"node {i} (seed {seed})"
+    c.net.run_for(SwimConfig().dead_reap_after + 20)  # reaped: gone from the index too
+    for i in [*others, 3]:
+        assert len(c.nodes[i]._s.dead) == 0, f"node {i} (seed {seed})"
+        assert c.nodes[i].state_of(c.ids[4]) is None
+    assert c.total("joins_sent") > joins + len(others), "the dead were not re-contacted"
+
+
+def test_indirect_probes_go_to_k_distinct_alive_members_other_than_the_target() -> None:
+    n, seed = 20, 43
+    c = SwimCluster(n, seed)
+    c.start()
+    c.run_until_true(lambda: c.converged(range(n)), limit=60)
+    a, b = c.eps[1], c.eps[2]
+    c.crash(5)
+    asked: dict[bytes, list[tuple[str, int]]] = {}  # probe seq -> [target, asked...]
+    ep_of = dict(zip(c.ids, c.eps, strict=True))
+
+    def tap(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        if src == a and data[0] == g.PING_REQ:
+            asked.setdefault(data[37:41], [ep_of[data[41:73]]]).append(dst)
+        return (src, dst) in ((a, b), (b, a))
+
+    c.net.drop_filter = tap
+    c.net.run_for(60.0)
+    assert len(asked) >= 2, f"seed {seed}"
+    for target, *dsts in asked.values():
+        assert target in (b, c.eps[5]), f"seed {seed}"
+        assert len(dsts) == 3 == len(set(dsts)), f"{dsts} (seed {seed})"
+        assert target not in dsts and a not in dsts, f"seed {seed}"

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.swim.broadcast import Piggyback
 from meshguard.swim.events import Action
-from meshguard.swim.state import ALIVE, DEAD, SwimState, endpoint_of
+from meshguard.swim.state import ALIVE, SwimState, endpoint_of
 from meshguard.swim.updates import Updates
 from meshguard.wire.gossip import JOIN, JOIN_ACK, TAG_RECORD, Entry, Packet, encode_body
 
@@ -102,17 +102,23 @@ class Joiner:
             s.stats["joins_sent"] += 1
 
     def _recontact(self, now: float, out: list[Action]) -> None:
+        """A Join to one candidate, uniformly among the dead members, the reaped endpoints
+        and the seeds not known alive (the dead are sampled from an index, not a scan)."""
         s = self._s
-        cands: list[Endpoint] = []
-        for m in s.members.values():
-            if m.state == DEAD:
-                ep = endpoint_of(m)
-                if ep is not None:
-                    cands.append(ep)
-        cands.extend(e for e in s.graveyard if e not in s.ep_index)
+        dead = s.dead
+        cands = [e for e in s.graveyard if e not in s.ep_index]
         cands.extend(e for e in self._seeds if e not in s.ep_index)
-        if cands:
-            self._send_joins(now, [cands[s.rng.randrange(len(cands))]], out)
+        total = len(dead) + len(cands)
+        if not total:
+            return
+        i = s.rng.randrange(total)
+        if i >= len(dead):
+            self._send_joins(now, [cands[i - len(dead)]], out)
+            return
+        m = s.members.get(dead[i])
+        ep = endpoint_of(m) if m is not None else None
+        if ep is not None:
+            self._send_joins(now, [ep], out)
 
     def take_token(self, now: float, src: Endpoint) -> bool:
         """Budget for verifying a stranger's self-signed record: per source host first (a

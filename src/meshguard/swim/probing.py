@@ -152,13 +152,26 @@ class Prober:
         target = self._target
         if target is None:
             return
-        cands = [m for m in s.members.values() if m.state == ALIVE and m.key != target]
         k = s.config.indirect_checks
-        if len(cands) > k:
-            picked = []
-            for _ in range(k):
-                picked.append(cands.pop(s.rng.randrange(len(cands))))
-            cands = picked
+        # k distinct alive members other than the target, uniformly: drawn from the probe
+        # order (every live member once) without scanning the table; if that finds too few
+        # (few alive among many), from a scan, which asks all when there are at most k.
+        cands: list[Member] = []
+        order = s.order
+        if len(order) > 2 * k:
+            for _ in range(4 * k):
+                m = s.members.get(order[s.rng.randrange(len(order))])
+                if m is not None and m.state == ALIVE and m.key != target and m not in cands:
+                    cands.append(m)
+                    if len(cands) == k:
+                        break
+        if len(cands) < k:
+            cands = [m for m in s.members.values() if m.state == ALIVE and m.key != target]
+            if len(cands) > k:
+                picked = []
+                for _ in range(k):
+                    picked.append(cands.pop(s.rng.randrange(len(cands))))
+                cands = picked
         for m in cands:
             self._asked.add(m.key)
             pkt = Packet(PING_REQ, s.id, self._seq, target)

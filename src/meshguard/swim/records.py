@@ -95,7 +95,8 @@ class CryptoCache:
     def __init__(self, max_entries: int | None = 16384) -> None:
         self.max_entries = max_entries
         self._verified: dict[tuple[bytes, bytes, bytes], bool] = {}
-        self._parsed: dict[bytes, NodeRecord | None] = {}
+        # raw -> (record, the raw bytes as first seen, its 8-byte key prefix), None if malformed
+        self._parsed: dict[bytes, tuple[NodeRecord, bytes, bytes] | None] = {}
         self._valid: dict[bytes, bool] = {}
         self._pair: dict[tuple[bytes, bytes, bytes, bytes], bytes | None] = {}
         self.verifications = 0
@@ -117,17 +118,31 @@ class CryptoCache:
 
     def parse_record(self, raw: bytes) -> NodeRecord | None:
         """Decode a raw record; None if malformed."""
+        parsed = self.record(raw)
+        return parsed[0] if parsed is not None else None
+
+    def record(self, raw: bytes) -> tuple[NodeRecord, bytes, bytes] | None:
+        """Decode a raw record: (record, raw, identity prefix), or None if malformed.
+
+        The returned raw bytes and prefix are the objects first seen for this record version,
+        so every member table that stores them shares one copy (the record's identity likewise
+        is the one of the shared NodeRecord): a node that hears a record in many packets, or
+        many simulated nodes sharing this cache, hold it once.
+        """
         try:
             return self._parsed[raw]
         except KeyError:
             pass
         try:
-            rec: NodeRecord | None = decode_record(raw)
+            rec = decode_record(raw)
         except WireFormatError:
-            rec = None
+            parsed: tuple[NodeRecord, bytes, bytes] | None = None
+        else:
+            raw = bytes(raw)
+            parsed = (rec, raw, rec.identity[:8])
         self._room(self._parsed)
-        self._parsed[raw] = rec
-        return rec
+        self._parsed[raw] = parsed
+        return parsed
 
     def record_valid(self, raw: bytes) -> bool:
         """Signature check of a raw record by its own identity key (memo keyed by the bytes)."""

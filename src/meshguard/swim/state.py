@@ -9,6 +9,7 @@
   endpoint, by WireGuard key (a key belongs to one identity);
 - the anti-entropy view: per key bucket, the XOR digest of the live records and the records;
 - the probe order (randomized round-robin, SWIM section 4.3);
+- the dead members to re-contact (`dead`, so that picking one costs no scan of the table);
 - refused identities, and the high-water marks of reaped members (`tombs`);
 - the wall clock as of the last call that gave one (records carry signed times).
 """
@@ -67,6 +68,39 @@ class Member:
         self.heard = False  # an authenticated packet from it arrived (it knows our record)
 
 
+class KeySample:
+    """A set of member keys with O(1) add, discard and uniform choice by index."""
+
+    __slots__ = ("_at", "_keys")
+
+    def __init__(self) -> None:
+        self._keys: list[bytes] = []
+        self._at: dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._at
+
+    def add(self, key: bytes) -> None:
+        if key not in self._at:
+            self._at[key] = len(self._keys)
+            self._keys.append(key)
+
+    def discard(self, key: bytes) -> None:
+        i = self._at.pop(key, None)
+        if i is None:
+            return
+        last = self._keys.pop()
+        if i < len(self._keys):
+            self._keys[i] = last
+            self._at[last] = i
+
+    def __getitem__(self, i: int) -> bytes:
+        return self._keys[i]
+
+
 class SwimState:
     def __init__(
         self,
@@ -101,6 +135,8 @@ class SwimState:
         self.ep_index: dict[Endpoint, bytes] = {}
         self.wg_owner: dict[bytes, bytes] = {}  # WireGuard key -> the member that holds it
         self.n_live = 0
+        # dead members that announce an endpoint (re-contact candidates, join.py)
+        self.dead = KeySample()
         self.rejected: dict[bytes, None] = {}
         # identity -> highest incarnation of a reaped member: its older records stay refused
         self.tombs: dict[bytes, int] = {}
@@ -162,6 +198,7 @@ class SwimState:
         if m.state in LIVE:
             self.live_remove(m)
         del self.members[m.key]
+        self.dead.discard(m.key)
         if self.wg_owner.get(m.record.wg_public) == m.key:
             del self.wg_owner[m.record.wg_public]
         if self.by_prefix.get(m.key[:8]) is m:

@@ -139,13 +139,17 @@ class Updates:
             s.stats["wg_key_taken"] += 1
             return
         refutes = m is not None and m.state in (SUSPECT, DEAD)
-        rec = s.cache.parse_record(raw)
-        if rec is None:
+        parsed = s.cache.record(raw)
+        if parsed is None:
             s.stats["malformed"] += 1
             return
         if not s.cache.record_valid(raw):
             s.stats["bad_signature"] += 1
             return
+        # The table keeps the memo's copies of the bytes (shared by every packet that carried
+        # this record version), not slices of the packet at hand.
+        rec, raw, prefix = parsed
+        ident = rec.identity
         if m is None:
             if rec.left:
                 return
@@ -155,7 +159,7 @@ class Updates:
             s.members[ident] = m
             s.wg_owner[rec.wg_public] = ident
             s.tombs.pop(ident, None)
-            s.by_prefix[ident[:8]] = m
+            s.by_prefix[prefix] = m
             s.live_add(m)
             s.order_insert(ident)
             out.append(MemberUp(rec))
@@ -171,6 +175,7 @@ class Updates:
                 return
             if was_live:
                 s.live_remove(m)
+            s.dead.discard(ident)
             m.sync_in = 0
             m.heard = False  # a new incarnation may have forgotten us
             if rec.wg_public != m.record.wg_public:
@@ -290,6 +295,8 @@ class Updates:
             if was_live:
                 s.live_remove(m)
             m.state = DEAD
+            if endpoint_of(m) is not None:
+                s.dead.add(m.key)
             m.suspicion = None
             m.since = now
             self._reap_queue.append((now, m.key))
