@@ -6,7 +6,8 @@ measured virtual time next to its SwimConfig bound, the gossip bandwidth per nod
 the peak resident memory so far and the wall time. Usage:
 
     .venv/bin/python bench/swim_sim.py [--nodes 1000] [--seed 1] [--preset lan|wan|local]
-        [--steady 60] [--hold 300] [--skip-detect] [--skip-heal] [--skip-loss] [--json FILE]
+        [--steady 60] [--settle S] [--hold 300] [--skip-detect] [--skip-heal] [--skip-loss]
+        [--json FILE]
 
 Bandwidth is SWIM payload bytes sent (MAC included, no IP/UDP headers) per node per virtual
 second. Memory is ru_maxrss, the peak resident set of the whole process (interpreter included).
@@ -46,13 +47,15 @@ class Report:
         self._t = time.perf_counter()
         self._cpu = time.process_time()
         tr = o.traffic
+        avg = tr.bytes / tr.packets if tr.packets else 0.0
         if bounded:
             fig = f"{o.measured:6.1f} s (bound {o.bound:5.1f} s, {'ok' if o.within else 'OVER'})"
         else:
             fig = f"{o.measured:6.1f} s" + " " * 25
         print(
             f"{o.scenario:6s} n={self.n:5d}: {fig} | {tr.bytes_per_node_s:7.0f} B/s/node "
-            f"{tr.packets_per_node_s:5.1f} pkt/s/node | {o.note} | peak RSS {peak_rss_mb():.0f} MB"
+            f"{tr.packets_per_node_s:5.1f} pkt/s/node {avg:4.0f} B/pkt | {o.note} | "
+            f"peak RSS {peak_rss_mb():.0f} MB"
             f" | wall {wall:.1f} s (CPU {cpu:.1f} s)",
             flush=True,
         )
@@ -64,6 +67,7 @@ class Report:
                 "within_bound": o.within if bounded else None,
                 "bytes_per_node_s": round(tr.bytes_per_node_s, 1),
                 "packets_per_node_s": round(tr.packets_per_node_s, 2),
+                "bytes_per_packet": round(avg, 1),
                 "window_s": round(tr.seconds, 2),
                 "note": o.note,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -101,6 +105,9 @@ def main() -> None:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="lan")
     ap.add_argument("--steady", type=float, default=60.0,
                     help="virtual seconds of steady state (measured after 3 sync intervals)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="virtual seconds after the join before the steady window "
+                    "(default 3 sync intervals)")
     ap.add_argument("--hold", type=float, default=300.0,
                     help="virtual seconds the 50/50 partition lasts")
     ap.add_argument("--skip-detect", action="store_true")
@@ -122,7 +129,7 @@ def main() -> None:
         flush=True,
     )
     if args.steady > 0:
-        rep.line(run.steady(args.steady), bounded=False)
+        rep.line(run.steady(args.steady, args.settle), bounded=False)
     if not args.skip_detect:
         rep.line(run.crash(victim=n // 2))
     if not args.skip_heal:
@@ -141,6 +148,7 @@ def main() -> None:
     if args.json:
         doc = {
             "nodes": n, "seed": args.seed, "preset": args.preset, "steady_s": args.steady,
+            "settle_s": args.settle,
             "hold_s": args.hold, "scenarios": rep.rows, "wall_s": round(wall, 2),
             "cpu_s": round(cpu, 2), "virtual_s": round(c.net.now, 2),
             "packets": c.net.stats.sent, "max_packet": c.net.stats.max_packet,
