@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from meshguard import __version__
+from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
 
 _IDENTITY = "meshguard.cli.identity_commands"
@@ -54,6 +55,7 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    mark("interpreter")
     args_list = list(sys.argv[1:] if argv is None else argv)
     only = COMMANDS.get(args_list[0]) if args_list else None
     parser = build_parser((only,) if only else COMMAND_MODULES)
