@@ -5,7 +5,8 @@ Each command module exposes `register(subparsers)`, adding its sub-commands with
 A known command is parsed with the one module that registers it (`COMMANDS`), so a command
 imports only its own dependencies: `meshguard status` does not load the daemon and the data
 plane, and `meshguard wireguard IF` starts as fast as it can (start-up time is part of that
-command's contract, as for `wireguard-go IF`). `--help` and unknown commands load them all.
+command's contract, as for `wireguard-go IF`). `--help` and unknown commands load them all,
+which is cheap: a command module imports what its handlers use only when one runs.
 A MeshguardError raised anywhere below becomes one `meshguard: error: ...` line on stderr.
 """
 
