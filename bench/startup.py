@@ -15,7 +15,8 @@ Run as root, under the shared lock:
    interpreter (cli main entered) -> imports (the command's modules loaded) -> tun / udp /
    uapi (TUN created, UDP port bound, UAPI socket listening) -> configured (first `wg set`)
    -> handshake (first completed); for `up` also keys loaded, preflight, control, join sent,
-   joined, peer (first WireGuard peer configured). `1st ping` is bench/run.py's start->1st ping.
+   joined, peer (first WireGuard peer configured); then bench/run.py's own start-up numbers
+   (start->1st ping, and for `up` start->joined and joined->1st ping).
 Prints medians over the rounds. Not part of the test suite; the machine is shared, so compare
 numbers from one run.
 """
@@ -30,7 +31,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -81,19 +84,36 @@ def read_trace(path: Path) -> dict[int, dict[str, float]]:
     return marks
 
 
-def timeline(tb: tunnel_bench.Testbed, path: str) -> dict[str, float]:
-    """One start of `path` (a bench/run.py path); marks in ms since the processes started."""
+@dataclass
+class TimedTestbed(tunnel_bench.Testbed):
+    """bench/run.py's Testbed, noting when it starts each process (CLOCK_MONOTONIC)."""
+
+    spawned_at: list[float] = field(default_factory=list)
+
+    def spawn(self, cmd: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        self.spawned_at.append(time.monotonic())
+        return super().spawn(cmd, **kw)
+
+
+def start_path(tb: TimedTestbed, path: str) -> tunnel_bench.Tunnel:
+    if path == "wireguard-go":
+        return tunnel_bench.up_wireguard_go(tb, tunnel_bench.WireguardGo.find(None))
+    return tunnel_bench.UPS[path](tb)
+
+
+def timeline(tb: TimedTestbed, path: str) -> dict[str, float]:
+    """One start of `path` (a bench/run.py path); marks in ms since its first process was
+    started, with bench/run.py's own start-up numbers (start->1st ping, joined->1st ping...)."""
     fd, name = tempfile.mkstemp(prefix="meshguard-trace-")
     os.close(fd)
     trace = Path(name)
     trace.unlink()
     os.environ[TRACE_ENV] = str(trace)
+    tb.spawned_at.clear()
     try:
-        tun = tunnel_bench.UPS[path](tb)
-        end = time.monotonic()
+        tun = start_path(tb, path)
         try:
-            first = tun.first_ping_ms or 0.0
-            t0 = end - first / 1000  # the procedures time from just before the spawn
+            t0 = tb.spawned_at[0]
             marks = read_trace(trace)
         finally:
             tun.teardown()
@@ -105,7 +125,12 @@ def timeline(tb: tunnel_bench.Testbed, path: str) -> dict[str, float]:
         node = "AB"[i] if len(tun.pids) > 1 else ""
         for mark, t in marks.get(pid, {}).items():
             out[f"{node} {mark}".strip()] = (t - t0) * 1000
-    out["1st ping"] = first
+    for key, title in (("first_ping", "1st ping (run.py)"),
+                       ("start_to_joined", "joined (run.py)"),
+                       ("joined_ping", "joined->1st ping (run.py)")):
+        value = tun.startup.get(key)
+        if value is not None:
+            out[title] = value
     return out
 
 
@@ -140,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nbench/startup.py: the timelines need root (namespaces, TUN)", file=sys.stderr)
         return 1
     paths = [p for p in args.paths.split(",") if p]
-    tb = tunnel_bench.Testbed()
+    tb = TimedTestbed()
     runs: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     try:
         tb.build()
