@@ -24,23 +24,16 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshguard.config import resolve_config_dir
-from meshguard.daemon.control_client import (
-    ControlClient,
-    DaemonNotRunningError,
-    running_daemons,
-    select_daemon,
-    wait_until_gone,
-)
-from meshguard.daemon.daemon_config import ALIAS_FILE
 from meshguard.daemon.runtime import run_dir
 from meshguard.errors import MeshguardError
-from meshguard.identity import store
-from meshguard.identity.names import is_dns_label
-from meshguard.identity.trust import Revocation, TrustStore
-from meshguard.mesh import org_gossip
-from meshguard.wire.control import StatusReport
+
+if TYPE_CHECKING:
+    from meshguard.wire.control import StatusReport
+
+# The handlers import what they use when they run: `meshguard --help` and `meshguard up`
+# (which registers with this module's helpers) load none of it.
 
 DEFAULT_PORT = 51821
 DOWN_TIMEOUT = 10.0
@@ -122,6 +115,13 @@ def run_dir_of(args: argparse.Namespace) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from meshguard.daemon.control_client import (
+        ControlClient,
+        DaemonNotRunningError,
+        running_daemons,
+        select_daemon,
+    )
+
     directory = run_dir_of(args)
     now = time.time()
     if args.interface is None:
@@ -145,6 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from meshguard.daemon.control_client import select_daemon, wait_until_gone
+
     client = select_daemon(run_dir_of(args), args.interface)
     client.request("down")
     if not wait_until_gone(client.path, DOWN_TIMEOUT):
@@ -225,6 +227,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_org_revoke(args: argparse.Namespace) -> int:
+    from meshguard.config import resolve_config_dir
+    from meshguard.identity import store
+    from meshguard.identity.names import is_dns_label
+    from meshguard.identity.trust import Revocation, TrustStore
+    from meshguard.mesh import org_gossip
+
     cfg = resolve_config_dir()
     if args.import_file:
         path = Path(args.import_file)
@@ -277,6 +285,11 @@ def cmd_org_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_org_alias(args: argparse.Namespace) -> int:
+    from meshguard.config import resolve_config_dir
+    from meshguard.daemon.daemon_config import ALIAS_FILE
+    from meshguard.identity import store
+    from meshguard.mesh import org_gossip
+
     problem = org_gossip.alias_problem(args.alias)
     if problem is not None:
         raise UsageError(f"{problem}: {args.alias!r}")

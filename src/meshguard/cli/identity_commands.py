@@ -12,24 +12,20 @@ import sys
 from pathlib import Path
 
 from meshguard import __version__
-from meshguard.clock import SystemClock
-from meshguard.config import resolve_config_dir
-from meshguard.crypto.keys import b64encode
-from meshguard.identity import keygen, store
-from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6, org_domain
-from meshguard.identity.certificate import parse_expiry
-from meshguard.identity.errors import TrustError
-from meshguard.identity.names import node_dns_name, validate_label
-from meshguard.identity.overview import describe, render_text
-from meshguard.identity.trust import TrustStore, default_name, resolve_revocation
-from meshguard.rng import SystemRng
+
+# The handlers import what they use when they run, so `meshguard --help` and `meshguard
+# version` load no key or trust code.
 
 
 def _config_dir() -> Path:
+    from meshguard.config import resolve_config_dir
+
     return resolve_config_dir()
 
 
 def _now() -> float:
+    from meshguard.clock import SystemClock
+
     return SystemClock().wall()
 
 
@@ -39,6 +35,11 @@ def _version(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from meshguard.crypto.keys import b64encode
+    from meshguard.identity import keygen, store
+    from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+    from meshguard.rng import SystemRng
+
     cfg = _config_dir()
     keys = keygen.generate_node_keys(cfg, SystemRng(), _now(), args.force)
     pub = keys.identity.public_key.raw
@@ -58,6 +59,8 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from meshguard.identity import store
+
     identity = store.load_identity(_config_dir())
     sys.stdout.write(store.public_key_file(identity.public_key.raw).decode("ascii"))
     return 0
@@ -71,6 +74,13 @@ def _confirm(question: str) -> bool:
 
 
 def _trust(args: argparse.Namespace) -> int:
+    from meshguard.crypto.keys import b64encode
+    from meshguard.identity import store
+    from meshguard.identity.addressing import mesh_ipv4, org_domain
+    from meshguard.identity.errors import TrustError
+    from meshguard.identity.names import validate_label
+    from meshguard.identity.trust import TrustStore, default_name
+
     cfg = _config_dir()
     what = "org key" if args.org else "node key"
     key = store.read_public_key_argument(args.key, what)
@@ -104,6 +114,10 @@ def _trust(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from meshguard.crypto.keys import b64encode
+    from meshguard.identity import store
+    from meshguard.identity.trust import TrustStore, resolve_revocation
+
     cfg = _config_dir()
     trust = TrustStore.load(cfg)
     revocation = resolve_revocation(trust, args.target, args.org)
@@ -124,6 +138,11 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _org_keygen(args: argparse.Namespace) -> int:
+    from meshguard.crypto.keys import b64encode
+    from meshguard.identity import keygen, store
+    from meshguard.identity.addressing import org_domain
+    from meshguard.rng import SystemRng
+
     cfg = _config_dir()
     key = keygen.generate_org_key(cfg, SystemRng(), args.force)
     pub = key.public_key.raw
@@ -134,6 +153,11 @@ def _org_keygen(args: argparse.Namespace) -> int:
 
 
 def _org_sign(args: argparse.Namespace) -> int:
+    from meshguard.identity import keygen, store
+    from meshguard.identity.addressing import org_domain
+    from meshguard.identity.certificate import parse_expiry
+    from meshguard.identity.names import node_dns_name
+
     cfg = _config_dir()
     node_key = store.read_public_key_argument(args.node, "node key")
     expires = parse_expiry(args.expires) if args.expires is not None else 0
@@ -148,6 +172,9 @@ def _org_sign(args: argparse.Namespace) -> int:
 
 
 def _rotate_wg_key(args: argparse.Namespace) -> int:
+    from meshguard.identity import keygen
+    from meshguard.rng import SystemRng
+
     keys = keygen.rotate_wireguard_key(_config_dir(), SystemRng(), _now())
     print(
         f"new WireGuard key: {keys.wireguard.public_key.b64()} (vouched at {keys.vouch.issued_at})"
@@ -157,6 +184,8 @@ def _rotate_wg_key(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from meshguard.identity.overview import describe, render_text
+
     info = describe(_config_dir(), _now())
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))

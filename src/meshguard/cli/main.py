@@ -5,7 +5,8 @@ Each command module exposes `register(subparsers)`, adding its sub-commands with
 A known command is parsed with the one module that registers it (`COMMANDS`), so a command
 imports only its own dependencies: `meshguard status` does not load the daemon and the data
 plane, and `meshguard wireguard IF` starts as fast as it can (start-up time is part of that
-command's contract, as for `wireguard-go IF`). `--help` and unknown commands load them all.
+command's contract, as for `wireguard-go IF`). `--help` and unknown commands load them all,
+which is cheap: a command module imports what its handlers use only when one runs.
 A MeshguardError raised anywhere below becomes one `meshguard: error: ...` line on stderr.
 """
 
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from meshguard import __version__
+from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
 
 _IDENTITY = "meshguard.cli.identity_commands"
@@ -54,6 +56,7 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    mark("interpreter")
     args_list = list(sys.argv[1:] if argv is None else argv)
     only = COMMANDS.get(args_list[0]) if args_list else None
     parser = build_parser((only,) if only else COMMAND_MODULES)

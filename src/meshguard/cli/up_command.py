@@ -26,9 +26,8 @@ from meshguard.cli.daemon_commands import (
     parse_seed,
     run_dir_of,
 )
-from meshguard.daemon.daemon_config import DaemonConfig
-from meshguard.daemon.mesh_daemon import run_foreground
 from meshguard.daemon.runtime import DEFAULT_INTERFACE, validate_interface
+from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
 
 READY_TIMEOUT = 30.0  # seconds `up` waits for the background daemon before giving up
@@ -44,6 +43,10 @@ def _parse_announce(text: str | None) -> str | None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `meshguard --help` and a backgrounding `up` (which only
+    # starts `up -f` and waits) need none of the daemon
+    from meshguard.daemon.daemon_config import DaemonConfig
+
     validate_interface(args.interface)
     if not 0 < args.port < 65535:
         raise UsageError("--port must be between 1 and 65534")
@@ -64,6 +67,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not 0 < args.dns_port < 65536:
         raise UsageError("--dns-port must be between 1 and 65535")
     if args.foreground:
+        from meshguard.daemon.mesh_daemon import run_foreground
+
+        mark("imports")
         return run_foreground(config)
     return _start_background(args, config.run_dir)
 

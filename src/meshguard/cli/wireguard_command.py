@@ -10,14 +10,12 @@ remove the socket and the interface and exit 0. LOG_LEVEL=error|info|verbose|deb
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
 import sys
 
-from meshguard.daemon.wg_interface import preflight, serve
-from meshguard.dataplane.tun import DEFAULT_MTU, validate_ifname
+from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
 
 _LEVELS = {
@@ -56,6 +54,11 @@ def _setup_logging(to_stderr: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: `meshguard --help` needs none of it
+    from meshguard.daemon.wg_interface import preflight
+    from meshguard.dataplane.tun import DEFAULT_MTU, validate_ifname
+
+    mark("imports")
     ifname: str = args.ifname
     try:
         validate_ifname(ifname)
@@ -78,6 +81,10 @@ def _run_loop(ifname: str, mtu: int, ready_pipe: list[int] | None) -> None:
             fd = ready_pipe.pop()
             os.write(fd, b"ok\n")
             os.close(fd)
+
+    import asyncio
+
+    from meshguard.daemon.wg_interface import serve
 
     asyncio.run(serve(ifname, mtu=mtu, on_ready=ready))
 

@@ -11,17 +11,12 @@ import functools
 import hmac
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from meshguard.errors import CryptoError, KeyFormatError
 
 KEY_LEN = 32
 SIGNATURE_LEN = 64
-_RAW = serialization.Encoding.Raw
-_RAW_PUB = serialization.PublicFormat.Raw
-_RAW_PRIV = serialization.PrivateFormat.Raw
-_NOENC = serialization.NoEncryption()
 
 
 def b64encode(data: bytes) -> str:
@@ -139,7 +134,7 @@ class X25519PrivateKey(_Bytes32):
     def __init__(self, raw: bytes) -> None:
         super().__init__(raw)
         self._obj = x25519.X25519PrivateKey.from_private_bytes(self._raw)
-        self._pub = X25519PublicKey(self._obj.public_key().public_bytes(_RAW, _RAW_PUB))
+        self._pub = X25519PublicKey(self._obj.public_key().public_bytes_raw())
 
     def __repr__(self) -> str:
         return "X25519PrivateKey(<redacted>)"
@@ -210,7 +205,7 @@ class Ed25519PrivateKey(_Bytes32):
     def __init__(self, seed: bytes) -> None:
         super().__init__(seed)
         self._obj = ed25519.Ed25519PrivateKey.from_private_bytes(self._raw)
-        self._pub = Ed25519PublicKey(self._obj.public_key().public_bytes(_RAW, _RAW_PUB))
+        self._pub = Ed25519PublicKey(self._obj.public_key().public_bytes_raw())
 
     def __repr__(self) -> str:
         return "Ed25519PrivateKey(<redacted>)"

@@ -48,6 +48,7 @@ from meshguard.daemon.gossip_state import load_high_water, save_high_water
 from meshguard.daemon.host_probe import has_net_admin, local_addresses, resolve_seeds, route_source
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
 from meshguard.daemon.runtime import socket_path
+from meshguard.daemon.startup_trace import mark
 from meshguard.daemon.status import PeerStats, build_status
 from meshguard.daemon.trust_holder import TrustHolder
 from meshguard.daemon.userspace_runner import UserspaceRunner
@@ -165,6 +166,7 @@ class MeshDaemon:
                 " trust a peer with `meshguard trust` (or start anyway with --open)")
         self.trust = TrustHolder(trust)
         self._trust_fp = trust_stamp(self.config_dir)
+        mark("keys loaded")
         if cfg.kernel:
             ensure_module()
         elif not os.path.exists("/dev/net/tun"):
@@ -178,6 +180,7 @@ class MeshDaemon:
         self.cert = store.load_node_certificate(self.config_dir)
         if self.cert is not None:
             self.name = self.cert.name
+        mark("preflight")
 
     def _advertised(self, gossip_port: int) -> list[Endpoint]:
         cfg = self.cfg
@@ -233,6 +236,7 @@ class MeshDaemon:
         self.control = ControlServer(ctl_path, cfg.interface, self._control)
         await self.control.start()
         stack.push_async_callback(self.control.close)
+        mark("control")
         self._install_signals(stack)
         self._poller = loop.create_task(self._trust_poller())
         stack.callback(self._poller.cancel)
@@ -243,6 +247,7 @@ class MeshDaemon:
         joining: list[Action] = [*membership.join_actions(self.seeds, self.clock.monotonic(),
                                                           self.clock.wall())]
         self._execute(joining)
+        mark("join sent")
         if self.stun_servers:
             client = StunClient(self.rng, self.stun_servers, local=endpoints)
             self._execute(self.node.start_stun(client, self.clock.monotonic()))
@@ -312,6 +317,7 @@ class MeshDaemon:
         changes: list[PeerUp | PeerDown] = []
         for a in actions:
             if isinstance(a, PeerUp):
+                mark("peer")
                 p = a.peer
                 log.info("tunnel up to %s at %s", p.identity_key.hex()[:12],
                          format_endpoint(p.endpoint))
@@ -328,6 +334,7 @@ class MeshDaemon:
             elif isinstance(a, ReflexiveEndpoint):
                 self._on_reflexive(a)
             elif isinstance(a, Joined):
+                mark("joined")
                 self._ready("joined the mesh")
             elif isinstance(a, RevocationLearned):
                 self._persist_revocation(a.revocation)

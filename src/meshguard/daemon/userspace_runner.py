@@ -16,6 +16,7 @@ from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError, bind_error
 from meshguard.daemon.engine_wiring import MeshUapi, connect_mesh
 from meshguard.daemon.gossip_socket import GossipSocket
+from meshguard.daemon.startup_trace import mark
 from meshguard.daemon.status import PeerStats
 from meshguard.daemon.uapi_server import UapiServer
 from meshguard.dataplane.engine import Engine
@@ -24,7 +25,7 @@ from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
 from meshguard.rng import Rng
-from meshguard.wireguard.actions import SendDatagram
+from meshguard.wireguard.actions import HandshakeCompleted, SendDatagram
 from meshguard.wireguard.device import Device
 
 log = logging.getLogger("meshguard.daemon")
@@ -56,6 +57,7 @@ class UserspaceRunner:
         except OSError as exc:
             engine.close()
             raise bind_error(exc, cfg.port) from None
+        mark("udp")
         stack.callback(engine.close)
         try:
             tun = TunDevice.open(cfg.interface, mtu=DEFAULT_MTU)
@@ -68,6 +70,7 @@ class UserspaceRunner:
             tun.up()
         except (TunError, OSError) as exc:
             raise StartupError(f"cannot configure {cfg.interface}: {exc}") from None
+        mark("tun")
         engine.tun_fd = tun.fd
         self.engine = engine
         self.tun = tun
@@ -76,6 +79,7 @@ class UserspaceRunner:
         try:
             await uapi.start()
             stack.push_async_callback(uapi.close)
+            mark("uapi")
         except MeshguardError as exc:
             log.warning("no UAPI socket for `wg show`: %s", exc)
         if cfg.split:
@@ -103,6 +107,8 @@ class UserspaceRunner:
     def _engine_actions(self, actions: list[object]) -> None:
         # the engine passes on what its ports returned: the node's actions (and the Device's,
         # a part of them)
+        if any(isinstance(a, HandshakeCompleted) for a in actions):
+            mark("handshake")
         self._on_actions([a for a in actions if isinstance(a, Action)])
 
     def _send_gossip(self, grams: list[SendDatagram]) -> None:

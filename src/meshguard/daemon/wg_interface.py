@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 
 from meshguard.clock import Clock, SystemClock
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
+from meshguard.daemon.startup_trace import mark
 from meshguard.daemon.uapi_protocol import (
     EADDRINUSE,
     EINVAL,
@@ -38,6 +39,7 @@ from meshguard.dataplane.engine import Engine
 from meshguard.dataplane.tun import DEFAULT_MTU, TunDevice, TunError, interface_exists
 from meshguard.errors import MeshguardError
 from meshguard.rng import Rng, SystemRng
+from meshguard.wireguard.actions import HandshakeCompleted
 from meshguard.wireguard.device import Device, Peer
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,7 @@ class DeviceUapiBackend:
                 self._set_keepalive(peer, pu.persistent_keepalive)
         if engine is not None:
             engine.kick()
+        mark("configured")
 
     def _set_keepalive(self, peer: Peer, interval: int) -> None:
         was = peer.persistent_keepalive
@@ -242,6 +245,7 @@ class WireGuardInterface:
             self.tun = TunDevice.open(self.ifname, mtu=self.mtu)
         except TunError as exc:
             raise InterfaceError(str(exc)) from None
+        mark("tun")
         try:
             self.engine = Engine(
                 self.device,
@@ -253,8 +257,10 @@ class WireGuardInterface:
             self.backend.engine = self.engine
             self.engine.bind(0)
             self.device.listen_port = self.engine.port
+            mark("udp")
             self.engine.start(asyncio.get_running_loop())
             await self.uapi.start()
+            mark("uapi")
         except BaseException:
             await self.close()
             raise
@@ -282,6 +288,8 @@ class WireGuardInterface:
 
     def _events(self, actions: list[object]) -> None:
         for a in actions:
+            if isinstance(a, HandshakeCompleted):
+                mark("handshake")
             log.debug("device event: %s", type(a).__name__)
 
     # --- UAPI backend (delegated) ----------------------------------------------------------

@@ -30,7 +30,8 @@ class DeviceBackend:
             # the kernel do, so NAT mappings open and a restarted peer is re-keyed before any
             # traffic. Two members usually configure each other at the same moment: the lower
             # WireGuard key goes first, the other a little later (by then it has a session and
-            # sends a plain keepalive), so the two initiations do not cross.
+            # sends a plain keepalive), so the two initiations do not cross (crossing ones
+            # cost a second handshake, not a stall: wireguard/handshake.py).
             own = self.device.public_key
             first = own is None or own.raw < peer.wg_key
             self.device.keepalive_soon(p, 0.0 if first else INITIAL_KEEPALIVE_DELAY)

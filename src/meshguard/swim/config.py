@@ -45,8 +45,14 @@ class SwimConfig:
     # Every recontact_interval one dead member, graveyard endpoint or seed not known alive gets
     # a Join, so that a healed partition merges by itself.
     recontact_interval: float = 10.0
-    # A joining node retries its seeds with exponential backoff from join_retry_min up to
-    # join_retry_max until one answers.
+    # A joining node retries its seeds with exponential backoff, from join_retry_first up to
+    # join_retry_max, until one answers. The first retries come soon: members started together
+    # (a boot, a test bed) often send their Join before the seed's port is bound, and that
+    # Join is simply lost; 125 ms, 250 ms, 500 ms then 1 s, 2 s, ... costs three extra Joins
+    # at most and saves the first second (docs/performance.md#start-up). join_retry_min is
+    # the retry interval a seed expects: it answers one member's Join at most once per half
+    # of it.
+    join_retry_first: float = 0.125
     join_retry_min: float = 1.0
     join_retry_max: float = 30.0
     # Anti-entropy: every sync_interval (+-50% jitter) pull the state of one random member. The

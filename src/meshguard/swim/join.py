@@ -2,7 +2,7 @@
 
 A joining node sends Join (its self-signed record and a random nonce, padded to 1200 bytes so
 a Join never draws a larger answer) to its seeds, retrying with exponential backoff from
-`join_retry_min` to `join_retry_max` until one answers with a JoinAck echoing a nonce. Then it
+`join_retry_first` to `join_retry_max` until one answers with a JoinAck echoing a nonce. Then it
 pulls the seed's state (sync.py). Once joined, every `recontact_interval` it sends a Join to one
 dead member, reaped endpoint or seed not known alive, so a healed partition merges by itself.
 
@@ -82,7 +82,7 @@ class Joiner:
         if not self._seeds:
             return []
         self.joined = False
-        self._join_backoff = s.config.join_retry_min
+        self._join_backoff = s.config.join_retry_first
         out: list[Action] = []
         self._send_joins(now, self._seeds, out)
         self._next_join = now + self._join_backoff * s.rng.uniform(0.8, 1.2)

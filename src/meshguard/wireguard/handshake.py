@@ -228,7 +228,12 @@ class Handshakes:
         except CryptoError:
             self.counters.bad_handshake += 1
             return []
-        self._forget_handshake(peer)
+        # An initiation of our own in flight stays valid (crossing initiations, e.g. both
+        # sides had a packet queued): its response still completes it, so each side ends up
+        # with two good sessions and neither waits REKEY_TIMEOUT for a retransmission
+        # (docs/performance.md#start-up). wireguard-go and the kernel keep one handshake per
+        # peer and drop the response to theirs; with them our initiation's session carries
+        # the traffic.
         index = self._indices.new_index(peer)
         kp = self._new_keypair(now, wall, peer, session, False, index, msg.sender)
         kps = peer.keypairs
