@@ -75,3 +75,31 @@ def test_new_path_moves_the_peer_and_starts_a_handshake_past_the_rate_limit() ->
     assert [s.endpoint for s in sent] == [punched]
     unknown = X25519PrivateKey(rng.bytes(32)).public_key.raw
     assert dev.new_path(unknown, 11.0, 1.7e9, punched) == []
+
+
+def test_a_peer_that_knocked_before_it_was_added_gets_an_initiation_at_once() -> None:
+    # the lower key configured us first and initiated; we had not admitted it yet, so its
+    # initiation was refused and it would retransmit only after REKEY_TIMEOUT (5 s): when we
+    # add it, we initiate at once instead of after our usual INITIAL_KEEPALIVE_DELAY
+    keys = sorted((X25519PrivateKey(bytes([i]) * 32) for i in (7, 9)),
+                  key=lambda k: k.public_key.raw)
+    low, high = keys
+    first = Device(SeededRng(6), low)
+    late = Device(SeededRng(7), high)
+    first.tick(100.0, 1.7e9)
+    late.tick(100.0, 1.7e9)
+    knock = DeviceBackend(first)
+    knock.upsert(PeerConfig(high.public_key.raw, b"k" * 32, ("192.0.2.2", 51820),
+                            (ipaddress.ip_network("10.99.3.6/32"),), 25))
+    sent = _initiations(first.tick(100.0, 1.7e9))
+    assert len(sent) == 1
+    assert late.receive(100.01, 1.7e9, sent[0].data, ("192.0.2.1", 51820)) == []
+    assert late.counters.unknown_peer == 1 and late.knocked(low.public_key.raw)
+    DeviceBackend(late).upsert(PeerConfig(low.public_key.raw, b"l" * 32, ("192.0.2.1", 51820),
+                                          (ipaddress.ip_network("10.99.3.5/32"),), 25))
+    due = late.next_deadline()
+    assert due is not None and due <= 100.0
+    assert len(_initiations(late.tick(100.02, 1.7e9))) == 1
+    # a knock is remembered for REKEY_TIMEOUT only, and only for the key that knocked
+    late.tick(106.0, 1.7e9)
+    assert not late.knocked(low.public_key.raw) and not late.knocked(high.public_key.raw)

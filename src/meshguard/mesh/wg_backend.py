@@ -31,9 +31,11 @@ class DeviceBackend:
             # traffic. Two members usually configure each other at the same moment: the lower
             # WireGuard key goes first, the other a little later (by then it has a session and
             # sends a plain keepalive), so the two initiations do not cross (crossing ones
-            # cost a second handshake, not a stall: wireguard/handshake.py).
+            # cost a second handshake, not a stall: wireguard/handshake.py). If the other one
+            # went first already and was refused (it was not our peer yet), it retransmits
+            # only after REKEY_TIMEOUT: initiate at once instead.
             own = self.device.public_key
-            first = own is None or own.raw < peer.wg_key
+            first = own is None or own.raw < peer.wg_key or self.device.knocked(peer.wg_key)
             self.device.keepalive_soon(p, 0.0 if first else INITIAL_KEEPALIVE_DELAY)
         self.device.set_allowed_ips(p, peer.allowed_ips, replace=True)
 

@@ -79,6 +79,7 @@ from meshguard.wireguard.constants import (
     MAX_STAGED_PACKETS,
     REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_AGE,
+    REKEY_TIMEOUT,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
     UNDER_LOAD_HOLD_TIME,
 )
@@ -125,6 +126,8 @@ __all__ = [
 # removed peers whose greatest initiation timestamp is remembered, so an initiation captured
 # before a removal is still a replay after the peer is added again (oldest forgotten first)
 MAX_RETIRED_TIMESTAMPS = 4096
+# static keys whose initiation was refused (no such peer yet), remembered for knocked()
+MAX_KNOCKED = 256
 _DST_CACHE_MAX = 4096
 
 
@@ -164,6 +167,8 @@ class Device(Handshakes):
         self._dst_cache: dict[bytes, Peer | None] = {}
         self._static_static_map: dict[bytes, bytes] = {}
         self._retired_timestamps: dict[bytes, bytes] = {}  # public key -> greatest TAI64N
+        # static key -> when its last initiation was refused for want of a peer (knocked())
+        self._knocked: dict[bytes, float] = {}
         self._wall_offset: float | None = None
         self._ticked = float("-inf")  # `now` of the last tick
         self._bound = DeadlineBound()
@@ -258,6 +263,21 @@ class Device(Handshakes):
         self._peers[pub.raw] = peer
         self._precompute(peer)
         return peer
+
+    def note_knock(self, now: float, key: bytes) -> None:
+        """An authenticated initiation came from `key`, which has no peer here (yet)."""
+        knocked = self._knocked
+        knocked.pop(key, None)
+        if len(knocked) >= MAX_KNOCKED:
+            knocked.pop(next(iter(knocked)))
+        knocked[key] = now
+
+    def knocked(self, key: bytes) -> bool:
+        """An initiation from `key` was refused (no such peer) within REKEY_TIMEOUT of the
+        last tick: its sender now waits REKEY_TIMEOUT to retransmit, so a peer added for it
+        had better initiate at once (the mesh's DeviceBackend does)."""
+        at = self._knocked.get(key)
+        return at is not None and self._ticked - at <= REKEY_TIMEOUT
 
     def remove_peer(self, pub: X25519PublicKey) -> None:
         peer = self._peers.pop(pub.raw, None)

@@ -64,6 +64,9 @@ class Handshakes:
     def _keepalive(self, now: float, peer: Peer) -> list[Action]:
         raise NotImplementedError  # the Device's send path
 
+    def note_knock(self, now: float, key: bytes) -> None:
+        raise NotImplementedError  # the Device's peer table
+
     def _count_verdict(self, verdict: int, n: int = 1) -> None:
         c = self.counters
         if verdict == NO_KEY:
@@ -211,6 +214,7 @@ class Handshakes:
         peer = self._peers.get(state.remote_static)
         if peer is None:
             self.counters.unknown_peer += 1
+            self.note_knock(now, state.remote_static)
             return []
         if len(state.payload) != TAI64N_LEN or state.payload <= peer.greatest_timestamp:
             self.counters.handshake_replay += 1
