@@ -275,3 +275,30 @@ def test_thread_segments_and_coalesces_like_the_python_fast_path() -> None:
         assert [p for b in got for p in split_tun_read(b)] == segs
     finally:
         rig.close()
+
+
+def test_first_message_on_a_next_keypair_promotes_it_in_the_thread(rig: Rig) -> None:
+    """A responder's `next` keys become its send keys on their first authenticated message,
+    in the thread, before Python has drained anything: the reply leaves sealed at once. Until
+    then a TUN read for the peer goes up to Python."""
+    keys = keystate()
+    ep = raw_sockaddr(socket.AF_INET, rig.remote.getsockname())
+    rig.dp.set_tables([(ep, None)], [(LOCAL, keys, 0, True)],
+                      [(socket.inet_aton(B_IN), 32, 0), (socket.inet_aton(A_IN), 32, 0)])
+    rig.tun_peer.send(ipv4_udp(A_IN, B_IN, b"before"))
+    end = time.monotonic() + DEADLINE
+    up: list[bytes] = []
+    while not up:
+        assert time.monotonic() < end
+        select.select([rig.dp.wake_fd], [], [], 0.05)
+        up = rig.dp.drain()[0]
+    assert up == [ipv4_udp(A_IN, B_IN, b"before")]  # no send keys: Python's
+    first = seal_batch(ChaCha20Poly1305(RECV_KEY), LOCAL, 0, [ipv4_udp(A_IN, B_IN, b"hi")])
+    rig.remote.sendto(first[0], rig.udp.getsockname())
+    assert rig.tun_writes(1) == [ipv4_udp(A_IN, B_IN, b"hi")]
+    reply = ipv4_udp(A_IN, B_IN, b"reply")
+    rig.tun_peer.send(reply)
+    assert rig.wire(1) == seal_batch(ChaCha20Poly1305(SEND_KEY), REMOTE, 0, [reply])
+    _, _, notes, _, _ = rig.dp.drain()
+    assert [(n[0], n[1], n[3]) for n in notes] == [(keys, 1, 1)]  # sent 1, received 1
+    assert notes[0][6] == raw_sockaddr(socket.AF_INET, rig.remote.getsockname())
