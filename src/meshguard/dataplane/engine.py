@@ -8,6 +8,14 @@
     engine.kick()               # after a configuration change (timers may have moved)
     engine.close()
 
+With the C module built, `start` hands the per-packet path to the data-path thread
+(dataplane/datapath_thread.py, docs/performance.md#data-path-thread): reading, sealing,
+opening, segmenting, coalescing and writing run in C without the GIL, under tables copied from
+the fast-path port whenever its `generation` moves; what the thread cannot handle comes back to
+this engine's Python paths below (the slow path, the TUN path for packets without a session),
+and its notes to the fast-path port's note_* calls. MESHGUARD_DATAPATH_THREAD=0, the pure
+Python fast path, or a clock that is not the system's keep the asyncio path described next.
+
 On every readiness wake-up the engine drains up to `batch` reads (until EAGAIN) and processes
 them at once; it never waits for a batch to fill, so a lone ping costs one read and one send.
 Latency for sparse traffic: an fd woken more than QUIET_GAP after its previous wake-up reads
