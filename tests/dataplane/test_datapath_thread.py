@@ -302,3 +302,14 @@ def test_first_message_on_a_next_keypair_promotes_it_in_the_thread(rig: Rig) -> 
     _, _, notes, _, _ = rig.dp.drain()
     assert [(n[0], n[1], n[3]) for n in notes] == [(keys, 1, 1)]  # sent 1, received 1
     assert notes[0][6] == raw_sockaddr(socket.AF_INET, rig.remote.getsockname())
+
+
+def test_a_stopped_thread_starts_again(rig: Rig) -> None:
+    rig.dp.stop()
+    assert not rig.dp.running
+    rig.dp.start()
+    assert rig.dp.running
+    time.sleep(0.05)  # the thread is waiting (not reading a packet sent before it looked)
+    pkt = ipv4_udp(A_IN, B_IN, b"again")
+    rig.tun_peer.send(pkt)
+    assert len(rig.wire(1)) == 1

@@ -3361,6 +3361,10 @@ static PyObject *dp_start(DataPathObject *dp, PyObject *unused)
 {
     if (dp->running)
         Py_RETURN_NONE;
+    uint64_t v;
+    if (read(dp->stop_fd, &v, sizeof(v)) < 0) {
+        /* no stop pending (the usual case): nothing to clear */
+    }
     int e = pthread_create(&dp->thread, NULL, dp_main, dp);
     if (e) {
         errno = e;
