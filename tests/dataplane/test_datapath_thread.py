@@ -313,3 +313,50 @@ def test_a_stopped_thread_starts_again(rig: Rig) -> None:
     pkt = ipv4_udp(A_IN, B_IN, b"again")
     rig.tun_peer.send(pkt)
     assert len(rig.wire(1)) == 1
+
+
+def _ipv6_udp(src: bytes, dst: bytes, payload: bytes) -> bytes:
+    return (bytes([0x60, 0, 0, 0]) + (8 + len(payload)).to_bytes(2, "big") + bytes([17, 64])
+            + src + dst + bytes(8) + payload)
+
+
+def test_routes_take_the_longest_prefix_host_routes_included(rig: Rig) -> None:
+    """Host routes (a hash table in the thread) and prefixes (a scan) together: the longest
+    match wins, IPv4 and IPv6; no match is a no_route drop."""
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    try:
+        k0, k1 = keystate(), keystate()
+        peers = [(raw_sockaddr(socket.AF_INET, rig.remote.getsockname()), k0),
+                 (raw_sockaddr(socket.AF_INET, other.getsockname()), k1)]
+        v6 = bytes.fromhex("fd00" + "00" * 13 + "02")
+        hosts = [socket.inet_aton(f"10.1.0.{i}") for i in range(1, 60)]  # many mesh peers
+        rig.dp.set_tables(peers, [], [
+            (socket.inet_aton("10.0.0.0"), 8, 1), *[(h, 32, 1) for h in hosts],
+            (socket.inet_aton(B_IN), 32, 0), (socket.inet_aton("10.0.0.0"), 24, 0),
+            (bytes.fromhex("fd00" + "00" * 14), 16, 1), (v6, 128, 0)])
+        cases = [("10.0.0.2", 0), ("10.0.0.77", 0), ("10.0.1.1", 1), ("10.1.0.33", 1),
+                 ("10.200.0.1", 1)]
+        for dst, _ in cases:
+            rig.tun_peer.send(ipv4_udp(A_IN, dst, b"to " + dst.encode()))
+        rig.tun_peer.send(_ipv6_udp(v6, v6, b"six-host"))
+        rig.tun_peer.send(_ipv6_udp(v6, bytes.fromhex("fd00" + "00" * 13 + "09"), b"six-net"))
+        rig.tun_peer.send(ipv4_udp(A_IN, "192.0.2.1", b"nowhere"))
+        want0 = sum(1 for _, s in cases if s == 0) + 1
+        want1 = sum(1 for _, s in cases if s == 1) + 1
+        assert len(rig.wire(want0)) == want0
+        end = time.monotonic() + DEADLINE
+        got1 = 0
+        while got1 < want1:
+            assert select.select([other], [], [], end - time.monotonic())[0]
+            other.recv(65536)
+            got1 += 1
+        drops = 0
+        while not drops:
+            assert time.monotonic() < end
+            select.select([rig.dp.wake_fd], [], [], 0.05)
+            drops = rig.dp.drain()[3].get("no_route", 0)
+        assert drops == 1
+        assert not select.select([rig.remote, other], [], [], 0.05)[0]  # nothing more
+    finally:
+        other.close()

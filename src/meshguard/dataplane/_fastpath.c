@@ -2315,6 +2315,17 @@ typedef struct {
     int plen, v6, slot;
 } Route;
 
+/* host routes (/32, /128: one per mesh peer) by open addressing; the rest are scanned */
+typedef struct {
+    uint8_t addr[16];
+    int slot; /* -1: empty */
+} HostRoute;
+
+typedef struct {
+    HostRoute *t;
+    size_t mask; /* size - 1; no table when t is NULL */
+} HostTable;
+
 typedef struct {
     int has_ep;
     struct sockaddr_storage ep;
@@ -2349,8 +2360,9 @@ typedef struct {
     int npeers;
     RecvEntry *recv; /* sorted by index */
     int nrecv;
-    Route *routes; /* longest prefix first */
+    Route *routes; /* longest prefix first, host routes excepted */
     int nroutes;
+    HostTable hosts[2]; /* IPv4, IPv6 */
     PyObject *refs;  /* the objects the tables point at */
     GuardObject *guard;
     double offset; /* the engine's clock - CLOCK_MONOTONIC */
@@ -2380,8 +2392,25 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static size_t host_hash(const uint8_t *a, size_t n)
+{
+    return (size_t)flow_hash(a, n);
+}
+
 static int route_lookup(const DataPathObject *dp, const uint8_t *a, int v6)
 {
+    const HostTable *h = &dp->hosts[v6];
+    size_t alen = v6 ? 16 : 4;
+    if (h->t != NULL) {
+        /* a host route is the longest prefix there is */
+        for (size_t i = host_hash(a, alen) & h->mask;; i = (i + 1) & h->mask) {
+            const HostRoute *e = &h->t[i];
+            if (e->slot < 0)
+                break;
+            if (!memcmp(e->addr, a, alen))
+                return e->slot;
+        }
+    }
     for (int i = 0; i < dp->nroutes; i++) {
         const Route *r = &dp->routes[i];
         if (r->v6 != v6)
@@ -3014,11 +3043,56 @@ static void *dp_main(void *arg)
 
 /* --- the Python side --- */
 
-static void dp_free_tables(PeerSlot *peers, RecvEntry *recv, Route *routes)
+static void dp_free_tables(PeerSlot *peers, RecvEntry *recv, Route *routes, HostTable *hosts)
 {
     free(peers);
     free(recv);
     free(routes);
+    if (hosts) {
+        free(hosts[0].t);
+        free(hosts[1].t);
+    }
+}
+
+/* moves the host routes of routes[0..*n) into hosts[] (routes keeps the others, in order) */
+static int split_hosts(Route *routes, int *n, HostTable hosts[2])
+{
+    size_t count[2] = {0, 0};
+    for (int i = 0; i < *n; i++)
+        if (routes[i].plen == (routes[i].v6 ? 128 : 32))
+            count[routes[i].v6]++;
+    for (int v = 0; v < 2; v++) {
+        hosts[v].t = NULL;
+        hosts[v].mask = 0;
+        if (!count[v])
+            continue;
+        size_t size = 16;
+        while (size < count[v] * 2)
+            size <<= 1;
+        hosts[v].t = malloc(size * sizeof(HostRoute));
+        if (hosts[v].t == NULL)
+            return -1;
+        hosts[v].mask = size - 1;
+        for (size_t i = 0; i < size; i++)
+            hosts[v].t[i].slot = -1;
+    }
+    int kept = 0;
+    for (int i = 0; i < *n; i++) {
+        Route *r = &routes[i];
+        if (r->plen != (r->v6 ? 128 : 32)) {
+            routes[kept++] = *r;
+            continue;
+        }
+        HostTable *h = &hosts[r->v6];
+        size_t alen = r->v6 ? 16 : 4;
+        size_t j = host_hash(r->addr, alen) & h->mask;
+        while (h->t[j].slot >= 0 && memcmp(h->t[j].addr, r->addr, alen))
+            j = (j + 1) & h->mask;
+        memcpy(h->t[j].addr, r->addr, 16);
+        h->t[j].slot = r->slot;
+    }
+    *n = kept;
+    return 0;
 }
 
 static int dp_init(DataPathObject *dp, PyObject *args, PyObject *kw)
@@ -3098,7 +3172,7 @@ static void dp_stop_thread(DataPathObject *dp)
 static void dp_dealloc(DataPathObject *dp)
 {
     dp_stop_thread(dp);
-    dp_free_tables(dp->peers, dp->recv, dp->routes);
+    dp_free_tables(dp->peers, dp->recv, dp->routes, dp->hosts);
     for (UpItem *it = dp->up_head; it != NULL;) {
         UpItem *nx = it->next;
         free(it);
@@ -3206,6 +3280,7 @@ static PyObject *dp_set_tables(DataPathObject *dp, PyObject *args)
     PeerSlot *peers = NULL;
     RecvEntry *recv = NULL;
     Route *routes = NULL;
+    HostTable hosts[2] = {{NULL, 0}, {NULL, 0}};
     Py_ssize_t np = 0, nr = 0, nt = 0;
     if (!ts || !refs)
         goto fail;
@@ -3274,6 +3349,11 @@ static PyObject *dp_set_tables(DataPathObject *dp, PyObject *args)
     }
     qsort(recv, (size_t)nr, sizeof(RecvEntry), cmp_recv);
     qsort(routes, (size_t)nt, sizeof(Route), cmp_route);
+    int nrt = (int)nt;
+    if (split_hosts(routes, &nrt, hosts)) {
+        PyErr_NoMemory();
+        goto fail;
+    }
     PyObject *notes = PyList_New(0);
     if (notes == NULL)
         goto fail;
@@ -3282,16 +3362,19 @@ static PyObject *dp_set_tables(DataPathObject *dp, PyObject *args)
     PeerSlot *op = dp->peers;
     RecvEntry *orc = dp->recv;
     Route *ort = dp->routes;
+    HostTable oh[2] = {dp->hosts[0], dp->hosts[1]};
     PyObject *orefs = dp->refs;
     dp->peers = peers;
     dp->npeers = (int)np;
     dp->recv = recv;
     dp->nrecv = (int)nr;
     dp->routes = routes;
-    dp->nroutes = (int)nt;
+    dp->nroutes = nrt;
+    dp->hosts[0] = hosts[0];
+    dp->hosts[1] = hosts[1];
     dp->refs = refs;
     pthread_mutex_unlock(&dp->mu);
-    dp_free_tables(op, orc, ort);
+    dp_free_tables(op, orc, ort, oh);
     Py_XDECREF(orefs);
     Py_DECREF(ps);
     Py_DECREF(rs);
@@ -3302,7 +3385,7 @@ static PyObject *dp_set_tables(DataPathObject *dp, PyObject *args)
     }
     return notes;
 fail:
-    dp_free_tables(peers, recv, routes);
+    dp_free_tables(peers, recv, routes, hosts);
     Py_XDECREF(refs);
     Py_XDECREF(ps);
     Py_XDECREF(rs);
