@@ -184,7 +184,11 @@ class FakeTun:
 
 
 class World:
-    def __init__(self, loop: asyncio.AbstractEventLoop, outer: str = "127.0.0.1") -> None:
+    """Two engines on loopback, each on a FakeTun. `thread`: False runs the loop's path (the
+    tests of its batching), None the engine's default (the data-path thread when built)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, outer: str = "127.0.0.1",
+                 thread: bool | None = None) -> None:
         rng = SeededRng(5)
         self.ka = X25519PrivateKey.generate(rng.bytes(32))
         self.kb = X25519PrivateKey.generate(rng.bytes(32))
@@ -193,6 +197,9 @@ class World:
         self.ta, self.tb = FakeTun(), FakeTun()
         self.ea = Engine(self.da, self.ta.engine_fd)
         self.eb = Engine(self.db, self.tb.engine_fd)
+        if thread is not None:
+            for e in (self.ea, self.eb):
+                e.use_thread = thread and e.use_thread
         self.ea.bind(0)
         self.eb.bind(0)
         self.pb = self.da.add_peer(self.kb.public_key)
@@ -229,9 +236,10 @@ async def until(pred: Callable[[], bool], what: str, deadline: float = DEADLINE)
         await fut
 
 
-def run(body: Callable[[World], Awaitable[None]], outer: str = "127.0.0.1") -> None:
+def run(body: Callable[[World], Awaitable[None]], outer: str = "127.0.0.1",
+        thread: bool | None = None) -> None:
     async def main() -> None:
-        w = World(asyncio.get_running_loop(), outer)
+        w = World(asyncio.get_running_loop(), outer, thread)
         try:
             await body(w)
         finally:

@@ -11,14 +11,18 @@ import socket
 
 import pytest
 
+from meshguard.dataplane import datapath_thread
 from meshguard.wireguard.device import seal_transport
 from meshguard.wireguard.transport import seal_batch
 
 from .helpers import A_IN, B_IN, DEADLINE, World, ipv4_udp, run, until
 
+THREAD = [False, True] if datapath_thread.available() else [False]
 
+
+@pytest.mark.parametrize("thread", THREAD, ids=lambda t: "thread" if t else "loop")
 @pytest.mark.parametrize("outer", ["127.0.0.1", "::1"])
-def test_handshake_then_batched_bulk_both_ways(outer: str) -> None:
+def test_handshake_then_batched_bulk_both_ways(outer: str, thread: bool) -> None:
     async def body(w: World) -> None:
         first = ipv4_udp(A_IN, B_IN, b"first")
         w.ta.peer.send(first)  # no session yet: queued, handshake started
@@ -39,16 +43,21 @@ def test_handshake_then_batched_bulk_both_ways(outer: str) -> None:
         await until(lambda: len(w.tb.received) == 1 + n and len(w.ta.received) == 200, "bulk")
         assert w.tb.received[1:] == pkts
         assert w.ta.received == back
-        # all n were queued before a's engine ran: drained in full batches of 64 per wake-up
         assert w.ea.stats.tun_rx - rx_before == n
-        assert w.ea.stats.tun_rx_batches - batches_before == -(-n // w.ea.batch)
+        if not thread:
+            # all n were queued before a's engine ran: drained in full batches of 64 per
+            # wake-up (the thread reads while they are still being written)
+            assert w.ea.stats.tun_rx_batches - batches_before == -(-n // w.ea.batch)
         # a sends each batch in one callback, so b's wake-ups find several datagrams queued
         assert w.eb.stats.udp_rx_batches < w.eb.stats.udp_rx
         assert w.da.counters.dropped() == 0 and w.db.counters.dropped() == 0
-        assert w.pb.tx_bytes > n * 48 and w.pa.rx_bytes == w.pb.tx_bytes
+        # the thread's notes reach the Devices within a drain
+        await until(lambda: w.pb.tx_bytes > n * 48 and w.pa.rx_bytes == w.pb.tx_bytes,
+                    "the byte counts")
         assert w.pb.endpoint == (outer, w.eb.port)
+        assert ("datapath=thread" if thread else "datapath=loop") in w.ea.describe_offloads()
 
-    run(body, outer)
+    run(body, outer, thread)
 
 
 def test_garbage_spoofed_source_and_unroutable_are_counted_not_raised() -> None:
@@ -68,6 +77,8 @@ def test_garbage_spoofed_source_and_unroutable_are_counted_not_raised() -> None:
         assert w.tb.received[1].endswith(b"after")
         await until(lambda: w.eb.stats.udp_rx >= 7, "junk received")
         c = w.db.counters
+        # the data-path thread's drop counts reach the Devices with its next drain
+        await until(lambda: c.bad_source == 1 and w.da.counters.no_route == 1, "the drops")
         assert c.bad_source == 1
         assert c.unknown_index + c.bad_length + c.bad_type + c.bad_mac1 >= 3
         assert w.da.counters.no_route == 1 and w.da.counters.bad_inner == 1
@@ -153,7 +164,7 @@ def test_sparse_traffic_reads_one_packet_then_busy_fds_drain() -> None:
         w.tb.drain()
         assert [p[-2:] for p in w.tb.received[1:]] == [b"p0", b"p1", b"p2", b"q0", b"q1"]
 
-    run(body)
+    run(body, thread=False)  # the loop's wake-ups
 
 
 def test_answer_queued_on_the_tun_goes_out_in_the_same_wake_up() -> None:
@@ -183,4 +194,4 @@ def test_answer_queued_on_the_tun_goes_out_in_the_same_wake_up() -> None:
         w.eb._udp_readable()
         assert w.eb.stats.tun_rx == tun_rx + 1
 
-    run(body)
+    run(body, thread=False)  # the loop's wake-ups

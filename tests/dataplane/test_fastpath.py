@@ -10,12 +10,13 @@ import os
 import random
 import socket
 import struct
+import weakref
 from typing import Any
 
 import pytest
 
 from meshguard.crypto.aead import TransportCipher
-from meshguard.dataplane import fastpath, offload
+from meshguard.dataplane import datapath_thread, fastpath, offload
 from meshguard.dataplane.cipher_cache import CipherCache
 from meshguard.dataplane.offload import TCP_ACK, TCP_CWR, TCP_FIN, TCP_PSH, TCP_SYN
 from meshguard.dataplane.vnet import (
@@ -307,9 +308,14 @@ def test_cipher_cache_entry_dies_with_its_transport_cipher() -> None:
     assert len(cache) == 0  # the keypair's cipher gone: its fast-path twin (and key) with it
 
 
-def test_zeroed_keys_leave_the_fast_path() -> None:
-    """After ZERO_KEYS the engine keeps no fast-path cipher under the old session keys: a
-    packet sealed under them is dropped, and nothing is sealed under them any more."""
+THREAD = [False, True] if datapath_thread.available() else [False]
+
+
+@pytest.mark.parametrize("thread", THREAD, ids=lambda t: "thread" if t else "loop")
+def test_zeroed_keys_leave_the_fast_path(thread: bool) -> None:
+    """After ZERO_KEYS the engine keeps no fast-path cipher (the loop's path) or KeyState (the
+    data-path thread's) under the old session keys: a packet sealed under them is dropped, and
+    nothing is sealed under them any more."""
     from meshguard.wireguard.constants import ZERO_KEYS_AFTER
     from meshguard.wireguard.device import seal_transport
 
@@ -321,12 +327,21 @@ def test_zeroed_keys_leave_the_fast_path() -> None:
         kp = w.pa.keypairs.current
         assert kp is not None
         old_recv, old_index = kp.receive.key, kp.local_index
-        assert len(w.eb._ciphers) == 2  # b's receive and send ciphers, fast-path keyed
+        shared = []
+        if thread:
+            assert kp.shared is not None  # the thread's KeyState
+            shared = [weakref.ref(kp.shared)]
+        else:
+            assert len(w.eb._ciphers) == 2  # b's receive and send ciphers, fast-path keyed
         del kp
         now = w.eb.clock.monotonic() + ZERO_KEYS_AFTER + 1
         w.eb.execute(w.db.tick(now, w.eb.clock.wall() + ZERO_KEYS_AFTER + 1))
         assert w.pa.keypairs.current is None
-        assert len(w.eb._ciphers) == 0  # no fast-path cipher under the zeroed keys
+        if thread:
+            # the thread's keys go with the keypair (once its last notes were delivered)
+            await until(lambda: shared[0]() is None, "the KeyState to go")
+        else:
+            assert len(w.eb._ciphers) == 0  # no fast-path cipher under the zeroed keys
         # a packet under the old key, e.g. replayed or from a that kept its keys, is dropped
         old = TransportCipher(old_recv)
         stale = seal_transport(old, old_index, 10, ipv4_udp(A_IN, B_IN, b"late"))
@@ -338,4 +353,4 @@ def test_zeroed_keys_leave_the_fast_path() -> None:
         # and b seals nothing under its old send key: it needs a new handshake first
         assert w.db.prepare_send_peer(now, w.pa) is None
 
-    run(body)
+    run(body, thread=thread)

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from meshguard.clock import Clock, SystemClock
 from meshguard.crypto.keys import X25519PrivateKey
-from meshguard.dataplane import fastpath
+from meshguard.dataplane import datapath_thread, fastpath
 from meshguard.dataplane.engine import Engine, endpoint_of_sockaddr
 from meshguard.testing.clock import ManualClock
 from meshguard.testing.flood import initiations
@@ -145,9 +146,12 @@ class Bed:
     """B (the responder) and A (a legitimate peer) on engines with a shared manual clock; the
     attacker is a plain UDP socket on another loopback address."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, c_recv: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, c_recv: bool,
+                 clock: Clock | None = None) -> None:
         rng = SeededRng(5)
-        self.clock = ManualClock()
+        # a manual clock keeps the engines on the loop's path; the system clock lets them run
+        # the data-path thread (when built)
+        self.clock: Clock = clock or ManualClock()
         self.ka = X25519PrivateKey.generate(rng.bytes(32))
         self.kb = X25519PrivateKey.generate(rng.bytes(32))
         self.da = Device(SeededRng(1), self.ka)
@@ -379,15 +383,21 @@ def test_cookie_reply_flood_from_one_source_costs_a_bucket_look_up(c_recv: bool)
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("c_recv", [True, False], ids=["c-reader", "python-reader"])
-def test_transport_junk_naming_no_index_is_counted_and_dropped(c_recv: bool) -> None:
+READERS = ["c-reader", "python-reader"] + (["thread"] if datapath_thread.available() else [])
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_transport_junk_naming_no_index_is_counted_and_dropped(reader: str) -> None:
     """Transport messages for receiver indices we never handed out: unknown_index, whichever
-    reader (the C one drops them before building any Python object for them)."""
-    if c_recv and C_GUARD is None:
+    reader (the C ones drop them before building any Python object for them)."""
+    if reader == "c-reader" and C_GUARD is None:
         pytest.skip("C fast path not built")
 
     async def main() -> None:
-        bed = Bed(asyncio.get_running_loop(), c_recv)
+        bed = Bed(asyncio.get_running_loop(), reader != "python-reader",
+                  SystemClock() if reader == "thread" else None)
+        if reader == "thread":
+            assert "datapath=thread" in bed.eb.describe_offloads()
         try:
             db = bed.db
             r = random.Random(6)
@@ -402,6 +412,37 @@ def test_transport_junk_naming_no_index_is_counted_and_dropped(c_recv: bool) -> 
             bed.ta.peer.send(ipv4_udp("10.0.0.1", "10.0.0.2", b"after"))
             await settle(lambda: any(p[20:].endswith(b"after") for p in bed.tb.received),
                          "A's packet at B")
+        finally:
+            bed.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not datapath_thread.available(), reason="no data-path thread")
+def test_initiation_flood_against_the_data_path_thread_is_cheap() -> None:
+    """The thread runs the C guard on the flood as it reads it (under the guard's lock): DH
+    work only until the load is noticed, cookie replies within the source's burst (plus what
+    its bucket refills in real time), every message counted once, and the tunnel still
+    carries data afterwards."""
+
+    async def main() -> None:
+        bed = Bed(asyncio.get_running_loop(), True, SystemClock())
+        try:
+            db = bed.db
+            assert "datapath=thread" in bed.eb.describe_offloads()
+            t0 = bed.clock.monotonic()
+            await bed.flood(FLOOD)
+            c = db.counters
+            await settle(lambda: c.bad_handshake + c.bad_mac2 + c.rate_limited >= FLOOD,
+                         "the flood to be read")
+            elapsed = bed.clock.monotonic() - t0
+            assert c.bad_handshake + c.bad_mac2 + c.rate_limited == FLOOD
+            assert db.load.under_load(bed.clock.monotonic())
+            assert c.bad_handshake <= db.load.threshold + 1
+            refill = cookie.UNDER_LOAD_SOURCE_RATE * (elapsed + 1)
+            assert c.cookie_replies_sent <= cookie.UNDER_LOAD_SOURCE_BURST + 1 + refill
+            await settle(lambda: bed.replies >= c.cookie_replies_sent, "the cookie replies")
+            assert bed.replies == c.cookie_replies_sent
         finally:
             bed.close()
 

@@ -195,6 +195,7 @@ class DeviceUapiBackend:
                 peer.preshared_key = pu.preshared_key
             if pu.endpoint is not None:
                 peer.endpoint = pu.endpoint
+                dev.changed()
             if pu.replace_allowed_ips or pu.allowed_ips:
                 nets = list(pu.allowed_ips)
                 dev.set_allowed_ips(peer, nets, replace=pu.replace_allowed_ips)

@@ -339,13 +339,11 @@ typedef struct {
     size_t csum_start, csum_offset;
 } Plan;
 
-static int bad(const char *msg)
-{
-    PyErr_SetString(PyExc_ValueError, msg);
-    return -1;
-}
+/* the plan of a TUN read; on a malformed read -1 with *err the reason (no Python call: the
+ * data-path thread uses it without the GIL) */
+#define bad(msg) (*err = (msg), -1)
 
-static int make_plan(const uint8_t *buf, size_t len, int vnet, Plan *pl)
+static int plan_of(const uint8_t *buf, size_t len, int vnet, Plan *pl, const char **err)
 {
     memset(pl, 0, sizeof(*pl));
     if (!vnet) {
@@ -415,6 +413,17 @@ static int make_plan(const uint8_t *buf, size_t len, int vnet, Plan *pl)
     pl->mss = gso_size;
     size_t payload = n - pl->hl;
     pl->count = payload == 0 ? 1 : (payload + gso_size - 1) / gso_size;
+    return 0;
+}
+#undef bad
+
+static int make_plan(const uint8_t *buf, size_t len, int vnet, Plan *pl)
+{
+    const char *err = NULL;
+    if (plan_of(buf, len, vnet, pl, &err)) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return -1;
+    }
     return 0;
 }
 
@@ -735,30 +744,24 @@ static int l4_ok(const uint8_t *p, size_t n, size_t l4)
     return v % 0xFFFF == 0;
 }
 
-static PyObject *zero_hdr_copy(const Pkt *pk)
-{
-    PyObject *o = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(pk->n + VNET_HDR_LEN));
-    if (o == NULL)
-        return NULL;
-    uint8_t *d = (uint8_t *)PyBytes_AS_STRING(o);
-    memset(d, 0, VNET_HDR_LEN);
-    memcpy(d + VNET_HDR_LEN, pk->p, pk->n);
-    return o;
-}
-
-/* a super-packet from packets idx[0..k) (same flow, same header length) */
-static PyObject *build_super(const Pkt *pk, const int *idx, int k, size_t l4)
+/* the length of the super-packet (virtio-net header included) of packets idx[0..k) */
+static size_t super_len(const Pkt *pk, const int *idx, int k, size_t l4)
 {
     const uint8_t *first = pk[idx[0]].p;
     size_t hl = l4 + (size_t)(first[l4 + 12] >> 4) * 4;
     size_t total = hl;
     for (int i = 0; i < k; i++)
         total += pk[idx[i]].n - hl;
+    return VNET_HDR_LEN + total;
+}
+
+/* a super-packet from packets idx[0..k) (same flow, same header length), written at d */
+static void super_into(uint8_t *d, const Pkt *pk, const int *idx, int k, size_t l4)
+{
+    const uint8_t *first = pk[idx[0]].p;
+    size_t hl = l4 + (size_t)(first[l4 + 12] >> 4) * 4;
+    size_t total = super_len(pk, idx, k, l4) - VNET_HDR_LEN;
     size_t mss = pk[idx[0]].n - hl;
-    PyObject *o = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(VNET_HDR_LEN + total));
-    if (o == NULL)
-        return NULL;
-    uint8_t *d = (uint8_t *)PyBytes_AS_STRING(o);
     uint8_t *head = d + VNET_HDR_LEN;
     memcpy(head, first, hl);
     uint32_t gso_type;
@@ -789,57 +792,44 @@ static PyObject *build_super(const Pkt *pk, const int *idx, int k, size_t l4)
         memcpy(w, q->p + hl, q->n - hl);
         w += q->n - hl;
     }
-    return o;
 }
 
-static int emit(PyObject *out, PyObject *o)
+/* what coalescing yields, one buffer at a time: packets idx[0..k) of one flow merged (k > 1),
+ * or one packet behind a zero virtio-net header (k == 1); nonzero stops */
+typedef int (*EmitFn)(void *ctx, const Pkt *pk, const int *idx, int k, size_t l4);
+
+/* scratch for coalescing up to np packets (no Python calls: the data-path thread uses it) */
+typedef struct {
+    Group *groups;
+    int *idx;
+    int *table;
+    size_t tsize;
+} CoalesceScratch;
+
+static int scratch_init(CoalesceScratch *cs, size_t np, void *(*alloc)(size_t))
 {
-    if (o == NULL)
-        return -1;
-    int r = PyList_Append(out, o);
-    Py_DECREF(o);
-    return r;
+    cs->tsize = 16;
+    while (cs->tsize < np * 2)
+        cs->tsize <<= 1;
+    cs->groups = alloc((np + 1) * sizeof(Group));
+    cs->idx = alloc((np + 1) * sizeof(int));
+    cs->table = alloc(cs->tsize * sizeof(int)); /* flow -> group, -1 empty */
+    return cs->groups && cs->idx && cs->table ? 0 : -1;
 }
 
-static PyObject *fp_coalesce(PyObject *self, PyObject *args, PyObject *kw)
+static int coalesce_core(Pkt *pk, int np, int verify, CoalesceScratch *cs, EmitFn emit,
+                         void *ctx)
 {
-    static char *kwlist[] = {"packets", "verify", NULL};
-    PyObject *seq_in;
-    int verify = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &seq_in, &verify))
-        return NULL;
-    PyObject *seq = PySequence_Fast(seq_in, "packets must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t np = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    Py_buffer *bufs = PyMem_Calloc((size_t)np + 1, sizeof(Py_buffer));
-    Pkt *pk = PyMem_Calloc((size_t)np + 1, sizeof(Pkt));
-    Group *groups = PyMem_Calloc((size_t)np + 1, sizeof(Group));
-    int *idx = PyMem_Calloc((size_t)np + 1, sizeof(int));
-    size_t tsize = 16;
-    while (tsize < (size_t)np * 2)
-        tsize <<= 1;
-    int *table = PyMem_Malloc(tsize * sizeof(int)); /* flow -> group, -1 empty */
-    PyObject *out = NULL;
-    Py_ssize_t nb = 0;
-    if (!bufs || !pk || !groups || !idx || !table) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    Group *groups = cs->groups;
+    int *idx = cs->idx, *table = cs->table;
+    size_t tsize = cs->tsize;
     for (size_t i = 0; i < tsize; i++)
         table[i] = -1;
-    for (; nb < np; nb++) {
-        if (PyObject_GetBuffer(items[nb], &bufs[nb], PyBUF_SIMPLE))
-            goto done;
-        pk[nb].p = bufs[nb].buf;
-        pk[nb].n = (size_t)bufs[nb].len;
-        pk[nb].next = -1;
-    }
     int ng = 0;
-    for (int i = 0; i < (int)np; i++) {
+    for (int i = 0; i < np; i++) {
         const uint8_t *p = pk[i].p;
         size_t n = pk[i].n, l4, hl, plen;
+        pk[i].next = -1;
         if (!tcp_view(p, n, &l4, &hl, &plen)) {
             Group *g = &groups[ng++];
             memset(g, 0, sizeof(*g));
@@ -895,14 +885,11 @@ static PyObject *fp_coalesce(PyObject *self, PyObject *args, PyObject *kw)
         table[slot] = ng; /* the flow's latest group (replaces an older one) */
         ng++;
     }
-    out = PyList_New(0);
-    if (out == NULL)
-        goto done;
     for (int gi = 0; gi < ng; gi++) {
         Group *g = &groups[gi];
         if (g->count == 1) {
-            if (emit(out, zero_hdr_copy(&pk[g->first])))
-                goto fail;
+            if (emit(ctx, pk, &g->first, 1, 0))
+                return -1;
             continue;
         }
         int k = 0;
@@ -920,8 +907,8 @@ static PyObject *fp_coalesce(PyObject *self, PyObject *args, PyObject *kw)
             ok = total % 0xFFFF == 0;
         }
         if (ok) {
-            if (emit(out, build_super(pk, idx, k, l4)))
-                goto fail;
+            if (emit(ctx, pk, idx, k, l4))
+                return -1;
             continue;
         }
         /* runs of verifying segments, bad ones alone */
@@ -930,28 +917,77 @@ static PyObject *fp_coalesce(PyObject *self, PyObject *args, PyObject *kw)
             int good = j < k && l4_ok(pk[idx[j]].p, pk[idx[j]].n, l4);
             if (good)
                 continue;
-            if (j > start) {
-                int len = j - start;
-                if (emit(out, len > 1 ? build_super(pk, idx + start, len, l4)
-                                      : zero_hdr_copy(&pk[idx[start]])))
-                    goto fail;
-            }
-            if (j < k && emit(out, zero_hdr_copy(&pk[idx[j]])))
-                goto fail;
+            if (j > start && emit(ctx, pk, idx + start, j - start, l4))
+                return -1;
+            if (j < k && emit(ctx, pk, idx + j, 1, 0))
+                return -1;
             start = j + 1;
         }
     }
-    goto done;
-fail:
-    Py_CLEAR(out);
+    return 0;
+}
+
+/* the Python emitter: one bytes object per buffer, appended to a list */
+static int emit_py(void *ctx, const Pkt *pk, const int *idx, int k, size_t l4)
+{
+    size_t n = k == 1 ? pk[idx[0]].n + VNET_HDR_LEN : super_len(pk, idx, k, l4);
+    PyObject *o = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (o == NULL)
+        return -1;
+    uint8_t *d = (uint8_t *)PyBytes_AS_STRING(o);
+    if (k == 1) {
+        memset(d, 0, VNET_HDR_LEN);
+        memcpy(d + VNET_HDR_LEN, pk[idx[0]].p, pk[idx[0]].n);
+    } else {
+        super_into(d, pk, idx, k, l4);
+    }
+    int r = PyList_Append((PyObject *)ctx, o);
+    Py_DECREF(o);
+    return r;
+}
+
+static PyObject *fp_coalesce(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"packets", "verify", NULL};
+    PyObject *seq_in;
+    int verify = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p", kwlist, &seq_in, &verify))
+        return NULL;
+    PyObject *seq = PySequence_Fast(seq_in, "packets must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t np = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_buffer *bufs = PyMem_Calloc((size_t)np + 1, sizeof(Py_buffer));
+    Pkt *pk = PyMem_Calloc((size_t)np + 1, sizeof(Pkt));
+    CoalesceScratch cs;
+    int sok = scratch_init(&cs, (size_t)np, PyMem_Malloc);
+    PyObject *out = NULL;
+    Py_ssize_t nb = 0;
+    if (!bufs || !pk || sok) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; nb < np; nb++) {
+        if (PyObject_GetBuffer(items[nb], &bufs[nb], PyBUF_SIMPLE))
+            goto done;
+        pk[nb].p = bufs[nb].buf;
+        pk[nb].n = (size_t)bufs[nb].len;
+        pk[nb].next = -1;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    if (coalesce_core(pk, (int)np, verify, &cs, emit_py, out))
+        Py_CLEAR(out);
 done:
     for (Py_ssize_t i = 0; i < nb; i++)
         PyBuffer_Release(&bufs[i]);
     PyMem_Free(bufs);
     PyMem_Free(pk);
-    PyMem_Free(groups);
-    PyMem_Free(idx);
-    PyMem_Free(table);
+    PyMem_Free(cs.groups);
+    PyMem_Free(cs.idx);
+    PyMem_Free(cs.table);
     Py_DECREF(seq);
     return out;
 }
@@ -978,6 +1014,7 @@ done:
 
 #include <openssl/rand.h>
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
@@ -1294,7 +1331,12 @@ typedef struct {
     int has_ticket;
     EVP_CIPHER_CTX *ctx;
     unsigned long long counts[N_VERDICTS];
+    /* the data-path thread checks messages too: every use of the state above holds it */
+    pthread_mutex_t lock;
 } GuardObject;
+
+#define GLOCK(g) pthread_mutex_lock(&(g)->lock)
+#define GUNLOCK(g) pthread_mutex_unlock(&(g)->lock)
 
 static PyTypeObject GuardType;
 
@@ -1308,6 +1350,7 @@ static void guard_dealloc(GuardObject *g)
     if (g->ctx)
         EVP_CIPHER_CTX_free(g->ctx);
     OPENSSL_cleanse(g->secret, sizeof(g->secret));
+    pthread_mutex_destroy(&g->lock);
     Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
@@ -1332,6 +1375,7 @@ static int guard_init(GuardObject *g, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "HandshakeGuard already initialised");
         return -1;
     }
+    pthread_mutex_init(&g->lock, NULL);
     g->has_key = 0;
     g->secret_time = -INFINITY;
     g->threshold = threshold;
@@ -1368,12 +1412,14 @@ static PyObject *guard_set_keys(GuardObject *g, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "keys are 32 bytes each, or both empty");
         return NULL;
     }
+    GLOCK(g);
     g->has_key = m1.len == 32;
     if (g->has_key) {
         memcpy(g->mac1_key, m1.buf, 32);
         memcpy(g->cookie_key, ck.buf, 32);
         b2s_init_mac(&g->mac1_state, g->mac1_key, 32);
     }
+    GUNLOCK(g);
     PyBuffer_Release(&m1);
     PyBuffer_Release(&ck);
     Py_RETURN_NONE;
@@ -1501,7 +1547,10 @@ static PyObject *guard_cookie_reply_py(GuardObject *g, PyObject *args)
         uint8_t kb[16];
         size_t klen = (size_t)k.len > 16 ? 16 : (size_t)k.len;
         memcpy(kb, k.buf, klen);
-        res = PyBool_FromLong(guard_cookie_reply(g, now, d.buf, 64, kb, klen));
+        GLOCK(g);
+        int ok = guard_cookie_reply(g, now, d.buf, 64, kb, klen);
+        GUNLOCK(g);
+        res = PyBool_FromLong(ok);
     }
     PyBuffer_Release(&d);
     PyBuffer_Release(&k);
@@ -1523,7 +1572,9 @@ static PyObject *guard_precheck(GuardObject *g, PyObject *args)
     uint8_t kb[16];
     size_t klen = (size_t)k.len > 16 ? 16 : (size_t)k.len;
     memcpy(kb, k.buf, klen);
+    GLOCK(g);
     int v = guard_check(g, now, d.buf, (size_t)d.len, kb, klen, e.buf, (size_t)e.len, reply);
+    GUNLOCK(g);
     if (v < 0) {
         PyErr_SetString(PyExc_RuntimeError, "handshake guard: crypto failure");
         goto done;
@@ -1549,8 +1600,10 @@ static PyObject *guard_set_ticket(GuardObject *g, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "a ticket is a 16-byte mac1");
         return NULL;
     }
+    GLOCK(g);
     memcpy(g->ticket, t.buf, 16);
     g->has_ticket = 1;
+    GUNLOCK(g);
     PyBuffer_Release(&t);
     Py_RETURN_NONE;
 }
@@ -1560,7 +1613,10 @@ static PyObject *guard_under_load(GuardObject *g, PyObject *arg)
     double now = PyFloat_AsDouble(arg);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    return PyBool_FromLong(now < g->under_until);
+    GLOCK(g);
+    int under = now < g->under_until;
+    GUNLOCK(g);
+    return PyBool_FromLong(under);
 }
 
 static PyObject *guard_take_counts(GuardObject *g, PyObject *unused)
@@ -1568,14 +1624,18 @@ static PyObject *guard_take_counts(GuardObject *g, PyObject *unused)
     PyObject *t = PyTuple_New(N_VERDICTS);
     if (t == NULL)
         return NULL;
+    unsigned long long c[N_VERDICTS];
+    GLOCK(g);
+    memcpy(c, g->counts, sizeof(c));
+    memset(g->counts, 0, sizeof(g->counts));
+    GUNLOCK(g);
     for (int i = 0; i < N_VERDICTS; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(g->counts[i]);
+        PyObject *v = PyLong_FromUnsignedLongLong(c[i]);
         if (v == NULL) {
             Py_DECREF(t);
             return NULL;
         }
         PyTuple_SET_ITEM(t, i, v);
-        g->counts[i] = 0;
     }
     return t;
 }
@@ -1826,13 +1886,16 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
         size_t dlen = seg ? seg : n;
         if (guarded && !seg && n == 64 && le32(d) == 3) {
             /* a cookie reply: a per-source bucket first, the rest up with a ticket */
-            if (guard_cookie_reply(g, now, d, n, key, klen)) {
+            GLOCK(g);
+            int cr_ok = guard_cookie_reply(g, now, d, n, key, klen);
+            if (!cr_ok)
+                g->counts[V_RATE_LIMITED]++;
+            GUNLOCK(g);
+            if (cr_ok) {
                 if (rb_append(items, d, n, 0, addr, 1)) {
                     Py_DECREF(addr);
                     goto fail;
                 }
-            } else {
-                g->counts[V_RATE_LIMITED]++;
             }
             Py_DECREF(addr);
             continue;
@@ -1867,14 +1930,17 @@ static PyObject *fp_recv_batch(PyObject *self, PyObject *args)
                     goto fail_addr;
                 run_n = 0;
             }
+            GLOCK(g);
             int v = guard_check(g, now, p, l, key, klen, ep, eplen, reply);
+            if (v > 0)
+                g->counts[v]++;
+            GUNLOCK(g);
             if (v == V_PASS) {
                 if (rb_append(items, p, l, 0, addr, 1))
                     goto fail_addr;
             } else if (v < 0) {
                 errors++;
             } else {
-                g->counts[v]++;
                 if (v == V_COOKIE) {
                     ssize_t r = sendto(fd, reply, 64, MSG_DONTWAIT,
                                        (const struct sockaddr *)&names[i], h->msg_namelen);
@@ -1904,6 +1970,1598 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- KeyState ---- */
+/*
+ * KeyState: what a keypair's two users share, the Python Device (slow path: keepalives,
+ * queued packets, transport data handed up) and the data-path thread below. The send counter
+ * is atomic (reserve: a compare-and-swap, so no counter is handed out twice and none lost),
+ * the replay window (RFC 6479, the twin of wireguard/keypair.py's ReplayWindow) is under a
+ * mutex, and the two ChaCha20-Poly1305 contexts are the data-path thread's alone.
+ */
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REJECT_AFTER_MESSAGES (UINT64_MAX - 8192ULL) /* 2**64 - 2**13 - 1 */
+#define REJECT_AFTER_TIME 180.0
+#define RING_BLOCKS 64
+#define REPLAY_WINDOW ((RING_BLOCKS - 1) * 64)
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *enc, *dec;
+    uint32_t local_index, remote_index;
+    double created;
+    _Atomic uint64_t send_counter;
+    pthread_mutex_t lock; /* the replay window */
+    int has_last;
+    uint64_t last;
+    uint64_t blocks[RING_BLOCKS];
+    /* the data-path thread's notes, under its DataPath's mutex */
+    uint64_t tx_pk, tx_bytes, rx_pk, rx_bytes, rx_keep;
+    struct sockaddr_storage rx_src;
+    socklen_t rx_srclen;
+    int dirty;
+    PyObject *weakrefs; /* so tests can see a KeyState (and its keys) go with its keypair */
+} KeyStateObject;
+
+static PyTypeObject KeyStateType;
+
+static void ks_dealloc(KeyStateObject *k)
+{
+    if (k->weakrefs)
+        PyObject_ClearWeakRefs((PyObject *)k);
+    if (k->enc)
+        EVP_CIPHER_CTX_free(k->enc);
+    if (k->dec)
+        EVP_CIPHER_CTX_free(k->dec);
+    pthread_mutex_destroy(&k->lock);
+    Py_TYPE(k)->tp_free((PyObject *)k);
+}
+
+static int ks_init(KeyStateObject *k, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"send_key", "receive_key", "local_index", "remote_index",
+                             "created", "send_counter", "replay_last", "replay_blocks", NULL};
+    Py_buffer sk, rk;
+    unsigned long li, ri;
+    double created;
+    unsigned long long counter = 0;
+    long long last = -1;
+    PyObject *blocks = NULL;
+    if (k->enc != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "KeyState already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*y*kkd|KLO", kwlist, &sk, &rk, &li, &ri,
+                                     &created, &counter, &last, &blocks))
+        return -1;
+    int r = -1;
+    if (sk.len != 32 || rk.len != 32) {
+        PyErr_SetString(PyExc_ValueError, "keys are 32 bytes");
+        goto done;
+    }
+    pthread_mutex_init(&k->lock, NULL);
+    k->local_index = (uint32_t)li;
+    k->remote_index = (uint32_t)ri;
+    k->created = created;
+    atomic_store(&k->send_counter, (uint64_t)counter);
+    k->has_last = last >= 0;
+    k->last = last >= 0 ? (uint64_t)last : 0;
+    if (blocks != NULL && blocks != Py_None) {
+        PyObject *seq = PySequence_Fast(blocks, "replay_blocks must be a sequence");
+        if (seq == NULL)
+            goto done;
+        if (PySequence_Fast_GET_SIZE(seq) != RING_BLOCKS) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "replay_blocks: 64 blocks");
+            goto done;
+        }
+        for (int i = 0; i < RING_BLOCKS; i++) {
+            k->blocks[i] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
+            if (PyErr_Occurred()) {
+                Py_DECREF(seq);
+                goto done;
+            }
+        }
+        Py_DECREF(seq);
+    }
+    k->enc = EVP_CIPHER_CTX_new();
+    k->dec = EVP_CIPHER_CTX_new();
+    if (!k->enc || !k->dec ||
+        EVP_EncryptInit_ex(k->enc, EVP_chacha20_poly1305(), NULL, sk.buf, NULL) != 1 ||
+        EVP_DecryptInit_ex(k->dec, EVP_chacha20_poly1305(), NULL, rk.buf, NULL) != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL ChaCha20-Poly1305 unavailable");
+        goto done;
+    }
+    r = 0;
+done:
+    PyBuffer_Release(&sk);
+    PyBuffer_Release(&rk);
+    return r;
+}
+
+/* first of n consecutive send counters; 0 when the keypair is exhausted */
+static int ks_reserve(KeyStateObject *k, uint64_t n, uint64_t *first)
+{
+    uint64_t cur = atomic_load(&k->send_counter);
+    do {
+        if (n > REJECT_AFTER_MESSAGES || cur > REJECT_AFTER_MESSAGES - n)
+            return 0;
+    } while (!atomic_compare_exchange_weak(&k->send_counter, &cur, cur + n));
+    *first = cur;
+    return 1;
+}
+
+static int replay_check(KeyStateObject *k, uint64_t c)
+{
+    if (c >= REJECT_AFTER_MESSAGES)
+        return 0;
+    if (!k->has_last || c > k->last)
+        return 1;
+    if (k->last - c >= REPLAY_WINDOW)
+        return 0;
+    return !((k->blocks[(c >> 6) & (RING_BLOCKS - 1)] >> (c & 63)) & 1);
+}
+
+static int replay_accept(KeyStateObject *k, uint64_t c)
+{
+    if (c >= REJECT_AFTER_MESSAGES)
+        return 0;
+    uint64_t index = c >> 6;
+    if (!k->has_last || c > k->last) {
+        int64_t current = k->has_last ? (int64_t)(k->last >> 6) : -1;
+        int64_t diff = (int64_t)index - current;
+        if (diff > 0) {
+            int64_t m = diff < RING_BLOCKS ? diff : RING_BLOCKS;
+            for (int64_t i = 1; i <= m; i++)
+                k->blocks[(uint64_t)(current + i) & (RING_BLOCKS - 1)] = 0;
+        }
+        k->last = c;
+        k->has_last = 1;
+    } else if (k->last - c >= REPLAY_WINDOW) {
+        return 0;
+    }
+    uint64_t *b = &k->blocks[index & (RING_BLOCKS - 1)];
+    uint64_t bit = 1ULL << (c & 63);
+    if (*b & bit)
+        return 0;
+    *b |= bit;
+    return 1;
+}
+
+static PyObject *ks_reserve_py(KeyStateObject *k, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    uint64_t first;
+    if (!ks_reserve(k, n, &first))
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(first);
+}
+
+static int counter_arg(PyObject *arg, uint64_t *c, int *valid)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(arg);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            *valid = 0;
+            return 0;
+        }
+        *c = u;
+        *valid = 1;
+        return 0;
+    }
+    *valid = overflow == 0 && v >= 0;
+    *c = (uint64_t)v;
+    return 0;
+}
+
+static PyObject *ks_check_py(KeyStateObject *k, PyObject *arg)
+{
+    uint64_t c;
+    int valid;
+    if (counter_arg(arg, &c, &valid))
+        return NULL;
+    if (!valid)
+        Py_RETURN_FALSE;
+    pthread_mutex_lock(&k->lock);
+    int r = replay_check(k, c);
+    pthread_mutex_unlock(&k->lock);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *ks_accept_py(KeyStateObject *k, PyObject *arg)
+{
+    uint64_t c;
+    int valid;
+    if (counter_arg(arg, &c, &valid))
+        return NULL;
+    if (!valid)
+        Py_RETURN_FALSE;
+    pthread_mutex_lock(&k->lock);
+    int r = replay_accept(k, c);
+    pthread_mutex_unlock(&k->lock);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *ks_sent(KeyStateObject *k, void *c)
+{
+    return PyLong_FromUnsignedLongLong(atomic_load(&k->send_counter));
+}
+
+static PyObject *ks_last(KeyStateObject *k, void *c)
+{
+    pthread_mutex_lock(&k->lock);
+    int has = k->has_last;
+    uint64_t last = k->last;
+    pthread_mutex_unlock(&k->lock);
+    return has ? PyLong_FromUnsignedLongLong(last) : PyLong_FromLong(-1);
+}
+
+static PyObject *ks_local(KeyStateObject *k, void *c) { return PyLong_FromUnsignedLong(k->local_index); }
+static PyObject *ks_remote(KeyStateObject *k, void *c) { return PyLong_FromUnsignedLong(k->remote_index); }
+static PyObject *ks_created(KeyStateObject *k, void *c) { return PyFloat_FromDouble(k->created); }
+static PyObject *ks_repr(PyObject *self) { return PyUnicode_FromString("KeyState(<redacted>)"); }
+
+static PyMethodDef ks_methods[] = {
+    {"reserve", (PyCFunction)ks_reserve_py, METH_O,
+     "reserve(n) -> first of n send counters, or None when the keypair is exhausted"},
+    {"check", (PyCFunction)ks_check_py, METH_O, "check(counter) -> the replay window would accept it"},
+    {"accept", (PyCFunction)ks_accept_py, METH_O,
+     "accept(counter) -> recorded (False: seen before or too old)"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef ks_getset[] = {
+    {"sent", (getter)ks_sent, NULL, "send counters handed out", NULL},
+    {"last", (getter)ks_last, NULL, "highest counter accepted (-1: none)", NULL},
+    {"local_index", (getter)ks_local, NULL, "the receiver index the remote puts in its headers", NULL},
+    {"remote_index", (getter)ks_remote, NULL, "the receiver index we put in ours", NULL},
+    {"created", (getter)ks_created, NULL, "when the keypair was made (engine clock)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject KeyStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshguard.dataplane._fastpath.KeyState",
+    .tp_basicsize = sizeof(KeyStateObject),
+    .tp_dealloc = (destructor)ks_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "a keypair's shared send counter, replay window and data-path ciphers",
+    .tp_methods = ks_methods,
+    .tp_getset = ks_getset,
+    .tp_init = (initproc)ks_init,
+    .tp_new = PyType_GenericNew,
+    .tp_repr = ks_repr,
+    .tp_weaklistoffset = offsetof(KeyStateObject, weakrefs),
+};
+
+static int ks_seal(KeyStateObject *k, uint64_t counter, uint8_t *p, size_t n)
+{
+    uint8_t nonce[12];
+    int outl;
+    nonce_of(nonce, counter);
+    return EVP_EncryptInit_ex(k->enc, NULL, NULL, NULL, nonce) == 1 &&
+                   (!n || EVP_EncryptUpdate(k->enc, p, &outl, p, (int)n) == 1) &&
+                   EVP_EncryptFinal_ex(k->enc, p + n, &outl) == 1 &&
+                   EVP_CIPHER_CTX_ctrl(k->enc, EVP_CTRL_AEAD_GET_TAG, 16, p + n) == 1
+               ? 0
+               : -1;
+}
+
+static int ks_open(KeyStateObject *k, uint64_t counter, const uint8_t *ct, size_t n, uint8_t *out)
+{
+    uint8_t nonce[12], tag[16];
+    int outl;
+    if (n < 16)
+        return -1;
+    nonce_of(nonce, counter);
+    memcpy(tag, ct + n - 16, 16);
+    return EVP_DecryptInit_ex(k->dec, NULL, NULL, NULL, nonce) == 1 &&
+                   EVP_CIPHER_CTX_ctrl(k->dec, EVP_CTRL_AEAD_SET_TAG, 16, tag) == 1 &&
+                   (n == 16 || EVP_DecryptUpdate(k->dec, out, &outl, ct, (int)(n - 16)) == 1) &&
+                   EVP_DecryptFinal_ex(k->dec, out + (n - 16), &outl) == 1
+               ? 0
+               : -1;
+}
+
+/* ---------------------------------------------------------------- DataPath ---- */
+/*
+ * DataPath: the per-packet path in a thread of its own, without the GIL. It waits on the TUN
+ * fd, the UDP fd and a stop eventfd (epoll), and per wake-up reads a batch, seals or opens
+ * it, segments or coalesces it and writes it, under tables Python writes (set_tables, under
+ * the mutex the thread takes once per batch): peers (slot -> endpoint, send KeyState),
+ * receiver indices (index -> KeyState, peer slot, "next"), allowed-IPs routes. What it cannot
+ * handle goes up to Python (drain, after a wake-up through the eventfd `wake_fd`): TUN reads
+ * for a peer without a session or endpoint, every non-transport datagram past the handshake
+ * guard. It notes per KeyState what it sent and received (drained by Python into the
+ * Device's note_sent / note_received) and counts drops by reason.
+ */
+
+enum {
+    C_NO_ROUTE, C_UNKNOWN_INDEX, C_REPLAY, C_BAD_AUTH, C_BAD_INNER, C_BAD_SOURCE,
+    C_UDP_RX, C_UDP_TX, C_TUN_RX, C_TUN_TX, C_UDP_RX_BATCHES, C_TUN_RX_BATCHES,
+    C_UDP_SEND_ERRORS, C_UDP_SEND_WOULD_BLOCK, C_UDP_RECV_ERRORS, C_TUN_WRITE_ERRORS,
+    C_TUN_READ_ERRORS, C_TUN_BAD_READS, C_TUN_GSO_READS, C_TUN_GSO_WRITES, C_UDP_GSO_SENDS,
+    C_UDP_GRO_READS, C_UP_OVERFLOW, NCTR
+};
+static const char *ctr_names[NCTR] = {
+    "no_route", "unknown_index", "replay", "bad_auth", "bad_inner", "bad_source",
+    "udp_rx", "udp_tx", "tun_rx", "tun_tx", "udp_rx_batches", "tun_rx_batches",
+    "udp_send_errors", "udp_send_would_block", "udp_recv_errors", "tun_write_errors",
+    "tun_read_errors", "tun_bad_reads", "tun_gso_reads", "tun_gso_writes", "udp_gso_sends",
+    "udp_gro_reads", "up_overflow"};
+
+#define DP_READS 64
+#define DP_TUN_READ (65535 + VNET_HDR_LEN)
+#define DP_SBUF (8u << 20)
+#define DP_MSGS 4096
+#define DP_PKTS 4096
+#define DP_UP_MAX 4096
+#define DP_NOTE_EVERY 0.02 /* s between wake-ups for notes alone while traffic flows */
+#define DP_GSO_SEGS 64
+#define DP_GSO_BYTES 65000
+
+typedef struct {
+    uint8_t addr[16];
+    int plen, v6, slot;
+} Route;
+
+/* host routes (/32, /128: one per mesh peer) by open addressing; the rest are scanned */
+typedef struct {
+    uint8_t addr[16];
+    int slot; /* -1: empty */
+} HostRoute;
+
+typedef struct {
+    HostRoute *t;
+    size_t mask; /* size - 1; no table when t is NULL */
+} HostTable;
+
+typedef struct {
+    int has_ep;
+    struct sockaddr_storage ep;
+    socklen_t eplen;
+    KeyStateObject *send;
+} PeerSlot;
+
+typedef struct {
+    uint32_t index;
+    int slot, next;
+    KeyStateObject *ks;
+} RecvEntry;
+
+typedef struct UpItem {
+    struct UpItem *next;
+    int kind; /* 0: a TUN read, 1: a datagram */
+    int admitted;
+    socklen_t alen;
+    struct sockaddr_storage addr;
+    size_t n;
+    uint8_t data[];
+} UpItem;
+
+typedef struct {
+    PyObject_HEAD
+    int tun_fd, udp_fd, stop_fd, wake_fd, epfd;
+    int vnet, tso, gso;
+    int running, tun_gone;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    PeerSlot *peers;
+    int npeers;
+    RecvEntry *recv; /* sorted by index */
+    int nrecv;
+    Route *routes; /* longest prefix first, host routes excepted */
+    int nroutes;
+    HostTable hosts[2]; /* IPv4, IPv6 */
+    PyObject *refs;  /* the objects the tables point at */
+    GuardObject *guard;
+    double offset; /* the engine's clock - CLOCK_MONOTONIC */
+    UpItem *up_head, *up_tail;
+    int up_len;
+    KeyStateObject **dirty;
+    int ndirty, cap_dirty;
+    uint64_t ctr[NCTR];
+    int has_notes, urgent;
+    /* the thread's buffers */
+    uint8_t *rbuf, *sbuf, *obuf, *wbuf;
+    struct mmsghdr *msgs;
+    struct iovec *iovs;
+    char (*ctrl)[CMSG_SPACE(sizeof(uint16_t))];
+    int *msg_segs;
+    size_t *msg_seg; /* each message's segment size */
+    Pkt *pkts;
+    CoalesceScratch cs;
+} DataPathObject;
+
+static PyTypeObject DataPathType;
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static size_t host_hash(const uint8_t *a, size_t n)
+{
+    return (size_t)flow_hash(a, n);
+}
+
+static int route_lookup(const DataPathObject *dp, const uint8_t *a, int v6)
+{
+    const HostTable *h = &dp->hosts[v6];
+    size_t alen = v6 ? 16 : 4;
+    if (h->t != NULL) {
+        /* a host route is the longest prefix there is */
+        for (size_t i = host_hash(a, alen) & h->mask;; i = (i + 1) & h->mask) {
+            const HostRoute *e = &h->t[i];
+            if (e->slot < 0)
+                break;
+            if (!memcmp(e->addr, a, alen))
+                return e->slot;
+        }
+    }
+    for (int i = 0; i < dp->nroutes; i++) {
+        const Route *r = &dp->routes[i];
+        if (r->v6 != v6)
+            continue;
+        int full = r->plen / 8, rest = r->plen % 8;
+        if (memcmp(r->addr, a, (size_t)full))
+            continue;
+        if (rest && ((r->addr[full] ^ a[full]) & (uint8_t)(0xFF << (8 - rest))))
+            continue;
+        return r->slot;
+    }
+    return -1;
+}
+
+static RecvEntry *recv_lookup(DataPathObject *dp, uint32_t index)
+{
+    int lo = 0, hi = dp->nrecv - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        uint32_t v = dp->recv[mid].index;
+        if (v == index)
+            return &dp->recv[mid];
+        if (v < index)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return NULL;
+}
+
+static void mark_dirty(DataPathObject *dp, KeyStateObject *k)
+{
+    dp->has_notes = 1;
+    if (k->dirty)
+        return;
+    if (dp->ndirty == dp->cap_dirty) {
+        int cap = dp->cap_dirty ? dp->cap_dirty * 2 : 64;
+        KeyStateObject **d = realloc(dp->dirty, (size_t)cap * sizeof(*d));
+        if (d == NULL)
+            return; /* noted again on the next packet */
+        dp->dirty = d;
+        dp->cap_dirty = cap;
+    }
+    k->dirty = 1;
+    dp->dirty[dp->ndirty++] = k;
+}
+
+static void up_push(DataPathObject *dp, int kind, const uint8_t *d, size_t n,
+                    const struct sockaddr_storage *addr, socklen_t alen, int admitted)
+{
+    if (dp->up_len >= DP_UP_MAX) {
+        dp->ctr[C_UP_OVERFLOW]++;
+        dp->has_notes = 1;
+        return;
+    }
+    UpItem *it = malloc(sizeof(UpItem) + n);
+    if (it == NULL) {
+        dp->ctr[C_UP_OVERFLOW]++;
+        return;
+    }
+    it->next = NULL;
+    it->kind = kind;
+    it->admitted = admitted;
+    it->alen = addr ? alen : 0;
+    if (addr)
+        memcpy(&it->addr, addr, alen);
+    it->n = n;
+    memcpy(it->data, d, n);
+    if (dp->up_tail)
+        dp->up_tail->next = it;
+    else
+        dp->up_head = it;
+    dp->up_tail = it;
+    dp->up_len++;
+    dp->urgent = 1;
+}
+
+static int same_endpoint(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               !memcmp(&x->sin6_addr, &y->sin6_addr, 16) && x->sin6_scope_id == y->sin6_scope_id;
+    }
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    return 0;
+}
+
+/* --- TUN -> UDP --- */
+
+static void dp_send_all(DataPathObject *dp, int nmsg)
+{
+    int done = 0;
+    while (done < nmsg) {
+        int r = sendmmsg(dp->udp_fd, dp->msgs + done, (unsigned)(nmsg - done), MSG_DONTWAIT);
+        if (r > 0) {
+            for (int i = done; i < done + r; i++) {
+                dp->ctr[C_UDP_TX] += (uint64_t)dp->msg_segs[i];
+                if (dp->msg_segs[i] > 1)
+                    dp->ctr[C_UDP_GSO_SENDS]++;
+            }
+            done += r;
+            continue;
+        }
+        int e = errno;
+        struct mmsghdr *m = &dp->msgs[done];
+        int segs = dp->msg_segs[done];
+        if (segs > 1 && (e == EIO || e == EOPNOTSUPP || e == ENOPROTOOPT)) {
+            /* the kernel refuses GSO: off for good, this message one datagram at a time */
+            dp->gso = 0;
+            struct iovec *v = m->msg_hdr.msg_iov;
+            size_t seg = 0;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&m->msg_hdr);
+            uint16_t s16;
+            memcpy(&s16, CMSG_DATA(c), sizeof(s16));
+            seg = s16;
+            uint8_t *p = v->iov_base;
+            size_t left = v->iov_len;
+            while (left) {
+                size_t l = left < seg ? left : seg;
+                if (sendto(dp->udp_fd, p, l, MSG_DONTWAIT,
+                           (struct sockaddr *)m->msg_hdr.msg_name, m->msg_hdr.msg_namelen) ==
+                    (ssize_t)l)
+                    dp->ctr[C_UDP_TX]++;
+                else
+                    dp->ctr[C_UDP_SEND_ERRORS]++;
+                p += l;
+                left -= l;
+            }
+        } else if (e == EAGAIN || e == EWOULDBLOCK) {
+            dp->ctr[C_UDP_SEND_WOULD_BLOCK] += (uint64_t)segs;
+        } else {
+            dp->ctr[C_UDP_SEND_ERRORS] += (uint64_t)segs;
+        }
+        done++;
+    }
+}
+
+static void set_segment_cmsg(DataPathObject *dp, int i, size_t seg)
+{
+    struct mmsghdr *m = &dp->msgs[i];
+    m->msg_hdr.msg_control = dp->ctrl[i];
+    m->msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m->msg_hdr);
+    c->cmsg_level = SOL_UDP;
+    c->cmsg_type = 103; /* UDP_SEGMENT */
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t s16 = (uint16_t)seg;
+    memcpy(CMSG_DATA(c), &s16, sizeof(s16));
+}
+
+/* queue `segs` sealed messages of `seg` bytes (the last may be shorter) to ps: one GSO send
+ * when segs > 1, joined to the previous one when that goes to the same endpoint, has messages
+ * of the same size, all full, and ends where these begin (reads sealed one after another) */
+static void dp_add_msg(DataPathObject *dp, int *nmsg, uint8_t *p, size_t len, size_t seg,
+                       int segs, PeerSlot *ps)
+{
+    if (*nmsg > 0 && dp->gso) {
+        int j = *nmsg - 1;
+        struct mmsghdr *pm = &dp->msgs[j];
+        struct iovec *v = &dp->iovs[j];
+        size_t per = DP_GSO_BYTES / seg;
+        if (per > DP_GSO_SEGS)
+            per = DP_GSO_SEGS;
+        if (pm->msg_hdr.msg_name == (void *)&ps->ep && dp->msg_seg[j] == seg &&
+            v->iov_len == (size_t)dp->msg_segs[j] * seg &&
+            (uint8_t *)v->iov_base + v->iov_len == p &&
+            (size_t)(dp->msg_segs[j] + segs) <= per && v->iov_len + len <= DP_GSO_BYTES) {
+            v->iov_len += len;
+            if (dp->msg_segs[j] == 1)
+                set_segment_cmsg(dp, j, seg);
+            dp->msg_segs[j] += segs;
+            return;
+        }
+    }
+    if (*nmsg == DP_MSGS) {
+        dp_send_all(dp, *nmsg);
+        *nmsg = 0;
+    }
+    int i = (*nmsg)++;
+    struct mmsghdr *m = &dp->msgs[i];
+    memset(m, 0, sizeof(*m));
+    dp->iovs[i].iov_base = p;
+    dp->iovs[i].iov_len = len;
+    m->msg_hdr.msg_iov = &dp->iovs[i];
+    m->msg_hdr.msg_iovlen = 1;
+    m->msg_hdr.msg_name = &ps->ep;
+    m->msg_hdr.msg_namelen = ps->eplen;
+    dp->msg_segs[i] = segs;
+    dp->msg_seg[i] = seg;
+    if (segs > 1)
+        set_segment_cmsg(dp, i, seg);
+}
+
+static void dp_tun_batch(DataPathObject *dp, double now, int limit)
+{
+    int nmsg = 0, reads = 0;
+    size_t used = 0;
+    size_t off = dp->vnet ? VNET_HDR_LEN : 0;
+    for (int r = 0; r < limit; r++) {
+        uint8_t *rb = dp->rbuf;
+        ssize_t got = read(dp->tun_fd, rb, DP_TUN_READ);
+        if (got < 0) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR)
+                break;
+            dp->ctr[C_TUN_READ_ERRORS]++;
+            dp->has_notes = 1;
+            if (e == EBADFD || e == EBADF || e == ENXIO || e == ENODEV) {
+                dp->tun_gone = e;
+                dp->urgent = 1;
+                epoll_ctl(dp->epfd, EPOLL_CTL_DEL, dp->tun_fd, NULL);
+            }
+            break;
+        }
+        reads++;
+        dp->ctr[C_TUN_RX]++;
+        dp->has_notes = 1;
+        size_t n = (size_t)got;
+        if (n <= off) {
+            if (dp->vnet)
+                dp->ctr[C_TUN_BAD_READS]++;
+            continue;
+        }
+        const uint8_t *ip = rb + off;
+        size_t m = n - off;
+        int ver = ip[0] >> 4, slot;
+        if (ver == 4 && m >= 20)
+            slot = route_lookup(dp, ip + 16, 0);
+        else if (ver == 6 && m >= 40)
+            slot = route_lookup(dp, ip + 24, 1);
+        else {
+            up_push(dp, 0, rb, n, NULL, 0, 0); /* Python counts it (bad_inner) */
+            continue;
+        }
+        if (slot < 0) {
+            dp->ctr[C_NO_ROUTE]++;
+            continue;
+        }
+        PeerSlot *ps = &dp->peers[slot];
+        KeyStateObject *ks = ps->send;
+        if (ks == NULL || !ps->has_ep || now - ks->created >= REJECT_AFTER_TIME) {
+            up_push(dp, 0, rb, n, NULL, 0, 0); /* Python queues it, starts a handshake */
+            continue;
+        }
+        Plan pl;
+        const char *err;
+        if (plan_of(rb, n, dp->vnet, &pl, &err)) {
+            dp->ctr[C_TUN_BAD_READS]++;
+            continue;
+        }
+        size_t seg = plan_msg_len(seg_inner_len(&pl, 0)), total = 0;
+        for (size_t i = 0; i < pl.count; i++)
+            total += plan_msg_len(seg_inner_len(&pl, i));
+        if (used + total > DP_SBUF) {
+            dp_send_all(dp, nmsg);
+            nmsg = 0;
+            used = 0;
+        }
+        uint64_t first;
+        if (!ks_reserve(ks, pl.count, &first)) {
+            up_push(dp, 0, rb, n, NULL, 0, 0);
+            continue;
+        }
+        uint8_t *base = dp->sbuf + used, *o = base;
+        int failed = 0;
+        for (size_t i = 0; i < pl.count; i++) {
+            uint64_t counter = first + i;
+            size_t inner = write_segment(&pl, i, o + 16);
+            size_t padded = (inner + 15) & ~(size_t)15;
+            memset(o + 16 + inner, 0, padded - inner);
+            o[0] = 4;
+            o[1] = o[2] = o[3] = 0;
+            for (int k = 0; k < 4; k++)
+                o[4 + k] = (uint8_t)(ks->remote_index >> (8 * k));
+            for (int k = 0; k < 8; k++)
+                o[8 + k] = (uint8_t)(counter >> (8 * k));
+            if (ks_seal(ks, counter, o + 16, padded)) {
+                failed = 1;
+                break;
+            }
+            o += 32 + padded;
+        }
+        if (failed) {
+            dp->ctr[C_UDP_SEND_ERRORS] += pl.count;
+            continue;
+        }
+        used += total;
+        ks->tx_pk += pl.count;
+        ks->tx_bytes += total;
+        mark_dirty(dp, ks);
+        if (pl.count > 1)
+            dp->ctr[C_TUN_GSO_READS]++;
+        /* GSO chunks of whole messages: all seg bytes but the read's last one */
+        size_t per = 1;
+        if (dp->gso) {
+            per = DP_GSO_BYTES / seg;
+            if (per > DP_GSO_SEGS)
+                per = DP_GSO_SEGS;
+            if (per < 1)
+                per = 1;
+        }
+        uint8_t *p = base;
+        size_t left = total, i = 0;
+        while (i < pl.count) {
+            size_t k = pl.count - i < per ? pl.count - i : per;
+            size_t len = k * seg;
+            if (len > left)
+                len = left;
+            dp_add_msg(dp, &nmsg, p, len, seg, (int)k, ps);
+            p += len;
+            left -= len;
+            i += k;
+        }
+    }
+    if (reads)
+        dp->ctr[C_TUN_RX_BATCHES]++;
+    if (nmsg)
+        dp_send_all(dp, nmsg);
+}
+
+/* --- UDP -> TUN --- */
+
+static int emit_tun(void *ctx, const Pkt *pk, const int *idx, int k, size_t l4)
+{
+    DataPathObject *dp = ctx;
+    if (k == 1) {
+        static const uint8_t zero[VNET_HDR_LEN];
+        struct iovec v[2] = {{(void *)zero, VNET_HDR_LEN}, {(void *)pk[idx[0]].p, pk[idx[0]].n}};
+        if (writev(dp->tun_fd, v, 2) < 0)
+            dp->ctr[C_TUN_WRITE_ERRORS]++;
+        return 0;
+    }
+    size_t n = super_len(pk, idx, k, l4);
+    super_into(dp->wbuf, pk, idx, k, l4);
+    if (write(dp->tun_fd, dp->wbuf, n) < 0)
+        dp->ctr[C_TUN_WRITE_ERRORS]++;
+    else
+        dp->ctr[C_TUN_GSO_WRITES]++;
+    return 0;
+}
+
+static void dp_write_tun(DataPathObject *dp, int np)
+{
+    if (!np)
+        return;
+    dp->ctr[C_TUN_TX] += (uint64_t)np;
+    if (dp->vnet && dp->tso) {
+        coalesce_core(dp->pkts, np, 1, &dp->cs, emit_tun, dp);
+        return;
+    }
+    for (int i = 0; i < np; i++) {
+        const Pkt *q = &dp->pkts[i];
+        if (dp->vnet) {
+            int j = i;
+            emit_tun(dp, dp->pkts, &j, 1, 0);
+        } else if (write(dp->tun_fd, q->p, q->n) < 0) {
+            dp->ctr[C_TUN_WRITE_ERRORS]++;
+        }
+    }
+}
+
+/* a non-transport datagram: the handshake guard first, then up to Python */
+static void dp_handshake(DataPathObject *dp, double now, const uint8_t *p, size_t l,
+                         const struct sockaddr_storage *addr, socklen_t alen)
+{
+    GuardObject *g = dp->guard;
+    uint8_t key[16], ep[18], reply[64];
+    size_t klen = 0, eplen = 0;
+    if (g == NULL || source_of(addr, key, &klen, ep, &eplen)) {
+        up_push(dp, 1, p, l, addr, alen, 0);
+        return;
+    }
+    if (l == 64 && le32(p) == 3) {
+        GLOCK(g);
+        int ok = guard_cookie_reply(g, now, p, l, key, klen);
+        if (!ok)
+            g->counts[V_RATE_LIMITED]++;
+        GUNLOCK(g);
+        if (ok)
+            up_push(dp, 1, p, l, addr, alen, 1);
+        else
+            dp->has_notes = 1;
+        return;
+    }
+    if (!is_handshake(p, l)) {
+        up_push(dp, 1, p, l, addr, alen, 0);
+        return;
+    }
+    GLOCK(g);
+    int v = guard_check(g, now, p, l, key, klen, ep, eplen, reply);
+    if (v > 0)
+        g->counts[v]++;
+    GUNLOCK(g);
+    if (v == V_PASS) {
+        up_push(dp, 1, p, l, addr, alen, 1);
+        return;
+    }
+    dp->has_notes = 1;
+    if (v == V_COOKIE) {
+        ssize_t r = sendto(dp->udp_fd, reply, 64, MSG_DONTWAIT, (const struct sockaddr *)addr,
+                           alen);
+        if (r == 64)
+            dp->ctr[C_UDP_TX]++;
+        else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            dp->ctr[C_UDP_SEND_WOULD_BLOCK]++;
+        else
+            dp->ctr[C_UDP_SEND_ERRORS]++;
+    } else if (v < 0) {
+        dp->ctr[C_UDP_RECV_ERRORS]++;
+    }
+}
+
+/* returns the number of messages read (a full batch: the caller reads again) */
+static int dp_udp_batch(DataPathObject *dp, double now)
+{
+    struct mmsghdr msgs[DP_READS];
+    struct iovec iov[DP_READS];
+    struct sockaddr_storage names[DP_READS];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctrl[DP_READS];
+    memset(msgs, 0, sizeof(msgs));
+    for (int i = 0; i < DP_READS; i++) {
+        iov[i].iov_base = dp->rbuf + (size_t)i * RB_BUF;
+        iov[i].iov_len = RB_BUF;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &names[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
+        msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+        msgs[i].msg_hdr.msg_controllen = sizeof(ctrl[i].buf);
+    }
+    int got = recvmmsg(dp->udp_fd, msgs, DP_READS, MSG_DONTWAIT, NULL);
+    if (got < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            dp->ctr[C_UDP_RECV_ERRORS]++;
+            dp->has_notes = 1;
+        }
+        return 0;
+    }
+    if (got == 0)
+        return 0;
+    dp->ctr[C_UDP_RX_BATCHES]++;
+    dp->has_notes = 1;
+    int np = 0;
+    size_t oused = 0;
+    for (int i = 0; i < got; i++) {
+        struct msghdr *h = &msgs[i].msg_hdr;
+        if (h->msg_flags & MSG_TRUNC) {
+            dp->ctr[C_UDP_RECV_ERRORS]++;
+            continue;
+        }
+        size_t n = msgs[i].msg_len, seg = 0;
+        const uint8_t *d = iov[i].iov_base;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                if (c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                    int v;
+                    memcpy(&v, CMSG_DATA(c), sizeof(int));
+                    seg = v > 0 ? (size_t)v : 0;
+                } else if (c->cmsg_len >= CMSG_LEN(sizeof(uint16_t))) {
+                    uint16_t v;
+                    memcpy(&v, CMSG_DATA(c), sizeof(v));
+                    seg = v;
+                }
+            }
+        }
+        if (!(seg > 0 && seg < n))
+            seg = 0;
+        if (seg) {
+            dp->ctr[C_UDP_GRO_READS]++;
+            dp->ctr[C_UDP_RX] += (n + seg - 1) / seg;
+        } else {
+            dp->ctr[C_UDP_RX]++;
+        }
+        if (n == 0) {
+            up_push(dp, 1, d, 0, &names[i], h->msg_namelen, 0);
+            continue;
+        }
+        size_t pos = 0;
+        while (pos < n) {
+            size_t l = n - pos;
+            if (seg && seg < l)
+                l = seg;
+            const uint8_t *p = d + pos;
+            pos += l;
+            if (l < 32 || le32(p) != 4) {
+                dp_handshake(dp, now, p, l, &names[i], h->msg_namelen);
+                continue;
+            }
+            RecvEntry *re = recv_lookup(dp, le32(p + 4));
+            if (re == NULL || now - re->ks->created >= REJECT_AFTER_TIME) {
+                dp->ctr[C_UNKNOWN_INDEX]++;
+                continue;
+            }
+            KeyStateObject *ks = re->ks;
+            uint64_t counter = le64(p + 8);
+            uint8_t *out = dp->obuf + oused;
+            size_t ptlen = l - 32;
+            if (np >= DP_PKTS || oused + ptlen + 16 > (size_t)DP_READS * RB_BUF) {
+                dp_write_tun(dp, np);
+                np = 0;
+                oused = 0;
+                out = dp->obuf;
+            }
+            if (ks_open(ks, counter, p + 16, l - 16, out)) {
+                pthread_mutex_lock(&ks->lock);
+                int fresh = replay_check(ks, counter);
+                pthread_mutex_unlock(&ks->lock);
+                dp->ctr[fresh ? C_BAD_AUTH : C_REPLAY]++;
+                continue;
+            }
+            pthread_mutex_lock(&ks->lock);
+            int ok = replay_accept(ks, counter);
+            pthread_mutex_unlock(&ks->lock);
+            if (!ok) {
+                dp->ctr[C_REPLAY]++;
+                continue;
+            }
+            PeerSlot *ps = &dp->peers[re->slot];
+            ks->rx_pk++;
+            ks->rx_bytes += l;
+            memcpy(&ks->rx_src, &names[i], h->msg_namelen);
+            ks->rx_srclen = h->msg_namelen;
+            mark_dirty(dp, ks);
+            if (!ps->has_ep || !same_endpoint(&ps->ep, &names[i]))
+                dp->urgent = 1; /* roaming: Python moves the peer */
+            if (re->next) {
+                /* the initiator used the session we answered: send with it at once */
+                ps->send = ks;
+                re->next = 0;
+                dp->urgent = 1;
+            }
+            if (ptlen == 0) {
+                ks->rx_keep++;
+                continue;
+            }
+            int ver = out[0] >> 4;
+            size_t total = 0;
+            const uint8_t *src = NULL;
+            if (ver == 4 && ptlen >= 20) {
+                total = get16(out + 2);
+                if (total >= 20 && total <= ptlen)
+                    src = out + 12;
+            } else if (ver == 6 && ptlen >= 40) {
+                total = 40 + get16(out + 4);
+                if (total <= ptlen)
+                    src = out + 8;
+            }
+            if (src == NULL) {
+                dp->ctr[C_BAD_INNER]++;
+                continue;
+            }
+            if (route_lookup(dp, src, ver == 6) != re->slot) {
+                dp->ctr[C_BAD_SOURCE]++;
+                continue;
+            }
+            dp->pkts[np].p = out;
+            dp->pkts[np].n = total;
+            dp->pkts[np].next = -1;
+            np++;
+            oused += (ptlen + 15) & ~(size_t)15;
+        }
+    }
+    dp_write_tun(dp, np);
+    return got;
+}
+
+static void dp_wake(DataPathObject *dp)
+{
+    uint64_t one = 1;
+    if (write(dp->wake_fd, &one, sizeof(one)) < 0) {
+        /* the counter is full: Python has a wake-up pending anyway */
+    }
+}
+
+static void *dp_main(void *arg)
+{
+    DataPathObject *dp = arg;
+    struct epoll_event evs[4];
+    double last_wake = 0;
+    for (;;) {
+        int timeout = -1;
+        pthread_mutex_lock(&dp->mu);
+        int notes = dp->has_notes;
+        pthread_mutex_unlock(&dp->mu);
+        if (notes) {
+            double wait = DP_NOTE_EVERY - (mono_now() - last_wake);
+            timeout = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
+        }
+        int n = epoll_wait(dp->epfd, evs, 4, timeout);
+        if (n < 0 && errno != EINTR)
+            break;
+        int stop = 0;
+        pthread_mutex_lock(&dp->mu);
+        double t = mono_now();
+        double now = t + dp->offset;
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == dp->stop_fd)
+                stop = 1;
+            else if (fd == dp->tun_fd && !dp->tun_gone)
+                dp_tun_batch(dp, now, DP_READS);
+            else if (fd == dp->udp_fd)
+                for (int round = 0; round < 4 && dp_udp_batch(dp, now) == DP_READS; round++)
+                    ;
+        }
+        int wake = dp->urgent || (dp->has_notes && t - last_wake >= DP_NOTE_EVERY);
+        if (wake) {
+            dp->urgent = 0;
+            dp->has_notes = 0; /* Python takes them all on this wake-up */
+        }
+        pthread_mutex_unlock(&dp->mu);
+        if (wake) {
+            last_wake = t;
+            dp_wake(dp);
+        }
+        if (stop)
+            break;
+    }
+    return NULL;
+}
+
+/* --- the Python side --- */
+
+static void dp_free_tables(PeerSlot *peers, RecvEntry *recv, Route *routes, HostTable *hosts)
+{
+    free(peers);
+    free(recv);
+    free(routes);
+    if (hosts) {
+        free(hosts[0].t);
+        free(hosts[1].t);
+    }
+}
+
+/* moves the host routes of routes[0..*n) into hosts[] (routes keeps the others, in order) */
+static int split_hosts(Route *routes, int *n, HostTable hosts[2])
+{
+    size_t count[2] = {0, 0};
+    for (int i = 0; i < *n; i++)
+        if (routes[i].plen == (routes[i].v6 ? 128 : 32))
+            count[routes[i].v6]++;
+    for (int v = 0; v < 2; v++) {
+        hosts[v].t = NULL;
+        hosts[v].mask = 0;
+        if (!count[v])
+            continue;
+        size_t size = 16;
+        while (size < count[v] * 2)
+            size <<= 1;
+        hosts[v].t = malloc(size * sizeof(HostRoute));
+        if (hosts[v].t == NULL)
+            return -1;
+        hosts[v].mask = size - 1;
+        for (size_t i = 0; i < size; i++)
+            hosts[v].t[i].slot = -1;
+    }
+    int kept = 0;
+    for (int i = 0; i < *n; i++) {
+        Route *r = &routes[i];
+        if (r->plen != (r->v6 ? 128 : 32)) {
+            routes[kept++] = *r;
+            continue;
+        }
+        HostTable *h = &hosts[r->v6];
+        size_t alen = r->v6 ? 16 : 4;
+        size_t j = host_hash(r->addr, alen) & h->mask;
+        while (h->t[j].slot >= 0 && memcmp(h->t[j].addr, r->addr, alen))
+            j = (j + 1) & h->mask;
+        memcpy(h->t[j].addr, r->addr, 16);
+        h->t[j].slot = r->slot;
+    }
+    *n = kept;
+    return 0;
+}
+
+static int dp_init(DataPathObject *dp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"tun_fd", "udp_fd", "vnet", "tso", "gso", NULL};
+    int tun_fd, udp_fd, vnet, tso, gso;
+    if (dp->epfd > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "DataPath already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iippp", kwlist, &tun_fd, &udp_fd, &vnet, &tso,
+                                     &gso))
+        return -1;
+    pthread_mutex_init(&dp->mu, NULL);
+    dp->tun_fd = tun_fd;
+    dp->udp_fd = udp_fd;
+    dp->vnet = vnet;
+    dp->tso = tso;
+    dp->gso = gso;
+    dp->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    dp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    dp->epfd = epoll_create1(EPOLL_CLOEXEC);
+    dp->refs = PyList_New(0);
+    size_t rsize = (size_t)DP_READS * RB_BUF;
+    dp->rbuf = malloc(rsize);
+    dp->obuf = malloc(rsize);
+    dp->sbuf = malloc(DP_SBUF);
+    dp->wbuf = malloc(MAX_SUPER + VNET_HDR_LEN + 64);
+    dp->msgs = calloc(DP_MSGS, sizeof(*dp->msgs));
+    dp->iovs = calloc(DP_MSGS, sizeof(*dp->iovs));
+    dp->ctrl = calloc(DP_MSGS, sizeof(*dp->ctrl));
+    dp->msg_segs = calloc(DP_MSGS, sizeof(int));
+    dp->msg_seg = calloc(DP_MSGS, sizeof(size_t));
+    dp->pkts = calloc(DP_PKTS, sizeof(Pkt));
+    if (dp->stop_fd < 0 || dp->wake_fd < 0 || dp->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    if (!dp->refs)
+        return -1;
+    if (!dp->rbuf || !dp->obuf || !dp->sbuf || !dp->wbuf || !dp->msgs || !dp->iovs ||
+        !dp->ctrl || !dp->msg_segs || !dp->msg_seg || !dp->pkts || scratch_init(&dp->cs, DP_PKTS, malloc)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int fds[3] = {dp->stop_fd, tun_fd, udp_fd};
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] < 0)
+            continue;
+        int fl = fcntl(fds[i], F_GETFL);
+        if (fl >= 0)
+            fcntl(fds[i], F_SETFL, fl | O_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = fds[i]};
+        if (epoll_ctl(dp->epfd, EPOLL_CTL_ADD, fds[i], &ev)) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void dp_stop_thread(DataPathObject *dp)
+{
+    if (!dp->running)
+        return;
+    uint64_t one = 1;
+    if (write(dp->stop_fd, &one, sizeof(one)) < 0) {
+        /* cannot happen with a fresh eventfd; the join below would hang, so do not join */
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(dp->thread, NULL);
+    Py_END_ALLOW_THREADS
+    dp->running = 0;
+}
+
+static void dp_dealloc(DataPathObject *dp)
+{
+    dp_stop_thread(dp);
+    dp_free_tables(dp->peers, dp->recv, dp->routes, dp->hosts);
+    for (UpItem *it = dp->up_head; it != NULL;) {
+        UpItem *nx = it->next;
+        free(it);
+        it = nx;
+    }
+    free(dp->dirty);
+    free(dp->rbuf);
+    free(dp->obuf);
+    free(dp->sbuf);
+    free(dp->wbuf);
+    free(dp->msgs);
+    free(dp->iovs);
+    free(dp->ctrl);
+    free(dp->msg_segs);
+    free(dp->msg_seg);
+    free(dp->pkts);
+    free(dp->cs.groups);
+    free(dp->cs.idx);
+    free(dp->cs.table);
+    if (dp->epfd > 0)
+        close(dp->epfd);
+    if (dp->stop_fd > 0)
+        close(dp->stop_fd);
+    if (dp->wake_fd > 0)
+        close(dp->wake_fd);
+    Py_XDECREF(dp->refs);
+    Py_XDECREF((PyObject *)dp->guard);
+    if (dp->epfd > 0)
+        pthread_mutex_destroy(&dp->mu);
+    Py_TYPE(dp)->tp_free((PyObject *)dp);
+}
+
+static void lock_mu(DataPathObject *dp)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&dp->mu);
+    Py_END_ALLOW_THREADS
+}
+
+/* the notes of the dirty KeyStates into `out` (GIL and mutex held) */
+static int harvest_notes(DataPathObject *dp, PyObject *out)
+{
+    int r = 0;
+    for (int i = 0; i < dp->ndirty; i++) {
+        KeyStateObject *k = dp->dirty[i];
+        k->dirty = 0;
+        if (r)
+            continue;
+        PyObject *src = k->rx_srclen ? PyBytes_FromStringAndSize((char *)&k->rx_src, k->rx_srclen)
+                                     : Py_NewRef(Py_None);
+        PyObject *item = src ? Py_BuildValue("(OKKKKKN)", (PyObject *)k, k->tx_pk, k->tx_bytes,
+                                             k->rx_pk, k->rx_bytes, k->rx_keep, src)
+                             : NULL;
+        if (item == NULL || PyList_Append(out, item))
+            r = -1;
+        Py_XDECREF(item);
+        k->tx_pk = k->tx_bytes = k->rx_pk = k->rx_bytes = k->rx_keep = 0;
+        k->rx_srclen = 0;
+    }
+    dp->ndirty = 0;
+    return r;
+}
+
+static int parse_sockaddr(PyObject *o, PeerSlot *ps)
+{
+    if (o == Py_None) {
+        ps->has_ep = 0;
+        return 0;
+    }
+    char *b;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(o, &b, &n))
+        return -1;
+    if (n < 2 || (size_t)n > sizeof(ps->ep)) {
+        PyErr_SetString(PyExc_ValueError, "bad sockaddr");
+        return -1;
+    }
+    memset(&ps->ep, 0, sizeof(ps->ep));
+    memcpy(&ps->ep, b, (size_t)n);
+    ps->eplen = (socklen_t)n;
+    ps->has_ep = 1;
+    return 0;
+}
+
+static int cmp_recv(const void *a, const void *b)
+{
+    uint32_t x = ((const RecvEntry *)a)->index, y = ((const RecvEntry *)b)->index;
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_route(const void *a, const void *b)
+{
+    return ((const Route *)b)->plen - ((const Route *)a)->plen;
+}
+
+static PyObject *dp_set_tables(DataPathObject *dp, PyObject *args)
+{
+    PyObject *peers_in, *recv_in, *routes_in;
+    if (!PyArg_ParseTuple(args, "OOO", &peers_in, &recv_in, &routes_in))
+        return NULL;
+    PyObject *ps = PySequence_Fast(peers_in, "peers: a sequence");
+    PyObject *rs = ps ? PySequence_Fast(recv_in, "indices: a sequence") : NULL;
+    PyObject *ts = rs ? PySequence_Fast(routes_in, "routes: a sequence") : NULL;
+    PyObject *refs = PyList_New(0);
+    PeerSlot *peers = NULL;
+    RecvEntry *recv = NULL;
+    Route *routes = NULL;
+    HostTable hosts[2] = {{NULL, 0}, {NULL, 0}};
+    Py_ssize_t np = 0, nr = 0, nt = 0;
+    if (!ts || !refs)
+        goto fail;
+    np = PySequence_Fast_GET_SIZE(ps);
+    nr = PySequence_Fast_GET_SIZE(rs);
+    nt = PySequence_Fast_GET_SIZE(ts);
+    peers = calloc((size_t)np + 1, sizeof(PeerSlot));
+    recv = calloc((size_t)nr + 1, sizeof(RecvEntry));
+    routes = calloc((size_t)nt + 1, sizeof(Route));
+    if (!peers || !recv || !routes) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < np; i++) {
+        PyObject *ep, *ks;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ps, i), "OO", &ep, &ks))
+            goto fail;
+        if (parse_sockaddr(ep, &peers[i]))
+            goto fail;
+        if (ks != Py_None) {
+            if (!PyObject_TypeCheck(ks, &KeyStateType)) {
+                PyErr_SetString(PyExc_TypeError, "a peer's keys: a KeyState or None");
+                goto fail;
+            }
+            if (PyList_Append(refs, ks))
+                goto fail;
+            peers[i].send = (KeyStateObject *)ks;
+        }
+    }
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PyObject *ks;
+        unsigned long index;
+        int slot, next;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(rs, i), "kO!ip", &index, &KeyStateType,
+                              &ks, &slot, &next))
+            goto fail;
+        if (slot < 0 || slot >= np) {
+            PyErr_SetString(PyExc_ValueError, "receive entry: no such peer slot");
+            goto fail;
+        }
+        if (PyList_Append(refs, ks))
+            goto fail;
+        recv[i].index = (uint32_t)index;
+        recv[i].ks = (KeyStateObject *)ks;
+        recv[i].slot = slot;
+        recv[i].next = next;
+    }
+    for (Py_ssize_t i = 0; i < nt; i++) {
+        Py_buffer a;
+        int plen, slot;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ts, i), "y*ii", &a, &plen, &slot))
+            goto fail;
+        int ok = (a.len == 4 || a.len == 16) && plen >= 0 && plen <= a.len * 8 && slot >= 0 &&
+                 slot < np;
+        if (ok) {
+            memcpy(routes[i].addr, a.buf, (size_t)a.len);
+            routes[i].v6 = a.len == 16;
+            routes[i].plen = plen;
+            routes[i].slot = slot;
+        }
+        PyBuffer_Release(&a);
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "route: (4- or 16-byte address, prefix, slot)");
+            goto fail;
+        }
+    }
+    qsort(recv, (size_t)nr, sizeof(RecvEntry), cmp_recv);
+    qsort(routes, (size_t)nt, sizeof(Route), cmp_route);
+    int nrt = (int)nt;
+    if (split_hosts(routes, &nrt, hosts)) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    PyObject *notes = PyList_New(0);
+    if (notes == NULL)
+        goto fail;
+    lock_mu(dp);
+    int hr = harvest_notes(dp, notes);
+    PeerSlot *op = dp->peers;
+    RecvEntry *orc = dp->recv;
+    Route *ort = dp->routes;
+    HostTable oh[2] = {dp->hosts[0], dp->hosts[1]};
+    PyObject *orefs = dp->refs;
+    dp->peers = peers;
+    dp->npeers = (int)np;
+    dp->recv = recv;
+    dp->nrecv = (int)nr;
+    dp->routes = routes;
+    dp->nroutes = nrt;
+    dp->hosts[0] = hosts[0];
+    dp->hosts[1] = hosts[1];
+    dp->refs = refs;
+    pthread_mutex_unlock(&dp->mu);
+    dp_free_tables(op, orc, ort, oh);
+    Py_XDECREF(orefs);
+    Py_DECREF(ps);
+    Py_DECREF(rs);
+    Py_DECREF(ts);
+    if (hr) {
+        Py_DECREF(notes);
+        return NULL;
+    }
+    return notes;
+fail:
+    dp_free_tables(peers, recv, routes, hosts);
+    Py_XDECREF(refs);
+    Py_XDECREF(ps);
+    Py_XDECREF(rs);
+    Py_XDECREF(ts);
+    return NULL;
+}
+
+static PyObject *dp_set_clock(DataPathObject *dp, PyObject *args)
+{
+    double v;
+    if (!PyArg_ParseTuple(args, "d", &v))
+        return NULL;
+    lock_mu(dp);
+    dp->offset = v;
+    pthread_mutex_unlock(&dp->mu);
+    Py_RETURN_NONE;
+}
+
+/* the engine counters (not the drops, which drain hands to the Device), taken and reset */
+static PyObject *dp_take_stats(DataPathObject *dp, PyObject *unused)
+{
+    uint64_t c[NCTR];
+    lock_mu(dp);
+    for (int i = C_UDP_RX; i < NCTR; i++) {
+        c[i] = dp->ctr[i];
+        dp->ctr[i] = 0;
+    }
+    pthread_mutex_unlock(&dp->mu);
+    PyObject *d = PyDict_New();
+    for (int i = C_UDP_RX; d != NULL && i < NCTR; i++) {
+        if (!c[i])
+            continue;
+        PyObject *n = PyLong_FromUnsignedLongLong(c[i]);
+        if (n == NULL || PyDict_SetItemString(d, ctr_names[i], n))
+            Py_CLEAR(d);
+        Py_XDECREF(n);
+    }
+    return d;
+}
+
+static PyObject *dp_set_guard(DataPathObject *dp, PyObject *g)
+{
+    if (g != Py_None && !PyObject_TypeCheck(g, &GuardType)) {
+        PyErr_SetString(PyExc_TypeError, "guard must be a HandshakeGuard or None");
+        return NULL;
+    }
+    lock_mu(dp);
+    GuardObject *old = dp->guard;
+    dp->guard = g == Py_None ? NULL : (GuardObject *)Py_NewRef(g);
+    pthread_mutex_unlock(&dp->mu);
+    Py_XDECREF((PyObject *)old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *dp_start(DataPathObject *dp, PyObject *unused)
+{
+    if (dp->running)
+        Py_RETURN_NONE;
+    uint64_t v;
+    if (read(dp->stop_fd, &v, sizeof(v)) < 0) {
+        /* no stop pending (the usual case): nothing to clear */
+    }
+    int e = pthread_create(&dp->thread, NULL, dp_main, dp);
+    if (e) {
+        errno = e;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    dp->running = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *dp_stop(DataPathObject *dp, PyObject *unused)
+{
+    dp_stop_thread(dp);
+    Py_RETURN_NONE;
+}
+
+static PyObject *dp_drain(DataPathObject *dp, PyObject *unused)
+{
+    uint64_t v;
+    if (read(dp->wake_fd, &v, sizeof(v)) < 0) {
+        /* nothing pending: a drain without a wake-up */
+    }
+    PyObject *tun = PyList_New(0), *grams = PyList_New(0), *counts = PyDict_New();
+    if (!tun || !grams || !counts) {
+        Py_XDECREF(tun);
+        Py_XDECREF(grams);
+        Py_XDECREF(counts);
+        return NULL;
+    }
+    lock_mu(dp);
+    UpItem *head = dp->up_head;
+    dp->up_head = dp->up_tail = NULL;
+    dp->up_len = 0;
+    PyObject *notes = PyList_New(0);
+    int r = notes ? harvest_notes(dp, notes) : -1;
+    uint64_t c[NCTR];
+    memcpy(c, dp->ctr, sizeof(c));
+    memset(dp->ctr, 0, sizeof(dp->ctr));
+    int gone = dp->tun_gone;
+    dp->tun_gone = 0;
+    pthread_mutex_unlock(&dp->mu);
+    for (UpItem *it = head; it != NULL;) {
+        UpItem *nx = it->next;
+        if (!r) {
+            PyObject *o;
+            if (it->kind == 0)
+                o = PyBytes_FromStringAndSize((char *)it->data, (Py_ssize_t)it->n);
+            else
+                o = Py_BuildValue("(y#y#i)", (char *)it->data, (Py_ssize_t)it->n,
+                                  (char *)&it->addr, (Py_ssize_t)it->alen, it->admitted);
+            if (o == NULL || PyList_Append(it->kind == 0 ? tun : grams, o))
+                r = -1;
+            Py_XDECREF(o);
+        }
+        free(it);
+        it = nx;
+    }
+    for (int i = 0; i < NCTR && !r; i++) {
+        if (!c[i])
+            continue;
+        PyObject *n = PyLong_FromUnsignedLongLong(c[i]);
+        if (n == NULL || PyDict_SetItemString(counts, ctr_names[i], n))
+            r = -1;
+        Py_XDECREF(n);
+    }
+    if (r) {
+        Py_XDECREF(notes);
+        Py_DECREF(tun);
+        Py_DECREF(grams);
+        Py_DECREF(counts);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNNi)", tun, grams, notes, counts, gone);
+}
+
+static PyObject *dp_wake_fd(DataPathObject *dp, void *c) { return PyLong_FromLong(dp->wake_fd); }
+static PyObject *dp_running(DataPathObject *dp, void *c) { return PyBool_FromLong(dp->running); }
+static PyObject *dp_gso(DataPathObject *dp, void *c) { return PyBool_FromLong(dp->gso); }
+
+static PyMethodDef dp_methods[] = {
+    {"set_tables", (PyCFunction)dp_set_tables, METH_VARARGS,
+     "set_tables(peers, indices, routes) -> the notes of the tables replaced: peers "
+     "[(sockaddr or None, KeyState or None)] by slot; indices [(index, KeyState, slot, next)]; "
+     "routes [(address, prefix, slot)]"},
+    {"set_clock", (PyCFunction)dp_set_clock, METH_VARARGS,
+     "set_clock(offset): the engine's clock is CLOCK_MONOTONIC + offset"},
+    {"take_stats", (PyCFunction)dp_take_stats, METH_NOARGS,
+     "take_stats() -> {name: n}: the engine counters since the last call (drops excepted)"},
+    {"set_guard", (PyCFunction)dp_set_guard, METH_O, "set_guard(guard or None)"},
+    {"start", (PyCFunction)dp_start, METH_NOARGS, "start the data-path thread"},
+    {"stop", (PyCFunction)dp_stop, METH_NOARGS, "stop the data-path thread and join it"},
+    {"drain", (PyCFunction)dp_drain, METH_NOARGS,
+     "drain() -> (TUN reads, datagrams [(data, sockaddr, admitted)], notes [(KeyState, "
+     "sent packets, sent bytes, received packets, received bytes, keepalives, source)], "
+     "counters {name: n}, TUN gone errno)"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef dp_getset[] = {
+    {"wake_fd", (getter)dp_wake_fd, NULL, "readable when drain has something", NULL},
+    {"running", (getter)dp_running, NULL, "the thread runs", NULL},
+    {"gso", (getter)dp_gso, NULL, "UDP GSO in use (off for good once the kernel refused)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject DataPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshguard.dataplane._fastpath.DataPath",
+    .tp_basicsize = sizeof(DataPathObject),
+    .tp_dealloc = (destructor)dp_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "the per-packet path (TUN <-> UDP) in a thread without the GIL",
+    .tp_methods = dp_methods,
+    .tp_getset = dp_getset,
+    .tp_init = (initproc)dp_init,
+    .tp_new = PyType_GenericNew,
+};
+
 /* ------------------------------------------------------------------ module ---- */
 
 static PyMethodDef methods[] = {
@@ -1929,7 +3587,8 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath",
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&CipherType) < 0 || PyType_Ready(&GuardType) < 0)
+    if (PyType_Ready(&CipherType) < 0 || PyType_Ready(&GuardType) < 0 ||
+        PyType_Ready(&KeyStateType) < 0 || PyType_Ready(&DataPathType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL)
@@ -1943,6 +3602,18 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     Py_INCREF(&GuardType);
     if (PyModule_AddObject(m, "HandshakeGuard", (PyObject *)&GuardType) < 0) {
         Py_DECREF(&GuardType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&KeyStateType);
+    if (PyModule_AddObject(m, "KeyState", (PyObject *)&KeyStateType) < 0) {
+        Py_DECREF(&KeyStateType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&DataPathType);
+    if (PyModule_AddObject(m, "DataPath", (PyObject *)&DataPathType) < 0) {
+        Py_DECREF(&DataPathType);
         Py_DECREF(m);
         return NULL;
     }

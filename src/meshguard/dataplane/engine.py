@@ -8,6 +8,14 @@
     engine.kick()               # after a configuration change (timers may have moved)
     engine.close()
 
+With the C module built, `start` hands the per-packet path to the data-path thread
+(dataplane/datapath_thread.py, docs/performance.md#data-path-thread): reading, sealing,
+opening, segmenting, coalescing and writing run in C without the GIL, under tables copied from
+the fast-path port whenever its `generation` moves; what the thread cannot handle comes back to
+this engine's Python paths below (the slow path, the TUN path for packets without a session),
+and its notes to the fast-path port's note_* calls. MESHGUARD_DATAPATH_THREAD=0, the pure
+Python fast path, or a clock that is not the system's keep the asyncio path described next.
+
 On every readiness wake-up the engine drains up to `batch` reads (until EAGAIN) and processes
 them at once; it never waits for a batch to fill, so a lone ping costs one read and one send.
 Latency for sparse traffic: an fd woken more than QUIET_GAP after its previous wake-up reads
@@ -78,8 +86,9 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 
 from meshguard.clock import Clock, SystemClock
-from meshguard.dataplane import fastpath
+from meshguard.dataplane import datapath_thread, fastpath
 from meshguard.dataplane.cipher_cache import CipherCache
+from meshguard.dataplane.datapath_thread import DataPathThread
 from meshguard.dataplane.offload import split_tun_read
 from meshguard.dataplane.ports import Datagram, FastPathPort, SendRouter, SlowPathPort
 from meshguard.dataplane.receive import ReceiveBatch
@@ -150,8 +159,8 @@ class Engine:
         self.tun_fd = tun_fd
         self.clock: Clock = clock or SystemClock()
         self.batch = batch
-        self.stats = EngineStats()
-        self.udp = UdpSender(self.stats)
+        self.own_stats = EngineStats()
+        self.udp = UdpSender(self.own_stats)
         self.port = 0
         self.fwmark = 0
         self.offload = offload_default() if offload is None else offload
@@ -179,6 +188,15 @@ class Engine:
         # came, instead of probing with one more read that fails (EAGAIN); busy fds drain
         self._tun_last = 0.0
         self._udp_last = 0.0
+        # the per-packet path in a C thread without the GIL, unless
+        # MESHGUARD_DATAPATH_THREAD=0 (then the loop's path below); see
+        # docs/performance.md#data-path-thread
+        # It reads the system clock itself, so an engine on another clock (a test's manual
+        # one, which only the loop's path follows call by call) keeps the loop's path.
+        self.use_thread = (datapath_thread.available() and self.c_recv
+                           and isinstance(self.clock, SystemClock)
+                           and os.environ.get("MESHGUARD_DATAPATH_THREAD", "1") != "0")
+        self._dp: DataPathThread | None = None
 
     def connect(self, fast: FastPathPort, slow: SlowPathPort,
                 router: SendRouter | None = None) -> None:
@@ -189,6 +207,13 @@ class Engine:
         self.fast, self.slow, self.router = fast, slow, router
 
     # --- sockets ---------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's counters, the data-path thread's included."""
+        if self._dp is not None:
+            self._dp.merge_stats(self.own_stats)
+        return self.own_stats
 
     @property
     def sock(self) -> socket.socket | None:
@@ -223,7 +248,10 @@ class Engine:
             except OSError:
                 pass
         self.udp.attach(new, gso)
-        if self._loop is not None:
+        if self._dp is not None:
+            self._stop_thread()
+            self._start_thread()
+        elif self._loop is not None:
             self._loop.add_reader(new.fileno(), self._udp_readable)
         if old is not None:
             old.close()
@@ -260,11 +288,34 @@ class Engine:
         assert self.sock is not None
         self._setup_tun()
         self.install_guard()
-        self._loop.add_reader(self.sock.fileno(), self._udp_readable)
-        self._loop.add_reader(self.tun_fd, self._tun_readable)
+        if self.use_thread and self.tun_fd >= 0:
+            self._start_thread()
+        else:
+            self._loop.add_reader(self.sock.fileno(), self._udp_readable)
+            self._loop.add_reader(self.tun_fd, self._tun_readable)
         self.kick()
 
+    def _start_thread(self) -> None:
+        assert self._loop is not None
+        dp = DataPathThread(self)
+        guard = self.fast.guard
+        dp.set_guard(guard if _CGuard is not None and isinstance(guard, _CGuard) else None)
+        dp.start(self._loop)
+        self._dp = dp
+
+    def _stop_thread(self) -> None:
+        dp, self._dp = self._dp, None
+        if dp is not None:
+            dp.close()
+
+    def sync(self) -> None:
+        """Push the fast-path port's tables to the data-path thread if they changed (the
+        engine does it after every slow-path call and timer run)."""
+        if self._dp is not None:
+            self._dp.sync()
+
     def close(self) -> None:
+        self._stop_thread()
         if self._loop is not None:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self.tun_fd)
@@ -295,7 +346,8 @@ class Engine:
                 p["cookie_burst"], p["reply_rate"], p["reply_burst"], int(p["max_sources"])))
 
     def describe_offloads(self) -> str:
-        parts = [f"fastpath={fastpath.IMPLEMENTATION}"]
+        parts = [f"fastpath={fastpath.IMPLEMENTATION}",
+                 f"datapath={'thread' if self._dp is not None else 'loop'}"]
         parts.append(f"tun={'vnet' if self.vnet else 'plain'}/{self.tun_offloads:#x}")
         parts.append(f"gso={'on' if self.gso else 'off'} gro={'on' if self.gro else 'off'}")
         guarded = _CGuard is not None and type(self.fast.guard) is _CGuard
@@ -329,12 +381,15 @@ class Engine:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.stats.timer_runs += 1
+        self.own_stats.timer_runs += 1
         c = self.clock
+        if self._dp is not None:
+            self._dp.set_clock()
         try:
             actions = self.slow.tick(c.monotonic(), c.wall())
             if actions:
                 self.execute(actions)
+            self.sync()
         except Exception:
             self._internal_error("timer")
         finally:
@@ -626,7 +681,11 @@ class Engine:
         rx.finish()
 
     def execute(self, actions: Iterable[object]) -> None:
-        """Carry out port actions: datagrams and TUN writes batched, the rest to the owner."""
+        """Carry out port actions: datagrams and TUN writes batched, the rest to the owner.
+        The data-path thread's tables follow first: a handshake response leaves only once
+        the thread knows the keys the answer to it will use."""
+        if self._dp is not None:
+            self._dp.sync()
         out: list[Datagram] = []
         tun: list[bytes] = []
         other: list[object] = []

@@ -36,6 +36,10 @@ included) that runs the guard on each handshake message: refused ones are counte
 (data, seg, raw sockaddr, admitted) items; `admitted` marks a handshake message the guard
 passed (the engine hands it on with a ticket, so the Device does not check it twice).
 
+Also C only, used by the engine's data-path thread (dataplane/datapath_thread.py): `KeyState`,
+a keypair's atomic send counter, locked replay window and the thread's ciphers, and `DataPath`,
+the thread itself.
+
 The C module is used when importable unless MESHGUARD_PURE_PYTHON=1; `IMPLEMENTATION` says
 which one is active ("c" or "python"); `python_impl()` and `c_impl()` return either module-like
 namespace for tests.

@@ -4,7 +4,8 @@
 
 - `FastPathPort`: transport data in batches (route and keypair once per peer and batch, the
   receive policy of wireguard/transport.py per packet, bookkeeping once per batch) and the
-  handshake guard the engine runs in C as datagrams are read. `wireguard.device.Device`
+  handshake guard the engine runs in C as datagrams are read, and the tables (with their
+  generation) the engine's data-path thread moves transport data by. `wireguard.device.Device`
   implements it; so does the mesh (mesh/engine_ports.py), which sends a relayed peer's
   packets through the slow path.
 - `SlowPathPort`: everything else, one datagram or packet at a time (handshakes, cookies,
@@ -27,7 +28,7 @@ from meshguard.sansio import Endpoint
 from meshguard.wireguard.actions import Action
 from meshguard.wireguard.cookie import Guard
 from meshguard.wireguard.keypair import Keypair
-from meshguard.wireguard.peer import Peer, SendBatch
+from meshguard.wireguard.peer import DataPathTables, Peer, SendBatch
 
 __all__ = ["Datagram", "FastPathPort", "SendRouter", "SlowPathPort"]
 
@@ -63,6 +64,13 @@ class FastPathPort(Protocol):
 
     @property
     def receiver_indices(self) -> Mapping[int, object]: ...
+
+    @property
+    def generation(self) -> int:
+        """Moves on whenever datapath_tables would answer differently."""
+        ...
+
+    def datapath_tables(self) -> DataPathTables: ...
 
 
 @runtime_checkable

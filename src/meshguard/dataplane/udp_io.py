@@ -78,6 +78,7 @@ class EngineStats:
     tun_gso_writes: int = 0  # coalesced super-packets written
     udp_gso_sends: int = 0  # sendmsg calls carrying more than one datagram
     udp_gro_reads: int = 0  # receives that carried more than one datagram
+    datapath_queue_full: int = 0  # items the data-path thread could not queue for Python
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -97,6 +98,18 @@ def sockaddr_of(family: int, ep: Endpoint) -> SockAddr:
     if ":" in host:
         raise OSError(errno.EAFNOSUPPORT, "IPv6 endpoint on an IPv4-only socket")
     return (host, port)
+
+
+def raw_sockaddr(family: int, ep: Endpoint) -> bytes:
+    """The struct sockaddr_in / sockaddr_in6 bytes of an endpoint on a socket of `family`
+    (what the C data path sends to); OSError for an unusable one."""
+    addr = sockaddr_of(family, ep)
+    fam = family.to_bytes(2, _NATIVE)
+    host, port = addr[0], addr[1]
+    if len(addr) == 4:
+        return (fam + port.to_bytes(2, "big") + bytes(4)
+                + socket.inet_pton(socket.AF_INET6, host) + addr[3].to_bytes(4, _NATIVE))
+    return fam + port.to_bytes(2, "big") + socket.inet_aton(host) + bytes(8)
 
 
 def endpoint_of_sockaddr(raw: bytes) -> Endpoint:

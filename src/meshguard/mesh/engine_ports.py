@@ -4,7 +4,8 @@ A userspace mesh node runs one Engine whose
 
 - fast-path port is `MeshFastPath`: the node's WireGuard Device, except that a relayed
   peer (its endpoint a nat.relay placeholder) gets no send batch, so its packets take the
-  slow path, where the node wraps them for the relay;
+  slow path, where the node wraps them for the relay (and the engine's data-path thread
+  gets no endpoint for it);
 - slow-path port is `MeshSlowPath`: the MeshNode, whose demultiplexer classifies each
   datagram once (WireGuard to the Device, gossip to SWIM, STUN, NAT and org messages) and
   whose timers cover SWIM, STUN and the NAT helpers as well as the Device. On a WireGuard-only
@@ -27,7 +28,7 @@ from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wireguard.cookie import Guard
 from meshguard.wireguard.device import Device
 from meshguard.wireguard.keypair import Keypair
-from meshguard.wireguard.peer import Peer, SendBatch
+from meshguard.wireguard.peer import DataPathTables, Peer, SendBatch
 
 __all__ = ["MeshFastPath", "MeshSlowPath", "SplitPortRouter"]
 
@@ -63,6 +64,17 @@ class MeshFastPath:
     @property
     def receiver_indices(self) -> dict[int, Peer | Keypair]:
         return self._device.receiver_indices
+
+    @property
+    def generation(self) -> int:
+        return self._device.generation
+
+    def datapath_tables(self) -> DataPathTables:
+        # a relayed peer has no endpoint for the data path: its packets take the slow path
+        t = self._device.datapath_tables()
+        t.peers = [(p, None if ep is not None and ep[0] == RELAY_HOST else ep, kp)
+                   for p, ep, kp in t.peers]
+        return t
 
 
 class MeshSlowPath:

@@ -23,6 +23,7 @@ class DeviceBackend:
             # a roamed endpoint (learned from authenticated traffic) is newer than the record
             # only while the record is unchanged; a record change is an explicit move
             p.endpoint = peer.endpoint
+            self.device.changed()
         was = p.persistent_keepalive
         p.persistent_keepalive = peer.keepalive
         if peer.keepalive > 0 and was == 0:

@@ -186,6 +186,14 @@ class AllowedIPs(Generic[V]):
                 out.append(ipaddress.IPv6Network((key, bits)))
         return out
 
+    def entries(self) -> list[tuple[bytes, int, V]]:
+        """(raw network address, prefix length, value) of every network, IPv4 first."""
+        out: list[tuple[bytes, int, V]] = []
+        for trie, size in ((self._v4, 4), (self._v6, 16)):
+            for key, bits, v in trie.items():
+                out.append((key.to_bytes(size, "big"), bits, v))
+        return out
+
     def items(self) -> list[tuple[IPNetwork, V]]:
         out: list[tuple[IPNetwork, V]] = []
         for key, bits, v in self._v4.items():

@@ -94,7 +94,7 @@ from meshguard.wireguard.counters import Counters
 from meshguard.wireguard.handshake import Handshakes
 from meshguard.wireguard.index import IndexTable
 from meshguard.wireguard.keypair import Keypair, ReceiveKeypair
-from meshguard.wireguard.peer import NO_PSK, HandshakeState, Peer, SendBatch
+from meshguard.wireguard.peer import NO_PSK, DataPathTables, HandshakeState, Peer, SendBatch
 from meshguard.wireguard.timers import DeadlineBound, Timer
 from meshguard.wireguard.transport import (
     DROP_REASONS,
@@ -172,6 +172,7 @@ class Device(Handshakes):
         self._wall_offset: float | None = None
         self._ticked = float("-inf")  # `now` of the last tick
         self._bound = DeadlineBound()
+        self.generation = 0  # see changed()
         self.set_private_key(private_key)
 
     # -- configuration ----------------------------------------------------------------------
@@ -188,6 +189,7 @@ class Device(Handshakes):
         if key is not None and self._private_key is not None and key == self._private_key:
             return
         self._private_key = key
+        self.changed()
         self._set_guard_keys()
         if key is not None:
             own = self._peers.get(key.public_key.raw)
@@ -243,6 +245,27 @@ class Device(Handshakes):
         peer.static_static = ss
         self._static_static_map[raw] = ss
 
+    def changed(self) -> None:
+        """Say that peers, endpoints, keypairs or allowed IPs changed: `generation` moves on,
+        and a data path holding a copy of the tables (datapath_tables) takes them again.
+        The Device calls it itself; whoever sets a peer's endpoint directly calls it too."""
+        self.generation += 1
+
+    def datapath_tables(self) -> DataPathTables:
+        """What a data path outside the interpreter needs to move transport data on its own:
+        per peer its endpoint and current send keypair, the live receive keypairs (with
+        whether each is the peer's `next`), and the allowed-IPs routes. A snapshot: take it
+        again when `generation` moved."""
+        peers: list[tuple[Peer, Endpoint | None, Keypair | None]] = []
+        receive: list[tuple[Keypair, bool]] = []
+        for peer in self._peers.values():
+            kps = peer.keypairs
+            peers.append((peer, peer.endpoint, kps.current))
+            for kp in (kps.previous, kps.current, kps.next):
+                if kp is not None and self._indices.get(kp.local_index) is kp:
+                    receive.append((kp, kp is kps.next))
+        return DataPathTables(peers, receive, self._allowed.entries())
+
     def peer(self, pub: X25519PublicKey) -> Peer | None:
         return self._peers.get(pub.raw)
 
@@ -262,6 +285,7 @@ class Device(Handshakes):
         peer.timers.bound = self._bound
         self._peers[pub.raw] = peer
         self._precompute(peer)
+        self.changed()
         return peer
 
     def note_knock(self, now: float, key: bytes) -> None:
@@ -297,6 +321,7 @@ class Device(Handshakes):
         peer.routes = None
         self._dst_cache.clear()
         self._static_static_map.pop(pub.raw, None)
+        self.changed()
 
     def remove_all_peers(self) -> None:
         for peer in list(self._peers.values()):
@@ -319,6 +344,7 @@ class Device(Handshakes):
         for net in parsed:
             self._allowed.insert(net, peer)
         self._dst_cache.clear()
+        self.changed()
 
     def allowed_ips(self, peer: Peer) -> list[IPNetwork]:
         return self._allowed.networks_of(peer)
@@ -412,6 +438,7 @@ class Device(Handshakes):
         c.keepalives_received += n_keepalive
         if src is not None and src != peer.endpoint:
             peer.endpoint = src
+            self.changed()
         actions: list[Action] = []
         keypair.confirmed = True
         kps = peer.keypairs
@@ -422,6 +449,7 @@ class Device(Handshakes):
             kps.previous = kps.current
             kps.current = keypair
             kps.next = None
+            self.changed()
             self._handshake_complete(peer, keypair)
             actions.append(HandshakeCompleted(peer.public_key))
             actions += self._send_staged(now, peer)
@@ -666,6 +694,7 @@ class Device(Handshakes):
             return []
         if endpoint is not None:
             peer.endpoint = endpoint
+            self.changed()
         if not initiate:
             return []
         peer.last_initiation_sent = float("-inf")

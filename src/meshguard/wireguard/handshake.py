@@ -57,6 +57,8 @@ class Handshakes:
     _peers: dict[bytes, Peer]
     _indices: IndexTable[Peer | Keypair]
     _static_static_map: dict[bytes, bytes]
+    # bumped on every change a data path's copy of the tables must follow (Device.changed)
+    generation: int = 0
 
     def _send_staged(self, now: float, peer: Peer) -> list[Action]:
         raise NotImplementedError  # the Device's send path
@@ -162,9 +164,11 @@ class Handshakes:
             rekey_after_time=self.rekey_after_time,
         )
         self._indices.replace(local_index, kp)
+        self.generation += 1
         return kp
 
     def _drop_keypair(self, kp: Keypair) -> None:
+        self.generation += 1
         if self._indices.get(kp.local_index) is kp:
             self._indices.remove(kp.local_index)
 
@@ -174,6 +178,7 @@ class Handshakes:
         self.counters.handshakes_completed += 1
 
     def _clear_session_state(self, peer: Peer) -> None:
+        self.generation += 1
         self._forget_handshake(peer)
         for kp in peer.keypairs.all():
             self._drop_keypair(kp)

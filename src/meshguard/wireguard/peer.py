@@ -16,7 +16,7 @@ from meshguard.wireguard.cookie import CookieGenerator
 from meshguard.wireguard.keypair import Keypair, Keypairs
 from meshguard.wireguard.timers import PeerTimers
 
-__all__ = ["NO_PSK", "HandshakeState", "Peer", "SendBatch"]
+__all__ = ["NO_PSK", "DataPathTables", "HandshakeState", "Peer", "SendBatch"]
 
 NO_PSK = bytes(32)
 
@@ -67,6 +67,18 @@ class Peer:
     @property
     def current_keypair(self) -> Keypair | None:
         return self.keypairs.current
+
+
+@dataclass(slots=True)
+class DataPathTables:
+    """A snapshot of what a data path outside the interpreter moves transport data by
+    (Device.datapath_tables): (peer, endpoint, current send keypair) per peer, (keypair, is the
+    peer's next) per live receiver index, (raw network address, prefix, peer) per allowed IP.
+    An endpoint of None: the peer's packets take the slow path."""
+
+    peers: list[tuple[Peer, Endpoint | None, Keypair | None]]
+    receive: list[tuple[Keypair, bool]]
+    routes: list[tuple[bytes, int, Peer]]
 
 
 @dataclass(slots=True)
