@@ -197,6 +197,7 @@ class Engine:
                            and isinstance(self.clock, SystemClock)
                            and os.environ.get("MESHGUARD_DATAPATH_THREAD", "1") != "0")
         self._dp: DataPathThread | None = None
+        self._sync_pending = False  # a _deferred_sync is scheduled (_sync_soon)
 
     def connect(self, fast: FastPathPort, slow: SlowPathPort,
                 router: SendRouter | None = None) -> None:
@@ -302,10 +303,27 @@ class Engine:
         dp.set_guard(guard if _CGuard is not None and isinstance(guard, _CGuard) else None)
         dp.start(self._loop)
         self._dp = dp
+        # a change no slow-path action or timer follows (a trust reload removing a peer)
+        # reaches the thread on the loop's next iteration, not at the next timer run
+        self.fast.watch_changes(self._sync_soon)
+
+    def _sync_soon(self) -> None:
+        if self._sync_pending or self._loop is None:
+            return
+        self._sync_pending = True
+        self._loop.call_soon(self._deferred_sync)
+
+    def _deferred_sync(self) -> None:
+        self._sync_pending = False
+        try:
+            self.sync()
+        except Exception:
+            self._internal_error("datapath")
 
     def _stop_thread(self) -> None:
         dp, self._dp = self._dp, None
         if dp is not None:
+            self.fast.watch_changes(None)
             dp.close()
 
     def sync(self) -> None:

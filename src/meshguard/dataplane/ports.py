@@ -21,7 +21,7 @@ and hands every other action, in order, to its owner (`on_actions`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from meshguard.sansio import Endpoint
@@ -71,6 +71,10 @@ class FastPathPort(Protocol):
         ...
 
     def datapath_tables(self) -> DataPathTables: ...
+
+    def watch_changes(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` whenever `generation` moves (None: stop)."""
+        ...
 
 
 @runtime_checkable

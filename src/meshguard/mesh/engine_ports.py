@@ -69,6 +69,9 @@ class MeshFastPath:
     def generation(self) -> int:
         return self._device.generation
 
+    def watch_changes(self, callback: Callable[[], None] | None) -> None:
+        self._device.watch_changes(callback)
+
     def datapath_tables(self) -> DataPathTables:
         # a relayed peer has no endpoint for the data path: its packets take the slow path
         t = self._device.datapath_tables()

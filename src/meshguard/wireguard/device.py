@@ -57,7 +57,7 @@ watch re-keying).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
 from meshguard.errors import CryptoError, MeshguardError, WireFormatError
@@ -173,6 +173,7 @@ class Device(Handshakes):
         self._ticked = float("-inf")  # `now` of the last tick
         self._bound = DeadlineBound()
         self.generation = 0  # see changed()
+        self._on_change: Callable[[], None] | None = None
         self.set_private_key(private_key)
 
     # -- configuration ----------------------------------------------------------------------
@@ -250,6 +251,13 @@ class Device(Handshakes):
         and a data path holding a copy of the tables (datapath_tables) takes them again.
         The Device calls it itself; whoever sets a peer's endpoint directly calls it too."""
         self.generation += 1
+        if self._on_change is not None:
+            self._on_change()
+
+    def watch_changes(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` (with no arguments, at once) whenever `generation` moves: a data
+        path that copied the tables schedules taking them again (None: stop)."""
+        self._on_change = callback
 
     def datapath_tables(self) -> DataPathTables:
         """What a data path outside the interpreter needs to move transport data on its own:
