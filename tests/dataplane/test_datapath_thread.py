@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -360,3 +361,39 @@ def test_routes_take_the_longest_prefix_host_routes_included(rig: Rig) -> None:
         assert not select.select([rig.remote, other], [], [], 0.05)[0]  # nothing more
     finally:
         other.close()
+
+
+# --- hostile input -------------------------------------------------------------------------
+
+
+def _wait_stat(rig: Rig, name: str) -> int:
+    end = time.monotonic() + DEADLINE
+    got = 0
+    while not got:
+        assert time.monotonic() < end, name
+        time.sleep(0.01)
+        got = rig.dp.take_stats().get(name, 0)
+    return got
+
+
+def test_a_tso_read_that_would_seal_past_the_send_buffer_is_dropped() -> None:
+    """A virtio-net TSO read whose segments, sealed, need more than the thread's send buffer
+    (gso_size 1 behind a 30000-byte header: csum_start says where TCP starts) is a bad read,
+    not a write past the buffer; the thread goes on sealing what follows."""
+    rig = Rig(keystate(), vnet=True, tso=True)
+    try:
+        l4, n = 30000, 65535
+        pkt = bytearray(n)
+        pkt[0:20] = bytes(ipv4_udp(A_IN, B_IN, b"")[:20])
+        pkt[2:4] = n.to_bytes(2, "big")
+        pkt[9] = 6
+        pkt[l4 + 12] = 0x50  # TCP header: 20 bytes
+        pkt[l4 + 13] = 0x10
+        hdr = struct.pack("<BBHHHH", 1, 1, l4 + 20, 1, l4, 16)  # NEEDS_CSUM, TCPV4, gso_size 1
+        rig.tun_peer.send(hdr + bytes(pkt))
+        assert _wait_stat(rig, "tun_bad_reads") == 1
+        ok = ipv4_udp(A_IN, B_IN, b"after")
+        rig.tun_peer.send(bytes(VNET_HDR_LEN) + ok)
+        assert rig.wire(1) == seal_batch(ChaCha20Poly1305(SEND_KEY), REMOTE, 0, [ok])
+    finally:
+        rig.close()

@@ -2670,6 +2670,12 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
         size_t seg = plan_msg_len(seg_inner_len(&pl, 0)), total = 0;
         for (size_t i = 0; i < pl.count; i++)
             total += plan_msg_len(seg_inner_len(&pl, i));
+        if (total > DP_SBUF) {
+            /* more sealed bytes than the send buffer holds (a tiny gso_size behind a long
+             * header): no real TSO read is this, drop it */
+            dp->ctr[C_TUN_BAD_READS]++;
+            continue;
+        }
         if (used + total > DP_SBUF) {
             dp_send_all(dp, nmsg);
             nmsg = 0;
