@@ -8,10 +8,14 @@ counters and packets. Loopback only, no root: a SOCK_SEQPACKET pair stands in fo
 
 from __future__ import annotations
 
+import os
+import pathlib
 import random
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -397,3 +401,39 @@ def test_a_tso_read_that_would_seal_past_the_send_buffer_is_dropped() -> None:
         assert rig.wire(1) == seal_batch(ChaCha20Poly1305(SEND_KEY), REMOTE, 0, [ok])
     finally:
         rig.close()
+
+
+_GUARD_GC = """
+import socket, sys, time
+from meshguard.dataplane._fastpath import DataPath, HandshakeGuard
+from meshguard.testing.rng import SeededRng
+from meshguard.wireguard.cookie import HandshakeGuard as PyGuard
+tun, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.1", 0))
+out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dp = DataPath(tun.fileno(), udp.fileno(), False, False, False)
+dp.set_guard(HandshakeGuard(**PyGuard(SeededRng(3)).params()))
+dp.set_tables([], [], [])
+dp.set_clock(0.0)
+dp.start()
+for offset in (0.0, 1000.0):
+    dp.set_clock(offset)  # the first source's bucket is stale: the next check collects it
+    out.sendto(bytes([3, 0, 0, 0]) + bytes(60), udp.getsockname())
+    end = time.monotonic() + 10
+    while dp.take_stats().get("udp_rx", 0) == 0:
+        assert time.monotonic() < end
+        time.sleep(0.01)
+dp.stop()
+print("alive")
+"""
+
+
+def test_the_handshake_guard_allocates_without_the_gil_only_through_the_raw_allocator(
+        tmp_path: pathlib.Path) -> None:
+    """The thread's guard collects its rate buckets (a stale source, a second later) with
+    PyMem_Raw* alone: PYTHONMALLOC=debug aborts on a PyMem_* call without the GIL."""
+    env = dict(os.environ, PYTHONMALLOC="debug", PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", _GUARD_GC], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "alive", r.stderr[-2000:]

@@ -1226,7 +1226,7 @@ static int buckets_init(Buckets *b, double rate, double burst, size_t max_source
     b->cap = 64;
     while (b->cap < 2 * (max_sources + 1))
         b->cap <<= 1;
-    b->slots = PyMem_Calloc(b->cap, sizeof(Bucket));
+    b->slots = PyMem_RawCalloc(b->cap, sizeof(Bucket));
     if (b->slots == NULL)
         return -1;
     b->len = 0;
@@ -1262,7 +1262,8 @@ static void buckets_gc(Buckets *b, double now)
     if (keep == b->len)
         return;
     Bucket *old = b->slots;
-    Bucket *fresh = PyMem_Calloc(b->cap, sizeof(Bucket));
+    /* the data-path thread runs this without the GIL: the raw allocator only */
+    Bucket *fresh = PyMem_RawCalloc(b->cap, sizeof(Bucket));
     if (fresh == NULL)
         return; /* keep the old table: still correct, only fuller */
     b->slots = fresh;
@@ -1275,7 +1276,7 @@ static void buckets_gc(Buckets *b, double now)
         *s = old[i];
         b->len++;
     }
-    PyMem_Free(old);
+    PyMem_RawFree(old);
 }
 
 /* SourceRateLimiter.allow: True when the source may go on (one token taken) */
@@ -1342,11 +1343,11 @@ static PyTypeObject GuardType;
 
 static void guard_dealloc(GuardObject *g)
 {
-    PyMem_Free(g->pre.slots);
-    PyMem_Free(g->net.slots);
-    PyMem_Free(g->dh.slots);
-    PyMem_Free(g->ck.slots);
-    PyMem_Free(g->cr.slots);
+    PyMem_RawFree(g->pre.slots);
+    PyMem_RawFree(g->net.slots);
+    PyMem_RawFree(g->dh.slots);
+    PyMem_RawFree(g->ck.slots);
+    PyMem_RawFree(g->cr.slots);
     if (g->ctx)
         EVP_CIPHER_CTX_free(g->ctx);
     OPENSSL_cleanse(g->secret, sizeof(g->secret));
