@@ -8,6 +8,7 @@ counters and packets. Loopback only, no root: a SOCK_SEQPACKET pair stands in fo
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
 import random
@@ -16,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -437,3 +439,24 @@ def test_the_handshake_guard_allocates_without_the_gil_only_through_the_raw_allo
     r = subprocess.run([sys.executable, "-c", _GUARD_GC], env=env, capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "alive", r.stderr[-2000:]
+
+
+def test_a_stranger_s_large_junk_fills_the_up_queue_to_a_byte_bound_and_is_counted() -> None:
+    """Non-transport datagrams go up to Python; 400 of 60000 bytes while Python does not
+    drain: the queue keeps at most 16 MiB of them, the rest are counted as overflow."""
+    rig = Rig(keystate())
+    try:
+        junk = bytes([9, 0, 0, 0]) + bytes(59996)
+        sent = 400
+        for i in range(sent):
+            rig.remote.sendto(junk, rig.udp.getsockname())
+            end = time.monotonic() + DEADLINE
+            while fcntl.ioctl(rig.udp.fileno(), termios.FIONREAD, b"\0" * 4) != b"\0" * 4:
+                assert time.monotonic() < end, i  # the thread has taken it
+                time.sleep(0.0005)
+        time.sleep(0.05)
+        _, grams, _, counts, _ = rig.dp.drain()
+        assert sum(len(g[0]) for g in grams) <= 16 << 20
+        assert counts.get("up_overflow", 0) == sent - len(grams) > 0
+    finally:
+        rig.close()

@@ -2307,6 +2307,7 @@ static const char *ctr_names[NCTR] = {
 #define DP_MSGS 4096
 #define DP_PKTS 4096
 #define DP_UP_MAX 4096
+#define DP_UP_BYTES (16u << 20) /* bytes the up-queue holds at most (a stranger's 64 KiB junk) */
 #define DP_NOTE_EVERY 0.02 /* s between wake-ups for notes alone while traffic flows */
 #define DP_GSO_SEGS 64
 #define DP_GSO_BYTES 65000
@@ -2369,6 +2370,7 @@ typedef struct {
     double offset; /* the engine's clock - CLOCK_MONOTONIC */
     UpItem *up_head, *up_tail;
     int up_len;
+    size_t up_bytes;
     KeyStateObject **dirty;
     int ndirty, cap_dirty;
     uint64_t ctr[NCTR];
@@ -2462,7 +2464,7 @@ static void mark_dirty(DataPathObject *dp, KeyStateObject *k)
 static void up_push(DataPathObject *dp, int kind, const uint8_t *d, size_t n,
                     const struct sockaddr_storage *addr, socklen_t alen, int admitted)
 {
-    if (dp->up_len >= DP_UP_MAX) {
+    if (dp->up_len >= DP_UP_MAX || dp->up_bytes + n > DP_UP_BYTES) {
         dp->ctr[C_UP_OVERFLOW]++;
         dp->has_notes = 1;
         return;
@@ -2470,6 +2472,7 @@ static void up_push(DataPathObject *dp, int kind, const uint8_t *d, size_t n,
     UpItem *it = malloc(sizeof(UpItem) + n);
     if (it == NULL) {
         dp->ctr[C_UP_OVERFLOW]++;
+        dp->has_notes = 1;
         return;
     }
     it->next = NULL;
@@ -2486,6 +2489,7 @@ static void up_push(DataPathObject *dp, int kind, const uint8_t *d, size_t n,
         dp->up_head = it;
     dp->up_tail = it;
     dp->up_len++;
+    dp->up_bytes += n;
     dp->urgent = 1;
 }
 
@@ -3487,6 +3491,7 @@ static PyObject *dp_drain(DataPathObject *dp, PyObject *unused)
     UpItem *head = dp->up_head;
     dp->up_head = dp->up_tail = NULL;
     dp->up_len = 0;
+    dp->up_bytes = 0;
     PyObject *notes = PyList_New(0);
     int r = notes ? harvest_notes(dp, notes) : -1;
     uint64_t c[NCTR];
