@@ -8,9 +8,16 @@ counters and packets. Loopback only, no root: a SOCK_SEQPACKET pair stands in fo
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pathlib
 import random
 import select
 import socket
+import struct
+import subprocess
+import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -360,3 +367,96 @@ def test_routes_take_the_longest_prefix_host_routes_included(rig: Rig) -> None:
         assert not select.select([rig.remote, other], [], [], 0.05)[0]  # nothing more
     finally:
         other.close()
+
+
+# --- hostile input -------------------------------------------------------------------------
+
+
+def _wait_stat(rig: Rig, name: str) -> int:
+    end = time.monotonic() + DEADLINE
+    got = 0
+    while not got:
+        assert time.monotonic() < end, name
+        time.sleep(0.01)
+        got = rig.dp.take_stats().get(name, 0)
+    return got
+
+
+def test_a_tso_read_that_would_seal_past_the_send_buffer_is_dropped() -> None:
+    """A virtio-net TSO read whose segments, sealed, need more than the thread's send buffer
+    (gso_size 1 behind a 30000-byte header: csum_start says where TCP starts) is a bad read,
+    not a write past the buffer; the thread goes on sealing what follows."""
+    rig = Rig(keystate(), vnet=True, tso=True)
+    try:
+        l4, n = 30000, 65535
+        pkt = bytearray(n)
+        pkt[0:20] = bytes(ipv4_udp(A_IN, B_IN, b"")[:20])
+        pkt[2:4] = n.to_bytes(2, "big")
+        pkt[9] = 6
+        pkt[l4 + 12] = 0x50  # TCP header: 20 bytes
+        pkt[l4 + 13] = 0x10
+        hdr = struct.pack("<BBHHHH", 1, 1, l4 + 20, 1, l4, 16)  # NEEDS_CSUM, TCPV4, gso_size 1
+        rig.tun_peer.send(hdr + bytes(pkt))
+        assert _wait_stat(rig, "tun_bad_reads") == 1
+        ok = ipv4_udp(A_IN, B_IN, b"after")
+        rig.tun_peer.send(bytes(VNET_HDR_LEN) + ok)
+        assert rig.wire(1) == seal_batch(ChaCha20Poly1305(SEND_KEY), REMOTE, 0, [ok])
+    finally:
+        rig.close()
+
+
+_GUARD_GC = """
+import socket, sys, time
+from meshguard.dataplane._fastpath import DataPath, HandshakeGuard
+from meshguard.testing.rng import SeededRng
+from meshguard.wireguard.cookie import HandshakeGuard as PyGuard
+tun, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.1", 0))
+out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dp = DataPath(tun.fileno(), udp.fileno(), False, False, False)
+dp.set_guard(HandshakeGuard(**PyGuard(SeededRng(3)).params()))
+dp.set_tables([], [], [])
+dp.set_clock(0.0)
+dp.start()
+for offset in (0.0, 1000.0):
+    dp.set_clock(offset)  # the first source's bucket is stale: the next check collects it
+    out.sendto(bytes([3, 0, 0, 0]) + bytes(60), udp.getsockname())
+    end = time.monotonic() + 10
+    while dp.take_stats().get("udp_rx", 0) == 0:
+        assert time.monotonic() < end
+        time.sleep(0.01)
+dp.stop()
+print("alive")
+"""
+
+
+def test_the_handshake_guard_allocates_without_the_gil_only_through_the_raw_allocator(
+        tmp_path: pathlib.Path) -> None:
+    """The thread's guard collects its rate buckets (a stale source, a second later) with
+    PyMem_Raw* alone: PYTHONMALLOC=debug aborts on a PyMem_* call without the GIL."""
+    env = dict(os.environ, PYTHONMALLOC="debug", PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", _GUARD_GC], env=env, capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "alive", r.stderr[-2000:]
+
+
+def test_a_stranger_s_large_junk_fills_the_up_queue_to_a_byte_bound_and_is_counted() -> None:
+    """Non-transport datagrams go up to Python; 400 of 60000 bytes while Python does not
+    drain: the queue keeps at most 16 MiB of them, the rest are counted as overflow."""
+    rig = Rig(keystate())
+    try:
+        junk = bytes([9, 0, 0, 0]) + bytes(59996)
+        sent = 400
+        for i in range(sent):
+            rig.remote.sendto(junk, rig.udp.getsockname())
+            end = time.monotonic() + DEADLINE
+            while fcntl.ioctl(rig.udp.fileno(), termios.FIONREAD, b"\0" * 4) != b"\0" * 4:
+                assert time.monotonic() < end, i  # the thread has taken it
+                time.sleep(0.0005)
+        time.sleep(0.05)
+        _, grams, _, counts, _ = rig.dp.drain()
+        assert sum(len(g[0]) for g in grams) <= 16 << 20
+        assert counts.get("up_overflow", 0) == sent - len(grams) > 0
+    finally:
+        rig.close()

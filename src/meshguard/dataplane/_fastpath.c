@@ -1226,7 +1226,7 @@ static int buckets_init(Buckets *b, double rate, double burst, size_t max_source
     b->cap = 64;
     while (b->cap < 2 * (max_sources + 1))
         b->cap <<= 1;
-    b->slots = PyMem_Calloc(b->cap, sizeof(Bucket));
+    b->slots = PyMem_RawCalloc(b->cap, sizeof(Bucket));
     if (b->slots == NULL)
         return -1;
     b->len = 0;
@@ -1262,7 +1262,8 @@ static void buckets_gc(Buckets *b, double now)
     if (keep == b->len)
         return;
     Bucket *old = b->slots;
-    Bucket *fresh = PyMem_Calloc(b->cap, sizeof(Bucket));
+    /* the data-path thread runs this without the GIL: the raw allocator only */
+    Bucket *fresh = PyMem_RawCalloc(b->cap, sizeof(Bucket));
     if (fresh == NULL)
         return; /* keep the old table: still correct, only fuller */
     b->slots = fresh;
@@ -1275,7 +1276,7 @@ static void buckets_gc(Buckets *b, double now)
         *s = old[i];
         b->len++;
     }
-    PyMem_Free(old);
+    PyMem_RawFree(old);
 }
 
 /* SourceRateLimiter.allow: True when the source may go on (one token taken) */
@@ -1342,11 +1343,11 @@ static PyTypeObject GuardType;
 
 static void guard_dealloc(GuardObject *g)
 {
-    PyMem_Free(g->pre.slots);
-    PyMem_Free(g->net.slots);
-    PyMem_Free(g->dh.slots);
-    PyMem_Free(g->ck.slots);
-    PyMem_Free(g->cr.slots);
+    PyMem_RawFree(g->pre.slots);
+    PyMem_RawFree(g->net.slots);
+    PyMem_RawFree(g->dh.slots);
+    PyMem_RawFree(g->ck.slots);
+    PyMem_RawFree(g->cr.slots);
     if (g->ctx)
         EVP_CIPHER_CTX_free(g->ctx);
     OPENSSL_cleanse(g->secret, sizeof(g->secret));
@@ -2306,6 +2307,7 @@ static const char *ctr_names[NCTR] = {
 #define DP_MSGS 4096
 #define DP_PKTS 4096
 #define DP_UP_MAX 4096
+#define DP_UP_BYTES (16u << 20) /* bytes the up-queue holds at most (a stranger's 64 KiB junk) */
 #define DP_NOTE_EVERY 0.02 /* s between wake-ups for notes alone while traffic flows */
 #define DP_GSO_SEGS 64
 #define DP_GSO_BYTES 65000
@@ -2368,6 +2370,7 @@ typedef struct {
     double offset; /* the engine's clock - CLOCK_MONOTONIC */
     UpItem *up_head, *up_tail;
     int up_len;
+    size_t up_bytes;
     KeyStateObject **dirty;
     int ndirty, cap_dirty;
     uint64_t ctr[NCTR];
@@ -2461,7 +2464,7 @@ static void mark_dirty(DataPathObject *dp, KeyStateObject *k)
 static void up_push(DataPathObject *dp, int kind, const uint8_t *d, size_t n,
                     const struct sockaddr_storage *addr, socklen_t alen, int admitted)
 {
-    if (dp->up_len >= DP_UP_MAX) {
+    if (dp->up_len >= DP_UP_MAX || dp->up_bytes + n > DP_UP_BYTES) {
         dp->ctr[C_UP_OVERFLOW]++;
         dp->has_notes = 1;
         return;
@@ -2469,6 +2472,7 @@ static void up_push(DataPathObject *dp, int kind, const uint8_t *d, size_t n,
     UpItem *it = malloc(sizeof(UpItem) + n);
     if (it == NULL) {
         dp->ctr[C_UP_OVERFLOW]++;
+        dp->has_notes = 1;
         return;
     }
     it->next = NULL;
@@ -2485,6 +2489,7 @@ static void up_push(DataPathObject *dp, int kind, const uint8_t *d, size_t n,
         dp->up_head = it;
     dp->up_tail = it;
     dp->up_len++;
+    dp->up_bytes += n;
     dp->urgent = 1;
 }
 
@@ -2670,6 +2675,12 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
         size_t seg = plan_msg_len(seg_inner_len(&pl, 0)), total = 0;
         for (size_t i = 0; i < pl.count; i++)
             total += plan_msg_len(seg_inner_len(&pl, i));
+        if (total > DP_SBUF) {
+            /* more sealed bytes than the send buffer holds (a tiny gso_size behind a long
+             * header): no real TSO read is this, drop it */
+            dp->ctr[C_TUN_BAD_READS]++;
+            continue;
+        }
         if (used + total > DP_SBUF) {
             dp_send_all(dp, nmsg);
             nmsg = 0;
@@ -3480,6 +3491,7 @@ static PyObject *dp_drain(DataPathObject *dp, PyObject *unused)
     UpItem *head = dp->up_head;
     dp->up_head = dp->up_tail = NULL;
     dp->up_len = 0;
+    dp->up_bytes = 0;
     PyObject *notes = PyList_New(0);
     int r = notes ? harvest_notes(dp, notes) : -1;
     uint64_t c[NCTR];

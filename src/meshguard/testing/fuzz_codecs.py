@@ -28,6 +28,7 @@ from meshguard.identity.trust import (
 from meshguard.identity.wgkey import WgKeyVouch, vouch_wg_key
 from meshguard.mesh import demux, org_gossip
 from meshguard.nat.stun_client import StunClient
+from meshguard.testing.fuzz_datapath import datapath_targets
 from meshguard.testing.fuzz_engine import WALL0, RoundTripError, Target, dedupe
 from meshguard.testing.fuzz_fastpath import fastpath_targets
 from meshguard.testing.fuzz_mesh import VICTIM_EP, mesh_capture
@@ -374,4 +375,5 @@ def codec_targets() -> dict[str, Target]:
         Target("uapi", _uapi_seeds(), _uapi, (), max_len=4096),
     ]
     targets += fastpath_targets()
+    targets += datapath_targets()
     return {t.name: t for t in targets}
