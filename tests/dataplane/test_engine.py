@@ -29,7 +29,10 @@ def test_handshake_then_batched_bulk_both_ways(outer: str, thread: bool) -> None
         w.ta.peer.send(first)  # no session yet: queued, handshake started
         await until(lambda: len(w.tb.received) == 1, "first packet")
         assert w.tb.received[0] == first
-        assert w.pb.last_handshake_wall > 0 and w.pa.last_handshake_wall > 0
+        # the thread delivers the first packet before its note (the responder's session is
+        # confirmed) reaches b's Device: that takes the next drain
+        await until(lambda: w.pb.last_handshake_wall > 0 and w.pa.last_handshake_wall > 0,
+                    "both sides' handshakes")
         n = 300
         pkts = [ipv4_udp(A_IN, B_IN, b"a->b %d" % i + bytes(i % 200)) for i in range(n)]
         # Lazy drain reads one packet after a quiet gap, and how long a gap is depends on the
