@@ -42,6 +42,10 @@ from typing import Any
 
 from meshguard.testing.daemon_mesh import PORT, DaemonMesh, Member, MemberView, Pair
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import cpu_seconds, rss_mib  # bench/ is not a package: run.py is beside us
+
 NFT_TABLE = "mgscale"
 NFT_RULES = f"""
 table inet {NFT_TABLE} {{
@@ -65,20 +69,6 @@ table inet {NFT_TABLE} {{
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process (all its threads) in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def open_fds(pid: int) -> int:
