@@ -30,7 +30,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from meshguard.dataplane.udp_io import EngineStats, endpoint_of_sockaddr, raw_sockaddr
+from meshguard.dataplane.udp_io import EngineStats, endpoint_cached, raw_sockaddr
 from meshguard.sansio import Endpoint
 from meshguard.wireguard.actions import Action
 from meshguard.wireguard.keypair import Keypair
@@ -77,7 +77,6 @@ class DataPathThread:
         # notes taken with tables the thread no longer has, for the next drain
         self._pending: list[_Note] = []
         self._sockaddrs: dict[Endpoint, bytes | None] = {}
-        self._endpoints: dict[bytes, Endpoint] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.wakeups = 0
 
@@ -184,12 +183,8 @@ class DataPathThread:
     # --- what the thread hands up ------------------------------------------------------------
 
     def _endpoint(self, raw: bytes) -> Endpoint:
-        ep = self._endpoints.get(raw)
-        if ep is None:
-            if len(self._endpoints) > _EP_CACHE_MAX:
-                self._endpoints.clear()
-            ep = self._endpoints[raw] = endpoint_of_sockaddr(raw)
-        return ep
+        # the engine's own cache of raw addresses (its C reader fills the same one)
+        return endpoint_cached(self.engine._ep_cache, raw)
 
     def on_wake(self) -> None:
         self.wakeups += 1

@@ -100,6 +100,7 @@ from meshguard.dataplane.udp_io import (
     EngineStats,
     Sealed,
     UdpSender,
+    endpoint_cached,
     endpoint_of_sockaddr,
     make_udp_socket,
     offload_default,
@@ -671,9 +672,7 @@ class Engine:
                 ep = endpoints.get(addr)
                 try:
                     if ep is None:
-                        if len(endpoints) > _EP_CACHE_MAX:
-                            endpoints.clear()
-                        ep = endpoints[addr] = endpoint_of_sockaddr(addr)
+                        ep = endpoint_cached(endpoints, addr)
                     if admitted and cguard is not None:
                         cguard.set_ticket(data[-32:-16])
                     rx.feed(memoryview(data), seg, ep)

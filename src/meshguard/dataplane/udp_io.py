@@ -28,6 +28,7 @@ __all__ = [
     "EngineStats",
     "SockAddr",
     "UdpSender",
+    "endpoint_cached",
     "endpoint_of_sockaddr",
     "make_udp_socket",
     "offload_default",
@@ -129,6 +130,16 @@ def endpoint_of_sockaddr(raw: bytes) -> Endpoint:
     if fam == socket.AF_INET and len(raw) >= 8:
         return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
     raise ValueError(f"unexpected address family {fam}")
+
+
+def endpoint_cached(cache: dict[object, Endpoint], raw: bytes) -> Endpoint:
+    """endpoint_of_sockaddr through a bounded cache (cleared when full) of raw addresses."""
+    ep = cache.get(raw)
+    if ep is None:
+        if len(cache) > _ADDR_CACHE_MAX:
+            cache.clear()
+        ep = cache[raw] = endpoint_of_sockaddr(raw)
+    return ep
 
 
 def make_udp_socket(port: int, fwmark: int = 0) -> socket.socket:
