@@ -60,6 +60,10 @@ class Rig:
         self.tun, self.tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
+        try:  # room for a burst of thousands while the thread is not scheduled (root)
+            self.udp.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+        except OSError:
+            self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.remote = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.remote.bind(("127.0.0.1", 0))
         self.remote.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
