@@ -1,0 +1,164 @@
+"""Real daemons behind nftables NATs on one emulated internet (marked netns by its users).
+
+    with NatLan(tmp_path) as lan:
+        s = lan.add_public("s", "203.0.113.10")           # on the "internet" bridge
+        a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10")       # cone NAT
+        b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", SYMMETRIC)
+        c = lan.add_behind_existing_nat("c", "a", "192.168.10.3")     # a's LAN, a's NAT
+        lan.start_stun(s)                                  # coturn on s, port 3478
+        lan.set_nat("a", SYMMETRIC)                        # swap a's NAT rules in place
+
+Topology (every name carries a random suffix; everything is removed at the end):
+
+    hub: bridge br0 (the "internet", 203.0.113.0/24)
+      ├─ public node   203.0.113.x
+      └─ router        203.0.113.y   nftables NAT ── bridge lan ── host(s) 192.168.z.2, .3, ...
+
+The NAT rules are those of the NAT lab guide (docs/nat-testbed.md#base-ruleset):
+`CONE` is endpoint-independent, port-preserving mapping with address-and-port-dependent
+filtering; `SYMMETRIC` maps every destination to a fresh random port. Unsolicited inbound
+packets are dropped in INPUT so they leave no conntrack state.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from meshguard.identity import keygen
+from meshguard.rng import SystemRng
+from meshguard.testing.netns import Namespace, unique_name
+
+from .helpers import wait_for_stun
+from .meshnet import MeshLan, Node
+
+PUB = "203.0.113.10"
+STUN_PORT = 3478
+CONE = "masquerade"
+SYMMETRIC = "masquerade random"
+
+NAT_RULES = """
+table ip nat {
+  chain post { type nat hook postrouting priority srcnat; oifname "wan" MASQ; }
+}
+table ip filter {
+  chain in { type filter hook input priority 0; policy drop;
+    ct state established,related accept; iifname != "wan" accept; meta l4proto icmp accept; }
+  chain filt { type filter hook forward priority 0; policy drop;
+    ct state established,related accept; ct status dnat accept;
+    iifname "lan" oifname "wan" accept; }
+}
+"""
+
+
+class NatLan(MeshLan):
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.routers: dict[str, Namespace] = {}
+        self._lan_prefix: dict[str, str] = {}
+
+    def _veth(self, a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:
+        tmp_a, tmp_b = unique_name("va"), unique_name("vb")
+        subprocess.run(["ip", "link", "add", tmp_a, "netns", a.name, "type", "veth", "peer",
+                        "name", tmp_b, "netns", b.name], check=True, timeout=30)
+        a.run(["ip", "link", "set", tmp_a, "name", a_if])
+        b.run(["ip", "link", "set", tmp_b, "name", b_if])
+
+    def _on_hub(self, ns: Namespace, ip: str) -> None:
+        hub_if = unique_name("vh")
+        self._veth(self.hub, hub_if, ns, "wan")
+        self.hub.run(["ip", "link", "set", hub_if, "master", "br0"])
+        self.hub.link_up(hub_if)
+        ns.add_address("wan", f"{ip}/24")
+        ns.link_up("wan")
+
+    def _new_node(self, name: str) -> Node:
+        ns = self._stack.enter_context(Namespace.create(f"mgn{name}"))
+        cfg = self.tmp / name
+        node = Node(self, name, ns, cfg, "", unique_name("mg"))
+        k = keygen.generate_node_keys(cfg, SystemRng(), time.time(), force=False)
+        node.identity = k.identity.public_key.raw
+        node.wg_pub = k.wireguard.public_key.raw
+        self.nodes.append(node)
+        return node
+
+    def add_public(self, name: str, ip: str) -> Node:
+        node = self._new_node(name)
+        self._on_hub(node.ns, ip)
+        node.ip = ip
+        return node
+
+    def add_behind_nat(self, name: str, wan_ip: str, lan: str, masq: str = CONE) -> Node:
+        """A router namespace `name` with NAT rules `masq` between the hub and a LAN bridge
+        `lan`.0/24, and a host at `lan`.2 behind it."""
+        router = self._stack.enter_context(Namespace.create(f"mgr{name}"))
+        self.routers[name] = router
+        self._lan_prefix[name] = lan
+        self._on_hub(router, wan_ip)
+        router.run(["ip", "link", "add", "lan", "type", "bridge"])
+        router.add_address("lan", f"{lan}.1/24")
+        router.link_up("lan")
+        router.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        self.set_nat(name, masq)
+        return self.add_behind_existing_nat(name, name, f"{lan}.2")
+
+    def add_behind_existing_nat(self, name: str, router_name: str, ip: str) -> Node:
+        """Another host at `ip` on the LAN of the router made by add_behind_nat(router_name)."""
+        router = self.routers[router_name]
+        node = self._new_node(name)
+        port = unique_name("vl")
+        self._veth(router, port, node.ns, "eth0")
+        router.run(["ip", "link", "set", port, "master", "lan"])
+        router.link_up(port)
+        node.ns.add_address("eth0", f"{ip}/24")
+        node.ns.link_up("eth0")
+        node.ns.run(["ip", "route", "add", "default", "via",
+                     f"{self._lan_prefix[router_name]}.1"])
+        node.ip = ip
+        return node
+
+    def set_nat(self, router_name: str, masq: str) -> None:
+        """Replace the NAT rules of a router (`CONE`, `SYMMETRIC` or any nft masquerade
+        statement); the router's conntrack table is flushed, so old mappings are gone."""
+        router = self.routers[router_name]
+        router.run(["nft", "flush", "ruleset"])
+        router.run(["nft", "-f", "-"], input=NAT_RULES.replace("MASQ", masq))
+        router.run([sys.executable, "-c",
+                    "from pyroute2 import NFCTSocket; s = NFCTSocket(); s.flush(); s.close()"])
+
+    def start_stun(self, node: Node, port: int = STUN_PORT) -> list[str]:
+        """coturn (STUN only) on a public node; returns the `--stun` arguments for `up`."""
+        node.ns.popen(["turnserver", "-n", "--stun-only", "-L", node.ip, "-p", str(port),
+                       "--no-cli", "--no-tls", "--no-dtls", "--log-file", "stdout",
+                       "--simple-log", "--pidfile", str(self.tmp / f"turn-{node.name}.pid")])
+        wait_for_stun(node.ns, node.ip, port)  # the nodes' first query must find it serving
+        return ["--stun", f"{node.ip}:{port}"]
+
+
+def start_mesh(lan: NatLan, masq: str, masq_b: str | None = None, *extra: str
+               ) -> tuple[Node, Node, Node]:
+    """A public seed S with STUN, A behind NAT `masq`, B behind `masq_b` (default: the same),
+    all trusting each other and up (with `extra` arguments); returns once A and B have
+    handshaken."""
+    s = lan.add_public("s", PUB)
+    a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", masq)
+    b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", masq_b or masq)
+    for x in (s, a, b):
+        for y in (s, a, b):
+            if x is not y:
+                x.trust(y)
+    stun = lan.start_stun(s)
+    s.up(None, *stun, *extra)
+    a.up([s], *stun, *extra)
+    b.up([s], *stun, *extra)
+    lan.wait(lambda: a.tunnel_to(b) and b.tunnel_to(a), "tunnels configured", 30)
+
+    def handshake() -> bool:
+        ma, mb = a.member(b), b.member(a)
+        return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"])
+
+    lan.wait(handshake, "a handshake between A and B", 40)
+    return s, a, b
