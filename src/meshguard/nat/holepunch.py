@@ -23,6 +23,11 @@ not succeeded after `timeout` seconds is `PunchFailed`, and the member is tried 
 backoff (doubling from `retry_after`). At most `max_sessions` sessions run at once. When both
 sides ask at the same time, the session of the lower identity key goes on.
 
+Kernel mode (`probe=False`): the node does not own its WireGuard port, so it sends no probes.
+Stage 0 runs as above on the gossip port and ends, on both sides, in `PunchRendezvous` (the
+peer's signed endpoints); the kernel's own handshakes then punch (nat/kernel_punch.py), whose
+proof ends the session through `proven`; `timeout` still ends it as `PunchFailed`.
+
 The core sees the members through `members`, a callable returning the current view (identity
 key -> PeerInfo), and asks `connected(peer)` whether a recent WireGuard handshake proves a direct
 path; both are given at construction or bound later by the mesh node. `receive` and `tick` return
@@ -113,7 +118,16 @@ class PunchFailed:
     identity_key: bytes
 
 
-Action = SendDatagram | PunchSucceeded | PunchFailed
+@dataclass(frozen=True)
+class PunchRendezvous:
+    """Kernel mode: stage 0 is done; punch toward the peer's signed `endpoints` now."""
+
+    identity_key: bytes
+    endpoints: tuple[Endpoint, ...]
+    initiator: bool
+
+
+Action = SendDatagram | PunchSucceeded | PunchFailed | PunchRendezvous
 
 
 @dataclass
@@ -146,6 +160,7 @@ class HolePuncher:
     counters: Counter[str] = field(default_factory=Counter)
     self_endpoints: tuple[Endpoint, ...] = ()
     behind_nat: bool = False
+    probe: bool = True  # False in kernel mode: no stage-1 probes (module docstring)
     _key: bytes = b""
     _stalled_since: dict[bytes, float] = field(default_factory=dict)
     _next_try: dict[bytes, float] = field(default_factory=dict)
@@ -175,13 +190,25 @@ class HolePuncher:
     def sessions(self) -> int:
         return len(self._sessions)
 
+    def running(self, peer: bytes) -> bool:
+        """Whether a punch session with `peer` is running."""
+        return peer in self._sessions
+
+    def proven(self, now: float, peer: bytes, endpoint: Endpoint) -> list[Action]:
+        """Kernel mode: an authenticated WireGuard handshake proved the path to `peer` at
+        `endpoint` (nat/kernel_punch.py); ends its session as a success."""
+        s = self._sessions.get(peer)
+        if s is None or not s.punching:
+            return []
+        return [self._succeed(s, now, endpoint)]
+
     # timers ------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
         ds: list[float] = []
         for s in self._sessions.values():
             ds.append(s.started + self.timeout)
-            if s.punching:
+            if s.punching and self.probe:
                 ds.append(s.next_probe)
         ds += [t + self.stall for t in self._stalled_since.values()]
         return min(ds) if ds else None
@@ -209,7 +236,7 @@ class HolePuncher:
                 self._backoff[k] = b
                 self._next_try[k] = now + b
                 out.append(PunchFailed(k))
-            elif s.punching and now >= s.next_probe:
+            elif s.punching and self.probe and now >= s.next_probe:
                 s.next_probe = now + self.probe_interval
                 out += self._probes(s, wall)
         for seen in [x for x, t in self._seen.items() if t < now]:
@@ -308,14 +335,7 @@ class HolePuncher:
                 return []
             if not self._afford(self.session_budget, now, src) or not self._verify(m):
                 return []
-            del self._sessions[m.origin]
-            self._recent[m.origin] = (s.session, now + self.timeout)
-            self._backoff.pop(m.origin, None)
-            # give the WireGuard handshake time before another punch
-            self._next_try[m.origin] = now + self.retry_after
-            self._stalled_since.pop(m.origin, None)
-            self.counters["punch_succeeded"] += 1
-            return [PunchSucceeded(m.origin, src, now - s.started if s.initiator else None)]
+            return [self._succeed(s, now, src)]
         seen = (m.origin, m.session, m.nonce)
         if seen in self._probes_seen:
             self.counters["punch_replayed"] += 1
@@ -367,6 +387,8 @@ class HolePuncher:
             HOLEPUNCH_RESPONSE, STAGE_RENDEZVOUS, m.origin, m.session, wall, self.self_endpoints),
             src)]
         s.next_probe = now + self.probe_interval
+        if not self.probe:
+            return [*out, PunchRendezvous(m.origin, s.candidates, False)]
         return out + self._probes(s, wall)
 
     def _on_response(self, now: float, wall: float, m: PunchMessage) -> list[Action]:
@@ -378,6 +400,8 @@ class HolePuncher:
         s.candidates = tuple(dict.fromkeys((*m.endpoints, *s.candidates)))
         s.punching = True
         s.next_probe = now + self.probe_interval
+        if not self.probe:
+            return [PunchRendezvous(m.origin, s.candidates, True)]
         return list(self._probes(s, wall))
 
     def _forward(self, now: float, data: bytes, m: PunchMessage, src: Endpoint,
@@ -410,6 +434,16 @@ class HolePuncher:
         return [SendDatagram(data, target.gossip_endpoint)]
 
     # helpers -----------------------------------------------------------------------------
+
+    def _succeed(self, s: _Session, now: float, endpoint: Endpoint) -> PunchSucceeded:
+        del self._sessions[s.peer]
+        self._recent[s.peer] = (s.session, now + self.timeout)
+        self._backoff.pop(s.peer, None)
+        # give the WireGuard handshake time before another punch
+        self._next_try[s.peer] = now + self.retry_after
+        self._stalled_since.pop(s.peer, None)
+        self.counters["punch_succeeded"] += 1
+        return PunchSucceeded(s.peer, endpoint, now - s.started if s.initiator else None)
 
     def _probes(self, s: _Session, wall: float, to: tuple[Endpoint, ...] | None = None
                 ) -> list[Action]:
