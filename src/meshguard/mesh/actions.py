@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from meshguard.mesh.org_gossip import AliasLearned, RevocationLearned
+from meshguard.nat.holepunch import PunchRendezvous
+from meshguard.nat.relay import RelayDelivered
 from meshguard.sansio import Endpoint
 from meshguard.wireguard.actions import Action as DeviceAction
 
@@ -94,4 +96,7 @@ class ReflexiveEndpoint:
 
 
 Action = (DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
-          | RevocationLearned | AliasLearned | ReflexiveEndpoint)
+          | RevocationLearned | AliasLearned | ReflexiveEndpoint
+          # kernel mode only (no Device here): for the shell's kernel traversal
+          # (mesh/kernel_traversal.py, daemon/kernel_paths.py)
+          | PunchRendezvous | RelayDelivered)

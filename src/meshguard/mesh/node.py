@@ -77,7 +77,13 @@ from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
-from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
+from meshguard.nat.holepunch import (
+    HolePuncher,
+    PeerInfo,
+    PunchFailed,
+    PunchRendezvous,
+    PunchSucceeded,
+)
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
 from meshguard.sansio import Endpoint
@@ -296,7 +302,14 @@ class MeshNode:
                 out += self._punch_succeeded(a, now, wall)
             elif isinstance(a, PunchFailed):
                 out += self._punch_failed(a, now, wall)
+            elif isinstance(a, PunchRendezvous):
+                out.append(a)  # kernel mode: the kernel punches (mesh/kernel_traversal.py)
         return out
+
+    def punch_events(self, actions: Sequence[PunchAction], now: float, wall: float
+                     ) -> list[Action]:
+        """Hole-punch outcomes found outside the node (kernel mode), handled as its own."""
+        return self._punch_actions(actions, now, wall)
 
     def _punch_failed(self, a: PunchFailed, now: float, wall: float) -> list[Action]:
         rl = self._relay_core(wall)
@@ -528,6 +541,10 @@ class MeshNode:
                     out += self.reconcile(wall)  # a peer now reached through the relay
                 out += self._from_device(self.device.receive(now, wall, a.payload,
                                                                       a.source))
+            else:  # kernel mode: the shell's relay proxy hands it to the kernel
+                if a.new_path:
+                    out += self.reconcile(wall)
+                out.append(a)
         return out
 
     def path_of(self, wg_key: bytes) -> tuple[str, Endpoint | None]:
