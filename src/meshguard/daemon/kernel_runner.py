@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyroute2 import IPRoute
 
@@ -15,11 +15,14 @@ from meshguard.clock import Clock
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError
 from meshguard.daemon.gossip_socket import ErrorThrottle, GossipSocket
+from meshguard.daemon.kernel_paths import KernelPaths
 from meshguard.daemon.kernel_wg import KernelPeer, KernelWireGuard, build_set_device
 from meshguard.daemon.status import PeerStats
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.mesh.kernel_traversal import KernelPeerSet, TraversalAction
 from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
+from meshguard.nat.relay import RelayDelivered
 from meshguard.rng import Rng
 from meshguard.wireguard.actions import SendDatagram
 
@@ -40,6 +43,7 @@ class KernelRunner:
         self.gossip: GossipSocket | None = None
         self.node: MeshNode | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.paths: KernelPaths | None = None  # punching and relaying (kernel_paths.py)
         # one warning budget for the gossip reader and the timer, as they share the log
         self._throttle = ErrorThrottle()
 
@@ -75,6 +79,13 @@ class KernelRunner:
                stack: contextlib.AsyncExitStack) -> None:
         """Start the node's timers and the gossip reader."""
         self.node = node
+        if node.holepunch is not None or node.relay is not None:
+            self.paths = KernelPaths(node, self.cfg.port, self.clock, self._apply_peers,
+                                     self._send, loop)
+            stack.callback(self.paths.close)
+            if self.kernel is not None:
+                task = loop.create_task(self.paths.poll(self.kernel.peer_stats, self.execute))
+                stack.callback(task.cancel)
         self._arm_timer()
         gossip = self.gossip
         if gossip is not None:
@@ -82,19 +93,32 @@ class KernelRunner:
             loop.add_reader(gossip.fileno(), gossip.readable)
             stack.callback(loop.remove_reader, gossip.fileno())
 
-    def execute(self, actions: list[Action]) -> None:
+    def execute(self, actions: Sequence[TraversalAction]) -> None:
         if not actions:
             return
         self._dispatch(actions)
         self._arm_timer()
 
-    def _dispatch(self, actions: list[Action]) -> None:
-        """Datagrams leave from the gossip socket; everything else is an event for the daemon."""
-        if self.gossip is not None:
-            other = self.gossip.send(actions)
+    def _dispatch(self, actions: Sequence[TraversalAction]) -> None:
+        """Datagrams leave from the gossip socket; everything else is an event for the daemon
+        (punch and relay actions are the paths' first, kernel_paths.py)."""
+        paths = self.paths
+        delivered: list[RelayDelivered] = []
+        if paths is not None:
+            todo, delivered = paths.take(actions)
         else:
-            other = [a for a in actions if not isinstance(a, SendDatagram)]
+            todo = [a for a in actions if not isinstance(a, KernelPeerSet)]
+        if self.gossip is not None:
+            other = self.gossip.send(todo)
+        else:
+            other = [a for a in todo if not isinstance(a, SendDatagram)]
         self._on_actions(other)
+        if paths is not None:
+            paths.deliver(delivered)
+
+    def _send(self, datagrams: list[SendDatagram]) -> None:
+        if self.gossip is not None:
+            self.gossip.send(list(datagrams))
 
     def peers_changed(self, changes: list[PeerUp | PeerDown]) -> None:
         """The node's tunnels go to the kernel device in one WG_CMD_SET_DEVICE."""
@@ -102,15 +126,24 @@ class KernelRunner:
         if not changes or kwg is None:
             return
         peers: list[KernelPeer] = []
+        paths = self.paths
         for a in changes:
             if isinstance(a, PeerUp):
                 p = a.peer
-                peers.append(KernelPeer(p.wg_key, p.endpoint, p.keepalive, p.allowed_ips))
+                peers.append(paths.kernel_peer(p) if paths is not None else
+                             KernelPeer(p.wg_key, p.endpoint, p.keepalive, p.allowed_ips))
             else:
+                if paths is not None:
+                    paths.removed(a.wg_key)
                 peers.append(KernelPeer(a.wg_key, remove=True))
-        msg = build_set_device(kwg.ifname, peers=peers)
+        self._apply_peers(peers)
+
+    def _apply_peers(self, peers: list[KernelPeer]) -> None:
+        kwg = self.kernel
+        if not peers or kwg is None:
+            return
         try:
-            kwg.apply(msg)
+            kwg.apply(build_set_device(kwg.ifname, peers=peers))
         except MeshguardError as exc:
             log.error("kernel WireGuard: %s", exc)
 
@@ -127,7 +160,7 @@ class KernelRunner:
             return {}
 
     def counters(self) -> dict[str, int]:
-        return {}
+        return {} if self.paths is None else self.paths.counters()
 
     # ---- timers ------------------------------------------------------------------------
 

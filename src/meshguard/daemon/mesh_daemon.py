@@ -87,6 +87,8 @@ log = logging.getLogger("meshguard.daemon")
 TRUST_POLL = 2.0  # seconds between trust-store mtime polls
 LEAVE_LINGER = 0.3  # seconds to let the leave datagrams go out before closing the socket
 GOSSIP_STATE_SAVE = 60.0  # seconds between saves of the gossip high-water marks
+# seconds a kernel-mode punch may take: the kernel initiates a handshake at most every 5 s
+KERNEL_PUNCH_TIMEOUT = 12.0
 
 
 class ModeRunner(Protocol):
@@ -228,6 +230,11 @@ class MeshDaemon:
         if device is not None and not split:
             # WireGuard and gossip share one port, so a punched gossip path is the tunnel's
             self.node.holepunch = HolePuncher(self.identity, self.rng)
+            self.node.relay = Relay(pub, self.wg_private, cookie_secret=self.rng.bytes(32))
+        elif cfg.kernel:
+            # the kernel's own handshakes punch and a loopback proxy relays (kernel_paths.py)
+            self.node.holepunch = HolePuncher(self.identity, self.rng, probe=False,
+                                              timeout=KERNEL_PUNCH_TIMEOUT)
             self.node.relay = Relay(pub, self.wg_private, cookie_secret=self.rng.bytes(32))
         self._load_org_items()
         if cfg.dns:

@@ -51,9 +51,10 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
                 hs, rx, tx, ep = kernel_stats.get(m.wg_key, (0.0, 0, 0, None))
             elif node.backend is not None:
                 hs, rx, tx, ep = node.backend.stats(m.wg_key)
+            if kernel_stats is not None or node.backend is not None:
                 path, via = node.path_of(m.wg_key)
                 if path == "relayed":
-                    ep = via
+                    ep = via  # (a kernel peer's endpoint is then its loopback relay proxy)
         members.append(MemberStatus(
             name=adm.name,
             identity_key=_b64(m.identity_key),
