@@ -110,9 +110,12 @@ class RecordingKernel(KernelWireGuard):
 class RecordingGossip(GossipSocket):
     """The gossip socket: what it would send is kept, in order."""
 
-    def __init__(self) -> None:  # no socket
+    def __init__(self) -> None:
         self.sent: list[SendDatagram] = []
         self.node = None
+        # a socket nobody sends to: only for the event loop's reader
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
 
     def send(self, actions: list[Any]) -> list[Any]:
         other = []
@@ -234,6 +237,7 @@ class World:
         for s in (self.a, self.b):
             s.paths.close()
             s.kernel_sock.close()
+            s.gossip.close()
 
     # driving ---------------------------------------------------------------------------------
 

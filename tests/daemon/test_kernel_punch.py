@@ -6,6 +6,8 @@ rendezvous. The world is tests/daemon/kernelnet.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import select
 import socket
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from meshguard.daemon.kernel_wg import KernelPeerStats
 from meshguard.daemon.mesh_daemon import KERNEL_PUNCH_TIMEOUT
 from meshguard.daemon.status import build_status
 from meshguard.nat.holepunch import HolePuncher
@@ -303,3 +306,42 @@ def test_forged_and_replayed_rendezvous_change_no_kernel_endpoint(world: World) 
     # nothing of it reached either kernel
     assert a.kernel.updates == before_a and b.kernel.updates == before_b
     assert not bhp.running(a.ident) and not b.paths.traversal.punch.active()
+
+
+def test_the_runner_reads_the_proxies_and_polls_the_kernel_on_its_loop(world: World) -> None:
+    w, a, b = world, world.a, world.b
+    polls: list[float] = []
+
+    def kernel_stats() -> list[KernelPeerStats]:
+        polls.append(w.now)
+        return [KernelPeerStats(b.wg_key, b.wg_ep, 0.0, 0, 0)]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a.paths.close()
+        a.runner.paths = a.node.backend = None
+        a.kernel.peer_stats = kernel_stats  # type: ignore[method-assign]
+        async with contextlib.AsyncExitStack() as stack:
+            a.runner.attach(a.node, loop, stack)
+            assert a.runner.paths is not None and a.node.backend is a.paths.traversal
+            _fail_to_relay(w)
+            pa = a.paths.proxy.endpoint_of(b.wg_key)
+            assert pa is not None
+            a.gossip.sent.clear()
+            a.kernel_sock.sendto(b"\x04via-the-loop", pa)
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if a.gossip.sent:
+                    break
+            (hop,) = a.gossip.sent
+            assert relaywire.decode(hop.data).payload == b"\x04via-the-loop"
+            # the poll runs on its own (every second while punching, else every 5 s)
+            for _ in range(30):
+                await asyncio.sleep(0.1)
+                if polls:
+                    break
+            assert polls and b.wg_key in a.paths.traversal.latest
+        # closed with the runner's stack: the proxy sockets too
+        assert len(a.paths.proxy) == 0
+
+    asyncio.run(main())
