@@ -335,7 +335,7 @@ def test_the_runner_reads_the_proxies_and_polls_the_kernel_on_its_loop(world: Wo
                     break
             (hop,) = a.gossip.sent
             assert relaywire.decode(hop.data).payload == b"\x04via-the-loop"
-            # the poll runs on its own (every second while punching, else every 5 s)
+            # the poll runs on its own (every second while punching, else every 2 s)
             for _ in range(30):
                 await asyncio.sleep(0.1)
                 if polls:
@@ -345,3 +345,14 @@ def test_the_runner_reads_the_proxies_and_polls_the_kernel_on_its_loop(world: Wo
         assert len(a.paths.proxy) == 0
 
     asyncio.run(main())
+
+
+def test_the_kernel_is_polled_only_when_a_path_may_need_punching(world: World) -> None:
+    a = world.a
+    hp = a.node.holepunch
+    assert hp is not None
+    assert a.paths.poll_due(world.now)
+    a.paths.observe([])
+    assert not a.paths.poll_due(world.now + 1.0) and a.paths.poll_due(world.now + 2.0)
+    hp.behind_nat = False  # public, or no STUN answer: nothing to punch
+    assert not a.paths.poll_due(world.now + 60.0)

@@ -5,8 +5,8 @@ docs/nat-testbed.md#kernel-mode describes the whole).
 `KernelPaths` sits in the kernel runner's dispatch of the node's actions: it lets the traversal
 see them first, applies its `KernelPeerSet`s to the kernel, hands relayed datagrams to the
 proxy, turns relay placeholders into proxy endpoints when peers are configured, polls the
-kernel's peer statistics (every second while a punch runs, else every `POLL_IDLE` seconds) and
-feeds them back.
+kernel's peer statistics (every second while a punch runs, else every `POLL_IDLE` seconds,
+and not at all while the node is not behind a NAT) and feeds them back.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class KernelPaths:
         if Relay.is_placeholder(ep):
             assert ep is not None
             ep = self.proxy.ensure(p.wg_key, ep)
-        elif not keep_proxy:
+        elif not keep_proxy and not self.traversal.punch.punching(p.wg_key):
             self.proxy.remove(p.wg_key)
         return KernelPeer(p.wg_key, ep, p.keepalive, p.allowed_ips)
 
@@ -101,6 +101,9 @@ class KernelPaths:
     # the kernel's statistics ----------------------------------------------------------------
 
     def poll_due(self, now: float) -> bool:
+        hp = self.node.holepunch
+        if not self.traversal.punch.active() and (hp is None or not hp.behind_nat):
+            return False  # nothing to punch: nobody asks whether a path is direct
         return now - self._last_poll >= self.traversal.poll_interval()
 
     def observe(self, stats: Sequence[KernelPeerStats]) -> list[TraversalAction]:

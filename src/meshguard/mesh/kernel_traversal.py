@@ -45,7 +45,9 @@ from meshguard.nat.relay import Relay
 from meshguard.sansio import Endpoint
 
 POLL_PUNCHING = 1.0  # seconds between kernel statistics polls while a punch runs
-POLL_IDLE = 5.0  # ... otherwise (for the hole puncher's `connected`)
+# ... otherwise (for the hole puncher's `connected`: below its stall time, so a tunnel that
+# works is seen before the hole puncher would call the peer stalled)
+POLL_IDLE = 2.0
 
 
 @dataclass(frozen=True)
