@@ -1,4 +1,5 @@
-"""Shared helpers for the daemon tests: kernel-mode WireGuard and a STUN server's readiness.
+"""Shared helpers for the daemon tests: kernel-mode WireGuard, a STUN server's readiness, and
+a recording kernel device for kernel mode without the module (`RecordingKernel`).
 
 Kernel mode is tested for real where the kernel can provide WireGuard and its refusal is tested
 where it cannot. Both test files (test_kernel_wg.py and test_up_cli_netns.py) take the decision
@@ -16,6 +17,7 @@ without modprobe the kernel cannot load a module on request either.
 
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import json
@@ -31,6 +33,7 @@ from typing import Any
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.kernel_module import KernelModuleMissingError
 from meshguard.daemon.kernel_wg import (
+    WGPEER_F_REMOVE_ME,
     KernelPeer,
     KernelWireGuard,
     build_set_device,
@@ -146,3 +149,42 @@ def wait_for_stun(ns: Namespace, host: str, port: int, timeout: float = 15) -> N
     socket before it serves, so a listening socket alone is not enough)."""
     wait_until(lambda: run_in_namespace(ns, "stun_answers", host, str(port)) is True,
                timeout, f"the STUN server at {host}:{port} to answer")
+
+
+# kernel mode without the module -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Update:
+    """One peer of one WG_CMD_SET_DEVICE message, decoded back."""
+
+    wg_key: bytes
+    endpoint: tuple[str, int] | None
+    keepalive: int | None
+    remove: bool
+
+
+class RecordingKernel(KernelWireGuard):
+    """The kernel device: every message is encoded as for the kernel and decoded back."""
+
+    def __init__(self, ifname: str = "mgk-test") -> None:
+        super().__init__(ifname)
+        self.sent: list[Any] = []  # the decoded messages
+        self.updates: list[Update] = []  # their peers
+
+    def apply(self, msg: Any) -> None:
+        from pyroute2.netlink.generic.wireguard import wgmsg
+
+        msg["header"]["type"] = 0x1F
+        msg.encode()
+        d = wgmsg(msg.data)
+        d.decode()
+        self.sent.append(d)
+        for p in d.get_attr("WGDEVICE_A_PEERS") or []:
+            key = p.get_attr("WGPEER_A_PUBLIC_KEY")
+            ep = p.get_attr("WGPEER_A_ENDPOINT")
+            self.updates.append(Update(
+                base64.b64decode(key["value"] if isinstance(key, dict) else key),
+                (ep["addr"], ep["port"]) if ep else None,
+                p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL"),
+                p.get_attr("WGPEER_A_FLAGS") == WGPEER_F_REMOVE_ME))

@@ -13,7 +13,6 @@ business here, and the kernel's answers are given as statistics with `World.kern
 
 from __future__ import annotations
 
-import base64
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.daemon.gossip_socket import GossipSocket
 from meshguard.daemon.kernel_paths import KernelPaths
 from meshguard.daemon.kernel_runner import KernelRunner
-from meshguard.daemon.kernel_wg import KernelPeerStats, KernelWireGuard
+from meshguard.daemon.kernel_wg import KernelPeerStats
 from meshguard.daemon.mesh_daemon import KERNEL_PUNCH_TIMEOUT, DaemonConfig, MeshDaemon
 from meshguard.identity.trust import Admission
 from meshguard.mesh.actions import MemberView
@@ -34,6 +33,8 @@ from meshguard.nat.relay import Relay
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.testing.clock import ManualClock
 from meshguard.testing.rng import SeededRng
+
+from .helpers import RecordingKernel
 
 CONE = 2
 PUBLIC = 1
@@ -71,40 +72,6 @@ class TrustAll:
 
     def admit(self, node_key: bytes, certificate: bytes | None, now_wall: float) -> Admission:
         return Admission(node_key in self.keys, "", name="n")
-
-
-@dataclass(frozen=True)
-class Update:
-    """One peer of one WG_CMD_SET_DEVICE message, decoded back."""
-
-    wg_key: bytes
-    endpoint: Endpoint | None
-    keepalive: int | None
-    remove: bool
-
-
-class RecordingKernel(KernelWireGuard):
-    """The kernel device: every message is encoded as for the kernel and decoded back."""
-
-    def __init__(self) -> None:
-        super().__init__("mgk-punch")
-        self.updates: list[Update] = []
-
-    def apply(self, msg: Any) -> None:
-        from pyroute2.netlink.generic.wireguard import wgmsg
-
-        msg["header"]["type"] = 0x1F
-        msg.encode()
-        d = wgmsg(msg.data)
-        d.decode()
-        for p in d.get_attr("WGDEVICE_A_PEERS") or []:
-            key = p.get_attr("WGPEER_A_PUBLIC_KEY")
-            ep = p.get_attr("WGPEER_A_ENDPOINT")
-            self.updates.append(Update(
-                base64.b64decode(key["value"] if isinstance(key, dict) else key),
-                (ep["addr"], ep["port"]) if ep else None,
-                p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL"),
-                p.get_attr("WGPEER_A_FLAGS") == 1))
 
 
 class RecordingGossip(GossipSocket):
@@ -228,7 +195,7 @@ class World:
         node.holepunch.set_self(((host, 51822),), behind_nat=True)
         node.relay.behind_nat = True
         d.node = node
-        kernel, gossip = RecordingKernel(), RecordingGossip()
+        kernel, gossip = RecordingKernel("mgk-punch"), RecordingGossip()
         runner.kernel, runner.gossip, runner.node = kernel, gossip, node
         runner.paths = KernelPaths(node, port, self.clock, runner._apply_peers, runner._send)
         return KernelSide(name, key, wg, host, d, runner, node, kernel, gossip, ks)

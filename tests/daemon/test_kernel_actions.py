@@ -6,30 +6,16 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Any
 
 from meshguard.daemon.gossip_socket import GossipSocket
 from meshguard.daemon.host_probe import has_net_admin
 from meshguard.daemon.kernel_runner import KernelRunner
-from meshguard.daemon.kernel_wg import WGPEER_F_REMOVE_ME, KernelWireGuard
+from meshguard.daemon.kernel_wg import WGPEER_F_REMOVE_ME
 from meshguard.daemon.mesh_daemon import DaemonConfig, MeshDaemon
 from meshguard.mesh.node import PeerConfig, PeerDown, PeerUp
 from meshguard.wireguard.actions import SendDatagram
 
-
-class RecordingKernel(KernelWireGuard):
-    def __init__(self) -> None:
-        super().__init__("mgk-test")
-        self.sent: list[Any] = []
-
-    def apply(self, msg: Any) -> None:
-        msg["header"]["type"] = 0x1F
-        msg.encode()
-        from pyroute2.netlink.generic.wireguard import wgmsg
-
-        d = wgmsg(msg.data)
-        d.decode()
-        self.sent.append(d)
+from .helpers import RecordingKernel
 
 
 def test_peer_actions_become_netlink_messages(tmp_path: Path) -> None:
