@@ -7,6 +7,7 @@ rendezvous. The world is tests/daemon/kernelnet.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import select
@@ -46,20 +47,15 @@ class _Counters:
 
 def _path(w: World, s: KernelSide, peer: KernelSide, kernel_ep: Endpoint | None
           ) -> tuple[str, str]:
+    """(path, endpoint) of `peer` in `s`'s status, with the kernel reporting `kernel_ep`."""
     rep = build_status(cfg=s.daemon.cfg, node=s.node, membership=_Counters(),  # type: ignore[arg-type]
                        name=None, started_at=0.0, wall=w.wall,
                        kernel_stats={peer.wg_key: (w.wall, 1, 1, kernel_ep)},
                        runner_counters=s.runner.counters(), dns_counters=None)
-    (m,) = [m for m in rep.members if m.mesh_ipv6 and m.tunnel
-            and m.wireguard_key is not None and peer.name in ("a", "b")
-            and m.identity_key == _b64(peer.ident)]
+    (m,) = [m for m in rep.members
+            if m.identity_key == base64.b64encode(peer.ident).decode()]
+    assert m.tunnel
     return m.path, m.endpoint
-
-
-def _b64(k: bytes) -> str:
-    import base64
-
-    return base64.b64encode(k).decode()
 
 
 def _punch(w: World) -> None:
