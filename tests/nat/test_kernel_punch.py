@@ -22,7 +22,7 @@ from meshguard.nat.kernel_punch import (
 )
 from meshguard.sansio import SendDatagram
 from meshguard.testing.rng import SeededRng
-from meshguard.wire.holepunch import STAGE_PROBE, decode
+from meshguard.wire.holepunch import HOLEPUNCH_REQUEST, STAGE_PROBE, decode
 
 WALL = 1_700_000_000.0
 A_EP, B_EP, R_EP = ("203.0.113.1", 51822), ("203.0.113.2", 51822), ("198.51.100.1", 51821)
@@ -55,6 +55,12 @@ def test_stage_zero_ends_in_rendezvous_without_probes() -> None:
         PunchRendezvous(ia, (A_EP,), False)]
     back = a.receive(4.7, WALL + 4.7, sends[0].data, R_EP)
     assert back == [PunchRendezvous(ib, (B_EP,), True)]
+    # a userspace peer's probe reached the gossip port: answering it would prove a path the
+    # kernel's tunnel does not take, so it draws nothing (and costs no signature check)
+    probe = b._sign(HOLEPUNCH_REQUEST, STAGE_PROBE, ia, decode(req.data).session, WALL + 4.7,
+                    (), nonce=5)
+    assert a.receive(4.7, WALL + 4.7, probe, B_EP) == []
+    assert a.counters["punch_probe_ignored"] == 1 and a.counters["punch_bad_signature"] == 0
     # no probe timers: later ticks send nothing
     assert a.next_deadline() != 4.7 + a.probe_interval
     assert [x for x in a.tick(5.0, WALL + 5) if isinstance(x, SendDatagram)] == []

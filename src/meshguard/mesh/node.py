@@ -77,13 +77,7 @@ from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
-from meshguard.nat.holepunch import (
-    HolePuncher,
-    PeerInfo,
-    PunchFailed,
-    PunchRendezvous,
-    PunchSucceeded,
-)
+from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
 from meshguard.sansio import Endpoint
@@ -302,8 +296,8 @@ class MeshNode:
                 out += self._punch_succeeded(a, now, wall)
             elif isinstance(a, PunchFailed):
                 out += self._punch_failed(a, now, wall)
-            elif isinstance(a, PunchRendezvous):
-                out.append(a)  # kernel mode: the kernel punches (mesh/kernel_traversal.py)
+            else:  # PunchRendezvous: the kernel punches (kernel mode, mesh/kernel_traversal.py)
+                out.append(a)
         return out
 
     def punch_events(self, actions: Sequence[PunchAction], now: float, wall: float

@@ -26,7 +26,8 @@ sides ask at the same time, the session of the lower identity key goes on.
 Kernel mode (`probe=False`): the node does not own its WireGuard port, so it sends no probes.
 Stage 0 runs as above on the gossip port and ends, on both sides, in `PunchRendezvous` (the
 peer's signed endpoints); the kernel's own handshakes then punch (nat/kernel_punch.py), whose
-proof ends the session through `proven`; `timeout` still ends it as `PunchFailed`.
+proof ends the session through `proven`; `timeout` still ends it as `PunchFailed`. Stage-1
+messages (a userspace peer's probes) are not answered: they reached the gossip port.
 
 The core sees the members through `members`, a callable returning the current view (identity
 key -> PeerInfo), and asks `connected(peer)` whether a recent WireGuard handshake proves a direct
@@ -312,6 +313,11 @@ class HolePuncher:
             if m.type == HOLEPUNCH_REQUEST:
                 return self._on_request(now, wall, m, src)
             return self._on_response(now, wall, m)
+        if not self.probe:
+            # kernel mode: a probe came to the gossip port, so an answer would prove a path
+            # the tunnel does not take (the kernel's own handshakes punch its port)
+            self.counters["punch_probe_ignored"] += 1
+            return []
         return self._on_stage1(now, wall, m, src, origin)
 
     def _on_stage1(self, now: float, wall: float, m: PunchMessage, src: Endpoint,
