@@ -76,8 +76,12 @@ def format_status(rep: StatusReport, now: float) -> str:
         f"  this node: {me.name or '-'}  key {me.identity_key[:12]}...  "
         f"{me.mesh_ipv4}  {me.mesh_ipv6}",
         f"  ports: wireguard {me.wg_port}, gossip {me.gossip_port}",
-        "",
     ]
+    pm = rep.portmap
+    if pm is not None:
+        lines.append(f"  port mapping: {pm['protocol']} {pm['external']} -> "
+                     f"{pm['internal_port']}, expires in {pm['expires_in']} s")
+    lines.append("")
     header = ("NAME", "KEY", "MESH IP", "ENDPOINT", "STATE", "HANDSHAKE", "IN", "OUT", "PATH",
               "DNS NAME")
     rows = [header]

@@ -30,6 +30,7 @@ from meshguard.daemon.runtime import DEFAULT_INTERFACE, validate_interface
 from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
 
+PORTMAP_METHODS = ("pcp", "nat-pmp", "upnp")  # nat.portmap.Method values
 READY_TIMEOUT = 30.0  # seconds `up` waits for the background daemon before giving up
 
 
@@ -40,6 +41,15 @@ def _parse_announce(text: str | None) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise UsageError(f"--announce needs an IP address, got {text!r}") from None
+
+
+def _parse_portmap(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in methods if m not in PORTMAP_METHODS]
+    if bad or not methods:
+        raise UsageError(f"--portmap-methods takes a list of {', '.join(PORTMAP_METHODS)}, "
+                         f"got {text!r}")
+    return methods
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -63,6 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         dns=not args.no_dns,
         dns_port=args.dns_port,
+        portmap=() if args.no_portmap else _parse_portmap(args.portmap_methods),
     )
     if not 0 < args.dns_port < 65536:
         raise UsageError("--dns-port must be between 1 and 65535")
@@ -93,6 +104,9 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
     if args.no_dns:
         argv.append("--no-dns")
     argv += ["--dns-port", str(args.dns_port)]
+    if args.no_portmap:
+        argv.append("--no-portmap")
+    argv += ["--portmap-methods", args.portmap_methods]
     with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
         notify_path = os.path.join(tmp, "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
@@ -167,6 +181,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "point a resolver at it with `resolvectl dns IFACE <mesh IPv4>; "
                          "resolvectl domain IFACE '~mesh'` (docs/mesh-dns-and-org-revocation.md)")
     up.add_argument("--no-dns", action="store_true", help="do not serve *.mesh names")
+    up.add_argument("--no-portmap", action="store_true",
+                    help="do not ask the home router (PCP, NAT-PMP, UPnP-IGD) to forward the "
+                         "UDP port")
+    # the mapping methods, in the order tried (tests pin one)
+    up.add_argument("--portmap-methods", default=",".join(PORTMAP_METHODS),
+                    help=argparse.SUPPRESS)
     up.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground (systemd, debugging)")
     up.add_argument("--log-level", default="info",

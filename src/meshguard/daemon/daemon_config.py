@@ -35,6 +35,8 @@ class DaemonConfig:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     dns: bool = True  # serve *.mesh on the mesh addresses (daemon/dns_server.py)
     dns_port: int = 53
+    # port mapping methods tried at the default gateway, in order (nat/portmap.py); () = off
+    portmap: tuple[str, ...] = ("pcp", "nat-pmp", "upnp")
 
     @property
     def split(self) -> bool:

@@ -75,3 +75,24 @@ def route_source(dest: str) -> str | None:
             return str(s.getsockname()[0])
         except OSError:
             return None
+
+
+def default_gateway(route_path: str = "/proc/net/route") -> str | None:
+    """The IPv4 default route's gateway (the home router a port mapping is asked of)."""
+    try:
+        with open(route_path, encoding="ascii") as f:
+            lines = f.read().splitlines()[1:]
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        cols = line.split()
+        # Iface Destination Gateway Flags ...: destination 0, flags RTF_UP|RTF_GATEWAY (0x3)
+        if len(cols) < 4 or cols[1] != "00000000":
+            continue
+        try:
+            flags, gw = int(cols[3], 16), int(cols[2], 16)
+        except ValueError:
+            continue
+        if flags & 0x3 == 0x3 and gw:
+            return str(ipaddress.IPv4Address(gw.to_bytes(4, "little")))
+    return None

@@ -47,6 +47,7 @@ from meshguard.daemon.dns_server import DnsServer
 from meshguard.daemon.gossip_state import load_high_water, save_high_water
 from meshguard.daemon.host_probe import has_net_admin, local_addresses, resolve_seeds, route_source
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
+from meshguard.daemon.portmap_task import PortmapTask, start_portmap
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.startup_trace import mark
 from meshguard.daemon.status import PeerStats, build_status
@@ -72,6 +73,7 @@ from meshguard.mesh.node import (
 from meshguard.mesh.swim_port import SwimPort, build_membership
 from meshguard.mesh.wg_backend import DeviceBackend
 from meshguard.nat.holepunch import HolePuncher
+from meshguard.nat.portmap import Method, PortmapAction, advertisement, describe
 from meshguard.nat.relay import Relay
 from meshguard.nat.stun_client import NatType, StunClient
 from meshguard.rng import Rng, SystemRng
@@ -143,6 +145,9 @@ class MeshDaemon:
         self._resolver: Resolver | None = None
         self._names_version = -1
         self._dns_task: asyncio.Task[None] | None = None
+        self.portmap: PortmapTask | None = None
+        self._public: tuple[Endpoint | None, int] = (None, NatType.UNKNOWN)  # STUN or relay
+        self._mapped: Endpoint | None = None  # the port mapping advertised
 
     @property
     def membership(self) -> SwimPort:
@@ -258,6 +263,11 @@ class MeshDaemon:
         if self.stun_servers:
             client = StunClient(self.rng, self.stun_servers, local=endpoints)
             self._execute(self.node.start_stun(client, self.clock.monotonic()))
+        if cfg.portmap and not split:
+            self.portmap = await start_portmap(cfg.port, tuple(Method(m) for m in cfg.portmap),
+                                               self.rng, self.clock, self._on_portmap)
+            if self.portmap is not None:
+                stack.push_async_callback(self.portmap.close)
         if not self.seeds:
             self._ready("first node: no seeds to join")
 
@@ -356,11 +366,8 @@ class MeshDaemon:
             return
         log.info("STUN: public endpoint %s, NAT %s", format_endpoint(res.mapped),
                  NatType(res.nat_type).name.lower())
-        self.membership.set_public_endpoint(self.clock.monotonic(), res.mapped, res.nat_type)
-        hp = self.node.holepunch if self.node is not None else None
-        if hp is not None:
-            hp.set_self(self.membership.core.record.endpoints,
-                        behind_nat=res.nat_type != NatType.PUBLIC)
+        self._public = (res.mapped, res.nat_type)
+        self._advertise(behind_nat=res.nat_type != NatType.PUBLIC)
         rl = self.node.relay if self.node is not None else None
         if rl is not None:
             rl.behind_nat = res.nat_type != NatType.PUBLIC
@@ -369,11 +376,31 @@ class MeshDaemon:
         node = self.node
         if node is None or node.holepunch is None:
             return
-        if self.membership.set_public_endpoint(self.clock.monotonic(), a.endpoint,
-                                               NatType.SYMMETRIC):
+        self._public = (a.endpoint, NatType.SYMMETRIC)
+        if self._advertise(behind_nat=True):
             log.info("NAT maps per destination (symmetric): advertising %s, the address "
                      "public member %s sees", format_endpoint(a.endpoint), a.relay.hex()[:12])
-        node.holepunch.set_self(self.membership.core.record.endpoints, behind_nat=True)
+
+    def _advertise(self, behind_nat: bool | None = None) -> bool:
+        """Our record's first endpoints and NAT type: the router's port mapping (PUBLIC when
+        STUN agrees), then what STUN or a relay saw (nat/portmap.py `advertisement`)."""
+        mapping = self.portmap.mapper.mapping if self.portmap is not None else None
+        first, nat = advertisement(mapping, *self._public)
+        drop = [self._mapped] if self._mapped is not None and self._mapped not in first else []
+        self._mapped = mapping.external if mapping is not None else None
+        changed = self.membership.set_public_endpoints(self.clock.monotonic(), first, nat,
+                                                       drop)
+        hp = self.node.holepunch if self.node is not None else None
+        if hp is not None:
+            hp.set_self(self.membership.core.record.endpoints,
+                        behind_nat=hp.behind_nat if behind_nat is None else behind_nat)
+        return changed
+
+    def _on_portmap(self, events: list[PortmapAction]) -> None:
+        for e in events:
+            line, warn = describe(e)
+            (log.warning if warn else log.info)("port mapping: %s", line)
+        self._advertise()
 
     def _readdress(self, change: SelfAddressChanged) -> None:
         for addr, op in ((change.old, "del"), (change.new, "add")):
@@ -455,8 +482,10 @@ class MeshDaemon:
         dns = self.dns_server
         return build_status(cfg=self.cfg, node=node, membership=self.membership, name=self.name,
                             started_at=self.started_at, wall=self.clock.wall(),
-                            kernel_stats=kernel_stats, runner_counters=self.runner.counters(),
-                            dns_counters=dns.counters if dns is not None else None)
+                            kernel_stats=kernel_stats, runner_counters=self.runner.counters()
+                            | (dict(self.portmap.mapper.counters) if self.portmap else {}),
+                            dns_counters=dns.counters if dns is not None else None,
+                            ).with_portmap(self.portmap.status() if self.portmap else None)
 
     # ---- signals and shutdown --------------------------------------------------------
 

@@ -150,12 +150,19 @@ class SwimPort:
         """Advertise a STUN-discovered endpoint first (a new incarnation is gossiped). In
         split-port (kernel) mode the endpoint is the gossip port's mapping; the WireGuard
         endpoint derived from it (port - 1) is right only behind a port-preserving NAT."""
+        return self.set_public_endpoints(now, [endpoint], nat_type)
+
+    def set_public_endpoints(self, now: float, first: Sequence[Endpoint], nat_type: int,
+                             drop: Sequence[Endpoint] = ()) -> bool:
+        """Advertise `first` (a router's port mapping, then the STUN mapping) ahead of the
+        other endpoints, without those in `drop` (a mapping that is gone)."""
         current = list(self.core.record.endpoints)
         split = self.core.record.nat_type & NAT_SPLIT_PORT
         nat = split | (nat_type & NAT_TYPE_MASK)
-        if current and current[0] == endpoint and self.core.record.nat_type == nat:
+        rest = [e for e in current if e not in first and e not in drop]
+        eps = [*first, *rest][:4]
+        if eps == current and self.core.record.nat_type == nat:
             return False
-        eps = [endpoint, *[e for e in current if e != endpoint]][:4]
         self.core.update_self(now, endpoints=eps, nat_type=nat)
         return True
 

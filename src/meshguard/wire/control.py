@@ -51,7 +51,11 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
           "dns_names": ["node-2.a1b2c3.mesh", ...]   # names the mesh resolver answers for it
         }
       ],
-      "counters": {"<name>": <int>, ...}   # e.g. "garbage_dropped", "gossip_rx", "wireguard_rx"
+      "counters": {"<name>": <int>, ...},  # e.g. "garbage_dropped", "gossip_rx", "wireguard_rx"
+      "portmap": {                      # the home router's port mapping (docs/nat-testbed.md)
+        "protocol": "pcp" | "nat-pmp" | "upnp", "external": "198.51.100.7:51821",
+        "internal_port": 51821, "expires_in": 3599     # seconds
+      } | null
     }
 
 `meshguard status --json` without --interface while several daemons run prints
@@ -64,7 +68,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from meshguard.errors import WireFormatError
 
@@ -184,6 +188,10 @@ class StatusReport:
     self_: SelfStatus
     members: tuple[MemberStatus, ...]
     counters: dict[str, int]
+    portmap: Mapping[str, object] | None = None
+
+    def with_portmap(self, portmap: Mapping[str, object] | None) -> StatusReport:
+        return replace(self, portmap=portmap)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -195,6 +203,7 @@ class StatusReport:
             "self": asdict(self.self_),
             "members": [asdict(m) for m in self.members],
             "counters": dict(self.counters),
+            "portmap": dict(self.portmap) if self.portmap is not None else None,
         }
 
     @classmethod
@@ -216,9 +225,18 @@ class StatusReport:
                 members=tuple(_member(_object(m)) for m in _list(obj["members"])),
                 counters={str(k): _as_int(v)
                           for k, v in _object(obj.get("counters", {})).items()},
+                portmap=_portmap(obj.get("portmap")),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # inf: OverflowError
             raise WireFormatError(f"malformed status document: {exc}") from None
+
+
+def _portmap(v: object) -> Mapping[str, object] | None:
+    if v is None:
+        return None
+    p = _object(v)
+    return {"protocol": _str(p["protocol"]), "external": _str(p["external"]),
+            "internal_port": _int(p["internal_port"]), "expires_in": _int(p["expires_in"])}
 
 
 def _member(m: Mapping[str, object]) -> MemberStatus:
