@@ -7,6 +7,8 @@
         c = lan.add_behind_existing_nat("c", "a", "192.168.10.3")     # a's LAN, a's NAT
         lan.start_stun(s)                                  # coturn on s, port 3478
         lan.set_nat("a", SYMMETRIC)                        # swap a's NAT rules in place
+        lan.start_miniupnpd("b")                           # PCP, NAT-PMP, UPnP-IGD on b's router
+        lan.port_mappings("b")                             # the DNAT rules miniupnpd added
 
 Topology (every name carries a random suffix; everything is removed at the end):
 
@@ -22,14 +24,16 @@ packets are dropped in INPUT so they leave no conntrack state.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from meshguard.identity import keygen
 from meshguard.rng import SystemRng
-from meshguard.testing.netns import Namespace, unique_name
+from meshguard.testing.netns import Namespace, unique_name, wait_until
 
 from .helpers import wait_for_stun
 from .meshnet import MeshLan, Node
@@ -38,6 +42,40 @@ PUB = "203.0.113.10"
 STUN_PORT = 3478
 CONE = "masquerade"
 SYMMETRIC = "masquerade random"
+ROUTABLE = "11.0.113."  # an "internet" prefix miniupnpd takes for a public one
+
+# miniupnpd's own table, beside the lab's: its chains only add (DNAT and accept rules for the
+# mapped ports), every other packet goes on to the lab's NAT and filter tables
+MINIUPNPD_TABLE = """
+table inet miniupnpd {
+  chain forward { type filter hook forward priority filter - 1; policy accept;
+    jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority dstnat; policy accept;
+    jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority srcnat - 1; policy accept;
+    jump postrouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+"""
+
+MINIUPNPD_CONF = """ext_ifname=wan
+listening_ip=lan
+http_port=0
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=no
+upnp_table_name=miniupnpd
+upnp_nat_table_name=miniupnpd
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+uuid=UUID
+allow 1024-65535 LAN.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
 
 NAT_RULES = """
 table ip nat {
@@ -128,6 +166,34 @@ class NatLan(MeshLan):
         router.run(["nft", "-f", "-"], input=NAT_RULES.replace("MASQ", masq))
         router.run([sys.executable, "-c",
                     "from pyroute2 import NFCTSocket; s = NFCTSocket(); s.flush(); s.close()"])
+
+    def start_miniupnpd(self, router_name: str) -> None:
+        """miniupnpd on a router (made by add_behind_nat with a `ROUTABLE` WAN address):
+        PCP and NAT-PMP on port 5351 and UPnP-IGD on the LAN side, mapping only for LAN
+        hosts, each only their own address (secure mode). Returns once it serves."""
+        router = self.routers[router_name]
+        router.run(["nft", "-f", "-"], input=MINIUPNPD_TABLE)
+        conf = self.tmp / f"miniupnpd-{router_name}.conf"
+        conf.write_text(MINIUPNPD_CONF.replace("LAN", self._lan_prefix[router_name])
+                        .replace("UUID", str(uuid.uuid4())))
+        log = self.tmp / f"miniupnpd-{router_name}.log"
+        with open(log, "ab") as f:
+            router.popen(["miniupnpd", "-d", "-f", str(conf),
+                          "-P", str(self.tmp / f"miniupnpd-{router_name}.pid")],
+                         stdout=f, stderr=f)
+        wait_until(lambda: "Listening for NAT-PMP/PCP" in log.read_text(errors="replace"),
+                   10, f"miniupnpd on {router_name}")
+
+    def port_mappings(self, router_name: str) -> list[str]:
+        """The DNAT rules miniupnpd holds on a router, e.g. `udp 51821 -> 192.168.10.2:51821`."""
+        out = self.routers[router_name].run(
+            ["nft", "list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"]).stdout
+        rules = []
+        for line in out.splitlines():
+            m = re.search(r"th dport (\d+) dnat ip to (\S+)", line)
+            if m:
+                rules.append(f"udp {m.group(1)} -> {m.group(2)}")
+        return rules
 
     def start_stun(self, node: Node, port: int = STUN_PORT) -> list[str]:
         """coturn (STUN only) on a public node; returns the `--stun` arguments for `up`."""

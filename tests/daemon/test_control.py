@@ -66,7 +66,7 @@ def test_status_schema_roundtrip() -> None:
     doc = rep.to_json()
     assert doc["schema_version"] == SCHEMA_VERSION
     assert set(doc) == {"schema_version", "interface", "mode", "pid", "started_at", "self",
-                        "members", "counters"}
+                        "members", "counters", "portmap"}
     assert set(doc["members"][0]) == {
         "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
         "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names"}
@@ -75,6 +75,17 @@ def test_status_schema_roundtrip() -> None:
     old = json.loads(json.dumps(doc))
     del old["members"][0]["dns_names"]
     assert StatusReport.from_json(old).members[0].dns_names == ()
+    # the router's port mapping, and a document that predates it
+    pm = {"protocol": "pcp", "external": "198.51.100.7:51821", "internal_port": 51821,
+          "expires_in": 3599}
+    with_pm = rep.with_portmap(pm)
+    assert StatusReport.from_json(json.loads(json.dumps(with_pm.to_json()))) == with_pm
+    del old["portmap"]
+    assert StatusReport.from_json(old).portmap is None
+    bad = with_pm.to_json()
+    bad["portmap"] = {"protocol": "pcp"}
+    with pytest.raises(WireFormatError):
+        StatusReport.from_json(bad)
     doc["schema_version"] = 99
     with pytest.raises(WireFormatError):
         StatusReport.from_json(doc)

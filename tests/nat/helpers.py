@@ -10,11 +10,16 @@ endpoint the inner host has sent to may answer).
 
 The relay world (test_relay.py, test_relay_attacks.py): members with their own relay core
 (`Member`), the member view each one sees, and the split of a core's actions.
+
+The port mapping replies (test_portmap.py, test_portmap_attacks.py): PCP and NAT-PMP answers
+laid out by hand as RFC 6887 and RFC 6886 say, independent of the codecs under test.
 """
 
 from __future__ import annotations
 
 import heapq
+import ipaddress
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -222,3 +227,41 @@ def split(actions: Sequence[RelayAction]
     got = [(a.payload, a.source) for a in actions if isinstance(a, RelayDelivered)]
     assert len(got) <= 1 and not (sends and got)
     return sends, (got[0] if got else None)
+
+
+# port mapping ------------------------------------------------------------------------
+
+GW = "192.168.1.1"
+SRV = (GW, 5351)
+ME = "192.168.1.20"
+PORT = 51821
+EXT = "198.51.100.7"
+WALL = 1.7e9
+
+
+def mapped(ip: str) -> bytes:
+    return ipaddress.IPv6Address(f"::ffff:{ip}").packed
+
+
+def pcp_reply(request: bytes, *, result: int = 0, lifetime: int = 7200, epoch: int = 1000,
+              ext: str = EXT, port: int = PORT, nonce: bytes | None = None) -> bytes:
+    """A MAP response to `request`, laid out by hand (RFC 6887 sections 7.2 and 11.1)."""
+    assert request[0] == 2 and request[1] == 1 and len(request) == 60
+    n = request[24:36] if nonce is None else nonce
+    iport = struct.unpack_from("!H", request, 40)[0]
+    hdr = struct.pack("!BBBBII12x", 2, 0x81, 0, result, lifetime, epoch)
+    return hdr + n + struct.pack("!B3xHH", 17, iport, port) + mapped(ext)
+
+
+def pmp_replies(sends: list[SendDatagram], *, epoch: int = 1000, port: int = PORT,
+                lifetime: int = 7200, result: int = 0) -> list[bytes]:
+    out = []
+    for s in sends:
+        if s.data == b"\x00\x00":
+            out.append(struct.pack("!BBHI4s", 0, 128, result, epoch,
+                                   ipaddress.IPv4Address(EXT).packed))
+        else:
+            _, op, _, iport, _, _ = struct.unpack("!BBHHHI", s.data)
+            assert op == 1
+            out.append(struct.pack("!BBHIHHI", 0, 129, result, epoch, iport, port, lifetime))
+    return out

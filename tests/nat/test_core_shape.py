@@ -8,6 +8,7 @@ import pytest
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.mesh.org_gossip import OrgGossip
 from meshguard.nat.holepunch import HolePuncher
+from meshguard.nat.portmap import PortMapper
 from meshguard.nat.relay import Relay
 from meshguard.nat.stun_client import StunClient
 from meshguard.testing.core_shape import check_core_shape
@@ -19,6 +20,8 @@ CORES = {
                            cookie_secret=b"\x03" * 32),
     "holepunch": lambda: HolePuncher(Ed25519PrivateKey(b"\x04" * 32), SeededRng(2)),
     "org": lambda: OrgGossip(SeededRng(3)),
+    "portmap": lambda: PortMapper(SeededRng(4), gateway="192.0.2.1", client_ip="192.0.2.2",
+                                  internal_port=51821),
 }
 
 

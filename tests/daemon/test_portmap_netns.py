@@ -1,0 +1,100 @@
+"""Two real daemons, each behind a symmetric NAT whose router runs miniupnpd, go direct through
+the port mappings their routers grant (marked netns).
+
+Topology (every name carries a random suffix; everything is removed at the end):
+
+    hub: bridge br0 (the "internet", 11.0.113.0/24: miniupnpd maps nothing on a reserved WAN)
+      ├─ pub   11.0.113.10   seed S (public) + coturn STUN :3478
+      ├─ natA  11.0.113.21   nftables `masquerade random` + miniupnpd ── hostA 192.168.10.2 (A)
+      └─ natB  11.0.113.22   nftables `masquerade random` + miniupnpd ── hostB 192.168.20.2 (B)
+
+Without the mappings this pair relays through S (test_nat_punch_netns.py,
+test_symmetric_nat_relays_through_the_public_member). A asks its router by PCP, B (pinned to
+UPnP-IGD with the hidden --portmap-methods) by UPnP; each advertises its mapping first, as a
+PUBLIC endpoint, so the other's handshake goes straight to it. Then `down` on A deletes A's
+mapping on its router.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from meshguard.testing.netns import netns_skip_reason
+
+from .meshnet import trust_all
+from .natnet import ROUTABLE, SYMMETRIC, NatLan
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)"),
+    pytest.mark.skipif(shutil.which("miniupnpd") is None and
+                       not Path("/usr/sbin/miniupnpd").exists(),
+                       reason="needs miniupnpd (miniupnpd-nftables)"),
+]
+
+A_WAN, B_WAN = f"{ROUTABLE}21", f"{ROUTABLE}22"
+
+
+@pytest.mark.timeout(90)
+def test_symmetric_nats_go_direct_through_router_port_mappings(tmp_path: Path) -> None:
+    with NatLan(tmp_path) as lan:
+        s = lan.add_public("s", f"{ROUTABLE}10")
+        a = lan.add_behind_nat("a", A_WAN, "192.168.10", SYMMETRIC)
+        b = lan.add_behind_nat("b", B_WAN, "192.168.20", SYMMETRIC)
+        lan.start_miniupnpd("a")
+        lan.start_miniupnpd("b")
+        trust_all([s, a, b])
+        stun = lan.start_stun(s)
+        s.up(None, *stun)
+        t0 = time.monotonic()
+        a.up([s], *stun)
+        b.up([s], *stun, "--portmap-methods", "upnp")
+
+        def direct() -> bool:
+            ma, mb = a.member(b), b.member(a)
+            return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"]
+                        and ma["path"] == mb["path"] == "direct")
+
+        lan.wait(lambda: a.status()["portmap"] and b.status()["portmap"],
+                 "both port mappings", 20)
+        t_mapped = time.monotonic() - t0
+        lan.wait(direct, "a direct handshake between A and B", 40)
+        t_direct = time.monotonic() - t0
+        assert a.ping(b, count=2) and b.ping(a, count=2), lan.logs()
+        pa, pb = a.status()["portmap"], b.status()["portmap"]
+        assert pa is not None and pa["protocol"] == "pcp", (pa, lan.logs())
+        assert pb is not None and pb["protocol"] == "upnp", (pb, lan.logs())
+        assert pa["external"] == f"{A_WAN}:51821" and pb["external"] == f"{B_WAN}:51821"
+        assert 3000 < pa["expires_in"] <= 7200
+        assert lan.port_mappings("a") == ["udp 51821 -> 192.168.10.2:51821"]
+        assert lan.port_mappings("b") == ["udp 51821 -> 192.168.20.2:51821"]
+        ma, mb = a.member(b), b.member(a)
+        assert ma is not None and mb is not None
+        # Each NAT still maps A's and B's own outgoing packets to random ports: the side whose
+        # handshake went first reaches the other's mapped port, the other side answers the
+        # source it saw (a port of the same router). Either way both stay on the routers'
+        # public addresses, never the seed's.
+        assert ma["endpoint"].startswith(f"{B_WAN}:") and mb["endpoint"].startswith(f"{A_WAN}:")
+        assert f"{B_WAN}:51821" in (ma["endpoint"],) or f"{A_WAN}:51821" in (mb["endpoint"],)
+        ca, cb, cs = (x.status()["counters"] for x in (a, b, s))
+        assert cs.get("relay_forwarded", 0) == 0, cs
+        assert ca.get("relay_tx", 0) == 0 and cb.get("relay_tx", 0) == 0, (ca, cb)
+        assert ca.get("punch_requests_sent", 0) == cb.get("punch_requests_sent", 0) == 0
+        assert ca.get("portmap_granted") == 1 and cb.get("portmap_granted") == 1
+
+        t1 = time.monotonic()
+        res = a.cli("down", "--interface", a.iface)
+        assert res.returncode == 0, res.stderr
+        assert a.proc is not None
+        a.proc.wait(15)
+        t_down = time.monotonic() - t1
+        assert lan.port_mappings("a") == [], lan.logs()
+        assert lan.port_mappings("b") == ["udp 51821 -> 192.168.20.2:51821"]
+        print(f"\nstart -> both mapped {t_mapped:.2f} s, direct {t_direct:.2f} s; "
+              f"down (mapping removed) {t_down:.2f} s")
