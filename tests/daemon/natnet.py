@@ -167,15 +167,18 @@ class NatLan(MeshLan):
         router.run([sys.executable, "-c",
                     "from pyroute2 import NFCTSocket; s = NFCTSocket(); s.flush(); s.close()"])
 
-    def start_miniupnpd(self, router_name: str) -> None:
+    def start_miniupnpd(self, router_name: str, allow: bool = True) -> None:
         """miniupnpd on a router (made by add_behind_nat with a `ROUTABLE` WAN address):
         PCP and NAT-PMP on port 5351 and UPnP-IGD on the LAN side, mapping only for LAN
-        hosts, each only their own address (secure mode). Returns once it serves."""
+        hosts, each only their own address (secure mode); with `allow` False it refuses
+        every mapping. Returns once it serves."""
         router = self.routers[router_name]
         router.run(["nft", "-f", "-"], input=MINIUPNPD_TABLE)
         conf = self.tmp / f"miniupnpd-{router_name}.conf"
-        conf.write_text(MINIUPNPD_CONF.replace("LAN", self._lan_prefix[router_name])
-                        .replace("UUID", str(uuid.uuid4())))
+        text = MINIUPNPD_CONF.replace("LAN", self._lan_prefix[router_name])
+        if not allow:
+            text = "\n".join(x for x in text.splitlines() if not x.startswith("allow")) + "\n"
+        conf.write_text(text.replace("UUID", str(uuid.uuid4())))
         log = self.tmp / f"miniupnpd-{router_name}.log"
         with open(log, "ab") as f:
             router.popen(["miniupnpd", "-d", "-f", str(conf),

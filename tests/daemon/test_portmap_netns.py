@@ -98,3 +98,29 @@ def test_symmetric_nats_go_direct_through_router_port_mappings(tmp_path: Path) -
         assert lan.port_mappings("b") == ["udp 51821 -> 192.168.20.2:51821"]
         print(f"\nstart -> both mapped {t_mapped:.2f} s, direct {t_direct:.2f} s; "
               f"down (mapping removed) {t_down:.2f} s")
+
+
+@pytest.mark.timeout(90)
+def test_a_router_that_refuses_is_a_warning_and_the_pair_relays(tmp_path: Path) -> None:
+    """A's router refuses every mapping. Pinned to UPnP: miniupnpd answers a refused PCP or
+    NAT-PMP request only after trying (and logging) every other port, which takes it about
+    a minute, while UPnP's AddPortMapping says no at once (error 606)."""
+    with NatLan(tmp_path) as lan:
+        s = lan.add_public("s", f"{ROUTABLE}10")
+        a = lan.add_behind_nat("a", A_WAN, "192.168.10", SYMMETRIC)
+        b = lan.add_behind_nat("b", B_WAN, "192.168.20", SYMMETRIC)
+        lan.start_miniupnpd("a", allow=False)
+        trust_all([s, a, b])
+        stun = lan.start_stun(s)
+        s.up(None, *stun)
+        a.up([s], *stun, "--portmap-methods", "upnp")
+        b.up([s], *stun)
+        lan.wait(lambda: a.status()["counters"].get("portmap_refused", 0) == 1,
+                 "A's router to refuse the UPnP mapping", 20)
+        assert a.status()["portmap"] is None and lan.port_mappings("a") == []
+        assert a.log is not None
+        text = a.log.read_text()
+        assert "WARNING meshguard.daemon: port mapping: the router refused upnp" in text
+        assert "WARNING meshguard.daemon: port mapping: the router offers no mapping" in text
+        lan.wait(lambda: (a.member(b) or {}).get("path") == "relayed" and a.ping(b),
+                 "A and B relayed through S", 40)

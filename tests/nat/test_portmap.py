@@ -20,6 +20,7 @@ from meshguard.nat.portmap import (
     UpnpResult,
     advertisement,
     claims_public,
+    describe,
 )
 from meshguard.sansio import SendDatagram
 from meshguard.testing.clock import ManualClock
@@ -116,7 +117,7 @@ def test_pcp_refusal_is_a_warning_and_the_next_method_is_asked() -> None:
     req = sends(pm.start(0.0))[0].data
     acts = pm.receive(0.01, WALL, pcp_reply(req, result=pcp.NOT_AUTHORIZED, ext="0.0.0.0",
                                             port=0, lifetime=0), SRV)
-    assert acts[0] == MethodRefused(Method.PCP, "not authorized")
+    assert acts[0] == MethodRefused(Method.PCP, "not authorized", refused=True)
     assert pm.counters["portmap_refused"] == 1 and pm.mapping is None
 
 
@@ -208,3 +209,14 @@ def test_what_is_advertised() -> None:
     assert advertisement(m, None, 0) == ([(EXT, PORT)], 1)
     inside = PortMapping(Method.PCP, ("100.64.3.4", PORT), PORT, 7200, 7200.0)
     assert not claims_public(inside, None) and not claims_public(None, EXT)
+
+
+def test_log_lines_warn_for_refusals_only() -> None:
+    assert describe(MethodRefused(Method.PCP, "not authorized", refused=True)) == (
+        "the router refused pcp: not authorized", True)
+    assert describe(MethodRefused(Method.PCP, "no answer")) == ("pcp: no answer", False)
+    assert describe(NoMapping(("pcp: no answer",)))[1]
+    m = PortMapping(Method.UPNP, (EXT, PORT), PORT, 7200, 7200.0)
+    assert describe(MappingGranted(m, True)) == (
+        f"upnp granted {EXT}:{PORT} -> {PORT} for 7200 s", False)
+    assert describe(MappingLost(Method.UPNP, "no answer"))[1]

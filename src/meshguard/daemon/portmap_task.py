@@ -117,13 +117,14 @@ class PortmapTask:
     async def close(self, timeout: float = REMOVE_TIMEOUT) -> None:
         """Delete the mapping (waiting at most `timeout` for the router), then stop."""
         try:
+            had = self.mapper.mapping is not None
             self.feed(self.mapper.stop(self.clock.monotonic()))
             deadline = time.monotonic() + timeout
             while not self.mapper.removed and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            if self.mapper.removed:
+            if had and self.mapper.removed:
                 log.info("port mapping removed")
-            else:
+            elif had:
                 log.warning("the router did not confirm the removal of the port mapping")
         finally:
             if self._timer is not None:

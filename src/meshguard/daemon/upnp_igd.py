@@ -19,7 +19,8 @@ log = logging.getLogger("meshguard.portmap")
 
 DISCOVER_MS = 2000
 DESCRIPTION = "meshguard"
-ONLY_PERMANENT = "OnlyPermanentLeasesSupported"
+ONLY_PERMANENT = "OnlyPermanentLeasesSupported"  # UPnP error 725
+CONFLICT = "ConflictInMappingEntry"  # UPnP error 718 (a refusal, 606, is not retried)
 
 
 class IgdClient:
@@ -48,6 +49,9 @@ class IgdClient:
         """Run one call; every failure is an UpnpResult with the reason (never raises)."""
         try:
             u = self._connect()
+        except Exception as exc:
+            return UpnpResult(False, error=str(exc) or type(exc).__name__)
+        try:
             if c.op == "unmap":
                 u.deleteportmapping(c.external_port, "UDP")
                 return UpnpResult(True)
@@ -64,12 +68,15 @@ class IgdClient:
                     u.addportmapping(c.external_port, "UDP", lan, c.internal_port,
                                      DESCRIPTION, "", 0)
                     port = c.external_port
-                else:  # the port is taken: let the IGD (v2) pick one
+                elif CONFLICT in str(exc):  # the port is taken: let the IGD (v2) pick one
                     log.debug("UPnP: port %d refused (%s); asking for any port",
                               c.external_port, exc)
                     port = int(u.addanyportmapping(c.external_port, "UDP", lan,
                                                    c.internal_port, DESCRIPTION, "", lease))
+                else:
+                    raise
             return UpnpResult(True, (ext_ip, port), lease)
         except Exception as exc:
-            self._upnp = None if c.op == "map" else self._upnp
-            return UpnpResult(False, error=str(exc) or type(exc).__name__)
+            if c.op == "map":  # ask discovery again next time (the router may have moved)
+                self._upnp = None
+            return UpnpResult(False, error=str(exc) or type(exc).__name__, refused=True)

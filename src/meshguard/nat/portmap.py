@@ -94,6 +94,7 @@ class UpnpResult:
     external: Endpoint | None = None
     lease: int = 0
     error: str = ""
+    refused: bool = False  # the IGD answered and said no (not: no IGD found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +111,12 @@ class MappingLost:
 
 @dataclass(frozen=True, slots=True)
 class MethodRefused:
+    """`method` gave no mapping: the router `refused` it (a warning), or did not answer or
+    does not speak it."""
+
     method: Method
     reason: str
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +270,7 @@ class PortMapper:
         if self._phase is _Phase.REMOVING:
             return self._removed()
         if not res.ok or res.external is None:
-            return self._failed(now, res.error or "refused")
+            return self._failed(now, res.error or "refused", refused=res.refused)
         host, port = res.external
         # a lease of 0 is a permanent mapping: renewed like one of our own lifetime
         return self._grant(now, host, port, res.lease or self.lifetime)
@@ -338,7 +343,7 @@ class PortMapper:
         if self._phase is _Phase.REMOVING:
             return self._removed()
         if r.result != pcp.SUCCESS:
-            return self._failed(now, pcp.RESULTS.get(r.result, f"result {r.result}"))
+            return self._failed(now, pcp.RESULTS.get(r.result, f"result {r.result}"), True)
         return self._grant(now, r.external_ip, r.external_port, r.lifetime)
 
     def _on_natpmp(self, now: float, r: natpmp.ExternalResponse | natpmp.MapResponse
@@ -355,7 +360,7 @@ class PortMapper:
         if removing:
             return self._removed()
         if r.result != natpmp.SUCCESS:
-            return self._failed(now, natpmp.RESULTS.get(r.result, f"result {r.result}"))
+            return self._failed(now, natpmp.RESULTS.get(r.result, f"result {r.result}"), True)
         if isinstance(r, natpmp.ExternalResponse):
             self._ext_ip = r.external_ip
         else:
@@ -382,7 +387,7 @@ class PortMapper:
         assert m is not None
         if not usable_external(host) or not 0 < port < 65536 or lifetime <= 0:
             self.counters["portmap_bad_grant"] += 1
-            return self._failed(now, f"unusable grant {host}:{port} for {lifetime} s")
+            return self._failed(now, f"unusable grant {host}:{port} for {lifetime} s", True)
         lifetime = min(lifetime, self.lifetime)
         old = self.mapping
         new = PortMapping(m, (host, port), self.internal_port, lifetime, now + lifetime)
@@ -392,7 +397,7 @@ class PortMapper:
         self.counters["portmap_granted" if old is None else "portmap_renewed"] += 1
         return [MappingGranted(new, old is None or old.external != new.external)]
 
-    def _failed(self, now: float, reason: str) -> list[PortmapAction]:
+    def _failed(self, now: float, reason: str, refused: bool = False) -> list[PortmapAction]:
         m = self.method
         assert m is not None
         if self._phase is _Phase.RENEWING and self.mapping is not None:
@@ -409,7 +414,7 @@ class PortMapper:
             return [MappingLost(lost.method, reason), *self._ask(now, _Phase.ASKING)]
         self.counters["portmap_refused"] += 1
         self._reasons.append(f"{m.value}: {reason}")
-        out: list[PortmapAction] = [MethodRefused(m, reason)]
+        out: list[PortmapAction] = [MethodRefused(m, reason, refused)]
         self._idx += 1
         if self._idx < len(self.methods):
             return out + self._ask(now, _Phase.ASKING)
@@ -434,6 +439,8 @@ def describe(a: PortmapAction) -> tuple[str, bool]:
     if isinstance(a, MappingLost):
         return f"{a.method.value} mapping lost ({a.reason}); asking again", True
     if isinstance(a, MethodRefused):
+        if a.refused:
+            return f"the router refused {a.method.value}: {a.reason}", True
         return f"{a.method.value}: {a.reason}", False
     if isinstance(a, NoMapping):
         return ("the router offers no mapping (" + "; ".join(a.reasons)
