@@ -87,9 +87,18 @@ def test_a_silent_router_falls_through_to_nat_pmp_then_upnp() -> None:
     acts = pm.upnp_done(4.0, UpnpResult(False, error="no UPnP gateway answered"))
     assert acts[0] == MethodRefused(Method.UPNP, "no UPnP gateway answered")
     assert isinstance(acts[1], NoMapping) and len(acts[1].reasons) == 3
+    assert not acts[1].refused  # nobody said no: nobody answered
     assert pm.mapping is None and pm.next_deadline() == pytest.approx(4.0 + pm.retry_after)
-    # and everything is tried again later
-    assert len(sends(pm.tick(4.0 + pm.retry_after, WALL))) == 1
+    # and everything is tried again later, then less and less often
+    t = 4.0 + pm.retry_after
+    assert len(sends(pm.tick(t, WALL))) == 1
+    acts = pm.unreachable(t)
+    acts = pm.unreachable(t)
+    assert acts[-1] == UpnpCall("map", PORT, PORT, 7200)
+    acts = pm.upnp_done(t, UpnpResult(False, error="Action not authorized", refused=True))
+    assert acts[-1] == NoMapping(("pcp: port 5351 unreachable", "nat-pmp: port 5351 unreachable",
+                                  "upnp: Action not authorized"), refused=True)
+    assert pm.next_deadline() == pytest.approx(t + 2 * pm.retry_after)
 
 
 def test_icmp_unreachable_moves_on_at_once() -> None:
@@ -215,7 +224,10 @@ def test_log_lines_warn_for_refusals_only() -> None:
     assert describe(MethodRefused(Method.PCP, "not authorized", refused=True)) == (
         "the router refused pcp: not authorized", True)
     assert describe(MethodRefused(Method.PCP, "no answer")) == ("pcp: no answer", False)
-    assert describe(NoMapping(("pcp: no answer",)))[1]
+    assert describe(NoMapping(("pcp: no answer",))) == (
+        "no router answered (pcp: no answer); traversal goes on without", False)
+    assert describe(NoMapping(("pcp: not authorized",), refused=True)) == (
+        "the router offers no mapping (pcp: not authorized); traversal goes on without", True)
     m = PortMapping(Method.UPNP, (EXT, PORT), PORT, 7200, 7200.0)
     assert describe(MappingGranted(m, True)) == (
         f"upnp granted {EXT}:{PORT} -> {PORT} for 7200 s", False)

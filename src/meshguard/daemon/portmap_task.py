@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -43,6 +44,11 @@ class _Datagrams(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         if isinstance(exc, ConnectionRefusedError):
             self.task.feed(self.task.mapper.unreachable(self.task.clock.monotonic()))
+
+
+def _settle(fut: asyncio.Future[UpnpResult], res: UpnpResult) -> None:
+    if not fut.done():
+        fut.set_result(res)
 
 
 class PortmapTask:
@@ -85,9 +91,19 @@ class PortmapTask:
         self._arm()
 
     async def _upnp(self, call: UpnpCall) -> None:
+        # a daemon thread, not the loop's executor: a router that never answers must not
+        # hold up the daemon's exit (asyncio.run waits for the executor's threads)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[UpnpResult] = loop.create_future()
+
+        def run() -> None:
+            res = self.igd.call(call)
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(_settle, fut, res)
+
+        threading.Thread(target=run, name="meshguard-upnp", daemon=True).start()
         try:
-            res = await asyncio.wait_for(asyncio.to_thread(self.igd.call, call),
-                                         self.mapper.upnp_timeout)
+            res = await asyncio.wait_for(fut, self.mapper.upnp_timeout)
         except TimeoutError:
             res = UpnpResult(False, error="the UPnP gateway did not answer in time")
         self.feed(self.mapper.upnp_done(self.clock.monotonic(), res))

@@ -15,7 +15,7 @@ node's port: the mapping is for the internal port named in the request), `UpnpCa
 runs miniupnpc in a thread and answers with `upnp_done`), and the events `MappingGranted`
 (new, moved or renewed), `MappingLost`, `MethodRefused` (one method did not work: a warning)
 and `NoMapping` (none did: traversal goes on without; all are tried again after
-`retry_after`).
+`retry_after`, doubling up to `max_retry` while none answers).
 
 Timing: a UDP request is sent `tries` times, `rto` seconds apart and doubling (0.25 + 0.5 + 1 s:
 a router without PCP or NAT-PMP costs under 2 s, an ICMP port unreachable ends the wait at
@@ -52,6 +52,7 @@ RTO = 0.25
 TRIES = 3
 UPNP_TIMEOUT = 8.0
 RETRY_AFTER = 300.0
+MAX_RETRY = 3600.0
 MIN_RENEW = 30.0
 NAT_PUBLIC = 1  # nat.stun_client.NatType.PUBLIC
 
@@ -121,7 +122,10 @@ class MethodRefused:
 
 @dataclass(frozen=True, slots=True)
 class NoMapping:
+    """No method gave a mapping; `refused` if a router said no (else none answered)."""
+
     reasons: tuple[str, ...]
+    refused: bool = False
 
 
 PortmapAction = (SendDatagram | UpnpCall | MappingGranted | MappingLost | MethodRefused
@@ -182,7 +186,8 @@ class PortMapper:
     rto: float = RTO
     tries: int = TRIES
     upnp_timeout: float = UPNP_TIMEOUT
-    retry_after: float = RETRY_AFTER
+    retry_after: float = RETRY_AFTER  # after every method failed; doubling up to max_retry
+    max_retry: float = MAX_RETRY
     min_renew: float = MIN_RENEW
     counters: Counter[str] = field(default_factory=Counter)
     mapping: PortMapping | None = None
@@ -197,6 +202,8 @@ class PortMapper:
     _ext_port: tuple[int, int] | None = None  # NAT-PMP: (port, lifetime) answer
     _epoch: tuple[float, int] | None = None  # (our time, server epoch) at the last answer
     _reasons: list[str] = field(default_factory=list)
+    _refused: bool = False
+    _retry: float = 0.0  # the current wait after every method failed
 
     # ---- entry points ---------------------------------------------------------------
 
@@ -207,7 +214,7 @@ class PortMapper:
     def start(self, now: float) -> list[PortmapAction]:
         if self._phase is not _Phase.IDLE or not self.methods:
             return []
-        self._idx, self._reasons = 0, []
+        self._idx, self._reasons, self._refused = 0, [], False
         return self._ask(now, _Phase.ASKING)
 
     def next_deadline(self) -> float | None:
@@ -392,7 +399,7 @@ class PortMapper:
         old = self.mapping
         new = PortMapping(m, (host, port), self.internal_port, lifetime, now + lifetime)
         self.mapping = new
-        self._phase = _Phase.MAPPED
+        self._phase, self._retry = _Phase.MAPPED, 0.0
         self._deadline = now + max(lifetime / 2, min(self.min_renew, lifetime * 0.9))
         self.counters["portmap_granted" if old is None else "portmap_renewed"] += 1
         return [MappingGranted(new, old is None or old.external != new.external)]
@@ -410,17 +417,19 @@ class PortMapper:
             lost = self.mapping
             self.mapping = None
             self.counters["portmap_lost"] += 1
-            self._idx, self._reasons = 0, []
+            self._idx, self._reasons, self._refused = 0, [], False
             return [MappingLost(lost.method, reason), *self._ask(now, _Phase.ASKING)]
         self.counters["portmap_refused"] += 1
         self._reasons.append(f"{m.value}: {reason}")
+        self._refused = self._refused or refused
         out: list[PortmapAction] = [MethodRefused(m, reason, refused)]
         self._idx += 1
         if self._idx < len(self.methods):
             return out + self._ask(now, _Phase.ASKING)
         self._phase, self._idx = _Phase.IDLE, 0
-        self._deadline = now + self.retry_after
-        return [*out, NoMapping(tuple(self._reasons))]
+        self._retry = min(self._retry * 2, self.max_retry) if self._retry else self.retry_after
+        self._deadline = now + self._retry
+        return [*out, NoMapping(tuple(self._reasons), self._refused)]
 
     def _removed(self) -> list[PortmapAction]:
         self.mapping = None
@@ -443,6 +452,6 @@ def describe(a: PortmapAction) -> tuple[str, bool]:
             return f"the router refused {a.method.value}: {a.reason}", True
         return f"{a.method.value}: {a.reason}", False
     if isinstance(a, NoMapping):
-        return ("the router offers no mapping (" + "; ".join(a.reasons)
-                + "); traversal goes on without", True)
+        what = "the router offers no mapping" if a.refused else "no router answered"
+        return f"{what} ({'; '.join(a.reasons)}); traversal goes on without", a.refused
     return str(a), False
