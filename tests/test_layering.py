@@ -10,7 +10,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "meshguard"
 
 # Sans-IO cores and pure layers: no sockets, event loops, clocks, OS randomness or threads.
-SANS_IO = ["wire", "wireguard", "swim", "nat", "identity", "dns", "mesh", "crypto"]
+SANS_IO = ["wire", "wireguard", "swim", "nat", "identity", "dns", "mesh", "crypto", "discovery"]
 FORBIDDEN_IO = {"asyncio", "socket", "time", "select", "selectors", "threading", "subprocess"}
 # `os` is forbidden in protocol cores; identity/ owns key files, so it alone may touch the disk
 # (through its store module), and crypto/ may not.
@@ -28,6 +28,7 @@ ALLOWED = {
     "dns": {"crypto", "wire", "identity"},
     "mesh": {"crypto", "wire", "wireguard", "swim", "nat", "identity", "dns"},
     "dataplane": {"crypto", "wire", "wireguard"},
+    "discovery": {"wire", "nat"},
 }
 
 

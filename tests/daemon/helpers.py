@@ -188,3 +188,57 @@ class RecordingKernel(KernelWireGuard):
                 (ep["addr"], ep["port"]) if ep else None,
                 p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL"),
                 p.get_attr("WGPEER_A_FLAGS") == WGPEER_F_REMOVE_ME))
+
+
+def mdns_seed_query(local_ip: str, wait: float = 1.5) -> list[str]:
+    """What the original Zig meshguard's `--mdns` does (runs inside a namespace): one legacy
+    unicast TXT query for `_meshguard._udp.local` to 224.0.0.251:5353 from an ephemeral port,
+    then every TXT string of every answer within `wait` seconds."""
+    import select
+    import time
+
+    from meshguard.errors import WireFormatError
+    from meshguard.wire.dns import build_query, parse_response
+
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(local_ip))
+        s.bind((local_ip, 0))
+        s.sendto(build_query(0, "_meshguard._udp.local", 16), ("224.0.0.251", 5353))
+        end = time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            if not select.select([s], [], [], left)[0]:
+                break
+            data = s.recv(4096)
+            try:
+                resp = parse_response(data)
+            except WireFormatError:
+                continue
+            for rtype, rdata in resp.answers:
+                i = 0
+                while rtype == 16 and i < len(rdata):
+                    n = rdata[i]
+                    found.append(rdata[i + 1:i + 1 + n].decode("ascii", "replace"))
+                    i += 1 + n
+    return sorted(found)
+
+
+def mdns_squat(local_ip: str, instance: str, record: str) -> None:  # pragma: no cover
+    """Hold `instance` of `_meshguard._udp.local.` on the LAN (runs inside a namespace until
+    killed), advertising `record` as its TXT `meshguard=` value; prints "registered"."""
+    import asyncio
+
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    async def main() -> None:
+        azc = AsyncZeroconf(interfaces=[local_ip], ip_version=IPVersion.V4Only)
+        info = AsyncServiceInfo(
+            "_meshguard._udp.local.", f"{instance}._meshguard._udp.local.", port=51821,
+            properties={"meshguard": record}, addresses=[socket.inet_aton(local_ip)],
+            server="squatter.local.")
+        await azc.async_register_service(info)
+        print("registered", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -215,3 +215,47 @@ def status_json(node: Node) -> dict[str, Any]:
     res = node.cli("status", "--interface", node.iface, "--json")
     assert res.returncode == 0, res.stderr
     return dict(json.loads(res.stdout))
+
+
+class LanDns:
+    """dnsmasq in a namespace of its own on the LAN: host names from a hosts file (`set_host`
+    rewrites it and has dnsmasq re-read it, TTL 1 s) and fixed TXT records; any other name
+    under .test is NXDOMAIN. A node's daemon
+    uses it through $MESHGUARD_RESOLV_CONF (`env`)."""
+
+    def __init__(self, lan: MeshLan, txt: Sequence[tuple[str, str]] = ()) -> None:
+        self.node = lan.add_node("dns", keys=False)
+        self.ip = self.node.ip
+        self.hosts = lan.tmp / "dns.hosts"
+        self.hosts.write_text("")
+        self.resolv = lan.tmp / "dns.resolv.conf"
+        self.resolv.write_text(f"nameserver {self.ip}\noptions timeout:1 attempts:2\n")
+        argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                "--no-hosts", "--bind-interfaces", f"--listen-address={self.ip}",
+                "--user=root", "--pid-file", f"--addn-hosts={self.hosts}", "--local-ttl=1",
+                "--local=/test/", "--log-queries", "--log-facility=-"]
+        argv += [f"--txt-record={name},{value}" for name, value in txt]
+        self.node.log = lan.tmp / "dns.log"
+        with open(self.node.log, "ab") as logf:
+            self.proc = self.node.ns.popen(argv, stderr=logf, stdout=logf)
+        self.node.proc = self.proc
+
+        log = self.node.log
+        lan.wait(lambda: "read " in log.read_text(errors="replace"), "dnsmasq to start")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MESHGUARD_RESOLV_CONF": str(self.resolv)}
+
+    def set_host(self, name: str, ip: str) -> None:
+        self.hosts.write_text(f"{ip} {name}\n")
+        os.kill(self.proc.pid, signal.SIGHUP)
+
+
+def move_node(node: Node, new_ip: str) -> None:
+    """Give a (stopped) node's LAN interface another IPv4 address."""
+    out = node.ns.run(["ip", "-o", "-4", "addr", "show"]).stdout
+    ifname = next(line.split()[1] for line in out.splitlines() if f" {node.ip}/" in line)
+    node.ns.run(["ip", "addr", "del", f"{node.ip}/24", "dev", ifname])
+    node.ns.add_address(ifname, f"{new_ip}/24")
+    node.ip = new_ip

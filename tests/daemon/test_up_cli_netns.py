@@ -51,9 +51,7 @@ def test_refusals(lan: MeshLan) -> None:
     # missing identity
     nokey = lan.add_node("nokey", keys=False)
     assert_clean_failure(nokey, up(nokey, "--open"), "keygen")
-    # unresolvable seed
-    assert_clean_failure(a, up(a, "--open", "--seed", "no-such-host.invalid:51821"),
-                         "cannot resolve seed")
+    # (an unresolvable seed name is a warning, not a refusal: test_seeds_netns.py)
     # busy port
     holder = a.ns.popen([sys.executable, "-c",
                          "import socket,time;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);"

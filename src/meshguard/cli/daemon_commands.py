@@ -105,6 +105,9 @@ def format_status(rep: StatusReport, now: float) -> str:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         for r in rows:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    from meshguard.cli.seeds_view import format_seeds
+
+    lines.extend(format_seeds(rep.seeds, now))
     dropped = rep.counters.get("garbage_dropped", 0)
     if dropped:
         lines.append(f"\n{dropped} malformed datagrams dropped")

@@ -26,6 +26,7 @@ from meshguard.cli.daemon_commands import (
     parse_seed,
     run_dir_of,
 )
+from meshguard.cli.seed_options import parse_seed_domain
 from meshguard.daemon.runtime import DEFAULT_INTERFACE, validate_interface
 from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
@@ -74,6 +75,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         dns=not args.no_dns,
         dns_port=args.dns_port,
         portmap=() if args.no_portmap else _parse_portmap(args.portmap_methods),
+        seed_domains=[parse_seed_domain(d) for d in args.dns],
+        mdns=args.mdns,
     )
     if not 0 < args.dns_port < 65536:
         raise UsageError("--dns-port must be between 1 and 65535")
@@ -95,6 +98,10 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
         argv += ["--announce", args.announce]
     for s in args.stun:
         argv += ["--stun", s]
+    for d in args.dns:
+        argv += ["--dns", d]
+    if args.mdns:
+        argv.append("--mdns")
     if args.kernel:
         argv.append("--kernel")
     if args.split_port:
@@ -163,6 +170,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
                     help="a member to join through: its gossip port, which is its --port, or "
                          "--port + 1 for a --kernel node (repeatable; host names allowed)")
+    up.add_argument("--dns", action="append", default=[], metavar="DOMAIN",
+                    help="discover seeds in the TXT records meshguard=IP:PORT at "
+                         "_meshguard._udp.DOMAIN (repeatable; docs/seeds.md)")
+    up.add_argument("--mdns", action="store_true",
+                    help="advertise this node and discover seeds on the LAN by mDNS "
+                         "(_meshguard._udp.local)")
     up.add_argument("--port", type=int, default=DEFAULT_PORT,
                     help=f"UDP port for WireGuard and gossip (default {DEFAULT_PORT})")
     up.add_argument("--announce", metavar="IP",

@@ -37,6 +37,8 @@ class DaemonConfig:
     dns_port: int = 53
     # port mapping methods tried at the default gateway, in order (nat/portmap.py); () = off
     portmap: tuple[str, ...] = ("pcp", "nat-pmp", "upnp")
+    seed_domains: list[str] = field(default_factory=list)  # --dns: TXT seeds (docs/seeds.md)
+    mdns: bool = False  # --mdns: advertise and discover seeds on the LAN
 
     @property
     def split(self) -> bool:

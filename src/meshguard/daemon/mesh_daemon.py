@@ -49,6 +49,7 @@ from meshguard.daemon.host_probe import has_net_admin, local_addresses, resolve_
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
 from meshguard.daemon.runtime import socket_path
+from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
 from meshguard.daemon.startup_trace import mark
 from meshguard.daemon.status import PeerStats, build_status
 from meshguard.daemon.trust_holder import TrustHolder
@@ -182,7 +183,8 @@ class MeshDaemon:
             raise StartupError(f"interface {cfg.interface} already exists "
                                "(another VPN or a crashed daemon?); remove it with "
                                f"`ip link del {cfg.interface}`")
-        self.seeds = resolve_seeds(cfg.seeds)
+        self.seed_runner = SeedRunner(seed_sources(cfg.seeds, cfg.seed_domains, cfg.mdns),
+                                      self.clock, cfg.env, self._has_live_member)
         self.stun_servers = resolve_seeds(cfg.stun)
         self.cert = store.load_node_certificate(self.config_dir)
         if self.cert is not None:
@@ -206,6 +208,7 @@ class MeshDaemon:
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.cfg
         self.preflight()
+        self.seeds = await self.seed_runner.first_lookup()  # a failure is a warning
         ctl_path = socket_path(cfg.interface, cfg.run_dir)
         loop = asyncio.get_running_loop()
         split = cfg.split
@@ -256,10 +259,15 @@ class MeshDaemon:
                  cfg.interface, self.identity.public_key.b64()[:12], self.node.self_ipv4,
                  self.node.self_ipv6, cfg.port,
                  f" (gossip {gport})" if gport != cfg.port else "")
-        joining: list[Action] = [*membership.join_actions(self.seeds, self.clock.monotonic(),
-                                                          self.clock.wall())]
-        self._execute(joining)
+        if self.seeds or not self.seed_runner.schedule.has_lookups():
+            self._join_seeds(self.seeds)
+        else:
+            log.warning("no seed address yet; looking the seeds up again with backoff")
         mark("join sent")
+        self.seed_runner.start(self._join_seeds)
+        stack.push_async_callback(self.seed_runner.close)
+        if cfg.mdns:
+            await open_mdns(self.seed_runner, stack, pub, self.name, endpoints)
         if self.stun_servers:
             client = StunClient(self.rng, self.stun_servers, local=endpoints)
             self._execute(self.node.start_stun(client, self.clock.monotonic()))
@@ -268,8 +276,15 @@ class MeshDaemon:
                                                self.rng, self.clock, self._on_portmap)
             if self.portmap is not None:
                 stack.push_async_callback(self.portmap.close)
-        if not self.seeds:
+        if not self.seeds and not self.seed_runner.schedule.has_lookups():
             self._ready("first node: no seeds to join")
+
+    def _join_seeds(self, seeds: list[Endpoint]) -> None:
+        c = self.clock
+        self._execute([*self.membership.join_actions(seeds, c.monotonic(), c.wall())])
+
+    def _has_live_member(self) -> bool:
+        return self._membership is not None and self._membership.core.alive_count() > 1
 
     # ---- org revocations and aliases, DNS ------------------------------------------------
 
@@ -483,8 +498,10 @@ class MeshDaemon:
         return build_status(cfg=self.cfg, node=node, membership=self.membership, name=self.name,
                             started_at=self.started_at, wall=self.clock.wall(),
                             kernel_stats=kernel_stats, runner_counters=self.runner.counters()
-                            | (dict(self.portmap.mapper.counters) if self.portmap else {}),
+                            | (dict(self.portmap.mapper.counters) if self.portmap else {})
+                            | self.seed_runner.counters(),
                             dns_counters=dns.counters if dns is not None else None,
+                            seeds=self.seed_runner.status(),
                             ).with_portmap(self.portmap.status() if self.portmap else None)
 
     # ---- signals and shutdown --------------------------------------------------------

@@ -14,6 +14,7 @@ from meshguard.mesh.node import MeshNode
 from meshguard.mesh.swim_port import SwimPort
 from meshguard.sansio import Endpoint
 from meshguard.wire.control import MemberStatus, SelfStatus, StatusReport, format_endpoint
+from meshguard.wire.seed_status import SeedsStatus
 
 PeerStats = dict[bytes, tuple[float, int, int, Endpoint | None]]
 """Per WireGuard key: last handshake (wall clock), rx bytes, tx bytes, endpoint."""
@@ -25,8 +26,8 @@ def _b64(k: bytes) -> str:
 
 def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, name: str | None,
                  started_at: float, wall: float, kernel_stats: PeerStats | None,
-                 runner_counters: Mapping[str, int], dns_counters: Mapping[str, int] | None
-                 ) -> StatusReport:
+                 runner_counters: Mapping[str, int], dns_counters: Mapping[str, int] | None,
+                 seeds: SeedsStatus | None = None) -> StatusReport:
     """`kernel_stats` are the kernel device's per-peer (handshake, rx, tx, endpoint) in kernel
     mode (None in userspace, where the node's backend has them); `runner_counters` are the
     mode's own counters (the engine's); `dns_counters` the DNS server's, if it runs."""
@@ -105,4 +106,5 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
         ),
         members=tuple(members),
         counters=counters,
+        seeds=seeds if seeds is not None and seeds.sources else None,
     )

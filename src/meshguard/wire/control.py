@@ -55,7 +55,8 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
       "portmap": {                      # the home router's port mapping (docs/nat-testbed.md)
         "protocol": "pcp" | "nat-pmp" | "upnp", "external": "198.51.100.7:51821",
         "internal_port": 51821, "expires_in": 3599     # seconds
-      } | null
+      } | null,
+      "seeds": {...}                    # with seed sources only (wire/seed_status.py)
     }
 
 `meshguard status --json` without --interface while several daemons run prints
@@ -71,6 +72,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 from meshguard.errors import WireFormatError
+from meshguard.wire.seed_status import SeedsStatus
 
 SCHEMA_VERSION = 1
 MAX_LINE = 1 << 20  # 1 MiB: a status of ~4000 members; requests are tiny
@@ -189,6 +191,7 @@ class StatusReport:
     members: tuple[MemberStatus, ...]
     counters: dict[str, int]
     portmap: Mapping[str, object] | None = None
+    seeds: SeedsStatus | None = None  # wire/seed_status.py
 
     def with_portmap(self, portmap: Mapping[str, object] | None) -> StatusReport:
         return replace(self, portmap=portmap)
@@ -204,6 +207,7 @@ class StatusReport:
             "members": [asdict(m) for m in self.members],
             "counters": dict(self.counters),
             "portmap": dict(self.portmap) if self.portmap is not None else None,
+            **({"seeds": self.seeds.to_json()} if self.seeds is not None else {}),
         }
 
     @classmethod
@@ -226,6 +230,7 @@ class StatusReport:
                 counters={str(k): _as_int(v)
                           for k, v in _object(obj.get("counters", {})).items()},
                 portmap=_portmap(obj.get("portmap")),
+                seeds=SeedsStatus.from_json(obj.get("seeds")),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # inf: OverflowError
             raise WireFormatError(f"malformed status document: {exc}") from None
