@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from meshguard.clock import Clock
-from meshguard.daemon.seed_lookup import LookupFailed, lookup_host, lookup_txt, make_resolver
 from meshguard.discovery.seed_schedule import (
     ADDRESS,
     DNS,
@@ -29,6 +28,8 @@ from meshguard.sansio import Endpoint
 from meshguard.wire.seed_status import SeedsStatus
 
 if TYPE_CHECKING:
+    import dns.asyncresolver
+
     from meshguard.daemon.mdns_service import MdnsService
 
 log = logging.getLogger("meshguard.seeds")
@@ -58,7 +59,9 @@ class SeedRunner:
                  connected: Callable[[], bool]) -> None:
         self.clock = clock
         self.schedule = SeedSchedule(sources, clock.monotonic(), clock.wall())
-        self._resolver = make_resolver(env)
+        self._env = env
+        self._resolver: dns.asyncresolver.Resolver | None = None
+        self._resolver_made = False
         self._connected = connected
         self._join: Callable[[list[Endpoint]], None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -110,6 +113,18 @@ class SeedRunner:
 
     async def _lookup(self, src: SeedSource) -> bool:
         """One lookup; True if the source's addresses changed."""
+        # imported here, not at the top: dnspython costs ~0.14 s of start-up, which a node
+        # with literal seeds only (or none) never needs
+        from meshguard.daemon.seed_lookup import (
+            LookupFailed,
+            lookup_host,
+            lookup_txt,
+            make_resolver,
+        )
+
+        if not self._resolver_made:
+            self._resolver = make_resolver(self._env)
+            self._resolver_made = True
         c = self.clock
         try:
             if src.kind == HOST:
