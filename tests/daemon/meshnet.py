@@ -219,11 +219,11 @@ def status_json(node: Node) -> dict[str, Any]:
 
 class LanDns:
     """dnsmasq in a namespace of its own on the LAN: host names from a hosts file (`set_host`
-    rewrites it and has dnsmasq re-read it, TTL 1 s) and fixed TXT records; any other name
+    rewrites it and has dnsmasq re-read it; TTL `ttl`) and fixed TXT records; any other name
     under .test is NXDOMAIN. A node's daemon
     uses it through $MESHGUARD_RESOLV_CONF (`env`)."""
 
-    def __init__(self, lan: MeshLan, txt: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(self, lan: MeshLan, txt: Sequence[tuple[str, str]] = (), ttl: int = 1) -> None:
         self.node = lan.add_node("dns", keys=False)
         self.ip = self.node.ip
         self.hosts = lan.tmp / "dns.hosts"
@@ -232,7 +232,7 @@ class LanDns:
         self.resolv.write_text(f"nameserver {self.ip}\noptions timeout:1 attempts:2\n")
         argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
                 "--no-hosts", "--bind-interfaces", f"--listen-address={self.ip}",
-                "--user=root", "--pid-file", f"--addn-hosts={self.hosts}", "--local-ttl=1",
+                "--user=root", "--pid-file", f"--addn-hosts={self.hosts}", f"--local-ttl={ttl}",
                 "--local=/test/", "--log-queries", "--log-facility=-"]
         argv += [f"--txt-record={name},{value}" for name, value in txt]
         self.node.log = lan.tmp / "dns.log"

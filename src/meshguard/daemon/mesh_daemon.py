@@ -3,7 +3,8 @@
 Start-up, in an order that fails before anything is created whenever it can:
 
 1. identity, WireGuard key and trust store are loaded (an empty trust store refuses to start
-   unless `open_mesh`); kernel mode checks for the WireGuard module; seeds are resolved;
+   unless `open_mesh`); kernel mode checks for the WireGuard module; seed names are looked up
+   (a failure is a warning: daemon/seed_runner.py, docs/seeds.md);
 2. the control socket path is claimed (another daemon on this interface -> refuse);
 3. the mode's runner opens what carries the tunnels:
    userspace (userspace_runner.py): the UDP port is bound (busy -> one clear line), then the
@@ -12,8 +13,9 @@ Start-up, in an order that fails before anything is created whenever it can:
    kernel (kernel_runner.py): the kernel WireGuard link is created and configured over
    netlink, the gossip socket is bound on port + 1 (kernel_wg.py explains the port design),
    peers go to the kernel;
-4. the control socket starts; the node joins through the seeds; READY=1 goes to systemd (and
-   to a backgrounding `meshguard up`) once joined, or at once when there are no seeds.
+4. the control socket starts; the node joins through the seeds (and keeps looking for them,
+   with --mdns on the LAN too); READY=1 goes to systemd (and to a backgrounding
+   `meshguard up`) once joined, or at once when there are no seeds to look for.
 
 This module is what both modes share: configuration, identity, trust, membership, the node's
 events, DNS and the control socket. Everything created is recorded on an exit stack and undone
