@@ -140,3 +140,17 @@ def test_mdns_only_lan(tmp_path: pytest.TempPathFactory) -> None:
         want = sorted(f"meshguard={n.ip}:51821" for n in [*nodes, x])
         assert answers == want, answers
         print(f"mDNS mesh of 3 formed in {formed:.1f} s")
+
+
+def test_mdns_port_held_by_another_responder(tmp_path: pytest.TempPathFactory) -> None:
+    with MeshLan(tmp_path) as lan:  # type: ignore[arg-type]
+        a = lan.add_node("a")
+        holder = a.ns.popen([sys.executable, "-c",
+                             "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                             "s.bind(('0.0.0.0',5353));print('held',flush=True);time.sleep(60)"],
+                            stdout=subprocess.PIPE)
+        assert holder.stdout is not None and b"held" in holder.stdout.readline()
+        a.up(None, "--mdns", "--open")
+        log = a.log.read_text() if a.log else ""
+        assert "mDNS: cannot" in log, log
+        assert a.proc is not None and a.proc.poll() is None

@@ -111,7 +111,11 @@ class MdnsService:
         if not hosts:
             log.warning("mDNS: no IPv4 underlay address to advertise on; not starting")
             return
-        self._azc = AsyncZeroconf(interfaces=hosts, ip_version=IPVersion.V4Only)
+        try:
+            self._azc = AsyncZeroconf(interfaces=hosts, ip_version=IPVersion.V4Only)
+        except Exception as exc:  # port 5353 held by a responder that shares it with no one
+            log.warning("mDNS: cannot start on %s: %s; no LAN discovery", ", ".join(hosts), exc)
+            return
         port = self.endpoints[0][1]
         info = AsyncServiceInfo(
             SERVICE_TYPE, f"{self.instance}.{SERVICE_TYPE}", port=port,
