@@ -25,13 +25,16 @@ _IDENTITY = "meshguard.cli.identity_commands"
 _WIREGUARD = "meshguard.cli.wireguard_command"
 _UP = "meshguard.cli.up_command"
 _DAEMON = "meshguard.cli.daemon_commands"
-COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON)  # in the order `--help` lists them
+_CONNECT = "meshguard.cli.connect_command"
+# in the order `--help` lists them
+COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _CONNECT)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
                      "rotate-wg-key", "show"), _IDENTITY),
     "wireguard": _WIREGUARD,
     "up": _UP,
+    "connect": _CONNECT,
     **dict.fromkeys(("down", "status", "org-revoke", "org-alias"), _DAEMON),
 }
 

@@ -53,6 +53,14 @@ def _parse_portmap(text: str) -> tuple[str, ...]:
     return methods
 
 
+def _with_saved_seeds(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """--seed values, then the seeds `meshguard connect` saved (identity/saved_seeds.py)."""
+    from meshguard.config import resolve_config_dir
+    from meshguard.identity import saved_seeds
+
+    return seeds + [s for s in saved_seeds.load(resolve_config_dir()) if s not in seeds]
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     # imported here, not at the top: `meshguard --help` and a backgrounding `up` (which only
     # starts `up -f` and waits) need none of the daemon
@@ -64,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = DaemonConfig(
         interface=args.interface,
         port=args.port,
-        seeds=[parse_seed(s) for s in args.seed],
+        seeds=_with_saved_seeds([parse_seed(s) for s in args.seed]),
         announce=_parse_announce(args.announce),
         stun=[parse_seed(s, STUN_PORT) for s in args.stun],
         kernel=args.kernel,
