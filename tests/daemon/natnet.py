@@ -9,6 +9,7 @@
         lan.set_nat("a", SYMMETRIC)                        # swap a's NAT rules in place
         lan.start_miniupnpd("b")                           # PCP, NAT-PMP, UPnP-IGD on b's router
         lan.port_mappings("b")                             # the DNAT rules miniupnpd added
+        pair(a, b, *stun_args)        # `meshguard connect --generate` on a, `--join` on b
 
 Topology (every name carries a random suffix; everything is removed at the end):
 
@@ -24,11 +25,13 @@ packets are dropped in INPUT so they leave no conntrack state.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshguard.identity import keygen
@@ -231,3 +234,54 @@ def start_mesh(lan: NatLan, masq: str, masq_b: str | None = None, *extra: str
 
     lan.wait(handshake, "a handshake between A and B", 40)
     return s, a, b
+
+
+@dataclass
+class Pairing:
+    """What `meshguard connect --generate` on one node and `--join` on another printed."""
+
+    generated: str
+    joined: str
+    join_started: float  # time.monotonic() when --join was started
+    punched: float  # time.monotonic() when both had exited
+
+
+def _token_line(proc: subprocess.Popen[bytes], what: str, seen: list[str]) -> str:
+    """Read the process's output up to its token line (kept in `seen`); the token."""
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline().decode()
+        if not line:
+            raise AssertionError(f"no {what} token; printed:\n{''.join(seen)}")
+        seen.append(line)
+        if "mg://" in line:
+            return line.split()[-1]
+
+
+def pair(gen: Node, join: Node, *extra: str, minutes: float = 0.15,
+         timeout: float = 45) -> Pairing:
+    """`connect --generate --in MINUTES` on `gen`, `connect --join` with its token on `join`,
+    the reply token pasted into the generator's stdin; returns once both succeeded."""
+    deadline = time.monotonic() + timeout
+    env = {**os.environ, **gen.env}
+    g = gen.ns.popen([sys.executable, "-m", "meshguard", "connect", "--generate", "--in",
+                      str(minutes), *extra], env=env, stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen_g: list[str] = []
+    seen_j: list[str] = []
+    offer = _token_line(g, "offer", seen_g)
+    started = time.monotonic()
+    j = join.ns.popen([sys.executable, "-m", "meshguard", "connect", "--join", offer, *extra],
+                      env={**os.environ, **join.env}, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    reply = _token_line(j, "reply", seen_j)
+    assert g.stdin is not None
+    g.stdin.write(reply.encode() + b"\n")
+    g.stdin.flush()
+    out_g, err_g = g.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    out_j, err_j = j.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    done = time.monotonic()
+    assert g.returncode == 0 and j.returncode == 0, (err_g.decode(), err_j.decode(),
+                                                     out_g.decode(), out_j.decode())
+    return Pairing("".join(seen_g) + out_g.decode(), "".join(seen_j) + out_j.decode(), started,
+                   done)
