@@ -246,6 +246,7 @@ class _Pairing:
               punch_time: int, window: int) -> tuple[str, int]:
         from meshguard.errors import CryptoError
         from meshguard.identity.pairing_token import PairingToken
+        from meshguard.identity.saved_seeds import format_endpoint
         from meshguard.nat.pairing_punch import (
             PairingPunch,
             PairingPunched,
@@ -295,7 +296,7 @@ class _Pairing:
             attempt = next((i for i, (s, e) in enumerate(core.windows) if s <= now < e), -1)
             if attempt != announced and attempt >= 0 and core.proven is None:
                 self.say(f"  punching (attempt {attempt + 1}/{ATTEMPTS}) to "
-                         + ", ".join(f"{h}:{p}" for h, p in core.candidates))
+                         + ", ".join(format_endpoint(e) for e in core.candidates))
                 announced = attempt
             if now >= next_keepalive and not any(s <= now < e for s, e in core.windows):
                 self.keepalive()
@@ -324,6 +325,17 @@ class _Pairing:
         self.say(f"  seed {ep} saved in {seeds}")
         self.say(f"\ndirect path to {name} ({peer.mesh_ipv4}) at {ep}; start the mesh with "
                  "`meshguard up` (it joins the saved seeds), on both nodes")
+
+
+def _describe(t: object) -> str:
+    from meshguard.crypto.keys import b64encode
+    from meshguard.identity.pairing_token import PairingToken
+    from meshguard.identity.saved_seeds import format_endpoint
+
+    assert isinstance(t, PairingToken)
+    eps = ", ".join(format_endpoint(e) for e in t.candidates()) or "no endpoint"
+    return (f"key {b64encode(t.identity_key)}, mesh {t.mesh_ipv4}, {_nat_label(t.nat_type)}, "
+            f"at {eps} (check the key with the peer: whoever made the token is trusted)")
 
 
 def _read_reply(pairing: _Pairing, port: _Port, until: float, stdin: TextIO) -> str:
@@ -377,7 +389,7 @@ def _generate(pairing: _Pairing, minutes: float, stdin: TextIO) -> int:
     if problem is not None:
         raise tok.PairingTokenError(problem)
     pairing.check_peer(reply)
-    pairing.say(f"\n  peer: {reply.mesh_ipv4}, {len(reply.candidates())} endpoint(s)")
+    pairing.say(f"\n  peer: {_describe(reply)}")
     ep = pairing.punch(reply, nonce, reply.nonce, nonce, punch_time, PUNCH_WINDOW)
     pairing.finish(reply, ep)
     return 0
@@ -389,7 +401,7 @@ def _join(pairing: _Pairing, offer: object, offer_bin: bytes) -> int:
 
     assert isinstance(offer, tok.PairingToken)
     pairing.check_peer(offer)
-    pairing.say(f"  peer: {offer.mesh_ipv4}, {len(offer.candidates())} endpoint(s)")
+    pairing.say(f"  peer: {_describe(offer)}")
     pairing.open()
     nonce = SystemRng().bytes(tok.NONCE_LEN)
     reply = pairing.token(offer.punch_time, offer.expires, nonce, tok.ROLE_REPLY,

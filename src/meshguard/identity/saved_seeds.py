@@ -47,27 +47,30 @@ def parse_endpoint(text: str) -> Endpoint | None:
     return host, int(port_s)
 
 
-def _read(path: Path) -> list[str]:
+def _read(path: Path) -> str:
     try:
         data = path.read_bytes()[:MAX_FILE + 1]
     except FileNotFoundError:
-        return []
+        return ""
     except OSError as exc:
         raise ConfigError(f"cannot read {path} ({exc.strerror}); fix its permissions") from None
+    return decode_file(data, path)
+
+
+def decode_file(data: bytes, path: Path) -> str:
     if len(data) > MAX_FILE:
         raise ConfigError(f"{path} is larger than {MAX_FILE} bytes; it is not a seeds file")
     try:
-        return data.decode("utf-8").splitlines()
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text; remove it or fix it") from None
 
 
-def load(config_dir: Path) -> list[Endpoint]:
-    """The saved seeds, in file order; a line that is neither a comment nor an endpoint is an
-    error naming the line."""
-    path = config_dir / SEEDS
+def parse(text: str, path: Path) -> list[Endpoint]:
+    """The seeds in a file's text, in file order; a line that is neither a comment nor an
+    endpoint is an error naming the line."""
     out: list[Endpoint] = []
-    for n, line in enumerate(_read(path), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         t = line.strip()
         if not t or t.startswith("#"):
             continue
@@ -80,18 +83,22 @@ def load(config_dir: Path) -> list[Endpoint]:
     return out
 
 
-def save(config_dir: Path, name: str, identity_key: bytes, ep: Endpoint) -> Path:
-    """Record `ep` as the seed of the peer `identity_key` (replacing that peer's earlier
-    entry), atomically."""
+def load(config_dir: Path) -> list[Endpoint]:
+    """The saved seeds of a config dir (none without a `seeds` file)."""
     path = config_dir / SEEDS
+    return parse(_read(path), path)
+
+
+def with_entry(text: str, name: str, identity_key: bytes, ep: Endpoint) -> str:
+    """The file's text with `ep` as the seed of the peer `identity_key`, replacing that peer's
+    earlier entry (its comment line and the endpoint after it)."""
     key = b64encode(identity_key)
-    lines = _read(path)
     kept: list[str] = []
     skip_next = False
-    for line in lines:
+    for line in text.splitlines():
         words = line.split()
         if len(words) == 3 and words[0] == "#" and words[2] == key:
-            skip_next = True  # this peer's old entry: its comment and the endpoint after it
+            skip_next = True
             continue
         if skip_next and parse_endpoint(line) is not None:
             skip_next = False
@@ -99,6 +106,13 @@ def save(config_dir: Path, name: str, identity_key: bytes, ep: Endpoint) -> Path
         skip_next = False
         kept.append(line)
     kept += [f"# {name} {key}", format_endpoint(ep)]
+    return "\n".join(kept) + "\n"
+
+
+def save(config_dir: Path, name: str, identity_key: bytes, ep: Endpoint) -> Path:
+    """Record `ep` as the seed of the peer `identity_key`, atomically."""
+    path = config_dir / SEEDS
+    text = with_entry(_read(path), name, identity_key, ep)
     store.ensure_dir(config_dir)
-    store.write_file(path, ("\n".join(kept) + "\n").encode("utf-8"))
+    store.write_file(path, text.encode("utf-8"))
     return path
