@@ -62,25 +62,31 @@ class _Port:
 
     @classmethod
     def bind(cls, port: int) -> _Port:
-        try:
-            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            v6 = True
-        except OSError:
-            s, v6 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), False
-        try:
-            if v6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.bind(("::" if v6 else "0.0.0.0", port))
-        except OSError as exc:
-            s.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise PairingError(
-                    f"UDP port {port} is in use (is `meshguard up` running? `connect` needs "
-                    "the port the daemon will use: run `meshguard down` first, or pick "
-                    "--port)") from None
-            raise PairingError(f"cannot bind UDP port {port}: {exc.strerror}") from None
-        s.setblocking(False)
-        return cls(s, v6)
+        problem: OSError | None = None
+        for family in (socket.AF_INET6, socket.AF_INET):  # IPv4 alone where IPv6 is off
+            try:
+                s = socket.socket(family, socket.SOCK_DGRAM)
+            except OSError as exc:
+                problem = exc
+                continue
+            try:
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+            except OSError as exc:
+                s.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise PairingError(
+                        f"UDP port {port} is in use (is `meshguard up` running? `connect` "
+                        "needs the port the daemon will use: run `meshguard down` first, or "
+                        "pick --port)") from None
+                problem = exc
+                continue
+            s.setblocking(False)
+            return cls(s, family == socket.AF_INET6)
+        assert problem is not None
+        raise PairingError(f"cannot bind UDP port {port}: {problem.strerror}; pick another "
+                           "--port")
 
     def send(self, data: bytes, ep: tuple[str, int]) -> None:
         from meshguard.sansio import map_host
