@@ -105,6 +105,13 @@ def test_a_revoked_peer_is_refused_before_punching(me: Path, tmp_path: Path,
     _fails(capsys, me, "connect", "--join", _token(peer), match="is revoked here")
 
 
+def test_a_trust_name_taken_by_another_key_is_refused_before_punching(
+        me: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    TrustStore.load(me).add("bee", _node(tmp_path / "other").identity.public_key.raw)
+    _fails(capsys, me, "connect", "--join", _token(_node(tmp_path / "peer")), "--name", "bee",
+           match="'bee' is already used")
+
+
 def test_bad_options(me: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fails(capsys, me, "connect", "--generate", "--in", "0", match="--in takes minutes")
     _fails(capsys, me, "connect", "--generate", "--in", "2000", match="--in takes minutes")

@@ -197,6 +197,18 @@ class _Pairing:
         if self.trust.is_key_revoked(t.identity_key):
             raise PairingError(f"the peer {b64encode(t.identity_key)} is revoked here; lift "
                                "the revocation with `meshguard trust KEY --force` first")
+        name = self.trust_name(t.identity_key)
+        taken = self.trust.peers.get(name)
+        if taken is not None and taken != t.identity_key:
+            raise PairingError(f"the trust name {name!r} is already used for another key; "
+                               "choose another --name")
+
+    def trust_name(self, key: bytes) -> str:
+        """The name the peer is (or will be) trusted under."""
+        names = self.trust.peer_names(key)
+        if names:
+            return names[0]
+        return str(self.args.name or f"peer-{key[:4].hex()}")
 
     def open(self) -> _Port:
         from meshguard.daemon.host_probe import resolve_seeds
@@ -317,13 +329,11 @@ class _Pairing:
         from meshguard.identity.trust import TrustStore
 
         assert isinstance(peer, PairingToken)
-        trust = TrustStore.load(self.cfg)
-        names = trust.peer_names(peer.identity_key)
-        if names:
-            name = names[0]
+        self.trust = trust = TrustStore.load(self.cfg)  # as it is now, after the punch
+        name = self.trust_name(peer.identity_key)
+        if trust.peer_names(peer.identity_key):
             self.say(f"  peer already trusted as {name}")
         else:
-            name = self.args.name or f"peer-{peer.identity_key[:4].hex()}"
             path = trust.add(name, peer.identity_key)
             self.say(f"  peer trusted as {name} ({b64encode(peer.identity_key)}) -> {path}")
         seeds = saved_seeds.save(self.cfg, name, peer.identity_key, endpoint)
