@@ -185,7 +185,7 @@ def test_two_nodes_on_this_host_pair_and_save_each_other(tmp_path: Path) -> None
     join = _connect(b, "--join", offer, "--port", str(pb), stdin=subprocess.DEVNULL)
     reply = _read_token(join)
     assert gen.stdin is not None
-    gen.stdin.write(reply + "\n")
+    gen.stdin.write(f"\n  response: {reply}  \n")  # a blank line, and words around it
     gen.stdin.flush()
     out_a, err_a = gen.communicate(timeout=60)
     out_b, err_b = join.communicate(timeout=60)

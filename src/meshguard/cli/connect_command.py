@@ -369,8 +369,9 @@ def _read_reply(pairing: _Pairing, port: _Port, until: float, stdin: TextIO) -> 
             if not line:
                 raise PairingError("stdin closed before a response token arrived; paste "
                                    "the peer's mg:// token")
-            if line.strip():
-                return line.strip()
+            words = line.split()
+            if words:  # the token, also when pasted with the words around it
+                return next((w for w in reversed(words) if w.startswith("mg://")), line.strip())
         port.recv_all()
 
 
@@ -401,9 +402,9 @@ def _generate(pairing: _Pairing, minutes: float, stdin: TextIO) -> int:
     if reply.reply_to != digest or reply.punch_time != punch_time:
         raise tok.PairingTokenError("the response token answers another offer; the peer must "
                                     "join with the token printed above")
-    problem = tok.expiry_problem(reply, time.time())
-    if problem is not None:
-        raise tok.PairingTokenError(problem)
+    if reply.expires != expires or reply.punch_window != PUNCH_WINDOW:
+        raise tok.PairingTokenError("the response token changes the offer's schedule; the "
+                                    "peer must join with the token printed above")
     pairing.check_peer(reply)
     pairing.say(f"\n  peer: {_describe(reply)}")
     ep = pairing.punch(reply, nonce, reply.nonce, nonce, punch_time, PUNCH_WINDOW)
