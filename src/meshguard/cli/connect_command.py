@@ -27,10 +27,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from meshguard.cli.daemon_commands import DEFAULT_PORT, STUN_PORT, UsageError, parse_seed
 from meshguard.errors import MeshguardError
+
+if TYPE_CHECKING:
+    from meshguard.identity.pairing_token import PairingToken
 
 DEFAULT_IN = 1.0  # minutes until the punch (the original's default)
 MAX_IN = 23 * 60  # minutes; a token is valid for at most a day
@@ -187,11 +190,9 @@ class _Pairing:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def check_peer(self, t: object) -> None:
+    def check_peer(self, t: PairingToken) -> None:
         from meshguard.crypto.keys import b64encode
-        from meshguard.identity.pairing_token import PairingToken
 
-        assert isinstance(t, PairingToken)
         if t.identity_key == self.identity.public_key.raw:
             raise PairingError("the token is this node's own; run --join on the other node")
         if self.trust.is_key_revoked(t.identity_key):
@@ -260,10 +261,9 @@ class _Pairing:
 
     # the punch ----------------------------------------------------------------------------
 
-    def punch(self, peer: object, offer_nonce: bytes, reply_nonce: bytes, own_nonce: bytes,
+    def punch(self, peer: PairingToken, offer_nonce: bytes, reply_nonce: bytes, own_nonce: bytes,
               punch_time: int, window: int) -> tuple[str, int]:
         from meshguard.errors import CryptoError
-        from meshguard.identity.pairing_token import PairingToken
         from meshguard.identity.saved_seeds import format_endpoint
         from meshguard.nat.pairing_punch import (
             PairingPunch,
@@ -275,7 +275,7 @@ class _Pairing:
         from meshguard.rng import SystemRng
         from meshguard.sansio import SendDatagram
 
-        assert isinstance(peer, PairingToken) and self.port is not None
+        assert self.port is not None
         try:
             key = probe_key(self.wg, peer.wg_key, offer_nonce, reply_nonce)
         except CryptoError:
@@ -322,13 +322,11 @@ class _Pairing:
             dl = core.next_deadline()
             self.port.wait(1.0 if dl is None else min(1.0, dl - now))
 
-    def finish(self, peer: object, endpoint: tuple[str, int]) -> None:
+    def finish(self, peer: PairingToken, endpoint: tuple[str, int]) -> None:
         from meshguard.crypto.keys import b64encode
         from meshguard.identity import saved_seeds
-        from meshguard.identity.pairing_token import PairingToken
         from meshguard.identity.trust import TrustStore
 
-        assert isinstance(peer, PairingToken)
         self.trust = trust = TrustStore.load(self.cfg)  # as it is now, after the punch
         name = self.trust_name(peer.identity_key)
         if trust.peer_names(peer.identity_key):
@@ -343,12 +341,10 @@ class _Pairing:
                  "`meshguard up` (it joins the saved seeds), on both nodes")
 
 
-def _describe(t: object) -> str:
+def _describe(t: PairingToken) -> str:
     from meshguard.crypto.keys import b64encode
-    from meshguard.identity.pairing_token import PairingToken
     from meshguard.identity.saved_seeds import format_endpoint
 
-    assert isinstance(t, PairingToken)
     eps = ", ".join(format_endpoint(e) for e in t.candidates()) or "no endpoint"
     return (f"key {b64encode(t.identity_key)}, mesh {t.mesh_ipv4}, {_nat_label(t.nat_type)}, "
             f"at {eps} (check the key with the peer: whoever made the token is trusted)")
@@ -375,6 +371,17 @@ def _read_reply(pairing: _Pairing, port: _Port, until: float, stdin: TextIO) -> 
         port.recv_all()
 
 
+def _decode(text: str, what: str) -> tuple[PairingToken, bytes]:
+    """tok.decode, with the fix added to its one line."""
+    from meshguard.identity import pairing_token as tok
+
+    try:
+        return tok.decode(text)
+    except tok.PairingTokenError as exc:
+        raise tok.PairingTokenError(f"{exc}; copy {what} again, whole, or ask the peer for a "
+                                    "new one") from None
+
+
 def _generate(pairing: _Pairing, minutes: float, stdin: TextIO) -> int:
     from meshguard.identity import pairing_token as tok
     from meshguard.rng import SystemRng
@@ -395,7 +402,7 @@ def _generate(pairing: _Pairing, minutes: float, stdin: TextIO) -> int:
     pairing.say("Paste the peer's response token here:")
     last_end = punch_time + ATTEMPTS * PUNCH_WINDOW + (ATTEMPTS - 1) * IDLE
     text = _read_reply(pairing, port, last_end, stdin)
-    reply, _ = tok.decode(text)
+    reply, _ = _decode(text, "the peer's response token")
     if reply.role != tok.ROLE_REPLY:
         raise tok.PairingTokenError("that is an offer token, not a response; paste the token "
                                     "`connect --join` printed on the peer")
@@ -412,11 +419,10 @@ def _generate(pairing: _Pairing, minutes: float, stdin: TextIO) -> int:
     return 0
 
 
-def _join(pairing: _Pairing, offer: object, offer_bin: bytes) -> int:
+def _join(pairing: _Pairing, offer: PairingToken, offer_bin: bytes) -> int:
     from meshguard.identity import pairing_token as tok
     from meshguard.rng import SystemRng
 
-    assert isinstance(offer, tok.PairingToken)
     pairing.check_peer(offer)
     pairing.say(f"  peer: {_describe(offer)}")
     pairing.open()
@@ -444,7 +450,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if args.join is not None:
         if args.minutes is not None:
             raise UsageError("--in goes with --generate (the offer names the punch time)")
-        offer, offer_bin = tok.decode(args.join)  # a bad token fails before anything else
+        offer, offer_bin = _decode(args.join, "the token")  # fails before anything else
         if offer.role != tok.ROLE_OFFER:
             raise tok.PairingTokenError("that is a response token; --join takes the token "
                                         "`connect --generate` printed")
