@@ -243,7 +243,8 @@ class Pairing:
     generated: str
     joined: str
     join_started: float  # time.monotonic() when --join was started
-    punched: float  # time.monotonic() when both had exited
+    proven: float  # when the generating side printed its proof
+    punched: float  # when both had exited
 
 
 def _token_line(proc: subprocess.Popen[bytes], what: str, seen: list[str]) -> str:
@@ -275,13 +276,18 @@ def pair(gen: Node, join: Node, *extra: str, minutes: float = 0.15,
                       env={**os.environ, **join.env}, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE)
     reply = _token_line(j, "reply", seen_j)
-    assert g.stdin is not None
+    assert g.stdin is not None and g.stdout is not None
     g.stdin.write(reply.encode() + b"\n")
     g.stdin.flush()
+    proven = 0.0
+    for raw in g.stdout:  # live, to time the proof
+        seen_g.append(raw.decode())
+        if "path proven" in seen_g[-1]:
+            proven = time.monotonic()
     out_g, err_g = g.communicate(timeout=max(1.0, deadline - time.monotonic()))
     out_j, err_j = j.communicate(timeout=max(1.0, deadline - time.monotonic()))
     done = time.monotonic()
     assert g.returncode == 0 and j.returncode == 0, (err_g.decode(), err_j.decode(),
                                                      out_g.decode(), out_j.decode())
     return Pairing("".join(seen_g) + out_g.decode(), "".join(seen_j) + out_j.decode(), started,
-                   done)
+                   proven, done)

@@ -63,8 +63,9 @@ def test_connect_pairs_two_nated_nodes_without_a_seed(tmp_path: Path) -> None:
         assert ma["path"] == "direct" and mb["path"] == "direct", (ma, mb)
         assert ma["endpoint"].startswith("203.0.113.22:"), ma
         assert mb["endpoint"].startswith("203.0.113.21:"), mb
-        print(f"--join -> punched {p.punched - p.join_started:.1f} s, "
-              f"--join -> first ping {first_ping - p.join_started:.1f} s")
+        print(f"--join -> path proven {p.proven - p.join_started:.1f} s, both done "
+              f"{p.punched - p.join_started:.1f} s, first ping {first_ping - p.join_started:.1f}"
+              " s")
 
         # later: B's daemon restarts and finds A again through its saved seed alone
         assert b.cli("down", "--interface", b.iface).returncode == 0, lan.logs()

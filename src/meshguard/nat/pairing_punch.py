@@ -10,7 +10,8 @@ probe carries a fresh challenge, and the prober remembers where each went; a pro
 answer, to its source, echoing its challenge. An answer proves a path only if it echoes a
 challenge of ours and comes from the very endpoint that challenge was sent to. Then the side
 keeps answering for up to `linger` seconds (the original's confirmation probes), or until the
-other side says it has proven a path too, and reports `PairingPunched`. A window that passes
+other side says it has proven a path too (a side that finishes on the other's word sends one
+last probe saying it is through as well), and reports `PairingPunched`. A window that passes
 without proof starts the next attempt (`windows`, the original's 3 attempts); after the last
 one the core reports `PairingPunchFailed`.
 
@@ -94,6 +95,7 @@ class PairingPunch:
     _next_probe: float = float("-inf")
     _proven_at: float = 0.0
     _peer_proven: bool = False
+    _told: bool = False  # a message of ours said we are through
     _reflexive: int = 0
     _own_tag: bytes = b""
     _peer_tag: bytes = b""
@@ -111,6 +113,7 @@ class PairingPunch:
     def _message(self, flags: int, challenge: bytes, echo: bytes) -> bytes:
         if self.proven is not None:
             flags |= FLAG_PROVEN
+            self._told = True
         body = wire.encode_body(PairingProbe(self.own_nonce, self._own_tag, flags, challenge,
                                              echo))
         return body + mac(self.key, body)
@@ -202,6 +205,10 @@ class PairingPunch:
         if p.proven:
             self._peer_proven = True
         if self.proven is not None and self._peer_proven:
+            if not self._told:
+                # the peer has not heard that we are through: our last word says so, or it
+                # would wait out its linger
+                out.append(self._probe(self.proven))
             out += self._finish()
         return out
 
