@@ -143,6 +143,10 @@ class NatLan(MeshLan):
         router.link_up("lan")
         router.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
                     "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"])
+        # with br_netfilter loaded, frames bridged between two LAN hosts would meet the
+        # forward chain's drop policy, which a home router's switch never applies
+        router.run(["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0",
+                    "net.bridge.bridge-nf-call-ip6tables=0"], check=False)
         self.set_nat(name, masq)
         return self.add_behind_existing_nat(name, name, f"{lan}.2")
 

@@ -74,3 +74,21 @@ def test_connect_pairs_two_nated_nodes_without_a_seed(tmp_path: Path) -> None:
         b.up(None, *stun)
         lan.wait(lambda: b.ping(a), "B's ping to A after B's restart", 30)
         assert b.member(a) is not None
+
+
+@pytest.mark.timeout(60)
+def test_connect_on_one_lan_needs_no_stun_and_pairs_over_the_lan(tmp_path: Path) -> None:
+    # two hosts behind one NAT, no STUN server: the tokens carry local addresses only, and
+    # the LAN address answers (no hairpin through the NAT)
+    with NatLan(tmp_path) as lan:
+        a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10")
+        c = lan.add_behind_existing_nat("c", "a", "192.168.10.3")
+        p = pair(a, c, minutes=0.1)
+        assert "no --stun server given" in p.generated and "path proven" in p.joined
+        assert saved_seeds.load(a.cfg) == [("192.168.10.3", 51821)]
+        assert saved_seeds.load(c.cfg) == [("192.168.10.2", 51821)]
+        a.up(None)
+        c.up(None)
+        lan.wait(lambda: c.ping(a), "a ping from C to A over the mesh", 30)
+        mc = c.member(a)
+        assert mc is not None and mc["endpoint"] == "192.168.10.2:51821", mc
