@@ -4,9 +4,9 @@ Stand-ins for MeshNode's ports (FakeTrust, FakeMembership, FakeBackend: test_nod
 test_node_holepunch.py, test_node_relay_views.py); a MeshNode with a HolePuncher and a
 hole-punch-aware device, one stalled peer B and one public member R (`setup`:
 test_node_holepunch.py, test_node_relay_origin.py); the virtual-time mesh of real Devices and
-SWIM cores on one in-memory UDP network (Net, SimNode: test_mesh_sim.py, test_org_gossip.py);
-and its org-certificate variant, a joined cluster of certified members (`cluster`:
-test_org_gossip.py, test_org_flood.py).
+SWIM cores on one in-memory UDP network (Net, SimNode: test_mesh_sim.py, test_org_gossip.py;
+Net.move, a node whose address changes: test_roaming_sim.py); and its org-certificate variant,
+a joined cluster of certified members (`cluster`: test_org_gossip.py, test_org_flood.py).
 """
 
 from __future__ import annotations
@@ -249,6 +249,13 @@ class Net:
             d = sn.node.next_deadline()
             if d is not None and d <= c.monotonic():
                 self.run_actions(sn, sn.node.tick(c.monotonic(), c.wall()))
+
+    def move(self, sn: SimNode, ip: str) -> None:
+        """The node's underlay address changes: it sends from, and is reached at, `ip` only
+        (its old address is gone; datagrams still queued for it are lost)."""
+        del self.nodes[sn.ep]
+        sn.ep = (ip, sn.ep[1])
+        self.nodes[sn.ep] = sn
 
     def run(self, seconds: float) -> None:
         end = self.clock.monotonic() + seconds

@@ -65,6 +65,12 @@ class DevicePort(Protocol):
         ...
 
 
+    def keepalive_to(self, peer_key: bytes, now: float, wall: float
+                     ) -> Sequence[DeviceAction]:
+        """A keepalive (or handshake) to the peer now: our underlay address changed."""
+        ...
+
+
 class PeerBackend(Protocol):
     """Applies peer changes to a WireGuard implementation (userspace Device here)."""
 

@@ -166,6 +166,25 @@ class SwimPort:
         self.core.update_self(now, endpoints=eps, nat_type=nat)
         return True
 
+    def set_endpoints(self, now: float, endpoints: Sequence[Endpoint], nat_type: int | None
+                      ) -> bool:
+        """Advertise exactly `endpoints` (and `nat_type`, unless None), as after a change of
+        the underlay (mesh/roaming.py); a new incarnation is gossiped when anything changed."""
+        rec = self.core.record
+        nat = rec.nat_type
+        if nat_type is not None:
+            nat = (rec.nat_type & NAT_SPLIT_PORT) | (nat_type & NAT_TYPE_MASK)
+        eps = tuple(endpoints)[:4]
+        if not eps or (tuple(rec.endpoints) == eps and rec.nat_type == nat):
+            return False
+        self.core.update_self(now, endpoints=eps, nat_type=nat)
+        return True
+
+    def announce(self, now: float, wall: float) -> list[PortAction]:
+        """Our record to every live member now (swim/membership.py `announce`)."""
+        self._now = now
+        return self.absorb(self.core.announce(now))[0]
+
     def counters(self) -> dict[str, int]:
         return {f"swim_{k}": int(v) for k, v in self.core.stats.items()}
 

@@ -257,6 +257,26 @@ class Membership:
         s.left = True
         return out
 
+    def announce(self, now: float) -> list[Action]:
+        """Send our current record to every live member at once (a Ping carrying it), after
+        a change they should not wait for the piggyback to learn (a new endpoint: their
+        probes would go to the old one). Their Acks match no probe and change nothing."""
+        s = self._s
+        if s.left:
+            return []
+        entry: Entry = (TAG_RECORD, s.raw)
+        out: list[Action] = []
+        for m in s.members.values():
+            if m.state not in LIVE:
+                continue
+            # the piggyback queue holds the fresh record until its retransmit limit; after
+            # that it rides along explicitly (never twice in one packet)
+            extra = () if s.id in self._queue else (entry,)
+            self._out.send(m, Packet(PING, s.id, s.new_seq()), endpoint_of(m), out,
+                           extra=extra)
+            s.stats["announce_sent"] += 1
+        return out
+
     def update_self(
         self,
         now: float,

@@ -514,6 +514,13 @@ class Device(Handshakes):
         self._wall_offset = wall - now
         return self._keepalive(now, peer)
 
+    def keepalive_to(self, peer_key: bytes, now: float, wall: float) -> list[Action]:
+        """A keepalive to the peer with this public key now (a handshake without a session):
+        after our own address changed, its first authenticated packet moves the peer's
+        endpoint to our new source. An unknown peer: nothing."""
+        peer = self.peer(X25519PublicKey(peer_key))
+        return [] if peer is None else self.send_keepalive(now, wall, peer)
+
     def keepalive_soon(self, peer: Peer, delay: float) -> None:
         """Send a keepalive (a handshake, with no session) `delay` seconds after the last tick:
         what switching persistent keepalive on does, without the caller knowing the time."""
