@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 
 from meshguard.daemon.daemon_config import StartupError
 from meshguard.sansio import Endpoint
@@ -64,6 +65,17 @@ def local_addresses(exclude_ifname: str) -> list[str]:
             found.append(str(ip))
     found.sort(key=lambda s: (":" in s, s))
     return found
+
+
+def underlay_hosts(seeds: Sequence[Endpoint], exclude_ifname: str) -> list[str]:
+    """The underlay addresses this node advertises without --announce: the local source
+    addresses towards the seeds, else the global addresses (both sorted as found)."""
+    hosts: list[str] = []
+    for s, _ in seeds:
+        src = route_source(s)
+        if src and src not in hosts and not ipaddress.ip_address(src).is_loopback:
+            hosts.append(src)
+    return hosts or local_addresses(exclude_ifname)
 
 
 def route_source(dest: str) -> str | None:

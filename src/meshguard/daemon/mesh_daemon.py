@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
+import dataclasses
 import logging
 import os
 import signal
@@ -47,14 +47,16 @@ from meshguard.daemon.control_server import ControlServer, claim_socket_path
 from meshguard.daemon.daemon_config import ALIAS_FILE, DaemonConfig, StartupError
 from meshguard.daemon.dns_server import DnsServer
 from meshguard.daemon.gossip_state import load_high_water, save_high_water
-from meshguard.daemon.host_probe import has_net_admin, local_addresses, resolve_seeds, route_source
+from meshguard.daemon.host_probe import has_net_admin, resolve_seeds, underlay_hosts
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
+from meshguard.daemon.netlink_events import NetlinkEvents
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
 from meshguard.daemon.startup_trace import mark
 from meshguard.daemon.status import PeerStats, build_status
 from meshguard.daemon.trust_holder import TrustHolder
+from meshguard.daemon.underlay_watch import UnderlayWatch
 from meshguard.daemon.userspace_runner import UserspaceRunner
 from meshguard.dataplane.tun import interface_exists
 from meshguard.dns.resolver import Resolver, build_table
@@ -73,6 +75,7 @@ from meshguard.mesh.node import (
     SelfAddressChanged,
     StunResult,
 )
+from meshguard.mesh.roaming import Reannounce, Roaming
 from meshguard.mesh.swim_port import SwimPort, build_membership
 from meshguard.mesh.wg_backend import DeviceBackend
 from meshguard.nat.holepunch import HolePuncher
@@ -151,6 +154,7 @@ class MeshDaemon:
         self.portmap: PortmapTask | None = None
         self._public: tuple[Endpoint | None, int] = (None, NatType.UNKNOWN)  # STUN or relay
         self._mapped: Endpoint | None = None  # the port mapping advertised
+        self._watch: UnderlayWatch | None = None
 
     @property
     def membership(self) -> SwimPort:
@@ -195,16 +199,7 @@ class MeshDaemon:
 
     def _advertised(self, gossip_port: int) -> list[Endpoint]:
         cfg = self.cfg
-        if cfg.announce:
-            hosts = [cfg.announce]
-        else:
-            hosts = []
-            for s, _ in self.seeds:
-                src = route_source(s)
-                if src and src not in hosts and not ipaddress.ip_address(src).is_loopback:
-                    hosts.append(src)
-            if not hosts:
-                hosts = local_addresses(cfg.interface)
+        hosts = [cfg.announce] if cfg.announce else underlay_hosts(self.seeds, cfg.interface)
         return [(h, gossip_port) for h in hosts[:4]]
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
@@ -270,6 +265,7 @@ class MeshDaemon:
         stack.push_async_callback(self.seed_runner.close)
         if cfg.mdns:
             await open_mdns(self.seed_runner, stack, pub, self.name, endpoints)
+        self._start_roaming(loop, stack, endpoints, gport)
         if self.stun_servers:
             client = StunClient(self.rng, self.stun_servers, local=endpoints)
             self._execute(self.node.start_stun(client, self.clock.monotonic()))
@@ -287,6 +283,29 @@ class MeshDaemon:
 
     def _has_live_member(self) -> bool:
         return self._membership is not None and self._membership.core.alive_count() > 1
+
+    def _start_roaming(self, loop: asyncio.AbstractEventLoop, stack: contextlib.AsyncExitStack,
+                       endpoints: list[Endpoint], gport: int) -> None:
+        """Watch the underlay (daemon/underlay_watch.py); --announce pins the address."""
+        assert self.node is not None
+        cfg = self.cfg
+        roaming = Roaming(hosts=tuple(h for h, _ in endpoints), port=gport,
+                          now=self.clock.monotonic(), stun=bool(self.stun_servers),
+                          pinned=(cfg.announce,) if cfg.announce else (),
+                          counters=self.node.counters)
+        events = None
+        if not cfg.announce:
+            try:
+                events = NetlinkEvents.open(cfg.interface)
+            except OSError as exc:
+                log.warning("no netlink address events (%s): looking at the underlay every "
+                            "%.0f s", exc, roaming.recheck)
+        probe = None if cfg.announce else (
+            lambda: underlay_hosts(self.seeds, cfg.interface))
+        self._watch = UnderlayWatch(roaming, self.node, self.membership, probe, self.clock,
+                                    self.rng, self.stun_servers, self._execute, events,
+                                    compose=self._roaming_record)
+        self._watch.start(loop, stack)
 
     # ---- org revocations and aliases, DNS ------------------------------------------------
 
@@ -378,16 +397,26 @@ class MeshDaemon:
             self.runner.peers_changed(changes)
 
     def _on_stun(self, res: StunResult) -> None:
-        if res.mapped is None:
-            log.warning("STUN: no server answered; advertising local endpoints only")
-            return
-        log.info("STUN: public endpoint %s, NAT %s", format_endpoint(res.mapped),
-                 NatType(res.nat_type).name.lower())
-        self._public = (res.mapped, res.nat_type)
-        self._advertise(behind_nat=res.nat_type != NatType.PUBLIC)
-        rl = self.node.relay if self.node is not None else None
-        if rl is not None:
-            rl.behind_nat = res.nat_type != NatType.PUBLIC
+        if self._watch is not None:  # the record follows the answer (mesh/roaming.py)
+            self._watch.stun_result(res.mapped, res.nat_type)
+
+    def _roaming_record(self, a: Reannounce) -> tuple[Reannounce, int | None]:
+        """Roaming's record (mesh/roaming.py) with the router's port mapping in front, as
+        `_advertise` puts it; a mapping made for an address we no longer have is left out.
+        Returns the record and its NAT type (the mapping may make it PUBLIC)."""
+        assert self._watch is not None
+        r = self._watch.roaming
+        if a.nat_type is not None or r.mapped is None:
+            nat = a.nat_type if a.nat_type is not None else self._public[1]
+            self._public = (r.mapped, nat)
+        pm = self.portmap.mapper if self.portmap is not None else None
+        stale = pm is not None and r.moved and pm.client_ip not in r.hosts
+        mapping = pm.mapping if pm is not None and not stale else None
+        first, nat = advertisement(mapping, *self._public)
+        self._mapped = mapping.external if mapping is not None else None
+        eps = tuple(dict.fromkeys([*first, *a.endpoints]))[:4]
+        known = a.nat_type is not None or mapping is not None
+        return dataclasses.replace(a, endpoints=eps), (nat if known else None)
 
     def _on_reflexive(self, a: ReflexiveEndpoint) -> None:
         node = self.node

@@ -102,6 +102,7 @@ class Roaming:
     _stun_running: bool = False
     _pending: bool = False  # changed: the record waits for the STUN answer
     _lost: bool = False  # no underlay address at the last look
+    moved: bool = False  # the underlay changed since start-up
 
     def __post_init__(self) -> None:
         self.hosts = tuple(self.hosts)
@@ -167,6 +168,7 @@ class Roaming:
             self._probe_due = min(self._probe_due, now + 1.0 / self.budget.rate)
             return []
         old, self.hosts = self.hosts, new
+        self.moved = True
         self.counters["underlay_changes"] += 1
         out: list[RoamAction] = [UnderlayChanged(old, new)]
         if self.stun:
@@ -199,10 +201,13 @@ class Roaming:
 
 
 def apply_reannounce(node: MeshNode, membership: SwimPort, a: Reannounce, now: float,
-                     wall: float) -> list[Action]:
+                     wall: float, record_nat: int | None = None) -> list[Action]:
     """Put `a`'s endpoints in this node's record (a new incarnation) and, with `a.announce`,
-    send the record to every member and a keepalive to every peer."""
-    changed = membership.set_endpoints(now, a.endpoints, a.nat_type)
+    send the record to every member and a keepalive to every peer. The record's NAT type is
+    `record_nat` when given (a router's port mapping can make the node public), else STUN's;
+    the hole puncher and the relay take STUN's."""
+    nat = a.nat_type if record_nat is None else record_nat
+    changed = membership.set_endpoints(now, a.endpoints, nat)
     if a.nat_type is not None:
         behind = a.nat_type != NatType.PUBLIC
         if node.holepunch is not None:
