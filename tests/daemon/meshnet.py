@@ -62,6 +62,7 @@ class Node:
     identity: bytes = b""
     wg_pub: bytes = b""
     extra_env: dict[str, str] = field(default_factory=dict)
+    lan_if: str = ""  # the node's underlay interface in its namespace
 
     @property
     def env(self) -> dict[str, str]:
@@ -181,7 +182,8 @@ class MeshLan:
         ns.add_address(node_if, f"{LAN_V6}{idx}/64")
         ns.link_up(node_if)
         cfg = self.tmp / name
-        node = Node(self, name, ns, cfg, ip, unique_name("mg"), ip6=f"{LAN_V6}{idx}")
+        node = Node(self, name, ns, cfg, ip, unique_name("mg"), ip6=f"{LAN_V6}{idx}",
+                    lan_if=node_if)
         if keys:
             k = keygen.generate_node_keys(cfg, SystemRng(), time.time(), force=False)
             node.identity = k.identity.public_key.raw

@@ -134,6 +134,11 @@ class NatLan(MeshLan):
     def add_behind_nat(self, name: str, wan_ip: str, lan: str, masq: str = CONE) -> Node:
         """A router namespace `name` with NAT rules `masq` between the hub and a LAN bridge
         `lan`.0/24, and a host at `lan`.2 behind it."""
+        self.add_router(name, wan_ip, lan, masq)
+        return self.add_behind_existing_nat(name, name, f"{lan}.2")
+
+    def add_router(self, name: str, wan_ip: str, lan: str, masq: str = CONE) -> Namespace:
+        """A NAT router `name` (as add_behind_nat) with nobody behind it yet."""
         router = self._stack.enter_context(Namespace.create(f"mgr{name}"))
         self.routers[name] = router
         self._lan_prefix[name] = lan
@@ -148,22 +153,29 @@ class NatLan(MeshLan):
         router.run(["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0",
                     "net.bridge.bridge-nf-call-ip6tables=0"], check=False)
         self.set_nat(name, masq)
-        return self.add_behind_existing_nat(name, name, f"{lan}.2")
+        return router
 
     def add_behind_existing_nat(self, name: str, router_name: str, ip: str) -> Node:
         """Another host at `ip` on the LAN of the router made by add_behind_nat(router_name)."""
-        router = self.routers[router_name]
         node = self._new_node(name)
-        port = unique_name("vl")
-        self._veth(router, port, node.ns, "eth0")
-        router.run(["ip", "link", "set", port, "master", "lan"])
-        router.link_up(port)
-        node.ns.add_address("eth0", f"{ip}/24")
-        node.ns.link_up("eth0")
+        self.plug(node, router_name, ip, "eth0")
         node.ns.run(["ip", "route", "add", "default", "via",
                      f"{self._lan_prefix[router_name]}.1"])
         node.ip = ip
+        node.lan_if = "eth0"
         return node
+
+    def plug(self, node: Node, router_name: str, ip: str, ifname: str = "eth1") -> str:
+        """A new link `ifname` with address `ip` from `node` into a router's LAN (no route
+        through it yet: the caller moves the default route); returns `ifname`."""
+        router = self.routers[router_name]
+        port = unique_name("vl")
+        self._veth(router, port, node.ns, ifname)
+        router.run(["ip", "link", "set", port, "master", "lan"])
+        router.link_up(port)
+        node.ns.add_address(ifname, f"{ip}/24")
+        node.ns.link_up(ifname)
+        return ifname
 
     def set_nat(self, router_name: str, masq: str) -> None:
         """Replace the NAT rules of a router (`CONE`, `SYMMETRIC` or any nft masquerade
