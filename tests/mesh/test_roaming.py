@@ -39,6 +39,10 @@ def test_the_same_addresses_change_nothing() -> None:
     assert r.observed(1.0, ["2001:db8::5", OLD]) == []
     assert r.observed(2.0, [OLD, OLD, "2001:db8::5"]) == []
     assert r.counters["underlay_changes"] == 0
+    # only the first four are advertised: a fifth address is no change
+    many = [f"192.0.2.{i}" for i in range(1, 6)]
+    r = Roaming(hosts=tuple(many[:4]), port=PORT, now=0.0)
+    assert r.observed(1.0, many) == []
 
 
 def test_a_change_without_stun_is_re_announced_at_once() -> None:

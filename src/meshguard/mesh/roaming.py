@@ -153,7 +153,7 @@ class Roaming:
         """The underlay addresses the shell found (route sources towards the seeds, else the
         global addresses). None at all (the address is gone, the new one not there yet) is
         no change: the record stays as it is until an address appears."""
-        new = tuple(dict.fromkeys(hosts))
+        new = tuple(dict.fromkeys(hosts))[:MAX_ENDPOINTS]  # what start-up advertised too
         if not new:
             if not self._lost:
                 self.counters["underlay_lost"] += 1
