@@ -5,12 +5,13 @@ packets from yet another address moves nothing (docs/security.md#a-stranger-on-t
 
 from __future__ import annotations
 
-from meshguard.crypto.keys import X25519PublicKey
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, X25519PublicKey
 from meshguard.mesh.roaming import Reannounce, Roaming, apply_reannounce
-from meshguard.mesh.swim_port import SwimPort
+from meshguard.mesh.swim_port import NAT_SPLIT_PORT, SwimPort, build_membership
+from meshguard.nat.stun_client import NatType
 from meshguard.wireguard.device import Device
 
-from .helpers import Net, SimNode
+from .helpers import Net, SimNode, Trust
 
 NEW_IP = "192.0.2.102"
 ATTACKER = ("198.51.100.66", 4444)
@@ -170,3 +171,22 @@ def test_a_forged_keepalive_from_a_new_address_moves_nothing() -> None:
     a.node.receive(cl.monotonic(), cl.wall(), forged, ATTACKER)
     assert wg_endpoint(a, b) == old
     assert device(a).counters.as_dict()["bad_auth"] == bad + 1
+
+
+def test_set_endpoints_keeps_the_split_port_flag_and_refuses_an_empty_list() -> None:
+    net = Net(5)
+    ident = Ed25519PrivateKey(net.rng.bytes(32))
+    wg = X25519PrivateKey.generate(net.rng.bytes(32))
+    c = net.clock
+    port = build_membership(identity=ident, wg_private=wg, certificate=None,
+                            endpoints=[("192.0.2.5", 51822)], kernel=True, admitter=Trust(),
+                            rng=net.rng, now=c.monotonic(), wall=c.wall())
+    inc = port.core.incarnation
+    assert port.set_endpoints(c.monotonic(), [("203.0.113.5", 40000), ("192.0.2.5", 51822)],
+                              NatType.CONE)
+    rec = port.core.record
+    assert rec.nat_type == NAT_SPLIT_PORT | NatType.CONE and port.core.incarnation > inc
+    assert rec.endpoints == (("203.0.113.5", 40000), ("192.0.2.5", 51822))
+    assert not port.set_endpoints(c.monotonic(), list(rec.endpoints), NatType.CONE)
+    assert not port.set_endpoints(c.monotonic(), [], None)
+    assert port.core.record == rec
