@@ -99,7 +99,6 @@ class Roaming:
     nat_type: int | None = None
     _probe_due: float = 0.0
     _stun_due: float = float("inf")
-    _stun_running: bool = False
     _pending: bool = False  # changed: the record waits for the STUN answer
     _lost: bool = False  # no underlay address at the last look
     moved: bool = False  # the underlay changed since start-up
@@ -107,8 +106,7 @@ class Roaming:
     def __post_init__(self) -> None:
         self.hosts = tuple(self.hosts)
         self._probe_due = self.now + self.recheck
-        if self.stun:
-            self._stun_running = True  # the daemon's first run
+        if self.stun:  # the daemon started the first run
             self._stun_due = self.now + self.stun_refresh
 
     # timers ------------------------------------------------------------------------------
@@ -131,7 +129,6 @@ class Roaming:
         return out
 
     def _restart_stun(self, now: float) -> RestartStun:
-        self._stun_running = True
         self._stun_due = now + self.stun_refresh
         self.counters["stun_reruns"] += 1
         return RestartStun(self.local_endpoints())
@@ -183,7 +180,6 @@ class Roaming:
     def stun_finished(self, now: float, mapped: Endpoint | None, nat_type: int
                       ) -> list[RoamAction]:
         """A STUN run is over: `mapped` None when no server answered."""
-        self._stun_running = False
         pending, self._pending = self._pending, False
         first = self.nat_type is None
         if mapped is None:
