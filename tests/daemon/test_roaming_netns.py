@@ -129,3 +129,44 @@ def test_a_nated_node_moving_to_another_nat_is_followed(tmp_path: Path) -> None:
         assert ma is not None and ma["path"] == "direct", ma
         cb = b.status()["counters"]
         assert cb.get("underlay_changes") == 1 and cb.get("relay_tx", 0) == 0, cb
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft")
+@pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)")
+def test_a_new_lan_address_behind_the_same_nat_is_followed(tmp_path: Path) -> None:
+    with NatLan(tmp_path) as lan:
+        s = lan.add_public("s", PUB)
+        a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", CONE)
+        b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", CONE)
+        trust_all([s, a, b])
+        stun = lan.start_stun(s)
+        s.up(None, *stun)
+        a.up([s], *stun)
+        b.up([s], *stun, announce=False)
+
+        def direct() -> bool:
+            ma, mb = a.member(b), b.member(a)
+            return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"]
+                        and ma["path"] == "direct" and mb["path"] == "direct")
+
+        lan.wait(direct, "a direct tunnel between A and B", 40)
+        lan.wait(lambda: a.ping(b), "pings before the move", 20)
+        before = a.member(b)
+        assert before is not None
+        t0 = time.monotonic()
+        move_address(b, "192.168.20.7", 24, "192.168.20.1")
+
+        def moved() -> bool:
+            m = a.member(b)
+            return m is not None and m["endpoint"] != before["endpoint"]
+
+        lan.wait(moved, "A to see B's new mapping", FOLLOW_LIMIT)
+        t_status = time.monotonic() - t0
+        lan.wait(lambda: a.ns.ping(b.mesh_v4, wait=0.5), "pings to B", FOLLOW_LIMIT)
+        t_ping = time.monotonic() - t0
+        m = a.member(b)
+        print(f"\nLAN address change behind one NAT ({before['endpoint']} -> "
+              f"{m and m['endpoint']}): peers' status {t_status:.2f} s, pings {t_ping:.2f} s")
+        assert t_ping < FOLLOW_LIMIT
+        assert b.status()["counters"].get("underlay_changes") == 1
