@@ -119,4 +119,4 @@ def test_the_watch_notices_a_change_and_re_signs_the_record(
     assert port.core.incarnation > inc
     lines = [r.getMessage() for r in caplog.records if "underlay" in r.getMessage()]
     assert lines == ["underlay address changed: 192.168.1.20 -> 10.44.0.7; re-announcing"]
-    assert len(looks) > 4
+    assert len(looks) >= 4

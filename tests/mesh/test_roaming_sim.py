@@ -8,6 +8,8 @@ from __future__ import annotations
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, X25519PublicKey
 from meshguard.mesh.roaming import Reannounce, Roaming, apply_reannounce
 from meshguard.mesh.swim_port import NAT_SPLIT_PORT, SwimPort, build_membership
+from meshguard.nat.holepunch import HolePuncher
+from meshguard.nat.relay import Relay
 from meshguard.nat.stun_client import NatType
 from meshguard.wireguard.device import Device
 
@@ -190,3 +192,26 @@ def test_set_endpoints_keeps_the_split_port_flag_and_refuses_an_empty_list() -> 
     assert not port.set_endpoints(c.monotonic(), list(rec.endpoints), NatType.CONE)
     assert not port.set_endpoints(c.monotonic(), [], None)
     assert port.core.record == rec
+
+
+def test_a_new_nat_mapping_reaches_the_record_the_hole_puncher_and_the_relay() -> None:
+    net, a, b, _ = mesh()
+    cl = net.clock
+    b.node.holepunch = HolePuncher(b.ident, net.rng)
+    b.node.relay = Relay(b.key, X25519PrivateKey.generate(net.rng.bytes(32)),
+                         cookie_secret=bytes(32))
+    r = Roaming(hosts=(b.ep[0],), port=b.ep[1], now=cl.monotonic(), stun=True)
+    first = r.stun_finished(cl.monotonic(), ("203.0.113.22", 51821), NatType.CONE)
+    moved = ("203.0.113.22", 40123)
+    r.tick(cl.monotonic() + 90.0)
+    acts = [*first, *r.stun_finished(cl.monotonic() + 90.1, moved, NatType.CONE)]
+    for x in acts:
+        assert isinstance(x, Reannounce)
+        net.run_actions(b, apply_reannounce(b.node, swim(b), x, cl.monotonic(), cl.wall()))
+    assert swim(b).core.record.endpoints == (moved, b.ep)
+    assert swim(b).core.record.nat_type == NatType.CONE
+    assert b.node.holepunch.self_endpoints == (moved, b.ep) and b.node.holepunch.behind_nat
+    assert b.node.relay.behind_nat
+    assert b.node.counters["reannounced"] == 1  # the first answer is no news to anyone
+    net.run(0.3)
+    assert record_endpoint(a, b) == moved
