@@ -7,9 +7,10 @@ added again). B notices it (netlink, daemon/underlay_watch.py), signs a new reco
 out to every peer; A's and C's status must show B's new endpoint and the mesh must carry
 pings to B again within 10 s (docs/architecture.md#roaming).
 
-The NAT variant (tests/daemon/natnet.py) moves B from behind one cone NAT to behind another
-(Wi-Fi to LTE: a new LAN address and a new public mapping): B's STUN run finds the new
-mapping, and A, behind its own cone NAT, follows.
+The NAT variants (tests/daemon/natnet.py) move B from behind one cone NAT to behind another
+(Wi-Fi to LTE: a new LAN address and a new public mapping), and give B a new LAN address behind
+the same NAT (whose old mappings still hold the port, so B gets a new public port): B's STUN
+run finds the new mapping, and A, behind its own cone NAT, follows.
 """
 
 from __future__ import annotations
