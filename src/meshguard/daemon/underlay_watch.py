@@ -30,6 +30,7 @@ from meshguard.mesh.roaming import (
     Roaming,
     UnderlayChanged,
     apply_reannounce,
+    reach_out,
 )
 from meshguard.mesh.swim_port import SwimPort
 from meshguard.nat.stun_client import NatType, StunClient
@@ -111,7 +112,7 @@ class UnderlayWatch:
             log.info("underlay address changed: %s -> %s; re-announcing", _hosts(a.old),
                      _hosts(a.new))
         elif isinstance(a, ReachOut):
-            self.execute(node.reach_out(c.monotonic(), c.wall()))
+            self.execute(reach_out(node, c.monotonic(), c.wall()))
         elif isinstance(a, RestartStun):
             client = StunClient(self.rng, self.stun_servers, local=a.local)
             self.execute(node.start_stun(client, c.monotonic()))

@@ -364,16 +364,6 @@ class MeshNode:
                 out.append(StunResult(a.mapped, int(a.nat_type)))
         return out
 
-    def reach_out(self, now: float, wall: float) -> list[Action]:
-        """Our underlay address changed (mesh/roaming.py): a keepalive to every peer now, so
-        each moves our endpoint to the new source on its first authenticated packet."""
-        if self.device is None:
-            return []
-        out: list[Action] = []
-        for key in self.peers:
-            out += self._from_device(self.device.keepalive_to(key, now, wall))
-        return out
-
     def leave(self, now: float, wall: float) -> list[Action]:
         """Announce a graceful leave; the caller sends the datagrams and then shuts down."""
         return list(self.membership.absorb(self.membership.leave(now, wall))[0])

@@ -18,8 +18,8 @@ runs again and the record follows its answer, with the new mapping first. STUN a
 mapping or NAT type is re-announced the same way.
 
 A re-announcement signs a new record (new incarnation, through the membership API), sends it
-to every member at once (a Ping carrying it) and a keepalive to every peer. Reactions are
-bounded by a token bucket, so a flapping interface cannot make the node flood the mesh.
+to every member at once (a Ping carrying it) and a keepalive to every direct peer. Reactions
+are bounded by a token bucket, so a flapping interface cannot make the node flood the mesh.
 Nothing here reads the network: every input is local (netlink, the host's own addresses) or an
 answer the STUN client has matched to its own request.
 """
@@ -65,7 +65,7 @@ class RestartStun:
 
 @dataclass(frozen=True, slots=True)
 class ReachOut:
-    """The shell: a keepalive to every WireGuard peer now (they roam to our new source)."""
+    """The shell: a keepalive to every direct peer now (they roam to our new source)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +199,8 @@ class Roaming:
 def apply_reannounce(node: MeshNode, membership: SwimPort, a: Reannounce, now: float,
                      wall: float, record_nat: int | None = None) -> list[Action]:
     """Put `a`'s endpoints in this node's record (a new incarnation) and, with `a.announce`,
-    send the record to every member and a keepalive to every peer. The record's NAT type is
-    `record_nat` when given (a router's port mapping can make the node public), else STUN's;
+    send the record to every member and a keepalive to every direct peer. The record's NAT type
+    is `record_nat` when given (a router's port mapping can make the node public), else STUN's;
     the hole puncher and the relay take STUN's."""
     nat = a.nat_type if record_nat is None else record_nat
     changed = membership.set_endpoints(now, a.endpoints, nat)
@@ -215,5 +215,19 @@ def apply_reannounce(node: MeshNode, membership: SwimPort, a: Reannounce, now: f
         if changed:
             node.counters["reannounced"] += 1
             out += membership.announce(now, wall)
-        out += node.reach_out(now, wall)
+        out += reach_out(node, now, wall)
+    return out
+
+
+def reach_out(node: MeshNode, now: float, wall: float) -> list[Action]:
+    """A keepalive (a handshake without a session) to every direct peer now: each moves our
+    endpoint to the new source on its first authenticated packet. A relayed peer is reached
+    through the relay, whose registration of us is the relay core's to renew."""
+    dev = node.device
+    if dev is None:
+        return []
+    out: list[Action] = []
+    for key in node.peers:
+        if node.path_of(key)[0] == "direct":
+            out += dev.keepalive_to(key, now, wall)
     return out
