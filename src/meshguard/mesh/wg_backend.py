@@ -22,12 +22,13 @@ class DeviceBackend:
         if peer.endpoint is not None and p.endpoint != peer.endpoint:
             # a roamed endpoint (learned from authenticated traffic) is newer than the record
             # only while the record is unchanged; a record change is an explicit move
-            moved = p.endpoint is not None
+            moved = p.endpoint is not None and p.keypairs.current is not None
             p.endpoint = peer.endpoint
             self.device.changed()
             if moved and peer.keepalive > 0 and p.persistent_keepalive > 0:
-                # the member moved (mesh/roaming.py): a keepalive to the new endpoint at once
-                # opens our NAT towards it, so its packets from there get in
+                # the member moved (mesh/roaming.py): a keepalive on the session we have, to
+                # the new endpoint at once, opens our NAT towards it so its packets get in
+                # (without a session the handshake timers are in charge, as for a new peer)
                 self.device.keepalive_soon(p, 0.0)
         was = p.persistent_keepalive
         p.persistent_keepalive = peer.keepalive
