@@ -64,6 +64,28 @@ def follow(lan: MeshLan, moved: Node, viewers: list[Node], host: str, t0: float
     return t_status, time.monotonic() - t0
 
 
+def nated_pair(lan: NatLan) -> tuple[Node, Node, Node]:
+    """A public seed S with STUN; A and B behind their own cone NATs, B advertising whatever
+    its routes say; returns once A and B have a direct tunnel that carries pings."""
+    s = lan.add_public("s", PUB)
+    a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", CONE)
+    b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", CONE)
+    trust_all([s, a, b])
+    stun = lan.start_stun(s)
+    s.up(None, *stun)
+    a.up([s], *stun)
+    b.up([s], *stun, announce=False)
+
+    def direct() -> bool:
+        ma, mb = a.member(b), b.member(a)
+        return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"]
+                    and ma["path"] == "direct" and mb["path"] == "direct")
+
+    lan.wait(direct, "a direct tunnel between A and B", 40)
+    lan.wait(lambda: a.ping(b), "pings before the move", 20)
+    return s, a, b
+
+
 @pytest.mark.timeout(90)
 def test_peers_follow_an_address_change_within_10_s(tmp_path: Path) -> None:
     with MeshLan(tmp_path) as lan:
@@ -98,23 +120,8 @@ def test_peers_follow_an_address_change_within_10_s(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)")
 def test_a_nated_node_moving_to_another_nat_is_followed(tmp_path: Path) -> None:
     with NatLan(tmp_path) as lan:
-        s = lan.add_public("s", PUB)
-        a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", CONE)
-        b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", CONE)
         lan.add_router("lte", "203.0.113.23", "192.168.30", CONE)
-        trust_all([s, a, b])
-        stun = lan.start_stun(s)
-        s.up(None, *stun)
-        a.up([s], *stun)
-        b.up([s], *stun, announce=False)
-
-        def direct() -> bool:
-            ma, mb = a.member(b), b.member(a)
-            return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"]
-                        and ma["path"] == "direct" and mb["path"] == "direct")
-
-        lan.wait(direct, "a direct tunnel between A and B", 40)
-        lan.wait(lambda: a.ping(b), "pings before the move", 20)
+        s, a, b = nated_pair(lan)
         assert endpoint_host(a, b) == "203.0.113.22"
         # B leaves its Wi-Fi (the old link goes down) for the LTE router's LAN
         lte_if = lan.plug(b, "lte", "192.168.30.2")
@@ -137,22 +144,7 @@ def test_a_nated_node_moving_to_another_nat_is_followed(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)")
 def test_a_new_lan_address_behind_the_same_nat_is_followed(tmp_path: Path) -> None:
     with NatLan(tmp_path) as lan:
-        s = lan.add_public("s", PUB)
-        a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", CONE)
-        b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", CONE)
-        trust_all([s, a, b])
-        stun = lan.start_stun(s)
-        s.up(None, *stun)
-        a.up([s], *stun)
-        b.up([s], *stun, announce=False)
-
-        def direct() -> bool:
-            ma, mb = a.member(b), b.member(a)
-            return bool(ma and mb and ma["last_handshake"] and mb["last_handshake"]
-                        and ma["path"] == "direct" and mb["path"] == "direct")
-
-        lan.wait(direct, "a direct tunnel between A and B", 40)
-        lan.wait(lambda: a.ping(b), "pings before the move", 20)
+        _s, a, b = nated_pair(lan)
         before = a.member(b)
         assert before is not None
         t0 = time.monotonic()
