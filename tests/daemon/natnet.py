@@ -10,6 +10,9 @@
         lan.start_miniupnpd("b")                           # PCP, NAT-PMP, UPnP-IGD on b's router
         lan.port_mappings("b")                             # the DNAT rules miniupnpd added
         pair(a, b, *stun_args)        # `meshguard connect --generate` on a, `--join` on b
+        lan.cut("a", "203.0.113.22")          # router a drops all traffic to/from that host
+        lan.uncut("a")                        # and lets it through again
+        with Pinger(a, b, lan.tmp / "ping.log") as p: ...  # 5 pings/s; p.lost_after(t)
 
 Topology (every name carries a random suffix; everything is removed at the end):
 
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshguard.identity import keygen
@@ -217,6 +220,14 @@ class NatLan(MeshLan):
                 rules.append(f"udp {m.group(1)} -> {m.group(2)}")
         return rules
 
+    def cut(self, router_name: str, peer_ip: str) -> None:
+        """Cut the path between a router's hosts and `peer_ip` (the rest still works)."""
+        self.routers[router_name].run(["nft", "-f", "-"], input=cut_rules(peer_ip))
+
+    def uncut(self, router_name: str) -> None:
+        """Undo `cut`."""
+        self.routers[router_name].run(["nft", "delete", "table", "ip", "cut"])
+
     def start_stun(self, node: Node, port: int = STUN_PORT) -> list[str]:
         """coturn (STUN only) on a public node; returns the `--stun` arguments for `up`."""
         node.ns.popen(["turnserver", "-n", "--stun-only", "-L", node.ip, "-p", str(port),
@@ -307,3 +318,68 @@ def pair(gen: Node, join: Node, *extra: str, minutes: float = 0.15,
                                                      out_g.decode(), out_j.decode())
     return Pairing("".join(seen_g) + out_g.decode(), "".join(seen_j) + out_j.decode(), started,
                    proven, done)
+
+
+def cut_rules(peer_ip: str) -> str:
+    """nftables rules for a router that drop every packet to or from `peer_ip` (before
+    connection tracking on the way in, before NAT on the way out)."""
+    return (f"table ip cut {{\n"
+            f"  chain cut_in {{ type filter hook prerouting priority -300;\n"
+            f"    ip saddr {peer_ip} drop; }}\n"
+            f"  chain cut_out {{ type filter hook forward priority -10;\n"
+            f"    ip daddr {peer_ip} drop; }}\n"
+            f"}}\n")
+
+
+_REPLY = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)")
+
+
+@dataclass
+class Pinger:
+    """A continuous ping (5 per second) from one node to another's mesh IPv4; the replies
+    are read at the end: `replies` maps a sequence number to the time (unix) of its reply."""
+
+    src: Node
+    dst: Node
+    log: Path
+    interval: float = 0.2
+    started: float = 0.0
+    replies: dict[int, float] = field(default_factory=dict)
+    sent: int = 0
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Pinger:
+        self.started = time.time()
+        with open(self.log, "wb") as out:
+            self._proc = self.src.ns.popen(
+                ["ping", "-n", "-D", "-O", "-W", "1", "-i", str(self.interval),
+                 self.dst.mesh_v4], stdout=out)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self.src.ns.stop(self._proc)
+        self._proc = None
+        for line in self.log.read_text().splitlines():
+            m = _REPLY.match(line)
+            if m is None:
+                continue
+            seq = int(m.group(2))
+            self.sent = max(self.sent, seq)
+            if "bytes from" in line:
+                self.replies[seq] = float(m.group(1))
+
+    def sent_at(self, seq: int) -> float:
+        """When ping sent `seq` (it sends one every `interval` from the start)."""
+        return self.started + (seq - 1) * self.interval
+
+    def lost(self, since: float = 0.0, until: float = float("inf")) -> list[int]:
+        """Sequence numbers sent in [since, until] that got no reply (the last second of
+        pings, still in flight when ping stopped, is left out)."""
+        last = self.sent - int(1 / self.interval)
+        return [q for q in range(1, last + 1)
+                if since <= self.sent_at(q) <= until and q not in self.replies]

@@ -83,7 +83,7 @@ def format_status(rep: StatusReport, now: float) -> str:
                      f"{pm['internal_port']}, expires in {pm['expires_in']} s")
     lines.append("")
     header = ("NAME", "KEY", "MESH IP", "ENDPOINT", "STATE", "HANDSHAKE", "IN", "OUT", "PATH",
-              "DNS NAME")
+              "DNS NAME", "WHY")
     rows = [header]
     for m in rep.members:
         state = m.state if m.trusted else f"{m.state},untrusted"
@@ -98,6 +98,7 @@ def format_status(rep: StatusReport, now: float) -> str:
             human_bytes(m.tx_bytes),
             m.path,
             m.dns_names[0] if m.dns_names else "-",
+            m.why or "-",
         ))
     if len(rows) == 1:
         lines.append("no other members yet")

@@ -532,7 +532,7 @@ class MeshDaemon:
                             | (dict(self.portmap.mapper.counters) if self.portmap else {})
                             | self.seed_runner.counters(),
                             dns_counters=dns.counters if dns is not None else None,
-                            seeds=self.seed_runner.status(),
+                            seeds=self.seed_runner.status(), now=self.clock.monotonic(),
                             ).with_portmap(self.portmap.status() if self.portmap else None)
 
     # ---- signals and shutdown --------------------------------------------------------

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 from collections.abc import Mapping
 
@@ -12,6 +13,7 @@ from meshguard.daemon.kernel_module import gossip_port_for
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.swim_port import SwimPort
+from meshguard.nat.path_select import PathReport
 from meshguard.sansio import Endpoint
 from meshguard.wire.control import MemberStatus, SelfStatus, StatusReport, format_endpoint
 from meshguard.wire.seed_status import SeedsStatus
@@ -24,13 +26,28 @@ def _b64(k: bytes) -> str:
     return base64.b64encode(k).decode()
 
 
+def _with_path(ms: MemberStatus, r: PathReport | None) -> MemberStatus:
+    """The member's status with the path report's fields (nat/path_select.py)."""
+    if r is None:
+        return ms
+    return dataclasses.replace(
+        ms, path="direct" if r.path == "none" else r.path,
+        endpoint=format_endpoint(r.endpoint) or ms.endpoint, why=r.reason,
+        via=_b64(r.via) if r.via else None, via_endpoint=format_endpoint(r.via_endpoint),
+        own_nat=r.own_nat, peer_nat=r.peer_nat, last_punch=r.last_punch,
+        last_punch_age=None if r.last_punch_age is None else round(r.last_punch_age, 1),
+        next_punch_in=None if r.next_punch_in is None else round(r.next_punch_in, 1))
+
+
 def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, name: str | None,
                  started_at: float, wall: float, kernel_stats: PeerStats | None,
                  runner_counters: Mapping[str, int], dns_counters: Mapping[str, int] | None,
-                 seeds: SeedsStatus | None = None) -> StatusReport:
+                 seeds: SeedsStatus | None = None, now: float | None = None
+                 ) -> StatusReport:
     """`kernel_stats` are the kernel device's per-peer (handshake, rx, tx, endpoint) in kernel
     mode (None in userspace, where the node's backend has them); `runner_counters` are the
-    mode's own counters (the engine's); `dns_counters` the DNS server's, if it runs."""
+    mode's own counters (the engine's); `dns_counters` the DNS server's, if it runs; with the
+    monotonic `now`, each member carries its path report (why direct or relayed)."""
     peers = node.peers
     v4_of = {p.identity_key: next((str(n.network_address) for n in p.allowed_ips
                                    if n.version == 4), None) for p in peers.values()}
@@ -47,6 +64,7 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
         tunnel = m.wg_key is not None and m.wg_key in peers
         hs, rx, tx, ep = (0.0, 0, 0, None)
         path = "direct"
+        report: PathReport | None = None
         if tunnel and m.wg_key is not None:
             if kernel_stats is not None:
                 hs, rx, tx, ep = kernel_stats.get(m.wg_key, (0.0, 0, 0, None))
@@ -56,7 +74,9 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
                 path, via = node.path_of(m.wg_key)
                 if path == "relayed":
                     ep = via  # (a kernel peer's endpoint is then its loopback relay proxy)
-        members.append(MemberStatus(
+                if node.holepunch is not None and node.backend is not None and now is not None:
+                    report = node.path_report(m.wg_key, now, wall)
+        members.append(_with_path(MemberStatus(
             name=adm.name,
             identity_key=_b64(m.identity_key),
             wireguard_key=_b64(m.wg_key) if m.wg_key else None,
@@ -71,7 +91,7 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             tx_bytes=tx,
             path=path,
             dns_names=tuple(sorted(names.get(ipv6, ()))),
-        ))
+        ), report))
     members.sort(key=lambda s: (s.name or "~", s.identity_key))
     counters = {k: int(v) for k, v in node.counters.items()}
     counters.update(runner_counters)

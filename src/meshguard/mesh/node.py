@@ -56,6 +56,7 @@ from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6, org
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
+from meshguard.mesh import paths as path_wiring
 from meshguard.mesh.actions import (
     ROUTED_STATES,
     Action,
@@ -77,7 +78,14 @@ from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
-from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
+from meshguard.nat.holepunch import (
+    HolePuncher,
+    PeerInfo,
+    PunchFailed,
+    PunchNoRendezvous,
+    PunchSucceeded,
+)
+from meshguard.nat.path_select import PathReport, PathSelector, first_endpoint
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
 from meshguard.sansio import Endpoint
@@ -136,6 +144,7 @@ class MeshNode:
     _punch_scan: float = float("-inf")
     holepunch: HolePuncher | None = None  # userspace mode behind a NAT (nat/holepunch.py)
     relay: Relay | None = None  # relaying through a public member (nat/relay.py)
+    paths: PathSelector | None = None  # direct or relayed, and why (mesh/paths.py)
     # WireGuard key -> (the record's endpoint when punched, the endpoint that worked)
     punched: dict[bytes, tuple[Endpoint | None, Endpoint]] = field(default_factory=dict)
     # the relay and hole-punch views of the members, built on first use after a change
@@ -217,6 +226,7 @@ class MeshNode:
                 out += [x for x in rl.tick(now, wall) if isinstance(x, SendDatagram)]
             if rl.via and rl.prune():
                 out += self.reconcile(wall)  # a relay died: back to the advertised endpoint
+        out += path_wiring.check_paths(self, now, wall)
         org = self.org
         if org is not None and (org.revocations or org.aliases):
             # only when a push is due or the members changed (new ones get everything)
@@ -239,6 +249,7 @@ class MeshNode:
                           self.org.next_deadline() if self.org else None,
                           self._punch_deadline(),
                           self.relay.next_deadline() if self.relay else None,
+                          self.paths.next_deadline() if self.paths else None,
                           self._last_recheck + TRUST_RECHECK) if d is not None]
         return min(ds) if ds else None
 
@@ -279,12 +290,13 @@ class MeshNode:
         return wall is None or self.admission(m, wall).admitted
 
     def _punch_connected(self, p: PeerInfo) -> bool:
-        """Whether a recent handshake (at the latest wall time known) proves a direct path."""
+        """Whether a recent handshake (at the latest wall time known) proves a direct path:
+        one through a relay (the endpoint a placeholder) does not."""
         be, wall = self.backend, self._views_wall
         if p.wg_key is None or p.wg_key not in self.peers or be is None or wall is None:
             return False
-        hs = be.stats(p.wg_key)[0]
-        return hs > 0 and wall - hs < HANDSHAKE_FRESH
+        hs, _, _, ep = be.stats(p.wg_key)
+        return hs > 0 and wall - hs < HANDSHAKE_FRESH and not Relay.is_placeholder(ep)
 
     def _punch_actions(self, actions: Sequence[PunchAction], now: float, wall: float
                        ) -> list[Action]:
@@ -294,8 +306,13 @@ class MeshNode:
                 out.append(SendDatagram(a.data, a.endpoint))
             elif isinstance(a, PunchSucceeded):
                 out += self._punch_succeeded(a, now, wall)
+                path_wiring.punch_event(self, a, now)
             elif isinstance(a, PunchFailed):
-                out += self._punch_failed(a, now, wall)
+                if not path_wiring.direct_now(self, a.identity_key):
+                    out += self._punch_failed(a, now, wall)  # (else: direct meanwhile)
+                path_wiring.punch_event(self, a, now)
+            elif isinstance(a, PunchNoRendezvous):
+                path_wiring.punch_event(self, a, now)
             else:  # PunchRendezvous: the kernel punches (kernel mode, mesh/kernel_traversal.py)
                 out.append(a)
         return out
@@ -317,6 +334,8 @@ class MeshNode:
         log.info("hole punch to %s failed: relaying through %s at %s",
                  a.identity_key.hex()[:12], rl.via[a.identity_key].hex()[:12],
                  rl.relay_endpoint(a.identity_key))
+        if self.paths is not None:
+            path_wiring.moved(self, now, a.identity_key, "relayed", "the hole punch failed")
         out: list[Action] = list(self.reconcile(wall))
         member = next((m for m in self.membership.members()
                        if m.identity_key == a.identity_key), None)
@@ -531,10 +550,10 @@ class MeshNode:
                 if st is not None and st.mapped is not None and a.endpoint != st.mapped:
                     out.append(ReflexiveEndpoint(a.endpoint, a.relay))
             elif self.device is not None:  # RelayDelivered
-                if a.new_path:
+                src, new_path = path_wiring.relayed_arrival(self, rl, now, a.source, a.new_path)
+                if new_path:
                     out += self.reconcile(wall)  # a peer now reached through the relay
-                out += self._from_device(self.device.receive(now, wall, a.payload,
-                                                                      a.source))
+                out += self._from_device(self.device.receive(now, wall, a.payload, src))
             else:  # kernel mode: the shell's relay proxy hands it to the kernel
                 if a.new_path:
                     out += self.reconcile(wall)
@@ -549,6 +568,9 @@ class MeshNode:
             return "relayed", rl.relay_endpoint(peer.identity_key)
         return "direct", None
 
+    def path_report(self, wg_key: bytes, now: float, wall: float) -> PathReport:
+        """The peer's path and why (mesh/paths.py)."""
+        return path_wiring.report(self, wg_key, now, wall)
 
     def admission(self, m: MemberView, wall: float) -> _Cached:
         ck = (m.identity_key, m.certificate)
@@ -646,6 +668,10 @@ class MeshNode:
             if prev is not None and prev.identity_key < m.identity_key:
                 continue
             endpoint = m.wg_endpoint
+            hp = self.holepunch
+            if hp is not None and m.endpoints and m.endpoints[0] == endpoint:
+                # one port for WireGuard and gossip: the first handshake goes LAN first
+                endpoint = first_endpoint(m.endpoints, hp.self_endpoints, endpoint)
             if self.relay is not None and m.identity_key in self.relay.via:
                 endpoint = self.relay.placeholder(m.identity_key)
             punched = self.punched.get(m.wg_key)

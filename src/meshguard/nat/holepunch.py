@@ -10,6 +10,9 @@ the member (B):
     A <==probes (0x33 stage 1) / answers (0x34 stage 1)==> B   to every advertised endpoint,
                                                               every `probe_interval` seconds
 
+The candidates are probed LAN first (nat/path_select.py's `order_endpoints`: private
+addresses in one of our subnets, other private ones, then the reflexive ones), so two members
+behind one NAT find each other's LAN address, and the first answered probe wins.
 B starts probing as soon as it has the request, A as soon as it has the response, so both
 NATs open their mappings toward each other at about the same time. Every probe carries a fresh
 nonce, and the prober remembers where it sent it; an answer proves the path only if it echoes
@@ -20,7 +23,8 @@ advertised (a peer-reflexive candidate: its NAT maps per destination) is answere
 source, if on one of the peer's advertised hosts, is probed at once like any candidate; a
 probe proves nothing by itself, so one re-sent from elsewhere moves no endpoint. A session that has
 not succeeded after `timeout` seconds is `PunchFailed`, and the member is tried again after a
-backoff (doubling from `retry_after`). At most `max_sessions` sessions run at once. When both
+backoff (doubling from `retry_after`, or what the mesh layer sets with `schedule`). At
+most `max_sessions` sessions run at once. When both
 sides ask at the same time, the session of the lower identity key goes on.
 
 Kernel mode (`probe=False`): the node does not own its WireGuard port, so it sends no probes.
@@ -60,6 +64,7 @@ from dataclasses import dataclass, field
 from meshguard.crypto.keys import Ed25519PrivateKey, ed25519_verify
 from meshguard.errors import WireFormatError
 from meshguard.nat.budget import SourceBudget, TokenBucket
+from meshguard.nat.path_select import order_endpoints
 from meshguard.rng import Rng
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import holepunch as wire
@@ -128,7 +133,15 @@ class PunchRendezvous:
     initiator: bool
 
 
-Action = SendDatagram | PunchSucceeded | PunchFailed | PunchRendezvous
+@dataclass(frozen=True)
+class PunchNoRendezvous:
+    """A punch was due but no public member could introduce us."""
+
+    identity_key: bytes
+
+
+Action = (SendDatagram | PunchSucceeded | PunchFailed | PunchRendezvous
+          | PunchNoRendezvous)
 
 
 @dataclass
@@ -203,6 +216,16 @@ class HolePuncher:
             return []
         return [self._succeed(s, now, endpoint)]
 
+    def schedule(self, peer: bytes, at: float) -> None:
+        """Try `peer` again no earlier than `at` (the mesh layer's backoff, nat/path_select.py);
+        the core's own backoff starts over."""
+        self._next_try[peer] = at
+        self._backoff.pop(peer, None)
+
+    def due(self, peer: bytes) -> float | None:
+        """When the next punch to `peer` may start (None: once it has stalled)."""
+        return self._next_try.get(peer)
+
     # timers ------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
@@ -264,6 +287,7 @@ class HolePuncher:
             if not rs:
                 self.counters["punch_no_rendezvous"] += 1
                 self._next_try[k] = now + self.retry_after
+                out.append(PunchNoRendezvous(k))
                 continue
             r = rs[self.rng.randrange(len(rs))]
             assert r.gossip_endpoint is not None
@@ -387,7 +411,8 @@ class HolePuncher:
         if len(self._sessions) >= self.max_sessions and m.origin not in self._sessions:
             self.counters["punch_busy"] += 1
             return []
-        s = _Session(m.origin, m.session, False, now, m.endpoints, True, now, src)
+        s = _Session(m.origin, m.session, False, now,
+                     order_endpoints(m.endpoints, self.self_endpoints), True, now, src)
         self._sessions[m.origin] = s
         out: list[Action] = [SendDatagram(self._sign(
             HOLEPUNCH_RESPONSE, STAGE_RENDEZVOUS, m.origin, m.session, wall, self.self_endpoints),
@@ -403,7 +428,7 @@ class HolePuncher:
             self.counters["punch_unexpected_response"] += 1  # (checked before the signature)
             return []
         self.counters["punch_responses_received"] += 1
-        s.candidates = tuple(dict.fromkeys((*m.endpoints, *s.candidates)))
+        s.candidates = order_endpoints((*m.endpoints, *s.candidates), self.self_endpoints)
         s.punching = True
         s.next_probe = now + self.probe_interval
         if not self.probe:

@@ -158,6 +158,10 @@ class Relay:
             self._by_placeholder[ep] = peer
         return ep
 
+    def peer_of(self, placeholder: Endpoint) -> bytes | None:
+        """The member a placeholder endpoint stands for."""
+        return self._by_placeholder.get(placeholder)
+
     @staticmethod
     def is_placeholder(ep: Endpoint | None) -> bool:
         return ep is not None and ep[0] == RELAY_HOST

@@ -48,7 +48,14 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
           "rx_bytes": 0,
           "tx_bytes": 0,
           "path": "direct" | "relayed",
-          "dns_names": ["node-2.a1b2c3.mesh", ...]   # names the mesh resolver answers for it
+          "dns_names": ["node-2.a1b2c3.mesh", ...],  # names the mesh resolver answers for it
+          "why": "relayed via 1a2b3c4d at 203.0.113.10:51821: the hole punch failed; ..." | null,
+          "via": "<base64 identity key of the relay>" | null,
+          "via_endpoint": "203.0.113.10:51821" | null,
+          "own_nat": "cone", "peer_nat": "symmetric",   # unknown | public | cone | symmetric
+          "last_punch": "succeeded" | "failed" | "no rendezvous" | null,
+          "last_punch_age": 12.5 | null,  # seconds since that punch ended
+          "next_punch_in": 20.0 | null    # seconds until the next punch may start
         }
       ],
       "counters": {"<name>": <int>, ...},  # e.g. "garbage_dropped", "gossip_rx", "wireguard_rx"
@@ -179,6 +186,15 @@ class MemberStatus:
     tx_bytes: int
     path: str
     dns_names: tuple[str, ...] = ()
+    # why the path is what it is (nat/path_select.py's PathReport; null in kernel mode)
+    why: str | None = None
+    via: str | None = None
+    via_endpoint: str | None = None
+    own_nat: str | None = None
+    peer_nat: str | None = None
+    last_punch: str | None = None
+    last_punch_age: float | None = None
+    next_punch_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +269,12 @@ def _member(m: Mapping[str, object]) -> MemberStatus:
         state=_str(m["state"]), trusted=_bool(m["trusted"]), tunnel=_bool(m["tunnel"]),
         last_handshake=None if last is None else _number(last),
         rx_bytes=_int(m["rx_bytes"]), tx_bytes=_int(m["tx_bytes"]), path=_str(m["path"]),
-        dns_names=tuple(str(n) for n in _list(m.get("dns_names", []))))
+        dns_names=tuple(str(n) for n in _list(m.get("dns_names", []))),
+        why=_opt_str(m.get("why")), via=_opt_str(m.get("via")),
+        via_endpoint=_opt_str(m.get("via_endpoint")), own_nat=_opt_str(m.get("own_nat")),
+        peer_nat=_opt_str(m.get("peer_nat")), last_punch=_opt_str(m.get("last_punch")),
+        last_punch_age=_opt_number(m.get("last_punch_age")),
+        next_punch_in=_opt_number(m.get("next_punch_in")))
 
 
 # a status document's fields, checked as they are read (a TypeError: a malformed document)
@@ -285,6 +306,10 @@ def _bool(v: object) -> bool:
     if not isinstance(v, bool):
         raise TypeError("expected true or false")
     return v
+
+
+def _opt_number(v: object) -> int | float | None:
+    return None if v is None else _number(v)
 
 
 def _int(v: object) -> int:
