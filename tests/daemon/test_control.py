@@ -40,7 +40,11 @@ from meshguard.wire.control import (
 def sample_report() -> StatusReport:
     me = SelfStatus("a", "SUQ=", "V0c=", "10.99.1.2", "fd99:6d67::1", 51821, 51821)
     m = MemberStatus("b", "SUQy", "V0cy", "10.99.3.4", "fd99:6d67::2", "192.0.2.1:51821",
-                     "alive", True, True, 1_700_000_000.0, 10, 20, "direct")
+                     "alive", True, True, 1_700_000_000.0, 10, 20, "relayed",
+                     why="relayed via 1a2b3c4d at 192.0.2.9:51821: the hole punch failed",
+                     via="SUQz", via_endpoint="192.0.2.9:51821", own_nat="symmetric",
+                     peer_nat="cone", last_punch="failed", last_punch_age=3.5,
+                     next_punch_in=6.0)
     return StatusReport("mg0", "userspace", 42, 1.0, me, (m,), {"garbage_dropped": 3})
 
 
@@ -69,12 +73,18 @@ def test_status_schema_roundtrip() -> None:
                         "members", "counters", "portmap"}
     assert set(doc["members"][0]) == {
         "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
-        "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names"}
+        "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names",
+        "why", "via", "via_endpoint", "own_nat", "peer_nat", "last_punch", "last_punch_age",
+        "next_punch_in"}
     assert StatusReport.from_json(doc) == rep
     # a document from a daemon that predates dns_names still reads (compatible addition)
     old = json.loads(json.dumps(doc))
     del old["members"][0]["dns_names"]
     assert StatusReport.from_json(old).members[0].dns_names == ()
+    for k in ("why", "via", "via_endpoint", "own_nat", "peer_nat", "last_punch",
+              "last_punch_age", "next_punch_in"):  # nor the path report's fields
+        del old["members"][0][k]
+    assert StatusReport.from_json(old).members[0].why is None
     # the router's port mapping, and a document that predates it
     pm = {"protocol": "pcp", "external": "198.51.100.7:51821", "internal_port": 51821,
           "expires_in": 3599}
