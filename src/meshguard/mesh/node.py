@@ -78,14 +78,8 @@ from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
-from meshguard.nat.holepunch import (
-    HolePuncher,
-    PeerInfo,
-    PunchFailed,
-    PunchNoRendezvous,
-    PunchSucceeded,
-)
-from meshguard.nat.path_select import PathReport, PathSelector, first_endpoint
+from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
+from meshguard.nat.path_select import PathReport, PathSelector
 from meshguard.nat.relay import Relay, RelayObserved, RelayPeer
 from meshguard.nat.stun_client import StunAction, StunFinished
 from meshguard.sansio import Endpoint
@@ -311,10 +305,8 @@ class MeshNode:
                 if not path_wiring.direct_now(self, a.identity_key):
                     out += self._punch_failed(a, now, wall)  # (else: direct meanwhile)
                 path_wiring.punch_event(self, a, now)
-            elif isinstance(a, PunchNoRendezvous):
-                path_wiring.punch_event(self, a, now)
-            else:  # PunchRendezvous: the kernel punches (kernel mode, mesh/kernel_traversal.py)
-                out.append(a)
+            else:  # PunchRendezvous (kernel mode: mesh/kernel_traversal.py), PunchNoRendezvous
+                out += path_wiring.punch_event(self, a, now)
         return out
 
     def punch_events(self, actions: Sequence[PunchAction], now: float, wall: float
@@ -334,8 +326,6 @@ class MeshNode:
         log.info("hole punch to %s failed: relaying through %s at %s",
                  a.identity_key.hex()[:12], rl.via[a.identity_key].hex()[:12],
                  rl.relay_endpoint(a.identity_key))
-        if self.paths is not None:
-            path_wiring.moved(self, now, a.identity_key, "relayed", "the hole punch failed")
         out: list[Action] = list(self.reconcile(wall))
         member = next((m for m in self.membership.members()
                        if m.identity_key == a.identity_key), None)
@@ -667,11 +657,7 @@ class MeshNode:
             prev = desired.get(m.wg_key)
             if prev is not None and prev.identity_key < m.identity_key:
                 continue
-            endpoint = m.wg_endpoint
-            hp = self.holepunch
-            if hp is not None and m.endpoints and m.endpoints[0] == endpoint:
-                # one port for WireGuard and gossip: the first handshake goes LAN first
-                endpoint = first_endpoint(m.endpoints, hp.self_endpoints, endpoint)
+            endpoint = path_wiring.first_endpoint_of(self, m)  # the record's, or LAN first
             if self.relay is not None and m.identity_key in self.relay.via:
                 endpoint = self.relay.placeholder(m.identity_key)
             punched = self.punched.get(m.wg_key)

@@ -21,10 +21,17 @@ import logging
 from typing import TYPE_CHECKING
 
 from meshguard.mesh.actions import Action, MemberView
-from meshguard.nat.holepunch import PunchFailed, PunchNoRendezvous, PunchSucceeded
-from meshguard.nat.path_select import Decision, PathReport, PathSelector, nat_name
+from meshguard.nat.holepunch import Action as PunchAction
+from meshguard.nat.holepunch import PunchFailed, PunchRendezvous, PunchSucceeded
+from meshguard.nat.path_select import (
+    Decision,
+    PathReport,
+    PathSelector,
+    first_endpoint,
+    nat_name,
+)
 from meshguard.nat.relay import Relay
-from meshguard.sansio import Endpoint
+from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire.control import format_endpoint
 
 if TYPE_CHECKING:
@@ -32,13 +39,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PathReport", "check_paths", "direct_now", "moved", "punch_event",
+__all__ = ["PathReport", "check_paths", "direct_now", "first_endpoint_of", "moved", "punch_event",
            "relayed_arrival", "report", "selector"]
 
 
 def selector(node: MeshNode) -> PathSelector | None:
-    """The node's path selector, made on first use (it needs the hole puncher's Rng)."""
-    if node.paths is None and node.holepunch is not None:
+    """The node's path selector, made on first use (it needs the hole puncher's Rng). Kernel
+    mode has none: the kernel punches there (mesh/kernel_traversal.py)."""
+    if node.paths is None and node.holepunch is not None and node.device is not None:
         node.paths = PathSelector(node.holepunch.rng, node.counters)
     return node.paths
 
@@ -141,21 +149,39 @@ def _fall_back(node: MeshNode, sel: PathSelector, ident: bytes, wg: bytes, now: 
     return out
 
 
-def punch_event(node: MeshNode, ev: PunchSucceeded | PunchFailed | PunchNoRendezvous,
-                now: float) -> None:
-    """Remember a punch's result; a failure sets when the next one is due."""
-    sel, hp = selector(node), node.holepunch
-    if sel is None or hp is None:
-        return
+def first_endpoint_of(node: MeshNode, m: MemberView) -> Endpoint | None:
+    """The endpoint for a member's first handshake: its LAN address when it is behind our
+    own NAT (nat/path_select.py's `first_endpoint`), else its record's endpoint. Only for a
+    member with one port for WireGuard and gossip (its endpoints are gossip endpoints)."""
+    hp = node.holepunch
+    if hp is None or not m.endpoints or m.endpoints[0] != m.wg_endpoint:
+        return m.wg_endpoint
+    return first_endpoint(m.endpoints, hp.self_endpoints, m.wg_endpoint)
+
+
+def punch_event(node: MeshNode, ev: PunchAction, now: float) -> list[Action]:
+    """Remember a punch's result (a failure sets when the next one is due, and a failure
+    that left the peer relayed says so); a `PunchRendezvous` (kernel mode) comes back for
+    the shell."""
+    if isinstance(ev, PunchRendezvous):
+        return [ev]
+    sel, hp, rl = selector(node), node.holepunch, node.relay
+    if sel is None or hp is None or isinstance(ev, SendDatagram):
+        return []
     if isinstance(ev, PunchSucceeded):
         sel.punched(now, ev.identity_key, "succeeded")
         _move(sel, now, ev.identity_key, "direct",
-                  f"hole punch succeeded at {_ep(ev.endpoint)}")
-        return
+              f"hole punch succeeded at {_ep(ev.endpoint)}")
+        return []
     due = sel.punched(now, ev.identity_key,
                       "failed" if isinstance(ev, PunchFailed) else "no rendezvous")
     if due is not None:
         hp.schedule(ev.identity_key, due)
+    st = sel.state(ev.identity_key)
+    if (isinstance(ev, PunchFailed) and rl is not None and ev.identity_key in rl.via
+            and (st is None or st[0] != "relayed")):  # (a relayed peer keeps its reason)
+        _move(sel, now, ev.identity_key, "relayed", "the hole punch failed")
+    return []
 
 
 def relayed_arrival(node: MeshNode, rl: Relay, now: float, source: Endpoint, new_path: bool
