@@ -28,8 +28,10 @@ pytestmark = [
 
 
 def _paths(a: Node, b: Node) -> tuple[str | None, str | None]:
+    """Each end's path to the other (None without a tunnel that has had a handshake)."""
     ma, mb = a.member(b), b.member(a)
-    return (ma["path"] if ma else None), (mb["path"] if mb else None)
+    return tuple(m["path"] if m and m["tunnel"] and m["last_handshake"] else None
+                 for m in (ma, mb))  # type: ignore[return-value]
 
 
 def _wait_paths(lan: NatLan, a: Node, b: Node, path: str, timeout: float) -> float:
