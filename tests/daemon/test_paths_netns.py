@@ -80,9 +80,13 @@ def test_relayed_pair_goes_direct_after_a_nat_change(tmp_path: Path) -> None:
         assert ma is not None and mb is not None
         assert ma["endpoint"].startswith("203.0.113.22:"), ma
         assert mb["endpoint"].startswith("203.0.113.21:"), mb
-        assert ma["last_punch"] == "succeeded" or mb["last_punch"] == "succeeded", (ma, mb)
         ca, cb = a.status()["counters"], b.status()["counters"]
-        assert ca.get("path_relay_to_direct", 0) >= 1 and cb.get("path_relay_to_direct", 0) >= 1
+        # a punch moved the pair, or (when the flush made the membership drop and re-add
+        # it) the new tunnel's first handshake went straight to A's new mapping (a second
+        # "first direct" after the one at start-up)
+        for m, c in ((ma, ca), (mb, cb)):
+            assert (c.get("path_relay_to_direct", 0) >= 1
+                    or c.get("path_first_direct", 0) >= 2), (m, c)
         print(f"A's why after: {ma['why']}")
         assert ca.get("relay_bad_mac", 0) == cb.get("relay_bad_mac", 0) == 0
 
