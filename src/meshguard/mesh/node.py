@@ -74,6 +74,7 @@ from meshguard.mesh.actions import (
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.member_views import LazyView, punch_peers, relay_peers
 from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
+from meshguard.mesh.path_probe import PathProber, ProbeTarget, probe_targets
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
@@ -84,6 +85,7 @@ from meshguard.sansio import Endpoint
 from meshguard.swim.events import Action as SwimAction
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
+from meshguard.wire.path_probe import PATH_PROBE_TYPES
 from meshguard.wire.relay import RELAY_DATA
 from meshguard.wireguard.actions import Action as DeviceAction
 from meshguard.wireguard.actions import SendDatagram
@@ -136,6 +138,7 @@ class MeshNode:
     _punch_scan: float = float("-inf")
     holepunch: HolePuncher | None = None  # userspace mode behind a NAT (nat/holepunch.py)
     relay: Relay | None = None  # relaying through a public member (nat/relay.py)
+    paths: PathProber | None = None  # RTT and path MTU of direct paths (mesh/path_probe.py)
     # WireGuard key -> (the record's endpoint when punched, the endpoint that worked)
     punched: dict[bytes, tuple[Endpoint | None, Endpoint]] = field(default_factory=dict)
     # the relay and hole-punch views of the members, built on first use after a change
@@ -166,6 +169,9 @@ class MeshNode:
         if kind is Kind.GOSSIP and data[0] == RELAY_DATA:
             self.counters["relaydata_rx"] += 1
             return self._receive_relay(now, wall, bytes(data), src)
+        if kind is Kind.GOSSIP and data[0] in PATH_PROBE_TYPES:
+            pp = self._paths_core()
+            return [] if pp is None else list(pp.receive(now, wall, bytes(data), src))
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
             return self._receive_org(now, wall, bytes(data), src)
@@ -225,6 +231,9 @@ class MeshNode:
                 self._org_seen = self.names_version
                 self._org_bind(org, wall)
                 out += [a for a in org.tick(now, wall) if isinstance(a, SendDatagram)]
+        pp = self._paths_core()
+        if pp is not None:
+            out += pp.tick(now, wall)
         if now - self._last_recheck >= TRUST_RECHECK:
             # certificates expire: ask the trust store again about everyone
             self._last_recheck = now
@@ -239,6 +248,7 @@ class MeshNode:
                           self.org.next_deadline() if self.org else None,
                           self._punch_deadline(),
                           self.relay.next_deadline() if self.relay else None,
+                          self.paths.next_deadline() if self.paths else None,
                           self._last_recheck + TRUST_RECHECK) if d is not None]
         return min(ds) if ds else None
 
@@ -540,6 +550,18 @@ class MeshNode:
                     out += self.reconcile(wall)
                 out.append(a)
         return out
+
+    def _paths_core(self) -> PathProber | None:
+        pp = self.paths
+        if pp is not None and pp.member_of is None:
+            pp.member_of, pp.targets = self._org_member, self._probe_targets
+        return pp
+
+    def _probe_targets(self) -> list[ProbeTarget]:
+        be, rl = self.backend, self.relay
+        return probe_targets({k: (p.identity_key, p.endpoint) for k, p in self.peers.items()},
+                             rl.via if rl is not None else {},
+                             (lambda k: be.stats(k)[3]) if be is not None else (lambda k: None))
 
     def path_of(self, wg_key: bytes) -> tuple[str, Endpoint | None]:
         """("relayed", the relay's endpoint) or ("direct", None) for `status`."""
