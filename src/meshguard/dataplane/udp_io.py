@@ -170,7 +170,23 @@ def make_udp_socket(port: int, fwmark: int = 0) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
     if fwmark:
         set_fwmark(sock, fwmark)
+    set_dont_fragment(sock)
     return sock
+
+
+IP_PMTUDISC_PROBE = 3  # linux/in.h; the IPv6 value (IPV6_PMTUDISC_PROBE) is the same
+
+
+def set_dont_fragment(sock: socket.socket) -> None:
+    """Every datagram leaves with DF set and is never fragmented, up to the interface MTU,
+    whatever ICMP said about the path: path MTU probes must see the path as it is
+    (mesh/path_probe.py), and TCP in the tunnel is kept within it by MSS clamping."""
+    opts = [(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10))]
+    if sock.family == socket.AF_INET6:
+        opts.append((socket.IPPROTO_IPV6, getattr(socket, "IPV6_MTU_DISCOVER", 23)))
+    for level, opt in opts:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, opt, IP_PMTUDISC_PROBE)
 
 
 def set_fwmark(sock: socket.socket, mark: int) -> None:

@@ -32,6 +32,7 @@ from meshguard.testing.fuzz_datapath import datapath_targets
 from meshguard.testing.fuzz_engine import WALL0, RoundTripError, Target, dedupe
 from meshguard.testing.fuzz_fastpath import fastpath_targets
 from meshguard.testing.fuzz_mesh import VICTIM_EP, mesh_capture
+from meshguard.testing.fuzz_mss import mss_targets
 from meshguard.testing.fuzz_pairing import pairing_targets
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import control, dns, gossip, holepunch, org, relay, stun, wireguard
@@ -378,4 +379,5 @@ def codec_targets() -> dict[str, Target]:
     targets += fastpath_targets()
     targets += datapath_targets()
     targets += pairing_targets()
+    targets += mss_targets()
     return {t.name: t for t in targets}
