@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.kernel_module import gossip_port_for
@@ -22,6 +23,14 @@ PeerStats = dict[bytes, tuple[float, int, int, Endpoint | None]]
 
 def _b64(k: bytes) -> str:
     return base64.b64encode(k).decode()
+
+
+def _path_columns(node: MeshNode, wg_key: bytes | None) -> dict[str, Any]:
+    """rtt_ms and mtu of the member's path, from the path prober (mesh/path_probe.py)."""
+    p = node.paths.paths.get(wg_key) if node.paths is not None and wg_key else None
+    if p is None:
+        return {}
+    return {"rtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3), "mtu": p.mtu}
 
 
 def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, name: str | None,
@@ -71,6 +80,7 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             tx_bytes=tx,
             path=path,
             dns_names=tuple(sorted(names.get(ipv6, ()))),
+            **_path_columns(node, m.wg_key),
         ))
     members.sort(key=lambda s: (s.name or "~", s.identity_key))
     counters = {k: int(v) for k, v in node.counters.items()}
