@@ -47,7 +47,8 @@ def test_format_status_table() -> None:
     me = SelfStatus("a", "QUFBQUFBQUFBQUFBQUFB", "V0c=", "10.99.1.2", "fd99:6d67::1", 51821,
                     51822)
     m1 = MemberStatus("bee", "QkJCQkJCQkJCQkJC", "V0cy", "10.99.3.4", "fd99:6d67::2",
-                      "192.0.2.1:51821", "alive", True, True, 988.0, 2048, 10, "direct")
+                      "192.0.2.1:51821", "alive", True, True, 988.0, 2048, 10, "direct",
+                      rtt_ms=0.42, mtu=1280)
     m2 = MemberStatus(None, "WFhYWFhYWFhYWFhY", None, "10.99.5.6", "fd99:6d67::3", None,
                       "alive", False, False, None, 0, 0, "direct")
     rep = StatusReport("mg0", "kernel", 7, 900.0, me, (m1, m2), {"garbage_dropped": 4})
@@ -56,10 +57,12 @@ def test_format_status_table() -> None:
     lines = text.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("NAME"))
     assert lines[header].split() == ["NAME", "KEY", "MESH", "IP", "ENDPOINT", "STATE",
-                                     "HANDSHAKE", "IN", "OUT", "PATH", "DNS", "NAME"]
+                                     "HANDSHAKE", "IN", "OUT", "PATH", "RTT", "MTU", "DNS",
+                                     "NAME"]
     bee = lines[header + 1]
     assert bee.startswith("bee") and "12s ago" in bee and "2.0 KiB" in bee and "direct" in bee
-    assert "192.0.2.1:51821" in bee and "QkJCQkJC" in bee
+    assert "192.0.2.1:51821" in bee and "QkJCQkJC" in bee and "0.4ms" in bee and "1280" in bee
+    assert StatusReport.from_json(rep.to_json()).members[0].mtu == 1280
     other = lines[header + 2]
     assert "alive,untrusted" in other and "no tunnel" in other
     assert "4 malformed datagrams dropped" in text

@@ -69,7 +69,8 @@ def test_status_schema_roundtrip() -> None:
                         "members", "counters", "portmap"}
     assert set(doc["members"][0]) == {
         "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
-        "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names"}
+        "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names",
+        "rtt_ms", "mtu"}
     assert StatusReport.from_json(doc) == rep
     # a document from a daemon that predates dns_names still reads (compatible addition)
     old = json.loads(json.dumps(doc))
