@@ -2,8 +2,9 @@
 between them (public A; B behind a cone NAT router whose two links are at 1280, while both
 nodes' own interfaces stay at 1500, and the daemons ignore the router's ICMP, so only the path
 probes can find the limit): the prober finds 1280, `meshguard ping` and `status` show it, and
-a 10 MB TCP transfer over the mesh addresses completes (IPv4 one way, IPv6 the other). With
-the clamp off (MESHGUARD_MSS_CLAMP=0) the same transfer stalls (marked netns)."""
+a 10 MB TCP transfer over the mesh addresses completes (IPv4 one way, IPv6 the other), on
+each data path (the C thread, the engine's loop, pure Python). With the clamp off
+(MESHGUARD_MSS_CLAMP=0) the same transfer stalls (marked netns)."""
 
 from __future__ import annotations
 
@@ -102,9 +103,14 @@ def _mtu(a: Node, b: Node) -> object:
     return None if m is None else m.get("mtu")
 
 
-def test_path_mtu_found_and_tcp_completes(lan: NatLan, capsys: pytest.CaptureFixture[str]
-                                          ) -> None:
-    a, b = pair(lan)
+@pytest.mark.parametrize("datapath", [
+    pytest.param({}, id="c-thread"),
+    pytest.param({"MESHGUARD_DATAPATH_THREAD": "0"}, id="engine-loop"),
+    pytest.param({"MESHGUARD_PURE_PYTHON": "1"}, id="pure-python"),
+])
+def test_path_mtu_found_and_tcp_completes(lan: NatLan, datapath: dict[str, str],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = pair(lan, **datapath)
     t0 = time.monotonic()
     lan.wait(lambda: _mtu(a, b) == HOP_MTU and _mtu(b, a) == HOP_MTU,
              "both sides to find the 1280-byte path MTU", 20)
@@ -124,8 +130,9 @@ def test_path_mtu_found_and_tcp_completes(lan: NatLan, capsys: pytest.CaptureFix
     done6 = transfer(b, a, v6=True, timeout=40)
     assert done6 is not None and done6[0] == SIZE, lan.logs()
     with capsys.disabled():
-        print(f"\npath MTU {HOP_MTU} found {converge:.1f} s after the tunnels came up; "
-              f"10 MB over IPv4 in {done4[1]:.2f} s, over IPv6 (other way) in {done6[1]:.2f} s")
+        print(f"\n{datapath or 'C thread'}: path MTU {HOP_MTU} found {converge:.1f} s after "
+              f"the tunnels came up; 10 MB over IPv4 in {done4[1]:.2f} s, "
+              f"over IPv6 (other way) in {done6[1]:.2f} s")
 
 
 def test_without_the_clamp_tcp_stalls(lan: NatLan) -> None:

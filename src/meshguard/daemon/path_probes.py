@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
+from meshguard.dataplane.udp_io import set_dont_fragment
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv6
 from meshguard.mesh.node import MeshNode
@@ -58,6 +59,8 @@ def install_prober(node: MeshNode, device: Device, engine: Engine, rng: Rng,
     """A prober on `node`, whose path MTUs become the peers' MSS clamps."""
     cache: dict[str, int] = {}
     clamp = os.environ.get("MESHGUARD_MSS_CLAMP", "1") != "0"
+    if engine.sock is not None:
+        set_dont_fragment(engine.sock)
 
     def max_mtu(ep: Endpoint) -> int:
         m = cache.get(ep[0])

@@ -170,7 +170,6 @@ def make_udp_socket(port: int, fwmark: int = 0) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
     if fwmark:
         set_fwmark(sock, fwmark)
-    set_dont_fragment(sock)
     return sock
 
 
@@ -180,7 +179,9 @@ IP_PMTUDISC_PROBE = 3  # linux/in.h; the IPv6 value (IPV6_PMTUDISC_PROBE) is the
 def set_dont_fragment(sock: socket.socket) -> None:
     """Every datagram leaves with DF set and is never fragmented, up to the interface MTU,
     whatever ICMP said about the path: path MTU probes must see the path as it is
-    (mesh/path_probe.py), and TCP in the tunnel is kept within it by MSS clamping."""
+    (mesh/path_probe.py), and TCP in the tunnel is kept within it by MSS clamping. A mesh
+    node's socket (daemon/path_probes.py); the standalone interface keeps the kernel's
+    default (fragment what exceeds a learned path MTU)."""
     opts = [(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10))]
     if sock.family == socket.AF_INET6:
         opts.append((socket.IPPROTO_IPV6, getattr(socket, "IPV6_MTU_DISCOVER", 23)))
