@@ -123,6 +123,9 @@ def test_path_mtu_found_and_tcp_completes(lan: NatLan, datapath: dict[str, str],
     assert member["mtu"] == HOP_MTU and member["rtt_ms"] is not None
     table = a.cli("status", "--interface", a.iface).stdout
     assert "MTU" in table.splitlines()[4] and str(HOP_MTU) in table
+    for name in ("b", "b.mesh", b.mesh_v6):  # trust name, DNS name, mesh IPv6
+        one = a.cli("ping", name, "-c", "1", "--interface", a.iface)
+        assert one.returncode == 0 and "rtt" in one.stdout, one.stdout + one.stderr
     bad = a.cli("ping", "nobody.mesh", "--interface", a.iface)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     done4 = transfer(a, b, v6=False, timeout=40)

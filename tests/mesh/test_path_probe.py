@@ -181,3 +181,18 @@ def test_ping_measures_rtt() -> None:
     rtt = pair.a.ping_result(nonce, forget=True)
     assert rtt == pytest.approx(0.1, abs=0.011)
     assert pair.a.ping(0.0, b"\x99" * 32) is None
+
+
+def test_relayed_member_is_not_probed_and_a_ping_goes_to_its_relay() -> None:
+    pair = Pair(1500)
+    far = b"\x0f" * 32
+    pair.a.member_of = {pair.wb: ID_B, far: b"\x0e" * 32}.get
+    pair.a.targets = lambda: [pp.ProbeTarget(pair.wb, ID_B, EP_B),
+                              pp.ProbeTarget(far, b"\x0e" * 32, None, pair.wb, EP_B)]
+    pair.run(2.0)
+    assert pair.a.paths[far].state == "relayed" and pair.a.paths[far].mtu is None
+    got = pair.a.ping(pair.now, far)
+    assert got is not None and got[1] == EP_B  # the relay hop
+    pair.send(got[2], EP_A)
+    pair.run(pair.now + 0.1)
+    assert pair.a.ping_result(got[0]) is not None
