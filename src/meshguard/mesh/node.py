@@ -74,7 +74,7 @@ from meshguard.mesh.actions import (
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.member_views import LazyView, punch_peers, relay_peers
 from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
-from meshguard.mesh.path_probe import PathProber, ProbeTarget, probe_targets
+from meshguard.mesh.path_probe import PathProber, node_targets
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
@@ -553,15 +553,9 @@ class MeshNode:
 
     def _paths_core(self) -> PathProber | None:
         pp = self.paths
-        if pp is not None and pp.member_of is None:
-            pp.member_of, pp.targets = self._org_member, self._probe_targets
+        if pp is not None and pp.member_of is None:  # members with a tunnel, their paths
+            pp.member_of, pp.targets = self._org_member, lambda: node_targets(self)
         return pp
-
-    def _probe_targets(self) -> list[ProbeTarget]:
-        be, rl = self.backend, self.relay
-        return probe_targets({k: (p.identity_key, p.endpoint) for k, p in self.peers.items()},
-                             rl.via if rl is not None else {},
-                             (lambda k: be.stats(k)[3]) if be is not None else (lambda k: None))
 
     def path_of(self, wg_key: bytes) -> tuple[str, Endpoint | None]:
         """("relayed", the relay's endpoint) or ("direct", None) for `status`."""

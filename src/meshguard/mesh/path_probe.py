@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshguard.crypto.hashes import equal, mac
 from meshguard.crypto.keys import X25519PrivateKey
@@ -47,6 +48,9 @@ from meshguard.nat.budget import SourceBudget
 from meshguard.rng import Rng
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import path_probe as wire
+
+if TYPE_CHECKING:
+    from meshguard.mesh.node import MeshNode
 
 LINK_LABEL = b"meshguard path probe v1"
 BASE_PLPMTU = 1280
@@ -132,6 +136,14 @@ def probe_targets(peers: Mapping[bytes, tuple[bytes, Endpoint | None]],
             continue
         out.append(ProbeTarget(wg, ident, endpoint_now(wg) or ep))
     return out
+
+
+def node_targets(node: MeshNode) -> list[ProbeTarget]:
+    """The targets of a MeshNode: its peers, at the device's current endpoints."""
+    be, rl = node.backend, node.relay
+    return probe_targets({k: (p.identity_key, p.endpoint) for k, p in node.peers.items()},
+                         rl.via if rl is not None else {},
+                         (lambda k: be.stats(k)[3]) if be is not None else (lambda k: None))
 
 
 def _no_targets() -> Sequence[ProbeTarget]:
@@ -433,4 +445,5 @@ class PathProber:
         return self.pings.pop(nonce, None) if forget else self.pings.get(nonce)
 
 
-__all__ = ["BASE_PLPMTU", "PathProber", "PathState", "ProbeTarget", "probe_targets"]
+__all__ = ["BASE_PLPMTU", "PathProber", "PathState", "ProbeTarget", "node_targets",
+           "probe_targets"]
