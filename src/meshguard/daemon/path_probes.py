@@ -157,7 +157,7 @@ async def ping_request(node: MeshNode, prober: PathProber | None, clock: Clock,
     rtt = None
     if sent is not None:
         nonce, ep, grams = sent
-        via = via if path == "relayed" else ep
+        via = ep  # the relay's endpoint when relayed
         execute(grams)
         deadline = clock.monotonic() + float(timeout)
         while clock.monotonic() < deadline:

@@ -96,6 +96,8 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
         counters.update({k: int(v) for k, v in node.holepunch.counters.items()})
     if node.relay is not None:
         counters.update({k: int(v) for k, v in node.relay.counters.items()})
+    if node.paths is not None:  # probe_* (mesh/path_probe.py)
+        counters.update({k: int(v) for k, v in node.paths.counters.items()})
     if node.org is not None:  # org_* drop reasons (mesh/org_gossip.py)
         counters.update({k: int(v) for k, v in node.org.counters.items()})
     if dns_counters is not None:  # dns_foreign_source, ... (daemon/dns_server.py)

@@ -173,7 +173,6 @@ class PathProber:
     _budget: SourceBudget = field(default_factory=lambda: SourceBudget(
         ANSWER_RATE, ANSWER_BURST, ANSWER_GLOBAL_RATE, ANSWER_GLOBAL_BURST))
     _next_scan: float = float("-inf")
-    _relays: dict[bytes, ProbeTarget] = field(default_factory=dict)
 
     # keys and sealing ----------------------------------------------------------------
 
@@ -332,7 +331,6 @@ class PathProber:
         if scan:
             self._next_scan = now + SCAN_INTERVAL
         targets = {t.wg_key: t for t in self.targets()}
-        self._relays = {t.wg_key: t for t in targets.values() if t.endpoint is None}
         for gone in [k for k in self.paths if k not in targets]:
             del self.paths[gone]
         for t in targets.values():
@@ -419,19 +417,17 @@ class PathProber:
     # pings (meshguard ping) -------------------------------------------------------------
 
     def ping(self, now: float, wg_key: bytes) -> tuple[int, Endpoint, list[SendDatagram]] | None:
-        """One small probe to the member (to its relay when relayed): (nonce, where it went,
-        what to send), or None without a path or a key."""
-        p = self.paths.get(wg_key)
-        relay = self._relays.get(wg_key)
-        ident = self.member_of(wg_key) if self.member_of is not None else None
-        to, ep = wg_key, p.endpoint if p is not None else None
-        if relay is not None:
-            to, ep = relay.relay_wg or b"", relay.relay_endpoint
-            ident = self.member_of(to) if self.member_of is not None and to else None
-        if ep is None or ident is None:
+        """One small probe to the member (to its relay when relayed), on the path the member
+        has now: (nonce, where it went, what to send), or None without a path or a key."""
+        t = next((x for x in self.targets() if x.wg_key == wg_key), None)
+        if t is None:
             return None
-        size = ip_overhead(ep) + wire.PROBE_MIN
-        d = self._probe(now, to, ident, ep, size, -1)
+        to, ep = (t.wg_key, t.endpoint) if t.endpoint is not None else (
+            t.relay_wg, t.relay_endpoint)
+        ident = self.member_of(to) if self.member_of is not None and to else None
+        if to is None or ep is None or ident is None:
+            return None
+        d = self._probe(now, to, ident, ep, ip_overhead(ep) + wire.PROBE_MIN, -1)
         if d is None:
             return None
         nonce = d[0]
