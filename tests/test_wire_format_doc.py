@@ -9,7 +9,7 @@ import pytest
 
 from meshguard.identity import certificate
 from meshguard.mesh import demux
-from meshguard.wire import gossip, holepunch, org, relay, stun
+from meshguard.wire import gossip, holepunch, org, path_probe, relay, stun
 from meshguard.wire import wireguard as wg
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -27,6 +27,7 @@ FIXED = {
     "RelayData": relay.HEAD_LEN,
     "HolepunchRequest and HolepunchResponse": holepunch.HEAD_LEN,
     "Revocation item": org.REVOKE_ITEM_LEN,
+    "PathProbe and PathProbeAck": path_probe.HEAD_LEN,
 }
 
 

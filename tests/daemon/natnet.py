@@ -228,6 +228,14 @@ class NatLan(MeshLan):
         """Undo `cut`."""
         self.routers[router_name].run(["nft", "delete", "table", "ip", "cut"])
 
+    def set_router_mtu(self, router_name: str, mtu: int) -> None:
+        """Narrow both links of a router (towards the hub and its LAN) to `mtu`: a routed hop
+        that drops, per segment, whatever is bigger (with an ICMP the nodes may ignore);
+        the hosts' own interfaces keep theirs."""
+        router = self.routers[router_name]
+        for link in ("wan", "lan"):
+            router.run(["ip", "link", "set", link, "mtu", str(mtu)])
+
     def start_stun(self, node: Node, port: int = STUN_PORT) -> list[str]:
         """coturn (STUN only) on a public node; returns the `--stun` arguments for `up`."""
         node.ns.popen(["turnserver", "-n", "--stun-only", "-L", node.ip, "-p", str(port),

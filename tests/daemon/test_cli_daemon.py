@@ -48,7 +48,7 @@ def test_format_status_table() -> None:
                     51822)
     m1 = MemberStatus("bee", "QkJCQkJCQkJCQkJC", "V0cy", "10.99.3.4", "fd99:6d67::2",
                       "192.0.2.1:51821", "alive", True, True, 988.0, 2048, 10, "direct",
-                      why="direct to 192.0.2.1:51821: hole punch succeeded")
+                      rtt_ms=0.42, mtu=1280, why="direct to 192.0.2.1:51821: hole punch succeeded")
     m2 = MemberStatus(None, "WFhYWFhYWFhYWFhY", None, "10.99.5.6", "fd99:6d67::3", None,
                       "alive", False, False, None, 0, 0, "direct")
     rep = StatusReport("mg0", "kernel", 7, 900.0, me, (m1, m2), {"garbage_dropped": 4})
@@ -57,11 +57,13 @@ def test_format_status_table() -> None:
     lines = text.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("NAME"))
     assert lines[header].split() == ["NAME", "KEY", "MESH", "IP", "ENDPOINT", "STATE",
-                                     "HANDSHAKE", "IN", "OUT", "PATH", "DNS", "NAME", "WHY"]
+                                     "HANDSHAKE", "IN", "OUT", "PATH", "RTT", "MTU", "DNS",
+                                     "NAME", "WHY"]
     bee = lines[header + 1]
     assert bee.endswith("direct to 192.0.2.1:51821: hole punch succeeded")
     assert bee.startswith("bee") and "12s ago" in bee and "2.0 KiB" in bee and "direct" in bee
-    assert "192.0.2.1:51821" in bee and "QkJCQkJC" in bee
+    assert "192.0.2.1:51821" in bee and "QkJCQkJC" in bee and "0.4ms" in bee and "1280" in bee
+    assert StatusReport.from_json(rep.to_json()).members[0].mtu == 1280
     other = lines[header + 2]
     assert "alive,untrusted" in other and "no tunnel" in other
     assert "4 malformed datagrams dropped" in text

@@ -79,3 +79,13 @@ def test_symmetric_nat_relays_through_the_public_member(tmp_path: Path, masq_b: 
         assert ca.get("relay_rtt_samples", 0) >= 1 and cb.get("relay_rtt_samples", 0) >= 1
         assert cs.get("relay_forwarded", 0) >= 4, cs  # handshake both ways + pings
         assert ca.get("relay_bad_mac", 0) == cb.get("relay_bad_mac", 0) == 0
+        # `meshguard ping` names the relay hop and says why; a relayed path has no MTU
+        res = a.cli("ping", b.mesh_v4, "-c", "1", "--interface", a.iface)
+        assert res.returncode == 0, (res.stdout, [{k: v for k, v in x.status()["counters"].items()
+                                                   if "probe" in k} for x in (a, s)])
+        assert f"relayed via s at {PUB}:51821" in res.stdout and "rtt" in res.stdout
+        assert "path MTU: relayed" in res.stdout
+        # why: both NAT types and the last punch's result
+        assert "why: relayed via" in res.stdout and "NATs " in res.stdout, res.stdout
+        assert "last punch failed" in res.stdout, res.stdout
+        assert ma["mtu"] is None

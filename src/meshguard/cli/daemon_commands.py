@@ -83,7 +83,7 @@ def format_status(rep: StatusReport, now: float) -> str:
                      f"{pm['internal_port']}, expires in {pm['expires_in']} s")
     lines.append("")
     header = ("NAME", "KEY", "MESH IP", "ENDPOINT", "STATE", "HANDSHAKE", "IN", "OUT", "PATH",
-              "DNS NAME", "WHY")
+              "RTT", "MTU", "DNS NAME", "WHY")
     rows = [header]
     for m in rep.members:
         state = m.state if m.trusted else f"{m.state},untrusted"
@@ -97,6 +97,8 @@ def format_status(rep: StatusReport, now: float) -> str:
             human_bytes(m.rx_bytes),
             human_bytes(m.tx_bytes),
             m.path,
+            "-" if m.rtt_ms is None else f"{m.rtt_ms:.1f}ms",
+            "-" if m.mtu is None else str(m.mtu),
             m.dns_names[0] if m.dns_names else "-",
             m.why or "-",
         ))

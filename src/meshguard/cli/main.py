@@ -26,8 +26,9 @@ _WIREGUARD = "meshguard.cli.wireguard_command"
 _UP = "meshguard.cli.up_command"
 _DAEMON = "meshguard.cli.daemon_commands"
 _CONNECT = "meshguard.cli.connect_command"
+_PING = "meshguard.cli.ping_command"
 # in the order `--help` lists them
-COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _CONNECT)
+COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _CONNECT, _PING)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -36,6 +37,7 @@ COMMANDS = {
     "up": _UP,
     "connect": _CONNECT,
     **dict.fromkeys(("down", "status", "org-revoke", "org-alias"), _DAEMON),
+    "ping": _PING,
 }
 
 

@@ -50,6 +50,7 @@ from meshguard.daemon.gossip_state import load_high_water, save_high_water
 from meshguard.daemon.host_probe import has_net_admin, resolve_seeds, underlay_hosts
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
 from meshguard.daemon.netlink_events import NetlinkEvents
+from meshguard.daemon.path_probes import install_prober, ping_request
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
@@ -236,6 +237,8 @@ class MeshDaemon:
             # WireGuard and gossip share one port, so a punched gossip path is the tunnel's
             self.node.holepunch = HolePuncher(self.identity, self.rng)
             self.node.relay = Relay(pub, self.wg_private, cookie_secret=self.rng.bytes(32))
+            if isinstance(runner, UserspaceRunner) and runner.engine is not None:
+                install_prober(self.node, device, runner.engine, self.rng, self.wg_private)
         elif cfg.kernel:
             # the kernel's own handshakes punch and a loopback proxy relays (kernel_paths.py)
             self.node.holepunch = HolePuncher(self.identity, self.rng, probe=False,
@@ -516,6 +519,9 @@ class MeshDaemon:
         if req.op == "status":
             stats = await self.runner.peer_stats()
             return self.status(stats).to_json()
+        if req.op == "ping" and self.node is not None:
+            return await ping_request(self.node, self.node.probes, self.clock,
+                                      lambda g: self._execute(list(g)), req.args)
         if req.op == "down":
             log.info("down requested over the control socket")
             asyncio.get_running_loop().call_soon(self.stop_event.set)

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.kernel_module import gossip_port_for
@@ -37,6 +38,14 @@ def _with_path(ms: MemberStatus, r: PathReport | None) -> MemberStatus:
         own_nat=r.own_nat, peer_nat=r.peer_nat, last_punch=r.last_punch,
         last_punch_age=None if r.last_punch_age is None else round(r.last_punch_age, 1),
         next_punch_in=None if r.next_punch_in is None else round(r.next_punch_in, 1))
+
+
+def _path_columns(node: MeshNode, wg_key: bytes | None) -> dict[str, Any]:
+    """rtt_ms and mtu of the member's path, from the path prober (mesh/path_probe.py)."""
+    p = node.probes.paths.get(wg_key) if node.probes is not None and wg_key else None
+    if p is None:
+        return {}
+    return {"rtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3), "mtu": p.mtu}
 
 
 def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, name: str | None,
@@ -91,6 +100,7 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             tx_bytes=tx,
             path=path,
             dns_names=tuple(sorted(names.get(ipv6, ()))),
+            **_path_columns(node, m.wg_key),
         ), report))
     members.sort(key=lambda s: (s.name or "~", s.identity_key))
     counters = {k: int(v) for k, v in node.counters.items()}
@@ -106,6 +116,8 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
         counters.update({k: int(v) for k, v in node.holepunch.counters.items()})
     if node.relay is not None:
         counters.update({k: int(v) for k, v in node.relay.counters.items()})
+    if node.probes is not None:  # probe_* (mesh/path_probe.py)
+        counters.update({k: int(v) for k, v in node.probes.counters.items()})
     if node.org is not None:  # org_* drop reasons (mesh/org_gossip.py)
         counters.update({k: int(v) for k, v in node.org.counters.items()})
     if dns_counters is not None:  # dns_foreign_source, ... (daemon/dns_server.py)

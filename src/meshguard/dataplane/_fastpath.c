@@ -170,6 +170,97 @@ static PyObject *fp_checksum(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLong(0xFFFF - sum);
 }
 
+/* ---------------------------------------------------------- TCP MSS clamp ---- */
+
+/* The twin of wire/tcp_mss.py's clamp (identical bytes): lower the first MSS option of a TCP
+ * SYN (IPv4 not fragmented, IPv6 without extension headers) to mtu - 40 (IPv4) or mtu - 60
+ * (IPv6), in place; every length is checked before it is read. The checksum is computed again
+ * unless `partial` (a NEEDS_CSUM read whose checksum the data path completes). 1: changed. */
+static int clamp_mss(uint8_t *pkt, size_t n, int mtu, int partial)
+{
+    if (mtu <= 0 || n < 20)
+        return 0;
+    size_t l4, end, hdrs;
+    int ver = pkt[0] >> 4;
+    if (ver == 4) {
+        l4 = (size_t)(pkt[0] & 15) * 4;
+        if (l4 < 20 || pkt[9] != 6 || (get16(pkt + 6) & 0x3FFF))
+            return 0;
+        end = get16(pkt + 2);
+        if (end > n || end < l4)
+            return 0;
+        hdrs = 40;
+    } else if (ver == 6) {
+        if (n < 40 || pkt[6] != 6)
+            return 0;
+        end = 40 + get16(pkt + 4);
+        if (end > n)
+            return 0;
+        l4 = 40;
+        hdrs = 60;
+    } else {
+        return 0;
+    }
+    if (l4 + 20 > end || !(pkt[l4 + 13] & 0x02))
+        return 0;
+    if ((size_t)mtu <= hdrs)
+        return 0;
+    uint32_t ceiling = (uint32_t)((size_t)mtu - hdrs);
+    size_t thl = (size_t)(pkt[l4 + 12] >> 4) * 4;
+    if (thl < 20 || l4 + thl > end)
+        return 0;
+    size_t i = l4 + 20, opt_end = l4 + thl;
+    while (i < opt_end) {
+        uint8_t kind = pkt[i];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= opt_end)
+            break;
+        size_t olen = pkt[i + 1];
+        if (olen < 2 || i + olen > opt_end)
+            break;
+        if (kind == 2 && olen == 4) {
+            if (get16(pkt + i + 2) <= ceiling)
+                return 0;
+            put16(pkt + i + 2, ceiling);
+            if (!partial) {
+                uint8_t *t = pkt + l4;
+                size_t tl = end - l4;
+                t[16] = t[17] = 0;
+                uint64_t sum = addr_sum(pkt) + 6 + (uint64_t)tl + be_mod(t, tl);
+                put16(t + 16, finish(sum));
+            }
+            return 1;
+        }
+        i += olen;
+    }
+    return 0;
+}
+
+static PyObject *fp_clamp_mss(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    int mtu, off = 0, partial = 0;
+    if (!PyArg_ParseTuple(args, "y*i|ip", &b, &mtu, &off, &partial))
+        return NULL;
+    if (off < 0 || (Py_ssize_t)off > b.len) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "offset outside the packet");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(b.buf, b.len);
+    PyBuffer_Release(&b);
+    if (out == NULL)
+        return NULL;
+    uint8_t *d = (uint8_t *)PyBytes_AS_STRING(out);
+    clamp_mss(d + off, (size_t)PyBytes_GET_SIZE(out) - (size_t)off, mtu, partial);
+    return out;
+}
+
 /* ------------------------------------------------------------------- cipher ---- */
 
 typedef struct {
@@ -2333,6 +2424,7 @@ typedef struct {
     struct sockaddr_storage ep;
     socklen_t eplen;
     KeyStateObject *send;
+    int clamp; /* the inner MTU TCP SYNs to and from the peer are clamped to; 0: none */
 } PeerSlot;
 
 typedef struct {
@@ -2661,6 +2753,8 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
             continue;
         }
         PeerSlot *ps = &dp->peers[slot];
+        if (ps->clamp)
+            clamp_mss(rb + off, m, ps->clamp, dp->vnet && (rb[0] & F_NEEDS_CSUM));
         KeyStateObject *ks = ps->send;
         if (ks == NULL || !ps->has_ep || now - ks->created >= REJECT_AFTER_TIME) {
             up_push(dp, 0, rb, n, NULL, 0, 0); /* Python queues it, starts a handshake */
@@ -2986,6 +3080,8 @@ static int dp_udp_batch(DataPathObject *dp, double now)
                 dp->ctr[C_BAD_SOURCE]++;
                 continue;
             }
+            if (ps->clamp)
+                clamp_mss(out, total, ps->clamp, 0);
             dp->pkts[np].p = out;
             dp->pkts[np].n = total;
             dp->pkts[np].next = -1;
@@ -3307,10 +3403,12 @@ static PyObject *dp_set_tables(DataPathObject *dp, PyObject *args)
     }
     for (Py_ssize_t i = 0; i < np; i++) {
         PyObject *ep, *ks;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ps, i), "OO", &ep, &ks))
+        int clamp = 0;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ps, i), "OO|i", &ep, &ks, &clamp))
             goto fail;
         if (parse_sockaddr(ep, &peers[i]))
             goto fail;
+        peers[i].clamp = clamp > 0 ? clamp : 0;
         if (ks != Py_None) {
             if (!PyObject_TypeCheck(ks, &KeyStateType)) {
                 PyErr_SetString(PyExc_TypeError, "a peer's keys: a KeyState or None");
@@ -3577,6 +3675,9 @@ static PyTypeObject DataPathType = {
 /* ------------------------------------------------------------------ module ---- */
 
 static PyMethodDef methods[] = {
+    {"clamp_mss", fp_clamp_mss, METH_VARARGS,
+     "clamp_mss(packet, mtu, offset=0, partial=False) -> the packet with the MSS of a TCP SYN "
+     "at offset lowered to fit an inner MTU (wire/tcp_mss.py's twin)"},
     {"checksum", fp_checksum, METH_VARARGS,
      "checksum(data, initial=0) -> internet checksum of data plus an unfolded sum"},
     {"segment_count", (PyCFunction)(void (*)(void))fp_segment_count,

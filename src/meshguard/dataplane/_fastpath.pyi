@@ -46,6 +46,7 @@ class HandshakeGuard:
     def take_counts(self) -> tuple[int, ...]: ...
 
 def checksum(data: _Buffer, initial: int = 0, /) -> int: ...
+def clamp_mss(packet: _Buffer, mtu: int, offset: int = 0, partial: bool = False, /) -> bytes: ...
 def segment_count(buf: _Buffer, vnet: bool = True) -> int: ...
 def seal_segments(
     cipher: Cipher, receiver: int, first: int, buf: _Buffer, vnet: bool = True
@@ -97,7 +98,8 @@ class DataPath:
     def __init__(self, tun_fd: int, udp_fd: int, vnet: bool, tso: bool, gso: bool) -> None: ...
     def set_tables(
         self,
-        peers: Sequence[tuple[bytes | None, KeyState | None]],
+        peers: Sequence[tuple[bytes | None, KeyState | None]
+                        | tuple[bytes | None, KeyState | None, int]],
         indices: Sequence[tuple[int, KeyState, int, bool]],
         routes: Sequence[tuple[bytes, int, int]],
         /,

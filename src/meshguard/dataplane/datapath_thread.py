@@ -119,10 +119,11 @@ class DataPathThread:
         tables = fast.datapath_tables()
         owners: dict[KeyState, Keypair] = {}
         slots: dict[object, int] = {}
-        peers: list[tuple[bytes | None, KeyState | None]] = []
+        peers: list[tuple[bytes | None, KeyState | None, int]] = []
         for peer, ep, kp in tables.peers:
             slots[peer] = len(peers)
-            peers.append((self._sockaddr(ep), self._keys(kp, owners) if kp else None))
+            peers.append((self._sockaddr(ep), self._keys(kp, owners) if kp else None,
+                          peer.clamp_mtu))
         indices: list[tuple[int, KeyState, int, bool]] = []
         for kp, is_next in tables.receive:
             slot = slots.get(kp.peer)

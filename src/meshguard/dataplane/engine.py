@@ -89,6 +89,7 @@ from meshguard.clock import Clock, SystemClock
 from meshguard.dataplane import datapath_thread, fastpath
 from meshguard.dataplane.cipher_cache import CipherCache
 from meshguard.dataplane.datapath_thread import DataPathThread
+from meshguard.dataplane.mss_clamp import clamp_read, clamp_writes
 from meshguard.dataplane.offload import split_tun_read
 from meshguard.dataplane.ports import Datagram, FastPathPort, SendRouter, SlowPathPort
 from meshguard.dataplane.receive import ReceiveBatch
@@ -169,6 +170,8 @@ class Engine:
         self.tun_offloads = 0  # TUN_F_* bits the kernel accepted
         self.tun_tso = False  # coalesce TCP segments into GSO writes
         self.gro = False
+        # a peer has a Peer.clamp_mtu: TCP SYNs to the TUN are clamped (dataplane/mss_clamp.py)
+        self.clamp_mss = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -508,6 +511,8 @@ class Engine:
             if peer is None:
                 no_route += 1
                 continue
+            if peer.clamp_mtu:
+                r = clamp_read(r, peer, vnet)
             group = groups.get(peer)
             if group is None:
                 groups[peer] = [r]
@@ -731,6 +736,8 @@ class Engine:
     def write_tun(self, packets: list[bytes]) -> None:
         """Write plain IP packets to the TUN; with virtio-net headers, TCP segments of a flow
         are coalesced into super-packets first (one write each)."""
+        if self.clamp_mss:
+            packets = clamp_writes(packets, self.fast.route)
         write = os.write
         fd = self.tun_fd
         st = self.stats

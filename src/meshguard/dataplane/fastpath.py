@@ -312,6 +312,9 @@ open_batch = _impl.open_batch
 coalesce = _impl.coalesce
 HandshakeGuard = _impl.HandshakeGuard
 recv_batch = _impl.recv_batch
+# the C twin of wire/tcp_mss.clamp, for the tests and the fuzzer (None when not built)
+c_clamp_mss: Callable[[Buffer, int, int, bool], bytes] | None = (
+    _c.clamp_mss if _HAVE_C else None)
 
 __all__ = [
     "BAD_AUTH",
@@ -322,6 +325,7 @@ __all__ = [
     "Cipher",
     "HandshakeGuard",
     "PyCipher",
+    "c_clamp_mss",
     "c_impl",
     "checksum",
     "coalesce",

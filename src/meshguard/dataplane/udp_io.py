@@ -173,6 +173,23 @@ def make_udp_socket(port: int, fwmark: int = 0) -> socket.socket:
     return sock
 
 
+IP_PMTUDISC_PROBE = 3  # linux/in.h; the IPv6 value (IPV6_PMTUDISC_PROBE) is the same
+
+
+def set_dont_fragment(sock: socket.socket) -> None:
+    """Every datagram leaves with DF set and is never fragmented, up to the interface MTU,
+    whatever ICMP said about the path: path MTU probes must see the path as it is
+    (mesh/path_probe.py), and TCP in the tunnel is kept within it by MSS clamping. A mesh
+    node's socket (daemon/path_probes.py); the standalone interface keeps the kernel's
+    default (fragment what exceeds a learned path MTU)."""
+    opts = [(socket.IPPROTO_IP, getattr(socket, "IP_MTU_DISCOVER", 10))]
+    if sock.family == socket.AF_INET6:
+        opts.append((socket.IPPROTO_IPV6, getattr(socket, "IPV6_MTU_DISCOVER", 23)))
+    for level, opt in opts:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, opt, IP_PMTUDISC_PROBE)
+
+
 def set_fwmark(sock: socket.socket, mark: int) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)

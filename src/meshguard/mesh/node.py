@@ -75,6 +75,7 @@ from meshguard.mesh.actions import (
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.member_views import LazyView, punch_peers, relay_peers
 from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
+from meshguard.mesh.path_probe import PathProber, node_targets
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
@@ -86,6 +87,7 @@ from meshguard.sansio import Endpoint
 from meshguard.swim.events import Action as SwimAction
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
+from meshguard.wire.path_probe import PATH_PROBE_TYPES
 from meshguard.wire.relay import RELAY_DATA
 from meshguard.wireguard.actions import Action as DeviceAction
 from meshguard.wireguard.actions import SendDatagram
@@ -139,6 +141,7 @@ class MeshNode:
     holepunch: HolePuncher | None = None  # userspace mode behind a NAT (nat/holepunch.py)
     relay: Relay | None = None  # relaying through a public member (nat/relay.py)
     paths: PathSelector | None = None  # direct or relayed, and why (mesh/paths.py)
+    probes: PathProber | None = None  # RTT and path MTU of direct paths (mesh/path_probe.py)
     # WireGuard key -> (the record's endpoint when punched, the endpoint that worked)
     punched: dict[bytes, tuple[Endpoint | None, Endpoint]] = field(default_factory=dict)
     # the relay and hole-punch views of the members, built on first use after a change
@@ -169,6 +172,9 @@ class MeshNode:
         if kind is Kind.GOSSIP and data[0] == RELAY_DATA:
             self.counters["relaydata_rx"] += 1
             return self._receive_relay(now, wall, bytes(data), src)
+        if kind is Kind.GOSSIP and data[0] in PATH_PROBE_TYPES:
+            pp = self._probes_core()
+            return [] if pp is None else list(pp.receive(now, wall, bytes(data), src))
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
             return self._receive_org(now, wall, bytes(data), src)
@@ -229,6 +235,9 @@ class MeshNode:
                 self._org_seen = self.names_version
                 self._org_bind(org, wall)
                 out += [a for a in org.tick(now, wall) if isinstance(a, SendDatagram)]
+        pp = self._probes_core()
+        if pp is not None:
+            out += pp.tick(now, wall)
         if now - self._last_recheck >= TRUST_RECHECK:
             # certificates expire: ask the trust store again about everyone
             self._last_recheck = now
@@ -243,7 +252,7 @@ class MeshNode:
                           self.org.next_deadline() if self.org else None,
                           self._punch_deadline(),
                           self.relay.next_deadline() if self.relay else None,
-                          self.paths.next_deadline() if self.paths else None,
+                          self.probes.next_deadline() if self.probes else None,
                           self._last_recheck + TRUST_RECHECK) if d is not None]
         return min(ds) if ds else None
 
@@ -549,6 +558,12 @@ class MeshNode:
                     out += self.reconcile(wall)
                 out.append(a)
         return out
+
+    def _probes_core(self) -> PathProber | None:
+        pp = self.probes
+        if pp is not None and pp.member_of is None:  # members with a tunnel, their paths
+            pp.member_of, pp.targets = self._org_member, lambda: node_targets(self)
+        return pp
 
     def path_of(self, wg_key: bytes) -> tuple[str, Endpoint | None]:
         """("relayed", the relay's endpoint) or ("direct", None) for `status`."""

@@ -62,10 +62,11 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshguard.crypto.hashes import blake2s, equal, mac
+from meshguard.crypto.hashes import equal, mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode, ed25519_verify
-from meshguard.errors import CryptoError, WireFormatError
+from meshguard.errors import WireFormatError
 from meshguard.identity.names import is_dns_label
+from meshguard.mesh.link_keys import derive_link_key
 from meshguard.rng import Rng
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import org as wire
@@ -385,16 +386,7 @@ class OrgGossip:
         own = self.wg_private
         if own is None:
             return None
-        key: bytes | None
-        try:
-            shared = own.exchange(wg_key)
-        except CryptoError:
-            key = None
-        else:
-            mine = own.public_key.raw
-            w0, w1 = sorted((mine, wg_key))
-            i0, i1 = sorted((self.identity_key, identity_key))
-            key = blake2s(LINK_LABEL, shared, w0, w1, i0, i1)
+        key = derive_link_key(own, self.identity_key, wg_key, identity_key, LINK_LABEL)
         if len(self._link_keys) >= MAX_SENDERS:
             self._link_keys.clear()
         self._link_keys[k] = key

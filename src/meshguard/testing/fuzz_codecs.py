@@ -32,9 +32,20 @@ from meshguard.testing.fuzz_datapath import datapath_targets
 from meshguard.testing.fuzz_engine import WALL0, RoundTripError, Target, dedupe
 from meshguard.testing.fuzz_fastpath import fastpath_targets
 from meshguard.testing.fuzz_mesh import VICTIM_EP, mesh_capture
+from meshguard.testing.fuzz_mss import mss_targets
 from meshguard.testing.fuzz_pairing import pairing_targets
 from meshguard.testing.rng import SeededRng
-from meshguard.wire import control, dns, gossip, holepunch, org, relay, stun, wireguard
+from meshguard.wire import (
+    control,
+    dns,
+    gossip,
+    holepunch,
+    org,
+    path_probe,
+    relay,
+    stun,
+    wireguard,
+)
 
 # -- codec targets -----------------------------------------------------------------------------
 
@@ -76,6 +87,20 @@ def _relay(data: bytes) -> None:
 
 def _holepunch(data: bytes) -> None:
     _roundtrip("hole-punch message", data, holepunch.encode(holepunch.decode(data)))
+
+
+def _path_probe(data: bytes) -> None:
+    m = path_probe.decode(data)
+    body = (path_probe.probe_body(m.nonce, len(data), m.sender_wg)
+            if m.kind == path_probe.PATH_PROBE
+            else path_probe.ack_body(m.nonce, m.size, m.sender_wg))
+    _roundtrip("path probe", data, body + m.mac)
+
+
+def _path_probe_seeds() -> list[bytes]:
+    key, tag = bytes(range(32)), bytes(16)
+    return [path_probe.probe_body(7, 63, key) + tag, path_probe.probe_body(8, 1252, key) + tag,
+            path_probe.ack_body(7, 1252, key) + tag]
 
 
 def _org(data: bytes) -> None:
@@ -360,6 +385,7 @@ def codec_targets() -> dict[str, Target]:
         Target("holepunch", dedupe(by_type.get("holepunch", []) + mesh.punch_seeds),
                _holepunch, wf),
         Target("org", dedupe(by_type.get("org", []) + _synthetic_org_seeds()), _org, wf),
+        Target("path_probe", _path_probe_seeds(), _path_probe, wf),
         Target("stun", stun_seeds(), _stun, wf),
         Target("stun_client", stun_seeds(), _stun_client, ()),
         Target("dns", _dns_seeds(), _dns, wf),
@@ -378,4 +404,5 @@ def codec_targets() -> dict[str, Target]:
     targets += fastpath_targets()
     targets += datapath_targets()
     targets += pairing_targets()
+    targets += mss_targets()
     return {t.name: t for t in targets}

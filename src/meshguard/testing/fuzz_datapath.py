@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from meshguard.dataplane import datapath_thread, fastpath
 from meshguard.dataplane.udp_io import raw_sockaddr
 from meshguard.testing.fuzz_engine import RoundTripError, Target
-from meshguard.testing.fuzz_fastpath import _fastpath_seeds, _packet_list
+from meshguard.testing.fuzz_fastpath import _fastpath_seeds, _pack_list, _packet_list
+from meshguard.testing.fuzz_mss import syn_packet
 from meshguard.wire import wireguard
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ _SEND_KEY, _RECV_KEY = bytes(range(32)), bytes(range(32, 64))
 _LOCAL, _REMOTE = 0x0A0B0C0D, 0x01020304
 _PEER_NET = bytes([10, 99, 0, 0])  # the peer's allowed IPs: 10.99.0.0/16 (the seeds' packets)
 _WAIT = 5.0
+_CLAMP_MTU = 1216
 
 
 class _Rig:
@@ -50,8 +52,9 @@ class _Rig:
             s.setblocking(False)
         self.ks = KeyState(_SEND_KEY, _RECV_KEY, _LOCAL, _REMOTE, time.monotonic(), 0)
         self.dp: DataPath = DataPath(self.tun.fileno(), self.udp.fileno(), True, True, False)
-        self.dp.set_tables([(raw_sockaddr(socket.AF_INET, self.remote.getsockname()), self.ks)],
-                           [(_LOCAL, self.ks, 0, False)], [(_PEER_NET, 16, 0)])
+        # the peer's TCP SYNs are clamped both ways (dataplane/_fastpath.c clamp_mss)
+        self.dp.set_tables([(raw_sockaddr(socket.AF_INET, self.remote.getsockname()), self.ks,
+                             _CLAMP_MTU)], [(_LOCAL, self.ks, 0, False)], [(_PEER_NET, 16, 0)])
         self.dp.set_clock(0.0)
         self.dp.start()
         c = fastpath.c_impl()
@@ -103,11 +106,17 @@ def datapath_targets() -> list[Target]:
             r.remote.sendto(msg, dest)
         r.wait("udp_rx", len(pkts))
 
-    plain = _fastpath_seeds()
+    plain = [*_fastpath_seeds(), _syn_list()]
     tun_seeds = [bytes(10) + p for s in plain for p in _packet_list(s)]
     tun_seeds += [_gso_read(p) for s in plain[:2] for p in _packet_list(s)[:1]]
     return [Target("datapath_tun", tun_seeds, tun_read, max_len=65545),
             Target("datapath_udp", plain, datagrams, max_len=8192)]
+
+
+def _syn_list() -> bytes:
+    """TCP SYNs from the peer's network with MSS options, as a packet list input."""
+    return _pack_list(syn_packet(False, o) for o in (b"\x02\x04\x05\xb4",
+                                                      b"\x01\x02\x04\xff\xff\x00\x00\x00"))
 
 
 def _gso_read(pkt: bytes) -> bytes:

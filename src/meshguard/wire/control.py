@@ -12,6 +12,12 @@ Requests::
     {"op": "status"}    -> {"ok": true, "result": <status document, below>}
     {"op": "down"}      -> {"ok": true, "result": {"leaving": true}}  (the daemon then leaves the
                            mesh gracefully, removes its interface and exits 0)
+    {"op": "ping", "args": {"target": "node-2", "timeout": 2.0}}
+                        -> {"ok": true, "result": {"path": "direct" | "relayed",
+                           "endpoint": "ip:port" (relayed: the relay's), "via": relay name | null,
+                           "rtt_ms": 0.4 | null (no answer), "mtu": 1280 | null,
+                           "mtu_state": "done" | "search" | ..., "reason": why relayed | null}}
+                           (one path probe, daemon/path_probes.py)
 
 Errors: ``{"ok": false, "error": "<one line>"}``.
 
@@ -48,6 +54,8 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
           "rx_bytes": 0,
           "tx_bytes": 0,
           "path": "direct" | "relayed",
+          "rtt_ms": 0.4 | null,         # smoothed RTT of the path probes (mesh/path_probe.py)
+          "mtu": 1280 | null,           # path MTU found (IP bytes), null: unknown or relayed
           "dns_names": ["node-2.a1b2c3.mesh", ...],  # names the mesh resolver answers for it
           "why": "relayed via 1a2b3c4d at 203.0.113.10:51821: the hole punch failed; ..." | null,
           "via": "<base64 identity key of the relay>" | null,
@@ -83,7 +91,7 @@ from meshguard.wire.seed_status import SeedsStatus
 
 SCHEMA_VERSION = 1
 MAX_LINE = 1 << 20  # 1 MiB: a status of ~4000 members; requests are tiny
-OPS = ("hello", "status", "down")
+OPS = ("hello", "status", "down", "ping")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 
 
@@ -186,6 +194,8 @@ class MemberStatus:
     tx_bytes: int
     path: str
     dns_names: tuple[str, ...] = ()
+    rtt_ms: float | None = None
+    mtu: int | None = None
     # why the path is what it is (nat/path_select.py's PathReport; null in kernel mode)
     why: str | None = None
     via: str | None = None
@@ -270,6 +280,8 @@ def _member(m: Mapping[str, object]) -> MemberStatus:
         last_handshake=None if last is None else _number(last),
         rx_bytes=_int(m["rx_bytes"]), tx_bytes=_int(m["tx_bytes"]), path=_str(m["path"]),
         dns_names=tuple(str(n) for n in _list(m.get("dns_names", []))),
+        rtt_ms=_opt_number(m.get("rtt_ms")),
+        mtu=None if m.get("mtu") is None else _int(m.get("mtu")),
         why=_opt_str(m.get("why")), via=_opt_str(m.get("via")),
         via_endpoint=_opt_str(m.get("via_endpoint")), own_nat=_opt_str(m.get("own_nat")),
         peer_nat=_opt_str(m.get("peer_nat")), last_punch=_opt_str(m.get("last_punch")),

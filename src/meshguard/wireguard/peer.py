@@ -37,6 +37,9 @@ class Peer:
     rx_bytes: int = 0
     tx_bytes: int = 0
     last_handshake_wall: float = 0.0
+    # the inner MTU TCP SYNs to and from this peer are clamped to (wire/tcp_mss.py); 0: none.
+    # Whoever sets it calls Device.changed(), so the data-path thread takes it too
+    clamp_mtu: int = 0
     # protocol state (owned by the device)
     keypairs: Keypairs = field(default_factory=Keypairs)
     timers: PeerTimers = field(default_factory=PeerTimers)
