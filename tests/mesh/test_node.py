@@ -278,13 +278,14 @@ def test_learned_revocations_are_logged_at_a_bounded_rate(
 ) -> None:
     # whoever holds a trusted org key may sign revocations by the thousand: one log line each
     # would let it flood the log, so after a burst they are only counted
+    from meshguard.mesh import org_wiring
     from meshguard.mesh.org_gossip import RevocationLearned
     from meshguard.wire.org import CertRevocation
 
     node, *_ = make()
     revs = [CertRevocation(b"o" * 32, bytes([i]) * 32, i, b"s" * 64) for i in range(50)]
-    with caplog.at_level(logging.WARNING, logger="meshguard.mesh.node"):
-        node._org_learned([RevocationLearned(r) for r in revs], wall=1000.0)
+    with caplog.at_level(logging.WARNING, logger="meshguard.mesh.org_wiring"):
+        org_wiring.learned(node, [RevocationLearned(r) for r in revs], wall=1000.0)
     lines = [r for r in caplog.records if "revoked its certificate" in r.getMessage()]
     assert len(lines) == 10
     assert node.counters["revocation_logs_suppressed"] == 40

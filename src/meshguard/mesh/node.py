@@ -32,10 +32,11 @@ callables the node binds on first use (the shell attaches those cores after cons
 their views are built lazily (mesh/member_views.py).
 
 Org messages (OrgCertRevoke 0x42, OrgAliasAnnounce 0x41) go to the optional `org` core
-(mesh/org_gossip.py). A newly learned revocation takes effect at once (a member admitted only
-by the revoked certificate loses its tunnel in the same call) and is returned as
-`RevocationLearned`, so the shell persists it into the `revocations` file. The trust object
-may offer `trusted_org_keys()`; without it no org message is accepted.
+(mesh/org_gossip.py), wired to the node in mesh/org_wiring.py. A newly learned revocation
+takes effect at once (a member admitted only by the revoked certificate loses its tunnel in
+the same call) and is returned as `RevocationLearned`, so the shell persists it into the
+`revocations` file. The trust object may offer `trusted_org_keys()`; without it no org
+message is accepted.
 
 DNS names (`dns_table`, served by dns/resolver.py): `<cert name>.<org hex6>.mesh` and
 `<cert name>.<alias>.mesh` for members admitted by a trusted certificate, `<file name>.mesh`
@@ -56,6 +57,7 @@ from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6, org
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
+from meshguard.mesh import org_wiring
 from meshguard.mesh import paths as path_wiring
 from meshguard.mesh.actions import (
     ROUTED_STATES,
@@ -74,7 +76,7 @@ from meshguard.mesh.actions import (
 )
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.member_views import LazyView, punch_peers, relay_peers
-from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
+from meshguard.mesh.org_gossip import OrgGossip
 from meshguard.mesh.path_probe import PathProber, node_targets
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
@@ -177,7 +179,7 @@ class MeshNode:
             return [] if pp is None else list(pp.receive(now, wall, bytes(data), src))
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
-            return self._receive_org(now, wall, bytes(data), src)
+            return org_wiring.receive(self, now, wall, bytes(data), src)
         if kind is Kind.GOSSIP:
             self.counters["gossip_rx"] += 1
             out = self.membership.receive(now, wall, data, src)
@@ -227,14 +229,7 @@ class MeshNode:
             if rl.via and rl.prune():
                 out += self.reconcile(wall)  # a relay died: back to the advertised endpoint
         out += path_wiring.check_paths(self, now, wall)
-        org = self.org
-        if org is not None and (org.revocations or org.aliases):
-            # only when a push is due or the members changed (new ones get everything)
-            due = org.next_deadline()
-            if self._org_seen != self.names_version or (due is not None and now >= due):
-                self._org_seen = self.names_version
-                self._org_bind(org, wall)
-                out += [a for a in org.tick(now, wall) if isinstance(a, SendDatagram)]
+        out += org_wiring.tick(self, now, wall)
         pp = self._probes_core()
         if pp is not None:
             out += pp.tick(now, wall)
@@ -399,90 +394,18 @@ class MeshNode:
         fn = getattr(self.trust, "trusted_org_keys", None)
         return frozenset(bytes(k) for k in fn()) if fn is not None else frozenset()
 
-    def _org_bind(self, org: OrgGossip, wall: float | None) -> None:
-        """Tell the org core who the members are (its packets are MACed member to member)."""
-        if wall is not None:
-            self._views_wall = wall
-        if org.member_of is None:
-            org.bind(self.identity_key, self._org_member, self._org_links, self._org_peers,
-                     self.trusted_orgs)
-
-    def _org_peers(self) -> list[Endpoint]:
-        """The gossip endpoints of the members with a tunnel (at the latest wall time known)."""
-        wall = self._views_wall
-        if wall is None:
-            return []
-        return [g for g in (x.gossip_endpoint for x in self.routed_members(wall))
-                if g is not None]
-
     def _org_member(self, wg_key: bytes) -> bytes | None:
         """The identity of the member with a tunnel under this WireGuard key (O(1))."""
         peer = self.peers.get(wg_key)
         return None if peer is None else peer.identity_key
 
-    def _org_links(self) -> dict[Endpoint, OrgLink]:
-        """Gossip endpoint -> member, for the members with a tunnel."""
-        ident = {p.identity_key: p.wg_key for p in self.peers.values()}
-        out: dict[Endpoint, OrgLink] = {}
-        for m in self.membership.members():
-            wg = ident.get(m.identity_key)
-            if wg is not None and wg == m.wg_key and m.gossip_endpoint is not None:
-                out[m.gossip_endpoint] = OrgLink(m.identity_key, wg)
-        return out
-
-    def _receive_org(self, now: float, wall: float, data: bytes, src: Endpoint
-                     ) -> list[Action]:
-        if self.org is None:
-            self.counters["garbage_dropped"] += 1
-            return []
-        self._org_bind(self.org, wall)
-        return self._org_learned(self.org.receive(now, wall, data, src), wall)
-
-    def _org_learned(self, actions: list[OrgAction], wall: float) -> list[Action]:
-        out: list[Action] = list(actions)
-        revs = [a.revocation for a in actions if isinstance(a, RevocationLearned)]
-        aliases = [a.alias for a in actions if isinstance(a, AliasLearned)]
-        if aliases:
-            self.names_version += 1
-        if revs:
-            for r in revs:
-                if r.node_key == self.identity_key:
-                    log.error("our org %s revoked THIS node's certificate: members that trust "
-                              "us only through it drop our tunnels", r.org_key.hex()[:12])
-                elif self._revocation_logs.take(wall):
-                    log.warning("org %s revoked its certificate of %s", r.org_key.hex()[:12],
-                                r.node_key.hex()[:12])
-                else:
-                    self.counters["revocation_logs_suppressed"] += 1
-            self._admission.clear()
-            self.names_version += 1
-            out += self.reconcile(wall)
-        return out
-
     def announce_revocations(self, revs: list[CertRevocation], wall: float) -> list[Action]:
-        """Local revocations (from the `revocations` file or an org admin): those new and
-        valid take effect now and start spreading. No RevocationLearned for them."""
-        if self.org is None:
-            return []
-        self._org_bind(self.org, None)
-        trusted = self.trusted_orgs()
-        new = [r for r in revs if self.org.add_revocation(r, trusted)]
-        if not new:
-            return []
-        self._admission.clear()
-        self.names_version += 1
-        return list(self.reconcile(wall))
+        """Local revocations take effect now and start spreading (mesh/org_wiring.py)."""
+        return org_wiring.announce_revocations(self, revs, wall)
 
     def announce_alias(self, alias: AliasAnnouncement, wall: float | None = None) -> bool:
-        """This org's own alias (org/alias); with `wall`, one dated in the future is refused
-        here as every other member would refuse it."""
-        if self.org is None:
-            return False
-        self._org_bind(self.org, None)
-        if not self.org.add_alias(alias, self.trusted_orgs(), wall):
-            return False
-        self.names_version += 1
-        return True
+        """This org's own alias (mesh/org_wiring.py)."""
+        return org_wiring.announce_alias(self, alias, wall)
 
     # membership -> peers -----------------------------------------------------------------
 
