@@ -4,7 +4,8 @@ Nothing here does I/O. Every entry point takes `now` (monotonic seconds) and, wh
 timestamp may be needed, `wall` (unix seconds); randomness comes from the injected Rng.
 The mechanisms live one per module, as in wireguard-go's device/: handshakes in handshake.py,
 transport framing, sealing and the receive policy in transport.py, peers in peer.py, timers in
-timers.py; this module holds the peer set, routing and the two paths that use them.
+timers.py and what their expiry does in timer_actions.py; this module holds the peer set,
+routing and the two paths that use them.
 
 Slow path (returns a list of actions, see actions.py: SendDatagram, WriteTun,
 HandshakeCompleted, PeerKeysExpired, HandshakeGaveUp):
@@ -67,15 +68,11 @@ from meshguard.wireguard.actions import (
     Action,
     Endpoint,
     HandshakeCompleted,
-    HandshakeGaveUp,
-    PeerKeysExpired,
     SendDatagram,
     WriteTun,
 )
 from meshguard.wireguard.allowed_ips import AllowedIPs, IPNetwork
 from meshguard.wireguard.constants import (
-    KEEPALIVE_TIMEOUT,
-    MAX_HANDSHAKE_ATTEMPTS,
     MAX_STAGED_PACKETS,
     REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_AGE,
@@ -95,7 +92,8 @@ from meshguard.wireguard.handshake import Handshakes
 from meshguard.wireguard.index import IndexTable
 from meshguard.wireguard.keypair import Keypair, ReceiveKeypair
 from meshguard.wireguard.peer import NO_PSK, DataPathTables, HandshakeState, Peer, SendBatch
-from meshguard.wireguard.timers import DeadlineBound, Timer
+from meshguard.wireguard.timer_actions import TimerActions
+from meshguard.wireguard.timers import DeadlineBound
 from meshguard.wireguard.transport import (
     DROP_REASONS,
     HEADER,
@@ -138,7 +136,7 @@ class DeviceError(MeshguardError):
 # -- the device -------------------------------------------------------------------------
 
 
-class Device(Handshakes):
+class Device(Handshakes, TimerActions):
     """A WireGuard interface's protocol state: peers, keys, timers, routing (sans-IO)."""
 
     def __init__(
@@ -638,65 +636,6 @@ class Device(Handshakes):
         actions: list[Action] = [WriteTun(p) for p in tun]
         actions += self.note_received(now, kp, n, nbytes, src, n_keepalive=keep)
         return actions
-
-    # -- timers -----------------------------------------------------------------------------
-    def next_deadline(self) -> float | None:
-        """When tick() should run next (monotonic seconds), None when no timer is armed.
-
-        Cheap after packet batches: a shared lower bound kept up to date as timers are armed;
-        at worst early, and the tick at that time then finds nothing due."""
-        bound = self._bound
-        if bound.valid:
-            return bound.value
-        best: float | None = None
-        for peer in self._peers.values():
-            d = peer.timers.next_deadline()
-            if d is not None and (best is None or d < best):
-                best = d
-        bound.value = best
-        bound.valid = True
-        return best
-
-    def tick(self, now: float, wall: float) -> list[Action]:
-        """Run every timer that is due (paper section 6)."""
-        self._wall_offset = wall - now
-        self._ticked = now
-        actions: list[Action] = []
-        for peer in list(self._peers.values()):
-            for timer in peer.timers.expired(now):
-                actions += self._on_timer(now, wall, peer, timer)
-        self._bound.valid = False
-        return actions
-
-    def _on_timer(self, now: float, wall: float, peer: Peer, timer: Timer) -> list[Action]:
-        t = peer.timers
-        if timer is Timer.RETRANSMIT_HANDSHAKE:
-            if t.handshake_attempts >= MAX_HANDSHAKE_ATTEMPTS - 1:
-                # Give up (paper 6.4): drop queued packets; keys are zeroed later.
-                self.counters.handshake_gave_up += len(peer.staged)
-                peer.staged.clear()
-                t.send_keepalive = None
-                self._forget_handshake(peer)
-                if t.zero_keys is None:
-                    t.session_derived(now)
-                return [HandshakeGaveUp(peer.public_key)]
-            t.handshake_attempts += 1
-            return self._initiate(now, wall, peer, retry=True)
-        if timer is Timer.SEND_KEEPALIVE:
-            actions = self._keepalive(now, peer)
-            if t.need_another_keepalive:
-                t.need_another_keepalive = False
-                t.send_keepalive = now + KEEPALIVE_TIMEOUT
-            return actions
-        if timer is Timer.NEW_HANDSHAKE:
-            return self._initiate(now, wall, peer, retry=False)
-        if timer is Timer.ZERO_KEYS:
-            self._clear_session_state(peer)
-            peer.staged.clear()
-            return [PeerKeysExpired(peer.public_key)]
-        if timer is Timer.PERSISTENT_KEEPALIVE and peer.persistent_keepalive > 0:
-            return self._keepalive(now, peer)
-        return []
 
     def new_path(self, peer_key: bytes, now: float, wall: float,
                  endpoint: Endpoint | None = None, initiate: bool = True) -> list[Action]:

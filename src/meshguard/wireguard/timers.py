@@ -15,7 +15,7 @@ Timers are deadlines (monotonic seconds, None = not armed). Protocol events arm 
     any authenticated packet sent       send_keepalive cancelled
     any authenticated packet either way persistent_keepalive = now + interval (if enabled)
 
-    expiry                              action (device.py)
+    expiry                              action (timer_actions.py)
     retransmit_handshake                attempts < MAX (REKEY_ATTEMPT_TIME / REKEY_TIMEOUT): resend
                                         the initiation; else give up: drop queued packets and
                                         arm zero_keys if not armed (6.4)
