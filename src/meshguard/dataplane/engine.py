@@ -89,17 +89,16 @@ from meshguard.clock import Clock, SystemClock
 from meshguard.dataplane import datapath_thread, fastpath
 from meshguard.dataplane.cipher_cache import CipherCache
 from meshguard.dataplane.datapath_thread import DataPathThread
-from meshguard.dataplane.mss_clamp import clamp_read, clamp_writes
-from meshguard.dataplane.offload import split_tun_read
+from meshguard.dataplane.mss_clamp import clamp_writes
 from meshguard.dataplane.ports import Datagram, FastPathPort, SendRouter, SlowPathPort
 from meshguard.dataplane.receive import ReceiveBatch
+from meshguard.dataplane.tun_seal import seal_reads
 from meshguard.dataplane.udp_io import (
     GRO_BUFFER,
     SOL_UDP,
     UDP_GRO,
     UDP_SEGMENT,
     EngineStats,
-    Sealed,
     UdpSender,
     endpoint_cached,
     endpoint_of_sockaddr,
@@ -111,7 +110,6 @@ from meshguard.dataplane.vnet import VNET_HDR_LEN, ZERO_HDR, TunOffloadError, en
 from meshguard.sansio import Endpoint, unmap_host
 from meshguard.wireguard.actions import SendDatagram, WriteTun
 from meshguard.wireguard.cookie import HandshakeGuard as PyHandshakeGuard
-from meshguard.wireguard.peer import Peer
 
 log = logging.getLogger(__name__)
 
@@ -478,100 +476,9 @@ class Engine:
         self._tun_in(packets, False)
 
     def _tun_in(self, reads: list[bytes], vnet: bool) -> None:
-        """TUN reads (virtio-net header + packet when `vnet`) -> sealed transport messages.
-
-        Reads are grouped by peer; each group costs one route/keypair lookup and one
-        bookkeeping call (Device fast path), each read one counter reservation and one
-        split-and-seal call. Reads for a peer without a usable session go to the slow path,
-        which queues their packets and starts a handshake.
-        """
-        fast = self.fast
-        c = self.clock
-        now, wall = c.monotonic(), c.wall()
-        groups: dict[Peer, list[bytes]] = {}
-        rest: list[bytes] = []
-        route = fast.route
-        no_route = 0
-        off = VNET_HDR_LEN if vnet else 0
-        for r in reads:
-            n = len(r) - off
-            if n <= 0:
-                if vnet:
-                    self.stats.tun_bad_reads += 1
-                continue
-            version = r[off] >> 4
-            if version == 4 and n >= 20:
-                dst = r[off + 16 : off + 20]
-            elif version == 6 and n >= 40:
-                dst = r[off + 24 : off + 40]
-            else:
-                rest.append(r)  # the slow path counts it (bad_inner)
-                continue
-            peer = route(dst)
-            if peer is None:
-                no_route += 1
-                continue
-            if peer.clamp_mtu:
-                r = clamp_read(r, peer, vnet)
-            group = groups.get(peer)
-            if group is None:
-                groups[peer] = [r]
-            else:
-                group.append(r)
-        if no_route:
-            fast.note_dropped("no_route", no_route)
-        out: list[Sealed] = []
-        actions: list[object] = []
-        prepare = fast.prepare_send_peer
-        ciphers = self._ciphers
-        count = fastpath.segment_count
-        seal = fastpath.seal_segments
-        st = self.stats
-        for peer, rs in groups.items():
-            b = prepare(now, peer)
-            if b is None:
-                rest.extend(rs)
-                continue
-            cipher = ciphers.get(b.cipher)
-            receiver = b.receiver_index
-            reserve = b.reserve
-            ep = b.endpoint
-            n_pk = n_bytes = 0
-            for r in rs:
-                try:
-                    k = count(r, vnet)
-                except ValueError:
-                    st.tun_bad_reads += 1
-                    continue
-                first = reserve(k)
-                if first is None:
-                    rest.append(r)
-                    continue
-                data, seg, k = seal(cipher, receiver, first, r, vnet)
-                out.append((data, seg, k, ep))
-                n_pk += k
-                n_bytes += len(data)
-                if k > 1:
-                    st.tun_gso_reads += 1
-            if n_pk:
-                actions += fast.note_sent(now, peer, n_pk, n_bytes, wall=wall)
-        if out:
-            self.udp.send_sealed(out)
-        if rest:
-            send_packet = self.slow.send_packet
-            for r in rest:
-                if vnet:
-                    try:
-                        pkts = split_tun_read(r)
-                    except ValueError:
-                        st.tun_bad_reads += 1
-                        continue
-                else:
-                    pkts = [r]
-                for pkt in pkts:
-                    actions += send_packet(now, wall, pkt)
-        if actions:
-            self.execute(actions)
+        """TUN reads (virtio-net header + packet when `vnet`) -> sealed transport messages
+        (dataplane/tun_seal.py)."""
+        seal_reads(self, reads, vnet)
 
     # --- UDP -> TUN -------------------------------------------------------------------------
 
