@@ -192,6 +192,22 @@ def test_a_forged_probe_changes_nothing() -> None:
     assert a.counters["wrong_peer"] == 1 and a.counters["not_a_probe"] == 1
 
 
+def test_forged_probes_spend_no_answer_budget() -> None:
+    # the token reader floods forged probes (right nonce and key tag, no key) from the peer's
+    # own address and from thousands of others; the peer's real probe is still answered
+    a, b = _core("a", start=0.0), _core("b", start=0.0)
+    probe = next(x for x in a.tick(0.0, 1000.0) if isinstance(x, SendDatagram))
+    body = wire.encode_body(wire.PairingProbe(A_NONCE, key_tag(A_ID.public_key.raw), 0,
+                                              b"c" * 8, bytes(8)))
+    forged = body + bytes(wire.MAC_LEN)
+    for _ in range(500):
+        assert b.receive(0.0, 1000.0, forged, A_PUB) == []
+    for i in range(5000):
+        assert b.receive(0.0, 1000.0, forged, (f"198.18.{i >> 8}.{i & 255}", 4444)) == []
+    assert b.counters["bad_mac"] == 5500
+    assert len(b.receive(0.0, 1000.0, probe.data, A_PUB)) == 1
+
+
 def test_replays_change_nothing() -> None:
     a = _core("a", start=0.0)
     b = _core("b", start=0.0)

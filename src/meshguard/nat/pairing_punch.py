@@ -17,8 +17,9 @@ one the core reports `PairingPunchFailed`.
 
 Authentication: probes are MACed under a key from X25519 of the two WireGuard keys the signed
 tokens carry and both token nonces (`probe_key`), so someone who saw both tokens still cannot
-forge one. Cheap checks first: length and magic, the sender's nonce and key tag, a token from
-the source budget (nat/budget.py), then the MAC. Each challenge draws one answer (a replayed
+forge one. Cheap checks first: length and magic, the sender's nonce and key tag, the MAC (one
+BLAKE2s over 33 bytes), then a token from the source budget (nat/budget.py), which forged
+probes therefore cannot use up. Each challenge draws one answer (a replayed
 probe draws nothing), an answer draws none and is no larger than its probe (no amplification),
 and an answer is taken once. A valid probe from an endpoint not yet probed (the other side's NAT
 mapped it elsewhere) adds that endpoint to the candidates, at most `max_reflexive` of them.
@@ -179,12 +180,14 @@ class PairingPunch:
         if p.nonce != self.peer_nonce or p.sender_tag != self._peer_tag:
             self.counters["wrong_peer"] += 1
             return []
+        if not equal(p.mac, mac(self.key, data[:wire.BODY_LEN])):
+            self.counters["bad_mac"] += 1
+            return []
+        # the budget after the MAC (one BLAKE2s over 33 bytes): whoever read the tokens knows
+        # the nonce and key tag, and forged probes must not use up the peer's answers
         limited = self.budget.take(now, src[0])
         if limited is not None:
             self.counters[limited] += 1
-            return []
-        if not equal(p.mac, mac(self.key, data[:wire.BODY_LEN])):
-            self.counters["bad_mac"] += 1
             return []
         out: list[Action] = []
         if p.answer:
