@@ -247,6 +247,25 @@ def test_an_answer_resent_from_elsewhere_proves_nothing() -> None:
     assert a.counters["answers_taken"] == 1 and a.counters["unknown_echo"] == 1
 
 
+def test_a_captured_probe_cannot_make_an_eavesdropper_the_saved_path() -> None:
+    # the attacker saw one of B's probes go by and re-sends it from its own address: if A took
+    # that address as a candidate, its probes there would reach B through the attacker, B's
+    # answers would come back the same way, and A would save the attacker as B's endpoint
+    a, b = _core("a", start=0.0), _core("b", start=0.0)
+    a.tick(0.0, 1000.0)
+    captured = next(x for x in b.tick(0.0, 1000.0) if isinstance(x, SendDatagram))
+    a.receive(0.01, 1000.0, captured.data, ATTACKER)
+    assert ATTACKER not in a.candidates
+    for t in (0.1, 0.2, 0.3):
+        for probe in [x for x in a.tick(t, 1000.0 + t) if isinstance(x, SendDatagram)]:
+            if probe.endpoint != ATTACKER:
+                continue
+            for answer in b.receive(t, 1000.0 + t, probe.data, ATTACKER):  # relayed to B
+                if isinstance(answer, SendDatagram):
+                    a.receive(t + 0.01, 1000.0 + t, answer.data, ATTACKER)  # and back
+    assert a.proven is None
+
+
 def test_reflexive_candidates_are_capped() -> None:
     a = _core("a", start=0.0)
     b = _core("b", start=0.0)
