@@ -59,7 +59,10 @@ def test_changes_of_other_interfaces_count_and_the_mesh_interface_is_ignored() -
 @pytest.mark.parametrize("junk", [b"", b"\x00" * 7, NLMSG_HDR.pack(4, 20, 0, 0, 0),
                                   NLMSG_HDR.pack(9999, 20, 0, 0, 0) + b"x",
                                   nlmsg(RTM_NEWADDR, b"\x02"),
-                                  nlmsg(RTM_NEWROUTE, bytes(12) + struct.pack("=HH", 2, 4))])
+                                  nlmsg(RTM_NEWROUTE, bytes(12) + struct.pack("=HH", 2, 4)),
+                                  # an RTA_OIF whose length runs past the message
+                                  nlmsg(RTM_NEWROUTE, bytes(12) + struct.pack("=HH", 8, 4)
+                                        + b"\x01\x00")])
 def test_malformed_notifications_never_raise(junk: bytes) -> None:
     assert relevant(junk, MESH_INDEX) in (0, 1)
 

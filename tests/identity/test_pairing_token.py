@@ -114,6 +114,7 @@ def test_swapping_in_another_key_breaks_the_signature() -> None:
     # the signature, by the real key, no longer verifies under the attacker's key
     b = bytearray(_binary())
     b[1:33] = OTHER.public_key.raw
+    b[71:75] = mesh_ipv4(OTHER.public_key.raw).packed  # and the address that goes with it
     b[100:106] = blake3(bytes(b[:100]), 6)
     with pytest.raises(tok.PairingTokenError, match="signature does not verify"):
         tok.decode_binary(bytes(b))
@@ -208,3 +209,11 @@ def test_random_bodies_past_the_check_raise_only_the_codecs_error(data: bytes, c
 def test_random_text_raises_only_the_codecs_error(text: str) -> None:
     with pytest.raises(tok.PairingTokenError):
         tok.decode("mg://" + text if len(text) % 2 else text)
+
+
+def test_a_token_naming_another_nodes_mesh_address_is_refused() -> None:
+    """The mesh address is derived from the identity key; a signed token that claims another
+    one (a trusted node's, say) would make `connect` tell the user the new peer sits there."""
+    victim = str(mesh_ipv4(OTHER.public_key.raw))
+    with pytest.raises(tok.PairingTokenError, match="mesh address"):
+        tok.decode_binary(_binary(mesh_ipv4=victim))

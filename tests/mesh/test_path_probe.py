@@ -169,6 +169,24 @@ def test_answers_are_rate_limited_per_source() -> None:
     assert pair.b.counters["probe_source_limited"] == 200 - pp.ANSWER_BURST
 
 
+def test_forged_probes_spend_no_answer_budget() -> None:
+    """Forged probes (a member's public key, no link key) from the member's own address and
+    from thousands of others must not use up the answers a real probe gets: else anyone
+    could silence every path's probes, turning MTUs to "error" and the MSS clamp off."""
+    pair = Pair(1500)
+    pair.run(0.1)
+    probe = pair.captured[0]
+    forged = wire.probe_body(1, len(probe), pair.wa) + b"\x00" * 16
+    answered = pair.b.counters["probe_answered"]
+    for _ in range(int(pp.ANSWER_BURST) + 10):  # spoofing the member's own source
+        assert pair.b.receive(50.0, 0.0, forged, EP_A) == []
+    for i in range(int(pp.ANSWER_GLOBAL_BURST) + 100):  # and a crowd of others
+        src = (f"198.18.{i >> 8}.{i & 255}", 40000)
+        assert pair.b.receive(50.0, 0.0, forged, src) == []
+    assert pair.b.receive(50.0, 0.0, probe, EP_A) != []
+    assert pair.b.counters["probe_answered"] == answered + 1
+
+
 def test_ping_measures_rtt() -> None:
     pair = Pair(1500, delay=0.05)
     pair.run(1.0)

@@ -192,6 +192,22 @@ def test_a_forged_probe_changes_nothing() -> None:
     assert a.counters["wrong_peer"] == 1 and a.counters["not_a_probe"] == 1
 
 
+def test_forged_probes_spend_no_answer_budget() -> None:
+    # the token reader floods forged probes (right nonce and key tag, no key) from the peer's
+    # own address and from thousands of others; the peer's real probe is still answered
+    a, b = _core("a", start=0.0), _core("b", start=0.0)
+    probe = next(x for x in a.tick(0.0, 1000.0) if isinstance(x, SendDatagram))
+    body = wire.encode_body(wire.PairingProbe(A_NONCE, key_tag(A_ID.public_key.raw), 0,
+                                              b"c" * 8, bytes(8)))
+    forged = body + bytes(wire.MAC_LEN)
+    for _ in range(500):
+        assert b.receive(0.0, 1000.0, forged, A_PUB) == []
+    for i in range(5000):
+        assert b.receive(0.0, 1000.0, forged, (f"198.18.{i >> 8}.{i & 255}", 4444)) == []
+    assert b.counters["bad_mac"] == 5500
+    assert len(b.receive(0.0, 1000.0, probe.data, A_PUB)) == 1
+
+
 def test_replays_change_nothing() -> None:
     a = _core("a", start=0.0)
     b = _core("b", start=0.0)
@@ -229,6 +245,25 @@ def test_an_answer_resent_from_elsewhere_proves_nothing() -> None:
     assert a.proven == B_PUB
     a.receive(0.03, 1000.0, answer.data, B_PUB)
     assert a.counters["answers_taken"] == 1 and a.counters["unknown_echo"] == 1
+
+
+def test_a_captured_probe_cannot_make_an_eavesdropper_the_saved_path() -> None:
+    # the attacker saw one of B's probes go by and re-sends it from its own address: if A took
+    # that address as a candidate, its probes there would reach B through the attacker, B's
+    # answers would come back the same way, and A would save the attacker as B's endpoint
+    a, b = _core("a", start=0.0), _core("b", start=0.0)
+    a.tick(0.0, 1000.0)
+    captured = next(x for x in b.tick(0.0, 1000.0) if isinstance(x, SendDatagram))
+    a.receive(0.01, 1000.0, captured.data, ATTACKER)
+    assert ATTACKER not in a.candidates
+    for t in (0.1, 0.2, 0.3):
+        for probe in [x for x in a.tick(t, 1000.0 + t) if isinstance(x, SendDatagram)]:
+            if probe.endpoint != ATTACKER:
+                continue
+            for answer in b.receive(t, 1000.0 + t, probe.data, ATTACKER):  # relayed to B
+                if isinstance(answer, SendDatagram):
+                    a.receive(t + 0.01, 1000.0 + t, answer.data, ATTACKER)  # and back
+    assert a.proven is None
 
 
 def test_reflexive_candidates_are_capped() -> None:

@@ -36,14 +36,18 @@ from meshguard.sansio import Endpoint
 log = logging.getLogger("meshguard.mdns")
 
 MAX_PENDING = 8  # advertisements being resolved at once
+IP_MULTICAST_ALL = 49  # linux/in.h; 0: only the groups this socket joined, where it joined
 RESOLVE_TIMEOUT_MS = 3000
 
 
 class LegacyAnswerer:
     """The original's `--mdns` query, answered (discovery/mdns_legacy.py). Its socket is
     bound to the group address 224.0.0.251:5353 itself, so it sees only what is sent to the
-    group (zeroconf, bound to the wildcard address, keeps every unicast datagram); answers go
-    out from a second, unbound socket to the querier's port."""
+    group (zeroconf, bound to the wildcard address, keeps every unicast datagram), and only
+    on the interfaces it joined on (IP_MULTICAST_ALL off: Linux otherwise hands it the group's
+    datagrams from every interface any program joined, a system responder's on the mesh
+    interface or another LAN included); answers go out from a second, unbound socket to the
+    querier's port."""
 
     def __init__(self, clock: Clock, hosts: list[str], strings: list[str]) -> None:
         self.clock = clock
@@ -52,6 +56,7 @@ class LegacyAnswerer:
         self._tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._rx.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
             self._rx.bind((MDNS_GROUP, MDNS_PORT))
             for h in hosts:
                 with contextlib.suppress(OSError):

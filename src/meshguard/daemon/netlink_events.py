@@ -40,7 +40,7 @@ def _route_oif(msg: bytes) -> int | None:
     off = RTMSG_LEN
     while off + RTATTR.size <= len(msg):
         length, kind = RTATTR.unpack_from(msg, off)
-        if length < RTATTR.size:
+        if length < RTATTR.size or off + length > len(msg):
             return None
         if kind == RTA_OIF and length >= RTATTR.size + 4:
             return int(struct.unpack_from("=i", msg, off + RTATTR.size)[0])

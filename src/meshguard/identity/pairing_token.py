@@ -13,7 +13,8 @@ offer (`connect --generate`) has a zero `reply_to`; a reply (`connect --join`) c
 first 16 bytes of BLAKE3 over the offer's binary form, so it answers that offer only.
 
 `decode` checks, cheapest first: the scheme, the text length, base64url, the binary length,
-the version, the check bytes, the structure, the identity key, and only then the signature.
+the version, the check bytes, the structure, the identity key, the mesh address (which must
+be the identity key's own, identity/addressing.py), and only then the signature.
 It raises `PairingTokenError` (one line for the CLI) for everything else it is given; expiry
 is checked separately by `expiry_problem`, against the caller's wall clock.
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from meshguard.crypto.hashes import blake3, equal
 from meshguard.crypto.keys import Ed25519PrivateKey, Ed25519PublicKey
 from meshguard.errors import KeyFormatError, MeshguardError
+from meshguard.identity.addressing import mesh_ipv4
 from meshguard.sansio import Endpoint
 
 SCHEME = "mg://"
@@ -209,6 +211,8 @@ def decode_binary(data: bytes) -> PairingToken:
         pub = Ed25519PublicKey(ident)
     except KeyFormatError as exc:
         raise PairingTokenError(f"the token carries an unusable identity key ({exc})") from None
+    if mesh != mesh_ipv4(ident).packed:  # shown to the user as the peer's address
+        raise PairingTokenError("the token's mesh address is not its identity key's")
     if not pub.verify(signature, SIGN_CONTEXT + data[:pos]):
         raise PairingTokenError("the token's signature does not verify (forged or altered)")
     return PairingToken(

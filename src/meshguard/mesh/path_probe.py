@@ -29,7 +29,9 @@ A relayed member is not probed (state "relayed", no MTU); a ping to it probes th
 then the sender's WireGuard key must be a member with a tunnel (a dictionary lookup); an ack
 must answer an outstanding nonce (a random u64, taken once) from the member it was sent to
 before its MAC is computed, so a replayed or forged ack changes no RTT or MTU; a probe is
-answered only within a per-source budget (nat/budget.py) and after its MAC verified. An ack
+answered only after its MAC verified (one keyed BLAKE2s over at most one datagram, no more
+than decrypting it would cost) and then within a per-source and global budget
+(nat/budget.py), which forged probes therefore cannot use up. An ack
 is never larger than the probe it answers. Everything dropped is counted in `counters`.
 """
 
@@ -368,13 +370,15 @@ class PathProber:
 
     def _answer(self, now: float, data: bytes, m: wire.ProbeMessage, ident: bytes,
                 src: Endpoint) -> list[SendDatagram]:
-        reason = self._budget.take(now, src[0])
-        if reason is not None:
-            self.counters[f"probe_{reason}"] += 1
-            return []
         key = self._key(m.sender_wg, ident)
         if key is None or not equal(mac(key, data[: -wire.MAC_LEN]), m.mac):
             self.counters["probe_bad_mac"] += 1
+            return []
+        # the budget after the MAC: a forged probe (a member's key is public) must not use
+        # up the answers the member's real probes get
+        reason = self._budget.take(now, src[0])
+        if reason is not None:
+            self.counters[f"probe_{reason}"] += 1
             return []
         self.counters["probe_answered"] += 1
         ack = self._seal(wire.ack_body(m.nonce, len(data), self.wg_private.public_key.raw), key)

@@ -17,11 +17,14 @@ one the core reports `PairingPunchFailed`.
 
 Authentication: probes are MACed under a key from X25519 of the two WireGuard keys the signed
 tokens carry and both token nonces (`probe_key`), so someone who saw both tokens still cannot
-forge one. Cheap checks first: length and magic, the sender's nonce and key tag, a token from
-the source budget (nat/budget.py), then the MAC. Each challenge draws one answer (a replayed
+forge one. Cheap checks first: length and magic, the sender's nonce and key tag, the MAC (one
+BLAKE2s over 33 bytes), then a token from the source budget (nat/budget.py), which forged
+probes therefore cannot use up. Each challenge draws one answer (a replayed
 probe draws nothing), an answer draws none and is no larger than its probe (no amplification),
-and an answer is taken once. A valid probe from an endpoint not yet probed (the other side's NAT
-mapped it elsewhere) adds that endpoint to the candidates, at most `max_reflexive` of them.
+and an answer is taken once. A valid probe from an endpoint not yet probed, on one of the hosts
+the token names (the other side's NAT mapped it to another port), adds that endpoint to the
+candidates, at most `max_reflexive` of them; a host the token does not name never is (a captured
+probe re-sent from there would make its sender a relay that the punch proves and saves).
 """
 
 from __future__ import annotations
@@ -99,12 +102,14 @@ class PairingPunch:
     _reflexive: int = 0
     _own_tag: bytes = b""
     _peer_tag: bytes = b""
+    _hosts: frozenset[str] = frozenset()  # the token's hosts: where a reflexive port may be
     _sent: OrderedDict[bytes, Endpoint] = field(default_factory=OrderedDict)
     _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self._own_tag = key_tag(self.own_identity)
         self._peer_tag = key_tag(self.peer_identity)
+        self._hosts = frozenset(h for h, _ in self.candidates)
         if not self.windows:
             raise ValueError("a punch needs at least one window")
 
@@ -179,12 +184,14 @@ class PairingPunch:
         if p.nonce != self.peer_nonce or p.sender_tag != self._peer_tag:
             self.counters["wrong_peer"] += 1
             return []
+        if not equal(p.mac, mac(self.key, data[:wire.BODY_LEN])):
+            self.counters["bad_mac"] += 1
+            return []
+        # the budget after the MAC (one BLAKE2s over 33 bytes): whoever read the tokens knows
+        # the nonce and key tag, and forged probes must not use up the peer's answers
         limited = self.budget.take(now, src[0])
         if limited is not None:
             self.counters[limited] += 1
-            return []
-        if not equal(p.mac, mac(self.key, data[:wire.BODY_LEN])):
-            self.counters["bad_mac"] += 1
             return []
         out: list[Action] = []
         if p.answer:
@@ -196,7 +203,8 @@ class PairingPunch:
             self._seen[p.challenge] = None
             while len(self._seen) > MAX_SEEN:
                 self._seen.popitem(last=False)
-            if src not in self.candidates and self._reflexive < self.max_reflexive:
+            if (src not in self.candidates and src[0] in self._hosts
+                    and self._reflexive < self.max_reflexive):
                 self._reflexive += 1
                 self.candidates.append(src)
                 self.counters["reflexive_added"] += 1
