@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -37,12 +38,22 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from meshguard.identity import keygen
 from meshguard.rng import SystemRng
-from meshguard.testing.netns import Namespace, unique_name, wait_until
+from meshguard.testing.netns import Namespace, netns_skip_reason, unique_name, wait_until
 
 from .helpers import wait_for_stun
 from .meshnet import MeshLan, Node
+
+# the marks of a test module that runs daemons in the NAT lab (STUN from coturn)
+NAT_LAB_MARKS = [
+    pytest.mark.netns,
+    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)"),
+]
 
 PUB = "203.0.113.10"
 STUN_PORT = 3478

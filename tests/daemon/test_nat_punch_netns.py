@@ -23,21 +23,13 @@ symmetric NAT (`masquerade random`) the punch fails and A and B relay through S 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from meshguard.testing.netns import netns_skip_reason
+from .natnet import CONE, NAT_LAB_MARKS, PUB, SYMMETRIC, NatLan, start_mesh
 
-from .natnet import CONE, PUB, SYMMETRIC, NatLan, start_mesh
-
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
-    pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)"),
-]
+pytestmark = NAT_LAB_MARKS
 
 @pytest.mark.timeout(90)
 def test_two_cone_nats_punch_a_direct_tunnel(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ B is then taken down and brought up again, and finds A through its saved seed on
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -25,16 +24,10 @@ import pytest
 
 from meshguard.identity import saved_seeds
 from meshguard.identity.trust import TrustStore
-from meshguard.testing.netns import netns_skip_reason
 
-from .natnet import PUB, NatLan, pair
+from .natnet import NAT_LAB_MARKS, PUB, NatLan, pair
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
-    pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)"),
-]
+pytestmark = NAT_LAB_MARKS
 
 
 @pytest.mark.timeout(90)

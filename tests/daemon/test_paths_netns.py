@@ -8,23 +8,15 @@ or C on A's LAN behind A's NAT). Each test prints the time of its transition.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from meshguard.testing.netns import netns_skip_reason
-
 from .meshnet import Node
-from .natnet import CONE, PUB, SYMMETRIC, NatLan, Pinger, start_mesh
+from .natnet import CONE, NAT_LAB_MARKS, PUB, SYMMETRIC, NatLan, Pinger, start_mesh
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
-    pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)"),
-]
+pytestmark = NAT_LAB_MARKS
 
 
 def _paths(a: Node, b: Node) -> tuple[str | None, str | None]:

@@ -23,16 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from meshguard.testing.netns import netns_skip_reason
-
 from .meshnet import trust_all
-from .natnet import ROUTABLE, SYMMETRIC, NatLan
+from .natnet import NAT_LAB_MARKS, ROUTABLE, SYMMETRIC, NatLan
 
 pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
-    pytest.mark.skipif(shutil.which("turnserver") is None, reason="needs coturn (turnserver)"),
+    *NAT_LAB_MARKS,
     pytest.mark.skipif(shutil.which("miniupnpd") is None and
                        not Path("/usr/sbin/miniupnpd").exists(),
                        reason="needs miniupnpd (miniupnpd-nftables)"),
