@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+from collections.abc import Sequence
 
 import pytest
 
@@ -22,11 +23,13 @@ from meshguard.daemon.netlink_events import (
     NetlinkEvents,
     relevant,
 )
-from meshguard.daemon.underlay_watch import UnderlayWatch
+from meshguard.daemon.underlay_watch import UnderlayWatch, seed_probe
+from meshguard.discovery.seed_schedule import HOST, SeedSchedule, SeedSource
 from meshguard.identity.trust import Admission
 from meshguard.mesh.node import MeshNode
-from meshguard.mesh.roaming import Roaming
+from meshguard.mesh.roaming import Roaming, UnderlayChanged
 from meshguard.mesh.swim_port import build_membership
+from meshguard.sansio import Endpoint
 from meshguard.testing.rng import SeededRng
 
 MESH_INDEX = 9
@@ -123,3 +126,51 @@ def test_the_watch_notices_a_change_and_re_signs_the_record(
     lines = [r.getMessage() for r in caplog.records if "underlay" in r.getMessage()]
     assert lines == ["underlay address changed: 192.168.1.20 -> 10.44.0.7; re-announcing"]
     assert len(looks) >= 4
+
+
+def test_the_look_goes_towards_the_seeds_the_runner_holds_now() -> None:
+    # a seed name resolved elsewhere after start-up: the look asks the route towards the new
+    # address, so the node's source towards it is the one advertised
+    schedule = SeedSchedule([SeedSource(HOST, "seed.example:51821", "seed.example", 51821)],
+                            0.0, 1_700_000_000.0)
+    src = schedule.sources[0]
+    schedule.resolved(0.0, 1_700_000_000.0, src, [("198.51.100.1", 51821)])
+    routes = {"198.51.100.1": "192.168.1.20", "203.0.113.9": "10.44.0.7"}
+    asked: list[list[str]] = []
+
+    def hosts(seeds: Sequence[Endpoint], _ifname: str) -> list[str]:
+        asked.append([h for h, _ in seeds])
+        return [routes[h] for h, _ in seeds if h in routes]
+
+    probe = seed_probe(schedule.addresses, "mg0", hosts)
+    roaming = Roaming(hosts=("192.168.1.20",), port=51821, now=0.0)
+    assert roaming.observed(1.0, probe()) == []
+    schedule.resolved(2.0, 1_700_000_002.0, src, [("203.0.113.9", 51821)])
+    acts = roaming.observed(3.0, probe())
+    assert asked == [["198.51.100.1"], ["203.0.113.9"]]
+    assert UnderlayChanged(("192.168.1.20",), ("10.44.0.7",)) in acts
+
+
+def test_the_hooks_hear_of_a_change_and_a_failing_one_stops_nothing() -> None:
+    rng = SeededRng(4)
+    ident = Ed25519PrivateKey(rng.bytes(32))
+    wg = X25519PrivateKey.generate(rng.bytes(32))
+    clock = SystemClock()
+    port = build_membership(identity=ident, wg_private=wg, certificate=None,
+                            endpoints=[("192.168.1.20", 51821)], kernel=False,
+                            admitter=_Trust(), rng=rng, now=clock.monotonic(),
+                            wall=clock.wall())
+    node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, _Trust())
+    roaming = Roaming(hosts=("192.168.1.20",), port=51821, now=clock.monotonic())
+    watch = UnderlayWatch(roaming, node, port, None, clock, rng, [], lambda _a: None)
+    heard: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+
+    def broken(_old: tuple[str, ...], _new: tuple[str, ...]) -> None:
+        raise RuntimeError("no")
+
+    watch.on_moved += [broken, lambda old, new: heard.append((old, new))]
+    asyncio.run(watch.handle(roaming.observed(clock.monotonic(), ["10.44.0.7"])))
+    assert heard == [(("192.168.1.20",), ("10.44.0.7",))]
+    assert port.core.record.endpoints == (("10.44.0.7", 51821),)
+    asyncio.run(watch.handle(roaming.observed(clock.monotonic(), ["10.44.0.7"])))
+    assert len(heard) == 1  # no change, no call

@@ -4,11 +4,12 @@ underlay, STUN re-runs, and the re-announcement through the node.
     watch = UnderlayWatch(roaming, node, membership, probe, clock, rng, stun_servers, execute)
     watch.start(loop, stack)            # netlink reader + timer task, undone by the stack
     watch.stun_result(mapped, nat)      # the daemon's StunResult events
+    watch.on_moved.append(hook)         # hook(old, new) after every underlay change
 
-`probe` returns the local underlay addresses (daemon/host_probe.py `underlay_hosts`); it runs
-in a thread, since it may dump the host's addresses over netlink. Netlink events only make the
-next look come sooner (netlink_events.py); where netlink cannot be opened the periodic look
-alone finds a change.
+`probe` returns the local underlay addresses (daemon/host_probe.py `underlay_hosts`, towards
+the seeds as they are now: `seed_probe`); it runs in a thread, since it may dump the host's
+addresses over netlink. Netlink events only make the next look come sooner
+(netlink_events.py); where netlink cannot be opened the periodic look alone finds a change.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from meshguard.clock import Clock
+from meshguard.daemon.host_probe import underlay_hosts
 from meshguard.daemon.netlink_events import NetlinkEvents
 from meshguard.mesh.node import Action, MeshNode
 from meshguard.mesh.roaming import (
@@ -45,6 +47,15 @@ def _hosts(hosts: Sequence[str]) -> str:
     return ", ".join(hosts) if hosts else "none"
 
 
+def seed_probe(seeds: Callable[[], Sequence[Endpoint]], exclude_ifname: str,
+               hosts: Callable[[Sequence[Endpoint], str], list[str]] = underlay_hosts
+               ) -> Callable[[], list[str]]:
+    """The watch's look: the source addresses towards the seeds the seed runner holds at the
+    time of the look (a name may resolve elsewhere later, mDNS may find others), not the ones
+    start-up had."""
+    return lambda: hosts(list(seeds()), exclude_ifname)
+
+
 class UnderlayWatch:
     def __init__(self, roaming: Roaming, node: MeshNode, membership: SwimPort,
                  probe: Callable[[], list[str]] | None, clock: Clock, rng: Rng,
@@ -64,6 +75,8 @@ class UnderlayWatch:
         self.events = events
         # the shell's own endpoints in front (a router's port mapping) and the record's NAT type
         self.compose = compose
+        # what else follows a change (the port mapping, mDNS): called with (old, new) hosts
+        self.on_moved: list[Callable[[tuple[str, ...], tuple[str, ...]], None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -111,6 +124,11 @@ class UnderlayWatch:
         if isinstance(a, UnderlayChanged):
             log.info("underlay address changed: %s -> %s; re-announcing", _hosts(a.old),
                      _hosts(a.new))
+            for hook in self.on_moved:
+                try:
+                    hook(a.old, a.new)
+                except Exception:  # one hook's failure must not stop the re-announcement
+                    log.exception("underlay change hook")
         elif isinstance(a, ReachOut):
             self.execute(reach_out(node, c.monotonic(), c.wall()))
         elif isinstance(a, RestartStun):
