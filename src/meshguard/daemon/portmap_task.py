@@ -130,6 +130,26 @@ class PortmapTask:
                 "internal_port": m.internal_port,
                 "expires_in": max(0, round(m.expires - self.clock.monotonic()))}
 
+    def forget(self) -> None:
+        """Stop without deleting the mapping: its gateway is out of reach (it expires there)."""
+        if self.mapper.mapping is not None:
+            self.mapper.counters["portmap_forgotten"] += 1
+            log.info("port mapping at %s forgotten (the gateway is out of reach)",
+                     self.mapper.gateway)
+        self.mapper.mapping = None
+        self.mapper.removed = True
+        self._shut()
+
+    def _shut(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for t in list(self._calls):
+            t.cancel()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
     async def close(self, timeout: float = REMOVE_TIMEOUT) -> None:
         """Delete the mapping (waiting at most `timeout` for the router), then stop."""
         try:
@@ -143,21 +163,18 @@ class PortmapTask:
             elif had:
                 log.warning("the router did not confirm the removal of the port mapping")
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
-            for t in list(self._calls):
-                t.cancel()
-            if self._transport is not None:
-                self._transport.close()
+            self._shut()
 
 
 async def start_portmap(port: int, methods: tuple[Method, ...], rng: Rng, clock: Clock,
-                        on_events: Callable[[list[PortmapAction]], None]
+                        on_events: Callable[[list[PortmapAction]], None],
+                        gateway_of: Callable[[], str | None] = default_gateway,
+                        source_of: Callable[[str], str | None] = route_source
                         ) -> PortmapTask | None:
     """Map UDP `port` at the default gateway; None when there is no gateway (a public host
     or a LAN without a router)."""
-    gateway = await asyncio.to_thread(default_gateway)
-    client = await asyncio.to_thread(route_source, gateway) if gateway else None
+    gateway = await asyncio.to_thread(gateway_of)
+    client = await asyncio.to_thread(source_of, gateway) if gateway else None
     if gateway is None or client is None:
         log.info("port mapping: no IPv4 default gateway, not asking for one")
         return None
