@@ -8,6 +8,8 @@ service under a renamed instance (`<name>-2`). Every advertisement seen is resol
 MAX_PENDING at a time) and handed to MdnsPeers, which bounds what is kept; `on_change` gets the
 kept endpoints whenever they change. The original Zig meshguard's own query (a TXT question for
 `_meshguard._udp.local`, which zeroconf does not answer) gets its answer from LegacyAnswerer.
+After an underlay change (`moved`, the underlay watch's hook) the service is withdrawn from the
+old addresses (zeroconf's goodbye) and advertised on the new ones; what was found is kept.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class MdnsService:
         self.clock = clock
         self.identity_key = identity_key
         self.instance = instance_name(name, identity_key)
+        self.port = endpoints[0][1] if endpoints else 0  # the gossip port
         self.endpoints = [e for e in endpoints if ":" not in e[0]]
         self.peers = MdnsPeers(identity_key, self.endpoints)
         self.registered_as: str | None = None
@@ -103,6 +106,8 @@ class MdnsService:
         self._browser: AsyncServiceBrowser | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._legacy: LegacyAnswerer | None = None
+        self._lock = asyncio.Lock()
+        self._moves: set[asyncio.Task[None]] = set()
 
     @property
     def counters(self) -> dict[str, int]:
@@ -188,16 +193,46 @@ class MdnsService:
                      ", ".join(f"{h}:{p}" for h, p in self.peers.endpoints()))
             self._on_change(self.peers.endpoints())
 
-    async def close(self) -> None:
+    def moved(self, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+        """The underlay changed (UnderlayWatch.on_moved): advertise `new` in the background."""
+        task = asyncio.get_running_loop().create_task(self.readvertise(new))
+        self._moves.add(task)
+        task.add_done_callback(self._moves.discard)
+
+    async def readvertise(self, hosts: tuple[str, ...]) -> None:
+        """Withdraw the service from the old addresses and advertise it on `hosts` (IPv4)."""
+        async with self._lock:
+            new = [(h, self.port) for h in hosts if ":" not in h]
+            if new == self.endpoints:
+                return
+            old = self.endpoints
+            await self._stop()
+            self.endpoints = new
+            self.peers.set_own(new)
+            log.info("mDNS: the underlay moved: advertising %s instead of %s",
+                     ", ".join(h for h, _ in new) or "nothing",
+                     ", ".join(h for h, _ in old) or "nothing")
+            await self.start()
+
+    async def _stop(self) -> None:
         if self._legacy is not None:
             self._legacy.close()
+            self._legacy = None
         for t in list(self._tasks):
             t.cancel()
         if self._browser is not None:
             with contextlib.suppress(Exception):
                 await self._browser.async_cancel()
+            self._browser = None
         if self._azc is not None:
             with contextlib.suppress(Exception):
-                await self._azc.async_unregister_all_services()
+                await self._azc.async_unregister_all_services()  # the goodbye
             with contextlib.suppress(Exception):
                 await self._azc.async_close()
+            self._azc = None
+        self.registered_as = None
+
+    async def close(self) -> None:
+        for t in list(self._moves):
+            t.cancel()
+        await self._stop()
