@@ -51,13 +51,14 @@ from meshguard.daemon.host_probe import has_net_admin, resolve_seeds, underlay_h
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
 from meshguard.daemon.netlink_events import NetlinkEvents
 from meshguard.daemon.path_probes import install_prober, ping_request
+from meshguard.daemon.portmap_rehome import PortmapHolder
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
 from meshguard.daemon.startup_trace import mark
 from meshguard.daemon.status import PeerStats, build_status
 from meshguard.daemon.trust_holder import TrustHolder
-from meshguard.daemon.underlay_watch import UnderlayWatch
+from meshguard.daemon.underlay_watch import UnderlayWatch, seed_probe
 from meshguard.daemon.userspace_runner import UserspaceRunner
 from meshguard.dataplane.tun import interface_exists
 from meshguard.dns.resolver import Resolver, build_table
@@ -152,10 +153,14 @@ class MeshDaemon:
         self._resolver: Resolver | None = None
         self._names_version = -1
         self._dns_task: asyncio.Task[None] | None = None
-        self.portmap: PortmapTask | None = None
+        self._portmap: PortmapHolder | None = None  # follows the underlay (portmap_rehome.py)
         self._public: tuple[Endpoint | None, int] = (None, NatType.UNKNOWN)  # STUN or relay
         self._mapped: Endpoint | None = None  # the port mapping advertised
         self._watch: UnderlayWatch | None = None
+
+    @property
+    def portmap(self) -> PortmapTask | None:
+        return self._portmap.task if self._portmap is not None else None
 
     @property
     def membership(self) -> SwimPort:
@@ -269,14 +274,19 @@ class MeshDaemon:
         if cfg.mdns:
             await open_mdns(self.seed_runner, stack, pub, self.name, endpoints)
         self._start_roaming(loop, stack, endpoints, gport)
+        if self.seed_runner.mdns is not None and self._watch is not None:
+            self._watch.on_moved.append(self.seed_runner.mdns.moved)
         if self.stun_servers:
             client = StunClient(self.rng, self.stun_servers, local=endpoints)
             self._execute(self.node.start_stun(client, self.clock.monotonic()))
         if cfg.portmap and not split:
-            self.portmap = await start_portmap(cfg.port, tuple(Method(m) for m in cfg.portmap),
-                                               self.rng, self.clock, self._on_portmap)
-            if self.portmap is not None:
-                stack.push_async_callback(self.portmap.close)
+            methods = tuple(Method(m) for m in cfg.portmap)
+            self._portmap = PortmapHolder(lambda: start_portmap(
+                cfg.port, methods, self.rng, self.clock, self._on_portmap), gone=self._advertise)
+            await self._portmap.open()
+            stack.push_async_callback(self._portmap.close)
+            if self._watch is not None:
+                self._watch.on_moved.append(self._portmap.moved)
         if not self.seeds and not self.seed_runner.schedule.has_lookups():
             self._ready("first node: no seeds to join")
 
@@ -303,8 +313,8 @@ class MeshDaemon:
             except OSError as exc:
                 log.warning("no netlink address events (%s): looking at the underlay every "
                             "%.0f s", exc, roaming.recheck)
-        probe = None if cfg.announce else (
-            lambda: underlay_hosts(self.seeds, cfg.interface))
+        probe = None if cfg.announce else seed_probe(
+            lambda: self.seed_runner.addresses or self.seeds, cfg.interface)
         self._watch = UnderlayWatch(roaming, self.node, self.membership, probe, self.clock,
                                     self.rng, self.stun_servers, self._execute, events,
                                     compose=self._roaming_record)
