@@ -80,18 +80,20 @@ class PortmapHolder:
                 return fate
             log.info("port mapping: the underlay moved (gateway %s, address %s); asking again",
                      gateway or "none", client or "none")
-            self.task = None  # the record leaves the old mapping out from now on
+            # the new request first (the peers wait for it), then the old mapping goes
+            self.task = await self._start()
             if fate is OldMapping.DELETE:
                 await cur.close()
             else:
                 cur.forget()
             self._gone()
-            self.task = await self._start()
             return fate
 
     async def close(self) -> None:
-        for job in list(self._jobs):
+        jobs = list(self._jobs)
+        for job in jobs:
             job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         async with self._lock:
             if self.task is not None:
                 await self.task.close()
