@@ -123,3 +123,55 @@ def test_a_router_that_refuses_is_a_warning_and_the_pair_relays(tmp_path: Path) 
         assert "WARNING meshguard.daemon: port mapping: the router offers no mapping" in text
         lan.wait(lambda: (a.member(b) or {}).get("path") == "relayed" and a.ping(b),
                  "A and B relayed through S", 40)
+
+
+@pytest.mark.timeout(90)
+def test_a_node_that_moves_to_another_router_gets_a_new_mapping(tmp_path: Path) -> None:
+    """B, mapped by its router, plugs into a second router (C, also with miniupnpd) and moves
+    its default route there; its old link stays up. B asks C for a new mapping, deletes the
+    one at its old router (still reachable from its old address), and A, behind its own
+    symmetric NAT, follows B to the new mapping directly (daemon/portmap_rehome.py)."""
+    c_wan = f"{ROUTABLE}23"
+    with NatLan(tmp_path) as lan:
+        s = lan.add_public("s", f"{ROUTABLE}10")
+        a = lan.add_behind_nat("a", A_WAN, "192.168.10", SYMMETRIC)
+        b = lan.add_behind_nat("b", B_WAN, "192.168.20", SYMMETRIC)
+        lan.add_router("c", c_wan, "192.168.30", SYMMETRIC)
+        for r in "abc":
+            lan.start_miniupnpd(r)
+        trust_all([s, a, b])
+        stun = lan.start_stun(s)
+        s.up(None, *stun)
+        a.up([s], *stun)
+        b.up([s], *stun, announce=False)
+
+        def direct_to(wan: str) -> bool:
+            ma, mb = a.member(b), b.member(a)
+            return bool(ma and mb and ma["last_handshake"] and ma["path"] == "direct"
+                        and str(ma["endpoint"]).startswith(f"{wan}:"))
+
+        lan.wait(lambda: direct_to(B_WAN), "a direct tunnel to B's mapping", 40)
+        lan.wait(lambda: a.ping(b), "pings before the move", 15)
+        assert lan.port_mappings("b") == ["udp 51821 -> 192.168.20.2:51821"]
+
+        new_if = lan.plug(b, "c", "192.168.30.2")
+        t0 = time.monotonic()
+        b.ns.run(["ip", "route", "replace", "default", "via", "192.168.30.1", "dev", new_if])
+
+        def remapped() -> bool:
+            pm = b.status()["portmap"]
+            return bool(pm and pm["external"] == f"{c_wan}:51821")
+
+        lan.wait(remapped, "B's mapping at the new router", 10)
+        t_mapped = time.monotonic() - t0
+        lan.wait(lambda: lan.port_mappings("b") == [], "the old mapping deleted", 10)
+        t_deleted = time.monotonic() - t0
+        lan.wait(lambda: direct_to(c_wan), "A direct to B's new mapping", 15)
+        lan.wait(lambda: a.ns.ping(b.mesh_v4, wait=0.5), "pings to B", 10)
+        t_ping = time.monotonic() - t0
+        assert lan.port_mappings("c") == ["udp 51821 -> 192.168.30.2:51821"], lan.logs()
+        cb = b.status()["counters"]
+        assert cb.get("underlay_changes") == 1 and cb.get("relay_tx", 0) == 0, cb
+        assert b.log is not None and "the underlay moved" in b.log.read_text(), lan.logs()
+        print(f"\nmove to another router: new mapping {t_mapped:.2f} s, old one deleted "
+              f"{t_deleted:.2f} s, A direct to it and pings {t_ping:.2f} s")
