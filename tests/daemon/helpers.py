@@ -1,5 +1,6 @@
 """Shared helpers for the daemon tests: kernel-mode WireGuard, a STUN server's readiness, and
-a recording kernel device for kernel mode without the module (`RecordingKernel`).
+a recording kernel device for kernel mode without the module (`RecordingKernel`), and `until`
+for waiting on a condition inside an event loop.
 
 Kernel mode is tested for real where the kernel can provide WireGuard and its refusal is tested
 where it cannot. Both test files (test_kernel_wg.py and test_up_cli_netns.py) take the decision
@@ -17,6 +18,7 @@ without modprobe the kernel cannot load a module on request either.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import ipaddress
@@ -26,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,3 +245,12 @@ def mdns_squat(local_ip: str, instance: str, record: str) -> None:  # pragma: no
         await asyncio.sleep(3600)
 
     asyncio.run(main())
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait on the running loop until `cond()` holds; AssertionError after `timeout` s."""
+    for _ in range(int(timeout / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")

@@ -5,23 +5,17 @@ advertised, with its TXT, on the new one; the same addresses again change nothin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from zeroconf import IPVersion
 
 from meshguard.clock import SystemClock
 from meshguard.daemon.mdns_service import MdnsService
 
+from .helpers import until
+
 PORT = 51999
 KEY = bytes(range(32))
 
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def test_a_moved_node_withdraws_the_old_address_and_advertises_the_new() -> None:

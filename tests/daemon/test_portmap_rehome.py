@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Callable
 from typing import cast
 
 from meshguard.clock import SystemClock
@@ -17,6 +16,8 @@ from meshguard.daemon.portmap_rehome import OldMapping, PortmapHolder, old_mappi
 from meshguard.daemon.portmap_task import start_portmap
 from meshguard.nat.portmap import Method, PortmapAction
 from meshguard.testing.rng import SeededRng
+
+from .helpers import until
 
 PORT = 51821
 GW_A, GW_B = "127.0.0.2", "127.0.0.3"
@@ -51,13 +52,6 @@ async def gateway(host: str, external: str, port: int) -> Gateway:
                                                    local_addr=(host, 5351))
     return proto
 
-
-async def until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def test_the_fate_of_the_old_mapping() -> None:

@@ -28,7 +28,7 @@ from meshguard.discovery.seed_schedule import HOST, SeedSchedule, SeedSource
 from meshguard.identity.trust import Admission
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.roaming import Roaming, UnderlayChanged
-from meshguard.mesh.swim_port import build_membership
+from meshguard.mesh.swim_port import SwimPort, build_membership
 from meshguard.sansio import Endpoint
 from meshguard.testing.rng import SeededRng
 
@@ -84,17 +84,22 @@ class _Trust:
         return Admission(False, "nobody")
 
 
-def test_the_watch_notices_a_change_and_re_signs_the_record(
-        caplog: pytest.LogCaptureFixture) -> None:
-    rng = SeededRng(3)
+def lone_node(rng: SeededRng, clock: SystemClock) -> tuple[MeshNode, SwimPort]:
+    """A node alone, at 192.168.1.20:51821."""
     ident = Ed25519PrivateKey(rng.bytes(32))
     wg = X25519PrivateKey.generate(rng.bytes(32))
-    clock = SystemClock()
     port = build_membership(identity=ident, wg_private=wg, certificate=None,
                             endpoints=[("192.168.1.20", 51821)], kernel=False,
                             admitter=_Trust(), rng=rng, now=clock.monotonic(),
                             wall=clock.wall())
-    node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, _Trust())
+    return MeshNode(ident.public_key.raw, wg.public_key.raw, port, _Trust()), port
+
+
+def test_the_watch_notices_a_change_and_re_signs_the_record(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rng = SeededRng(3)
+    clock = SystemClock()
+    node, port = lone_node(rng, clock)
     answers = [["192.168.1.20"], ["192.168.1.20"], [], ["10.44.0.7"]]
     looks: list[int] = []
 
@@ -153,14 +158,8 @@ def test_the_look_goes_towards_the_seeds_the_runner_holds_now() -> None:
 
 def test_the_hooks_hear_of_a_change_and_a_failing_one_stops_nothing() -> None:
     rng = SeededRng(4)
-    ident = Ed25519PrivateKey(rng.bytes(32))
-    wg = X25519PrivateKey.generate(rng.bytes(32))
     clock = SystemClock()
-    port = build_membership(identity=ident, wg_private=wg, certificate=None,
-                            endpoints=[("192.168.1.20", 51821)], kernel=False,
-                            admitter=_Trust(), rng=rng, now=clock.monotonic(),
-                            wall=clock.wall())
-    node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, _Trust())
+    node, port = lone_node(rng, clock)
     roaming = Roaming(hosts=("192.168.1.20",), port=51821, now=clock.monotonic())
     watch = UnderlayWatch(roaming, node, port, None, clock, rng, [], lambda _a: None)
     heard: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
