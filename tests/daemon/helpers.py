@@ -1,5 +1,5 @@
-"""Shared helpers for the daemon tests: kernel-mode WireGuard, a STUN server's readiness, and
-a recording kernel device for kernel mode without the module (`RecordingKernel`), and `until`
+"""Shared helpers for the daemon tests: kernel-mode WireGuard, a STUN server's readiness, a
+recording kernel device for kernel mode without the module (`RecordingKernel`), and `until`
 for waiting on a condition inside an event loop.
 
 Kernel mode is tested for real where the kernel can provide WireGuard and its refusal is tested
