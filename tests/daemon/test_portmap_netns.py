@@ -83,7 +83,9 @@ def test_symmetric_nats_go_direct_through_router_port_mappings(tmp_path: Path) -
         ca, cb, cs = (x.status()["counters"] for x in (a, b, s))
         assert cs.get("relay_forwarded", 0) == 0, cs
         assert ca.get("relay_tx", 0) == 0 and cb.get("relay_tx", 0) == 0, (ca, cb)
-        assert ca.get("punch_requests_sent", 0) == cb.get("punch_requests_sent", 0) == 0
+        # a punch may be asked for before a mapping is in the record (B's takes ~2 s of UPnP
+        # discovery), but two symmetric NATs cannot be punched: the mapping made the path
+        assert ca.get("punch_succeeded", 0) == cb.get("punch_succeeded", 0) == 0, (ca, cb)
         assert ca.get("portmap_granted") == 1 and cb.get("portmap_granted") == 1
 
         t1 = time.monotonic()
