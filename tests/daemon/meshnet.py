@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from meshguard.daemon.control_client import ControlClient
+from meshguard.daemon.control_client import ControlClient, DaemonNotRunningError
 from meshguard.identity import keygen, store
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.rng import SystemRng
@@ -103,7 +103,12 @@ class Node:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
                                + self.lan.logs())
-        return self.sock.exists() and bool(self.status())
+        if not self.sock.exists():
+            return False
+        try:
+            return bool(self.status())
+        except DaemonNotRunningError:  # the socket file is bound a moment before it listens
+            return False
 
     def status(self) -> dict[str, Any]:
         return ControlClient(self.sock, self.iface, timeout=5).request("status")
