@@ -45,7 +45,7 @@ from meshguard.rng import SystemRng
 from meshguard.testing.netns import Namespace, netns_skip_reason, unique_name, wait_until
 
 from .helpers import wait_for_stun
-from .meshnet import MeshLan, Node
+from .meshnet import MeshLan, Node, trust_all
 
 # the marks of a test module that runs daemons in the NAT lab (STUN from coturn)
 NAT_LAB_MARKS = [
@@ -264,10 +264,7 @@ def start_mesh(lan: NatLan, masq: str, masq_b: str | None = None, *extra: str
     s = lan.add_public("s", PUB)
     a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", masq)
     b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", masq_b or masq)
-    for x in (s, a, b):
-        for y in (s, a, b):
-            if x is not y:
-                x.trust(y)
+    trust_all([s, a, b])
     stun = lan.start_stun(s)
     s.up(None, *stun, *extra)
     a.up([s], *stun, *extra)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .meshnet import Node
+from .meshnet import Node, trust_all
 from .natnet import CONE, NAT_LAB_MARKS, PUB, SYMMETRIC, NatLan, Pinger, start_mesh
 
 pytestmark = NAT_LAB_MARKS
@@ -118,10 +118,7 @@ def test_two_members_behind_one_nat_talk_over_their_lan(tmp_path: Path) -> None:
         s = lan.add_public("s", PUB)
         a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", CONE)
         c = lan.add_behind_existing_nat("c", "a", "192.168.10.3")
-        for x in (s, a, c):
-            for y in (s, a, c):
-                if x is not y:
-                    x.trust(y)
+        trust_all([s, a, c])
         stun = lan.start_stun(s)
         s.up(None, *stun)
         t0 = time.monotonic()
@@ -156,10 +153,7 @@ def test_relayed_pair_goes_direct_without_a_lost_ping(tmp_path: Path) -> None:
         a = lan.add_behind_nat("a", "203.0.113.21", "192.168.10", CONE)
         b = lan.add_behind_nat("b", "203.0.113.22", "192.168.20", CONE)
         lan.cut("a", "203.0.113.22")
-        for x in (s, a, b):
-            for y in (s, a, b):
-                if x is not y:
-                    x.trust(y)
+        trust_all([s, a, b])
         stun = lan.start_stun(s)
         s.up(None, *stun)
         a.up([s], *stun)
