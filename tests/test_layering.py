@@ -10,11 +10,13 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "meshguard"
 
 # Sans-IO cores and pure layers: no sockets, event loops, clocks, OS randomness or threads.
-SANS_IO = ["wire", "wireguard", "swim", "nat", "identity", "dns", "mesh", "crypto", "discovery"]
+SANS_IO = ["wire", "wireguard", "swim", "nat", "identity", "dns", "mesh", "crypto", "discovery",
+            "policy"]
 FORBIDDEN_IO = {"asyncio", "socket", "time", "select", "selectors", "threading", "subprocess"}
 # `os` is forbidden in protocol cores; identity/ owns key files, so it alone may touch the disk
-# (through its store module), and crypto/ may not.
-OS_ALLOWED = {"identity"}
+# (through its store module), and crypto/ may not; policy/ reads the `services/` files and keeps
+# the newest signed policies.
+OS_ALLOWED = {"identity", "policy"}
 
 # Which top-level packages each layer may import (beside itself and the shared leaf modules).
 LEAF = {"errors", "clock", "rng", "config", "sansio", "__init__"}
@@ -26,8 +28,9 @@ ALLOWED = {
     "nat": {"crypto", "wire"},
     "identity": {"crypto", "wire"},
     "dns": {"crypto", "wire", "identity"},
-    "mesh": {"crypto", "wire", "wireguard", "swim", "nat", "identity", "dns"},
-    "dataplane": {"crypto", "wire", "wireguard"},
+    "policy": {"crypto", "wire", "identity"},
+    "mesh": {"crypto", "wire", "wireguard", "swim", "nat", "identity", "dns", "policy"},
+    "dataplane": {"crypto", "wire", "wireguard", "policy"},
     "discovery": {"wire", "nat"},
 }
 
