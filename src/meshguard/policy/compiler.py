@@ -1,0 +1,175 @@
+"""Compile the policies in force on a node into the table its data plane enforces.
+
+For each peer P of node N (docs/policy.md#order-of-evaluation), the chain is:
+
+    services/peer/<P>.policy -> services/org/<P's orgs>.policy -> services/global.policy
+    -> each org-signed policy by org key: the rules of the sections that apply to N whose
+       `from` includes P -> the default
+
+Group membership is decided here, against the members N knows: a member is in an org's group
+when the group lists its identity key, or when it lists the member's certificate name and the
+member was admitted by that org (`MemberInfo.orgs`), so a certificate another org issued under
+the same name matches nothing. Chains are deduplicated; every rule gets one counter
+(`PolicyTable.rules`), shared by every chain that holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from meshguard.identity.addressing import org_domain
+from meshguard.policy.org_policy import EVERY, OrgPolicy, OrgRule, RouteLine
+from meshguard.policy.rules import Rule
+from meshguard.policy.service_files import SERVICES, LocalPolicies
+from meshguard.policy.signed import SignedPolicy
+from meshguard.policy.table import (
+    Chain,
+    FlatRule,
+    MemberInfo,
+    PolicyTable,
+    RouteGrant,
+    RuleInfo,
+)
+
+InForce = Sequence[tuple[SignedPolicy, OrgPolicy]]
+IMPLIED_DEFAULT = RuleInfo("default", 0, "allow all")
+NOBODY = MemberInfo(b"", b"")  # a peer the compiler was not told about
+
+
+def org_label(sp: SignedPolicy, org_names: Mapping[bytes, str] | None = None) -> str:
+    """`org NAME (serial N)`: the trusted-org name, else the org's 6-hex domain."""
+    name = (org_names or {}).get(sp.org_key) or org_domain(sp.org_key)
+    return f"org {name} (serial {sp.serial})"
+
+
+def in_group(org_key: bytes, policy: OrgPolicy, group: str, member: MemberInfo) -> bool:
+    if group == EVERY:
+        return True
+    g = policy.groups.get(group)
+    if g is None:
+        return False
+    if member.identity in g.keys:
+        return True
+    return member.name is not None and member.name in g.names and org_key in member.orgs
+
+
+def _via(org_key: bytes, policy: OrgPolicy, route: RouteLine, member: MemberInfo) -> bool:
+    if route.via_group:
+        return in_group(org_key, policy, route.via, member)
+    if route.via_key is not None:
+        return member.identity == route.via_key
+    return member.name == route.via and org_key in member.orgs
+
+
+def _ordered(in_force: InForce) -> list[tuple[SignedPolicy, OrgPolicy]]:
+    return sorted(in_force, key=lambda pair: pair[0].org_key)
+
+
+class _Builder:
+    def __init__(self, in_force: InForce, org_names: Mapping[bytes, str] | None) -> None:
+        self.infos: list[RuleInfo] = []
+        self.index: dict[RuleInfo, int] = {}
+        self.chains: list[Chain] = []
+        self.chain_index: dict[Chain, int] = {}
+        self.in_force = _ordered(in_force)
+        self.labels = {sp.org_key: org_label(sp, org_names) for sp, _ in self.in_force}
+
+    def counter(self, info: RuleInfo) -> int:
+        n = self.index.get(info)
+        if n is None:
+            n = self.index[info] = len(self.infos)
+            self.infos.append(info)
+        return n
+
+    def flat(self, rule: Rule, info: RuleInfo) -> FlatRule:
+        return FlatRule(rule.allow, rule.proto, rule.port_lo, rule.port_hi, self.counter(info))
+
+    def local(self, rule: Rule) -> FlatRule:
+        return self.flat(rule, RuleInfo(rule.source, rule.line, rule.text))
+
+    def signed(self, sp: SignedPolicy, rule: OrgRule) -> FlatRule:
+        return self.flat(rule.rule, RuleInfo(self.labels[sp.org_key], rule.rule.line, rule.text))
+
+    def chain(self, chain: Chain) -> int:
+        n = self.chain_index.get(chain)
+        if n is None:
+            n = self.chain_index[chain] = len(self.chains)
+            self.chains.append(chain)
+        return n
+
+
+def _default(b: _Builder, local: LocalPolicies) -> tuple[bool, int]:
+    if local.default_allow is not None:
+        word = "allow" if local.default_allow else "deny"
+        return local.default_allow, b.counter(RuleInfo(f"{SERVICES}/default", 1, word))
+    for sp, op in b.in_force:
+        if op.default_allow is False:
+            return False, b.counter(RuleInfo(b.labels[sp.org_key], op.default_line,
+                                             "default deny"))
+    return True, b.counter(IMPLIED_DEFAULT)
+
+
+def _chain_for(b: _Builder, local: LocalPolicies, me: MemberInfo, peer: MemberInfo,
+               default: tuple[bool, int]) -> Chain:
+    flat: list[FlatRule] = []
+    for scoped in local.peers:
+        named = scoped.key is None and peer.name is not None and scoped.name == peer.name
+        if scoped.key == peer.identity or named:
+            flat.extend(b.local(r) for r in scoped.rules)
+    for org in peer.orgs:
+        for scoped in local.orgs:
+            if scoped.key == org:
+                flat.extend(b.local(r) for r in scoped.rules)
+    flat.extend(b.local(r) for r in local.global_rules)
+    for sp, op in b.in_force:
+        for rule in op.rules:
+            if in_group(sp.org_key, op, rule.to, me) and in_group(
+                sp.org_key, op, rule.sender, peer
+            ):
+                flat.append(b.signed(sp, rule))
+    return Chain(tuple(flat), default[0], default[1])
+
+
+def compile_table(
+    local: LocalPolicies,
+    in_force: InForce,
+    me: MemberInfo,
+    members: Sequence[MemberInfo],
+    org_names: Mapping[bytes, str] | None = None,
+) -> PolicyTable:
+    """The table node `me` enforces on traffic from each of `members` (me skipped).
+
+    `org_names` maps org keys to the names shown in sources (TrustStore.org_names), else
+    the org's domain. `active` is False when no rule and no deny default is in force."""
+    b = _Builder(in_force, org_names)
+    default = _default(b, local)
+    fallback = b.chain(_chain_for(b, local, me, NOBODY, default))
+    by_peer: dict[bytes, int] = {}
+    for peer in members:
+        if peer.identity == me.identity:
+            continue
+        by_peer[peer.wg_public] = b.chain(_chain_for(b, local, me, peer, default))
+    active = any(c.rules or not c.default_allow for c in b.chains)
+    return PolicyTable(active, tuple(b.chains), by_peer, fallback, tuple(b.infos))
+
+
+def route_grants(
+    in_force: InForce,
+    members: Sequence[MemberInfo],
+    org_names: Mapping[bytes, str] | None = None,
+) -> tuple[RouteGrant, ...]:
+    """Every (member, prefix) an org-signed policy in force grants; the first grant of a
+    pair names its source, `org NAME (serial N) line L`."""
+    out: dict[tuple[bytes, object], RouteGrant] = {}
+    for sp, op in _ordered(in_force):
+        label = org_label(sp, org_names)
+        for route in op.routes:
+            for member in members:
+                if not _via(sp.org_key, op, route, member):
+                    continue
+                for prefix in route.prefixes:
+                    out.setdefault(
+                        (member.identity, prefix),
+                        RouteGrant(member.identity, prefix, f"{label} line {route.line}"),
+                    )
+    return tuple(out.values())
