@@ -27,8 +27,9 @@ _UP = "meshguard.cli.up_command"
 _DAEMON = "meshguard.cli.daemon_commands"
 _CONNECT = "meshguard.cli.connect_command"
 _PING = "meshguard.cli.ping_command"
+_POLICY = "meshguard.cli.policy_commands"
 # in the order `--help` lists them
-COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _CONNECT, _PING)
+COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _CONNECT, _PING, _POLICY)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -38,6 +39,7 @@ COMMANDS = {
     "connect": _CONNECT,
     **dict.fromkeys(("down", "status", "org-revoke", "org-alias"), _DAEMON),
     "ping": _PING,
+    **dict.fromkeys(("service", "org-policy"), _POLICY),
 }
 
 

@@ -30,6 +30,12 @@ RULE_SYNTAX = "allow|deny tcp|udp|all PORT|LOW-HIGH|all"
 class PolicyError(ConfigError):
     """A malformed rule or policy file; the message reads `FILE:LINE: what is wrong; fix`."""
 
+    def __init__(self, source: str, line: int, detail: str) -> None:
+        super().__init__(f"{source}:{line}: {detail}")
+        self.source = source
+        self.line = line
+        self.detail = detail  # `what is wrong; fix`, without the place
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -58,7 +64,7 @@ class Rule:
 
 
 def error(source: str, line: int, problem: str, fix: str) -> PolicyError:
-    return PolicyError(f"{source}:{line}: {problem}; {fix}")
+    return PolicyError(source, line, f"{problem}; {fix}")
 
 
 def tokens(line: str) -> list[str]:

@@ -78,9 +78,8 @@ def _read(path: Path, source: str) -> str:
         with path.open("rb") as f:
             data = f.read(MAX_FILE + 1)
     except OSError as exc:
-        raise PolicyError(
-            f"{source}:1: cannot read ({exc.strerror or type(exc).__name__}); fix its permissions"
-        ) from None
+        problem = exc.strerror or type(exc).__name__
+        raise PolicyError(source, 1, f"cannot read ({problem}); fix its permissions") from None
     return decode_text(data, source)
 
 
@@ -91,7 +90,7 @@ def _scoped(directory: Path, sub: str, known: dict[str, bytes]) -> list[ScopedRu
         return []
     except OSError as exc:
         raise PolicyError(
-            f"{SERVICES}/{sub}:1: cannot list ({exc.strerror}); fix its permissions"
+            f"{SERVICES}/{sub}", 0, f"cannot list ({exc.strerror}); fix its permissions"
         ) from None
     out: list[ScopedRules] = []
     for path in entries:
