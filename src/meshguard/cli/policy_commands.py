@@ -63,7 +63,8 @@ def _target_path(cfg: Path, peer: str | None, org: str | None) -> tuple[Path, st
     name = peer if peer is not None else org
     assert name is not None
     key_ok = sf.key_from_name(name) is not None and "/" not in name
-    if not (key_ok or is_dns_label(name)):
+    label, dot, domain = name.partition(".") if peer is not None else (name, "", "")
+    if not (key_ok or (is_dns_label(label) and (not dot or is_dns_label(domain)))):
         what = "--peer" if peer is not None else "--org"
         raise ConfigError(
             f"{what} {name!r} is neither a name nor a base64 key usable as a file name; "

@@ -1,0 +1,108 @@
+"""Shared set-ups of the policy tests: real keys, certificates, trust stores and members."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meshguard.cli.main import main
+from meshguard.crypto.keys import Ed25519PrivateKey
+from meshguard.identity.certificate import NodeCertificate, sign_certificate
+from meshguard.identity.trust import TrustStore
+from meshguard.policy.table import MemberInfo
+
+NOW = 1_800_000_000.0
+
+
+def new_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey(os.urandom(32))
+
+
+@dataclass
+class Node:
+    identity: Ed25519PrivateKey
+    wg_public: bytes
+    cert: NodeCertificate | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.identity.public_key.raw
+
+
+def node(org: Ed25519PrivateKey | None = None, name: str | None = None) -> Node:
+    identity = new_key()
+    cert = None
+    if org is not None:
+        assert name is not None
+        cert = sign_certificate(org, identity.public_key.raw, name, int(NOW) - 10)
+    return Node(identity, os.urandom(32), cert)
+
+
+def member(trust: TrustStore, n: Node) -> MemberInfo:
+    """The member as a daemon knows it: admitted by `trust`, named and with its org."""
+    cert = n.cert.to_bytes() if n.cert is not None else None
+    admission = trust.admit(n.key, cert, NOW)
+    assert admission, admission.reason
+    orgs = (n.cert.org_key,) if n.cert is not None and admission.org_domain else ()
+    return MemberInfo(n.key, n.wg_public, admission.name, orgs)
+
+
+def trust_store(cfg: Path, peers: dict[str, bytes] | None = None,
+                orgs: dict[str, bytes] | None = None) -> TrustStore:
+    cfg.mkdir(parents=True, exist_ok=True)
+    trust = TrustStore.load(cfg)
+    for name, key in (peers or {}).items():
+        trust.add(name, key)
+    for name, key in (orgs or {}).items():
+        trust.add(name, key, org=True)
+    return TrustStore.load(cfg)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+Snapshot = dict[str, tuple[int, bytes | None]]
+
+
+def snapshot(root: Path) -> Snapshot:
+    if not root.exists():
+        return {}
+    out: Snapshot = {}
+    for p in sorted(root.rglob("*")):
+        st = p.stat()
+        out[str(p.relative_to(root))] = (st.st_mode, p.read_bytes() if p.is_file() else None)
+    return out
+
+
+class Cli:
+    """`meshguard ...` through cli.main, in a config dir of its own."""
+
+    def __init__(self, cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.cfg = cfg
+        self.capsys = capsys
+
+    def run(self, *argv: str) -> tuple[int, str, str]:
+        rc = main(list(argv))
+        out, err = self.capsys.readouterr()
+        return rc, out, err
+
+    def ok(self, *argv: str) -> str:
+        rc, out, err = self.run(*argv)
+        assert rc == 0, err
+        return out
+
+    def fails(self, *argv: str, match: str) -> str:
+        """One error line, exit 1, nothing changed in the config dir."""
+        before = snapshot(self.cfg)
+        rc, out, err = self.run(*argv)
+        assert rc == 1, (out, err)
+        assert err.startswith("meshguard: error: ") and err.count("\n") == 1, err
+        assert match in err, err
+        assert snapshot(self.cfg) == before
+        return err
