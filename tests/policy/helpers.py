@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,14 @@ NOW = 1_800_000_000.0
 
 def new_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey(os.urandom(32))
+
+
+def file_name_key() -> bytes:
+    """A public key whose base64 has no '/', so it can name a file."""
+    while True:
+        key = new_key().public_key.raw
+        if b"/" not in base64.b64encode(key):
+            return key
 
 
 @dataclass

@@ -43,6 +43,8 @@ class Mesh:
         self.impostor = node(self.other, "mon-1")  # same name, another org's certificate
         self.keyed = node(self.other, "anything")  # listed in a group by key
         self.plain = node(self.acme, "web-1")
+        while "/" in b64encode(self.plain.key):  # its key names a file below
+            self.plain = node(self.acme, "web-1")
         self.trust = trust_store(tmp_path, peers={"db-1": self.db.key},
                                  orgs={"acme": self.acme.public_key.raw,
                                        "other": self.other.public_key.raw})
@@ -98,10 +100,8 @@ def test_a_peer_file_by_certificate_name_and_by_key(tmp_path: Path) -> None:
     mesh = Mesh(tmp_path)
     s = tmp_path / "services"
     write(s / "default", "deny")
-    key_name = b64encode(mesh.plain.key)
-    if "/" not in key_name:
-        write(s / "peer" / f"{key_name}.policy", "allow tcp 80\n")
-        assert verdict(mesh.table([]), mesh.plain.wg_public, PROTO_TCP, 80)
+    write(s / "peer" / f"{b64encode(mesh.plain.key)}.policy", "allow tcp 80\n")
+    assert verdict(mesh.table([]), mesh.plain.wg_public, PROTO_TCP, 80)
     write(s / "peer" / "web-1.policy", "allow tcp 81\n")
     assert verdict(mesh.table([]), mesh.plain.wg_public, PROTO_TCP, 81)
     # a bare certificate name is any trusted org's certificate of that name ...

@@ -12,7 +12,7 @@ from meshguard.crypto.keys import b64encode
 from meshguard.policy.rules import PolicyError
 from meshguard.policy.service_files import load_services
 
-from .helpers import new_key, trust_store, write
+from .helpers import file_name_key, new_key, trust_store, write
 
 
 def test_no_services_dir_means_nothing_configured(tmp_path: Path) -> None:
@@ -33,10 +33,8 @@ def test_default_is_deny_only_when_it_says_deny(tmp_path: Path, content: str,
 def test_every_file_is_read_and_names_resolve(tmp_path: Path) -> None:
     db = new_key().public_key.raw
     aliased = new_key().public_key.raw
-    org = new_key().public_key.raw
-    by_key = new_key().public_key.raw
-    while "/" in b64encode(by_key):  # a key with '/' cannot be a file name
-        by_key = new_key().public_key.raw
+    org = file_name_key()
+    by_key = file_name_key()
     trust = trust_store(tmp_path, peers={"db-1": db, "app": aliased}, orgs={"acme": org})
     s = tmp_path / "services"
     write(s / "global.policy", "allow tcp 22\ndeny all\n")

@@ -53,6 +53,17 @@ def in_group(org_key: bytes, policy: OrgPolicy, group: str, member: MemberInfo) 
     return member.name is not None and member.name in g.names and org_key in member.orgs
 
 
+def names_peer(file_name: str, peer: MemberInfo) -> bool:
+    """Whether an unresolved `services/peer/<file_name>.policy` is about `peer`: its
+    certificate name, or `NAME.DOMAIN` for the certificate of the org with that domain."""
+    if peer.name is None:
+        return False
+    name, dot, domain = file_name.partition(".")
+    if not dot:
+        return name == peer.name
+    return name == peer.name and any(org_domain(o) == domain.lower() for o in peer.orgs)
+
+
 def _via(org_key: bytes, policy: OrgPolicy, route: RouteLine, member: MemberInfo) -> bool:
     if route.via_group:
         return in_group(org_key, policy, route.via, member)
@@ -113,8 +124,7 @@ def _chain_for(b: _Builder, local: LocalPolicies, me: MemberInfo, peer: MemberIn
                default: tuple[bool, int]) -> Chain:
     flat: list[FlatRule] = []
     for scoped in local.peers:
-        named = scoped.key is None and peer.name is not None and scoped.name == peer.name
-        if scoped.key == peer.identity or named:
+        if scoped.key == peer.identity or (scoped.key is None and names_peer(scoped.name, peer)):
             flat.extend(b.local(r) for r in scoped.rules)
     for org in peer.orgs:
         for scoped in local.orgs:
