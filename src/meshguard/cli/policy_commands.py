@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshguard.policy.rules import RULE_SYNTAX
-
 if TYPE_CHECKING:
     from meshguard.identity.trust import TrustStore
     from meshguard.policy.org_policy import OrgPolicy
@@ -367,7 +365,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("service", help="local service access policies (services/)")
     ssub = p.add_subparsers(dest="service_command", metavar="COMMAND", required=True)
     for action in ("allow", "deny"):
-        q = ssub.add_parser(action, help=f"add a {action} rule ({RULE_SYNTAX})")
+        q = ssub.add_parser(action, help=f"add a {action} rule: {action} PROTO PORT")
         target = q.add_mutually_exclusive_group()
         target.add_argument("--peer", help="a peer's name or base64 key (default: global)")
         target.add_argument("--org", help="a trusted org's name or base64 key")
