@@ -7,9 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from meshguard.cli.main import main
 from meshguard.crypto.keys import Ed25519PrivateKey
 from meshguard.identity.certificate import NodeCertificate, sign_certificate
 from meshguard.identity.trust import TrustStore
@@ -74,44 +71,3 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
-
-
-Snapshot = dict[str, tuple[int, bytes | None]]
-
-
-def snapshot(root: Path) -> Snapshot:
-    if not root.exists():
-        return {}
-    out: Snapshot = {}
-    for p in sorted(root.rglob("*")):
-        st = p.stat()
-        out[str(p.relative_to(root))] = (st.st_mode, p.read_bytes() if p.is_file() else None)
-    return out
-
-
-class Cli:
-    """`meshguard ...` through cli.main, in a config dir of its own."""
-
-    def __init__(self, cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.cfg = cfg
-        self.capsys = capsys
-
-    def run(self, *argv: str) -> tuple[int, str, str]:
-        rc = main(list(argv))
-        out, err = self.capsys.readouterr()
-        return rc, out, err
-
-    def ok(self, *argv: str) -> str:
-        rc, out, err = self.run(*argv)
-        assert rc == 0, err
-        return out
-
-    def fails(self, *argv: str, match: str) -> str:
-        """One error line, exit 1, nothing changed in the config dir."""
-        before = snapshot(self.cfg)
-        rc, out, err = self.run(*argv)
-        assert rc == 1, (out, err)
-        assert err.startswith("meshguard: error: ") and err.count("\n") == 1, err
-        assert match in err, err
-        assert snapshot(self.cfg) == before
-        return err

@@ -17,7 +17,13 @@ from meshguard.policy.service_files import load_services
 from meshguard.policy.signed import decode_policy, signature_valid
 from meshguard.policy.store import PolicyStore
 
-from .helpers import Cli, write
+from .helpers import Env
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 POLICY = """default deny
 group validators val-1 val-2
@@ -30,49 +36,41 @@ exit via validators
 """
 
 
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Cli:
-    cfg = tmp_path / "cfg"
-    monkeypatch.setenv("MESHGUARD_CONFIG_DIR", str(cfg))
-    return Cli(cfg, capsys)
-
-
-def test_service_commands_write_the_originals_files(cli: Cli) -> None:
-    assert "no service policies configured" in cli.ok("service", "list")
-    assert cli.ok("service", "allow", "tcp", "22") == "rule added (global): allow tcp 22\n"
-    cli.ok("service", "deny", "all")
-    cli.ok("service", "allow", "--peer", "db-1", "tcp", "5432")
-    cli.ok("service", "allow", "--peer", "db-1", "udp", "8000-8010")
-    cli.ok("service", "deny", "--org", "acme", "all", "all")
-    assert cli.ok("service", "default", "deny") == "default policy set to: deny\n"
-    s = cli.cfg / "services"
+def test_service_commands_write_the_originals_files(env: Env) -> None:
+    assert "no service policies configured" in env.ok("service", "list")
+    assert env.ok("service", "allow", "tcp", "22") == "rule added (global): allow tcp 22\n"
+    env.ok("service", "deny", "all")
+    env.ok("service", "allow", "--peer", "db-1", "tcp", "5432")
+    env.ok("service", "allow", "--peer", "db-1", "udp", "8000-8010")
+    env.ok("service", "deny", "--org", "acme", "all", "all")
+    assert env.ok("service", "default", "deny") == "default policy set to: deny\n"
+    s = env.cfg / "services"
     assert (s / "global.policy").read_text() == "allow tcp 22\ndeny all\n"
     assert (s / "peer" / "db-1.policy").read_text() == "allow tcp 5432\nallow udp 8000-8010\n"
     assert (s / "org" / "acme.policy").read_text() == "deny all\n"
     assert (s / "default").read_text() == "deny\n"
-    local = load_services(cli.cfg, TrustStore.load(cli.cfg))
+    local = load_services(env.cfg, TrustStore.load(env.cfg))
     assert local.default_allow is False and local.rule_count == 5
-    listed = cli.ok("service", "list")
+    listed = env.ok("service", "list")
     assert "default: deny" in listed and "[peer db-1 (by certificate name)]" in listed
     assert "     2  allow udp 8000-8010" in listed
-    assert cli.ok("service", "show").splitlines() == [
+    assert env.ok("service", "show").splitlines() == [
         "default: deny", "global policy: yes", "peer policies: 1", "org policies: 1"]
-    shown = cli.ok("service", "show", "db-1")
+    shown = env.ok("service", "show", "db-1")
     assert "  5432   PostgreSQL     allow  deny" in shown
     assert "  22     SSH            allow  deny" in shown
     assert "  80     HTTP           deny   deny" in shown
-    assert cli.ok("service", "reset") == "service policies reset (default: allow all)\n"
-    assert not s.exists() and not list(cli.cfg.glob(".services*"))
-    assert cli.ok("service", "reset") == "no service policies to reset\n"
+    assert env.ok("service", "reset") == "service policies reset (default: allow all)\n"
+    assert not s.exists() and not list(env.cfg.glob(".services*"))
+    assert env.ok("service", "reset") == "no service policies to reset\n"
 
 
-def test_a_peer_named_by_key_or_certificate_name_of_an_org(cli: Cli) -> None:
-    cli.cfg.mkdir()
+def test_a_peer_named_by_key_or_certificate_name_of_an_org(env: Env) -> None:
+    env.cfg.mkdir()
     key = b"\x01" * 32  # base64 AQEB...: no '/'
-    cli.ok("service", "allow", "--peer", b64encode(key), "tcp", "1")
-    cli.ok("service", "allow", "--peer", "db-1.3fa2c1", "tcp", "2")
-    names = sorted(p.name for p in (cli.cfg / "services" / "peer").iterdir())
+    env.ok("service", "allow", "--peer", b64encode(key), "tcp", "1")
+    env.ok("service", "allow", "--peer", "db-1.3fa2c1", "tcp", "2")
+    names = sorted(p.name for p in (env.cfg / "services" / "peer").iterdir())
     assert names == sorted([f"{b64encode(key)}.policy", "db-1.3fa2c1.policy"])
 
 
@@ -85,50 +83,50 @@ def test_a_peer_named_by_key_or_certificate_name_of_an_org(cli: Cli) -> None:
     (("service", "allow", "--org", "a.b", "tcp", "1"), "--org 'a.b' is neither"),
     (("service", "allow", "--peer", "x" * 64, "tcp", "1"), "is neither"),
 ])
-def test_bad_service_input_is_one_line_and_writes_nothing(cli: Cli, argv: tuple[str, ...],
+def test_bad_service_input_is_one_line_and_writes_nothing(env: Env, argv: tuple[str, ...],
                                                           match: str) -> None:
-    cli.cfg.mkdir()
-    cli.fails(*argv, match=match)
-    assert not (cli.cfg / "services").exists()
+    env.cfg.mkdir()
+    env.fails(*argv, match=match)
+    assert not (env.cfg / "services").exists()
 
 
-def test_a_rule_is_not_added_to_a_malformed_file(cli: Cli) -> None:
-    write(cli.cfg / "services" / "global.policy", "allow tcp 22\nallow tpc 23\n")
-    cli.fails("service", "allow", "tcp", "80",
+def test_a_rule_is_not_added_to_a_malformed_file(env: Env) -> None:
+    write(env.cfg / "services" / "global.policy", "allow tcp 22\nallow tpc 23\n")
+    env.fails("service", "allow", "tcp", "80",
               match="services/global.policy:2: unknown protocol 'tpc'")
-    cli.fails("service", "list", match="services/global.policy:2: unknown protocol 'tpc'")
+    env.fails("service", "list", match="services/global.policy:2: unknown protocol 'tpc'")
 
 
-def test_org_policy_sign_check_and_show(cli: Cli, tmp_path: Path) -> None:
-    cli.ok("org-keygen")
+def test_org_policy_sign_check_and_show(env: Env, tmp_path: Path) -> None:
+    env.ok("org-keygen")
     src = write(tmp_path / "acme.policy", POLICY)
-    assert cli.ok("org-policy", "check", str(src)) == (
+    assert env.ok("org-policy", "check", str(src)) == (
         f"{src}: ok (2 groups, 2 rules, 2 routes)\n")
     before = int(time.time())
     out = tmp_path / "acme.mgpolicy"
-    printed = cli.ok("org-policy", "sign", str(src), "--out", str(out))
+    printed = env.ok("org-policy", "sign", str(src), "--out", str(out))
     assert "2 groups, 2 rules, 2 routes" in printed
     sp = decode_policy(out.read_bytes())
     assert signature_valid(sp) and sp.text == POLICY and sp.serial >= before
-    stored = PolicyStore.load(cli.cfg)
+    stored = PolicyStore.load(env.cfg)
     assert stored.newest(sp.org_key) == sp and not stored.problems
     # the next default serial is above the last one signed here, even a far-future one
-    cli.ok("org-policy", "sign", str(src), "--serial", str(2**40))
-    cli.ok("org-policy", "sign", str(src))
-    newest = PolicyStore.load(cli.cfg).newest(sp.org_key)
+    env.ok("org-policy", "sign", str(src), "--serial", str(2**40))
+    env.ok("org-policy", "sign", str(src))
+    newest = PolicyStore.load(env.cfg).newest(sp.org_key)
     assert newest is not None and newest.serial == 2**40 + 1
-    cli.fails("org-policy", "sign", str(src), "--serial", str(2**40 + 1),
+    env.fails("org-policy", "sign", str(src), "--serial", str(2**40 + 1),
               match=f"--serial {2**40 + 1} is not above {2**40 + 1}")
-    cli.fails("org-policy", "sign", str(src), "--serial", "5", match="is not above")
-    shown = cli.ok("org-policy", "show", str(out))
+    env.fails("org-policy", "sign", str(src), "--serial", "5", match="is not above")
+    shown = env.ok("org-policy", "show", str(out))
     assert f"serial:  {sp.serial}\n" in shown and shown.endswith(POLICY)
     assert f"org:     {b64encode(sp.org_key)} domain " in shown
     tampered = bytearray(out.read_bytes())
     tampered[-70] ^= 1
     out.write_bytes(bytes(tampered))
-    cli.fails("org-policy", "show", str(out), match="the signature does not verify")
+    env.fails("org-policy", "show", str(out), match="the signature does not verify")
     write(tmp_path / "junk", "not a policy")
-    cli.fails("org-policy", "show", str(tmp_path / "junk"), match="is not a signed policy")
+    env.fails("org-policy", "show", str(tmp_path / "junk"), match="is not a signed policy")
 
 
 @pytest.mark.parametrize(("line", "match"), [
@@ -137,20 +135,20 @@ def test_org_policy_sign_check_and_show(cli: Cli, tmp_path: Path) -> None:
     ("route 10.0.0.1/8 via gw-1", ":9: bad prefix"),
     ("alow tcp 22", ":9: unknown keyword 'alow'"),
 ])
-def test_a_malformed_policy_is_not_signed(cli: Cli, tmp_path: Path, line: str,
+def test_a_malformed_policy_is_not_signed(env: Env, tmp_path: Path, line: str,
                                           match: str) -> None:
-    cli.ok("org-keygen")
+    env.ok("org-keygen")
     src = write(tmp_path / "acme.policy", POLICY + line + "\n")
     out = tmp_path / "out.mgpolicy"
-    err = cli.fails("org-policy", "sign", str(src), "--out", str(out), match=str(src) + match)
+    err = env.fails("org-policy", "sign", str(src), "--out", str(out), match=str(src) + match)
     assert not out.exists() and "; " in err
-    cli.fails("org-policy", "check", str(src), match=str(src) + match)
+    env.fails("org-policy", "check", str(src), match=str(src) + match)
 
 
-def test_signing_needs_the_org_key(cli: Cli, tmp_path: Path) -> None:
-    cli.cfg.mkdir()
+def test_signing_needs_the_org_key(env: Env, tmp_path: Path) -> None:
+    env.cfg.mkdir()
     src = write(tmp_path / "acme.policy", POLICY)
-    cli.fails("org-policy", "sign", str(src), match="no org key")
+    env.fails("org-policy", "sign", str(src), match="no org key")
 
 
 def test_the_installed_command_signs_and_a_store_reads_it(tmp_path: Path) -> None:
