@@ -169,3 +169,21 @@ def test_the_installed_command_signs_and_a_store_reads_it(tmp_path: Path) -> Non
                           "group 'x'; define it with `group NAME MEMBER...` or use *\n")
     [(sp, policy)] = PolicyStore.load(cfg).held.values()
     assert policy.routes[1].via == "validators" and sp.text == POLICY
+
+
+def test_every_write_changes_the_stamp_a_running_daemon_polls(env: Env, tmp_path: Path) -> None:
+    from meshguard.identity.trust import trust_stamp
+
+    env.ok("org-keygen")
+    seen = [trust_stamp(env.cfg)]
+    src = write(tmp_path / "acme.policy", POLICY)
+    for argv in (("service", "allow", "tcp", "22"), ("service", "allow", "tcp", "23"),
+                 ("service", "allow", "--peer", "db-1", "tcp", "5432"),
+                 ("service", "deny", "--peer", "db-1", "all"),
+                 ("service", "deny", "--org", "acme", "all"), ("service", "default", "deny"),
+                 ("org-policy", "sign", str(src)),
+                 ("org-policy", "sign", str(src)), ("service", "reset")):
+        env.ok(*argv)
+        stamp = trust_stamp(env.cfg)
+        assert stamp not in seen, argv
+        seen.append(stamp)
