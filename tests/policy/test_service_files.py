@@ -22,11 +22,12 @@ def test_no_services_dir_means_nothing_configured(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "allow"), [
     ("deny", False), ("deny\n", False), ("  deny \r\n", False), ("allow", True),
-    ("", True), ("Deny", True), ("deny all", True), ("nonsense", True),
+    ("", True), ("Deny", True), ("deny all", True), ("nonsense", True), ("\udcff", True),
 ])
 def test_default_is_deny_only_when_it_says_deny(tmp_path: Path, content: str,
                                                 allow: bool) -> None:
-    write(tmp_path / "services" / "default", content)
+    (tmp_path / "services").mkdir()
+    (tmp_path / "services" / "default").write_bytes(content.encode(errors="surrogateescape"))
     assert load_services(tmp_path, trust_store(tmp_path)).default_allow is allow
 
 

@@ -240,6 +240,8 @@ def _service_reset(args: argparse.Namespace) -> int:
     if not base.exists():
         print("no service policies to reset")
         return 0
+    for stale in cfg.glob(f".{SERVICES}.reset*"):  # left by a reset that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     doomed = cfg / f".{SERVICES}.reset{os.getpid()}"
     try:
         os.replace(base, doomed)  # one rename: a reader sees all of services/ or none

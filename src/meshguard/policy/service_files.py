@@ -111,8 +111,13 @@ def load_services(config_dir: Path, trust: TrustStore) -> LocalPolicies:
     default_allow: bool | None = None
     default_path = base / DEFAULT
     if default_path.is_file():
-        text = _read(default_path, f"{SERVICES}/{DEFAULT}")
-        default_allow = text.strip(TRIM) != "deny"
+        try:
+            with default_path.open("rb") as f:
+                default_allow = f.read(MAX_FILE).strip(TRIM.encode()) != b"deny"
+        except OSError as exc:
+            problem = exc.strerror or type(exc).__name__
+            raise PolicyError(f"{SERVICES}/{DEFAULT}", 1,
+                              f"cannot read ({problem}); fix its permissions") from None
     global_rules: tuple[Rule, ...] = ()
     global_path = base / GLOBAL
     if global_path.is_file():
