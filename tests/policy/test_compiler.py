@@ -7,6 +7,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from meshguard.crypto.keys import Ed25519PrivateKey, b64encode
 from meshguard.identity.addressing import org_domain
 from meshguard.policy.compiler import compile_table, route_grants
@@ -208,3 +212,47 @@ def test_route_and_exit_grants(tmp_path: Path) -> None:
     assert unnamed[0].source.startswith(f"org {org_domain(mesh.acme.public_key.raw)} ")
     assert route_grants([], members) == ()
     assert ipaddress.ip_network("10.20.0.0/24") in {g.prefix for g in grants}
+
+
+small_rules = st.lists(st.builds(
+    lambda allow, proto, a, b: f"{'allow' if allow else 'deny'} {proto} {min(a, b)}-{max(a, b)}",
+    st.booleans(), st.sampled_from(["tcp", "udp", "all"]), st.integers(1, 40),
+    st.integers(1, 40)), max_size=6)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(peer=small_rules, org=small_rules, glob=small_rules, signed_rules=small_rules,
+       default=st.sampled_from([None, "allow", "deny"]))
+def test_the_table_decides_as_the_files_read_in_order(
+    tmp_path_factory: pytest.TempPathFactory, peer: list[str], org: list[str],
+    glob: list[str], signed_rules: list[str], default: str | None,
+) -> None:
+    cfg = tmp_path_factory.mktemp("cfg")
+    mesh = Mesh(cfg)
+    s = cfg / "services"
+    s.mkdir()
+    files = {s / "peer" / "db-1.policy": peer, s / "org" / "acme.policy": org,
+             s / "global.policy": glob}
+    for path, lines in files.items():
+        write(path, "".join(f"{line}\n" for line in lines))
+    if default is not None:
+        write(s / "default", default)
+    table = mesh.table([signed(mesh.acme, "".join(f"{x}\n" for x in signed_rules))])
+    chains = {
+        "db": [peer, org, glob, signed_rules],  # authorized key db-1, acme certificate
+        "plain": [org, glob, signed_rules],  # acme certificate
+        "keyed": [glob, signed_rules],  # another org's certificate
+    }
+    for who, levels in chains.items():
+        wg = getattr(mesh, who).wg_public
+        for proto_name, proto in (("tcp", PROTO_TCP), ("udp", PROTO_UDP)):
+            for port in range(0, 42):
+                want = default != "deny"
+                for line in (x for level in levels for x in level):
+                    action, p, ports = line.split()
+                    lo, hi = map(int, ports.split("-"))
+                    if p in ("all", proto_name) and lo <= port <= hi:
+                        want = action == "allow"
+                        break
+                assert verdict(table, wg, proto, port) == want, (who, proto_name, port)
