@@ -336,17 +336,13 @@ def resolve_revocation(trust: TrustStore, target: str, org: str | None = None) -
     return Revocation("key", key, None, names[0] if names else "")
 
 
-# Directories whose files decide whom a node admits and what it lets through: the trust files,
-# the service policies (docs/policy.md), the org-signed policies and the org vouches.
-STAMPED_DIRS = (store.AUTHORIZED_KEYS, store.TRUSTED_ORGS, "services", "services/peer",
-                "services/org", "policies", "vouched")
-
-
 def trust_stamp(config_dir: Path) -> tuple[tuple[str, int, int], ...]:
-    """A cheap fingerprint of the trust and policy files (names, sizes, mtimes): when it
-    changes, a daemon should load them again. Missing directories contribute nothing."""
+    """A cheap fingerprint of the trust files (names, sizes, mtimes): when it changes, a
+    daemon should `TrustStore.load` again. Missing directories simply contribute nothing."""
     entries: list[tuple[str, int, int]] = []
-    for sub in STAMPED_DIRS:
+    # services/ and policies/ too: the daemon's policies follow them (daemon/policy_runner.py)
+    for sub in (store.AUTHORIZED_KEYS, store.TRUSTED_ORGS, "services", "services/peer",
+                "services/org", "policies"):
         directory = config_dir / sub
         try:
             st = directory.stat()
