@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from meshguard.identity.addressing import org_domain
-from meshguard.policy.org_policy import EVERY, OrgPolicy, OrgRule, RouteLine
+from meshguard.policy.org_policy import EVERY, OrgPolicy, RouteLine
 from meshguard.policy.rules import Rule
 from meshguard.policy.service_files import SERVICES, LocalPolicies
 from meshguard.policy.signed import SignedPolicy
@@ -77,13 +77,26 @@ def _ordered(in_force: InForce) -> list[tuple[SignedPolicy, OrgPolicy]]:
 
 
 class _Builder:
-    def __init__(self, in_force: InForce, org_names: Mapping[bytes, str] | None) -> None:
+    """Builds the table; a chain is made once per distinct standing of a peer (the peer files
+    that name it, its orgs, the `from` groups it is in), so a large mesh costs one look at
+    each member and a handful of chains."""
+
+    def __init__(self, local: LocalPolicies, in_force: InForce, me: MemberInfo,
+                 org_names: Mapping[bytes, str] | None) -> None:
+        self.local = local
         self.infos: list[RuleInfo] = []
         self.index: dict[RuleInfo, int] = {}
         self.chains: list[Chain] = []
         self.chain_index: dict[Chain, int] = {}
-        self.in_force = _ordered(in_force)
-        self.labels = {sp.org_key: org_label(sp, org_names) for sp, _ in self.in_force}
+        self.labels = {sp.org_key: org_label(sp, org_names) for sp, _ in in_force}
+        # per policy, by org key: the rules of the sections that apply to this node
+        self.mine = [(sp, op, [r for r in op.rules if in_group(sp.org_key, op, r.to, me)])
+                     for sp, op in _ordered(in_force)]
+        self.senders = [sorted({r.sender for r in rules}) for _, _, rules in self.mine]
+        self.default = self._default()
+        self.files: dict[tuple[str, int], tuple[FlatRule, ...]] = {}
+        self.signed: dict[tuple[int, int], FlatRule] = {}
+        self.standing: dict[object, int] = {}
 
     def counter(self, info: RuleInfo) -> int:
         n = self.index.get(info)
@@ -95,49 +108,64 @@ class _Builder:
     def flat(self, rule: Rule, info: RuleInfo) -> FlatRule:
         return FlatRule(rule.allow, rule.proto, rule.port_lo, rule.port_hi, self.counter(info))
 
-    def local(self, rule: Rule) -> FlatRule:
-        return self.flat(rule, RuleInfo(rule.source, rule.line, rule.text))
+    def file_rules(self, key: tuple[str, int], rules: tuple[Rule, ...]) -> tuple[FlatRule, ...]:
+        flats = self.files.get(key)
+        if flats is None:
+            flats = self.files[key] = tuple(
+                self.flat(r, RuleInfo(r.source, r.line, r.text)) for r in rules)
+        return flats
 
-    def signed(self, sp: SignedPolicy, rule: OrgRule) -> FlatRule:
-        return self.flat(rule.rule, RuleInfo(self.labels[sp.org_key], rule.rule.line, rule.text))
+    def signed_rule(self, k: int, m: int) -> FlatRule:
+        flat = self.signed.get((k, m))
+        if flat is None:
+            sp, _, rules = self.mine[k]
+            r = rules[m]
+            info = RuleInfo(self.labels[sp.org_key], r.rule.line, r.text)
+            flat = self.signed[(k, m)] = self.flat(r.rule, info)
+        return flat
 
-    def chain(self, chain: Chain) -> int:
+    def _default(self) -> tuple[bool, int]:
+        if self.local.default_allow is not None:
+            word = "allow" if self.local.default_allow else "deny"
+            info = RuleInfo(f"{SERVICES}/default", 1, word)
+            return self.local.default_allow, self.counter(info)
+        for sp, op, _ in self.mine:
+            if op.default_allow is False:
+                info = RuleInfo(self.labels[sp.org_key], op.default_line, "default deny")
+                return False, self.counter(info)
+        return True, self.counter(IMPLIED_DEFAULT)
+
+    def chain_for(self, peer: MemberInfo) -> int:
+        """The index of the chain `peer` is judged by."""
+        local = self.local
+        peer_files = tuple(
+            i for i, s in enumerate(local.peers)
+            if s.key == peer.identity or (s.key is None and names_peer(s.name, peer)))
+        groups = tuple(
+            frozenset(g for g in senders if in_group(sp.org_key, op, g, peer))
+            for (sp, op, _), senders in zip(self.mine, self.senders, strict=True))
+        standing = (peer_files, tuple(peer.orgs), groups)
+        n = self.standing.get(standing)
+        if n is not None:
+            return n
+        flat: list[FlatRule] = []
+        for i in peer_files:
+            flat.extend(self.file_rules(("peer", i), local.peers[i].rules))
+        for org in peer.orgs:
+            for j, scoped in enumerate(local.orgs):
+                if scoped.key == org:
+                    flat.extend(self.file_rules(("org", j), scoped.rules))
+        flat.extend(self.file_rules(("global", 0), local.global_rules))
+        for k, ((_, _, rules), member_of) in enumerate(zip(self.mine, groups, strict=True)):
+            flat.extend(self.signed_rule(k, m) for m, r in enumerate(rules)
+                        if r.sender in member_of)
+        chain = Chain(tuple(flat), *self.default)
         n = self.chain_index.get(chain)
         if n is None:
             n = self.chain_index[chain] = len(self.chains)
             self.chains.append(chain)
+        self.standing[standing] = n
         return n
-
-
-def _default(b: _Builder, local: LocalPolicies) -> tuple[bool, int]:
-    if local.default_allow is not None:
-        word = "allow" if local.default_allow else "deny"
-        return local.default_allow, b.counter(RuleInfo(f"{SERVICES}/default", 1, word))
-    for sp, op in b.in_force:
-        if op.default_allow is False:
-            return False, b.counter(RuleInfo(b.labels[sp.org_key], op.default_line,
-                                             "default deny"))
-    return True, b.counter(IMPLIED_DEFAULT)
-
-
-def _chain_for(b: _Builder, local: LocalPolicies, me: MemberInfo, peer: MemberInfo,
-               default: tuple[bool, int]) -> Chain:
-    flat: list[FlatRule] = []
-    for scoped in local.peers:
-        if scoped.key == peer.identity or (scoped.key is None and names_peer(scoped.name, peer)):
-            flat.extend(b.local(r) for r in scoped.rules)
-    for org in peer.orgs:
-        for scoped in local.orgs:
-            if scoped.key == org:
-                flat.extend(b.local(r) for r in scoped.rules)
-    flat.extend(b.local(r) for r in local.global_rules)
-    for sp, op in b.in_force:
-        for rule in op.rules:
-            if in_group(sp.org_key, op, rule.to, me) and in_group(
-                sp.org_key, op, rule.sender, peer
-            ):
-                flat.append(b.signed(sp, rule))
-    return Chain(tuple(flat), default[0], default[1])
 
 
 def compile_table(
@@ -151,14 +179,10 @@ def compile_table(
 
     `org_names` maps org keys to the names shown in sources (TrustStore.org_names), else
     the org's domain. `active` is False when no rule and no deny default is in force."""
-    b = _Builder(in_force, org_names)
-    default = _default(b, local)
-    fallback = b.chain(_chain_for(b, local, me, NOBODY, default))
-    by_peer: dict[bytes, int] = {}
-    for peer in members:
-        if peer.identity == me.identity:
-            continue
-        by_peer[peer.wg_public] = b.chain(_chain_for(b, local, me, peer, default))
+    b = _Builder(local, in_force, me, org_names)
+    fallback = b.chain_for(NOBODY)
+    by_peer = {peer.wg_public: b.chain_for(peer) for peer in members
+               if peer.identity != me.identity}
     active = any(c.rules or not c.default_allow for c in b.chains)
     return PolicyTable(active, tuple(b.chains), by_peer, fallback, tuple(b.infos))
 
