@@ -309,6 +309,21 @@ class OrgGossip:
             self._bad.pop(next(iter(self._bad)))
         self._bad[key] = None
 
+    def _signature_ok(self, seen: bytes, what: str, valid: Callable[[], bool],
+                      sender: bytes | None, now: float) -> bool:
+        """The last, costly check of an item (`seen`: its bytes): not failed before, within
+        the sender's and the global budget, then its signature (counted as `what`_...)."""
+        if seen in self._bad:
+            self.counters[f"{what}_seen_bad"] += 1
+            return False
+        if not self._may_verify(sender, now):
+            return False
+        if not valid():
+            self._remember_bad(seen)
+            self.counters[f"{what}_bad_signature"] += 1
+            return False
+        return True
+
     def add_revocation(self, r: CertRevocation, trusted_orgs: Collection[bytes], *,
                        sender: bytes | None = None, now: float = 0.0) -> bool:
         """Accept a revocation (local, or from the member whose WireGuard key is `sender`);
@@ -324,14 +339,7 @@ class OrgGossip:
             return False
         seen = r.org_key + r.node_key + r.signature + r.revoked_at.to_bytes(8, "little",
                                                                             signed=True)
-        if seen in self._bad:
-            self.counters["org_revoke_seen_bad"] += 1
-            return False
-        if not self._may_verify(sender, now):
-            return False
-        if not revocation_valid(r):
-            self._remember_bad(seen)
-            self.counters["org_revoke_bad_signature"] += 1
+        if not self._signature_ok(seen, "org_revoke", lambda: revocation_valid(r), sender, now):
             return False
         self.revocations[r.target] = r
         self._per_org[r.org_key] += 1
@@ -360,14 +368,7 @@ class OrgGossip:
             self.counters["org_vouch_full"] += 1
             return False
         seen = b"v" + v.org_key + v.node_key + v.signature + v.lamport.to_bytes(8, "little")
-        if seen in self._bad:
-            self.counters["org_vouch_seen_bad"] += 1
-            return False
-        if not self._may_verify(sender, now):
-            return False
-        if not vouch_valid(v):
-            self._remember_bad(seen)
-            self.counters["org_vouch_bad_signature"] += 1
+        if not self._signature_ok(seen, "org_vouch", lambda: vouch_valid(v), sender, now):
             return False
         self.vouches[v.target] = v
         self._vouches_per_org[v.org_key] += 1
