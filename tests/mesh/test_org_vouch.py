@@ -252,3 +252,21 @@ def test_vouch_codec_round_trip_and_packet_size() -> None:
     assert data[0] == wire.ORG_TRUST_VOUCH == 0x43
     assert len(data) + wire.LINK_LEN <= 1280 and wire.decode_vouches(data) == tuple(vs)
     assert data[wire.HEADER_LEN:wire.HEADER_LEN + wire.VOUCH_ITEM_LEN] == vs[0].to_bytes()
+
+
+def test_a_newcomer_and_a_restarted_member_get_the_vouch(tmp_path: Path) -> None:
+    net, members, x = mesh(tmp_path, 4, seed=36)
+    v = sign_vouch(net.org, x.key, int(net.clock.wall()))
+    vouch_on(net, members[0], v)
+    net.run(60.0)  # the push rounds are long over
+    late = net.add_store_node("late", "192.0.2.50")
+    net.join(late, [members[1]])
+    net.run(6.0)
+    assert late.node.org is not None and v.target in late.node.org.vouches
+    assert tunnel(late, x) and all(tunnel(late, m) for m in members)
+    # a restart reads vouched/ again: the vouch admits at once and is offered to others
+    again = TrustHolder(TrustStore.load(tmp_path / "late"))
+    assert again.vouches() == [v]
+    assert again.admit(x.key, None, net.clock.wall()).reason == "org vouch"
+    fresh = OrgGossip(SeededRng(3))
+    assert fresh.add_vouch(again.vouches()[0], again.trusted_org_keys())
