@@ -27,6 +27,7 @@ FIXED = {
     "RelayData": relay.HEAD_LEN,
     "HolepunchRequest and HolepunchResponse": holepunch.HEAD_LEN,
     "Revocation item": org.REVOKE_ITEM_LEN,
+    "Vouch item": org.VOUCH_ITEM_LEN,
     "PathProbe and PathProbeAck": path_probe.HEAD_LEN,
 }
 

@@ -44,7 +44,7 @@ def sample_report() -> StatusReport:
                      why="relayed via 1a2b3c4d at 192.0.2.9:51821: the hole punch failed",
                      via="SUQz", via_endpoint="192.0.2.9:51821", own_nat="symmetric",
                      peer_nat="cone", last_punch="failed", last_punch_age=3.5,
-                     next_punch_in=6.0)
+                     next_punch_in=6.0, admission="org vouch")
     return StatusReport("mg0", "userspace", 42, 1.0, me, (m,), {"garbage_dropped": 3})
 
 
@@ -75,7 +75,7 @@ def test_status_schema_roundtrip() -> None:
         "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
         "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names",
         "rtt_ms", "mtu", "why", "via", "via_endpoint", "own_nat", "peer_nat", "last_punch",
-        "last_punch_age", "next_punch_in"}
+        "last_punch_age", "next_punch_in", "admission"}
     assert StatusReport.from_json(doc) == rep
     # a document from a daemon that predates dns_names still reads (compatible addition)
     old = json.loads(json.dumps(doc))

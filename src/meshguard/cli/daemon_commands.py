@@ -11,7 +11,8 @@ names in mesh/node.py and dns/resolver.py). Point systemd-resolved at it with
 `resolvectl dns mg0 <mesh IPv4>; resolvectl domain mg0 '~mesh'`.
 
 `org-revoke NODE` (org admin, where org/org.key lives) signs an OrgCertRevoke for NODE (a node
-key, .pub file or .cert file), writes it to `<name>.revoke`, and records it in the local
+key, .pub file or .cert file; it also ends the org's vouch for a node, cli/vouch_command.py),
+writes it to `<name>.revoke`, and records it in the local
 `revocations` file, from which a daemon running here spreads it through the mesh (and which
 every receiver persists). `org-revoke --import FILE.revoke` records a revocation carried by
 hand on another member. `org-alias ALIAS` signs the org's alias into org/alias; a daemon with
@@ -88,7 +89,7 @@ def format_status(rep: StatusReport, now: float) -> str:
     for m in rep.members:
         state = m.state if m.trusted else f"{m.state},untrusted"
         rows.append((
-            m.name or "-",
+            m.name or ("(org vouch)" if m.admission == "org vouch" else "-"),
             m.identity_key[:8],
             m.mesh_ipv4,
             m.endpoint or "-",
@@ -286,8 +287,10 @@ def cmd_org_revoke(args: argparse.Namespace) -> int:
     line = org_gossip.format_line(rev)
     store.write_file(out, f"# meshguard org revocation of {name}\n{line}".encode())
     trust = TrustStore.load(cfg)
+    vouched = (org.public_key.raw, node_key) in trust.vouches
     trust.revoke(Revocation("cert", node_key, org.public_key.raw, org_gossip.format_label(rev)))
-    print(f"revoked the certificate of {name} ({node_key.hex()[:12]}); signed revocation "
+    what = "vouch for" if vouched else "certificate of"  # a vouch ends like a certificate
+    print(f"revoked the {what} {name} ({node_key.hex()[:12]}); signed revocation "
           f"written to {out}")
     print("a daemon running here spreads it through the mesh now; elsewhere run "
           f"`meshguard org-revoke --import {out}`")

@@ -28,8 +28,9 @@ _DAEMON = "meshguard.cli.daemon_commands"
 _CONNECT = "meshguard.cli.connect_command"
 _PING = "meshguard.cli.ping_command"
 _POLICY = "meshguard.cli.policy_commands"
+_VOUCH = "meshguard.cli.vouch_command"
 # in the order `--help` lists them
-COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _CONNECT, _PING, _POLICY)
+COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _VOUCH, _CONNECT, _PING, _POLICY)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -40,6 +41,7 @@ COMMANDS = {
     **dict.fromkeys(("down", "status", "org-revoke", "org-alias"), _DAEMON),
     "ping": _PING,
     **dict.fromkeys(("service", "org-policy"), _POLICY),
+    "org-vouch": _VOUCH,
 }
 
 

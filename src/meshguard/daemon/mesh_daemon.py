@@ -21,8 +21,8 @@ This module is what both modes share: configuration, identity, trust, membership
 events, DNS and the control socket. Everything created is recorded on an exit stack and undone
 on any failure or at shutdown, so a failed start leaves no interface and no socket behind.
 SIGTERM/SIGINT and the `down` request leave the mesh gracefully; SIGHUP and a change of any file
-under authorized_keys/, trusted_orgs/ or revocations (mtimes polled every TRUST_POLL seconds)
-reload the trust store.
+under authorized_keys/, trusted_orgs/, vouched/ or revocations (mtimes polled every TRUST_POLL
+seconds) reload the trust store.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from meshguard.dns.resolver import Resolver, build_table
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
-from meshguard.mesh import org_gossip
+from meshguard.mesh import org_gossip, org_wiring
 from meshguard.mesh.node import (
     Action,
     Joined,
@@ -76,6 +76,7 @@ from meshguard.mesh.node import (
     RevocationLearned,
     SelfAddressChanged,
     StunResult,
+    VouchLearned,
 )
 from meshguard.mesh.roaming import Reannounce, Roaming
 from meshguard.mesh.swim_port import SwimPort, build_membership
@@ -329,6 +330,7 @@ class MeshDaemon:
         if node is None or trust is None:
             return []
         actions = node.announce_revocations(trust.signed_revocations(), self.clock.wall())
+        org_wiring.announce_vouches(node, trust.vouches())  # vouched/ (identity/vouch.py)
         path = self.config_dir / store.ORG_DIR / ALIAS_FILE
         try:
             text = path.read_text(encoding="utf-8")
@@ -349,6 +351,12 @@ class MeshDaemon:
             self.trust.store.revoke(rev)
         except (MeshguardError, OSError) as exc:
             log.error("cannot record the revocation in %s: %s", self.config_dir, exc)
+        self._retrust()
+
+    def _retrust(self) -> None:
+        """The trust store changed in memory: the node and SWIM ask admission again."""
+        if self.trust is None or self.node is None:
+            return
         c = self.clock
         acts = self.node.set_trust(self.trust, c.wall())
         acts += self.membership.trust_changed(c.monotonic(), c.wall())
@@ -404,6 +412,9 @@ class MeshDaemon:
                 self._ready("joined the mesh")
             elif isinstance(a, RevocationLearned):
                 self._persist_revocation(a.revocation)
+            elif isinstance(a, VouchLearned) and self.trust is not None:
+                if self.trust.keep_vouch(a.vouch):  # into vouched/, then admitted
+                    self._retrust()
             else:
                 log.debug("event: %s", a)
         if changes:

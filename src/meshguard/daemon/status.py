@@ -94,6 +94,7 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             endpoint=format_endpoint(ep or m.wg_endpoint),
             state=m.state,
             trusted=adm.admitted,
+            admission=adm.reason,
             tunnel=tunnel,
             last_handshake=hs or None,
             rx_bytes=rx,

@@ -3,9 +3,14 @@ the node keep one object while the files under the config directory change."""
 
 from __future__ import annotations
 
+import logging
+
+from meshguard.errors import MeshguardError
 from meshguard.identity.trust import Admission, TrustStore
 from meshguard.mesh import org_gossip
-from meshguard.wire.org import CertRevocation
+from meshguard.wire.org import CertRevocation, OrgVouch
+
+log = logging.getLogger("meshguard.daemon")
 
 
 class TrustHolder:
@@ -30,3 +35,21 @@ class TrustHolder:
                 if sr is not None:
                     out.append(sr)
         return out
+
+    def vouches(self) -> list[OrgVouch]:
+        """The vouches kept in vouched/ (re-gossiped, so newcomers get them)."""
+        return list(self.store.vouches.values())
+
+    def keep_vouch(self, v: OrgVouch) -> bool:
+        """A vouch learned from the mesh goes into vouched/ (atomic) and admits from now on;
+        True if the trust store changed."""
+        try:
+            result = self.store.add_vouch(v)
+        except (MeshguardError, OSError) as exc:
+            log.error("cannot keep the vouch of org %s for %s: %s", v.org_key.hex()[:12],
+                      v.node_key.hex()[:12], exc)
+            return False
+        if result == "accepted":
+            log.info("org %s vouches for %s: admitted (org vouch)", v.org_key.hex()[:12],
+                     v.node_key.hex()[:12])
+        return result == "accepted"

@@ -69,6 +69,15 @@ class RevocationInfo(TypedDict):
     label: str | None
 
 
+class VouchInfo(TypedDict):
+    node_key: str
+    org_key: str
+    org_domain: str
+    lamport: int
+    admits: bool  # the org is trusted here and nothing revoked the node
+    admission: str  # "org vouch", or why not
+
+
 class Overview(TypedDict):
     schema: int
     config_dir: str
@@ -79,6 +88,7 @@ class Overview(TypedDict):
     peers: list[PeerInfo]
     orgs: list[TrustedOrgInfo]
     revocations: list[RevocationInfo]
+    vouches: list[VouchInfo]
     problems: list[str]
 
 
@@ -170,6 +180,17 @@ def describe(config_dir: Path, now_wall: float) -> Overview:
             }
             for r in trust.revocations
         ],
+        "vouches": [
+            {
+                "node_key": b64encode(v.node_key),
+                "org_key": b64encode(v.org_key),
+                "org_domain": org_domain(v.org_key),
+                "lamport": v.lamport,
+                "admits": trust.vouch_problem(v) is None,
+                "admission": trust.vouch_problem(v) or "org vouch",
+            }
+            for v in sorted(trust.vouches.values(), key=lambda v: (v.node_key, v.org_key))
+        ],
         "problems": problems + trust.problems,
     }
 
@@ -212,5 +233,15 @@ def render_text(info: Overview) -> str:
         what = f"{r['org_key']} -> {r['key']}" if r["kind"] == "cert" else r["key"]
         label = f"  ({r['label']})" if r["label"] else ""
         lines.append(f"  {r['kind']:<4} {what}{label}")
+    lines.append(f"vouched nodes: {len(info['vouches'])}")
+    for v in info["vouches"]:
+        state = "org vouch" if v["admits"] else (
+            "not admitted: org not trusted here" if v["admission"] == "untrusted"
+            else "not admitted: revoked")
+        try:
+            when = _iso(v["lamport"])
+        except (ValueError, OverflowError, OSError):  # a lamport beyond the calendar
+            when = str(v["lamport"])
+        lines.append(f"  {v['node_key']}  by {v['org_domain']} ({state}, signed {when})")
     lines += [f"warning: {p}" for p in info["problems"]]
     return "\n".join(lines) + "\n"

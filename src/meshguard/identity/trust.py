@@ -3,6 +3,8 @@
     authorized_keys/<name>.pub    one trusted node key (base64 + "\\n")
     trusted_orgs/<name>.org       one trusted org key; nodes with a valid cert from it are trusted
     revocations                   persistent refusals, one per line (format below)
+    vouched/<hex16>.vouch         an org's signed vouch for a node without its certificate
+                                  (identity/vouch.py); admits it while the org is trusted
 
 `revocations` is a text file that wins over everything else: a revoked key is refused even if
 its .pub file is copied back, and a revoked org certificate is refused even though the org is
@@ -27,11 +29,12 @@ from pathlib import Path
 
 from meshguard.crypto.keys import KEY_LEN, Ed25519PublicKey, b64encode
 from meshguard.errors import ConfigError, KeyFormatError, MeshguardError
-from meshguard.identity import store
+from meshguard.identity import store, vouch
 from meshguard.identity.addressing import org_domain
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError, TrustError
 from meshguard.identity.names import is_dns_label, validate_label
+from meshguard.wire.org import OrgVouch
 
 PEER_SUFFIX = ".pub"
 ORG_SUFFIX = ".org"
@@ -46,6 +49,8 @@ class Admission:
     reason: str
     name: str | None = None
     org_domain: str | None = None
+    # the trusted orgs whose certificate or vouch admits the node (policy MemberInfo.orgs)
+    orgs: tuple[bytes, ...] = ()
 
     def __bool__(self) -> bool:
         return self.admitted
@@ -136,6 +141,8 @@ class TrustStore:
     orgs: dict[str, bytes] = field(default_factory=dict)  # name -> org key
     revocations: list[Revocation] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    vouches: dict[tuple[bytes, bytes], OrgVouch] = field(default_factory=dict)  # (org, node)
+    vouch_paths: dict[tuple[bytes, bytes], Path] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config_dir: Path) -> TrustStore:
@@ -149,7 +156,9 @@ class TrustStore:
             text = ""
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read {path} ({exc}); fix its permissions") from None
-        return cls(config_dir, peers, orgs, parse_revocations(text, path), problems)
+        vouched = vouch.load_vouches(config_dir)
+        return cls(config_dir, peers, orgs, parse_revocations(text, path),
+                   problems + vouched.problems, vouched.vouches, vouched.paths)
 
     # --- queries ---
 
@@ -193,14 +202,34 @@ class TrustStore:
                 cert_problem = self._certificate_problem(cert, node_key, now_wall) or ""
         cert_ok = cert is not None and not cert_problem
         domain = org_domain(cert.org_key) if cert is not None and cert_ok else None
+        vouchers = self.vouching_orgs(node_key)
+        orgs = tuple(dict.fromkeys(
+            ([cert.org_key] if cert is not None and cert_ok else []) + list(vouchers)))
         names = self.peer_names(node_key)
         if names:
-            return Admission(True, "authorized key", names[0], domain)
+            return Admission(True, "authorized key", names[0], domain, orgs)
         if cert is not None and cert_ok:
-            return Admission(True, "org certificate", cert.name, domain)
+            return Admission(True, "org certificate", cert.name, domain, orgs)
+        if vouchers:
+            return Admission(True, "org vouch", None, org_domain(vouchers[0]), orgs)
         if certificate is None:
             return Admission(False, "unknown key")
         return Admission(False, cert_problem)
+
+    def vouch_problem(self, v: OrgVouch) -> str | None:
+        """Why the (signature-checked) vouch `v` admits nobody here, or None if it does."""
+        if not self.org_names(v.org_key):
+            return "untrusted"
+        if self.is_org_revoked(v.org_key) or self.is_key_revoked(v.node_key) \
+                or self.is_cert_revoked(v.org_key, v.node_key):
+            return "revoked"
+        return None
+
+    def vouching_orgs(self, node_key: bytes) -> tuple[bytes, ...]:
+        """The trusted, unrevoked orgs whose vouch for `node_key` stands (sorted)."""
+        node_key = bytes(node_key)
+        return tuple(sorted(org for (org, node), v in self.vouches.items()
+                            if node == node_key and self.vouch_problem(v) is None))
 
     def _certificate_problem(
         self, cert: NodeCertificate, node_key: bytes, now_wall: float
@@ -245,6 +274,27 @@ class TrustStore:
         table[name] = key
         return path
 
+    def add_vouch(self, v: OrgVouch) -> str:
+        """Keep a vouch (from `org-vouch` or the mesh) in vouched/: "accepted", "known" (this
+        org already vouches for the node: the first vouch stays), "untrusted", "revoked" or
+        "invalid" (bad signature). Cheap checks first; the file is written atomically."""
+        if v.target in self.vouches:
+            return "known"
+        problem = self.vouch_problem(v)
+        if problem is not None:
+            return problem
+        if not vouch.vouch_valid(v):
+            return "invalid"
+        self.vouch_paths[v.target] = vouch.write_vouch(self.config_dir, v)
+        self.vouches[v.target] = v
+        return "accepted"
+
+    def _drop_vouch(self, target: tuple[bytes, bytes]) -> None:
+        path = self.vouch_paths.pop(target, None)
+        self.vouches.pop(target, None)
+        if path is not None:
+            store.remove_file(path)
+
     def _reread_revocations(self) -> list[Revocation]:
         path = self.config_dir / store.REVOCATIONS
         try:
@@ -270,9 +320,13 @@ class TrustStore:
         with store.locked(self.config_dir / store.REVOCATIONS_LOCK):
             current = self._reread_revocations()
             self.revocations = current
-            if any(r.same_target(revocation) for r in current):
-                return False
-            self._write_revocations([*current, revocation])
+            known = any(r.same_target(revocation) for r in current)
+            if not known:
+                self._write_revocations([*current, revocation])
+        if revocation.kind == "cert" and revocation.org_key is not None:
+            self._drop_vouch((revocation.org_key, revocation.key))  # that org's vouch ends
+        if known:
+            return False
         if revocation.kind == "key":
             for name in self.peer_names(revocation.key):
                 store.remove_file(self._key_path(name, org=False))
@@ -340,9 +394,10 @@ def trust_stamp(config_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """A cheap fingerprint of the trust files (names, sizes, mtimes): when it changes, a
     daemon should `TrustStore.load` again. Missing directories simply contribute nothing."""
     entries: list[tuple[str, int, int]] = []
-    # services/ and policies/ too: the daemon's policies follow them (daemon/policy_runner.py)
+    # services/ and policies/ too: the daemon's policies follow them (daemon/policy_runner.py);
+    # vouched/: the org vouches (identity/vouch.py)
     for sub in (store.AUTHORIZED_KEYS, store.TRUSTED_ORGS, "services", "services/peer",
-                "services/org", "policies"):
+                "services/org", "policies", vouch.VOUCHED_DIR):
         directory = config_dir / sub
         try:
             st = directory.stat()

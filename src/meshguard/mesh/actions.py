@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from meshguard.mesh.org_gossip import AliasLearned, RevocationLearned
+from meshguard.mesh.org_gossip import AliasLearned, RevocationLearned, VouchLearned
 from meshguard.nat.holepunch import PunchRendezvous
 from meshguard.nat.relay import RelayDelivered
 from meshguard.sansio import Endpoint
@@ -18,7 +18,7 @@ from meshguard.wireguard.actions import Action as DeviceAction
 
 __all__ = ["ROUTED_STATES", "Action", "AliasLearned", "IPNetwork", "Joined", "MemberView",
            "PeerConfig", "PeerDown", "PeerUp", "ReflexiveEndpoint", "RevocationLearned",
-           "SelfAddressChanged", "StunResult"]
+           "SelfAddressChanged", "StunResult", "VouchLearned"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ROUTED_STATES = frozenset({"alive", "suspect"})  # the member states that get a tunnel
@@ -96,7 +96,7 @@ class ReflexiveEndpoint:
 
 
 Action = (DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
-          | RevocationLearned | AliasLearned | ReflexiveEndpoint
+          | RevocationLearned | AliasLearned | VouchLearned | ReflexiveEndpoint
           # kernel mode only (no Device here): for the shell's kernel traversal
           # (mesh/kernel_traversal.py, daemon/kernel_paths.py)
           | PunchRendezvous | RelayDelivered)

@@ -8,7 +8,8 @@ Order of checks (cheapest first, no allocation):
    Join 0x05, JoinAck 0x06, Leave 0x07, SyncReq 0x08, SyncData 0x09, ... as wire/gossip.py
    lists them; RelayData 0x31 (one MACed relay hop, wire/relay.py); HolepunchRequest 0x33 and
    HolepunchResponse 0x34 (a stage byte: 0 through the rendezvous, 1 a direct probe or its
-   answer, wire/holepunch.py); OrgAliasAnnounce 0x41 and OrgCertRevoke 0x42 (wire/org.py);
+   answer, wire/holepunch.py); OrgAliasAnnounce 0x41, OrgCertRevoke 0x42 and OrgTrustVouch 0x43
+   (wire/org.py);
    PathProbe 0x51 and PathProbeAck 0x52 (wire/path_probe.py); new types take new numbers);
 anything else (empty, unknown type byte) is garbage, which the caller counts and drops.
 
@@ -27,7 +28,7 @@ STUN_MAGIC = b"\x21\x12\xa4\x42"
 
 # NAT and org messages (docs/wire-format.md#message-types): RelayData, HolepunchRequest/Response,
 # OrgAliasAnnounce, OrgCertRevoke, PathProbe/PathProbeAck
-NAT_ORG_TYPES = frozenset({0x31, 0x33, 0x34, 0x41, 0x42, 0x51, 0x52})
+NAT_ORG_TYPES = frozenset({0x31, 0x33, 0x34, 0x41, 0x42, 0x43, 0x51, 0x52})
 # every SWIM type wire/gossip.py defines (new ones are picked up automatically) plus the above
 GOSSIP_TYPES = SWIM_TYPES | NAT_ORG_TYPES
 

@@ -73,6 +73,7 @@ from meshguard.mesh.actions import (
     RevocationLearned,
     SelfAddressChanged,
     StunResult,
+    VouchLearned,
 )
 from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.member_views import LazyView, punch_peers, relay_peers
@@ -99,7 +100,7 @@ from meshguard.wireguard.actions import SendDatagram
 __all__ = ["KEEPALIVE", "TRUST_RECHECK", "Action", "Admitter", "AliasLearned", "DevicePort",
            "Endpoint", "Joined", "MemberView", "MembershipPort", "MeshNode", "PeerBackend",
            "PeerConfig", "PeerDown", "PeerUp", "ReflexiveEndpoint", "RevocationLearned",
-           "SelfAddressChanged", "StunPort", "StunResult"]
+           "SelfAddressChanged", "StunPort", "StunResult", "VouchLearned"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class _Cached:
     reason: str
     checked: float
     org_domain: str | None = None
+    orgs: tuple[bytes, ...] = ()  # the orgs whose certificate or vouch admits it
 
 
 @dataclass
@@ -506,7 +508,7 @@ class MeshNode:
         if c is None:
             try:
                 res = self.trust.admit(m.identity_key, m.certificate, wall)
-                c = _Cached(res.admitted, res.name, res.reason, wall, res.org_domain)
+                c = _Cached(res.admitted, res.name, res.reason, wall, res.org_domain, res.orgs)
             except Exception as exc:  # a malformed certificate from the network: not admitted
                 self.counters["admission_errors"] += 1
                 c = _Cached(False, None, f"error: {exc}", wall)
@@ -517,6 +519,8 @@ class MeshNode:
                     c = _Cached(True, c.name, c.reason, wall, None)
                 else:
                     c = _Cached(False, None, "certificate revoked", wall)
+            if c.reason == "org vouch" and self.org is not None:
+                c = org_wiring.vouch_standing(self.org, m.identity_key, c)
             self._admission[ck] = c
         return c
 

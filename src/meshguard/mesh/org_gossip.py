@@ -1,4 +1,4 @@
-"""Org revocations and aliases that spread through the mesh and persist (sans-IO).
+"""Org revocations, vouches and aliases that spread through the mesh and persist (sans-IO).
 
 The original meshguard kept revocations in memory on receivers and never sent aliases
 (docs/compatibility.md). Here an org admin signs an `OrgCertRevoke` ("org O no longer vouches for
@@ -36,6 +36,14 @@ certificate from another org or an authorized key. The store is bounded per org
 (MAX_ITEMS_STORED): beyond it that org's new items are counted and dropped, and no org can
 crowd out another's.
 
+Vouches (`OrgTrustVouch`, identity/vouch.py: "org O admits node N, which holds no
+certificate") travel exactly like revocations, with the same link MAC, budgets and rounds. One
+is accepted only from a trusted org, with a valid signature, for an (org, node) this core knows
+no revocation of; a duplicate (org, node) is dropped (the first vouch stays). A revocation of
+(org, node) removes O's vouch (another org's vouch for N stands), and no later copy of it is
+taken. The shell persists each `VouchLearned` in `vouched/`, where the trust store admits by
+it.
+
 Aliases (`OrgAliasAnnounce`) travel the same way; each org has one, the newest `issued_at`
 wins. An `issued_at` that is negative or more than MAX_FUTURE seconds ahead of the receiver's
 clock is refused, so an org can neither backdate a claim nor pin its alias against a later
@@ -66,11 +74,12 @@ from meshguard.crypto.hashes import equal, mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode, ed25519_verify
 from meshguard.errors import WireFormatError
 from meshguard.identity.names import is_dns_label
+from meshguard.identity.vouch import vouch_valid
 from meshguard.mesh.link_keys import derive_link_key
 from meshguard.rng import Rng
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import org as wire
-from meshguard.wire.org import AliasAnnouncement, CertRevocation
+from meshguard.wire.org import AliasAnnouncement, CertRevocation, OrgVouch
 
 ROUND = 1.0  # seconds between push rounds (the SWIM protocol period)
 FANOUT = 3  # members pushed to per round
@@ -192,7 +201,14 @@ class AliasLearned:
     alias: AliasAnnouncement
 
 
-OrgAction = SendDatagram | RevocationLearned | AliasLearned
+@dataclass(frozen=True, slots=True)
+class VouchLearned:
+    """A valid org vouch arrived: persist it in vouched/ (the shell's job)."""
+
+    vouch: OrgVouch
+
+
+OrgAction = SendDatagram | RevocationLearned | AliasLearned | VouchLearned
 
 
 def _no_peers() -> Sequence[Endpoint]:
@@ -232,6 +248,7 @@ class OrgGossip:
     wg_private: X25519PrivateKey | None = None
     revocations: dict[tuple[bytes, bytes], CertRevocation] = field(default_factory=dict)
     aliases: dict[bytes, AliasAnnouncement] = field(default_factory=dict)  # by org key
+    vouches: dict[tuple[bytes, bytes], OrgVouch] = field(default_factory=dict)  # (org, node)
     counters: Counter[str] = field(default_factory=Counter)
     identity_key: bytes = b""
     # WireGuard key -> identity of a member with a tunnel (one dict lookup per packet)
@@ -241,6 +258,7 @@ class OrgGossip:
     peers: Callable[[], Sequence[Endpoint]] = _no_peers  # the live members' gossip endpoints
     trusted_orgs: Callable[[], Collection[bytes]] = _no_orgs  # asked after a packet's MAC
     _per_org: Counter[bytes] = field(default_factory=Counter)  # revocations stored per org
+    _vouches_per_org: Counter[bytes] = field(default_factory=Counter)
     _budget: dict[tuple[str, bytes, bytes], int] = field(default_factory=dict)
     _seen_peers: set[Endpoint] = field(default_factory=set)
     _next_round: float = float("-inf")
@@ -291,6 +309,21 @@ class OrgGossip:
             self._bad.pop(next(iter(self._bad)))
         self._bad[key] = None
 
+    def _signature_ok(self, seen: bytes, what: str, valid: Callable[[], bool],
+                      sender: bytes | None, now: float) -> bool:
+        """The last, costly check of an item (`seen`: its bytes): not failed before, within
+        the sender's and the global budget, then its signature (counted as `what`_...)."""
+        if seen in self._bad:
+            self.counters[f"{what}_seen_bad"] += 1
+            return False
+        if not self._may_verify(sender, now):
+            return False
+        if not valid():
+            self._remember_bad(seen)
+            self.counters[f"{what}_bad_signature"] += 1
+            return False
+        return True
+
     def add_revocation(self, r: CertRevocation, trusted_orgs: Collection[bytes], *,
                        sender: bytes | None = None, now: float = 0.0) -> bool:
         """Accept a revocation (local, or from the member whose WireGuard key is `sender`);
@@ -306,19 +339,41 @@ class OrgGossip:
             return False
         seen = r.org_key + r.node_key + r.signature + r.revoked_at.to_bytes(8, "little",
                                                                             signed=True)
-        if seen in self._bad:
-            self.counters["org_revoke_seen_bad"] += 1
-            return False
-        if not self._may_verify(sender, now):
-            return False
-        if not revocation_valid(r):
-            self._remember_bad(seen)
-            self.counters["org_revoke_bad_signature"] += 1
+        if not self._signature_ok(seen, "org_revoke", lambda: revocation_valid(r), sender, now):
             return False
         self.revocations[r.target] = r
         self._per_org[r.org_key] += 1
         self._budget[("r", *r.target)] = self._rounds()
         self.counters["org_revoke_accepted"] += 1
+        if self.vouches.pop(r.target, None) is not None:  # only this org's vouch ends
+            self._vouches_per_org[r.org_key] -= 1
+            self._budget.pop(("v", *r.target), None)
+            self.counters["org_vouch_revoked"] += 1
+        return True
+
+    def add_vouch(self, v: OrgVouch, trusted_orgs: Collection[bytes], *,
+                  sender: bytes | None = None, now: float = 0.0) -> bool:
+        """Accept a vouch (local, or from the member whose WireGuard key is `sender`); True
+        if it is new and valid. Every cheap check comes before the signature check."""
+        if v.target in self.vouches:
+            self.counters["org_vouch_known"] += 1
+            return False
+        if v.org_key not in trusted_orgs:
+            self.counters["org_vouch_untrusted"] += 1
+            return False
+        if v.target in self.revocations:
+            self.counters["org_vouch_revoked_refused"] += 1
+            return False
+        if self._vouches_per_org[v.org_key] >= MAX_ITEMS_STORED:
+            self.counters["org_vouch_full"] += 1
+            return False
+        seen = b"v" + v.org_key + v.node_key + v.signature + v.lamport.to_bytes(8, "little")
+        if not self._signature_ok(seen, "org_vouch", lambda: vouch_valid(v), sender, now):
+            return False
+        self.vouches[v.target] = v
+        self._vouches_per_org[v.org_key] += 1
+        self._budget[("v", *v.target)] = self._rounds()
+        self.counters["org_vouch_accepted"] += 1
         return True
 
     def add_alias(self, a: AliasAnnouncement, trusted_orgs: Collection[bytes],
@@ -429,6 +484,10 @@ class OrgGossip:
                 revs = wire.decode_revocations(body)
                 return [RevocationLearned(r) for r in revs
                         if self.add_revocation(r, trusted_orgs, sender=sender, now=now)]
+            if body[:1] == bytes([wire.ORG_TRUST_VOUCH]):
+                vouches = wire.decode_vouches(body)
+                return [VouchLearned(v) for v in vouches
+                        if self.add_vouch(v, trusted_orgs, sender=sender, now=now)]
             aliases = wire.decode_aliases(body)
         except WireFormatError:
             self.counters["org_garbage"] += 1
@@ -436,12 +495,14 @@ class OrgGossip:
         return [AliasLearned(a) for a in aliases
                 if self.add_alias(a, trusted_orgs, wall, sender=sender, now=now)]
 
-    def _packets(self, revs: Sequence[CertRevocation], aliases: Sequence[AliasAnnouncement]
-                 ) -> list[bytes]:
+    def _packets(self, revs: Sequence[CertRevocation], aliases: Sequence[AliasAnnouncement],
+                 vouches: Sequence[OrgVouch] = ()) -> list[bytes]:
         """Packet bodies (each within wire.MAX_BODY) carrying these items."""
         out = []
         for i in range(0, len(revs), wire.MAX_ITEMS):
             out.append(wire.encode_revocations(revs[i : i + wire.MAX_ITEMS]))
+        for i in range(0, len(vouches), wire.MAX_ITEMS):
+            out.append(wire.encode_vouches(vouches[i : i + wire.MAX_ITEMS]))
         chunk: list[AliasAnnouncement] = []
         size = wire.HEADER_LEN
         for a in aliases:
@@ -456,7 +517,8 @@ class OrgGossip:
         return out
 
     def _everything(self) -> list[bytes]:
-        return self._packets(list(self.revocations.values()), list(self.aliases.values()))
+        return self._packets(list(self.revocations.values()), list(self.aliases.values()),
+                             list(self.vouches.values()))
 
     def _sealed(self, bodies: Sequence[bytes], targets: Iterable[Endpoint],
                 links: Mapping[Endpoint, OrgLink], missed: set[Endpoint] | None = None
@@ -483,7 +545,7 @@ class OrgGossip:
         peers = self.peers()
         self._members = len(peers) + 1
         out: list[OrgAction] = []
-        if not self.revocations and not self.aliases:
+        if not self.has_items():
             return out  # (members met before the first item count as new then: cheap)
         links: Mapping[Endpoint, OrgLink] = self.links() if self.links is not None else {}
         # anti-entropy for members we have not met before
@@ -512,16 +574,20 @@ class OrgGossip:
         pending = sorted(self._budget.items(), key=lambda kv: -kv[1])
         revs = [self.revocations[(k[1], k[2])] for k, _ in pending if k[0] == "r"]
         aliases = [self.aliases[k[1]] for k, _ in pending if k[0] == "a"]
+        vouches = [self.vouches[(k[1], k[2])] for k, _ in pending if k[0] == "v"]
         revs, aliases = revs[: wire.MAX_ITEMS], aliases[: wire.MAX_ITEMS]
+        vouches = vouches[: wire.MAX_ITEMS]
         for r in revs:
             self._spend(("r", *r.target))
+        for v in vouches:
+            self._spend(("v", *v.target))
         for a in aliases:
             self._spend(("a", a.org_key, b""))
         if not peers:
             return []
         targets = list(peers)
         self.rng.shuffle(targets)  # type: ignore[arg-type]
-        return self._sealed(self._packets(revs, aliases), targets[:FANOUT], links)
+        return self._sealed(self._packets(revs, aliases, vouches), targets[:FANOUT], links)
 
     def _spend(self, key: tuple[str, bytes, bytes]) -> None:
         left = self._budget[key] - 1
@@ -530,8 +596,11 @@ class OrgGossip:
         else:
             self._budget[key] = left
 
+    def has_items(self) -> bool:
+        return bool(self.revocations or self.aliases or self.vouches)
+
     def next_deadline(self) -> float | None:
-        if not self.revocations and not self.aliases:
+        if not self.has_items():
             return None
         ds = [self._next_sync]
         if self._budget:

@@ -1,33 +1,39 @@
-"""The mesh node's side of org messages: OrgCertRevoke (0x42) and OrgAliasAnnounce (0x41)
-between MeshNode (mesh/node.py) and its optional org core (mesh/org_gossip.py).
+"""The mesh node's side of org messages: OrgCertRevoke (0x42), OrgTrustVouch (0x43) and
+OrgAliasAnnounce (0x41) between MeshNode (mesh/node.py) and its optional org core
+(mesh/org_gossip.py).
 
 MeshNode calls in here from a few places only:
 
 * `receive` for each org datagram, `tick` from its tick (a push is due or the members
-  changed), `announce_revocations` and `announce_alias` for local ones;
+  changed), `announce_revocations`, `announce_vouches` and `announce_alias` for local ones;
 * `bind` tells the org core who the members are (its packets are MACed member to member):
   the members with a tunnel, their gossip endpoints and the trusted orgs;
 * `learned` applies what the core learned: a new revocation takes effect at once (the
   admission cache is dropped and the node reconciles, so a member admitted only by the revoked
-  certificate loses its tunnel in the same call), a new alias changes the DNS names.
+  certificate or vouch loses its tunnel in the same call), a new alias changes the DNS names.
+  A new vouch goes to the shell as `VouchLearned`: the trust store admits by it once the
+  shell has kept it in vouched/ (daemon/mesh_daemon.py), and the node then reconciles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from meshguard.identity.addressing import org_domain
 from meshguard.mesh.actions import Action, AliasLearned, RevocationLearned
 from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
 from meshguard.sansio import Endpoint, SendDatagram
-from meshguard.wire.org import AliasAnnouncement, CertRevocation
+from meshguard.wire.org import AliasAnnouncement, CertRevocation, OrgVouch
 
 if TYPE_CHECKING:
-    from meshguard.mesh.node import MeshNode
+    from meshguard.mesh.node import MeshNode, _Cached
 
 log = logging.getLogger(__name__)
 
-__all__ = ["announce_alias", "announce_revocations", "bind", "learned", "receive", "tick"]
+__all__ = ["announce_alias", "announce_revocations", "announce_vouches", "bind", "learned",
+           "receive", "tick"]
 
 
 def bind(node: MeshNode, org: OrgGossip, wall: float | None) -> None:
@@ -63,7 +69,7 @@ def tick(node: MeshNode, now: float, wall: float) -> list[Action]:
     """The org core's pushes: only when one is due or the members changed (new ones get
     everything)."""
     org = node.org
-    if org is None or not (org.revocations or org.aliases):
+    if org is None or not org.has_items():
         return []
     due = org.next_deadline()
     if node._org_seen != node.names_version or (due is not None and now >= due):
@@ -120,6 +126,16 @@ def announce_revocations(node: MeshNode, revs: list[CertRevocation], wall: float
     return list(node.reconcile(wall))
 
 
+def announce_vouches(node: MeshNode, vouches: list[OrgVouch]) -> int:
+    """Vouches from vouched/ (made here by `org-vouch`, or kept from the mesh): the new and
+    valid ones start spreading; returns how many. The trust store admits by them already."""
+    if node.org is None:
+        return 0
+    bind(node, node.org, None)
+    trusted = node.trusted_orgs()
+    return sum(1 for v in vouches if node.org.add_vouch(v, trusted))
+
+
 def announce_alias(node: MeshNode, alias: AliasAnnouncement, wall: float | None = None
                    ) -> bool:
     """This org's own alias (org/alias); with `wall`, one dated in the future is refused
@@ -131,3 +147,16 @@ def announce_alias(node: MeshNode, alias: AliasAnnouncement, wall: float | None 
         return False
     node.names_version += 1
     return True
+
+
+
+def vouch_standing(org: OrgGossip, node_key: bytes, c: _Cached) -> _Cached:
+    """A vouch admission less the vouching orgs whose revocation of the node the org core
+    learned before the trust store did: refused once no vouching org is left."""
+    left = tuple(o for o in c.orgs if (o, node_key) not in org.revocations)
+    if left == c.orgs:
+        return c
+    if not left:
+        return dataclasses.replace(c, admitted=False, reason="vouch revoked", orgs=(),
+                                   org_domain=None)
+    return dataclasses.replace(c, org_domain=org_domain(left[0]), orgs=left)

@@ -25,6 +25,7 @@ from meshguard.identity.trust import (
     Revocation,
     parse_revocations,
 )
+from meshguard.identity.vouch import parse_vouch, sign_vouch, vouch_valid
 from meshguard.identity.wgkey import WgKeyVouch, vouch_wg_key
 from meshguard.mesh import demux, org_gossip
 from meshguard.nat.stun_client import StunClient
@@ -111,12 +112,25 @@ def _org(data: bytes) -> None:
         _roundtrip("OrgCertRevoke", body, org.encode_revocations(revs))
         for r in revs:
             org_gossip.revocation_valid(r)
+    elif body[:1] == bytes([org.ORG_TRUST_VOUCH]):
+        vouches = org.decode_vouches(body)
+        _roundtrip("OrgTrustVouch", body, org.encode_vouches(vouches))
+        for v in vouches:
+            vouch_valid(v)
     else:
         aliases = org.decode_aliases(body)
         _roundtrip("OrgAliasAnnounce", body, org.encode_aliases(aliases))
         for a in aliases:
             org_gossip.alias_valid(a)
             org_gossip.alias_problem(a.alias)
+
+
+def _org_vouch_file(data: bytes) -> None:
+    """A `vouched/*.vouch` file (identity/vouch.py): exactly 136 bytes or nothing."""
+    v = parse_vouch(data)
+    if v is not None:
+        _roundtrip("org vouch file", data, v.to_bytes())
+        vouch_valid(v)
 
 
 def _stun(data: bytes) -> None:
@@ -355,9 +369,11 @@ def _synthetic_org_seeds() -> list[bytes]:
             for i in range(3)]
     aliases = [org_gossip.sign_alias(org_key, "corp", 1_700_000_000),
                org_gossip.sign_alias(org_key, "a" * org.MAX_ALIAS_LEN, 5)]
+    vouches = [sign_vouch(org_key, bytes([i]) * 32, 1_700_000_000 + i) for i in range(2)]
     trailer = bytes(range(32)) + bytes(16)  # a sender's WireGuard key and a link MAC
     return [b + trailer for b in (org.encode_revocations(revs), org.encode_revocations(revs[:1]),
-                                  org.encode_aliases(aliases), org.encode_aliases(aliases[:1]))]
+                                  org.encode_aliases(aliases), org.encode_aliases(aliases[:1]),
+                                  org.encode_vouches(vouches))]
 
 
 def codec_targets() -> dict[str, Target]:
@@ -396,6 +412,8 @@ def codec_targets() -> dict[str, Target]:
         Target("certificate", _certificate_seeds(), _certificate, (CertificateError,)),
         Target("wgkey_vouch", [s[1:] for s in _key_file_seeds() if s[:1] == b"v"]
                + [bytes(104)], _vouch, (KeyFileError,)),
+        Target("org_vouch_file", [sign_vouch(_keys(907)[0], bytes(32), 1_700_000_000).to_bytes()],
+               _org_vouch_file, (WireFormatError,), max_len=512),
         Target("key_files", _key_file_seeds(), _key_files, (KeyFileError,), max_len=512),
         Target("trust_files", _text_seeds(), _text_files, (ConfigError,), max_len=4096),
         Target("gossip_state", _gossip_state_seeds(), _gossip_state_target(), (),

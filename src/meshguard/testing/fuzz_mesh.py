@@ -387,6 +387,11 @@ class NodeHarness:
                 body = org.encode_revocations([dataclasses.replace(r, signature=key.sign(
                     org.revoke_message(r.org_key, r.node_key, r.revoked_at)))
                     if r.org_key == okey else r for r in revs])
+            elif body[0] == org.ORG_TRUST_VOUCH:
+                vouches = org.decode_vouches(body)
+                body = org.encode_vouches([dataclasses.replace(v, signature=key.sign(
+                    org.vouch_message(v.node_key, v.lamport)))
+                    if v.org_key == okey else v for v in vouches])
             else:
                 aliases = org.decode_aliases(body)
                 body = org.encode_aliases([dataclasses.replace(a, signature=key.sign(

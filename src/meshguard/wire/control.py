@@ -49,6 +49,7 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
           "endpoint": "203.0.113.7:51821" | "[2001:db8::1]:51821" | null,
           "state": "alive" | "suspect" | "dead" | "left",
           "trusted": true,              # admitted by the local trust store
+          "admission": "org certificate" | "authorized key" | "org vouch" | "unknown key" | ...,
           "tunnel": true,               # a WireGuard peer is configured for it
           "last_handshake": 1700000000.0 | null,   # unix seconds of the last completed handshake
           "rx_bytes": 0,
@@ -205,6 +206,7 @@ class MemberStatus:
     last_punch: str | None = None
     last_punch_age: float | None = None
     next_punch_in: float | None = None
+    admission: str | None = None  # why the trust store admits it or not (identity/trust.py)
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,8 @@ def _member(m: Mapping[str, object]) -> MemberStatus:
         via_endpoint=_opt_str(m.get("via_endpoint")), own_nat=_opt_str(m.get("own_nat")),
         peer_nat=_opt_str(m.get("peer_nat")), last_punch=_opt_str(m.get("last_punch")),
         last_punch_age=_opt_number(m.get("last_punch_age")),
-        next_punch_in=_opt_number(m.get("next_punch_in")))
+        next_punch_in=_opt_number(m.get("next_punch_in")),
+        admission=_opt_str(m.get("admission")))
 
 
 # a status document's fields, checked as they are read (a TypeError: a malformed document)

@@ -1,4 +1,5 @@
-"""Codec for the org messages OrgAliasAnnounce (0x41) and OrgCertRevoke (0x42); no crypto.
+"""Codec for the org messages OrgAliasAnnounce (0x41), OrgCertRevoke (0x42) and OrgTrustVouch
+(0x43); no crypto.
 
 Every item carries an Ed25519 signature by the org key over a domain-separated message, so an
 item is the same wherever it travels. Each *packet* is also sent from one member to another
@@ -14,6 +15,10 @@ the gossip header of wire/gossip.py (type, b"MG", version 1, a zero byte), so th
     0x41 OrgAliasAnnounce header count(u8) count x alias-item  trailer
          alias-item = org(32) issued_at(i64) alias_len(u8) alias(alias_len) signature(64)
          signed message = b"meshguard org-alias v1\\0" org issued_at(i64) alias_len alias
+    0x43 OrgTrustVouch   header count(u8) count x vouch-item  trailer
+         vouch-item = org(32) node(32) lamport(u64) signature(64)                136 bytes
+         signed message = node lamport(u64)  (the original's vouch, byte for byte: a vouch
+         file in vouched/ holds exactly one item, identity/vouch.py)
     trailer = sender_wg(32) mac(16)    mac = MAC(link key, everything before it)
 
 `encode_*`/`decode_*` handle the body (header and items); `split_link` cuts the trailer off.
@@ -31,7 +36,8 @@ from meshguard.errors import WireFormatError
 
 ORG_ALIAS_ANNOUNCE = 0x41
 ORG_CERT_REVOKE = 0x42
-ORG_TYPES = frozenset({ORG_ALIAS_ANNOUNCE, ORG_CERT_REVOKE})
+ORG_TRUST_VOUCH = 0x43
+ORG_TYPES = frozenset({ORG_ALIAS_ANNOUNCE, ORG_CERT_REVOKE, ORG_TRUST_VOUCH})
 
 _HEADER = struct.Struct("<B2sBB")
 HEADER_LEN = _HEADER.size + 1  # 5-byte gossip header + count byte
@@ -46,6 +52,8 @@ MAX_BODY = MAX_PACKET - LINK_LEN
 
 _REVOKE = struct.Struct("<32s32sq64s")
 REVOKE_ITEM_LEN = _REVOKE.size  # 136
+_VOUCH = struct.Struct("<32s32sQ64s")
+VOUCH_ITEM_LEN = _VOUCH.size  # 136
 _ALIAS_HEAD = struct.Struct("<32sqB")
 _I64 = struct.Struct("<q")
 
@@ -68,6 +76,34 @@ class CertRevocation:
 
 
 @dataclass(frozen=True, slots=True)
+class OrgVouch:
+    """The org `org_key` vouches for `node_key`, a node without its certificate (signed by
+    the org key over node_key || lamport)."""
+
+    org_key: bytes
+    node_key: bytes
+    lamport: int  # unix seconds when signed (informational: a vouch ends only by revocation)
+    signature: bytes
+
+    @property
+    def target(self) -> tuple[bytes, bytes]:
+        return (self.org_key, self.node_key)
+
+    def to_bytes(self) -> bytes:
+        if len(self.signature) != SIG_LEN or len(self.org_key) != KEY_LEN \
+                or len(self.node_key) != KEY_LEN or not 0 <= self.lamport < 2**64:
+            raise WireFormatError("bad vouch field sizes")
+        return _VOUCH.pack(self.org_key, self.node_key, self.lamport, self.signature)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, offset: int = 0) -> OrgVouch:
+        if len(data) - offset < VOUCH_ITEM_LEN:
+            raise WireFormatError("truncated vouch")
+        org, node, lamport, sig = _VOUCH.unpack_from(data, offset)
+        return cls(bytes(org), bytes(node), lamport, bytes(sig))
+
+
+@dataclass(frozen=True, slots=True)
 class AliasAnnouncement:
     """The org `org_key` calls its domain `alias` (a DNS label), as of `issued_at`."""
 
@@ -87,6 +123,14 @@ def revoke_message(org_key: bytes, node_key: bytes, revoked_at: int) -> bytes:
     if len(org_key) != KEY_LEN or len(node_key) != KEY_LEN:
         raise WireFormatError("keys must be 32 bytes")
     return REVOKE_CONTEXT + org_key + node_key + _i64(revoked_at)
+
+
+def vouch_message(node_key: bytes, lamport: int) -> bytes:
+    """What the org signs for a vouch: node(32) || lamport(u64 LE), 40 bytes, no context
+    (the original's message; no other org-signed message is 40 bytes long)."""
+    if len(node_key) != KEY_LEN or not 0 <= lamport < 2**64:
+        raise WireFormatError("bad vouch key or lamport")
+    return bytes(node_key) + lamport.to_bytes(8, "little")
 
 
 def alias_message(org_key: bytes, alias: str, issued_at: int) -> bytes:
@@ -112,6 +156,12 @@ def encode_revocations(items: Sequence[CertRevocation]) -> bytes:
             raise WireFormatError("bad revocation field sizes")
         parts.append(_REVOKE.pack(r.org_key, r.node_key, r.revoked_at, r.signature))
     return b"".join(parts)
+
+
+def encode_vouches(items: Sequence[OrgVouch]) -> bytes:
+    if not 0 < len(items) <= MAX_ITEMS:
+        raise WireFormatError(f"1..{MAX_ITEMS} vouches per packet")
+    return _header(ORG_TRUST_VOUCH, len(items)) + b"".join(v.to_bytes() for v in items)
 
 
 def encode_aliases(items: Sequence[AliasAnnouncement]) -> bytes:
@@ -160,6 +210,14 @@ def decode_revocations(data: bytes) -> tuple[CertRevocation, ...]:
     if len(data) != HEADER_LEN + count * REVOKE_ITEM_LEN:
         raise WireFormatError("revocation packet length mismatch")
     return tuple(CertRevocation(*_REVOKE.unpack_from(data, HEADER_LEN + i * REVOKE_ITEM_LEN))
+                 for i in range(count))
+
+
+def decode_vouches(data: bytes) -> tuple[OrgVouch, ...]:
+    count = _check_header(data, ORG_TRUST_VOUCH)
+    if len(data) != HEADER_LEN + count * VOUCH_ITEM_LEN:
+        raise WireFormatError("vouch packet length mismatch")
+    return tuple(OrgVouch.from_bytes(data, HEADER_LEN + i * VOUCH_ITEM_LEN)
                  for i in range(count))
 
 
