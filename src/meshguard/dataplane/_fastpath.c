@@ -2070,6 +2070,8 @@ fail:
  * the replay window (RFC 6479, the twin of wireguard/keypair.py's ReplayWindow) is under a
  * mutex, and the two ChaCha20-Poly1305 contexts are the data-path thread's alone.
  */
+#include "_fastpath_policy.c"
+
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <sys/epoll.h>
@@ -2425,6 +2427,8 @@ typedef struct {
     socklen_t eplen;
     KeyStateObject *send;
     int clamp; /* the inner MTU TCP SYNs to and from the peer are clamped to; 0: none */
+    int has_key;
+    uint8_t key[32]; /* the peer's public key: its policy chain */
 } PeerSlot;
 
 typedef struct {
@@ -2459,6 +2463,7 @@ typedef struct {
     HostTable hosts[2]; /* IPv4, IPv6 */
     PyObject *refs;  /* the objects the tables point at */
     GuardObject *guard;
+    PolicyObject *policy; /* NULL: no policy in force, nothing judged or tracked */
     double offset; /* the engine's clock - CLOCK_MONOTONIC */
     UpItem *up_head, *up_tail;
     int up_len;
@@ -2712,6 +2717,9 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
     int nmsg = 0, reads = 0;
     size_t used = 0;
     size_t off = dp->vnet ? VNET_HDR_LEN : 0;
+    PolicyObject *pol = dp->policy;
+    if (pol != NULL)
+        pthread_mutex_lock(&pol->mu);
     for (int r = 0; r < limit; r++) {
         uint8_t *rb = dp->rbuf;
         ssize_t got = read(dp->tun_fd, rb, DP_TUN_READ);
@@ -2739,6 +2747,8 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
         }
         const uint8_t *ip = rb + off;
         size_t m = n - off;
+        if (pol != NULL)
+            pf_track(pol, ip, m, now); /* a flow this node opens: its replies pass */
         int ver = ip[0] >> 4, slot;
         if (ver == 4 && m >= 20)
             slot = route_lookup(dp, ip + 16, 0);
@@ -2836,6 +2846,8 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
             i += k;
         }
     }
+    if (pol != NULL)
+        pthread_mutex_unlock(&pol->mu);
     if (reads)
         dp->ctr[C_TUN_RX_BATCHES]++;
     if (nmsg)
@@ -2969,6 +2981,11 @@ static int dp_udp_batch(DataPathObject *dp, double now)
     dp->has_notes = 1;
     int np = 0;
     size_t oused = 0;
+    PolicyObject *pol = dp->policy;
+    const PfChain *chain = NULL;
+    int chain_slot = -1;
+    if (pol != NULL)
+        pthread_mutex_lock(&pol->mu);
     for (int i = 0; i < got; i++) {
         struct msghdr *h = &msgs[i].msg_hdr;
         if (h->msg_flags & MSG_TRUNC) {
@@ -3080,6 +3097,15 @@ static int dp_udp_batch(DataPathObject *dp, double now)
                 dp->ctr[C_BAD_SOURCE]++;
                 continue;
             }
+            if (pol != NULL) {
+                if (re->slot != chain_slot) {
+                    chain = pf_chain_of(pol->t, ps->has_key ? ps->key : NULL);
+                    chain_slot = re->slot;
+                }
+                int counter;
+                if (!pf_passes(pf_judge(pol, pol->t, chain, out, total, now, &counter)))
+                    continue; /* counted in the filter */
+            }
             if (ps->clamp)
                 clamp_mss(out, total, ps->clamp, 0);
             dp->pkts[np].p = out;
@@ -3090,6 +3116,8 @@ static int dp_udp_batch(DataPathObject *dp, double now)
         }
     }
     dp_write_tun(dp, np);
+    if (pol != NULL)
+        pthread_mutex_unlock(&pol->mu);
     return got;
 }
 
@@ -3307,6 +3335,7 @@ static void dp_dealloc(DataPathObject *dp)
         close(dp->wake_fd);
     Py_XDECREF(dp->refs);
     Py_XDECREF((PyObject *)dp->guard);
+    Py_XDECREF((PyObject *)dp->policy);
     if (dp->epfd > 0)
         pthread_mutex_destroy(&dp->mu);
     Py_TYPE(dp)->tp_free((PyObject *)dp);
@@ -3404,11 +3433,18 @@ static PyObject *dp_set_tables(DataPathObject *dp, PyObject *args)
     for (Py_ssize_t i = 0; i < np; i++) {
         PyObject *ep, *ks;
         int clamp = 0;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ps, i), "OO|i", &ep, &ks, &clamp))
+        const char *key = NULL;
+        Py_ssize_t klen = 0;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ps, i), "OO|iz#", &ep, &ks, &clamp, &key,
+                              &klen))
             goto fail;
         if (parse_sockaddr(ep, &peers[i]))
             goto fail;
         peers[i].clamp = clamp > 0 ? clamp : 0;
+        if (key != NULL && klen == 32) {
+            memcpy(peers[i].key, key, 32);
+            peers[i].has_key = 1;
+        }
         if (ks != Py_None) {
             if (!PyObject_TypeCheck(ks, &KeyStateType)) {
                 PyErr_SetString(PyExc_TypeError, "a peer's keys: a KeyState or None");
@@ -3549,6 +3585,20 @@ static PyObject *dp_set_guard(DataPathObject *dp, PyObject *g)
     Py_RETURN_NONE;
 }
 
+static PyObject *dp_set_policy(DataPathObject *dp, PyObject *p)
+{
+    if (p != Py_None && !PyObject_TypeCheck(p, &PolicyType)) {
+        PyErr_SetString(PyExc_TypeError, "policy must be a PolicyFilter or None");
+        return NULL;
+    }
+    lock_mu(dp);
+    PolicyObject *old = dp->policy;
+    dp->policy = p == Py_None ? NULL : (PolicyObject *)Py_NewRef(p);
+    pthread_mutex_unlock(&dp->mu);
+    Py_XDECREF((PyObject *)old);
+    Py_RETURN_NONE;
+}
+
 static PyObject *dp_start(DataPathObject *dp, PyObject *unused)
 {
     if (dp->running)
@@ -3646,6 +3696,8 @@ static PyMethodDef dp_methods[] = {
     {"take_stats", (PyCFunction)dp_take_stats, METH_NOARGS,
      "take_stats() -> {name: n}: the engine counters since the last call (drops excepted)"},
     {"set_guard", (PyCFunction)dp_set_guard, METH_O, "set_guard(guard or None)"},
+    {"set_policy", (PyCFunction)dp_set_policy, METH_O,
+     "set_policy(PolicyFilter or None): judge decrypted packets, track TUN reads"},
     {"start", (PyCFunction)dp_start, METH_NOARGS, "start the data-path thread"},
     {"stop", (PyCFunction)dp_stop, METH_NOARGS, "stop the data-path thread and join it"},
     {"drain", (PyCFunction)dp_drain, METH_NOARGS,
@@ -3701,7 +3753,8 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_fastpath",
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
     if (PyType_Ready(&CipherType) < 0 || PyType_Ready(&GuardType) < 0 ||
-        PyType_Ready(&KeyStateType) < 0 || PyType_Ready(&DataPathType) < 0)
+        PyType_Ready(&KeyStateType) < 0 || PyType_Ready(&DataPathType) < 0 ||
+        PyType_Ready(&PolicyType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (m == NULL)
@@ -3727,6 +3780,12 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     Py_INCREF(&DataPathType);
     if (PyModule_AddObject(m, "DataPath", (PyObject *)&DataPathType) < 0) {
         Py_DECREF(&DataPathType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&PolicyType);
+    if (PyModule_AddObject(m, "PolicyFilter", (PyObject *)&PolicyType) < 0) {
+        Py_DECREF(&PolicyType);
         Py_DECREF(m);
         return NULL;
     }

@@ -10,7 +10,9 @@ socket in a thread of its own, without the GIL, under tables this class writes f
 fast-path port's `datapath_tables()` whenever the port's `generation` moved: per peer its
 endpoint (as a raw socket address) and current send keys, the live receiver indices (with
 the "next" flag: the thread promotes such keys to the peer's send keys on their first
-authenticated message), and the allowed-IPs routes. Every keypair in the tables shares its
+authenticated message), and the allowed-IPs routes; per peer also its public key, which
+names its policy chain (the thread judges decrypted packets and tracks TUN reads with the
+engine's PolicyFilter: dataplane/policy_filter.py). Every keypair in the tables shares its
 send counter and replay window with the thread through a C `KeyState` (Keypair.share), so the
 Device's own sends and receives never reuse a nonce or accept a counter twice.
 
@@ -119,11 +121,11 @@ class DataPathThread:
         tables = fast.datapath_tables()
         owners: dict[KeyState, Keypair] = {}
         slots: dict[object, int] = {}
-        peers: list[tuple[bytes | None, KeyState | None, int]] = []
+        peers: list[tuple[bytes | None, KeyState | None, int, bytes | None]] = []
         for peer, ep, kp in tables.peers:
             slots[peer] = len(peers)
             peers.append((self._sockaddr(ep), self._keys(kp, owners) if kp else None,
-                          peer.clamp_mtu))
+                          peer.clamp_mtu, peer.public_key.raw))
         indices: list[tuple[int, KeyState, int, bool]] = []
         for kp, is_next in tables.receive:
             slot = slots.get(kp.peer)
@@ -160,11 +162,18 @@ class DataPathThread:
     def set_guard(self, guard: HandshakeGuard | None) -> None:
         self.c.set_guard(guard)
 
+    def set_policy(self, pf: object | None) -> None:
+        """The filter the thread judges decrypted packets by and tracks TUN reads with
+        (None: no policy); a C PolicyFilter, which is what the engine has in C mode."""
+        assert _c is not None
+        self.c.set_policy(pf if isinstance(pf, _c.PolicyFilter) else None)
+
     # --- life -------------------------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.sync(force=True)
+        self.set_policy(self.engine.policy.filter)
         loop.add_reader(self.c.wake_fd, self.on_wake)
         self.c.start()
 
@@ -179,6 +188,7 @@ class DataPathThread:
         except Exception:
             self.engine._internal_error("datapath")
         self.c.set_guard(None)
+        self.c.set_policy(None)
         self.c.set_tables([], [], [])
 
     # --- what the thread hands up ------------------------------------------------------------

@@ -90,6 +90,8 @@ from meshguard.dataplane import datapath_thread, fastpath
 from meshguard.dataplane.cipher_cache import CipherCache
 from meshguard.dataplane.datapath_thread import DataPathThread
 from meshguard.dataplane.mss_clamp import clamp_writes
+from meshguard.dataplane.policy_enforcer import PolicyEnforcer
+from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.dataplane.ports import Datagram, FastPathPort, SendRouter, SlowPathPort
 from meshguard.dataplane.receive import ReceiveBatch
 from meshguard.dataplane.tun_seal import seal_reads
@@ -107,6 +109,7 @@ from meshguard.dataplane.udp_io import (
     set_fwmark,
 )
 from meshguard.dataplane.vnet import VNET_HDR_LEN, ZERO_HDR, TunOffloadError, enable_offloads
+from meshguard.policy.table import PolicyTable
 from meshguard.sansio import Endpoint, unmap_host
 from meshguard.wireguard.actions import SendDatagram, WriteTun
 from meshguard.wireguard.cookie import HandshakeGuard as PyHandshakeGuard
@@ -200,6 +203,8 @@ class Engine:
                            and os.environ.get("MESHGUARD_DATAPATH_THREAD", "1") != "0")
         self._dp: DataPathThread | None = None
         self._sync_pending = False  # a _deferred_sync is scheduled (_sync_soon)
+        # the policy in force on traffic from the tunnel (dataplane/policy_enforcer.py)
+        self.policy = PolicyEnforcer()
 
     def connect(self, fast: FastPathPort, slow: SlowPathPort,
                 router: SendRouter | None = None) -> None:
@@ -375,6 +380,18 @@ class Engine:
                      else "udp=recvmsg")
         return " ".join(parts)
 
+    # --- policy ----------------------------------------------------------------------------
+
+    def set_policy(self, table: PolicyTable) -> None:
+        """Enforce `table` on every packet from the tunnel from now on, in every mode
+        (docs/policy.md; dataplane/policy_filter.py). Raises ValueError for a malformed table."""
+        pf = self.policy.set_table(table)
+        if self._dp is not None:
+            self._dp.set_policy(pf)
+
+    def policy_counters(self) -> PolicyCounters:
+        return self.policy.counters()
+
     # --- timers ----------------------------------------------------------------------------
 
     def kick(self) -> None:
@@ -423,7 +440,7 @@ class Engine:
     def _receive_batch(self) -> ReceiveBatch:
         c = self.clock
         return ReceiveBatch(self.fast, self.slow, self._ciphers, self.write_tun, self.execute,
-                            c.monotonic(), c.wall())
+                            c.monotonic(), c.wall(), self.policy.filter)
 
     # --- TUN -> UDP -------------------------------------------------------------------------
 
@@ -627,6 +644,8 @@ class Engine:
                 other.append(a)
         if out:
             self.send_datagrams(out)
+        if tun and self.policy.filter is not None:
+            tun = self.policy.filter_writes(tun, self.fast.route, self.clock.monotonic())
         if tun:
             self.write_tun(tun)
         if other and self._on_actions is not None:

@@ -36,6 +36,9 @@ included) that runs the guard on each handshake message: refused ones are counte
 (data, seg, raw sockaddr, admitted) items; `admitted` marks a handshake message the guard
 passed (the engine hands it on with a ticket, so the Device does not check it twice).
 
+`PolicyFilter` is the C twin of dataplane/policy_filter.py's PyPolicyFilter (None with the
+pure Python implementation).
+
 Also C only, used by the engine's data-path thread (dataplane/datapath_thread.py): `KeyState`,
 a keypair's atomic send counter, locked replay window and the thread's ciphers, and `DataPath`,
 the thread itself.
@@ -84,6 +87,7 @@ except ImportError:  # not built, or cannot load (e.g. no libcrypto)
 
 if TYPE_CHECKING:
     from meshguard.dataplane._fastpath import HandshakeGuard as CHandshakeGuard
+    from meshguard.dataplane._fastpath import PolicyFilter as CPolicyFilter
 
 Buffer = bytes | bytearray | memoryview
 
@@ -315,15 +319,21 @@ recv_batch = _impl.recv_batch
 # the C twin of wire/tcp_mss.clamp, for the tests and the fuzzer (None when not built)
 c_clamp_mss: Callable[[Buffer, int, int, bool], bytes] | None = (
     _c.clamp_mss if _HAVE_C else None)
+# the C policy filter (dataplane/_fastpath_policy.c) when the C implementation is in use, else
+# None (the engine takes policy_filter.PyPolicyFilter); C_POLICY_FILTER whenever it is built
+C_POLICY_FILTER: type[CPolicyFilter] | None = _c.PolicyFilter if _HAVE_C else None
+PolicyFilter = C_POLICY_FILTER if IMPLEMENTATION == "c" else None
 
 __all__ = [
     "BAD_AUTH",
     "BAD_INNER",
+    "C_POLICY_FILTER",
     "IMPLEMENTATION",
     "KEEPALIVE",
     "OK",
     "Cipher",
     "HandshakeGuard",
+    "PolicyFilter",
     "PyCipher",
     "c_clamp_mss",
     "c_impl",

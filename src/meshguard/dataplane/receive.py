@@ -5,7 +5,8 @@ and put through the receive policy (wireguard/transport.py: accept_batch); every
 datagram goes to the slow path in arrival order, with the TUN writes and the bookkeeping
 gathered so far flushed first, so a handshake response is never processed ahead of the
 transport data that came before it. The bookkeeping (Device.note_received) runs once per
-keypair and flush, the drop counts once per wake-up.
+keypair and flush, the drop counts once per wake-up. With a policy in force, each run's
+decrypted packets are judged (dataplane/policy_filter.py) before they join the TUN writes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from meshguard.dataplane import fastpath
 from meshguard.dataplane.cipher_cache import CipherCache
+from meshguard.dataplane.policy_filter import PolicyFilterLike
 from meshguard.dataplane.ports import FastPathPort, SlowPathPort
 from meshguard.sansio import Endpoint
 from meshguard.wireguard.keypair import Keypair
@@ -30,7 +32,7 @@ class ReceiveBatch:
     """Received buffers in, TUN writes and actions out (`feed` each one, then `finish`)."""
 
     __slots__ = ("acc", "actions", "c_drops", "ciphers", "execute", "fast", "last_index",
-                 "last_kp", "now", "slow", "src_ok", "tun", "wall", "write_tun")
+                 "last_kp", "now", "policy", "slow", "src_ok", "tun", "wall", "write_tun")
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class ReceiveBatch:
         execute: Callable[[Iterable[object]], None],
         now: float,
         wall: float,
+        policy: PolicyFilterLike | None = None,
     ) -> None:
         self.fast = fast
         self.slow = slow
@@ -48,6 +51,7 @@ class ReceiveBatch:
         self.write_tun = write_tun
         self.execute = execute
         self.now, self.wall = now, wall
+        self.policy = policy  # judges each run's packets before the TUN write
         self.tun: list[bytes] = []
         # keypair -> [packets, bytes, keepalives, last source]
         self.acc: dict[Keypair, tuple[int, int, int, Endpoint]] = {}
@@ -105,8 +109,11 @@ class ReceiveBatch:
                 pos += dlen
                 continue
             pos = end
+            start = len(self.tun)
             npk, nbytes, keep = accept_batch(
                 kp, results, self.fast.source_allowed, self.src_ok, self.tun, drops)
+            if self.policy is not None and len(self.tun) > start:
+                self.policy.filter(kp.peer.public_key.raw, self.tun, start, self.now)
             if npk:
                 a = self.acc.get(kp)
                 if a is None:

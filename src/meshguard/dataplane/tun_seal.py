@@ -7,7 +7,8 @@ call (the fast-path port's prepare_send_peer and note_sent), each read one count
 and one split-and-seal call (`fastpath.seal_segments`). TCP SYNs to a peer with a path MTU get
 their MSS clamped first (dataplane/mss_clamp.py). Reads for a peer without a usable session go
 to the slow path, which queues their packets and starts a handshake; packets it cannot parse
-it counts (bad_inner).
+it counts (bad_inner). With a policy in force every read's flow is tracked first
+(dataplane/conntrack.py), so the replies to it pass.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def seal_reads(engine: Engine, reads: list[bytes], vnet: bool) -> None:
     route = fast.route
     no_route = 0
     off = VNET_HDR_LEN if vnet else 0
+    pf = engine.policy.filter
+    if pf is not None:
+        pf.track(reads, off, now)  # flows this node opens: their replies pass the policy
     for r in reads:
         n = len(r) - off
         if n <= 0:
