@@ -100,6 +100,15 @@ def udp_packet(src: bytes, dst: bytes, payload: bytes, sport: int = 1000,
     return ip_header(src, dst, 17, 8 + len(payload)) + bytes(uh) + payload
 
 
+def icmp_echo(src: bytes, dst: bytes, payload: bytes = b"ping") -> bytes:
+    """An ICMP (IPv4) or ICMPv6 echo request."""
+    v6 = len(src) == 16
+    msg = bytearray(struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 1, 1) + payload)
+    pre = pseudo(src, dst, 58, len(msg)) if v6 else b""
+    struct.pack_into("!H", msg, 2, ref_csum(pre + bytes(msg)))
+    return ip_header(src, dst, 58 if v6 else 1, len(msg)) + bytes(msg)
+
+
 def partial(pkt: bytes, l4: int, proto: int, csum_offset: int) -> bytes:
     """What the kernel hands over with NEEDS_CSUM: the pseudo-header sum in the checksum field."""
     out = bytearray(pkt)

@@ -17,7 +17,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ENGINE_TESTS = ("test_engine.py", "test_engine_fastpath.py", "test_handshake_flood.py",
-                "test_engine_mesh.py")
+                "test_engine_mesh.py", "test_engine_policy.py")
 # Need both readers in one process, or the C data-path thread; the default run has them.
 BOTH_PATHS = ("test_handshake_flood.py::test_c_reader_and_python_reader_count_the_same",
               "test_handshake_flood.py::test_initiation_flood_against_the_data_path_thread_is_cheap")
