@@ -7,7 +7,7 @@ Run as root:  .venv/bin/python bench/policy_tcp.py [--rounds 3] [--duration 10] 
 
 Two namespaces joined by a veth (bench/run.py's Testbed); per round and per case two
 `meshguard wireguard` daemons are brought up, iperf3 runs one TCP stream from A to B (TCP1),
-and the daemons are torn down. The cases alternate (none, policy, none, policy, ...), so load
+and the daemons are torn down. The cases alternate (none, policy, policy, none, ...), so load
 from the shared machine falls on both alike. With the policy both daemons enforce one chain
 of `--rules` rules: the first ones allow TCP/UDP ports nothing uses, the last allows TCP 5201
 (iperf3), the default denies. So on B every data packet walks the whole chain; on A every
@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {"none": [], "policy": []}
     try:
         tb.build()
+        cases = [("none", 0), ("policy", args.rules)]
         for r in range(args.rounds):
-            for case, n in (("none", 0), ("policy", args.rules)):
+            # the order alternates too: the second case of a round has nothing on its side
+            for case, n in cases if r % 2 == 0 else cases[::-1]:
                 gbps = tcp1(tb, n, args.duration)
                 results[case].append(gbps)
                 print(f"round {r + 1} {case:6s} TCP1 {gbps:6.3f} Gbit/s", flush=True)

@@ -12,6 +12,7 @@ import pytest
 
 from meshguard.dataplane import datapath_thread
 from meshguard.policy.table import PROTO_TCP, PROTO_UDP, Chain, FlatRule, PolicyTable, RuleInfo
+from meshguard.wireguard.actions import WriteTun
 
 from .helpers import A_IN, B_IN, World, icmp_echo, run, tcp_packet, udp_packet, until
 
@@ -62,3 +63,22 @@ def test_policy_drops_denied_ports_and_passes_allowed_ones_and_replies(thread: b
         assert ("datapath=thread" if thread else "datapath=loop") in w.eb.describe_offloads()
 
     run(body, thread=thread)
+
+
+def test_the_slow_path_s_tun_writes_are_judged_by_the_sending_peer_s_chain() -> None:
+    """A transport message relayed through a member is opened by the Device (the slow path),
+    which returns WriteTun actions: the same policy applies, by the chain of the peer whose
+    allowed IPs hold the source."""
+    async def body(w: World) -> None:
+        w.eb.set_policy(b_policy(w))
+        allowed = udp_packet(A, B, b"relayed, allowed", 1000, 7000)
+        denied = udp_packet(A, B, b"relayed, denied", 1000, 7001)
+        stranger = udp_packet(socket.inet_aton("10.9.9.9"), B, b"no peer", 1000, 7000)
+        w.eb.execute([WriteTun(denied), WriteTun(stranger), WriteTun(allowed)])
+        await until(lambda: len(w.tb.received) == 1, "the allowed packet")
+        assert w.tb.received == [allowed]
+        c = w.eb.policy_counters()
+        assert c.rule_packets == (1, 0, 1, 1)  # a's UDP 7000, a's default, the fallback
+        assert c.reasons["policy"] == 2
+
+    run(body, thread=False)

@@ -2718,6 +2718,7 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
     size_t used = 0;
     size_t off = dp->vnet ? VNET_HDR_LEN : 0;
     PolicyObject *pol = dp->policy;
+    uint8_t last[PF_KEYLEN] = {0};
     if (pol != NULL)
         pthread_mutex_lock(&pol->mu);
     for (int r = 0; r < limit; r++) {
@@ -2748,7 +2749,7 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
         const uint8_t *ip = rb + off;
         size_t m = n - off;
         if (pol != NULL)
-            pf_track(pol, ip, m, now); /* a flow this node opens: its replies pass */
+            pf_track(pol, ip, m, now, last); /* a flow this node opens: its replies pass */
         int ver = ip[0] >> 4, slot;
         if (ver == 4 && m >= 20)
             slot = route_lookup(dp, ip + 16, 0);
@@ -2984,6 +2985,7 @@ static int dp_udp_batch(DataPathObject *dp, double now)
     PolicyObject *pol = dp->policy;
     const PfChain *chain = NULL;
     int chain_slot = -1;
+    PfMemo memo = {NULL, 0, 0, {0}};
     if (pol != NULL)
         pthread_mutex_lock(&pol->mu);
     for (int i = 0; i < got; i++) {
@@ -3103,7 +3105,7 @@ static int dp_udp_batch(DataPathObject *dp, double now)
                     chain_slot = re->slot;
                 }
                 int counter;
-                if (!pf_passes(pf_judge(pol, pol->t, chain, out, total, now, &counter)))
+                if (!pf_passes(pf_judge(pol, pol->t, chain, out, total, now, &counter, &memo)))
                     continue; /* counted in the filter */
             }
             if (ps->clamp)

@@ -14,7 +14,7 @@
 
 #define PF_MAX_EXT 8
 #define PF_WAYS 8
-#define PF_KEYLEN 38 /* proto, address length, local address, port, remote address, port */
+#define PF_KEYLEN 40 /* proto, address length, local address, port, remote address, port, 0 */
 #define PF_MAX_CHAINS (1 << 20)
 #define PF_MAX_COUNTERS (1 << 22)
 
@@ -157,12 +157,27 @@ static void pf_key(uint8_t k[PF_KEYLEN], int proto, int alen, const uint8_t *loc
 
 static CtEntry *ct_bucket(PolicyObject *pf, const uint8_t k[PF_KEYLEN])
 {
-    uint64_t h = flow_hash(k, PF_KEYLEN) ^ pf->seed;
-    h ^= h >> 29;
+    uint64_t h = pf->seed;
+    for (int i = 0; i < PF_KEYLEN; i += 8) {
+        uint64_t w;
+        memcpy(&w, k + i, 8);
+        h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
+        h ^= h >> 29;
+    }
     h *= 0xBF58476D1CE4E5B9ULL;
     h ^= h >> 32;
     return &pf->ct[(h & pf->bucket_mask) * PF_WAYS];
 }
+
+/* The verdict on the previous TCP/UDP packet of a batch: a bulk flow's packets share their
+ * 5-tuple and chain, and within one batch (one `now`, the mutex held, nothing inserted by what
+ * arrives) the same 5-tuple gets the same verdict, so it is looked up once. Counting stays per
+ * packet. */
+typedef struct {
+    const PfChain *chain; /* NULL: nothing remembered */
+    int v, counter;
+    uint8_t key[PF_KEYLEN];
+} PfMemo;
 
 /* an outbound packet of the flow: create or refresh it (mutex held) */
 static void ct_note(PolicyObject *pf, const uint8_t k[PF_KEYLEN], int proto, double now)
@@ -229,9 +244,10 @@ static const PfChain *pf_chain_of(const PfTable *t, const uint8_t *key)
     return &t->chains[t->fallback];
 }
 
-/* the verdict on one packet from a peer judged by `c`, counted (mutex held) */
+/* the verdict on one packet from a peer judged by `c`, counted (mutex held); `memo` (may be
+ * NULL) lives for one batch at most */
 static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const uint8_t *p,
-                    size_t n, double now, int *counter)
+                    size_t n, double now, int *counter, PfMemo *memo)
 {
     PfFlow f;
     int v;
@@ -245,8 +261,21 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
         int ports = f.sport >= 0;
         if (ports) {
             pf_key(k, f.proto, f.alen, f.dst, f.dport, f.src, f.sport);
+            if (memo != NULL && memo->chain == c && !memcmp(memo->key, k, PF_KEYLEN)) {
+                *counter = memo->counter;
+                if (memo->counter >= 0)
+                    t->ctr[memo->counter]++;
+                pf->reasons[memo->v]++;
+                return memo->v;
+            }
             if (ct_seen(pf, k, now)) {
                 pf->reasons[PV_REPLY]++;
+                if (memo != NULL) {
+                    memo->chain = c;
+                    memo->v = PV_REPLY;
+                    memo->counter = -1;
+                    memcpy(memo->key, k, PF_KEYLEN);
+                }
                 return PV_REPLY;
             }
         }
@@ -266,6 +295,12 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
         t->ctr[ctr]++;
         *counter = (int)ctr;
         v = allow ? PV_ALLOW : PV_DENY;
+        if (ports && memo != NULL) {
+            memo->chain = c;
+            memo->v = v;
+            memo->counter = (int)ctr;
+            memcpy(memo->key, k, PF_KEYLEN);
+        }
     }
     pf->reasons[v]++;
     return v;
@@ -273,14 +308,21 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
 
 static inline int pf_passes(int v) { return v == PV_ALLOW || v == PV_REPLY || v == PV_ICMP; }
 
-/* learn the flow of a packet this node sends (mutex held) */
-static void pf_track(PolicyObject *pf, const uint8_t *p, size_t n, double now)
+/* learn the flow of a packet this node sends (mutex held); `last` (may be NULL) is the key
+ * tracked before in this batch (same `now`: noting it again would change nothing) */
+static void pf_track(PolicyObject *pf, const uint8_t *p, size_t n, double now,
+                     uint8_t last[PF_KEYLEN])
 {
     PfFlow f;
     if (pf_classify(p, n, &f) || f.sport < 0)
         return;
     uint8_t k[PF_KEYLEN];
     pf_key(k, f.proto, f.alen, f.src, f.sport, f.dst, f.dport);
+    if (last != NULL) {
+        if (!memcmp(last, k, PF_KEYLEN))
+            return;
+        memcpy(last, k, PF_KEYLEN);
+    }
     ct_note(pf, k, f.proto, now);
 }
 
@@ -539,7 +581,8 @@ static PyObject *pf_check(PolicyObject *pf, PyObject *args)
     }
     int counter;
     pf_lock(pf);
-    int v = pf_judge(pf, pf->t, pf_chain_of(pf->t, key), b.buf, (size_t)b.len, now, &counter);
+    int v = pf_judge(pf, pf->t, pf_chain_of(pf->t, key), b.buf, (size_t)b.len, now, &counter,
+                     NULL);
     pthread_mutex_unlock(&pf->mu);
     PyBuffer_Release(&b);
     return Py_BuildValue("(ii)", v, counter);
@@ -568,11 +611,12 @@ static PyObject *pf_filter(PolicyObject *pf, PyObject *args)
     Py_ssize_t w = start;
     pf_lock(pf);
     const PfChain *c = pf_chain_of(pf->t, key);
+    PfMemo memo = {NULL, 0, 0, {0}};
     for (Py_ssize_t i = start; i < n; i++) {
         PyObject *p = PyList_GET_ITEM(list, i);
         int counter;
         int v = pf_judge(pf, pf->t, c, (const uint8_t *)PyBytes_AS_STRING(p),
-                         (size_t)PyBytes_GET_SIZE(p), now, &counter);
+                         (size_t)PyBytes_GET_SIZE(p), now, &counter, &memo);
         if (pf_passes(v)) {
             if (w != i) {
                 /* move the reference down: the slot at w was dropped below */
@@ -609,12 +653,14 @@ static PyObject *pf_track_py(PolicyObject *pf, PyObject *args)
             return NULL;
         }
     }
+    uint8_t last[PF_KEYLEN] = {0}; /* no real key is all zero: proto 0 has no ports */
     pf_lock(pf);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *r = PySequence_Fast_GET_ITEM(rs, i);
         Py_ssize_t len = PyBytes_GET_SIZE(r);
         if (off >= 0 && len > off)
-            pf_track(pf, (const uint8_t *)PyBytes_AS_STRING(r) + off, (size_t)(len - off), now);
+            pf_track(pf, (const uint8_t *)PyBytes_AS_STRING(r) + off, (size_t)(len - off), now,
+                     last);
     }
     pthread_mutex_unlock(&pf->mu);
     Py_DECREF(rs);

@@ -35,6 +35,7 @@ from meshguard.testing.fuzz_fastpath import fastpath_targets
 from meshguard.testing.fuzz_mesh import VICTIM_EP, mesh_capture
 from meshguard.testing.fuzz_mss import mss_targets
 from meshguard.testing.fuzz_pairing import pairing_targets
+from meshguard.testing.fuzz_policy import policy_targets
 from meshguard.testing.fuzz_router import router_targets
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import (
@@ -424,5 +425,6 @@ def codec_targets() -> dict[str, Target]:
     targets += datapath_targets()
     targets += pairing_targets()
     targets += mss_targets()
+    targets += policy_targets()
     targets += router_targets()
     return {t.name: t for t in targets}
