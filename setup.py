@@ -8,6 +8,8 @@ setup(
         Extension(
             "meshguard.dataplane._fastpath",
             ["src/meshguard/dataplane/_fastpath.c"],
+            # included by _fastpath.c (one translation unit): rebuild when it changes
+            depends=["src/meshguard/dataplane/_fastpath_policy.c"],
             libraries=["crypto"],
             extra_compile_args=["-O3", "-Wall"],
             optional=True,

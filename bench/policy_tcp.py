@@ -21,6 +21,7 @@ Prints each round, the medians, and the ratio policy / none. Not part of the tes
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import statistics
@@ -78,9 +79,23 @@ def daemon(n_rules: int, port: int, ifname: str) -> None:  # pragma: no cover - 
         def start_with_policy(self: Engine, loop: object = None) -> None:
             start(self, loop)  # type: ignore[arg-type]
             self.set_policy(table)
+            if os.environ.get("BENCH_DEBUG"):
+                atexit.register(dump, self, ifname)
 
         Engine.start = start_with_policy  # type: ignore[method-assign]
     sys.exit(main(["wireguard", "-f", ifname]))
+
+
+def dump(engine: object, ifname: str) -> None:  # pragma: no cover - the daemons' process
+    """BENCH_DEBUG: the daemon's policy counters and engine stats at exit, to /tmp."""
+    from meshguard.dataplane.engine import Engine
+
+    assert isinstance(engine, Engine)
+    c = engine.policy_counters()
+    st = {k: v for k, v in vars(engine.stats).items() if isinstance(v, int) and v}
+    Path(f"/tmp/policy_tcp.{ifname}.json").write_text(json.dumps(
+        {"rule_packets": [n for n in c.rule_packets if n], "reasons": c.reasons,
+         "evicted": c.evicted, "stats": st}))
 
 
 def tcp1(tb: Testbed, n_rules: int, duration: float, port: int = IPERF_PORT) -> float:

@@ -306,3 +306,17 @@ def test_enforcer_counters_survive_a_recompile_with_the_same_rules() -> None:
     assert enf.counters().rule_packets == (0, 0, 0, 0)
     assert enf.counters().reasons["allowed"] == 2  # reasons are kept
     assert enf.set_table(PolicyTable()) is None and enf.filter is None
+
+
+def test_a_tracked_flow_to_an_allowed_port_counts_on_its_rule(
+        impl: Callable[[], PolicyFilterLike]) -> None:
+    """The rules come first: a service's packets count on the rule that allows them even once
+    the node's answers made their flow a tracked one; only what the rules deny can be a reply."""
+    pf = make(impl, table([(True, PROTO_TCP, 443, 443)]))
+    pf.track([tcp(L4, R4, 443, 40000)], 0, 0.0)  # the node's answer to a client
+    assert pf.check(PEER, tcp(R4, L4, 40000, 443), 1.0) == (ALLOW, 1)
+    pf.track([tcp(L4, R4, 40001, 80)], 0, 0.0)  # a flow the node opened
+    assert pf.check(PEER, tcp(R4, L4, 80, 40001), 1.0) == (REPLY, -1)
+    rules, reasons, _ = pf.take_counts()
+    assert rules == (0, 1, 0)
+    assert reasons[REPLY] == 1 and reasons[ALLOW] == 1

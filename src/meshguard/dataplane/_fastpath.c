@@ -18,6 +18,9 @@
  *                                       GRO buffer; results: (counter, status, packet, source,
  *                                       wire length) per message
  *   coalesce(packets, verify=True)      merge TCP segments into virtio-net GSO writes
+ *   PolicyFilter(...)                   policy enforcement and connection tracking
+ *                                       (_fastpath_policy.c, included below; the twin of
+ *                                       dataplane/policy_filter.py)
  *
  * Protocol policy (replay window, routing, timers) stays in Python.
  */

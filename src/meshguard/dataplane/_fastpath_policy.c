@@ -268,16 +268,6 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
                 pf->reasons[memo->v]++;
                 return memo->v;
             }
-            if (ct_seen(pf, k, now)) {
-                pf->reasons[PV_REPLY]++;
-                if (memo != NULL) {
-                    memo->chain = c;
-                    memo->v = PV_REPLY;
-                    memo->counter = -1;
-                    memcpy(memo->key, k, PF_KEYLEN);
-                }
-                return PV_REPLY;
-            }
         }
         int allow = c->default_allow;
         uint32_t ctr = c->default_counter;
@@ -292,13 +282,21 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
                 break;
             }
         }
-        t->ctr[ctr]++;
-        *counter = (int)ctr;
-        v = allow ? PV_ALLOW : PV_DENY;
+        if (allow) {
+            v = PV_ALLOW;
+        } else if (ports && ct_seen(pf, k, now)) {
+            v = PV_REPLY; /* denied by the rules, but a flow this node sent on */
+        } else {
+            v = PV_DENY;
+        }
+        if (v != PV_REPLY) {
+            t->ctr[ctr]++;
+            *counter = (int)ctr;
+        }
         if (ports && memo != NULL) {
             memo->chain = c;
             memo->v = v;
-            memo->counter = (int)ctr;
+            memo->counter = *counter;
             memcpy(memo->key, k, PF_KEYLEN);
         }
     }

@@ -14,10 +14,13 @@ peer whose chain is `chains[by_peer.get(key, fallback)]`:
      MAX_EXT_HEADERS of them), then the TCP or UDP ports (a whole TCP or UDP header must be
      there); whatever cannot be classified is UNPARSED: dropped (fail closed);
   2. ICMP (IPv4) and ICMPv6 pass (ICMP);
-  3. a TCP or UDP packet of a flow this node opened passes (REPLY; dataplane/conntrack.py,
-     learned by `track` from what the TUN hands us to send);
-  4. the chain's rules in order, first match decides (ALLOW, or DENY counted as "policy"),
-     then the chain's default. The deciding rule's counter (`FlatRule.counter`) counts it.
+  3. the chain's rules in order, first match decides, then the chain's default: ALLOW, counted
+     by the deciding rule's counter (`FlatRule.counter`);
+  4. else a TCP or UDP packet of a flow this node has sent on passes (REPLY; the flows are
+     dataplane/conntrack.py's, learned by `track` from what the TUN hands us to send), and
+     anything else is dropped (DENY, counted as "policy" and by the deciding rule).
+So a packet passes when the rules allow it or it belongs to a tracked flow (the order of 3
+and 4 only decides where it is counted: an allowed service's packets on its rule).
 A TCP super-packet (a TSO read or a coalesced write) is one 5-tuple: its headers are
 classified once, like any packet.
 
@@ -201,7 +204,7 @@ class PyPolicyFilter:
 
     def check(self, key: bytes | None, packet: bytes, now: float, /) -> tuple[int, int]:
         """The verdict on one packet from the peer `key`, and the counter that counted it
-        (-1 unless a rule or default decided); counted."""
+        (-1 for UNPARSED, ICMP and REPLY); counted."""
         verdict, counter = self._judge(key, packet, now)
         self._reasons[verdict] += 1
         if counter >= 0:
@@ -216,17 +219,18 @@ class PyPolicyFilter:
             return ICMP, -1
         proto, src, dst, sport, dport = flow
         has_ports = sport >= 0
+        allow, counter, rules = self._chains[
+            self._fallback if key is None else self._by_peer.get(key, self._fallback)]
+        for r_allow, rproto, lo, hi, r_counter in rules:
+            if (rproto in (PROTO_ANY, proto) and lo <= dport <= hi if has_ports
+                    else rproto == PROTO_ANY and lo == 0 and hi == 65535):
+                allow, counter = r_allow, r_counter
+                break
+        if allow:
+            return ALLOW, counter
         if has_ports and self.conntrack.seen(flow_key(proto, dst, dport, src, sport), now):
             return REPLY, -1
-        default_allow, default_counter, rules = self._chains[
-            self._fallback if key is None else self._by_peer.get(key, self._fallback)]
-        for allow, rproto, lo, hi, counter in rules:
-            if has_ports:
-                if rproto in (PROTO_ANY, proto) and lo <= dport <= hi:
-                    return (ALLOW if allow else DENY), counter
-            elif rproto == PROTO_ANY and lo == 0 and hi == 65535:
-                return (ALLOW if allow else DENY), counter
-        return (ALLOW if default_allow else DENY), default_counter
+        return DENY, counter
 
     def filter(self, key: bytes | None, packets: list[bytes], start: int, now: float,
                /) -> None:
