@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshguard.dataplane.conntrack import CAPACITY, Conntrack, flow_key
-from meshguard.policy.table import PROTO_ANY, PROTO_TCP, PROTO_UDP, PolicyTable
+from meshguard.policy.table import PROTO_TCP, PROTO_UDP, Chain, FlatRule, PolicyTable
+from meshguard.policy.verdict import decide
 
 __all__ = [
     "ALLOW",
@@ -167,15 +168,12 @@ class PolicyFilterLike(Protocol):
     def clear(self) -> None: ...
 
 
-_Rule = tuple[bool, int, int, int, int]
-
-
 class PyPolicyFilter:
     """The reference filter: a compiled table, a conntrack table, counters since take_counts."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.conntrack = Conntrack(capacity)
-        self._chains: list[tuple[bool, int, tuple[_Rule, ...]]] = [(True, 0, ())]
+        self._chains: list[Chain] = [Chain((), True, 0)]
         self._by_peer: dict[bytes, int] = {}
         self._fallback = 0
         self._rule_packets = [0]
@@ -188,13 +186,14 @@ class PyPolicyFilter:
         the flows stay. Raises ValueError for an index out of range."""
         if not chains or not 0 <= fallback < len(chains) or n_counters < 1:
             raise ValueError("policy table: no chains, or a bad fallback")
-        built: list[tuple[bool, int, tuple[_Rule, ...]]] = []
+        built: list[Chain] = []
         for default_allow, default_counter, rules in chains:
-            rs = tuple((bool(a), int(p), int(lo), int(hi), int(c)) for a, p, lo, hi, c in rules)
-            if any(not 0 <= c < n_counters for *_, c in rs) or not (
+            rs = tuple(FlatRule(bool(a), int(p), int(lo), int(hi), int(c))
+                       for a, p, lo, hi, c in rules)
+            if any(not 0 <= r.counter < n_counters for r in rs) or not (
                     0 <= default_counter < n_counters):
                 raise ValueError("policy table: a counter out of range")
-            built.append((bool(default_allow), int(default_counter), rs))
+            built.append(Chain(rs, bool(default_allow), int(default_counter)))
         if any(len(k) != 32 or not 0 <= i < len(chains) for k, i in by_peer.items()):
             raise ValueError("policy table: by_peer maps 32-byte keys to chain indices")
         self._chains = built
@@ -219,13 +218,9 @@ class PyPolicyFilter:
             return ICMP, -1
         proto, src, dst, sport, dport = flow
         has_ports = sport >= 0
-        allow, counter, rules = self._chains[
+        chain = self._chains[
             self._fallback if key is None else self._by_peer.get(key, self._fallback)]
-        for r_allow, rproto, lo, hi, r_counter in rules:
-            if (rproto in (PROTO_ANY, proto) and lo <= dport <= hi if has_ports
-                    else rproto == PROTO_ANY and lo == 0 and hi == 65535):
-                allow, counter = r_allow, r_counter
-                break
+        allow, counter = decide(chain, proto, dport if has_ports else None)
         if allow:
             return ALLOW, counter
         if has_ports and self.conntrack.seen(flow_key(proto, dst, dport, src, sport), now):
