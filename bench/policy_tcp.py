@@ -4,6 +4,8 @@ a 50-rule policy whose match is the last rule, in one run (issue 13: within 10 %
 
 Run as root:  .venv/bin/python bench/policy_tcp.py [--rounds 3] [--duration 10] [--rules 50]
               [--json]
+Or, without root: .venv/bin/python bench/policy_tcp.py --micro (the C filter's cost per
+packet, no namespaces).
 
 Two namespaces joined by a veth (bench/run.py's Testbed); per round and per case two
 `meshguard wireguard` daemons are brought up, iperf3 runs one TCP stream from A to B (TCP1),
@@ -98,6 +100,53 @@ def dump(engine: object, ifname: str) -> None:  # pragma: no cover - the daemons
          "evicted": c.evicted, "stats": st}))
 
 
+def micro(n_rules: int, loops: int = 20000) -> None:
+    """--micro: the C filter's cost per packet, no namespaces (64 TCP packets of 1420 bytes
+    per call, from one flow and from 64 flows; a tracked flow's replies; tracking)."""
+    import struct
+    import time
+
+    from meshguard.dataplane import fastpath
+    from meshguard.dataplane.policy_filter import table_args
+
+    cls = fastpath.C_POLICY_FILTER
+    if cls is None:
+        print("policy_tcp: the C module is not built", file=sys.stderr)
+        return
+    pf = cls(seed=1)
+    pf.set_table(*table_args(policy_table(n_rules)))  # type: ignore[arg-type]
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+
+    def tcp(src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 1420, 1, 0x4000, 64, 6, 0, src, dst)
+        return ip + struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, 0x10, 1000, 0, 0) + bytes(
+            1380)
+
+    def per_packet(pkts: list[bytes]) -> float:
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            pf.filter(None, list(pkts), 0, 1.0)
+        t1 = time.perf_counter()
+        for _ in range(loops):
+            list(pkts)
+        t2 = time.perf_counter()
+        return ((t1 - t0) - (t2 - t1)) / loops / len(pkts) * 1e9
+
+    one = [tcp(a, b, 40000, IPERF_PORT)] * 64
+    many = [tcp(a, b, 40000 + i, IPERF_PORT) for i in range(64)]
+    print(f"{n_rules} rules, the last matching: {per_packet(one):.0f} ns/packet (one flow), "
+          f"{per_packet(many):.0f} ns/packet (64 flows)")
+    outbound = [tcp(b, a, 80, 40000 + i) for i in range(64)]
+    t0 = time.perf_counter()
+    for _ in range(loops):
+        pf.track(outbound, 0, 1.0)
+    track = (time.perf_counter() - t0) / loops / 64 * 1e9
+    replies = [tcp(a, b, 40000 + i, 80) for i in range(64)]
+    print(f"replies (denied by the rules, tracked): {per_packet([replies[0]] * 64):.0f} "
+          f"ns/packet (one flow), {per_packet(replies):.0f} ns/packet (64 flows); "
+          f"track {track:.0f} ns/read")
+
+
 def tcp1(tb: Testbed, n_rules: int, duration: float, port: int = IPERF_PORT) -> float:
     """TCP1 in Gbit/s; 0.0 when iperf3 cannot connect (the policy denies it)."""
     env = {"PYTHONPATH": str(REPO / "src")}
@@ -121,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--rules", type=int, default=50)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--micro", action="store_true",
+                    help="only the filter's cost per packet (no root, no namespaces)")
     args = ap.parse_args(argv)
+    if args.micro:
+        micro(max(args.rules, 1))
+        return 0
     if os.geteuid() != 0:
         print("policy_tcp: needs root (network namespaces)", file=sys.stderr)
         return 2
