@@ -320,3 +320,12 @@ def test_a_tracked_flow_to_an_allowed_port_counts_on_its_rule(
     rules, reasons, _ = pf.take_counts()
     assert rules == (0, 1, 0)
     assert reasons[REPLY] == 1 and reasons[ALLOW] == 1
+
+
+def test_filter_from_past_the_end_changes_nothing(impl: Callable[[], PolicyFilterLike]) -> None:
+    pf = make(impl, table([]))
+    lst = [udp(R4, L4, 1, 2)]
+    pf.filter(PEER, lst, 5, 0.0)
+    assert len(lst) == 1
+    pf.filter(PEER, lst, -3, 0.0)  # a negative start is the start of the list
+    assert lst == []

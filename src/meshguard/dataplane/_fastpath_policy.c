@@ -600,6 +600,8 @@ static PyObject *pf_filter(PolicyObject *pf, PyObject *args)
     Py_ssize_t n = PyList_GET_SIZE(list);
     if (start < 0)
         start = 0;
+    if (start > n)
+        start = n;
     for (Py_ssize_t i = start; i < n; i++) {
         if (!PyBytes_Check(PyList_GET_ITEM(list, i))) {
             PyErr_SetString(PyExc_TypeError, "packets: a list of bytes");
