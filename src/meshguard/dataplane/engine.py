@@ -380,11 +380,9 @@ class Engine:
                      else "udp=recvmsg")
         return " ".join(parts)
 
-    # --- policy ----------------------------------------------------------------------------
-
     def set_policy(self, table: PolicyTable) -> None:
-        """Enforce `table` on every packet from the tunnel from now on, in every mode
-        (docs/policy.md; dataplane/policy_filter.py). Raises ValueError for a malformed table."""
+        """Enforce `table` on every packet from the tunnel, in every mode (docs/policy.md,
+        dataplane/policy_filter.py); ValueError for a malformed table (the old one stays)."""
         pf = self.policy.set_table(table)
         if self._dp is not None:
             self._dp.set_policy(pf)
