@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from meshguard.daemon.control_client import ControlClient
 from meshguard.identity import keygen, store
 from meshguard.rng import SystemRng
 from meshguard.testing.netns import netns_skip_reason
@@ -107,7 +108,9 @@ def policy(node: Node) -> dict[str, object]:
 
 
 def org_serial(node: Node) -> int | None:
-    for s in policy(node)["sources"]:  # type: ignore[attr-defined]
+    """The org policy's serial in force on `node` (the control op directly: polled often)."""
+    rep = ControlClient(node.sock, node.iface, timeout=5).request("policy")
+    for s in rep["sources"]:  # type: ignore[attr-defined]
         if s.get("kind") == "org":
             return int(s["serial"])
     return None
@@ -250,3 +253,16 @@ def test_org_policy_spreads_and_is_enforced_then_replaced_and_reaches_a_newcomer
     mesh.lan.wait(lambda: late.tunnel_to(mon), "newcomer -> mon", 20)
     assert flow(mon, late, "tcp", 9100) == "drop"  # default deny, no rule for it
     assert policy(late)["enforced"]
+
+
+def test_up_with_a_malformed_services_file_stops_with_one_line(mesh: Mesh) -> None:
+    bad = mesh.lan.add_node("bad")
+    (bad.cfg / "services").mkdir(mode=0o755)
+    (bad.cfg / "services" / "global.policy").write_text("allow tcp 22\nallow tcp 70000\n")
+    bad.trust(mesh.adm)
+    res = bad.cli("up", "-f", "--interface", bad.iface, "--port", str(bad.port), timeout=30)
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if "error" in line]
+    assert errors == ["meshguard: error: services/global.policy:2: bad port '70000'; use "
+                      "0-65535, LOW-HIGH or all"], res.stderr
+    assert bad.ns.run(["ip", "link", "show", bad.iface], check=False).returncode != 0

@@ -13,6 +13,11 @@ from meshguard.cli.daemon_commands import add_common, run_dir_of
 
 DROPS = ("policy", "unparsed")
 PASSES = ("allowed", "reply", "icmp")
+# what the policy gossip (mesh/policy_gossip.py) refused before a blob reached the store
+GOSSIP_DROPS = frozenset({"policy_digest_mismatch", "policy_malformed",
+                          "policy_transfer_timeout", "policy_not_member", "policy_bad_mac",
+                          "policy_garbage", "policy_chunk_unexpected",
+                          "policy_chunk_wrong_sender"})
 
 
 def _pairs(counts: Mapping[str, object], names: tuple[str, ...] | None = None) -> str:
@@ -58,13 +63,13 @@ def format_policy(rep: Mapping[str, object]) -> str:
         lines.append(f"dropped: {_pairs(reasons, DROPS)}")
         lines.append(f"passed: {_pairs(reasons, PASSES)}")
     refused = rep.get("refused")
+    lines.append("refused policies: " + (_pairs(refused) if isinstance(refused, dict)
+                                         and refused else "none"))
     gossip = rep.get("gossip")
-    bad = {k.removeprefix("policy_"): v for k, v in
-           (gossip.items() if isinstance(gossip, dict) else ())
-           if k in ("policy_offer_invalid", "policy_offer_untrusted", "policy_offer_older",
-                    "policy_digest_mismatch", "policy_malformed", "policy_transfer_timeout")}
-    merged = {**(refused if isinstance(refused, dict) else {}), **bad}
-    lines.append(f"refused policies: {_pairs(merged) if merged else 'none'}")
+    if isinstance(gossip, dict):
+        bad = {k.removeprefix("policy_"): v for k, v in gossip.items() if k in GOSSIP_DROPS}
+        if bad:
+            lines.append(f"gossip dropped: {_pairs(bad)}")
     transfers = rep.get("transfers")
     if isinstance(transfers, list):
         for t in transfers:
