@@ -17,7 +17,7 @@ grants out (docs/policy.md).
   reason, refused policies by reason, transfers in progress (`meshguard policy`).
 
 Kernel mode has no data plane of meshguard's own, so policies are not enforced there; that is
-logged once at start (routes are still granted).
+logged once, when a table with rules is first in force (routes are still granted).
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class PolicyRunner:
     org_names: dict[bytes, str] = field(default_factory=dict)
     last_error: str | None = None
     compiles: int = 0
+    _kernel_warned: bool = False
     _wall: Callable[[], float] = lambda: 0.0
     _pending: asyncio.Handle | None = None
 
@@ -128,13 +129,7 @@ class PolicyRunner:
         node.policy = PolicyGossip(rng, wg_private, identity_key=node.identity_key,
                                    offer=self._offer)
         self._hold_newest()
-        if kernel and self._has_rules():
-            log.warning("policies are not enforced in kernel mode (the kernel's WireGuard "
-                        "carries the traffic); route grants still apply")
         self.recompile("start")
-
-    def _has_rules(self) -> bool:
-        return self.local.configured or bool(self.store.held)
 
     def _trusted(self) -> frozenset[bytes]:
         return self.node.trusted_orgs() if self.node is not None else frozenset()
@@ -211,6 +206,10 @@ class PolicyRunner:
             log.error("policy compile failed (%s), keeping the last good table: %s", why, exc)
             return
         self.table, self.compiles = table, self.compiles + 1
+        if self.kernel and table.active and not self._kernel_warned:
+            self._kernel_warned = True
+            log.warning("policies are not enforced in kernel mode (the kernel's WireGuard "
+                        "carries the traffic); route grants still apply")
         if grants != self.grants or why == "start":
             self.grants = grants
             set_grants = getattr(self.routes, "set_grants", None)
