@@ -160,6 +160,7 @@ class MeshDaemon:
         self._public: tuple[Endpoint | None, int] = (None, NatType.UNKNOWN)  # STUN or relay
         self._mapped: Endpoint | None = None  # the port mapping advertised
         self._watch: UnderlayWatch | None = None
+        self.policies: PolicyRunner | None = None  # read at preflight (daemon/policy_runner.py)
 
     @property
     def portmap(self) -> PortmapTask | None:
@@ -254,6 +255,7 @@ class MeshDaemon:
                                               timeout=KERNEL_PUNCH_TIMEOUT)
             self.node.relay = Relay(pub, self.wg_private, cookie_secret=self.rng.bytes(32))
         self._load_org_items()
+        assert self.policies is not None
         self.policies.attach(self.node, self.rng, self.wg_private, self.clock.wall,
                              getattr(runner, "engine", None), getattr(self, "routes", None),
                              kernel=bool(cfg.kernel))
@@ -405,7 +407,7 @@ class MeshDaemon:
             elif isinstance(a, PeerDown):
                 log.info("tunnel down to %s (%s)", a.identity_key.hex()[:12], a.reason)
                 changes.append(a)
-            elif isinstance(a, PolicyLearned):
+            elif isinstance(a, PolicyLearned) and self.policies is not None:
                 self.policies.learned(a.policy)
             elif isinstance(a, SelfAddressChanged):
                 log.warning("mesh IPv4 collision: our address moves from %s to %s",
@@ -427,7 +429,8 @@ class MeshDaemon:
                 log.debug("event: %s", a)
         if changes:
             self.runner.peers_changed(changes)
-            self.policies.members_changed()
+            if self.policies is not None:
+                self.policies.members_changed()
 
     def _on_stun(self, res: StunResult) -> None:
         if self._watch is not None:  # the record follows the answer (mesh/roaming.py)
@@ -517,7 +520,8 @@ class MeshDaemon:
         actions += self.membership.trust_changed(self.clock.monotonic(), self.clock.wall())
         actions += self._load_org_items()
         self._execute(actions)
-        self.policies.reload(new)
+        if self.policies is not None:
+            self.policies.reload(new)
 
     async def _trust_poller(self) -> None:
         saved = self.clock.monotonic()
@@ -553,7 +557,7 @@ class MeshDaemon:
         if req.op == "ping" and self.node is not None:
             return await ping_request(self.node, self.node.probes, self.clock,
                                       lambda g: self._execute(list(g)), req.args)
-        if req.op == "policy":
+        if req.op == "policy" and self.policies is not None:
             engine = getattr(self.runner, "engine", None)
             return self.policies.report(None if self.cfg.kernel or engine is None
                                         else engine.policy_counters())
