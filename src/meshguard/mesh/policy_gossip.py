@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from meshguard.crypto.hashes import blake2s, equal, mac
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.errors import WireFormatError
-from meshguard.mesh.link_keys import derive_link_key
+from meshguard.mesh.link_keys import cached_link_key
 from meshguard.mesh.org_gossip import NEW_MEMBER_SENDERS, OrgLink
 from meshguard.nat.budget import TokenBucket
 from meshguard.policy.signed import SignedPolicy, decode_policy, signature_valid
@@ -210,17 +210,8 @@ class PolicyGossip:
     # links -------------------------------------------------------------------------------
 
     def _link_key(self, wg_key: bytes, identity_key: bytes) -> bytes | None:
-        k = (wg_key, identity_key)
-        if k in self._link_keys:
-            return self._link_keys[k]
-        if self.wg_private is None:
-            return None
-        key = derive_link_key(self.wg_private, self.identity_key, wg_key, identity_key,
-                              LINK_LABEL)
-        if len(self._link_keys) >= MAX_SENDERS:
-            self._link_keys.clear()
-        self._link_keys[k] = key
-        return key
+        return cached_link_key(self._link_keys, self.wg_private, self.identity_key, wg_key,
+                               identity_key, LINK_LABEL, MAX_SENDERS)
 
     def seal(self, body: bytes, to: OrgLink) -> bytes | None:
         key = self._link_key(to.wg_key, to.identity_key)
