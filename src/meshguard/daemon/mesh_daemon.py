@@ -558,9 +558,9 @@ class MeshDaemon:
             return await ping_request(self.node, self.node.probes, self.clock,
                                       lambda g: self._execute(list(g)), req.args)
         if req.op == "policy" and self.policies is not None:
-            engine = getattr(self.runner, "engine", None)
-            return self.policies.report(None if self.cfg.kernel or engine is None
-                                        else engine.policy_counters())
+            counters = getattr(getattr(self.runner, "engine", None), "policy_counters", None)
+            return self.policies.report(None if self.cfg.kernel or counters is None
+                                        else counters())
         if req.op == "down":
             log.info("down requested over the control socket")
             asyncio.get_running_loop().call_soon(self.stop_event.set)

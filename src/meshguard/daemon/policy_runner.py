@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Protocol
 
 from meshguard.crypto.keys import X25519PrivateKey, b64encode
-from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.errors import MeshguardError
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.trust import TrustStore
@@ -48,8 +47,17 @@ log = logging.getLogger("meshguard.policy")
 RECOMPILE_DELAY = 0.05  # seconds: membership changes that come together compile once
 
 
-class PolicyEngine(Protocol):
-    def set_policy(self, table: PolicyTable) -> None: ...
+class PolicyCounters(Protocol):
+    """What the engine counts (dataplane/policy_filter.py PolicyCounters)."""
+
+    @property
+    def rule_packets(self) -> tuple[int, ...]: ...
+
+    @property
+    def reasons(self) -> dict[str, int]: ...
+
+    @property
+    def evicted(self) -> int: ...
 
 
 class GrantSink(Protocol):
@@ -98,7 +106,7 @@ class PolicyRunner:
     local: LocalPolicies
     store: PolicyStore
     node: MeshNode | None = None
-    engine: PolicyEngine | None = None
+    engine: object | None = None  # the data-plane engine: Engine.set_policy(table)
     routes: GrantSink | None = None
     kernel: bool = False
     table: PolicyTable = ALLOW_ALL
@@ -122,7 +130,7 @@ class PolicyRunner:
         return cls(config_dir, local, store, org_names=_org_names(trust))
 
     def attach(self, node: MeshNode, rng: Rng, wg_private: X25519PrivateKey,
-               wall: Callable[[], float], engine: PolicyEngine | None,
+               wall: Callable[[], float], engine: object | None,
                routes: GrantSink | None = None, kernel: bool = False) -> None:
         self.node, self.engine, self.routes, self.kernel, self._wall = (
             node, engine, routes, kernel, wall)
@@ -199,8 +207,9 @@ class PolicyRunner:
             table = compile_table(self.local, in_force, self_info(node), members,
                                   self.org_names)
             grants = route_grants(in_force, members, self.org_names)
-            if self.engine is not None and not self.kernel:
-                self.engine.set_policy(table)
+            set_policy = getattr(self.engine, "set_policy", None)
+            if set_policy is not None and not self.kernel:
+                set_policy(table)
         except (MeshguardError, ValueError) as exc:
             self.last_error = f"{why}: {exc}"
             log.error("policy compile failed (%s), keeping the last good table: %s", why, exc)
