@@ -6,18 +6,25 @@ prints what the `policy` op reports."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from meshguard.cli.policy_view import format_policy
-from meshguard.crypto.keys import Ed25519PrivateKey
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode
 from meshguard.daemon.policy_runner import PolicyRunner
+from meshguard.daemon.trust_holder import TrustHolder
 from meshguard.identity import store as files
+from meshguard.identity.certificate import sign_certificate
 from meshguard.identity.trust import TrustStore
+from meshguard.mesh.node import MeshNode
 from meshguard.policy.rules import PolicyError
 from meshguard.policy.signed import sign_policy
 from meshguard.policy.store import PolicyStore
+from meshguard.policy.table import PolicyTable, RouteGrant
+from meshguard.testing.rng import SeededRng
 
 ORG = Ed25519PrivateKey(bytes(range(32)))
 
@@ -100,3 +107,55 @@ def test_meshguard_policy_prints_sources_rules_counters_and_refusals() -> None:
     assert "gossip dropped: digest_mismatch 1" in out
     kernel = format_policy({**rep, "mode": "kernel"})
     assert kernel.startswith("policy: not enforced (kernel mode)")
+
+
+class _NoMembers:
+    """A membership with no other member yet (the runner reads only `members`)."""
+
+    def members(self) -> list[object]:
+        return []
+
+
+@dataclass
+class _Sink:
+    tables: list[PolicyTable] = field(default_factory=list)
+    grants: list[tuple[RouteGrant, ...]] = field(default_factory=list)
+
+    def set_policy(self, table: PolicyTable) -> None:
+        self.tables.append(table)
+
+    def set_grants(self, grants: Sequence[RouteGrant]) -> None:
+        self.grants.append(tuple(grants))
+
+
+def test_the_table_goes_to_the_engine_and_own_grants_to_a_route_manager_started_later(
+        tmp_path: Path) -> None:
+    cfg = config(tmp_path, None)
+    me = Ed25519PrivateKey(bytes(range(2, 34)))
+    cert = sign_certificate(ORG, me.public_key.raw, "gw-1", 0)
+    sp = sign_policy(ORG, "default deny\nroute 10.20.0.0/24 via gw-1\n", 3, 0)
+    assert PolicyStore.load(cfg).offer(sp, {ORG.public_key.raw}) == "accepted"
+    trust = TrustStore.load(cfg)
+    holder = TrustHolder(trust)
+    wg = X25519PrivateKey.generate(bytes(32))
+    node = MeshNode(me.public_key.raw, wg.public_key.raw, _NoMembers(),  # type: ignore[arg-type]
+                    holder, certificate=cert.to_bytes())
+    runner = PolicyRunner.load(cfg, trust)
+    engine = _Sink()
+    routes: list[_Sink] = []
+    runner.attach(node, SeededRng(1), wg, lambda: 1e9, engine,
+                  lambda: routes[0] if routes else None)
+    assert node.policy is not None and node.policy.held[ORG.public_key.raw] == sp  # announced
+    assert len(engine.tables) == 1 and engine.tables[0].active  # default deny is in force
+    assert [str(g.prefix) for g in runner.grants] == ["10.20.0.0/24"]
+    assert runner.grants[0].member == me.public_key.raw  # this node's own grant
+    routes.append(_Sink())  # the route manager starts after the runner
+    runner.recompile("members changed")
+    assert routes[0].grants == [runner.grants]
+    runner.recompile("members changed")
+    assert len(routes[0].grants) == 1  # unchanged grants are not pushed again
+    rep = runner.report(None)
+    assert rep["sources"] == [{"kind": "org", "source": "org fleet (serial 3)",
+                               "org_key": b64encode(ORG.public_key.raw), "serial": 3,
+                               "digest": sp.digest.hex(), "issued_at": 0, "routes": 1}]
+    assert rep["active"] and not rep["enforced"]  # no counters: nothing reported enforcing

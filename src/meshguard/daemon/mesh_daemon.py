@@ -257,7 +257,8 @@ class MeshDaemon:
         self._load_org_items()
         assert self.policies is not None
         self.policies.attach(self.node, self.rng, self.wg_private, self.clock.wall,
-                             getattr(runner, "engine", None), getattr(self, "routes", None),
+                             getattr(runner, "engine", None),
+                             lambda: getattr(self, "routes", None),
                              kernel=bool(cfg.kernel))
         if cfg.dns:
             await self._start_dns(stack)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -60,10 +60,6 @@ class PolicyCounters(Protocol):
     def evicted(self) -> int: ...
 
 
-class GrantSink(Protocol):
-    def set_grants(self, grants: Sequence[RouteGrant]) -> None: ...
-
-
 def _cert(raw: bytes | None) -> NodeCertificate | None:
     if raw is None:
         return None
@@ -75,7 +71,8 @@ def _cert(raw: bytes | None) -> NodeCertificate | None:
 
 def member_infos(node: MeshNode, wall: float) -> list[MemberInfo]:
     """Every member with a tunnel: its name from its admission (certificate or authorized_keys
-    name), its org from a valid certificate of a trusted org."""
+    name), its orgs from the admission where it names them (a vouch), else from a valid
+    certificate of a trusted org."""
     trusted = node.trusted_orgs()
     views = {m.identity_key: m for m in node.membership.members()}
     out = []
@@ -90,6 +87,8 @@ def member_infos(node: MeshNode, wall: float) -> list[MemberInfo]:
                 and cert.problem(wall, peer.identity_key) is None \
                 and not node._cert_revoked(view.certificate):
             orgs = (cert.org_key,)
+        # the orgs whose certificate or vouch admitted it, where the admission says (vouches)
+        orgs = tuple(getattr(adm, "orgs", ())) or orgs
         out.append(MemberInfo(peer.identity_key, peer.wg_key, adm.name, orgs))
     return out
 
@@ -107,7 +106,7 @@ class PolicyRunner:
     store: PolicyStore
     node: MeshNode | None = None
     engine: object | None = None  # the data-plane engine: Engine.set_policy(table)
-    routes: GrantSink | None = None
+    routes: Callable[[], object | None] = lambda: None  # the route manager, once it runs
     kernel: bool = False
     table: PolicyTable = ALLOW_ALL
     grants: tuple[RouteGrant, ...] = ()
@@ -115,6 +114,7 @@ class PolicyRunner:
     last_error: str | None = None
     compiles: int = 0
     _kernel_warned: bool = False
+    _granted_to: object | None = None
     _wall: Callable[[], float] = lambda: 0.0
     _pending: asyncio.Handle | None = None
 
@@ -131,7 +131,8 @@ class PolicyRunner:
 
     def attach(self, node: MeshNode, rng: Rng, wg_private: X25519PrivateKey,
                wall: Callable[[], float], engine: object | None,
-               routes: GrantSink | None = None, kernel: bool = False) -> None:
+               routes: Callable[[], object | None] = lambda: None, kernel: bool = False
+               ) -> None:
         self.node, self.engine, self.routes, self.kernel, self._wall = (
             node, engine, routes, kernel, wall)
         node.policy = PolicyGossip(rng, wg_private, identity_key=node.identity_key,
@@ -204,9 +205,10 @@ class PolicyRunner:
         members = member_infos(node, wall)
         in_force = self.store.in_force(self._trusted())
         try:
-            table = compile_table(self.local, in_force, self_info(node), members,
-                                  self.org_names)
-            grants = route_grants(in_force, members, self.org_names)
+            me = self_info(node)
+            table = compile_table(self.local, in_force, me, members, self.org_names)
+            # this node's own grants too: they turn forwarding on where it routes
+            grants = route_grants(in_force, [*members, me], self.org_names)
             set_policy = getattr(self.engine, "set_policy", None)
             if set_policy is not None and not self.kernel:
                 set_policy(table)
@@ -219,9 +221,10 @@ class PolicyRunner:
             self._kernel_warned = True
             log.warning("policies are not enforced in kernel mode (the kernel's WireGuard "
                         "carries the traffic); route grants still apply")
-        if grants != self.grants or why == "start":
-            self.grants = grants
-            set_grants = getattr(self.routes, "set_grants", None)
+        sink = self.routes()
+        if grants != self.grants or sink is not self._granted_to:
+            self.grants, self._granted_to = grants, sink
+            set_grants = getattr(sink, "set_grants", None)
             if set_grants is not None:
                 set_grants(grants)
         log.debug("policy compiled (%s): %d chains, %d rules, %d grants", why,
