@@ -44,7 +44,7 @@ from meshguard.rng import Rng
 
 log = logging.getLogger("meshguard.policy")
 
-RECOMPILE_DELAY = 0.05  # seconds: membership changes that come together compile once
+RECOMPILE_DELAY = 0.02  # seconds: membership changes that come together compile once
 
 
 class PolicyCounters(Protocol):
