@@ -7,8 +7,8 @@ grants out (docs/policy.md).
 * `attach` gives the node its policy gossip core (mesh/policy_gossip.py), whose complete,
   digest-checked blobs go to PolicyStore.offer (one signature check, an atomic write), and
   announces the newest policy of every trusted org the store holds;
-* `recompile` builds a MemberInfo for every member with a tunnel (its name from its admission,
-  its org from its certificate) and pushes the compiled table to the data-plane engine
+* `recompile` builds a MemberInfo for every member with a tunnel (its name and orgs from its
+  admission: a certificate or a vouch) and pushes the compiled table to the data-plane engine
   (`Engine.set_policy`) and the grants to the route manager (`set_grants`, when there is one).
   It runs at start, on membership changes (coalesced), on a policy learned by gossip and on a
   trust reload (the trust poller watches `services/` and `policies/` too: identity/trust.py
@@ -70,10 +70,8 @@ def _cert(raw: bytes | None) -> NodeCertificate | None:
 
 
 def member_infos(node: MeshNode, wall: float) -> list[MemberInfo]:
-    """Every member with a tunnel: its name from its admission (certificate or authorized_keys
-    name), its orgs from the admission where it names them (a vouch), else from a valid
-    certificate of a trusted org."""
-    trusted = node.trusted_orgs()
+    """Every member with a tunnel, with its name and the orgs whose certificate or vouch
+    admits it, as its admission says (identity/trust.py Admission)."""
     views = {m.identity_key: m for m in node.membership.members()}
     out = []
     for peer in node.peers.values():
@@ -81,15 +79,8 @@ def member_infos(node: MeshNode, wall: float) -> list[MemberInfo]:
         if view is None:
             continue
         adm = node.admission(view, wall)
-        cert = _cert(view.certificate)
-        orgs: tuple[bytes, ...] = ()
-        if cert is not None and cert.org_key in trusted and cert.node_key == peer.identity_key \
-                and cert.problem(wall, peer.identity_key) is None \
-                and not node._cert_revoked(view.certificate):
-            orgs = (cert.org_key,)
-        # the orgs whose certificate or vouch admitted it, where the admission says (vouches)
-        orgs = tuple(getattr(adm, "orgs", ())) or orgs
-        out.append(MemberInfo(peer.identity_key, peer.wg_key, adm.name, orgs))
+        out.append(MemberInfo(peer.identity_key, peer.wg_key, adm.name,
+                              adm.orgs if adm.admitted else ()))
     return out
 
 
