@@ -9,7 +9,7 @@ import pytest
 
 from meshguard.identity import certificate
 from meshguard.mesh import demux
-from meshguard.wire import gossip, holepunch, org, path_probe, relay, stun
+from meshguard.wire import gossip, holepunch, org, path_probe, policy_gossip, relay, stun
 from meshguard.wire import wireguard as wg
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -29,6 +29,9 @@ FIXED = {
     "Revocation item": org.REVOKE_ITEM_LEN,
     "Vouch item": org.VOUCH_ITEM_LEN,
     "PathProbe and PathProbeAck": path_probe.HEAD_LEN,
+    "PolicyAnnounce item": policy_gossip.ANNOUNCE_ITEM_LEN,
+    "PolicyChunkRequest": policy_gossip.REQUEST_LEN,
+    "PolicyChunk": policy_gossip.CHUNK_HEAD_LEN,
 }
 
 

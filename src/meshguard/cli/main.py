@@ -29,8 +29,10 @@ _CONNECT = "meshguard.cli.connect_command"
 _PING = "meshguard.cli.ping_command"
 _POLICY = "meshguard.cli.policy_commands"
 _VOUCH = "meshguard.cli.vouch_command"
+_POLICY_VIEW = "meshguard.cli.policy_view"
 # in the order `--help` lists them
-COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _VOUCH, _CONNECT, _PING, _POLICY)
+COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _VOUCH, _CONNECT, _PING, _POLICY,
+                   _POLICY_VIEW)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -42,6 +44,7 @@ COMMANDS = {
     "ping": _PING,
     **dict.fromkeys(("service", "org-policy"), _POLICY),
     "org-vouch": _VOUCH,
+    "policy": _POLICY_VIEW,
 }
 
 

@@ -51,6 +51,7 @@ from meshguard.daemon.host_probe import has_net_admin, resolve_seeds, underlay_h
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
 from meshguard.daemon.netlink_events import NetlinkEvents
 from meshguard.daemon.path_probes import install_prober, ping_request
+from meshguard.daemon.policy_runner import PolicyRunner
 from meshguard.daemon.portmap_rehome import PortmapHolder
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
 from meshguard.daemon.runtime import socket_path
@@ -78,6 +79,7 @@ from meshguard.mesh.node import (
     StunResult,
     VouchLearned,
 )
+from meshguard.mesh.policy_gossip import PolicyLearned
 from meshguard.mesh.roaming import Reannounce, Roaming
 from meshguard.mesh.swim_port import SwimPort, build_membership
 from meshguard.mesh.wg_backend import DeviceBackend
@@ -158,6 +160,7 @@ class MeshDaemon:
         self._public: tuple[Endpoint | None, int] = (None, NatType.UNKNOWN)  # STUN or relay
         self._mapped: Endpoint | None = None  # the port mapping advertised
         self._watch: UnderlayWatch | None = None
+        self.policies: PolicyRunner | None = None  # read at preflight (daemon/policy_runner.py)
 
     @property
     def portmap(self) -> PortmapTask | None:
@@ -186,6 +189,7 @@ class MeshDaemon:
                 f"the trust store in {self.config_dir} is empty, so no member could be admitted;"
                 " trust a peer with `meshguard trust` (or start anyway with --open)")
         self.trust = TrustHolder(trust)
+        self.policies = PolicyRunner.load(self.config_dir, trust)  # "FILE:LINE: ..." stops up
         self._trust_fp = trust_stamp(self.config_dir)
         mark("keys loaded")
         if cfg.kernel:
@@ -251,6 +255,11 @@ class MeshDaemon:
                                               timeout=KERNEL_PUNCH_TIMEOUT)
             self.node.relay = Relay(pub, self.wg_private, cookie_secret=self.rng.bytes(32))
         self._load_org_items()
+        assert self.policies is not None
+        self.policies.attach(self.node, self.rng, self.wg_private, self.clock.wall,
+                             getattr(runner, "engine", None),
+                             lambda: getattr(self, "routes", None),
+                             kernel=bool(cfg.kernel))
         if cfg.dns:
             await self._start_dns(stack)
         runner.attach(self.node, loop, stack)
@@ -399,6 +408,8 @@ class MeshDaemon:
             elif isinstance(a, PeerDown):
                 log.info("tunnel down to %s (%s)", a.identity_key.hex()[:12], a.reason)
                 changes.append(a)
+            elif isinstance(a, PolicyLearned) and self.policies is not None:
+                self.policies.learned(a.policy)
             elif isinstance(a, SelfAddressChanged):
                 log.warning("mesh IPv4 collision: our address moves from %s to %s",
                             a.old, a.new)
@@ -419,6 +430,8 @@ class MeshDaemon:
                 log.debug("event: %s", a)
         if changes:
             self.runner.peers_changed(changes)
+            if self.policies is not None:
+                self.policies.members_changed()
 
     def _on_stun(self, res: StunResult) -> None:
         if self._watch is not None:  # the record follows the answer (mesh/roaming.py)
@@ -508,6 +521,8 @@ class MeshDaemon:
         actions += self.membership.trust_changed(self.clock.monotonic(), self.clock.wall())
         actions += self._load_org_items()
         self._execute(actions)
+        if self.policies is not None:
+            self.policies.reload(new)
 
     async def _trust_poller(self) -> None:
         saved = self.clock.monotonic()
@@ -543,6 +558,10 @@ class MeshDaemon:
         if req.op == "ping" and self.node is not None:
             return await ping_request(self.node, self.node.probes, self.clock,
                                       lambda g: self._execute(list(g)), req.args)
+        if req.op == "policy" and self.policies is not None:
+            counters = getattr(getattr(self.runner, "engine", None), "policy_counters", None)
+            return self.policies.report(None if self.cfg.kernel or counters is None
+                                        else counters())
         if req.op == "down":
             log.info("down requested over the control socket")
             asyncio.get_running_loop().call_soon(self.stop_event.set)

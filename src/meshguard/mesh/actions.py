@@ -11,14 +11,15 @@ import ipaddress
 from dataclasses import dataclass
 
 from meshguard.mesh.org_gossip import AliasLearned, RevocationLearned, VouchLearned
+from meshguard.mesh.policy_gossip import PolicyLearned
 from meshguard.nat.holepunch import PunchRendezvous
 from meshguard.nat.relay import RelayDelivered
 from meshguard.sansio import Endpoint
 from meshguard.wireguard.actions import Action as DeviceAction
 
 __all__ = ["ROUTED_STATES", "Action", "AliasLearned", "IPNetwork", "Joined", "MemberView",
-           "PeerConfig", "PeerDown", "PeerUp", "ReflexiveEndpoint", "RevocationLearned",
-           "SelfAddressChanged", "StunResult", "VouchLearned"]
+           "PeerConfig", "PeerDown", "PeerUp", "PolicyLearned", "ReflexiveEndpoint",
+           "RevocationLearned", "SelfAddressChanged", "StunResult", "VouchLearned"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ROUTED_STATES = frozenset({"alive", "suspect"})  # the member states that get a tunnel
@@ -96,7 +97,7 @@ class ReflexiveEndpoint:
 
 
 Action = (DeviceAction | PeerUp | PeerDown | SelfAddressChanged | Joined | StunResult
-          | RevocationLearned | AliasLearned | VouchLearned | ReflexiveEndpoint
+          | RevocationLearned | AliasLearned | VouchLearned | ReflexiveEndpoint | PolicyLearned
           # kernel mode only (no Device here): for the shell's kernel traversal
           # (mesh/kernel_traversal.py, daemon/kernel_paths.py)
           | PunchRendezvous | RelayDelivered)

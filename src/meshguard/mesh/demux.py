@@ -9,7 +9,8 @@ Order of checks (cheapest first, no allocation):
    lists them; RelayData 0x31 (one MACed relay hop, wire/relay.py); HolepunchRequest 0x33 and
    HolepunchResponse 0x34 (a stage byte: 0 through the rendezvous, 1 a direct probe or its
    answer, wire/holepunch.py); OrgAliasAnnounce 0x41, OrgCertRevoke 0x42 and OrgTrustVouch 0x43
-   (wire/org.py);
+   (wire/org.py); PolicyAnnounce 0x44, PolicyChunkRequest 0x45 and PolicyChunk 0x46
+   (wire/policy_gossip.py);
    PathProbe 0x51 and PathProbeAck 0x52 (wire/path_probe.py); new types take new numbers);
 anything else (empty, unknown type byte) is garbage, which the caller counts and drops.
 
@@ -27,8 +28,9 @@ from meshguard.wire.gossip import GOSSIP_TYPES as SWIM_TYPES
 STUN_MAGIC = b"\x21\x12\xa4\x42"
 
 # NAT and org messages (docs/wire-format.md#message-types): RelayData, HolepunchRequest/Response,
-# OrgAliasAnnounce, OrgCertRevoke, PathProbe/PathProbeAck
-NAT_ORG_TYPES = frozenset({0x31, 0x33, 0x34, 0x41, 0x42, 0x43, 0x51, 0x52})
+# OrgAliasAnnounce, OrgCertRevoke, OrgTrustVouch, PolicyAnnounce/ChunkRequest/Chunk,
+# PathProbe/PathProbeAck
+NAT_ORG_TYPES = frozenset({0x31, 0x33, 0x34, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x51, 0x52})
 # every SWIM type wire/gossip.py defines (new ones are picked up automatically) plus the above
 GOSSIP_TYPES = SWIM_TYPES | NAT_ORG_TYPES
 

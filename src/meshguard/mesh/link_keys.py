@@ -25,4 +25,21 @@ def derive_link_key(own: X25519PrivateKey, own_identity: bytes, wg_key: bytes,
     return blake2s(label, shared, w0, w1, i0, i1)
 
 
-__all__ = ["derive_link_key"]
+def cached_link_key(cache: dict[tuple[bytes, bytes], bytes | None],
+                    own: X25519PrivateKey | None, own_identity: bytes, wg_key: bytes,
+                    identity_key: bytes, label: bytes, limit: int) -> bytes | None:
+    """`derive_link_key` through `cache` (one X25519 per member; the cache is cleared when it
+    holds `limit` keys); None without our own key."""
+    k = (wg_key, identity_key)
+    if k in cache:
+        return cache[k]
+    if own is None:
+        return None
+    key = derive_link_key(own, own_identity, wg_key, identity_key, label)
+    if len(cache) >= limit:
+        cache.clear()
+    cache[k] = key
+    return key
+
+
+__all__ = ["cached_link_key", "derive_link_key"]

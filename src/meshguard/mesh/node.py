@@ -57,7 +57,7 @@ from meshguard.identity.addressing import assign_ipv4, mesh_ipv4, mesh_ipv6, org
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import MESH_TLD, node_dns_name
-from meshguard.mesh import org_wiring
+from meshguard.mesh import org_wiring, policy_wiring
 from meshguard.mesh import paths as path_wiring
 from meshguard.mesh.actions import (
     ROUTED_STATES,
@@ -79,6 +79,7 @@ from meshguard.mesh.demux import Kind, classify
 from meshguard.mesh.member_views import LazyView, punch_peers, relay_peers
 from meshguard.mesh.org_gossip import OrgGossip
 from meshguard.mesh.path_probe import PathProber, node_targets
+from meshguard.mesh.policy_gossip import PolicyGossip
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
@@ -91,6 +92,7 @@ from meshguard.swim.events import Action as SwimAction
 from meshguard.wire.holepunch import HOLEPUNCH_TYPES
 from meshguard.wire.org import ORG_TYPES, AliasAnnouncement, CertRevocation
 from meshguard.wire.path_probe import PATH_PROBE_TYPES
+from meshguard.wire.policy_gossip import POLICY_TYPES
 from meshguard.wire.relay import RELAY_DATA
 from meshguard.wireguard.actions import Action as DeviceAction
 from meshguard.wireguard.actions import SendDatagram
@@ -132,6 +134,7 @@ class MeshNode:
     backend: PeerBackend | None = None
     stun: StunPort | None = None
     org: OrgGossip | None = None
+    policy: PolicyGossip | None = None  # signed org policies (mesh/policy_wiring.py)
     certificate: bytes | None = None  # this node's own certificate (for its DNS name)
     keepalive: int = KEEPALIVE
     counters: Counter[str] = field(default_factory=Counter)
@@ -141,6 +144,7 @@ class MeshNode:
     _last_recheck: float = float("-inf")
     names_version: int = 0
     _org_seen: int = -1
+    _policy_seen: int = -1
     _punch_scan: float = float("-inf")
     holepunch: HolePuncher | None = None  # userspace mode behind a NAT (nat/holepunch.py)
     relay: Relay | None = None  # relaying through a public member (nat/relay.py)
@@ -182,6 +186,9 @@ class MeshNode:
         if kind is Kind.GOSSIP and data[0] in ORG_TYPES:
             self.counters["org_rx"] += 1
             return org_wiring.receive(self, now, wall, bytes(data), src)
+        if kind is Kind.GOSSIP and data[0] in POLICY_TYPES:
+            self.counters["policy_rx"] += 1
+            return policy_wiring.receive(self, now, wall, bytes(data), src)
         if kind is Kind.GOSSIP:
             self.counters["gossip_rx"] += 1
             out = self.membership.receive(now, wall, data, src)
@@ -232,6 +239,7 @@ class MeshNode:
                 out += self.reconcile(wall)  # a relay died: back to the advertised endpoint
         out += path_wiring.check_paths(self, now, wall)
         out += org_wiring.tick(self, now, wall)
+        out += policy_wiring.tick(self, now, wall)
         pp = self._probes_core()
         if pp is not None:
             out += pp.tick(now, wall)
@@ -247,6 +255,7 @@ class MeshNode:
                           self.stun.next_deadline() if self.stun else None,
                           self.device.next_deadline() if self.device else None,
                           self.org.next_deadline() if self.org else None,
+                          self.policy.next_deadline() if self.policy else None,
                           self._punch_deadline(),
                           self.relay.next_deadline() if self.relay else None,
                           self.probes.next_deadline() if self.probes else None,

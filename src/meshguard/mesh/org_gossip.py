@@ -75,7 +75,7 @@ from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode
 from meshguard.errors import WireFormatError
 from meshguard.identity.names import is_dns_label
 from meshguard.identity.vouch import vouch_valid
-from meshguard.mesh.link_keys import derive_link_key
+from meshguard.mesh.link_keys import cached_link_key
 from meshguard.rng import Rng
 from meshguard.sansio import Endpoint, SendDatagram
 from meshguard.wire import org as wire
@@ -433,19 +433,8 @@ class OrgGossip:
 
     def _link_key(self, wg_key: bytes, identity_key: bytes) -> bytes | None:
         """The MAC key this node shares with a member (one X25519 per member, cached)."""
-        k = (wg_key, identity_key)
-        try:
-            return self._link_keys[k]
-        except KeyError:
-            pass
-        own = self.wg_private
-        if own is None:
-            return None
-        key = derive_link_key(own, self.identity_key, wg_key, identity_key, LINK_LABEL)
-        if len(self._link_keys) >= MAX_SENDERS:
-            self._link_keys.clear()
-        self._link_keys[k] = key
-        return key
+        return cached_link_key(self._link_keys, self.wg_private, self.identity_key, wg_key,
+                               identity_key, LINK_LABEL, MAX_SENDERS)
 
     def seal(self, body: bytes, to: OrgLink) -> bytes | None:
         """An org packet body (encode_revocations/encode_aliases) MACed for member `to`."""

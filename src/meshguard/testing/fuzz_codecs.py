@@ -29,6 +29,7 @@ from meshguard.identity.vouch import parse_vouch, sign_vouch, vouch_valid
 from meshguard.identity.wgkey import WgKeyVouch, vouch_wg_key
 from meshguard.mesh import demux, org_gossip
 from meshguard.nat.stun_client import StunClient
+from meshguard.policy.signed import sign_policy
 from meshguard.testing.fuzz_datapath import datapath_targets
 from meshguard.testing.fuzz_engine import WALL0, RoundTripError, Target, dedupe
 from meshguard.testing.fuzz_fastpath import fastpath_targets
@@ -45,6 +46,7 @@ from meshguard.wire import (
     holepunch,
     org,
     path_probe,
+    policy_gossip,
     relay,
     stun,
     wireguard,
@@ -132,6 +134,32 @@ def _org_vouch_file(data: bytes) -> None:
     if v is not None:
         _roundtrip("org vouch file", data, v.to_bytes())
         vouch_valid(v)
+
+
+def _policy_gossip(data: bytes) -> None:
+    body, _sender_wg, _tag = policy_gossip.split_link(data)
+    msg = policy_gossip.decode(body)
+    if isinstance(msg, tuple):
+        again = policy_gossip.encode_announce(msg)
+    elif isinstance(msg, policy_gossip.ChunkRequest):
+        again = policy_gossip.encode_request(msg)
+    else:
+        again = policy_gossip.encode_chunk(msg)
+    _roundtrip("policy gossip", body, again)
+
+
+def _policy_gossip_seeds() -> list[bytes]:
+    sp = sign_policy(_keys(907)[0], "to *\nallow tcp 22\n" * 100, 9, 1_700_000_000)
+    item = policy_gossip.PolicyItem(sp.org_key, sp.serial, sp.digest, len(sp.raw))
+    last = (len(sp.raw) - 1) // policy_gossip.CHUNK * policy_gossip.CHUNK
+    trailer = bytes(range(32)) + bytes(16)
+    return [b + trailer for b in (
+        policy_gossip.encode_announce([item, item]),
+        policy_gossip.encode_request(policy_gossip.ChunkRequest(sp.org_key, 9, sp.digest, 0)),
+        policy_gossip.encode_chunk(policy_gossip.Chunk(sp.org_key, 9, sp.digest, 0,
+                                                       len(sp.raw), sp.raw[:1024])),
+        policy_gossip.encode_chunk(policy_gossip.Chunk(sp.org_key, 9, sp.digest, last,
+                                                       len(sp.raw), sp.raw[last:])))]
 
 
 def _stun(data: bytes) -> None:
@@ -404,6 +432,7 @@ def codec_targets() -> dict[str, Target]:
                _holepunch, wf),
         Target("org", dedupe(by_type.get("org", []) + _synthetic_org_seeds()), _org, wf),
         Target("path_probe", _path_probe_seeds(), _path_probe, wf),
+        Target("policy_gossip", _policy_gossip_seeds(), _policy_gossip, wf),
         Target("stun", stun_seeds(), _stun, wf),
         Target("stun_client", stun_seeds(), _stun_client, ()),
         Target("dns", _dns_seeds(), _dns, wf),

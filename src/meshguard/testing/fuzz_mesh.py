@@ -23,17 +23,21 @@ from meshguard.identity.trust import (
 from meshguard.mesh import demux, org_gossip
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.org_gossip import OrgGossip
+from meshguard.mesh.policy_gossip import LINK_LABEL as POLICY_LINK_LABEL
+from meshguard.mesh.policy_gossip import PolicyGossip
 from meshguard.mesh.swim_port import SwimPort, build_membership
 from meshguard.mesh.wg_backend import DeviceBackend
 from meshguard.nat import relay as relay_core
 from meshguard.nat.holepunch import HolePuncher
 from meshguard.nat.relay import Relay
 from meshguard.nat.stun_client import StunClient
+from meshguard.policy.signed import sign_policy
 from meshguard.sansio import Endpoint
 from meshguard.swim import records as swim_records
 from meshguard.testing.fuzz_engine import WALL0, building_seeds, counted_logs, dedupe
 from meshguard.testing.rng import SeededRng
 from meshguard.wire import gossip, holepunch, org, relay, wireguard
+from meshguard.wire import policy_gossip as policy_wire
 from meshguard.wireguard.actions import SendDatagram
 from meshguard.wireguard.cookie import mac1_key
 from meshguard.wireguard.device import Device
@@ -123,7 +127,8 @@ def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
         else:
             dev = Device(rng, wg)
         node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, trust, device=dev,
-                        backend=DeviceBackend(dev), org=OrgGossip(rng, wg), certificate=cert)
+                        backend=DeviceBackend(dev), org=OrgGossip(rng, wg), certificate=cert,
+                        policy=PolicyGossip(rng, wg, identity_key=ident.public_key.raw))
         node.holepunch = HolePuncher(ident, rng)
         node.holepunch.set_self((ep,), behind_nat=name != "V")
         node.relay = Relay(ident.public_key.raw, wg, cookie_secret=b"\x05" * 32)
@@ -201,6 +206,8 @@ def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
             rev = org_gossip.sign_revocation(org_key, b"\x77" * 32, int(wall))
             run(a, a.node.announce_revocations([rev], wall))
             a.node.announce_alias(org_gossip.sign_alias(org_key, "corp", int(wall)), wall)
+            assert a.node.policy is not None  # and a signed policy of three chunks
+            a.node.policy.hold(sign_policy(org_key, "to *\nallow tcp 22\n" * 150, 1, int(wall)))
     deliver()
     records = _records_in(datagrams)
     problems: list[str] = []
@@ -209,6 +216,8 @@ def _build_mesh(seed: int, victim_under_load: int | None) -> MeshCapture:
         problems.append("relay seeds: A and B did not fall back to relaying through V")
     if not any(d[:1] in (b"\x41", b"\x42") for d in to_victim):
         problems.append("org seeds: V received no org gossip")
+    if not any(d[:1] == bytes([policy_wire.POLICY_CHUNK]) for d in to_victim):
+        problems.append("policy seeds: V received no policy chunk")
     punch_seeds = _safe("hole-punch", problems, lambda: _punch_seeds(v, a, b, c, wall))
     return MeshCapture(v, [a, b, c], org_key, now, datagrams, to_victim, records, relay_seeds,
                        punch_seeds, problems)
@@ -346,6 +355,8 @@ class NodeHarness:
             return self._punch(data)
         if t in org.ORG_TYPES:
             return self._org(data)
+        if t in policy_wire.POLICY_TYPES:
+            return self._remac(data, POLICY_LINK_LABEL)
         if t == gossip.JOIN:
             return self._join(data)
         if t in gossip.GOSSIP_TYPES:
@@ -405,6 +416,17 @@ class NodeHarness:
         v = self.mesh.victim
         link = pair_key(org_gossip.LINK_LABEL, who.key, who.wg, v.key, v.wg.public_key.raw)
         return body + sender_wg + mac(link, body + sender_wg)
+
+    def _remac(self, data: bytes, label: bytes) -> bytes:
+        """Re-MAC a member-to-member packet as the member its trailer names."""
+        if len(data) < org.LINK_LEN:
+            return data
+        head = data[:-org.MAC_LEN]
+        who = self._by_wg.get(bytes(head[-32:]))
+        if who is None:
+            return data
+        v = self.mesh.victim
+        return head + mac(pair_key(label, who.key, who.wg, v.key, v.wg.public_key.raw), head)
 
     def _resign_record(self, raw: bytes) -> bytes:
         who = self._by_key.get(bytes(raw[4:36]))

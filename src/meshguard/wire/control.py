@@ -18,6 +18,10 @@ Requests::
                            "rtt_ms": 0.4 | null (no answer), "mtu": 1280 | null,
                            "mtu_state": "done" | "search" | ..., "reason": why relayed | null}}
                            (one path probe, daemon/path_probes.py)
+    {"op": "policy"}    -> {"ok": true, "result": {"enforced": bool, "sources": [...],
+                           "rules": [{"source", "line", "text", "packets"}], "reasons": {...},
+                           "refused": {...}, "gossip": {...}, "transfers": [...], ...}}
+                           (what is in force, daemon/policy_runner.py `report`)
 
 Errors: ``{"ok": false, "error": "<one line>"}``.
 
@@ -92,7 +96,7 @@ from meshguard.wire.seed_status import SeedsStatus
 
 SCHEMA_VERSION = 1
 MAX_LINE = 1 << 20  # 1 MiB: a status of ~4000 members; requests are tiny
-OPS = ("hello", "status", "down", "ping")
+OPS = ("hello", "status", "down", "ping", "policy")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 
 
