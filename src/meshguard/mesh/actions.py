@@ -38,6 +38,7 @@ class MemberView:
     incarnation: int = 0
     nat_type: int = 0  # the record's NAT type (low 7 bits: nat.stun_client.NatType)
     endpoints: tuple[Endpoint, ...] = ()  # every advertised gossip endpoint
+    routes: tuple[IPNetwork, ...] = ()  # the prefixes it offers to carry (docs/policy.md#routes)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from meshguard.swim.config import DEFAULT_CONFIG, SwimConfig
 from meshguard.swim.events import Action, MemberDown, MemberUp, MemberUpdated
 from meshguard.swim.membership import Membership
 from meshguard.swim.records import AdmissionPolicy
-from meshguard.wire.gossip import NodeRecord
+from meshguard.wire.gossip import IPNetwork, NodeRecord
 
 PortAction = SendDatagram | Joined
 """What the port hands the node: SWIM's datagrams, and Joined once."""
@@ -58,6 +58,7 @@ def view_of(rec: NodeRecord, state: str) -> MemberView:
         incarnation=rec.incarnation,
         nat_type=rec.nat_type & NAT_TYPE_MASK,
         endpoints=tuple(rec.endpoints),
+        routes=rec.routes,
     )
 
 
@@ -201,6 +202,7 @@ def build_membership(
     now: float,
     wall: float,
     config: SwimConfig = DEFAULT_CONFIG,
+    routes: Sequence[IPNetwork] = (),
 ) -> SwimPort:
     """A SWIM core for this node. The incarnation starts at the wall-clock millisecond, so a
     restarted node's record always supersedes the one the mesh still remembers (even after a
@@ -211,5 +213,6 @@ def build_membership(
         certificate=certificate,
         incarnation=int(wall * 1000),
         now=now,
+        routes=routes,
     )
     return SwimPort(core)

@@ -108,8 +108,10 @@ from meshguard.wire.gossip import (
     SYNC_WANT,
     TAG_RECORD,
     Entry,
+    IPNetwork,
     NodeRecord,
     Packet,
+    canonical_routes,
     decode_packet,
     peek_type,
 )
@@ -144,6 +146,7 @@ class Membership:
         incarnation: int = 0,
         cache: CryptoCache | None = None,
         now: float = 0.0,
+        routes: Sequence[IPNetwork] = (),
     ) -> None:
         self.config = config
         try:
@@ -159,6 +162,7 @@ class Membership:
                 certificate=certificate,
                 incarnation=incarnation,
                 now=now,
+                routes=canonical_routes(routes),
             )
         except WireFormatError as e:
             raise SwimUsageError(f"invalid self record: {e}") from None
@@ -285,9 +289,12 @@ class Membership:
         nat_type: int | None = None,
         certificate: bytes | None = None,
         wg_key: X25519PrivateKey | None = None,
+        routes: Sequence[IPNetwork] | None = None,
     ) -> None:
         """Change a claim about this node: a new incarnation is signed and gossiped."""
         s = self._s
+        if routes is not None:
+            s.routes = canonical_routes(routes)
         if endpoints is not None:
             s.endpoints = tuple(endpoints)
         if nat_type is not None:

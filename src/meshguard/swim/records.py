@@ -72,6 +72,7 @@ def sign_record(key: Ed25519PrivateKey, rec: NodeRecord) -> tuple[NodeRecord, by
         certificate=rec.certificate,
         left=rec.left,
         signature=sig,
+        routes=rec.routes,
     )
     return signed, encode_record(signed)
 

@@ -24,7 +24,7 @@ from meshguard.sansio import Endpoint
 from meshguard.swim.config import SwimConfig
 from meshguard.swim.records import AdmissionPolicy, CryptoCache, is_admitted, sign_record
 from meshguard.swim.suspicion import Suspicion
-from meshguard.wire.gossip import SYNC_BUCKETS, Entry, NodeRecord
+from meshguard.wire.gossip import SYNC_BUCKETS, Entry, IPNetwork, NodeRecord
 
 ALIVE = "alive"
 SUSPECT = "suspect"
@@ -116,6 +116,7 @@ class SwimState:
         certificate: bytes | None,
         incarnation: int,
         now: float,
+        routes: tuple[IPNetwork, ...] = (),
     ) -> None:
         self.key = identity_key
         self.wg = wg_key
@@ -128,6 +129,7 @@ class SwimState:
         self.endpoints = endpoints
         self.nat = nat_type
         self.cert = certificate
+        self.routes = routes
         self.left = False
         self.record, self.raw = self.sign_self(left=False)
         self.members: dict[bytes, Member] = {}
@@ -163,6 +165,7 @@ class SwimState:
             nat_type=self.nat,
             certificate=self.cert,
             left=left,
+            routes=self.routes,
         )
         return sign_record(self.key, rec)
 

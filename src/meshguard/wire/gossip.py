@@ -28,17 +28,27 @@ piggyback = count(u8) then `count` entries; an entry is tag(u8) then:
 
 node record = flags(u8) n_endpoints(u8) cert_len(u16) identity(32) incarnation(u64)
               wg_public(32) nat_type(u8) endpoints(n x 19: family u8 (4|6), address 16, port u16)
-              certificate(cert_len: 0 or 186..314) signature(64, over everything before it)
+              certificate(cert_len: 0 or 186..314)
+              [routes, only when flags has FLAG_ROUTES: count(u8, 1..16)
+               count x (family u8 (4|6), prefix length u8, address 16)]
+              signature(64, over everything before it)
+flags: FLAG_LEFT 0x01 (the node left), FLAG_ROUTES 0x02 (a routes block follows the
+certificate: the prefixes the node offers to carry, docs/policy.md#routes). The prefixes are
+canonical networks (no host bits, IPv4 padded with zeros), in strictly ascending order (IPv4
+first), so one set of routes has one encoding.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshguard.errors import WireFormatError
 from meshguard.sansio import Endpoint
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PING = 0x01
 PING_REQ = 0x02
@@ -77,6 +87,10 @@ TAG_SUSPECT = 2
 TAG_DEAD = 3
 
 FLAG_LEFT = 0x01
+FLAG_ROUTES = 0x02
+REC_FLAGS = FLAG_LEFT | FLAG_ROUTES
+MAX_ROUTES = 16  # prefixes one record may offer
+ROUTE_LEN = 18  # family(1) prefix length(1) address(16)
 SYNC_FLAG_REPLY = 0x01  # "please also pull from me" (set by the initiator only)
 
 _REC_HEAD = struct.Struct("<BBH32sQ32sB")
@@ -109,6 +123,7 @@ class NodeRecord:
     certificate: bytes | None = None
     left: bool = False
     signature: bytes = b"\x00" * SIG_LEN
+    routes: tuple[IPNetwork, ...] = ()  # the prefixes offered (FLAG_ROUTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +183,65 @@ def decode_endpoint(raw: bytes) -> Endpoint:
     raise WireFormatError("bad endpoint family")
 
 
+def _route_key(net: IPNetwork) -> tuple[int, bytes, int]:
+    return (net.version, net.network_address.packed, net.prefixlen)
+
+
+def encode_routes(routes: tuple[IPNetwork, ...]) -> bytes:
+    """The routes block (without the flag); b"" for no routes."""
+    if not routes:
+        return b""
+    if len(routes) > MAX_ROUTES:
+        raise WireFormatError(f"at most {MAX_ROUTES} routes")
+    keys = [_route_key(r) for r in routes]
+    if keys != sorted(keys) or len(set(keys)) != len(keys):
+        raise WireFormatError("routes must be distinct and sorted (canonical_routes)")
+    out = [bytes([len(routes)])]
+    for v, addr, plen in keys:
+        out.append(bytes([v, plen]) + addr.ljust(16, b"\x00"))
+    return b"".join(out)
+
+
+def canonical_routes(routes: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+    """Distinct networks in the order a record carries them."""
+    return tuple(sorted(set(routes), key=_route_key))
+
+
+def decode_routes(raw: bytes, off: int) -> tuple[tuple[IPNetwork, ...], int]:
+    """Decode the routes block at raw[off]; returns (routes, offset after it)."""
+    if off >= len(raw):
+        raise WireFormatError("truncated routes")
+    n = raw[off]
+    if not 1 <= n <= MAX_ROUTES:
+        raise WireFormatError("bad routes count")
+    off += 1
+    if off + n * ROUTE_LEN > len(raw):
+        raise WireFormatError("truncated routes")
+    nets: list[IPNetwork] = []
+    prev: tuple[int, bytes, int] | None = None
+    for _ in range(n):
+        fam, plen, addr = raw[off], raw[off + 1], raw[off + 2 : off + ROUTE_LEN]
+        off += ROUTE_LEN
+        net: IPNetwork
+        try:
+            if fam == 4:
+                if any(addr[4:]):
+                    raise WireFormatError("IPv4 route with nonzero padding")
+                net = ipaddress.IPv4Network((addr[:4], plen))
+            elif fam == 6:
+                net = ipaddress.IPv6Network((addr, plen))
+            else:
+                raise WireFormatError("bad route family")
+        except ValueError:  # host bits set, or prefix length out of range
+            raise WireFormatError("route is not a canonical network") from None
+        key = _route_key(net)
+        if prev is not None and key <= prev:
+            raise WireFormatError("routes not in ascending order")
+        prev = key
+        nets.append(net)
+    return tuple(nets), off
+
+
 def record_signed_part(rec: NodeRecord) -> bytes:
     """The record bytes covered by its signature (everything but the signature)."""
     n = len(rec.endpoints)
@@ -180,11 +254,12 @@ def record_signed_part(rec: NodeRecord) -> bytes:
         raise WireFormatError("keys must be 32 bytes")
     if not 0 <= rec.incarnation < 2**64 or not 0 <= rec.nat_type <= 0xFF:
         raise WireFormatError("incarnation or NAT type out of range")
-    flags = FLAG_LEFT if rec.left else 0
+    flags = (FLAG_LEFT if rec.left else 0) | (FLAG_ROUTES if rec.routes else 0)
     head = _REC_HEAD.pack(
         flags, n, len(cert), rec.identity, rec.incarnation, rec.wg_public, rec.nat_type
     )
-    return head + b"".join(encode_endpoint(e) for e in rec.endpoints) + cert
+    return (head + b"".join(encode_endpoint(e) for e in rec.endpoints) + cert
+            + encode_routes(rec.routes))
 
 
 def encode_record(rec: NodeRecord) -> bytes:
@@ -198,9 +273,14 @@ def record_len_at(buf: bytes, off: int) -> int:
     if off + REC_HEAD_LEN + SIG_LEN > len(buf):
         raise WireFormatError("truncated record")
     flags, n, clen = buf[off], buf[off + 1], buf[off + 2] | (buf[off + 3] << 8)
-    if flags & ~FLAG_LEFT or n > MAX_ENDPOINTS or (clen and not CERT_MIN <= clen <= CERT_MAX):
+    if flags & ~REC_FLAGS or n > MAX_ENDPOINTS or (clen and not CERT_MIN <= clen <= CERT_MAX):
         raise WireFormatError("bad record header")
     size = REC_HEAD_LEN + n * EP_LEN + clen + SIG_LEN
+    if flags & FLAG_ROUTES:  # the count byte sits just before the signature's place
+        at = off + size - SIG_LEN
+        if at >= len(buf) or not 1 <= buf[at] <= MAX_ROUTES:
+            raise WireFormatError("bad routes count")
+        size += 1 + buf[at] * ROUTE_LEN
     if off + size > len(buf):
         raise WireFormatError("truncated record")
     return size
@@ -217,6 +297,9 @@ def decode_record(raw: bytes) -> NodeRecord:
         off += EP_LEN
     cert = raw[off : off + clen] if clen else None
     off += clen
+    routes: tuple[IPNetwork, ...] = ()
+    if flags & FLAG_ROUTES:
+        routes, off = decode_routes(raw[: len(raw) - SIG_LEN], off)
     return NodeRecord(
         identity=ident,
         wg_public=wg,
@@ -226,6 +309,7 @@ def decode_record(raw: bytes) -> NodeRecord:
         certificate=cert,
         left=bool(flags & FLAG_LEFT),
         signature=raw[off : off + SIG_LEN],
+        routes=routes,
     )
 
 
