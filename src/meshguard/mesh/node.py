@@ -16,6 +16,8 @@ against the peers it has:
   `identity.addressing.assign_ipv4` over this node plus all routed members, so two members
   whose natural addresses collide never share a /32 (the loser gets its probe address, or
   IPv6 only);
+* plus the subnets or exit routes it carries for this node (mesh/routes.py, when `routes`
+  is set: offered, granted by an org-signed policy, and asked for);
 * endpoint = the member's advertised WireGuard endpoint; persistent keepalive
   `KEEPALIVE` seconds (keeps NAT mappings open).
 
@@ -81,6 +83,7 @@ from meshguard.mesh.org_gossip import OrgGossip
 from meshguard.mesh.path_probe import PathProber, node_targets
 from meshguard.mesh.policy_gossip import PolicyGossip
 from meshguard.mesh.ports import Admitter, DevicePort, MembershipPort, PeerBackend, StunPort
+from meshguard.mesh.routes import RoutePlan, RoutePlanner, plan_routes
 from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import Action as PunchAction
 from meshguard.nat.holepunch import HolePuncher, PeerInfo, PunchFailed, PunchSucceeded
@@ -156,6 +159,8 @@ class MeshNode:
     _relay_members: LazyView[RelayPeer] | None = None
     _punch_members: LazyView[PeerInfo] | None = None
     _views_wall: float | None = None
+    routes: RoutePlanner | None = None  # subnet and exit routes (mesh/routes.py)
+    route_plan: RoutePlan = field(default_factory=RoutePlan)  # as of the last desired_peers
     # learned revocations are logged at most 10 at once, then one per 5 s (the rest counted)
     _revocation_logs: TokenBucket = field(default_factory=lambda: TokenBucket(0.2, 10.0))
 
@@ -596,6 +601,10 @@ class MeshNode:
         """The peers this node should have, and this node's own mesh IPv4."""
         members = self.routed_members(wall)
         v4 = assign_ipv4([self.identity_key, *(m.identity_key for m in members)])
+        if self.routes is not None:
+            self.route_plan = plan_routes(self.routes, self.identity_key, members,
+                                          lambda m: self.admission(m, wall).name)
+        extra = self.route_plan.allowed
         desired: dict[bytes, PeerConfig] = {}
         for m in members:
             assert m.wg_key is not None
@@ -604,6 +613,7 @@ class MeshNode:
             if a4 is not None:
                 nets.append(ipaddress.IPv4Network(f"{a4}/32"))
             nets.append(ipaddress.IPv6Network(f"{mesh_ipv6(m.identity_key)}/128"))
+            nets += extra.get(m.identity_key, ())
             # two identities claiming one WireGuard key: the lower identity key keeps it
             prev = desired.get(m.wg_key)
             if prev is not None and prev.identity_key < m.identity_key:

@@ -1,0 +1,107 @@
+"""mesh/routes.py: a prefix is used only when offered, granted, asked for and safe; overlaps are
+resolved alike on every node (docs/policy.md#routes)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+from meshguard.mesh.routes import RouteMember, RouteOptions, RoutePlanner
+from meshguard.policy.table import RouteGrant
+
+NET = ipaddress.ip_network
+ME = b"\x05" * 32
+A = b"\x10" * 32
+B = b"\x20" * 32
+LAN = NET("10.20.0.0/24")
+EXIT = (NET("0.0.0.0/0"), NET("::/0"))
+
+
+def grant(member: bytes, prefix: str) -> RouteGrant:
+    return RouteGrant(member, NET(prefix), "org test (serial 1) line 1")
+
+
+def member(key: bytes, *offered: str, name: str | None = None,
+           underlay: tuple[str, ...] = ("192.0.2.1",)) -> RouteMember:
+    return RouteMember(key, name, tuple(NET(o) for o in offered), underlay)
+
+
+def test_a_subnet_needs_offer_grant_and_accept_routes() -> None:
+    p = RoutePlanner(RouteOptions(accept_routes=True))
+    a = member(A, "10.20.0.0/24")
+    assert p.plan(ME, [a]).allowed == {}  # offered, not granted
+    assert len(p.warnings) == 1 and "10.20.0.0/24" in p.warnings[0]
+    p.plan(ME, [a])
+    assert len(p.warnings) == 1  # one warning per (member, prefix)
+    assert p.set_grants([grant(A, "10.20.0.0/16")])
+    plan = p.plan(ME, [a])
+    assert plan.allowed == {A: (LAN,)} and plan.subnets == ((LAN, A),)
+    assert p.plan(ME, [member(A)]).allowed == {}  # granted, no longer offered
+    off = RoutePlanner(RouteOptions(accept_routes=False), grants=(grant(A, "10.20.0.0/24"),))
+    assert off.plan(ME, [a]).allowed == {} and off.plan(ME, [a]).subnets == ()
+
+
+def test_a_withdrawn_grant_removes_the_prefix() -> None:
+    p = RoutePlanner(RouteOptions(accept_routes=True))
+    p.set_grants([grant(A, "10.20.0.0/24")])
+    assert p.plan(ME, [member(A, "10.20.0.0/24")]).subnets
+    assert p.set_grants([])
+    assert not p.set_grants([])
+    plan = p.plan(ME, [member(A, "10.20.0.0/24")])
+    assert plan.allowed == {} and plan.subnets == ()
+
+
+def test_a_grant_for_another_member_does_not_count() -> None:
+    p = RoutePlanner(RouteOptions(accept_routes=True), grants=(grant(B, "10.20.0.0/24"),))
+    assert p.plan(ME, [member(A, "10.20.0.0/24")]).allowed == {}
+
+
+def test_the_same_prefix_goes_to_the_lowest_identity_and_nested_ones_both_stay() -> None:
+    p = RoutePlanner(RouteOptions(accept_routes=True))
+    p.set_grants([grant(A, "10.20.0.0/16"), grant(B, "10.20.0.0/16")])
+    b = member(B, "10.20.0.0/24", "10.20.5.0/24")
+    a = member(A, "10.20.0.0/24")
+    for order in ([a, b], [b, a]):
+        plan = p.plan(ME, order)
+        assert plan.allowed == {A: (LAN,), B: (NET("10.20.5.0/24"),)}
+
+
+def test_never_over_the_mesh_prefixes_or_underlay_addresses() -> None:
+    p = RoutePlanner(RouteOptions(accept_routes=True), local_underlay=("172.16.3.4",))
+    p.set_grants([grant(A, "10.0.0.0/8"), grant(A, "fd99:6d67::/48"), grant(A, "172.16.0.0/12"),
+                  grant(A, "192.0.2.0/24"), grant(A, "10.99.5.0/24")])
+    a = member(A, "10.0.0.0/8", "10.99.5.0/24", "172.16.0.0/12", "192.0.2.0/24",
+               "fd99:6d67::/48")
+    assert p.plan(ME, [a]).allowed == {}
+    assert len(p.warnings) == 5
+    assert any("mesh prefixes" in w for w in p.warnings)
+    assert any("underlay" in w for w in p.warnings)
+
+
+def test_exit_node_by_name_or_key_only_when_granted() -> None:
+    exit_a = member(A, "0.0.0.0/0", "::/0", name="exit-1", underlay=("192.0.2.1",))
+    b = member(B, "0.0.0.0/0", "::/0", name="other", underlay=("192.0.2.2",))
+    p = RoutePlanner(RouteOptions(exit_node="exit-1"))
+    plan = p.plan(ME, [exit_a, b])
+    assert plan.exit_via is None and plan.exit_problem and "grants" in plan.exit_problem
+    p.set_grants([grant(A, "0.0.0.0/0"), grant(A, "::/0"), grant(B, "0.0.0.0/0")])
+    plan = p.plan(ME, [exit_a, b])
+    assert plan.exit_via == A and plan.allowed == {A: EXIT}
+    assert {str(n) for n in plan.bypass} == {"192.0.2.1/32", "192.0.2.2/32"}
+    by_key = RoutePlanner(RouteOptions(exit_node=base64.b64encode(B).decode()),
+                          grants=p.grants)
+    assert by_key.plan(ME, [exit_a, b]).allowed == {B: (EXIT[0],)}  # ::/0 not granted to B
+    nobody = RoutePlanner(RouteOptions(exit_node="nope"), grants=p.grants)
+    assert "not a member" in str(nobody.plan(ME, [exit_a, b]).exit_problem)
+    # an exit offered and granted but not asked for is not used
+    assert RoutePlanner(grants=p.grants).plan(ME, [exit_a]).allowed == {}
+
+
+def test_what_this_node_carries() -> None:
+    opts = RouteOptions(advertise=(LAN, *EXIT))
+    p = RoutePlanner(opts)
+    plan = p.plan(ME, [])
+    assert plan.carried == () and not plan.exit_served
+    p.set_grants([grant(ME, "10.20.0.0/16"), grant(ME, "0.0.0.0/0")])
+    plan = p.plan(ME, [])
+    assert plan.carried == (LAN,) and plan.exit_served
