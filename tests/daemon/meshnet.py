@@ -196,6 +196,22 @@ class MeshLan:
         self.nodes.append(node)
         return node
 
+    def add_host_behind(self, node: Node, name: str, v4: str, v6: str = "") -> Namespace:
+        """A host namespace on a link of its own to `node`: `node` is `v4`.1/24 (and `v6`1/64),
+        the host `v4`.2 (and `v6`2) with no route beyond that link, so it answers the mesh
+        only when `node` masquerades (a LAN behind a subnet router, a server behind an exit
+        node's upstream)."""
+        host = self._stack.enter_context(Namespace.create(f"mgh{name}"))
+        node_if, host_if = unique_name("vr"), unique_name("vs")
+        subprocess.run(["ip", "link", "add", node_if, "netns", node.ns.name, "type", "veth",
+                        "peer", "name", host_if, "netns", host.name], check=True, timeout=30)
+        for ns, ifname, last in ((node.ns, node_if, "1"), (host, host_if, "2")):
+            ns.add_address(ifname, f"{v4}.{last}/24")
+            if v6:
+                ns.add_address(ifname, f"{v6}{last}/64")
+            ns.link_up(ifname)
+        return host
+
     def wait(self, pred: Callable[[], object], what: str, timeout: float = 20) -> None:
         try:
             wait_until(pred, timeout, what, interval=0.1)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshguard.cli.daemon_commands import (
     DEFAULT_PORT,
@@ -30,6 +31,9 @@ from meshguard.cli.seed_options import parse_seed_domain
 from meshguard.daemon.runtime import DEFAULT_INTERFACE, validate_interface
 from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
+
+if TYPE_CHECKING:
+    from meshguard.mesh.routes import RouteOptions
 
 PORTMAP_METHODS = ("pcp", "nat-pmp", "upnp")  # nat.portmap.Method values
 READY_TIMEOUT = 30.0  # seconds `up` waits for the background daemon before giving up
@@ -51,6 +55,51 @@ def _parse_portmap(text: str) -> tuple[str, ...]:
         raise UsageError(f"--portmap-methods takes a list of {', '.join(PORTMAP_METHODS)}, "
                          f"got {text!r}")
     return methods
+
+
+def _parse_routes(args: argparse.Namespace) -> RouteOptions:
+    """--advertise-routes, --advertise-exit-node, --accept-routes, --exit-node (one usage
+    error line for a bad prefix)."""
+    from meshguard.mesh.routes import DEFAULT_ROUTES, MESH_PREFIXES, RouteOptions
+    from meshguard.wire.gossip import MAX_ROUTES, canonical_routes
+
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for text in args.advertise_routes:
+        for item in (t.strip() for t in text.split(",")):
+            if not item:
+                continue
+            try:
+                net = ipaddress.ip_network(item)
+            except ValueError:
+                raise UsageError(f"--advertise-routes needs networks such as 10.20.0.0/24 "
+                                 f"(no host bits), got {item!r}") from None
+            if net.prefixlen == 0:
+                raise UsageError("--advertise-routes takes subnets; offer the default routes "
+                                 "with --advertise-exit-node")
+            if any(net.overlaps(m) for m in MESH_PREFIXES if m.version == net.version):
+                raise UsageError(f"--advertise-routes: {net} overlaps the mesh prefixes")
+            nets.append(net)
+    if args.advertise_exit_node:
+        nets += DEFAULT_ROUTES
+    advertise = canonical_routes(nets)
+    if len(advertise) > MAX_ROUTES:
+        raise UsageError(f"at most {MAX_ROUTES} routes may be advertised (the exit node "
+                         "counts as two)")
+    if args.exit_node_allow_lan_access and not args.exit_node:
+        raise UsageError("--exit-node-allow-lan-access needs --exit-node")
+    return RouteOptions(advertise=advertise, accept_routes=args.accept_routes,
+                        exit_node=args.exit_node,
+                        exit_node_allow_lan_access=args.exit_node_allow_lan_access)
+
+
+def _route_argv(args: argparse.Namespace) -> list[str]:
+    argv = [f"--advertise-routes={r}" for r in args.advertise_routes]
+    for flag in ("advertise_exit_node", "accept_routes", "exit_node_allow_lan_access"):
+        if getattr(args, flag):
+            argv.append("--" + flag.replace("_", "-"))
+    if args.exit_node:
+        argv += ["--exit-node", args.exit_node]
+    return argv
 
 
 def _with_saved_seeds(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -85,6 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         portmap=() if args.no_portmap else _parse_portmap(args.portmap_methods),
         seed_domains=[parse_seed_domain(d) for d in args.dns],
         mdns=args.mdns,
+        routes=_parse_routes(args),
     )
     if not 0 < args.dns_port < 65536:
         raise UsageError("--dns-port must be between 1 and 65535")
@@ -122,6 +172,7 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
     if args.no_portmap:
         argv.append("--no-portmap")
     argv += ["--portmap-methods", args.portmap_methods]
+    argv += _route_argv(args)
     with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
         notify_path = os.path.join(tmp, "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
@@ -208,6 +259,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # the mapping methods, in the order tried (tests pin one)
     up.add_argument("--portmap-methods", default=",".join(PORTMAP_METHODS),
                     help=argparse.SUPPRESS)
+    up.add_argument("--advertise-routes", action="append", default=[], metavar="CIDR[,CIDR...]",
+                    help="offer to carry these subnets for the mesh (used only where an "
+                         "org-signed policy grants them; docs/policy.md#routes)")
+    up.add_argument("--advertise-exit-node", action="store_true",
+                    help="offer to be an exit node (0.0.0.0/0 and ::/0), if a policy grants it")
+    up.add_argument("--accept-routes", action="store_true",
+                    help="use the subnets that granted members carry")
+    up.add_argument("--exit-node", metavar="NAME",
+                    help="send the default routes through this granted exit node (its name or "
+                         "identity key)")
+    up.add_argument("--exit-node-allow-lan-access", action="store_true",
+                    help="with --exit-node: keep the local LAN reachable directly")
     up.add_argument("-f", "--foreground", action="store_true",
                     help="stay in the foreground (systemd, debugging)")
     up.add_argument("--log-level", default="info",

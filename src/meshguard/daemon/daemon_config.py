@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshguard.errors import MeshguardError
+from meshguard.mesh.routes import RouteOptions
 from meshguard.sansio import Endpoint
 
 ALIAS_FILE = "alias"  # org/alias: this org's signed alias (`meshguard org-alias`)
@@ -39,6 +40,8 @@ class DaemonConfig:
     portmap: tuple[str, ...] = ("pcp", "nat-pmp", "upnp")
     seed_domains: list[str] = field(default_factory=list)  # --dns: TXT seeds (docs/seeds.md)
     mdns: bool = False  # --mdns: advertise and discover seeds on the LAN
+    # --advertise-routes, --advertise-exit-node, --accept-routes, --exit-node (docs/policy.md)
+    routes: RouteOptions = field(default_factory=RouteOptions)
 
     @property
     def split(self) -> bool:

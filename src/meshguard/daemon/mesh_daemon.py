@@ -54,6 +54,7 @@ from meshguard.daemon.path_probes import install_prober, ping_request
 from meshguard.daemon.policy_runner import PolicyRunner
 from meshguard.daemon.portmap_rehome import PortmapHolder
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
+from meshguard.daemon.route_manager import RouteManager, leftovers, tunnel_marker
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
 from meshguard.daemon.startup_trace import mark
@@ -81,6 +82,7 @@ from meshguard.mesh.node import (
 )
 from meshguard.mesh.policy_gossip import PolicyLearned
 from meshguard.mesh.roaming import Reannounce, Roaming
+from meshguard.mesh.routes import RouteOptions
 from meshguard.mesh.swim_port import SwimPort, build_membership
 from meshguard.mesh.wg_backend import DeviceBackend
 from meshguard.nat.holepunch import HolePuncher
@@ -161,6 +163,7 @@ class MeshDaemon:
         self._mapped: Endpoint | None = None  # the port mapping advertised
         self._watch: UnderlayWatch | None = None
         self.policies: PolicyRunner | None = None  # read at preflight (daemon/policy_runner.py)
+        self.routes: RouteManager | None = None  # set_grants() takes the policy's route grants
 
     @property
     def portmap(self) -> PortmapTask | None:
@@ -230,7 +233,8 @@ class MeshDaemon:
             identity=self.identity, wg_private=self.wg_private,
             certificate=self.cert.to_bytes() if self.cert is not None else None,
             endpoints=endpoints, kernel=split, admitter=self.trust,
-            rng=self.rng, now=self.clock.monotonic(), wall=self.clock.wall())
+            rng=self.rng, now=self.clock.monotonic(), wall=self.clock.wall(),
+            routes=cfg.routes.advertise)
         self._membership = membership
         marks, bad = await asyncio.to_thread(load_high_water, self.config_dir)
         if bad:
@@ -255,6 +259,13 @@ class MeshDaemon:
                                               timeout=KERNEL_PUNCH_TIMEOUT)
             self.node.relay = Relay(pub, self.wg_private, cookie_secret=self.rng.bytes(32))
         self._load_org_items()
+        await leftovers(cfg.run_dir, cfg.interface)
+        if cfg.routes != RouteOptions():  # subnet and exit routes (daemon/route_manager.py)
+            self.routes = RouteManager(self.node, cfg.routes, cfg.interface, cfg.port,
+                                       cfg.run_dir, self.clock, self._execute,
+                                       tunnel_marker(runner, cfg.interface))
+            self.routes.set_underlay([h for h, _ in endpoints])
+            await self.routes.open(stack, cfg.env)
         assert self.policies is not None
         self.policies.attach(self.node, self.rng, self.wg_private, self.clock.wall,
                              getattr(runner, "engine", None),
@@ -432,6 +443,8 @@ class MeshDaemon:
             self.runner.peers_changed(changes)
             if self.policies is not None:
                 self.policies.members_changed()
+            if self.routes is not None:
+                self.routes.sync()
 
     def _on_stun(self, res: StunResult) -> None:
         if self._watch is not None:  # the record follows the answer (mesh/roaming.py)

@@ -1,0 +1,139 @@
+"""Subnet routes and exit nodes with real daemons (docs/policy.md#routes; marked netns).
+
+The route grants come from the route manager's test knob (MESHGUARD_TEST_ROUTE_GRANTS, one
+file all nodes read), so a grant is given and withdrawn by rewriting it; the time from the
+rewrite to the route gone on the client is printed. The hosts behind the router and the exit
+node have no route to the mesh: a reply proves the masquerade.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshguard.daemon.route_manager import GRANTS_ENV
+from meshguard.testing.netns import Namespace, netns_skip_reason
+
+from .meshnet import MeshLan, Node, trust_all
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
+]
+
+LAN_HOST = "10.20.0.2"  # behind x, the subnet router
+NET_HOST = "198.51.100.2"  # "on the internet" behind e, the exit node
+NET_HOST6 = "2001:db8:51::2"
+
+
+def key(node: Node) -> str:
+    return base64.b64encode(node.identity).decode()
+
+
+def grant(path: Path, lines: list[str]) -> float:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    tmp.replace(path)
+    return time.monotonic()
+
+
+def sh(node: Node | Namespace, *argv: str) -> str:
+    ns = node.ns if isinstance(node, Node) else node
+    return ns.run(list(argv), check=False).stdout
+
+
+def forwarding(node: Node) -> str:
+    return sh(node, "cat", "/proc/sys/net/ipv4/ip_forward").strip()
+
+
+def nat_table(node: Node) -> str:
+    return sh(node, "nft", "list", "table", "inet", f"meshguard-{node.iface}")
+
+
+class Lab:
+    def __init__(self, lan: MeshLan, grants: Path, x: Node, e: Node, y: Node, z: Node,
+                 lan_host: Namespace, net_host: Namespace) -> None:
+        self.lan, self.grants = lan, grants
+        self.x, self.e, self.y, self.z = x, e, y, z
+        self.lan_host, self.net_host = lan_host, net_host
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    tmp = tmp_path_factory.mktemp("routes")
+    grants = tmp / "grants"
+    with MeshLan(tmp) as lan:
+        x, e, y, z = (lan.add_node(n) for n in ("x", "e", "y", "z"))
+        trust_all([x, e, y, z])
+        for n in (x, e, y, z):
+            n.extra_env[GRANTS_ENV] = str(grants)
+        grant(grants, [f"10.20.0.0/16 {key(x)}", f"0.0.0.0/0 {key(e)}", f"::/0 {key(e)}"])
+        lan_host = lan.add_host_behind(x, "lan", "10.20.0")
+        net_host = lan.add_host_behind(e, "net", "198.51.100", "2001:db8:51::")
+        x.up(None, "--advertise-routes", "10.20.0.0/24")
+        e.up([x], "--advertise-exit-node")
+        y.up([x], "--accept-routes", "--exit-node", "e")
+        z.up([x])
+        for a in (y, z):
+            for b in (x, e):
+                lan.wait(lambda a=a, b=b: a.tunnel_to(b), f"{a.name}'s tunnel to {b.name}")
+        yield Lab(lan, grants, x, e, y, z, lan_host, net_host)
+
+
+def test_a_lan_behind_a_router_is_reachable_with_accept_routes_only(lab: Lab) -> None:
+    x, y, z = lab.x, lab.y, lab.z
+    lab.lan.wait(lambda: y.ns.ping(LAN_HOST), "y to reach the LAN host behind x")
+    assert "10.20.0.0/24 dev" in sh(y, "ip", "route", "show", "proto", "109")
+    assert not z.ns.ping(LAN_HOST, wait=0.5)
+    assert sh(z, "ip", "route", "show", "proto", "109") == ""
+    assert forwarding(x) == "1" and "ip daddr 10.20.0.0/24 masquerade" in nat_table(x)
+    # nobody routes what x offers beyond its grant, nor what nobody granted
+    assert "10.20.0.0/24" in sh(y, "wg", "show", y.iface, "allowed-ips")
+
+
+def test_an_exit_node_carries_the_default_route_and_masquerades(lab: Lab) -> None:
+    e, y = lab.e, lab.y
+    lab.lan.wait(lambda: y.ns.ping(NET_HOST), "y to reach the internet host through e")
+    assert y.ns.ping(NET_HOST6)
+    table = sh(y, "ip", "route", "show", "table", str(y.port))
+    assert "default dev " + y.iface in table and f"throw {e.ip}" in table
+    assert f"not from all fwmark {y.port:#x} lookup {y.port}" in sh(y, "ip", "rule")
+    assert forwarding(e) == "1" and "masquerade" in nat_table(e)
+    assert y.ping(e)  # the tunnel itself stays direct (its packets carry the mark)
+    assert not lab.z.ns.ping(NET_HOST, wait=0.5)
+
+
+def test_a_withdrawn_grant_removes_routes_everywhere(lab: Lab) -> None:
+    x, e, y = lab.x, lab.e, lab.y
+    assert y.ns.ping(NET_HOST) and y.ns.ping(LAN_HOST)
+    t0 = grant(lab.grants, [])
+
+    def gone() -> bool:
+        return (sh(y, "ip", "route", "show", "proto", "109") == ""
+                and "fwmark" not in sh(y, "ip", "rule")
+                and "0.0.0.0/0" not in sh(y, "wg", "show", y.iface, "allowed-ips"))
+    lab.lan.wait(gone, "y's routes and allowed IPs to go")
+    took = time.monotonic() - t0
+    print(f"grant withdrawal applied on y in {took:.2f} s")
+    assert sh(y, "ip", "route", "show", "table", str(y.port)) == ""
+    assert not y.ns.ping(NET_HOST, wait=0.5) and not y.ns.ping(LAN_HOST, wait=0.5)
+    lab.lan.wait(lambda: forwarding(x) == "0" and forwarding(e) == "0",
+                 "x and e to restore forwarding")
+    assert nat_table(x) == "" and nat_table(e) == ""
+    assert y.ping(x) and y.ping(e)  # the mesh itself is untouched
+    t1 = grant(lab.grants, [f"10.20.0.0/24 {key(x)}", f"0.0.0.0/0 {key(e)}"])
+    lab.lan.wait(lambda: y.ns.ping(LAN_HOST) and y.ns.ping(NET_HOST), "the grants back")
+    print(f"grant given again and used on y in {time.monotonic() - t1:.2f} s")
+    # down removes everything
+    for n in (y, e, x):
+        assert n.proc is not None
+        n.ns.stop(n.proc, timeout=10)
+    assert sh(y, "ip", "route", "show", "table", str(y.port)) == ""
+    assert "fwmark" not in sh(y, "ip", "rule") and "fwmark" not in sh(y, "ip", "-6", "rule")
+    assert forwarding(x) == "0" and forwarding(e) == "0"
+    assert nat_table(x) == "" and nat_table(e) == ""
+    assert not (lab.lan.run / f"{y.iface}.routes").exists()
