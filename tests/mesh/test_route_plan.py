@@ -6,8 +6,12 @@ from __future__ import annotations
 import base64
 import ipaddress
 
+from meshguard.mesh.actions import MemberView, PeerUp
+from meshguard.mesh.node import MeshNode
 from meshguard.mesh.routes import RouteMember, RouteOptions, RoutePlanner
 from meshguard.policy.table import RouteGrant
+
+from .helpers import FakeBackend, FakeMembership, FakeTrust
 
 NET = ipaddress.ip_network
 ME = b"\x05" * 32
@@ -105,3 +109,26 @@ def test_what_this_node_carries() -> None:
     p.set_grants([grant(ME, "10.20.0.0/16"), grant(ME, "0.0.0.0/0")])
     plan = p.plan(ME, [])
     assert plan.carried == (LAN,) and plan.exit_served
+
+
+def test_the_node_gives_a_granted_carrier_its_prefix_and_takes_it_back() -> None:
+    """MeshNode.reconcile puts the plan into the peers' allowed IPs (userspace and kernel mode
+    take them from the same PeerUp), and a withdrawn grant takes them out in the same call."""
+    ms, tr, be = FakeMembership(), FakeTrust(), FakeBackend()
+    planner = RoutePlanner(RouteOptions(accept_routes=True))
+    node = MeshNode(ME, b"\x06" * 32, ms, tr, backend=be, routes=planner)
+    carrier = MemberView(A, b"\x11" * 32, ("192.0.2.1", 51821), ("192.0.2.1", 51821), None,
+                         "alive", 1, routes=(LAN,))
+    ms.view[A] = carrier
+    tr.keys.add(A)
+    node.reconcile(1.7e9)
+    assert LAN not in be.peers[carrier.wg_key].allowed_ips
+    planner.set_grants([grant(A, "10.20.0.0/24")])
+    out = node.reconcile(1.7e9)
+    assert [a for a in out if isinstance(a, PeerUp)]
+    assert LAN in be.peers[carrier.wg_key].allowed_ips
+    assert node.route_plan.subnets == ((LAN, A),)
+    planner.set_grants([])
+    out = node.reconcile(1.7e9)
+    assert [a for a in out if isinstance(a, PeerUp)]
+    assert LAN not in be.peers[carrier.wg_key].allowed_ips and node.route_plan.subnets == ()
