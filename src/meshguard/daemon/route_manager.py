@@ -143,9 +143,6 @@ class RouteManager:
         if want == self._want:
             return
         self._want = want
-        if want.exit and not self._marked:
-            self._marked = True
-            self.mark_tunnel(self.tables.table)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._apply())
 
@@ -153,6 +150,9 @@ class RouteManager:
         while self._want is not None and self._want != self.tables.installed:
             want = self._want
             try:
+                if want.exit and not self._marked:  # before the rule sends anything there
+                    await asyncio.to_thread(self.mark_tunnel, self.tables.table)
+                    self._marked = True
                 await asyncio.to_thread(self.tables.apply, want)
             except Exception as exc:
                 log.error("cannot apply the routes: %s", exc)
@@ -206,7 +206,8 @@ async def leftovers(run_dir: Path, interface: str) -> None:
 
 
 def tunnel_marker(runner: object, interface: str) -> Callable[[int], None]:
-    """How to put the fwmark on the tunnel's own UDP packets in either mode."""
+    """How to put the fwmark on the tunnel's own UDP packets in either mode (a blocking call:
+    the kernel device is set over netlink)."""
     engine = getattr(runner, "engine", None)
     kernel = getattr(runner, "kernel", None)
 
