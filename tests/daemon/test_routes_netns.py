@@ -55,12 +55,17 @@ def nat_table(node: Node) -> str:
     return sh(node, "nft", "list", "table", "inet", f"meshguard-{node.iface}")
 
 
+def route_dev(node: Node, dst: str) -> str:
+    """The device `ip route get` picks for dst in node's namespace."""
+    words = sh(node, "ip", "route", "get", dst).split()
+    return words[words.index("dev") + 1] if "dev" in words else ""
+
+
 class Lab:
-    def __init__(self, lan: MeshLan, grants: Path, x: Node, e: Node, y: Node, z: Node,
-                 lan_host: Namespace, net_host: Namespace) -> None:
+    def __init__(self, lan: MeshLan, grants: Path, nodes: list[Node], bystander: Node) -> None:
         self.lan, self.grants = lan, grants
-        self.x, self.e, self.y, self.z = x, e, y, z
-        self.lan_host, self.net_host = lan_host, net_host
+        self.x, self.e, self.y, self.z, self.w = nodes
+        self.bystander = bystander  # on the LAN, not a member
 
 
 @pytest.fixture(scope="module")
@@ -68,21 +73,25 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("routes")
     grants = tmp / "grants"
     with MeshLan(tmp) as lan:
-        x, e, y, z = (lan.add_node(n) for n in ("x", "e", "y", "z"))
-        trust_all([x, e, y, z])
-        for n in (x, e, y, z):
+        nodes = [lan.add_node(n) for n in ("x", "e", "y", "z", "w")]
+        x, e, y, z, w = nodes
+        bystander = lan.add_node("p", keys=False)
+        trust_all(nodes)
+        for n in nodes:
             n.extra_env[GRANTS_ENV] = str(grants)
         grant(grants, [f"10.20.0.0/16 {key(x)}", f"0.0.0.0/0 {key(e)}", f"::/0 {key(e)}"])
-        lan_host = lan.add_host_behind(x, "lan", "10.20.0")
-        net_host = lan.add_host_behind(e, "net", "198.51.100", "2001:db8:51::")
+        lan.add_host_behind(x, "lan", "10.20.0")
+        lan.add_host_behind(e, "net", "198.51.100", "2001:db8:51::")
         x.up(None, "--advertise-routes", "10.20.0.0/24")
         e.up([x], "--advertise-exit-node")
         y.up([x], "--accept-routes", "--exit-node", "e")
         z.up([x])
-        for a in (y, z):
+        w.up([x], "--exit-node", base64.b64encode(e.identity).decode(),
+             "--exit-node-allow-lan-access")
+        for a in (y, z, w):
             for b in (x, e):
                 lan.wait(lambda a=a, b=b: a.tunnel_to(b), f"{a.name}'s tunnel to {b.name}")
-        yield Lab(lan, grants, x, e, y, z, lan_host, net_host)
+        yield Lab(lan, grants, nodes, bystander)
 
 
 def test_a_lan_behind_a_router_is_reachable_with_accept_routes_only(lab: Lab) -> None:
@@ -106,6 +115,14 @@ def test_an_exit_node_carries_the_default_route_and_masquerades(lab: Lab) -> Non
     assert forwarding(e) == "1" and "masquerade" in nat_table(e)
     assert y.ping(e)  # the tunnel itself stays direct (its packets carry the mark)
     assert not lab.z.ns.ping(NET_HOST, wait=0.5)
+    # the LAN: members stay direct; a LAN host goes through the exit node, unless w asked
+    # to keep the LAN (the exit node named by its key)
+    assert route_dev(y, e.ip) == route_dev(y, lab.x.ip) == y.lan_if
+    assert route_dev(y, lab.bystander.ip) == y.iface
+    w = lab.w
+    lab.lan.wait(lambda: w.ns.ping(NET_HOST), "w to reach the internet host through e")
+    assert route_dev(w, lab.bystander.ip) == w.lan_if
+    assert route_dev(w, NET_HOST) == w.iface
 
 
 def test_a_withdrawn_grant_removes_routes_everywhere(lab: Lab) -> None:
@@ -121,6 +138,7 @@ def test_a_withdrawn_grant_removes_routes_everywhere(lab: Lab) -> None:
     took = time.monotonic() - t0
     print(f"grant withdrawal applied on y in {took:.2f} s")
     assert sh(y, "ip", "route", "show", "table", str(y.port)) == ""
+    lab.lan.wait(lambda: "fwmark" not in sh(lab.w, "ip", "rule"), "w's exit rule to go")
     assert not y.ns.ping(NET_HOST, wait=0.5) and not y.ns.ping(LAN_HOST, wait=0.5)
     lab.lan.wait(lambda: forwarding(x) == "0" and forwarding(e) == "0",
                  "x and e to restore forwarding")
