@@ -54,7 +54,7 @@ from meshguard.daemon.path_probes import install_prober, ping_request
 from meshguard.daemon.policy_runner import PolicyRunner
 from meshguard.daemon.portmap_rehome import PortmapHolder
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
-from meshguard.daemon.route_manager import RouteManager, leftovers, tunnel_marker
+from meshguard.daemon.route_manager import RouteManager, start_routes
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
 from meshguard.daemon.startup_trace import mark
@@ -82,7 +82,6 @@ from meshguard.mesh.node import (
 )
 from meshguard.mesh.policy_gossip import PolicyLearned
 from meshguard.mesh.roaming import Reannounce, Roaming
-from meshguard.mesh.routes import RouteOptions
 from meshguard.mesh.swim_port import SwimPort, build_membership
 from meshguard.mesh.wg_backend import DeviceBackend
 from meshguard.nat.holepunch import HolePuncher
@@ -157,13 +156,13 @@ class MeshDaemon:
         self.dns_server: DnsServer | None = None
         self._resolver: Resolver | None = None
         self._names_version = -1
+        self.routes: RouteManager | None = None  # set_grants() takes the policy's route grants
         self._dns_task: asyncio.Task[None] | None = None
         self._portmap: PortmapHolder | None = None  # follows the underlay (portmap_rehome.py)
         self._public: tuple[Endpoint | None, int] = (None, NatType.UNKNOWN)  # STUN or relay
         self._mapped: Endpoint | None = None  # the port mapping advertised
         self._watch: UnderlayWatch | None = None
         self.policies: PolicyRunner | None = None  # read at preflight (daemon/policy_runner.py)
-        self.routes: RouteManager | None = None  # set_grants() takes the policy's route grants
 
     @property
     def portmap(self) -> PortmapTask | None:
@@ -247,6 +246,8 @@ class MeshDaemon:
             membership=membership, trust=self.trust, device=device, backend=backend,
             org=org_gossip.OrgGossip(self.rng, self.wg_private, identity_key=pub),
             certificate=self.cert.to_bytes() if self.cert is not None else None)
+        self.routes = await start_routes(cfg, self.node, runner, self.clock, self._execute,
+                                         [h for h, _ in endpoints], stack)
         if device is not None and not split:
             # WireGuard and gossip share one port, so a punched gossip path is the tunnel's
             self.node.holepunch = HolePuncher(self.identity, self.rng)
@@ -259,13 +260,6 @@ class MeshDaemon:
                                               timeout=KERNEL_PUNCH_TIMEOUT)
             self.node.relay = Relay(pub, self.wg_private, cookie_secret=self.rng.bytes(32))
         self._load_org_items()
-        await leftovers(cfg.run_dir, cfg.interface)
-        if cfg.routes != RouteOptions():  # subnet and exit routes (daemon/route_manager.py)
-            self.routes = RouteManager(self.node, cfg.routes, cfg.interface, cfg.port,
-                                       cfg.run_dir, self.clock, self._execute,
-                                       tunnel_marker(runner, cfg.interface))
-            self.routes.set_underlay([h for h, _ in endpoints])
-            await self.routes.open(stack, cfg.env)
         assert self.policies is not None
         self.policies.attach(self.node, self.rng, self.wg_private, self.clock.wall,
                              getattr(runner, "engine", None),
@@ -440,11 +434,11 @@ class MeshDaemon:
             else:
                 log.debug("event: %s", a)
         if changes:
+            if self.routes is not None:
+                self.routes.sync()  # the node re-planned the routes with the peers
             self.runner.peers_changed(changes)
             if self.policies is not None:
                 self.policies.members_changed()
-            if self.routes is not None:
-                self.routes.sync()
 
     def _on_stun(self, res: StunResult) -> None:
         if self._watch is not None:  # the record follows the answer (mesh/roaming.py)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshguard.clock import Clock
+from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.mesh.node import Action, MeshNode
 from meshguard.mesh.routes import RouteOptions, RoutePlan, RoutePlanner
 from meshguard.policy.table import IPNetwork, RouteGrant
@@ -196,13 +197,24 @@ def read_grants(path: Path) -> list[RouteGrant]:
     return out
 
 
-async def leftovers(run_dir: Path, interface: str) -> None:
-    """Undo what a killed daemon with routes left on `interface`, if it left anything."""
-    path = state_path(run_dir, interface)
-    if path.exists():
-        from meshguard.daemon.route_tables import cleanup
+async def start_routes(cfg: DaemonConfig, node: MeshNode, runner: object, clock: Clock,
+                       execute: Callable[[list[Action]], None], underlay: Sequence[str],
+                       stack: contextlib.AsyncExitStack) -> RouteManager | None:
+    """The daemon's route manager, or None when `up` asked for no routes; either way what a
+    killed daemon on this interface left is undone first."""
+    if cfg.routes == RouteOptions():
+        path = state_path(cfg.run_dir, cfg.interface)
+        if path.exists():
+            from meshguard.daemon.route_tables import cleanup
 
-        await asyncio.to_thread(cleanup, path)
+            await asyncio.to_thread(cleanup, path)
+        return None
+    # the exit table and the tunnel's fwmark take the UDP port's number, as wg-quick's do
+    routes = RouteManager(node, cfg.routes, cfg.interface, cfg.port, cfg.run_dir, clock,
+                          execute, tunnel_marker(runner, cfg.interface))
+    routes.set_underlay(underlay)
+    await routes.open(stack, cfg.env)
+    return routes
 
 
 def tunnel_marker(runner: object, interface: str) -> Callable[[int], None]:
