@@ -118,7 +118,10 @@ class RouteManager:
             await asyncio.sleep(GRANTS_POLL)
 
     def set_grants(self, grants: Sequence[RouteGrant]) -> None:
-        """The route grants in force changed: re-plan, reconfigure the peers and the OS."""
+        """The route grants in force changed: re-plan, reconfigure the peers and the OS.
+
+        The grants must include this node's own (route_grants over the members *and* this
+        node): they are what turns forwarding and NAT on for a subnet router or exit node."""
         if not self.planner.set_grants(grants):
             return
         log.info("route grants: %s", ", ".join(f"{g.prefix} via {g.member.hex()[:12]}"
