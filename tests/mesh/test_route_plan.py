@@ -6,10 +6,14 @@ from __future__ import annotations
 import base64
 import ipaddress
 
+from meshguard.crypto.keys import Ed25519PrivateKey
 from meshguard.mesh.actions import MemberView, PeerUp
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.routes import RouteMember, RouteOptions, RoutePlanner
-from meshguard.policy.table import RouteGrant
+from meshguard.policy.compiler import route_grants
+from meshguard.policy.org_policy import parse_org_policy
+from meshguard.policy.signed import sign_policy
+from meshguard.policy.table import MemberInfo, RouteGrant
 
 from .helpers import FakeBackend, FakeMembership, FakeTrust
 
@@ -132,3 +136,25 @@ def test_the_node_gives_a_granted_carrier_its_prefix_and_takes_it_back() -> None
     out = node.reconcile(1.7e9)
     assert [a for a in out if isinstance(a, PeerUp)]
     assert LAN not in be.peers[carrier.wg_key].allowed_ips and node.route_plan.subnets == ()
+
+
+def test_grants_compiled_from_an_org_signed_policy_drive_the_plan() -> None:
+    """The grants as the policy compiler makes them from a signed policy's text; a new serial
+    without the exit line withdraws the exit and keeps the subnet."""
+    org = Ed25519PrivateKey(b"\x77" * 32)
+    gw, ex = MemberInfo(A, b"\x11" * 32, "gw-1"), MemberInfo(B, b"\x21" * 32, "exit-1")
+
+    def grants(text: str, serial: int) -> tuple[RouteGrant, ...]:
+        sp = sign_policy(org, text, serial, 1_700_000_000)
+        return route_grants([(sp, parse_org_policy(text, "fleet.policy"))], [gw, ex])
+
+    keys = f"group gws {base64.b64encode(A).decode()}\ngroup exits {base64.b64encode(B).decode()}\n"
+    members = [member(A, "10.20.0.0/24", "10.30.0.0/24"), member(B, "0.0.0.0/0", "::/0")]
+    p = RoutePlanner(RouteOptions(accept_routes=True, exit_node=base64.b64encode(B).decode()))
+    p.set_grants(grants(keys + "route 10.20.0.0/16 via gws\nexit via exits\n", 7))
+    plan = p.plan(ME, members)
+    assert plan.allowed == {A: (LAN,), B: EXIT} and plan.exit_via == B
+    assert any("10.30.0.0/24" in w for w in p.warnings)  # offered, not granted
+    p.set_grants(grants(keys + "route 10.20.0.0/16 via gws\n", 8))
+    plan = p.plan(ME, members)
+    assert plan.allowed == {A: (LAN,)} and plan.exit_via is None and plan.exit_problem
