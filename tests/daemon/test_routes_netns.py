@@ -27,6 +27,7 @@ pytestmark = [
 ]
 
 LAN_HOST = "10.20.0.2"  # behind x, the subnet router
+LAN_HOST6 = "fd00:20::2"
 NET_HOST = "198.51.100.2"  # "on the internet" behind e, the exit node
 NET_HOST6 = "2001:db8:51::2"
 
@@ -79,10 +80,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         trust_all(nodes)
         for n in nodes:
             n.extra_env[GRANTS_ENV] = str(grants)
-        grant(grants, [f"10.20.0.0/16 {key(x)}", f"0.0.0.0/0 {key(e)}", f"::/0 {key(e)}"])
-        lan.add_host_behind(x, "lan", "10.20.0")
+        grant(grants, [f"10.20.0.0/16 {key(x)}", f"fd00:20::/64 {key(x)}",
+                       f"0.0.0.0/0 {key(e)}", f"::/0 {key(e)}"])
+        lan.add_host_behind(x, "lan", "10.20.0", "fd00:20::")
         lan.add_host_behind(e, "net", "198.51.100", "2001:db8:51::")
-        x.up(None, "--advertise-routes", "10.20.0.0/24")
+        x.up(None, "--advertise-routes", "10.20.0.0/24,fd00:20::/64")
         e.up([x], "--advertise-exit-node")
         y.up([x], "--accept-routes", "--exit-node", "e")
         z.up([x])
@@ -97,10 +99,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_a_lan_behind_a_router_is_reachable_with_accept_routes_only(lab: Lab) -> None:
     x, y, z = lab.x, lab.y, lab.z
     lab.lan.wait(lambda: y.ns.ping(LAN_HOST), "y to reach the LAN host behind x")
+    assert y.ns.ping(LAN_HOST6)
     assert "10.20.0.0/24 dev" in sh(y, "ip", "route", "show", "proto", "109")
+    assert "fd00:20::/64 dev" in sh(y, "ip", "-6", "route", "show", "proto", "109")
     assert not z.ns.ping(LAN_HOST, wait=0.5)
     assert sh(z, "ip", "route", "show", "proto", "109") == ""
     assert forwarding(x) == "1" and "ip daddr 10.20.0.0/24 masquerade" in nat_table(x)
+    assert "ip6 daddr fd00:20::/64 masquerade" in nat_table(x)
     # nobody routes what x offers beyond its grant, nor what nobody granted
     assert "10.20.0.0/24" in sh(y, "wg", "show", y.iface, "allowed-ips")
 
@@ -132,6 +137,7 @@ def test_a_withdrawn_grant_removes_routes_everywhere(lab: Lab) -> None:
 
     def gone() -> bool:
         return (sh(y, "ip", "route", "show", "proto", "109") == ""
+                and sh(y, "ip", "-6", "route", "show", "proto", "109") == ""
                 and "fwmark" not in sh(y, "ip", "rule")
                 and "0.0.0.0/0" not in sh(y, "wg", "show", y.iface, "allowed-ips"))
     lab.lan.wait(gone, "y's routes and allowed IPs to go")
