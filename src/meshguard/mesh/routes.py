@@ -151,9 +151,12 @@ class RoutePlanner:
 
     def plan(self, me: bytes, members: Sequence[RouteMember]) -> RoutePlan:
         opts = self.options
-        hosts = [h for h in (host_net(x) for x in self.local_underlay) if h is not None]
-        for m in members:
-            hosts += [h for h in (host_net(x) for x in m.underlay) if h is not None]
+        hosts: list[IPNetwork] = []
+        if opts.exit_node is not None or any(m.offered for m in members):
+            for x in (*self.local_underlay, *(h for m in members for h in m.underlay)):
+                net = host_net(x)
+                if net is not None:
+                    hosts.append(net)
         # subnets: prefix -> the lowest identity key that may carry it
         carriers: dict[IPNetwork, bytes] = {}
         exits: list[RouteMember] = []
@@ -202,9 +205,12 @@ class RoutePlanner:
 def plan_routes(planner: RoutePlanner, me: bytes, members: Sequence[MemberView],
                 name_of: Callable[[MemberView], str | None]) -> RoutePlan:
     """The plan for the members that get a tunnel (MeshNode.desired_peers calls this)."""
+    # the members' underlay addresses matter only when someone offers routes or we use an exit
+    # (a mesh of a thousand members without routes pays one scan per reconcile)
+    need = planner.options.exit_node is not None or any(m.routes for m in members)
     views = []
     for m in members:
         eps = [*m.endpoints, *([m.wg_endpoint] if m.wg_endpoint is not None else [])]
         views.append(RouteMember(m.identity_key, name_of(m) if m.routes else None, m.routes,
-                                 tuple(dict.fromkeys(h for h, _ in eps))))
+                                 tuple(dict.fromkeys(h for h, _ in eps)) if need else ()))
     return planner.plan(me, views)
