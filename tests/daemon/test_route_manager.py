@@ -1,16 +1,14 @@
 """daemon/route_manager.py without namespaces: the plan becomes the OS state it asks for, the
-kernel device gets the exit table's fwmark and the carriers' prefixes, and the test knob's
-grants file is read strictly."""
+kernel device gets the exit table's fwmark and the carriers' prefixes."""
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 from pathlib import Path
 
 from meshguard.daemon.kernel_runner import KernelRunner
 from meshguard.daemon.mesh_daemon import DaemonConfig, MeshDaemon
-from meshguard.daemon.route_manager import os_routes, read_grants, tunnel_marker
+from meshguard.daemon.route_manager import os_routes, tunnel_marker
 from meshguard.mesh.node import PeerConfig, PeerUp
 from meshguard.mesh.routes import RouteOptions, RoutePlan
 
@@ -46,16 +44,3 @@ def test_kernel_mode_gets_the_fwmark_and_the_exit_prefixes(tmp_path: Path) -> No
     d._on_actions([PeerUp(PeerConfig(b"\x07" * 32, KEY, ("192.0.2.1", 51821), nets, 25))])
     (peer,) = k.sent[-1].get_attr("WGDEVICE_A_PEERS")
     assert [a["addr"] for a in peer.get_attr("WGPEER_A_ALLOWEDIPS")] == [str(n) for n in nets]
-
-
-def test_the_grants_file_takes_only_well_formed_lines(tmp_path: Path) -> None:
-    b64 = base64.b64encode(KEY).decode()
-    path = tmp_path / "grants"
-    path.write_text(f"# a comment\n10.20.0.0/24 {b64}\n\n0.0.0.0/0 {b64}\n"
-                    f"10.20.0.1/24 {b64}\n10.30.0.0/24 short\n10.40.0.0/24 {b64} extra\n"
-                    "10.50.0.0/24\n")
-    grants = read_grants(path)
-    assert [(str(g.prefix), g.member) for g in grants] == [("10.20.0.0/24", KEY),
-                                                          ("0.0.0.0/0", KEY)]
-    assert grants[0].source.endswith("line 2") and grants[1].exit
-    assert read_grants(tmp_path / "missing") == []

@@ -1,9 +1,10 @@
 """Subnet routes and exit nodes with real daemons (docs/policy.md#routes; marked netns).
 
-The route grants come from the route manager's test knob (MESHGUARD_TEST_ROUTE_GRANTS, one
-file all nodes read), so a grant is given and withdrawn by rewriting it; the time from the
-rewrite to the route gone on the client is printed. The hosts behind the router and the exit
-node have no route to the mesh: a reply proves the masquerade.
+Every member holds a certificate of one org, whose admin (x) signs the policy that grants the
+routes; the first serial is placed in every config dir's policies/ before start, later ones
+spread by gossip from x. The time from signing a serial without the grants to the client's
+routes gone is printed. The hosts behind the router and the exit node have no route to the
+mesh: a reply proves the masquerade.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import base64
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from meshguard.daemon.route_manager import GRANTS_ENV
+from meshguard.identity import keygen, store
+from meshguard.rng import SystemRng
 from meshguard.testing.netns import Namespace, netns_skip_reason
 
-from .meshnet import MeshLan, Node, trust_all
+from .meshnet import MeshLan, Node
 
 pytestmark = [
     pytest.mark.netns,
@@ -32,15 +33,18 @@ NET_HOST = "198.51.100.2"  # "on the internet" behind e, the exit node
 NET_HOST6 = "2001:db8:51::2"
 
 
-def key(node: Node) -> str:
-    return base64.b64encode(node.identity).decode()
+GRANTS = ("route 10.20.0.0/16 via node-x\nroute fd00:20::/64 via node-x\n"
+          "exit via node-e\n")
 
 
-def grant(path: Path, lines: list[str]) -> float:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    tmp.replace(path)
-    return time.monotonic()
+def sign(admin: Node, text: str, serial: int) -> float:
+    """The org admin signs a policy; its running daemon takes it and spreads it."""
+    f = admin.lan.tmp / f"routes-{serial}.policy"
+    f.write_text(text)
+    t0 = time.monotonic()
+    res = admin.cli("org-policy", "sign", str(f), "--serial", str(serial))
+    assert res.returncode == 0, res.stderr
+    return t0
 
 
 def sh(node: Node | Namespace, *argv: str) -> str:
@@ -63,8 +67,8 @@ def route_dev(node: Node, dst: str) -> str:
 
 
 class Lab:
-    def __init__(self, lan: MeshLan, grants: Path, nodes: list[Node], bystander: Node) -> None:
-        self.lan, self.grants = lan, grants
+    def __init__(self, lan: MeshLan, nodes: list[Node], bystander: Node) -> None:
+        self.lan = lan
         self.x, self.e, self.y, self.z, self.w = nodes
         self.bystander = bystander  # on the LAN, not a member
 
@@ -72,28 +76,34 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("routes")
-    grants = tmp / "grants"
     with MeshLan(tmp) as lan:
         nodes = [lan.add_node(n) for n in ("x", "e", "y", "z", "w")]
         x, e, y, z, w = nodes
         bystander = lan.add_node("p", keys=False)
-        trust_all(nodes)
+        org = keygen.generate_org_key(x.cfg, SystemRng(), force=False)
         for n in nodes:
-            n.extra_env[GRANTS_ENV] = str(grants)
-        grant(grants, [f"10.20.0.0/16 {key(x)}", f"fd00:20::/64 {key(x)}",
-                       f"0.0.0.0/0 {key(e)}", f"::/0 {key(e)}"])
+            keygen.issue_certificate_file(x.cfg, n.identity, f"node-{n.name}",
+                                          n.cfg / store.NODE_CERT, time.time())
+            p = n.cfg / store.TRUSTED_ORGS / "fleet.org"
+            p.parent.mkdir(mode=0o700, exist_ok=True)
+            p.write_text(store.public_key_file(org.public_key.raw).decode())
+        sign(x, GRANTS, 1)
+        for n in (e, y, z, w):  # the first serial is in every config dir before start
+            (n.cfg / "policies").mkdir(mode=0o700)
+            for f in (x.cfg / "policies").iterdir():
+                (n.cfg / "policies" / f.name).write_bytes(f.read_bytes())
         lan.add_host_behind(x, "lan", "10.20.0", "fd00:20::")
         lan.add_host_behind(e, "net", "198.51.100", "2001:db8:51::")
         x.up(None, "--advertise-routes", "10.20.0.0/24,fd00:20::/64")
         e.up([x], "--advertise-exit-node")
-        y.up([x], "--accept-routes", "--exit-node", "e")
+        y.up([x], "--accept-routes", "--exit-node", "node-e")
         z.up([x])
         w.up([x], "--exit-node", base64.b64encode(e.identity).decode(),
              "--exit-node-allow-lan-access")
         for a in (y, z, w):
             for b in (x, e):
                 lan.wait(lambda a=a, b=b: a.tunnel_to(b), f"{a.name}'s tunnel to {b.name}")
-        yield Lab(lan, grants, nodes, bystander)
+        yield Lab(lan, nodes, bystander)
 
 
 def test_a_lan_behind_a_router_is_reachable_with_accept_routes_only(lab: Lab) -> None:
@@ -133,7 +143,7 @@ def test_an_exit_node_carries_the_default_route_and_masquerades(lab: Lab) -> Non
 def test_a_withdrawn_grant_removes_routes_everywhere(lab: Lab) -> None:
     x, e, y = lab.x, lab.e, lab.y
     assert y.ns.ping(NET_HOST) and y.ns.ping(LAN_HOST)
-    t0 = grant(lab.grants, [])
+    t0 = sign(x, "route 10.30.0.0/24 via node-x\n", 2)  # a new serial without the grants
 
     def gone() -> bool:
         return (sh(y, "ip", "route", "show", "proto", "109") == ""
@@ -142,7 +152,8 @@ def test_a_withdrawn_grant_removes_routes_everywhere(lab: Lab) -> None:
                 and "0.0.0.0/0" not in sh(y, "wg", "show", y.iface, "allowed-ips"))
     lab.lan.wait(gone, "y's routes and allowed IPs to go")
     took = time.monotonic() - t0
-    print(f"grant withdrawal applied on y in {took:.2f} s")
+    print(f"a serial without the grants: y's routes and allowed IPs gone {took:.2f} s after "
+          "it was signed")
     assert sh(y, "ip", "route", "show", "table", str(y.port)) == ""
     lab.lan.wait(lambda: "fwmark" not in sh(lab.w, "ip", "rule"), "w's exit rule to go")
     assert not y.ns.ping(NET_HOST, wait=0.5) and not y.ns.ping(LAN_HOST, wait=0.5)
@@ -150,9 +161,9 @@ def test_a_withdrawn_grant_removes_routes_everywhere(lab: Lab) -> None:
                  "x and e to restore forwarding")
     assert nat_table(x) == "" and nat_table(e) == ""
     assert y.ping(x) and y.ping(e)  # the mesh itself is untouched
-    t1 = grant(lab.grants, [f"10.20.0.0/24 {key(x)}", f"0.0.0.0/0 {key(e)}"])
+    t1 = sign(x, "route 10.20.0.0/24 via node-x\nexit via node-e\n", 3)
     lab.lan.wait(lambda: y.ns.ping(LAN_HOST) and y.ns.ping(NET_HOST), "the grants back")
-    print(f"grant given again and used on y in {time.monotonic() - t1:.2f} s")
+    print(f"the grants signed again and used on y {time.monotonic() - t1:.2f} s later")
     # `down` removes everything; so does the next start after a daemon was killed
     assert y.cli("down", "--interface", y.iface).returncode == 0
     assert x.proc is not None and e.proc is not None and y.proc is not None

@@ -8,23 +8,14 @@ takes the allowed IPs away in the same call, and `sync` then brings the OS in li
 changes run one at a time in a thread (netlink and nft calls block), the newest plan last.
 `close` (down, or a failed start) removes everything; `open` first undoes what a daemon that
 was killed left behind.
-
-Test knob: `MESHGUARD_TEST_ROUTE_GRANTS=<file>` in the daemon's environment takes the grants
-from a file of `PREFIX IDENTITY-KEY-BASE64` lines instead (re-read when it changes, every
-GRANTS_POLL seconds), so the namespace tests drive routes without an org admin's signature.
-It is logged as a warning; a production daemon never sets it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import ipaddress
 import logging
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,9 +30,6 @@ if TYPE_CHECKING:
     from meshguard.daemon.route_tables import RouteTables
 
 log = logging.getLogger("meshguard.routes")
-
-GRANTS_ENV = "MESHGUARD_TEST_ROUTE_GRANTS"
-GRANTS_POLL = 0.5  # seconds
 
 
 @dataclass(frozen=True)
@@ -94,28 +82,11 @@ class RouteManager:
         self._problem: str | None = None
         self.applied_at: float | None = None  # monotonic time of the last OS change
 
-    async def open(self, stack: contextlib.AsyncExitStack, env: Mapping[str, str]) -> None:
+    async def open(self, stack: contextlib.AsyncExitStack) -> None:
         from meshguard.daemon.route_tables import cleanup
 
         await asyncio.to_thread(cleanup, self.tables.state_path)
         stack.push_async_callback(self.close)
-        path = env.get(GRANTS_ENV)
-        if path:
-            log.warning("test knob: route grants from %s", path)
-            task = asyncio.get_running_loop().create_task(self._poll_grants(Path(path)))
-            stack.callback(task.cancel)
-
-    async def _poll_grants(self, path: Path) -> None:
-        seen: float | None = None
-        while True:
-            try:
-                mtime = os.stat(path).st_mtime_ns
-            except OSError:
-                mtime = -1
-            if mtime != seen:
-                seen = mtime
-                self.set_grants(read_grants(path))
-            await asyncio.sleep(GRANTS_POLL)
 
     def set_grants(self, grants: Sequence[RouteGrant]) -> None:
         """The route grants in force changed: re-plan, reconfigure the peers and the OS.
@@ -177,29 +148,6 @@ class RouteManager:
             log.error("cannot remove the routes: %s", exc)
 
 
-def read_grants(path: Path) -> list[RouteGrant]:
-    """The test knob's file: `PREFIX IDENTITY-KEY-BASE64` a line (bad lines are logged)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return []
-    out = []
-    for n, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        try:
-            prefix = ipaddress.ip_network(parts[0])
-            key = base64.b64decode(parts[1], validate=True)
-            if len(key) != 32 or len(parts) != 2:
-                raise ValueError(line)
-        except (ValueError, IndexError, binascii.Error):
-            log.warning("%s:%d: not PREFIX IDENTITY-KEY", path, n)
-            continue
-        out.append(RouteGrant(key, prefix, f"{path} line {n}"))
-    return out
-
-
 async def start_routes(cfg: DaemonConfig, node: MeshNode, runner: object, clock: Clock,
                        execute: Callable[[list[Action]], None], underlay: Sequence[str],
                        stack: contextlib.AsyncExitStack) -> RouteManager | None:
@@ -216,7 +164,7 @@ async def start_routes(cfg: DaemonConfig, node: MeshNode, runner: object, clock:
     routes = RouteManager(node, cfg.routes, cfg.interface, cfg.port, cfg.run_dir, clock,
                           execute, tunnel_marker(runner, cfg.interface))
     routes.set_underlay(underlay)
-    await routes.open(stack, cfg.env)
+    await routes.open(stack)
     return routes
 
 
