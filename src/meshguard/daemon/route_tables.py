@@ -12,8 +12,8 @@ daemon/route_manager.py runs them in a thread).
   the LAN stay direct.
 - **Carrying routes** (a granted subnet router or exit node): IP forwarding on (the previous
   sysctl values are remembered and restored), and an nftables table `inet meshguard-IFACE`
-  that masquerades what arrives from the mesh interface: towards the carried subnets for a
-  subnet router, and out of every other interface for an exit node. Masquerading a subnet
+  that masquerades what arrives from the mesh interface and leaves by another one: towards the
+  carried subnets for a subnet router, anywhere for an exit node. Masquerading a subnet
   router's traffic is deliberate: the LAN's hosts have no route back to the mesh prefixes, and
   their gateway is usually not the subnet router.
 
@@ -198,7 +198,9 @@ class RouteTables:
         else:
             for net in sorted(to, key=str):
                 fam = "ip" if net.version == 4 else "ip6"
-                rules.append(f"iifname {iface} {fam} daddr {net} masquerade")
+                # out of another link only: a subnet behind the mesh interface itself (plain
+                # WireGuard devices of export-wg) keeps the members' own addresses
+                rules.append(f"iifname {iface} oifname != {iface} {fam} daddr {net} masquerade")
         body = "\n".join(f"    {r}" for r in rules)
         # add-then-delete makes the replacement one atomic transaction, table or no table
         return (f"table inet {name}\ndelete table inet {name}\n"
