@@ -33,6 +33,12 @@ SLOW_MODULES = frozenset({
     "tests/dataplane/test_engine_pure_python.py",
 })
 REPO = Path(__file__).resolve().parent.parent
+# Modules that use the host's own mDNS group on loopback: under `./dev test`'s two workers they
+# run in one worker, one at a time, or one module's responder answers the other's query.
+HOST_MDNS_MODULES = frozenset({
+    "tests/daemon/test_mdns_service.py",
+    "tests/daemon/test_mdns_rehome.py",
+})
 
 # `./dev check` may run as a user who cannot write the checkout: Hypothesis's example database
 # then lives in memory (rather than warning on every test). Set here, at import, because the
@@ -56,11 +62,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long run; `./dev check` leaves it out")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.is_relative_to(REPO) and \
-                item.path.relative_to(REPO).as_posix() in SLOW_MODULES:
+        module = item.path.relative_to(REPO).as_posix() if item.path.is_relative_to(REPO) else ""
+        if module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if module in HOST_MDNS_MODULES:
+            item.add_marker(pytest.mark.xdist_group("host-mdns"))
+        if item.get_closest_marker("netns") is not None:
+            # `./dev test` runs two pytest-xdist workers with --dist loadgroup: the namespace
+            # tests (real daemons, timers, iperf3) stay in one worker, one at a time, as they
+            # are written to run, while the other worker takes the rest of the suite.
+            item.add_marker(pytest.mark.xdist_group("netns"))
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
