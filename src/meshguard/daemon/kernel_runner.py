@@ -16,6 +16,7 @@ from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError
 from meshguard.daemon.gossip_socket import ErrorThrottle, GossipSocket
 from meshguard.daemon.kernel_paths import KernelPaths
+from meshguard.daemon.kernel_policy import KernelPolicy, KernelPolicyCounters
 from meshguard.daemon.kernel_wg import KernelPeer, KernelWireGuard, build_set_device
 from meshguard.daemon.status import PeerStats
 from meshguard.errors import MeshguardError
@@ -23,6 +24,7 @@ from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.kernel_traversal import KernelPeerSet, TraversalAction
 from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
 from meshguard.nat.relay import RelayDelivered
+from meshguard.policy.table import PolicyTable
 from meshguard.rng import Rng
 from meshguard.wireguard.actions import SendDatagram
 
@@ -46,6 +48,7 @@ class KernelRunner:
         self.paths: KernelPaths | None = None  # punching and relaying (kernel_paths.py)
         # one warning budget for the gossip reader and the timer, as they share the log
         self._throttle = ErrorThrottle()
+        self.policy = KernelPolicy(cfg.interface)  # nftables on the link (kernel_policy.py)
 
     async def open(self, stack: contextlib.AsyncExitStack, identity_key: bytes,
                    wg_private: X25519PrivateKey, rng: Rng, gossip_port: int) -> None:
@@ -60,6 +63,8 @@ class KernelRunner:
         await asyncio.to_thread(kwg.create_link)
         stack.push_async_callback(asyncio.to_thread, kwg.delete_link)
         self.kernel = kwg
+        await asyncio.to_thread(self._policy_close, "a stale policy table")
+        stack.callback(self._policy_close, "the policy table")  # before the link goes
 
         def configure() -> None:
             kwg.configure(wg_private.raw, cfg.port)
@@ -146,6 +151,30 @@ class KernelRunner:
             kwg.apply(build_set_device(kwg.ifname, peers=peers))
         except MeshguardError as exc:
             log.error("kernel WireGuard: %s", exc)
+        try:
+            self.policy.peers_set(peers)
+        except MeshguardError as exc:
+            log.error("kernel policy: %s", exc)
+
+    # ---- policy (nftables, kernel_policy.py) ---------------------------------------------
+
+    def set_policy(self, table: PolicyTable) -> None:
+        """What Engine.set_policy is in userspace mode: enforce `table` on the link (one nft
+        transaction). On an error the rules in force stay and it is logged."""
+        try:
+            self.policy.apply(table, self.policy.sources)
+        except MeshguardError as exc:
+            log.error("kernel policy not applied: %s", exc)
+
+    def policy_counters(self) -> KernelPolicyCounters:
+        return self.policy.counters()
+
+    def _policy_close(self, what: str) -> None:
+        try:
+            self.policy.close()
+        except MeshguardError as exc:
+            log.log(logging.ERROR if self.policy.installed else logging.DEBUG,
+                    "removing %s: %s", what, exc)
 
     async def peer_stats(self) -> PeerStats | None:
         return await asyncio.to_thread(self._kernel_stats)
