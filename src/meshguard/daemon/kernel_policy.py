@@ -82,7 +82,10 @@ class KernelPolicy:
         carried = NftCounts()
         if same and self.installed and table.active:
             carried.add(self._carried)
-            carried.add(self._read())
+            try:
+                carried.add(self._read())
+            except KernelPolicyError as exc:  # removed behind our back: it is made anew
+                log.warning("reading the policy counters before a replacement: %s", exc)
         self._run(["-f", "-"], render_ruleset(self.ifname, table, sources))
         self.table, self.sources = table, sources
         self.installed = table.active

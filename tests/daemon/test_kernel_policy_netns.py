@@ -1,0 +1,216 @@
+"""Kernel mode enforces the policy with nftables (daemon/kernel_policy.py, policy/nft_rules.py)
+on a real WireGuard interface. This machine has no WireGuard module, so wireguard-go stands in
+for the kernel device (as in test_kernel_punch_netns.py): nftables filters its interface as it
+would the kernel's. The kernel-mode node is A's `KernelRunner` (its kernel device recorded,
+its policy applied for real with nft inside A's namespace); the tunnel itself is set up with
+`wg set` as the runner would over netlink.
+
+    A (wgA 10.99.0.1, fd99::1) ── veth ── B (wgB 10.99.0.2, fd99::2)
+
+A's policy for B: allow tcp 8080, deny tcp 8081, default deny. B reaches 8080 and not 8081 over
+IPv4 and IPv6, ping passes, and A's own connections to B's port 9000 get their replies. The
+counters move, B's packets are judged by another chain once its allowed IPs leave the device,
+and closing the runner's policy leaves no nft table behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from meshguard.clock import SystemClock
+from meshguard.daemon.daemon_config import DaemonConfig
+from meshguard.daemon.kernel_policy import KernelPolicy
+from meshguard.daemon.kernel_runner import KernelRunner
+from meshguard.mesh.actions import PeerConfig, PeerDown, PeerUp
+from meshguard.policy.nft_rules import table_name
+from meshguard.policy.table import (
+    ALLOW_ALL,
+    PROTO_TCP,
+    Chain,
+    FlatRule,
+    PolicyTable,
+    RuleInfo,
+)
+from meshguard.testing.netns import (
+    Namespace,
+    netns_skip_reason,
+    start_userspace_wg,
+    unique_name,
+    veth_pair,
+)
+
+from .helpers import RecordingKernel
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(netns_skip_reason() is not None, reason=str(netns_skip_reason())),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
+    pytest.mark.skipif(shutil.which("wireguard-go") is None or shutil.which("wg") is None,
+                       reason="needs wireguard-go and wg"),
+]
+
+ALLOWED, DENIED, B_SERVICE = 8080, 8081, 9000
+A4, B4, A6, B6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
+
+SERVER = """
+import socket, sys, selectors
+sel = selectors.DefaultSelector()
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port)); s.listen(16); sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        c, _ = key.fileobj.accept(); c.sendall(b"ok"); c.close()
+"""
+
+CLIENT = """
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0)
+    print(s.recv(2).decode() or "empty")
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+
+def connect(ns: Namespace, host: str, port: int) -> str:
+    return ns.run([sys.executable, "-c", CLIENT, host, str(port)], timeout=20).stdout.strip()
+
+
+@dataclass
+class World:
+    a: Namespace
+    b: Namespace
+    wg_a: str
+    b_key: bytes
+    runner: KernelRunner
+    table: PolicyTable
+
+    def nft_tables(self) -> str:
+        return self.a.run(["nft", "list", "tables"]).stdout
+
+    def b_up(self) -> None:
+        nets = (ipaddress.ip_network(f"{B4}/32"), ipaddress.ip_network(f"{B6}/128"))
+        self.runner.peers_changed([PeerUp(PeerConfig(self.b_key, b"\x02" * 32, None, nets, 0))])
+
+
+def _wg(ns: Namespace, ifname: str, addr4: str, addr6: str) -> str:
+    start_userspace_wg(ns, ifname)
+    priv = ns.run(["wg", "genkey"]).stdout.strip()
+    pub = ns.run(["wg", "pubkey"], input=priv + "\n").stdout.strip()
+    ns.run(["wg", "set", ifname, "private-key", "/dev/stdin", "listen-port", "51821"],
+           input=priv + "\n")
+    ns.add_address(ifname, f"{addr4}/24")
+    ns.add_address(ifname, f"{addr6}/64")
+    ns.link_up(ifname)
+    return pub
+
+
+def policy_for(b_key: bytes) -> PolicyTable:
+    """B: allow tcp 8080, deny tcp 8081, default deny; everyone else (the fallback): deny."""
+    for_b = Chain((FlatRule(True, PROTO_TCP, ALLOWED, ALLOWED, 0),
+                   FlatRule(False, PROTO_TCP, DENIED, DENIED, 1)), False, 2)
+    others = Chain((), False, 3)
+    rules = (RuleInfo("services/peer/b.policy", 1, f"allow tcp {ALLOWED}"),
+             RuleInfo("services/peer/b.policy", 2, f"deny tcp {DENIED}"),
+             RuleInfo("services/default", 0, "deny"), RuleInfo("services/default", 0, "deny"))
+    return PolicyTable(True, (others, for_b), {b_key: 1}, 0, rules)
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with Namespace.create("mgkp") as a, Namespace.create("mgkp") as b:
+        link = veth_pair(a, b, "10.98.0.0/24", "fd98::/64")
+        wg_a, wg_b = unique_name("wgA"), unique_name("wgB")
+        pub_a, pub_b = _wg(a, wg_a, A4, A6), _wg(b, wg_b, B4, B6)
+        a.run(["wg", "set", wg_a, "peer", pub_b, "endpoint", f"{link.b_ipv4}:51821",
+               "allowed-ips", f"{B4}/32,{B6}/128"])
+        b.run(["wg", "set", wg_b, "peer", pub_a, "endpoint", f"{link.a_ipv4}:51821",
+               "allowed-ips", f"{A4}/32,{A6}/128"])
+        a.popen([sys.executable, "-c", SERVER, str(ALLOWED), str(DENIED)])
+        b.popen([sys.executable, "-c", SERVER, str(B_SERVICE)])
+        runner = KernelRunner(DaemonConfig(wg_a, 51821, [], kernel=True, env={}),
+                              SystemClock(), lambda actions: None)
+        runner.kernel = RecordingKernel(wg_a)
+        runner.policy = KernelPolicy(wg_a, nft=a.argv(["nft"]))
+        b_key = base64.b64decode(pub_b)
+        w = World(a, b, wg_a, b_key, runner, policy_for(b_key))
+        assert a.ping(B4, wait=2.0) and b.ping(A6, wait=2.0)  # the tunnel works, no policy
+        w.b_up()
+        runner.set_policy(w.table)
+        try:
+            yield w
+        finally:
+            runner.policy.close()
+
+
+def test_one_port_passes_and_another_is_dropped_v4_and_v6(world: World) -> None:
+    assert table_name(world.wg_a) in world.nft_tables()
+    for host in (A4, A6):
+        assert connect(world.b, host, ALLOWED) == "ok", host
+        assert connect(world.b, host, DENIED) == "timeout", host
+        assert world.b.ping(host), host  # ICMP passes
+
+
+def test_replies_to_flows_the_node_opened_pass(world: World) -> None:
+    # B's port 9000 is no service of A's: only as replies do its packets pass
+    for host in (B4, B6):
+        assert connect(world.a, host, B_SERVICE) == "ok", host
+    assert connect(world.b, A4, B_SERVICE) != "ok"  # nor does B open a flow to A on it
+
+
+def test_the_counters_move(world: World) -> None:
+    before = world.runner.policy_counters()
+    assert connect(world.b, A4, ALLOWED) == "ok"
+    assert connect(world.b, A6, DENIED) == "timeout"
+    assert connect(world.a, B4, B_SERVICE) == "ok"
+    after = world.runner.policy_counters()
+    assert len(after.rule_packets) == len(world.table.rules)
+    assert after.rule_packets[0] > before.rule_packets[0]  # allow tcp 8080
+    assert after.rule_packets[1] > before.rule_packets[1]  # deny tcp 8081: B's SYNs
+    assert after.reasons["reply"] > before.reasons["reply"]
+    assert after.reasons["policy"] > before.reasons["policy"]
+    assert after.reasons["allowed"] > before.reasons["allowed"]
+    assert after.rule_packets[3] == before.rule_packets[3]  # nobody else spoke
+
+
+def test_the_source_names_the_peer_and_counters_survive_a_new_set_of_sources(
+        world: World) -> None:
+    before = world.runner.policy_counters()
+    world.runner.peers_changed([PeerDown(world.b_key, b"\x02" * 32, "gone")])
+    # B's address is in no peer's sources now: the fallback chain (deny) judges it
+    assert connect(world.b, A4, ALLOWED) == "timeout"
+    mid = world.runner.policy_counters()
+    assert mid.rule_packets[0] >= before.rule_packets[0]  # carried over the replacement
+    assert mid.rule_packets[3] > before.rule_packets[3]
+    world.b_up()
+    assert connect(world.b, A4, ALLOWED) == "ok"
+
+
+def test_no_policy_and_close_leave_no_table(world: World) -> None:
+    name = table_name(world.wg_a)
+    world.runner.set_policy(ALLOW_ALL)
+    assert name not in world.nft_tables()
+    assert connect(world.b, A4, DENIED) == "ok"  # no policy: everything passes
+    world.runner.set_policy(world.table)
+    assert name in world.nft_tables()
+    # a daemon that was killed leaves its table; the next one's start removes it
+    KernelPolicy(world.wg_a, nft=world.a.argv(["nft"])).close()
+    assert name not in world.nft_tables()
+    world.runner.set_policy(world.table)
+    assert name in world.nft_tables()
+    world.runner._policy_close("the policy table")  # what `down` runs
+    assert name not in world.nft_tables()
+    assert not world.runner.policy.installed
