@@ -91,17 +91,10 @@ class KernelPolicy:
         self.installed = table.active
         self._carried = carried if table.active else NftCounts()
 
-    def set_sources(self, peer_sources: Mapping[bytes, Sequence[IPNetwork]]) -> None:
-        """The peers' allowed IPs changed: the same table again, when one is in force."""
-        if self.table.active:
-            self.apply(self.table, peer_sources)
-        else:
-            self.sources = {k: tuple(v) for k, v in peer_sources.items()}
-
-    def peers_set(self, peers: Sequence[KernelPeer]) -> None:
+    def track(self, peers: Sequence[KernelPeer]) -> bool:
         """Follow what the kernel device was told (kernel_wg.py KernelPeer): a removed peer's
-        sources go, a peer's replaced allowed IPs become its sources; the rules follow when a
-        table is in force."""
+        sources go, a peer's replaced allowed IPs become its sources. True when the rules
+        must be applied again (the sources changed and a table is in force)."""
         sources = dict(self.sources)
         for p in peers:
             if p.remove:
@@ -111,11 +104,17 @@ class KernelPolicy:
             elif p.allowed_ips:
                 old = sources.get(p.public_key, ())
                 sources[p.public_key] = old + tuple(n for n in p.allowed_ips if n not in old)
-        if sources != self.sources:
-            self.set_sources(sources)
+        changed = sources != self.sources
+        self.sources = sources
+        return changed and self.table.active
+
+    def peers_set(self, peers: Sequence[KernelPeer]) -> None:
+        """`track`, and apply the rules again at once when it says so."""
+        if self.track(peers):
+            self.apply(self.table, self.sources)
 
     def _read(self) -> NftCounts:
-        return read_counts(self._run(["-j", "list", "table", "inet", self.name]),
+        return read_counts(self._run(["-j", "-t", "list", "table", "inet", self.name]),
                            len(self.table.rules))
 
     def counters(self) -> KernelPolicyCounters:

@@ -31,6 +31,7 @@ from meshguard.wireguard.actions import SendDatagram
 log = logging.getLogger("meshguard.daemon")
 
 MAX_TIMER_DELAY = 1.0  # seconds: the node is ticked at least this often
+POLICY_DELAY = 0.05  # seconds: allowed-IP changes that come together reach nft once
 
 
 class KernelRunner:
@@ -49,6 +50,7 @@ class KernelRunner:
         # one warning budget for the gossip reader and the timer, as they share the log
         self._throttle = ErrorThrottle()
         self.policy = KernelPolicy(cfg.interface)  # nftables on the link (kernel_policy.py)
+        self._policy_pending: asyncio.TimerHandle | None = None
 
     async def open(self, stack: contextlib.AsyncExitStack, identity_key: bytes,
                    wg_private: X25519PrivateKey, rng: Rng, gossip_port: int) -> None:
@@ -151,25 +153,44 @@ class KernelRunner:
             kwg.apply(build_set_device(kwg.ifname, peers=peers))
         except MeshguardError as exc:
             log.error("kernel WireGuard: %s", exc)
-        try:
-            self.policy.peers_set(peers)
-        except MeshguardError as exc:
-            log.error("kernel policy: %s", exc)
+        if self.policy.track(peers):
+            self._policy_soon()
 
     # ---- policy (nftables, kernel_policy.py) ---------------------------------------------
 
     def set_policy(self, table: PolicyTable) -> None:
         """What Engine.set_policy is in userspace mode: enforce `table` on the link (one nft
         transaction). On an error the rules in force stay and it is logged."""
+        if self._policy_pending is not None:
+            self._policy_pending.cancel()
+            self._policy_pending = None
         try:
             self.policy.apply(table, self.policy.sources)
         except MeshguardError as exc:
             log.error("kernel policy not applied: %s", exc)
 
+    def _policy_soon(self) -> None:
+        """The peers' allowed IPs changed: the rules follow once for a burst of changes."""
+        if self._policy_pending is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._policy_flush()
+            return
+        self._policy_pending = loop.call_later(POLICY_DELAY, self._policy_flush)
+
+    def _policy_flush(self) -> None:
+        self._policy_pending = None
+        self.set_policy(self.policy.table)
+
     def policy_counters(self) -> KernelPolicyCounters:
         return self.policy.counters()
 
     def _policy_close(self, what: str) -> None:
+        if self._policy_pending is not None:
+            self._policy_pending.cancel()
+            self._policy_pending = None
         try:
             self.policy.close()
         except MeshguardError as exc:
