@@ -26,7 +26,7 @@ import pytest
 
 from meshguard.clock import SystemClock
 from meshguard.daemon.daemon_config import DaemonConfig
-from meshguard.daemon.kernel_policy import KernelPolicy
+from meshguard.daemon.kernel_policy import KernelPolicy, KernelPolicyCounters
 from meshguard.daemon.kernel_runner import KernelRunner
 from meshguard.mesh.actions import PeerConfig, PeerDown, PeerUp
 from meshguard.policy.nft_rules import table_name
@@ -83,6 +83,12 @@ except socket.timeout:
 except OSError as e:
     print(type(e).__name__)
 """
+
+
+def counts(w: World) -> KernelPolicyCounters:
+    c = w.runner.policy_counters()
+    assert c is not None, "the policy is not in force"
+    return c
 
 
 def connect(ns: Namespace, host: str, port: int) -> str:
@@ -172,11 +178,11 @@ def test_replies_to_flows_the_node_opened_pass(world: World) -> None:
 
 
 def test_the_counters_move(world: World) -> None:
-    before = world.runner.policy_counters()
+    before = counts(world)
     assert connect(world.b, A4, ALLOWED) == "ok"
     assert connect(world.b, A6, DENIED) == "timeout"
     assert connect(world.a, B4, B_SERVICE) == "ok"
-    after = world.runner.policy_counters()
+    after = counts(world)
     assert len(after.rule_packets) == len(world.table.rules)
     assert after.rule_packets[0] > before.rule_packets[0]  # allow tcp 8080
     assert after.rule_packets[1] > before.rule_packets[1]  # deny tcp 8081: B's SYNs
@@ -188,11 +194,11 @@ def test_the_counters_move(world: World) -> None:
 
 def test_the_source_names_the_peer_and_counters_survive_a_new_set_of_sources(
         world: World) -> None:
-    before = world.runner.policy_counters()
+    before = counts(world)
     world.runner.peers_changed([PeerDown(world.b_key, b"\x02" * 32, "gone")])
     # B's address is in no peer's sources now: the fallback chain (deny) judges it
     assert connect(world.b, A4, ALLOWED) == "timeout"
-    mid = world.runner.policy_counters()
+    mid = counts(world)
     assert mid.rule_packets[0] >= before.rule_packets[0]  # carried over the replacement
     assert mid.rule_packets[3] > before.rule_packets[3]
     world.b_up()

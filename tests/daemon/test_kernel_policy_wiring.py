@@ -92,6 +92,9 @@ def test_nft_refusing_keeps_the_runner_going(caplog: pytest.LogCaptureFixture) -
         r.set_policy(TABLE)
     assert "kernel policy not applied" in caplog.text
     assert pol.table is ALLOW_ALL and not pol.installed  # what is in force is unchanged
+    assert r.policy_counters() is None  # `meshguard policy`: not enforced
     pol.fail = False
-    r.set_policy(TABLE)
+    r.peers_changed([up(1)])  # the next change tries again
     assert pol.installed and pol.table is TABLE
+    counters = r.policy_counters()
+    assert counters is not None and counters.rule_packets == (0, 0)

@@ -93,8 +93,8 @@ class KernelPolicy:
 
     def track(self, peers: Sequence[KernelPeer]) -> bool:
         """Follow what the kernel device was told (kernel_wg.py KernelPeer): a removed peer's
-        sources go, a peer's replaced allowed IPs become its sources. True when the rules
-        must be applied again (the sources changed and a table is in force)."""
+        sources go, a peer's replaced allowed IPs become its sources. True when they
+        changed."""
         sources = dict(self.sources)
         for p in peers:
             if p.remove:
@@ -106,11 +106,11 @@ class KernelPolicy:
                 sources[p.public_key] = old + tuple(n for n in p.allowed_ips if n not in old)
         changed = sources != self.sources
         self.sources = sources
-        return changed and self.table.active
+        return changed
 
     def peers_set(self, peers: Sequence[KernelPeer]) -> None:
-        """`track`, and apply the rules again at once when it says so."""
-        if self.track(peers):
+        """`track`, and apply the rules again at once when a table is in force."""
+        if self.track(peers) and self.table.active:
             self.apply(self.table, self.sources)
 
     def _read(self) -> NftCounts:

@@ -24,7 +24,7 @@ from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.kernel_traversal import KernelPeerSet, TraversalAction
 from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
 from meshguard.nat.relay import RelayDelivered
-from meshguard.policy.table import PolicyTable
+from meshguard.policy.table import ALLOW_ALL, PolicyTable
 from meshguard.rng import Rng
 from meshguard.wireguard.actions import SendDatagram
 
@@ -51,6 +51,7 @@ class KernelRunner:
         self._throttle = ErrorThrottle()
         self.policy = KernelPolicy(cfg.interface)  # nftables on the link (kernel_policy.py)
         self._policy_pending: asyncio.TimerHandle | None = None
+        self._policy_table = ALLOW_ALL  # the table asked for; in force once nft took it
 
     async def open(self, stack: contextlib.AsyncExitStack, identity_key: bytes,
                    wg_private: X25519PrivateKey, rng: Rng, gossip_port: int) -> None:
@@ -153,14 +154,17 @@ class KernelRunner:
             kwg.apply(build_set_device(kwg.ifname, peers=peers))
         except MeshguardError as exc:
             log.error("kernel WireGuard: %s", exc)
-        if self.policy.track(peers):
+        changed = self.policy.track(peers)
+        if self._policy_table.active and (changed or not self.policy_enforced):
             self._policy_soon()
 
     # ---- policy (nftables, kernel_policy.py) ---------------------------------------------
 
     def set_policy(self, table: PolicyTable) -> None:
         """What Engine.set_policy is in userspace mode: enforce `table` on the link (one nft
-        transaction). On an error the rules in force stay and it is logged."""
+        transaction). On an error the rules in force stay, it is logged, and the next change
+        of the peers tries again."""
+        self._policy_table = table
         if self._policy_pending is not None:
             self._policy_pending.cancel()
             self._policy_pending = None
@@ -182,10 +186,16 @@ class KernelRunner:
 
     def _policy_flush(self) -> None:
         self._policy_pending = None
-        self.set_policy(self.policy.table)
+        self.set_policy(self._policy_table)
 
-    def policy_counters(self) -> KernelPolicyCounters:
-        return self.policy.counters()
+    @property
+    def policy_enforced(self) -> bool:
+        return self.policy.table is self._policy_table
+
+    def policy_counters(self) -> KernelPolicyCounters | None:
+        """nft's counts, None while the table asked for is not in force (nft refused it):
+        `meshguard policy` then says it is not enforced."""
+        return self.policy.counters() if self.policy_enforced else None
 
     def _policy_close(self, what: str) -> None:
         if self._policy_pending is not None:
