@@ -7,8 +7,9 @@ its policy applied for real with nft inside A's namespace); the tunnel itself is
 
     A (wgA 10.99.0.1, fd99::1) ── veth ── B (wgB 10.99.0.2, fd99::2)
 
-A's policy for B: allow tcp 8080, deny tcp 8081, default deny. B reaches 8080 and not 8081 over
-IPv4 and IPv6, ping passes, and A's own connections to B's port 9000 get their replies. The
+A's policy for B: allow tcp 8080, deny tcp 8081, allow udp 7000, default deny. B reaches 8080
+and not 8081 over IPv4 and IPv6, ping passes, datagrams larger than the tunnel's MTU arrive as
+fragments and are judged whole, and A's own connections to B's port 9000 get their replies. The
 counters move, B's packets are judged by another chain once its allowed IPs leave the device,
 and closing the runner's policy leaves no nft table behind.
 """
@@ -33,6 +34,7 @@ from meshguard.policy.nft_rules import table_name
 from meshguard.policy.table import (
     ALLOW_ALL,
     PROTO_TCP,
+    PROTO_UDP,
     Chain,
     FlatRule,
     PolicyTable,
@@ -57,6 +59,7 @@ pytestmark = [
 ]
 
 ALLOWED, DENIED, B_SERVICE = 8080, 8081, 9000
+UDP_ALLOWED, UDP_DENIED = 7000, 7001  # 7001 falls to the default
 A4, B4, A6, B6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
 
 SERVER = """
@@ -73,6 +76,29 @@ while True:
         c, _ = key.fileobj.accept(); c.sendall(b"ok"); c.close()
 """
 
+UDP_SERVER = """
+import socket, sys, selectors
+sel = selectors.DefaultSelector()
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port)); sel.register(s, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        data, peer = key.fileobj.recvfrom(65535); key.fileobj.sendto(str(len(data)).encode(), peer)
+"""
+
+UDP_CLIENT = """
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(1.0)
+s.sendto(b"x" * int(sys.argv[3]), (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recv(16).decode())
+except socket.timeout:
+    print("timeout")
+"""
+
 CLIENT = """
 import socket, sys
 try:
@@ -83,6 +109,12 @@ except socket.timeout:
 except OSError as e:
     print(type(e).__name__)
 """
+
+
+def datagram(ns: Namespace, host: str, port: int, size: int) -> str:
+    """Send one UDP datagram of `size` bytes; the length the server saw, or "timeout"."""
+    argv = [sys.executable, "-c", UDP_CLIENT, host, str(port), str(size)]
+    return ns.run(argv, timeout=20).stdout.strip()
 
 
 def counts(w: World) -> KernelPolicyCounters:
@@ -125,12 +157,15 @@ def _wg(ns: Namespace, ifname: str, addr4: str, addr6: str) -> str:
 
 
 def policy_for(b_key: bytes) -> PolicyTable:
-    """B: allow tcp 8080, deny tcp 8081, default deny; everyone else (the fallback): deny."""
+    """B: allow tcp 8080, deny tcp 8081, allow udp 7000, default deny; everyone else (the
+    fallback): deny."""
     for_b = Chain((FlatRule(True, PROTO_TCP, ALLOWED, ALLOWED, 0),
-                   FlatRule(False, PROTO_TCP, DENIED, DENIED, 1)), False, 2)
-    others = Chain((), False, 3)
+                   FlatRule(False, PROTO_TCP, DENIED, DENIED, 1),
+                   FlatRule(True, PROTO_UDP, UDP_ALLOWED, UDP_ALLOWED, 2)), False, 3)
+    others = Chain((), False, 4)
     rules = (RuleInfo("services/peer/b.policy", 1, f"allow tcp {ALLOWED}"),
              RuleInfo("services/peer/b.policy", 2, f"deny tcp {DENIED}"),
+             RuleInfo("services/peer/b.policy", 3, f"allow udp {UDP_ALLOWED}"),
              RuleInfo("services/default", 0, "deny"), RuleInfo("services/default", 0, "deny"))
     return PolicyTable(True, (others, for_b), {b_key: 1}, 0, rules)
 
@@ -146,6 +181,7 @@ def world() -> Iterator[World]:
         b.run(["wg", "set", wg_b, "peer", pub_a, "endpoint", f"{link.a_ipv4}:51821",
                "allowed-ips", f"{A4}/32,{A6}/128"])
         a.popen([sys.executable, "-c", SERVER, str(ALLOWED), str(DENIED)])
+        a.popen([sys.executable, "-c", UDP_SERVER, str(UDP_ALLOWED), str(UDP_DENIED)])
         b.popen([sys.executable, "-c", SERVER, str(B_SERVICE)])
         runner = KernelRunner(DaemonConfig(wg_a, 51821, [], kernel=True, env={}),
                               SystemClock(), lambda actions: None)
@@ -170,6 +206,14 @@ def test_one_port_passes_and_another_is_dropped_v4_and_v6(world: World) -> None:
         assert world.b.ping(host), host  # ICMP passes
 
 
+def test_fragmented_datagrams_are_judged_whole(world: World) -> None:
+    # 4000 bytes leave B's tunnel as fragments; conntrack reassembles them before the rules
+    for host in (A4, A6):
+        assert datagram(world.b, host, UDP_ALLOWED, 4000) == "4000", host
+        assert datagram(world.b, host, UDP_DENIED, 4000) == "timeout", host
+        assert datagram(world.b, host, UDP_DENIED, 100) == "timeout", host
+
+
 def test_replies_to_flows_the_node_opened_pass(world: World) -> None:
     # B's port 9000 is no service of A's: only as replies do its packets pass
     for host in (B4, B6):
@@ -189,7 +233,7 @@ def test_the_counters_move(world: World) -> None:
     assert after.reasons["reply"] > before.reasons["reply"]
     assert after.reasons["policy"] > before.reasons["policy"]
     assert after.reasons["allowed"] > before.reasons["allowed"]
-    assert after.rule_packets[3] == before.rule_packets[3]  # nobody else spoke
+    assert after.rule_packets[4] == before.rule_packets[4]  # nobody else spoke
 
 
 def test_the_source_names_the_peer_and_counters_survive_a_new_set_of_sources(
@@ -200,7 +244,7 @@ def test_the_source_names_the_peer_and_counters_survive_a_new_set_of_sources(
     assert connect(world.b, A4, ALLOWED) == "timeout"
     mid = counts(world)
     assert mid.rule_packets[0] >= before.rule_packets[0]  # carried over the replacement
-    assert mid.rule_packets[3] > before.rule_packets[3]
+    assert mid.rule_packets[4] > before.rule_packets[4]
     world.b_up()
     assert connect(world.b, A4, ALLOWED) == "ok"
 
