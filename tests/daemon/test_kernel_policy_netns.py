@@ -5,11 +5,12 @@ would the kernel's. The kernel-mode node is A's `KernelRunner` (its kernel devic
 its policy applied for real with nft inside A's namespace); the tunnel itself is set up with
 `wg set` as the runner would over netlink.
 
-    A (wgA 10.99.0.1, fd99::1) ── veth ── B (wgB 10.99.0.2, fd99::2)
+    LAN 10.97.0.2 ── veth ── A (wgA 10.99.0.1, fd99::1) ── veth ── B (wgB 10.99.0.2, fd99::2)
 
 A's policy for B: allow tcp 8080, deny tcp 8081, allow udp 7000, default deny. B reaches 8080
 and not 8081 over IPv4 and IPv6, ping passes, datagrams larger than the tunnel's MTU arrive as
-fragments and are judged whole, and A's own connections to B's port 9000 get their replies. The
+fragments and are judged whole, what A forwards to its LAN is judged as what it receives, and
+A's own connections to B's port 9000 get their replies. The
 counters move, B's packets are judged by another chain once its allowed IPs leave the device,
 and closing the runner's policy leaves no nft table behind.
 """
@@ -61,6 +62,7 @@ pytestmark = [
 ALLOWED, DENIED, B_SERVICE = 8080, 8081, 9000
 UDP_ALLOWED, UDP_DENIED = 7000, 7001  # 7001 falls to the default
 A4, B4, A6, B6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
+LAN_NET, LAN_HOST = "10.97.0.0/24", "10.97.0.2"  # behind A
 
 SERVER = """
 import socket, sys, selectors
@@ -172,17 +174,23 @@ def policy_for(b_key: bytes) -> PolicyTable:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with Namespace.create("mgkp") as a, Namespace.create("mgkp") as b:
+    with Namespace.create("mgkp") as a, Namespace.create("mgkp") as b, \
+            Namespace.create("mgkp") as lan:
         link = veth_pair(a, b, "10.98.0.0/24", "fd98::/64")
+        lan_link = veth_pair(a, lan, f"{LAN_NET}", "fd97::/64")  # A routes for the LAN
+        a.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        lan.run(["ip", "route", "add", "default", "via", str(lan_link.a_ipv4)])
         wg_a, wg_b = unique_name("wgA"), unique_name("wgB")
         pub_a, pub_b = _wg(a, wg_a, A4, A6), _wg(b, wg_b, B4, B6)
         a.run(["wg", "set", wg_a, "peer", pub_b, "endpoint", f"{link.b_ipv4}:51821",
                "allowed-ips", f"{B4}/32,{B6}/128"])
         b.run(["wg", "set", wg_b, "peer", pub_a, "endpoint", f"{link.a_ipv4}:51821",
-               "allowed-ips", f"{A4}/32,{A6}/128"])
+               "allowed-ips", f"{A4}/32,{A6}/128,{LAN_NET}"])
+        b.run(["ip", "route", "add", LAN_NET, "dev", wg_b])
         a.popen([sys.executable, "-c", SERVER, str(ALLOWED), str(DENIED)])
         a.popen([sys.executable, "-c", UDP_SERVER, str(UDP_ALLOWED), str(UDP_DENIED)])
         b.popen([sys.executable, "-c", SERVER, str(B_SERVICE)])
+        lan.popen([sys.executable, "-c", SERVER, str(ALLOWED), str(DENIED)])
         runner = KernelRunner(DaemonConfig(wg_a, 51821, [], kernel=True, env={}),
                               SystemClock(), lambda actions: None)
         runner.kernel = RecordingKernel(wg_a)
@@ -204,6 +212,12 @@ def test_one_port_passes_and_another_is_dropped_v4_and_v6(world: World) -> None:
         assert connect(world.b, host, ALLOWED) == "ok", host
         assert connect(world.b, host, DENIED) == "timeout", host
         assert world.b.ping(host), host  # ICMP passes
+
+
+def test_what_the_node_forwards_is_judged_too(world: World) -> None:
+    # B reaches the LAN behind A through A (a route A carries): the forward hook's rules
+    assert connect(world.b, LAN_HOST, ALLOWED) == "ok"
+    assert connect(world.b, LAN_HOST, DENIED) == "timeout"
 
 
 def test_fragmented_datagrams_are_judged_whole(world: World) -> None:
