@@ -28,8 +28,9 @@ import pytest
 
 from meshguard.clock import SystemClock
 from meshguard.daemon.daemon_config import DaemonConfig
-from meshguard.daemon.kernel_policy import KernelPolicy, KernelPolicyCounters
+from meshguard.daemon.kernel_policy import KernelPolicy
 from meshguard.daemon.kernel_runner import KernelRunner
+from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.mesh.actions import PeerConfig, PeerDown, PeerUp
 from meshguard.policy.nft_rules import table_name
 from meshguard.policy.table import (
@@ -119,7 +120,7 @@ def datagram(ns: Namespace, host: str, port: int, size: int) -> str:
     return ns.run(argv, timeout=20).stdout.strip()
 
 
-def counts(w: World) -> KernelPolicyCounters:
+def counts(w: World) -> PolicyCounters:
     c = w.runner.policy_counters()
     assert c is not None, "the policy is not in force"
     return c

@@ -9,15 +9,22 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from meshguard.clock import SystemClock
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.kernel_policy import KernelPolicy, KernelPolicyError
 from meshguard.daemon.kernel_runner import POLICY_DELAY, KernelRunner
+from meshguard.daemon.policy_runner import PolicyRunner
+from meshguard.daemon.trust_holder import TrustHolder
+from meshguard.identity.trust import TrustStore
 from meshguard.mesh.actions import PeerConfig, PeerDown, PeerUp
+from meshguard.mesh.node import MeshNode
 from meshguard.policy.table import ALLOW_ALL, PROTO_TCP, Chain, FlatRule, PolicyTable, RuleInfo
+from meshguard.testing.rng import SeededRng
 
 from .helpers import RecordingKernel
 
@@ -98,3 +105,33 @@ def test_nft_refusing_keeps_the_runner_going(caplog: pytest.LogCaptureFixture) -
     assert pol.installed and pol.table is TABLE
     counters = r.policy_counters()
     assert counters is not None and counters.rule_packets == (0, 0)
+
+
+class _NoMembers:
+    def members(self) -> list[object]:
+        return []
+
+
+def test_the_policy_runner_hands_kernel_mode_its_table_and_reports_nfts_counts(
+        tmp_path: Path) -> None:
+    # what mesh_daemon.py wires in kernel mode: the kernel runner in the engine's place
+    cfg = tmp_path / "cfg"
+    (cfg / "services").mkdir(parents=True)
+    (cfg / "services" / "global.policy").write_text("allow tcp 22\ndeny all\n")
+    trust = TrustStore.load(cfg)
+    me, wg = Ed25519PrivateKey(bytes(range(2, 34))), X25519PrivateKey(bytes(range(3, 35)))
+    node = MeshNode(me.public_key.raw, wg.public_key.raw, _NoMembers(),  # type: ignore[arg-type]
+                    TrustHolder(trust))
+    kr, pol = runner()
+    kr.peers_changed([up(1)])
+    policies = PolicyRunner.load(cfg, trust)
+    policies.attach(node, SeededRng(1), wg, lambda: 1e9, kr, kernel=True)
+    assert pol.table is policies.table and pol.table.active
+    assert len(pol.scripts) == 1
+    assert "tcp dport 22 counter accept" in pol.scripts[0]
+    assert "10.9.0.1 : goto c" in pol.scripts[0]
+    rep = policies.report(kr.policy_counters())
+    assert rep["mode"] == "kernel" and rep["enforced"] is True
+    rules = rep["rules"]
+    assert isinstance(rules, list) and len(rules) == len(pol.table.rules)
+    assert all(r["packets"] == 0 for r in rules)

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshguard.dataplane.policy_filter import REASONS as FILTER_REASONS
 from meshguard.policy.nft_rules import (
+    REASONS,
     chain_lines,
     match_expr,
     read_counts,
@@ -155,6 +157,10 @@ def _listing(rules: list[tuple[str | None, int | None]]) -> str:
             rule["comment"] = comment
         items.append({"rule": rule})
     return json.dumps({"nftables": items})
+
+
+def test_the_reasons_are_the_userspace_filters() -> None:
+    assert REASONS == FILTER_REASONS
 
 
 def test_counters_are_read_back_by_rule_and_by_reason() -> None:

@@ -3,7 +3,7 @@
 
     kp = KernelPolicy("mg0")
     kp.apply(table, peer_sources)   # one `nft -f -` transaction replaces the whole table
-    kp.counters()                   # KernelPolicyCounters, like the userspace engine's
+    kp.counters()                   # PolicyCounters, as the userspace engine's
     kp.close()                      # the nft table is gone (also a stale one, at start)
 
 `apply` with an inactive table removes the nft table. Replacing the table resets nft's
@@ -17,12 +17,11 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from meshguard.daemon.kernel_wg import KernelPeer
+from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.errors import MeshguardError
 from meshguard.policy.nft_rules import (
-    REASONS,
     NftCounts,
     read_counts,
     removal_script,
@@ -38,17 +37,6 @@ NFT_TIMEOUT = 10.0  # seconds
 
 class KernelPolicyError(MeshguardError):
     """nft refused the ruleset or could not be run."""
-
-
-@dataclass(frozen=True)
-class KernelPolicyCounters:
-    """What nft counted, in the shape of the engine's PolicyCounters
-    (dataplane/policy_filter.py): packets per rule indexed like PolicyTable.rules, and
-    verdicts by reason. Kernel conntrack evicts nothing of ours, so `evicted` is 0."""
-
-    rule_packets: tuple[int, ...] = ()
-    reasons: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    evicted: int = 0
 
 
 class KernelPolicy:
@@ -117,8 +105,9 @@ class KernelPolicy:
         return read_counts(self._run(["-j", "-t", "list", "table", "inet", self.name]),
                            len(self.table.rules))
 
-    def counters(self) -> KernelPolicyCounters:
-        """The counts since the table was set; zeros when no table is installed."""
+    def counters(self) -> PolicyCounters:
+        """The counts since the table was set; zeros when no table is installed. The kernel's
+        conntrack evicts no flow of ours, so `evicted` stays 0."""
         total = NftCounts([0] * len(self.table.rules))
         total.add(self._carried)
         if self.installed:
@@ -126,7 +115,7 @@ class KernelPolicy:
                 total.add(self._read())
             except KernelPolicyError as exc:
                 log.warning("reading the policy counters: %s", exc)
-        return KernelPolicyCounters(tuple(total.rule_packets[:len(self.table.rules)]),
+        return PolicyCounters(tuple(total.rule_packets[:len(self.table.rules)]),
                                     dict(total.reasons))
 
     def close(self) -> None:

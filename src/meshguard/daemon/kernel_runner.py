@@ -16,9 +16,10 @@ from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError
 from meshguard.daemon.gossip_socket import ErrorThrottle, GossipSocket
 from meshguard.daemon.kernel_paths import KernelPaths
-from meshguard.daemon.kernel_policy import KernelPolicy, KernelPolicyCounters
+from meshguard.daemon.kernel_policy import KernelPolicy
 from meshguard.daemon.kernel_wg import KernelPeer, KernelWireGuard, build_set_device
 from meshguard.daemon.status import PeerStats
+from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.kernel_traversal import KernelPeerSet, TraversalAction
@@ -192,7 +193,7 @@ class KernelRunner:
     def policy_enforced(self) -> bool:
         return self.policy.table is self._policy_table
 
-    def policy_counters(self) -> KernelPolicyCounters | None:
+    def policy_counters(self) -> PolicyCounters | None:
         """nft's counts, None while the table asked for is not in force (nft refused it):
         `meshguard policy` then says it is not enforced."""
         return self.policy.counters() if self.policy_enforced else None
