@@ -106,7 +106,9 @@ def test_meshguard_policy_prints_sources_rules_counters_and_refusals() -> None:
     assert "refused policies: invalid 1, older 2" in out
     assert "gossip dropped: digest_mismatch 1" in out
     kernel = format_policy({**rep, "mode": "kernel"})
-    assert kernel.startswith("policy: not enforced (kernel mode)")
+    assert kernel.startswith("policy: enforced by nftables (kernel mode)\n")
+    refused = format_policy({**rep, "mode": "kernel", "enforced": False})
+    assert refused.startswith("policy: not enforced: nft refused the rules")
 
 
 class _NoMembers:

@@ -37,12 +37,14 @@ def _source_line(s: Mapping[str, object]) -> str:
 
 
 def format_policy(rep: Mapping[str, object]) -> str:
-    if rep.get("mode") == "kernel":
-        state = "not enforced (kernel mode)"
-    elif rep.get("active"):
-        state = "enforced"
-    else:
+    kernel = rep.get("mode") == "kernel"
+    if not rep.get("active"):
         state = "no policy in force: everything passes"
+    elif rep.get("enforced", True):
+        state = "enforced by nftables (kernel mode)" if kernel else "enforced"
+    else:
+        state = "not enforced: nft refused the rules (see the daemon's log)" if kernel \
+            else "not enforced"
     lines = [f"policy: {state}"]
     sources = rep.get("sources")
     lines.append("sources:")

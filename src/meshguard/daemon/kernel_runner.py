@@ -16,19 +16,23 @@ from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon.daemon_config import DaemonConfig, StartupError
 from meshguard.daemon.gossip_socket import ErrorThrottle, GossipSocket
 from meshguard.daemon.kernel_paths import KernelPaths
+from meshguard.daemon.kernel_policy import KernelPolicy
 from meshguard.daemon.kernel_wg import KernelPeer, KernelWireGuard, build_set_device
 from meshguard.daemon.status import PeerStats
+from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.kernel_traversal import KernelPeerSet, TraversalAction
 from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
 from meshguard.nat.relay import RelayDelivered
+from meshguard.policy.table import ALLOW_ALL, PolicyTable
 from meshguard.rng import Rng
 from meshguard.wireguard.actions import SendDatagram
 
 log = logging.getLogger("meshguard.daemon")
 
 MAX_TIMER_DELAY = 1.0  # seconds: the node is ticked at least this often
+POLICY_DELAY = 0.05  # seconds: allowed-IP changes that come together reach nft once
 
 
 class KernelRunner:
@@ -46,6 +50,9 @@ class KernelRunner:
         self.paths: KernelPaths | None = None  # punching and relaying (kernel_paths.py)
         # one warning budget for the gossip reader and the timer, as they share the log
         self._throttle = ErrorThrottle()
+        self.policy = KernelPolicy(cfg.interface)  # nftables on the link (kernel_policy.py)
+        self._policy_pending: asyncio.TimerHandle | None = None
+        self._policy_table = ALLOW_ALL  # the table asked for; in force once nft took it
 
     async def open(self, stack: contextlib.AsyncExitStack, identity_key: bytes,
                    wg_private: X25519PrivateKey, rng: Rng, gossip_port: int) -> None:
@@ -60,6 +67,8 @@ class KernelRunner:
         await asyncio.to_thread(kwg.create_link)
         stack.push_async_callback(asyncio.to_thread, kwg.delete_link)
         self.kernel = kwg
+        await asyncio.to_thread(self._policy_close, "a stale policy table")
+        stack.callback(self._policy_close, "the policy table")  # before the link goes
 
         def configure() -> None:
             kwg.configure(wg_private.raw, cfg.port)
@@ -146,6 +155,58 @@ class KernelRunner:
             kwg.apply(build_set_device(kwg.ifname, peers=peers))
         except MeshguardError as exc:
             log.error("kernel WireGuard: %s", exc)
+        changed = self.policy.track(peers)
+        if self._policy_table.active and (changed or not self.policy_enforced):
+            self._policy_soon()
+
+    # ---- policy (nftables, kernel_policy.py) ---------------------------------------------
+
+    def set_policy(self, table: PolicyTable) -> None:
+        """What Engine.set_policy is in userspace mode: enforce `table` on the link (one nft
+        transaction). On an error the rules in force stay, it is logged, and the next change
+        of the peers tries again."""
+        self._policy_table = table
+        if self._policy_pending is not None:
+            self._policy_pending.cancel()
+            self._policy_pending = None
+        try:
+            self.policy.apply(table, self.policy.sources)
+        except MeshguardError as exc:
+            log.error("kernel policy not applied: %s", exc)
+
+    def _policy_soon(self) -> None:
+        """The peers' allowed IPs changed: the rules follow once for a burst of changes."""
+        if self._policy_pending is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._policy_flush()
+            return
+        self._policy_pending = loop.call_later(POLICY_DELAY, self._policy_flush)
+
+    def _policy_flush(self) -> None:
+        self._policy_pending = None
+        self.set_policy(self._policy_table)
+
+    @property
+    def policy_enforced(self) -> bool:
+        return self.policy.table is self._policy_table
+
+    def policy_counters(self) -> PolicyCounters | None:
+        """nft's counts, None while the table asked for is not in force (nft refused it):
+        `meshguard policy` then says it is not enforced."""
+        return self.policy.counters() if self.policy_enforced else None
+
+    def _policy_close(self, what: str) -> None:
+        if self._policy_pending is not None:
+            self._policy_pending.cancel()
+            self._policy_pending = None
+        try:
+            self.policy.close()
+        except MeshguardError as exc:
+            log.log(logging.ERROR if self.policy.installed else logging.DEBUG,
+                    "removing %s: %s", what, exc)
 
     async def peer_stats(self) -> PeerStats | None:
         return await asyncio.to_thread(self._kernel_stats)

@@ -262,7 +262,7 @@ class MeshDaemon:
         self._load_org_items()
         assert self.policies is not None
         self.policies.attach(self.node, self.rng, self.wg_private, self.clock.wall,
-                             getattr(runner, "engine", None),
+                             runner if cfg.kernel else getattr(runner, "engine", None),
                              lambda: getattr(self, "routes", None),
                              kernel=bool(cfg.kernel))
         if cfg.dns:
@@ -566,9 +566,9 @@ class MeshDaemon:
             return await ping_request(self.node, self.node.probes, self.clock,
                                       lambda g: self._execute(list(g)), req.args)
         if req.op == "policy" and self.policies is not None:
-            counters = getattr(getattr(self.runner, "engine", None), "policy_counters", None)
-            return self.policies.report(None if self.cfg.kernel or counters is None
-                                        else counters())
+            enforcer = self.runner if self.cfg.kernel else getattr(self.runner, "engine", None)
+            counters = getattr(enforcer, "policy_counters", None)
+            return self.policies.report(None if counters is None else counters())
         if req.op == "down":
             log.info("down requested over the control socket")
             asyncio.get_running_loop().call_soon(self.stop_event.set)

@@ -16,8 +16,8 @@ grants out (docs/policy.md).
 * `report` is the `policy` control op: sources, rules with per-rule packet counters, drops by
   reason, refused policies by reason, transfers in progress (`meshguard policy`).
 
-Kernel mode has no data plane of meshguard's own, so policies are not enforced there; that is
-logged once, when a table with rules is first in force (routes are still granted).
+In kernel mode the kernel runner takes the table instead of the engine (KernelRunner.set_policy:
+nftables on the link, daemon/kernel_policy.py).
 """
 
 from __future__ import annotations
@@ -104,7 +104,6 @@ class PolicyRunner:
     org_names: dict[bytes, str] = field(default_factory=dict)
     last_error: str | None = None
     compiles: int = 0
-    _kernel_warned: bool = False
     _granted_to: object | None = None
     _wall: Callable[[], float] = lambda: 0.0
     _pending: asyncio.Handle | None = None
@@ -201,17 +200,13 @@ class PolicyRunner:
             # this node's own grants too: they turn forwarding on where it routes
             grants = route_grants(in_force, [*members, me], self.org_names)
             set_policy = getattr(self.engine, "set_policy", None)
-            if set_policy is not None and not self.kernel:
+            if set_policy is not None:  # the engine, or the kernel runner (nftables)
                 set_policy(table)
         except (MeshguardError, ValueError) as exc:
             self.last_error = f"{why}: {exc}"
             log.error("policy compile failed (%s), keeping the last good table: %s", why, exc)
             return
         self.table, self.compiles = table, self.compiles + 1
-        if self.kernel and table.active and not self._kernel_warned:
-            self._kernel_warned = True
-            log.warning("policies are not enforced in kernel mode (the kernel's WireGuard "
-                        "carries the traffic); route grants still apply")
         sink = self.routes()
         if grants != self.grants or sink is not self._granted_to:
             self.grants, self._granted_to = grants, sink
@@ -224,8 +219,8 @@ class PolicyRunner:
     # report ------------------------------------------------------------------------------
 
     def report(self, counters: PolicyCounters | None) -> dict[str, object]:
-        """The `policy` control op's answer; `counters` is the engine's, None when nothing
-        enforces (kernel mode)."""
+        """The `policy` control op's answer; `counters` is the engine's (or the kernel
+        runner's), None when nothing enforces the table (nft refused it)."""
         loc = self.local
         sources: list[dict[str, object]] = []
         if loc.configured:
