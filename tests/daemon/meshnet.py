@@ -282,3 +282,52 @@ def move_node(node: Node, new_ip: str) -> None:
     node.ns.run(["ip", "addr", "del", f"{node.ip}/24", "dev", ifname])
     node.ns.add_address(ifname, f"{new_ip}/24")
     node.ip = new_ip
+
+
+@dataclass
+class PlainWgDevice:
+    """A plain WireGuard device (Debian's wireguard-go) in a namespace, set up from a wg-quick
+    config as wg-quick does it: `wg-quick strip` into `wg setconf`, the Address on the
+    interface, and a route to it for every AllowedIPs prefix. `close` stops wireguard-go,
+    which removes its interface; the namespace removes its socket file."""
+
+    ns: Namespace
+    iface: str
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, ns: Namespace, conf: str, tmp: Path) -> PlainWgDevice:
+        from meshguard.testing.netns import start_userspace_wg
+
+        iface = unique_name("wgd")
+        path = tmp / f"{iface}.conf"
+        path.write_text(conf)
+        path.chmod(0o600)
+        proc = start_userspace_wg(ns, iface)
+        dev = cls(ns, iface, proc)
+        try:
+            stripped = ns.run(["wg-quick", "strip", str(path)]).stdout
+            ns.run(["wg", "setconf", iface, "/dev/stdin"], input=stripped)
+            values = wg_quick_values(conf)
+            for addr in values["Address"]:
+                ns.add_address(iface, addr)
+            ns.run(["ip", "link", "set", iface, "mtu", "1420", "up"])
+            for net in values["AllowedIPs"]:
+                ns.run(["ip", "-6" if ":" in net else "-4", "route", "add", net, "dev", iface])
+        except BaseException:
+            dev.close()
+            raise
+        return dev
+
+    def close(self) -> None:
+        self.ns.stop(self.proc)
+
+
+def wg_quick_values(conf: str) -> dict[str, list[str]]:
+    """Every `Key = a, b` of a wg-quick config, the comma lists split (both sections)."""
+    out: dict[str, list[str]] = {}
+    for line in conf.splitlines():
+        key, eq, value = line.partition("=")
+        if eq and not line.lstrip().startswith("#"):
+            out.setdefault(key.strip(), []).extend(v.strip() for v in value.split(","))
+    return out

@@ -30,9 +30,10 @@ _PING = "meshguard.cli.ping_command"
 _POLICY = "meshguard.cli.policy_commands"
 _VOUCH = "meshguard.cli.vouch_command"
 _POLICY_VIEW = "meshguard.cli.policy_view"
+_EXPORT_WG = "meshguard.cli.export_wg_command"
 # in the order `--help` lists them
 COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _VOUCH, _CONNECT, _PING, _POLICY,
-                   _POLICY_VIEW)
+                   _POLICY_VIEW, _EXPORT_WG)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -45,6 +46,7 @@ COMMANDS = {
     **dict.fromkeys(("service", "org-policy"), _POLICY),
     "org-vouch": _VOUCH,
     "policy": _POLICY_VIEW,
+    "export-wg": _EXPORT_WG,
 }
 
 

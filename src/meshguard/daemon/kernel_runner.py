@@ -22,6 +22,7 @@ from meshguard.daemon.status import PeerStats
 from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.mesh.actions import IPNetwork
 from meshguard.mesh.kernel_traversal import KernelPeerSet, TraversalAction
 from meshguard.mesh.node import Action, MeshNode, PeerDown, PeerUp
 from meshguard.nat.relay import RelayDelivered
@@ -146,6 +147,12 @@ class KernelRunner:
                     paths.removed(a.wg_key)
                 peers.append(KernelPeer(a.wg_key, remove=True))
         self._apply_peers(peers)
+
+    def device_peer(self, key: bytes, psk: bytes | None, nets: Sequence[IPNetwork],
+                    remove: bool) -> None:
+        """A plain WireGuard device (daemon/wg_device_peers.py) as a kernel peer."""
+        self._apply_peers([KernelPeer(key, remove=True) if remove else
+                           KernelPeer(key, None, 0, tuple(nets), preshared_key=psk)])
 
     def _apply_peers(self, peers: list[KernelPeer]) -> None:
         kwg = self.kernel

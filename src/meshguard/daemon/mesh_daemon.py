@@ -62,6 +62,7 @@ from meshguard.daemon.status import PeerStats, build_status
 from meshguard.daemon.trust_holder import TrustHolder
 from meshguard.daemon.underlay_watch import UnderlayWatch, seed_probe
 from meshguard.daemon.userspace_runner import UserspaceRunner
+from meshguard.daemon.wg_device_peers import WgDevicePeers, for_runner
 from meshguard.dataplane.tun import interface_exists
 from meshguard.dns.resolver import Resolver, build_table
 from meshguard.errors import MeshguardError
@@ -163,6 +164,7 @@ class MeshDaemon:
         self._mapped: Endpoint | None = None  # the port mapping advertised
         self._watch: UnderlayWatch | None = None
         self.policies: PolicyRunner | None = None  # read at preflight (daemon/policy_runner.py)
+        self._wg_devices: WgDevicePeers | None = None  # export-wg devices (wg_device_peers.py)
 
     @property
     def portmap(self) -> PortmapTask | None:
@@ -268,6 +270,8 @@ class MeshDaemon:
         if cfg.dns:
             await self._start_dns(stack)
         runner.attach(self.node, loop, stack)
+        self._wg_devices = for_runner(self.config_dir, cfg.interface, runner, self._device_keys)
+        self._wg_devices.reload()
         self.control = ControlServer(ctl_path, cfg.interface, self._control)
         await self.control.start()
         stack.push_async_callback(self.control.close)
@@ -512,9 +516,17 @@ class MeshDaemon:
 
     # ---- trust reload ----------------------------------------------------------------
 
+    def _device_keys(self, keys: frozenset[bytes]) -> None:
+        """Device keys are never members' (a record claiming one gets no tunnel)."""
+        if self.node is not None and keys != self.node.reserved_wg_keys:
+            self.node.reserved_wg_keys = keys
+            self._execute(self.node.reconcile(self.clock.wall()))
+
     def reload_trust(self, why: str) -> None:
         if self.node is None or self.trust is None:
             return
+        if self._wg_devices is not None:
+            self._wg_devices.reload()
         try:
             new = TrustStore.load(self.config_dir)
         except MeshguardError as exc:

@@ -13,7 +13,7 @@ from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.kernel_module import gossip_port_for
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import MeshNode
-from meshguard.mesh.swim_port import SwimPort
+from meshguard.mesh.swim_port import SwimPort, wg_endpoints_of
 from meshguard.nat.path_select import PathReport
 from meshguard.sansio import Endpoint
 from meshguard.wire.control import MemberStatus, SelfStatus, StatusReport, format_endpoint
@@ -136,8 +136,15 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             mesh_ipv6=str(node.self_ipv6),
             wg_port=cfg.port,
             gossip_port=gossip_port_for(cfg.split, cfg.port),
+            endpoints=_self_endpoints(membership),
         ),
         members=tuple(members),
         counters=counters,
         seeds=seeds if seeds is not None and seeds.sources else None,
     )
+
+
+def _self_endpoints(membership: SwimPort) -> tuple[str, ...]:
+    """This node's advertised WireGuard endpoints (`meshguard export-wg` offers the first)."""
+    return tuple(e for e in map(format_endpoint, wg_endpoints_of(membership.core.record))
+                 if e is not None)

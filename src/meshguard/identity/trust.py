@@ -34,6 +34,7 @@ from meshguard.identity.addressing import org_domain
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.errors import CertificateError, TrustError
 from meshguard.identity.names import is_dns_label, validate_label
+from meshguard.identity.wg_devices import DEVICES_DIR
 from meshguard.wire.org import OrgVouch
 
 PEER_SUFFIX = ".pub"
@@ -392,12 +393,13 @@ def resolve_revocation(trust: TrustStore, target: str, org: str | None = None) -
 
 def trust_stamp(config_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """A cheap fingerprint of the trust files (names, sizes, mtimes): when it changes, a
-    daemon should `TrustStore.load` again. Missing directories simply contribute nothing."""
+    daemon should `TrustStore.load` again (and read `devices/` again, identity/wg_devices.py).
+    Missing directories simply contribute nothing."""
     entries: list[tuple[str, int, int]] = []
     # services/ and policies/ too: the daemon's policies follow them (daemon/policy_runner.py);
-    # vouched/: the org vouches (identity/vouch.py)
+    # vouched/: the org vouches (identity/vouch.py); devices/: export-wg's (wg_devices.py)
     for sub in (store.AUTHORIZED_KEYS, store.TRUSTED_ORGS, "services", "services/peer",
-                "services/org", "policies", vouch.VOUCHED_DIR):
+                "services/org", "policies", vouch.VOUCHED_DIR, DEVICES_DIR):
         directory = config_dir / sub
         try:
             st = directory.stat()

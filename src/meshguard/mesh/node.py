@@ -163,6 +163,9 @@ class MeshNode:
     route_plan: RoutePlan = field(default_factory=RoutePlan)  # as of the last desired_peers
     # learned revocations are logged at most 10 at once, then one per 5 s (the rest counted)
     _revocation_logs: TokenBucket = field(default_factory=lambda: TokenBucket(0.2, 10.0))
+    # WireGuard keys of plain devices this node is the gateway of (daemon/wg_device_peers.py):
+    # a member whose record claims one gets no tunnel
+    reserved_wg_keys: frozenset[bytes] = frozenset()
 
     def __post_init__(self) -> None:
         self.self_ipv4 = mesh_ipv4(self.identity_key)
@@ -590,7 +593,7 @@ class MeshNode:
         for m in self.membership.members():
             if m.identity_key == self.identity_key or m.wg_key is None:
                 continue
-            if m.wg_key == self.wg_key:
+            if m.wg_key == self.wg_key or m.wg_key in self.reserved_wg_keys:
                 continue
             if m.state in ROUTED_STATES and self.admission(m, wall).admitted:
                 out.append(m)

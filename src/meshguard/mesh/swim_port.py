@@ -47,6 +47,13 @@ def wg_endpoint_of(rec: NodeRecord) -> Endpoint | None:
     return (host, port)
 
 
+def wg_endpoints_of(rec: NodeRecord) -> list[Endpoint]:
+    """Every WireGuard endpoint a record advertises, in its order."""
+    if rec.nat_type & NAT_SPLIT_PORT:
+        return [(h, p - 1) for h, p in rec.endpoints if p > 1]
+    return [(h, p) for h, p in rec.endpoints]
+
+
 def view_of(rec: NodeRecord, state: str) -> MemberView:
     return MemberView(
         identity_key=rec.identity,

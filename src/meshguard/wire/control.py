@@ -181,6 +181,8 @@ class SelfStatus:
     mesh_ipv6: str
     wg_port: int
     gossip_port: int
+    # the WireGuard endpoints this node's record advertises, best first ("ip:port")
+    endpoints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,8 @@ class StatusReport:
                     name=_opt_str(me["name"]), identity_key=_str(me["identity_key"]),
                     wireguard_key=_str(me["wireguard_key"]), mesh_ipv4=_str(me["mesh_ipv4"]),
                     mesh_ipv6=_str(me["mesh_ipv6"]), wg_port=_int(me["wg_port"]),
-                    gossip_port=_int(me["gossip_port"])),
+                    gossip_port=_int(me["gossip_port"]),
+                    endpoints=tuple(_str(e) for e in _list(me.get("endpoints", [])))),
                 members=tuple(_member(_object(m)) for m in _list(obj["members"])),
                 counters={str(k): _as_int(v)
                           for k, v in _object(obj.get("counters", {})).items()},
