@@ -289,3 +289,19 @@ def test_learned_revocations_are_logged_at_a_bounded_rate(
     lines = [r for r in caplog.records if "revoked its certificate" in r.getMessage()]
     assert len(lines) == 10
     assert node.counters["revocation_logs_suppressed"] == 40
+
+
+def test_a_member_claiming_a_plain_devices_key_gets_no_tunnel() -> None:
+    """The attack: a trusted member's signed record names the WireGuard key of a plain
+    device this node is the gateway of (daemon/wg_device_peers.py). It must not take over
+    the device's peer (its allowed IPs would replace the device's)."""
+    honest, thief = member(key()), member(key())
+    node, _, _, be = make([honest, thief])
+    node.reconcile(WALL)
+    assert thief.wg_key in be.peers
+    node.reserved_wg_keys = frozenset({thief.wg_key})
+    out = node.reconcile(WALL)
+    assert [x.wg_key for x in out if isinstance(x, PeerDown)] == [thief.wg_key]
+    assert set(be.peers) == {honest.wg_key}
+    node._admission.clear()
+    assert thief.wg_key not in node.desired_peers(WALL)[0]

@@ -38,12 +38,13 @@ log = logging.getLogger("meshguard.daemon")
 KernelApply = Callable[[bytes, bytes | None, Sequence[IPNetwork], bool], None]
 
 
-def _ip(*args: str) -> bool:
+def host_route(op: str, net: IPNetwork, interface: str) -> None:
+    """`ip route replace|del NET dev IFACE` (a failure is a warning)."""
+    args = ["-6" if net.version == 6 else "-4", "route", op, str(net), "dev", interface]
     res = subprocess.run(["ip", *args], capture_output=True, text=True, check=False,
                          timeout=10)
     if res.returncode != 0:
         log.warning("ip %s: %s", " ".join(args), res.stderr.strip() or res.returncode)
-    return res.returncode == 0
 
 
 def enable_forwarding(interface: str) -> bool:
@@ -65,6 +66,8 @@ class WgDevicePeers:
     device: Device | None = None  # userspace mode
     apply_kernel: KernelApply | None = None  # kernel mode
     on_keys: Callable[[frozenset[bytes]], None] | None = None  # the node's reserved keys
+    route: Callable[[str, IPNetwork, str], None] = host_route
+    forwarding: Callable[[str], bool] = enable_forwarding
     active: dict[str, WgDevice] = field(default_factory=dict)
     _forwarding: bool = False
 
@@ -96,7 +99,7 @@ class WgDevicePeers:
         if self.on_keys is not None and len(self.active) != len(want):
             self.on_keys(self.keys())
         if self.active and not self._forwarding:
-            self._forwarding = enable_forwarding(self.interface)
+            self._forwarding = self.forwarding(self.interface)
         return True
 
     def _add(self, d: WgDevice) -> bool:
@@ -114,8 +117,7 @@ class WgDevicePeers:
             self.apply_kernel(d.public_key, d.preshared_key, [d.network], False)
         else:
             return False
-        _ip("-6" if d.address.version == 6 else "-4", "route", "replace", str(d.network),
-            "dev", self.interface)
+        self.route("replace", d.network, self.interface)
         log.info("device %s: WireGuard peer %s at %s", d.name,
                  X25519PublicKey(d.public_key).b64()[:12], d.network)
         return True
@@ -125,8 +127,7 @@ class WgDevicePeers:
             self.device.remove_peer(X25519PublicKey(d.public_key))
         elif self.apply_kernel is not None:
             self.apply_kernel(d.public_key, None, (), True)
-        _ip("-6" if d.address.version == 6 else "-4", "route", "del", str(d.network), "dev",
-            self.interface)
+        self.route("del", d.network, self.interface)
         log.info("device %s removed", d.name)
 
 

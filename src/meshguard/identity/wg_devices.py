@@ -190,6 +190,8 @@ def add_device(config_dir: Path, name: str, public_key: bytes, preshared_key: by
     """Store a new device (atomic, 0600) with `address` or the first free one of this
     member's device subnet; refuses a name or an address that is taken."""
     path = device_path(config_dir, name)
+    if address is not None:
+        check_address(address, ())  # before anything is created
     store.ensure_dir(config_dir)
     store.ensure_dir(path.parent)
     with store.locked(path.parent / LOCK):
