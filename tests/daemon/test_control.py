@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import stat
@@ -215,3 +216,17 @@ def test_no_daemon(tmp_path: Path) -> None:
         select_daemon(tmp_path, None)
     with pytest.raises(DaemonNotRunningError, match="not running on mg9"):
         select_daemon(tmp_path, "mg9").request("status")
+
+
+def test_status_self_endpoints_roundtrip_and_an_older_document_without_them() -> None:
+    rep = sample_report()
+    me = dataclasses.replace(rep.self_, endpoints=("203.0.113.7:51821", "[2001:db8::1]:51821"))
+    rep = dataclasses.replace(rep, self_=me)
+    doc = json.loads(json.dumps(rep.to_json()))
+    assert doc["self"]["endpoints"] == ["203.0.113.7:51821", "[2001:db8::1]:51821"]
+    assert StatusReport.from_json(doc) == rep
+    del doc["self"]["endpoints"]  # a daemon from before `export-wg`
+    assert StatusReport.from_json(doc).self_.endpoints == ()
+    doc["self"]["endpoints"] = [3]
+    with pytest.raises(WireFormatError):
+        StatusReport.from_json(doc)

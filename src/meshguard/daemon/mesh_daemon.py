@@ -83,7 +83,7 @@ from meshguard.mesh.node import (
 )
 from meshguard.mesh.policy_gossip import PolicyLearned
 from meshguard.mesh.roaming import Reannounce, Roaming
-from meshguard.mesh.swim_port import SwimPort, build_membership
+from meshguard.mesh.swim_port import SwimPort, build_membership, wg_endpoints_of
 from meshguard.mesh.wg_backend import DeviceBackend
 from meshguard.nat.holepunch import HolePuncher
 from meshguard.nat.portmap import Method, PortmapAction, advertisement, describe
@@ -598,6 +598,7 @@ class MeshDaemon:
                             | self.seed_runner.counters(),
                             dns_counters=dns.counters if dns is not None else None,
                             seeds=self.seed_runner.status(), now=self.clock.monotonic(),
+                            endpoints=wg_endpoints_of(self.membership.core.record),
                             ).with_portmap(self.portmap.status() if self.portmap else None)
 
     # ---- signals and shutdown --------------------------------------------------------

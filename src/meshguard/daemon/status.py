@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.kernel_module import gossip_port_for
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
 from meshguard.mesh.node import MeshNode
-from meshguard.mesh.swim_port import SwimPort, wg_endpoints_of
+from meshguard.mesh.swim_port import SwimPort
 from meshguard.nat.path_select import PathReport
 from meshguard.sansio import Endpoint
 from meshguard.wire.control import MemberStatus, SelfStatus, StatusReport, format_endpoint
@@ -51,12 +51,13 @@ def _path_columns(node: MeshNode, wg_key: bytes | None) -> dict[str, Any]:
 def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, name: str | None,
                  started_at: float, wall: float, kernel_stats: PeerStats | None,
                  runner_counters: Mapping[str, int], dns_counters: Mapping[str, int] | None,
-                 seeds: SeedsStatus | None = None, now: float | None = None
-                 ) -> StatusReport:
+                 seeds: SeedsStatus | None = None, now: float | None = None,
+                 endpoints: Sequence[Endpoint] = ()) -> StatusReport:
     """`kernel_stats` are the kernel device's per-peer (handshake, rx, tx, endpoint) in kernel
     mode (None in userspace, where the node's backend has them); `runner_counters` are the
     mode's own counters (the engine's); `dns_counters` the DNS server's, if it runs; with the
-    monotonic `now`, each member carries its path report (why direct or relayed)."""
+    monotonic `now`, each member carries its path report (why direct or relayed);
+    `endpoints` are the WireGuard endpoints this node advertises (`meshguard export-wg`)."""
     peers = node.peers
     v4_of = {p.identity_key: next((str(n.network_address) for n in p.allowed_ips
                                    if n.version == 4), None) for p in peers.values()}
@@ -136,15 +137,10 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             mesh_ipv6=str(node.self_ipv6),
             wg_port=cfg.port,
             gossip_port=gossip_port_for(cfg.split, cfg.port),
-            endpoints=_self_endpoints(membership),
+            endpoints=tuple(e for e in map(format_endpoint, endpoints) if e is not None),
         ),
         members=tuple(members),
         counters=counters,
         seeds=seeds if seeds is not None and seeds.sources else None,
     )
 
-
-def _self_endpoints(membership: SwimPort) -> tuple[str, ...]:
-    """This node's advertised WireGuard endpoints (`meshguard export-wg` offers the first)."""
-    return tuple(e for e in map(format_endpoint, wg_endpoints_of(membership.core.record))
-                 if e is not None)
