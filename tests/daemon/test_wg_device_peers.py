@@ -10,13 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from meshguard.crypto.keys import X25519PrivateKey
-from meshguard.daemon.wg_device_peers import WgDevicePeers
+from meshguard.crypto.keys import X25519PrivateKey, b64encode
+from meshguard.daemon.kernel_runner import KernelRunner
+from meshguard.daemon.kernel_wg import WGPEER_F_REMOVE_ME
+from meshguard.daemon.mesh_daemon import DaemonConfig, MeshDaemon
+from meshguard.daemon.wg_device_peers import WgDevicePeers, for_runner
 from meshguard.identity import wg_devices
 from meshguard.mesh.actions import IPNetwork
 from meshguard.testing.rng import SeededRng
 from meshguard.wireguard.actions import SendDatagram, WriteTun
 from meshguard.wireguard.device import Device
+
+from .helpers import RecordingKernel
 
 WALL = 1_700_000_000.0
 GW_EP = ("192.0.2.1", 51821)
@@ -164,3 +169,30 @@ def test_a_file_naming_the_gateways_own_key_is_refused(lab: Lab,
     assert "device self not added" in caplog.text
     assert set(lab.peers.active) == {"phone"}
     assert lab.reserved[-1] == frozenset({good.public_key})
+
+
+def test_kernel_mode_sends_devices_to_the_kernel_device(tmp_path: Path) -> None:
+    d = MeshDaemon(DaemonConfig("mgk-test", 51821, [], kernel=True, run_dir=tmp_path,
+                                config_dir=tmp_path, env={}))
+    runner = d.runner
+    assert isinstance(runner, KernelRunner)
+    k = RecordingKernel()
+    runner.kernel = k
+    routes: list[tuple[str, str]] = []
+    peers = for_runner(tmp_path, "mgk-test", runner, lambda keys: None)
+    peers.route = lambda op, net, iface: routes.append((op, str(net)))
+    peers.forwarding = lambda iface: True
+    key = X25519PrivateKey.generate(rng.bytes(32))
+    dev = wg_devices.add_device(tmp_path, "phone", key.public_key.raw, rng.bytes(32), IDENTITY)
+    assert peers.device is None and peers.reload()
+    (msg,) = k.sent
+    (p,) = msg.get_attr("WGDEVICE_A_PEERS")
+    assert p.get_attr("WGPEER_A_PUBLIC_KEY") == key.public_key.b64().encode()
+    assert p.get_attr("WGPEER_A_PRESHARED_KEY") == b64encode(dev.preshared_key).encode()
+    assert [a["addr"] for a in p.get_attr("WGPEER_A_ALLOWEDIPS")] == [str(dev.network)]
+    assert p.get_attr("WGPEER_A_ENDPOINT") is None
+    wg_devices.remove_device(tmp_path, "phone")
+    assert peers.reload()
+    assert k.sent[-1].get_attr("WGDEVICE_A_PEERS")[0].get_attr("WGPEER_A_FLAGS") \
+        == WGPEER_F_REMOVE_ME
+    assert routes == [("replace", str(dev.network)), ("del", str(dev.network))]
