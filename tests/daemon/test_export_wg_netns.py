@@ -137,6 +137,7 @@ def test_live_export_remove_and_the_daemons_endpoint(lab: Lab) -> None:
     res = gw.cli("export-wg", "tablet", "--no-qr", "--interface", gw.iface, "--out",
                  str(tmp / "tablet.conf"))
     assert res.returncode == 0, res.stderr
+    assert "is a private address, reachable from this LAN only" in res.stderr
     conf = (tmp / "tablet.conf").read_text()
     assert wg_quick_values(conf)["Endpoint"] == [f"{gw.ip}:{gw.port}"]
     addr = wg_quick_values(conf)["Address"][0]

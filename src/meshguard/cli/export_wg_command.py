@@ -67,6 +67,13 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
                           ) from None
 
 
+def _is_private(endpoint: str) -> bool:
+    try:
+        return ipaddress.ip_address(endpoint.rpartition(":")[0].strip("[]")).is_private
+    except ValueError:  # a host name
+        return False
+
+
 def qr_text(config: str) -> str:
     """The configuration as a QR code of terminal block characters (two rows a line)."""
     import qrcode
@@ -120,6 +127,10 @@ def _export(args: argparse.Namespace) -> int:
             raise ExportError(f"{why}, so this member's endpoint is unknown; give "
                               "--endpoint HOST:PORT (its public address and port)")
         endpoint = parse_endpoint(eps[0])
+        if _is_private(endpoint):
+            print(f"meshguard: note: the endpoint {endpoint} is a private address, reachable "
+                  "from this LAN only; for a device elsewhere give --endpoint with this "
+                  "member's public address", file=sys.stderr)
     resolver = str(me.get("mesh_ipv4") or "") if me is not None else ""
     rng = SystemRng()
     key = X25519PrivateKey.generate(rng.bytes(32))
