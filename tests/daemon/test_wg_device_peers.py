@@ -196,3 +196,13 @@ def test_kernel_mode_sends_devices_to_the_kernel_device(tmp_path: Path) -> None:
     assert k.sent[-1].get_attr("WGDEVICE_A_PEERS")[0].get_attr("WGPEER_A_FLAGS") \
         == WGPEER_F_REMOVE_ME
     assert routes == [("replace", str(dev.network)), ("del", str(dev.network))]
+
+
+def test_a_bad_file_is_warned_about_once_not_at_every_reload(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    lab.export("phone")
+    (lab.cfg / "devices" / "bad.peer").write_text("PublicKey = nope\n")
+    for _ in range(3):
+        lab.peers.reload()
+    assert caplog.text.count("bad.peer") == 1
+    assert set(lab.peers.active) == {"phone"}

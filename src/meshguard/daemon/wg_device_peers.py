@@ -70,6 +70,7 @@ class WgDevicePeers:
     forwarding: Callable[[str], bool] = enable_forwarding
     active: dict[str, WgDevice] = field(default_factory=dict)
     _forwarding: bool = False
+    _problems: frozenset[str] = frozenset()
 
     def keys(self) -> frozenset[bytes]:
         return frozenset(d.public_key for d in self.active.values())
@@ -82,7 +83,9 @@ class WgDevicePeers:
         """Read `devices/` again and apply the difference; True when anything changed."""
         devices, problems = load_devices(self.config_dir)
         for p in problems:
-            log.warning("devices: %s", p)
+            if p not in self._problems:  # once each, not at every poll
+                log.warning("devices: %s", p)
+        self._problems = frozenset(problems)
         want = {d.name: d for d in devices}
         if want == self.active:
             return False
