@@ -22,7 +22,7 @@ events, DNS and the control socket. Everything created is recorded on an exit st
 on any failure or at shutdown, so a failed start leaves no interface and no socket behind.
 SIGTERM/SIGINT and the `down` request leave the mesh gracefully; SIGHUP and a change of any file
 under authorized_keys/, trusted_orgs/, vouched/ or revocations (mtimes polled every TRUST_POLL
-seconds) reload the trust store.
+seconds) reload the trust store; the same poll follows devices/ (wg_device_peers.py).
 """
 
 from __future__ import annotations
