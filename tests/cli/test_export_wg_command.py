@@ -100,7 +100,8 @@ def test_the_config_reads_back_and_matches_what_the_gateway_stored(cli: Cli) -> 
     assert peer["AllowedIPs"] == "10.99.0.0/16, fd99:6d67::/64"
     assert peer["PersistentKeepalive"] == "25"
     assert f"device phone at {dev.address}" in err
-    assert f"route {wg_devices.device_subnet(cli.identity)} via" in err
+    sub = wg_devices.device_subnet(cli.identity)
+    assert f"`up --advertise-routes {sub}`" in err and f"`route {sub} via" in err
 
 
 def test_the_qr_code_encodes_the_printed_config(cli: Cli) -> None:
@@ -134,7 +135,9 @@ def test_dns_is_this_members_mesh_resolver(cli: Cli) -> None:
 
 
 def test_given_address_list_and_remove(cli: Cli) -> None:
-    cli.ok("phone", "--endpoint", "203.0.113.7:51821", "--address", "10.98.250.9", "--no-qr")
+    _, err = cli.ok("phone", "--endpoint", "203.0.113.7:51821", "--address", "10.98.250.9",
+                    "--no-qr")
+    assert "`route 10.98.250.9/32 via" in err  # outside the device subnet: its own address
     cli.ok("tablet", "--endpoint", "203.0.113.7:51821", "--no-qr")
     out, _ = cli.ok("--list")
     lines = out.splitlines()

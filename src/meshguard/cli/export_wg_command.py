@@ -149,9 +149,11 @@ def _export(args: argparse.Namespace) -> int:
     if not args.no_qr:
         sys.stdout.write(("\n" if args.out is None else "") + qr_text(conf))
     sub = wg_devices.device_subnet(identity)
+    carry = str(sub) if dev.address in sub else str(dev.network)
     print(f"device {name} at {dev.address}; a running daemon adds it within seconds. Other "
-          f"members reach it once a policy grants this member the route (e.g. `route {sub} "
-          "via <this member>`) and they run `up --accept-routes`.", file=sys.stderr)
+          f"members reach it once this member offers {carry} (`up --advertise-routes "
+          f"{carry}`), a policy grants it (`route {carry} via <this member>`) and they run "
+          "`up --accept-routes`.", file=sys.stderr)
     return 0
 
 
