@@ -11,9 +11,11 @@ import pytest
 
 from meshguard.cli.export_wg_command import qr_text
 from meshguard.cli.main import main
-from meshguard.crypto.keys import X25519PrivateKey, b64encode
-from meshguard.identity import keygen, wg_devices
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode
+from meshguard.identity import keygen, store, wg_devices
 from meshguard.identity.addressing import mesh_ipv4
+from meshguard.policy.signed import sign_policy
+from meshguard.policy.store import PolicyStore
 from meshguard.testing.rng import SeededRng
 
 Sections = list[tuple[str, dict[str, str]]]
@@ -183,3 +185,20 @@ def test_no_identity_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.startswith("meshguard: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "empty" / "devices").exists()
+
+
+def test_the_address_comes_from_a_device_subnet_the_policy_grants(cli: Cli) -> None:
+    """An org policy in force grants this member 10.98.5.0/24: devices get addresses there
+    (a grant outside the device range, a LAN, is not used for devices)."""
+    org = Ed25519PrivateKey(bytes(range(32)))
+    (cli.cfg / "trusted_orgs").mkdir(mode=0o700, exist_ok=True)
+    (cli.cfg / "trusted_orgs" / "acme.org").write_bytes(store.public_key_file(org.public_key.raw))
+    me = b64encode(cli.identity)
+    text = f"route 10.20.0.0/24 via {me}\nroute 10.98.5.0/24 via {me}\n"
+    st = PolicyStore.load(cli.cfg)
+    assert st.offer(sign_policy(org, text, 7, 0), {org.public_key.raw}) == "accepted"
+    _, err = cli.ok("phone", "--endpoint", "h:1", "--no-qr")
+    (dev,), _ = wg_devices.load_devices(cli.cfg)
+    assert str(dev.address) == "10.98.5.1"
+    assert wg_devices.device_subnet(cli.identity) != ipaddress.IPv4Network("10.98.5.0/24")
+    assert "`up --advertise-routes 10.98.5.0/24`" in err

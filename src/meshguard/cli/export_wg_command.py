@@ -26,6 +26,7 @@ from meshguard.errors import MeshguardError
 
 # the mesh prefixes a device routes to its gateway
 MESH_ALLOWED_IPS = ("10.99.0.0/16", "fd99:6d67::/64")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DNS_SEARCH = "mesh"
 
 
@@ -100,6 +101,25 @@ def _daemon_self(args: argparse.Namespace) -> dict[str, object] | None:
     return dict(me) if isinstance(me, dict) else None
 
 
+def _granted_prefixes(cfg: Path, identity: bytes) -> list[IPNetwork]:
+    """The prefixes the org policies in force here grant this member (a device's address is
+    picked inside one of them when one lies in the device range)."""
+    from meshguard.identity import store
+    from meshguard.identity.trust import TrustStore
+    from meshguard.policy.compiler import route_grants
+    from meshguard.policy.store import PolicyStore
+    from meshguard.policy.table import MemberInfo
+
+    trust = TrustStore.load(cfg)
+    in_force = PolicyStore.load(cfg).in_force(set(trust.orgs.values()))
+    if not in_force:
+        return []
+    cert = store.load_node_certificate(cfg)
+    me = MemberInfo(identity, b"me", cert.name if cert else None,
+                    (cert.org_key,) if cert else ())
+    return [g.prefix for g in route_grants(in_force, [me])]
+
+
 def _export(args: argparse.Namespace) -> int:
     from meshguard.config import resolve_config_dir
     from meshguard.crypto.keys import X25519PrivateKey, b64encode
@@ -135,7 +155,8 @@ def _export(args: argparse.Namespace) -> int:
     rng = SystemRng()
     key = X25519PrivateKey.generate(rng.bytes(32))
     psk = rng.bytes(32)
-    dev = wg_devices.add_device(cfg, name, key.public_key.raw, psk, identity, address)
+    granted = _granted_prefixes(cfg, identity)
+    dev = wg_devices.add_device(cfg, name, key.public_key.raw, psk, identity, address, granted)
     conf = WgQuickConfig(
         private_key=key.b64(), address=str(dev.network), peer_public_key=gateway_wg.b64(),
         preshared_key=b64encode(psk), endpoint=endpoint, allowed_ips=MESH_ALLOWED_IPS,
@@ -148,7 +169,7 @@ def _export(args: argparse.Namespace) -> int:
         sys.stdout.write(conf)
     if not args.no_qr:
         sys.stdout.write(("\n" if args.out is None else "") + qr_text(conf))
-    sub = wg_devices.device_subnet(identity)
+    sub = wg_devices.pick_subnet(identity, granted)
     carry = str(sub) if dev.address in sub else str(dev.network)
     print(f"device {name} at {dev.address}; a running daemon adds it within seconds. Other "
           f"members reach it once this member offers {carry} (`up --advertise-routes "

@@ -12,10 +12,11 @@ The device's private key is never stored here: it is in the exported configurati
 A running daemon adds every device as a WireGuard peer whose allowed IP is its address
 (daemon/wg_device_peers.py, docs/policy.md#plain-wireguard-devices).
 
-Addresses: by default the first free host of this member's device subnet, 10.98.X.0/24 where
-X is the third byte of this member's natural mesh IPv4 (10.99.X.Y), so the devices of
-different gateways rarely share a subnet and a policy can grant each gateway its own:
-`route 10.98.X.0/24 via <gateway>`. An address inside the mesh prefixes is refused (members'
+Addresses: by default the first free host of the subnet inside 10.98.0.0/16 that an org policy
+grants this member (`route 10.98.5.0/24 via gw-1`), else of its own device subnet
+10.98.X.0/24, where X is the third byte of this member's natural mesh IPv4 (10.99.X.Y), so
+the devices of different gateways rarely share a subnet and a policy can grant each gateway its
+own: `route 10.98.X.0/24 via <gateway>`. An address inside the mesh prefixes is refused (members'
 addresses live there), as is one another device of this member has.
 """
 
@@ -41,6 +42,7 @@ MAX_DEVICES = 1024  # files beyond this are not read (a config dir is not a data
 HEADER = "# meshguard export-wg: a plain WireGuard device reaching the mesh through this member"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,15 @@ def device_subnet(identity_key: bytes) -> ipaddress.IPv4Network:
     """This member's default device subnet, 10.98.X.0/24 (X from its mesh IPv4 10.99.X.Y)."""
     x = mesh_ipv4(identity_key).packed[2]
     return ipaddress.IPv4Network(f"10.98.{x}.0/24")
+
+
+def pick_subnet(identity_key: bytes, granted: Sequence[IPNetwork]) -> ipaddress.IPv4Network:
+    """Where a new device's address comes from: the first IPv4 prefix inside the device range
+    that a policy grants this member (docs/policy.md#routes), else its default device subnet."""
+    for p in granted:
+        if isinstance(p, ipaddress.IPv4Network) and p.subnet_of(DEVICE_RANGE):
+            return p
+    return device_subnet(identity_key)
 
 
 def parse_device(name: str, data: bytes, where: str) -> WgDevice:
@@ -186,9 +197,10 @@ def load_devices(config_dir: Path) -> tuple[list[WgDevice], list[str]]:
 
 
 def add_device(config_dir: Path, name: str, public_key: bytes, preshared_key: bytes,
-               identity_key: bytes, address: IPAddress | None = None) -> WgDevice:
+               identity_key: bytes, address: IPAddress | None = None,
+               granted: Sequence[IPNetwork] = ()) -> WgDevice:
     """Store a new device (atomic, 0600) with `address` or the first free one of this
-    member's device subnet; refuses a name or an address that is taken."""
+    member's device subnet (`pick_subnet`); refuses a name or an address that is taken."""
     path = device_path(config_dir, name)
     if address is not None:
         check_address(address, ())  # before anything is created
@@ -200,7 +212,7 @@ def add_device(config_dir: Path, name: str, public_key: bytes, preshared_key: by
             raise ConfigError(f"device {name} exists ({path}); remove it first with "
                               f"`meshguard export-wg --remove {name}`")
         if address is None:
-            address = allocate_address(device_subnet(identity_key), devices)
+            address = allocate_address(pick_subnet(identity_key, granted), devices)
         else:
             check_address(address, devices)
         dev = WgDevice(name, public_key, preshared_key, address)
