@@ -163,3 +163,22 @@ def test_live_export_remove_and_the_daemons_endpoint(lab: Lab) -> None:
         device.close()
     # the phone is untouched by the tablet's coming and going
     assert lab.phone.ns.ping(gw.mesh_v4, count=1, wait=1.0)
+
+
+def test_a_devices_traffic_is_judged_by_the_gateways_policies(lab: Lab) -> None:
+    """`deny tcp 7007` in the gateway's services/global.policy (read live) stops the device's
+    TCP to it; ICMP still passes (docs/policy.md); removing the file lets TCP through again."""
+    gw, phone = lab.gw, lab.phone
+    rules = gw.cfg / "services" / "global.policy"
+    rules.parent.mkdir(mode=0o700, exist_ok=True)
+    rules.write_text(f"deny tcp {ECHO_PORT}\n")
+    try:
+        lab.lan.wait(lambda: tcp_echo(phone, gw.mesh_v4) != "echo:hello",
+                     "the gateway's policy to stop the device's TCP", 15)
+        assert phone.ns.ping(gw.mesh_v4, count=2, wait=1.0)
+        report = gw.cli("policy", "--interface", gw.iface)
+        assert f"deny tcp {ECHO_PORT}" in report.stdout, report.stdout + report.stderr
+    finally:
+        rules.unlink()
+    lab.lan.wait(lambda: tcp_echo(phone, gw.mesh_v4) == "echo:hello",
+                 "the device's TCP once the rule is gone", 15)
