@@ -10,6 +10,8 @@ live; a removed device is refused at once.
 
 from __future__ import annotations
 
+import base64
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from meshguard.identity import keygen, store
+from meshguard.rng import SystemRng
 from meshguard.testing.netns import netns_skip_reason
 
 from .meshnet import MeshLan, Node, PlainWgDevice, trust_all, wg_quick_values
@@ -27,6 +31,7 @@ pytestmark = [
 ]
 
 ECHO_PORT = 7007
+DEVICE_SUBNET = "10.98.200.0/24"  # granted to gw, so its devices are numbered in it
 ECHO_SERVER = f"""
 import socket
 s = socket.socket(socket.AF_INET6)
@@ -81,18 +86,32 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         phone = lan.add_node("phone", keys=False)
         tablet = lan.add_node("tablet", keys=False)
         trust_all([gw, m])
+        # gw is also an org admin whose signed policy grants it the device subnet; both
+        # members trust the org and hold the policy before they start
+        org = keygen.generate_org_key(gw.cfg, SystemRng(), force=False)
+        for n in (gw, m):
+            p = n.cfg / store.TRUSTED_ORGS / "fleet.org"
+            p.parent.mkdir(mode=0o700, exist_ok=True)
+            p.write_text(store.public_key_file(org.public_key.raw).decode())
+        (tmp / "grant.policy").write_text(
+            f"route {DEVICE_SUBNET} via {base64.b64encode(gw.identity).decode()}\n")
+        res = gw.cli("org-policy", "sign", str(tmp / "grant.policy"), "--serial", "1")
+        assert res.returncode == 0, res.stderr
+        shutil.copytree(gw.cfg / "policies", m.cfg / "policies")
         res = gw.cli("export-wg", "phone", "--endpoint", f"{gw.ip}:{gw.port}", "--no-qr",
                      "--out", str(tmp / "phone.conf"))
         assert res.returncode == 0, res.stderr
-        gw.ns.popen([sys.executable, "-c", ECHO_SERVER])
+        for n in (gw, m):
+            n.ns.popen([sys.executable, "-c", ECHO_SERVER])
         t0 = time.monotonic()
-        gw.up()
+        gw.up(None, "--advertise-routes", DEVICE_SUBNET)
+        up = time.monotonic() - t0
         device = PlainWgDevice.start(phone.ns, (tmp / "phone.conf").read_text(), tmp)
         try:
-            took = time.monotonic() - t0
-            took += wait_reply(phone, gw.mesh_v4, 15)
-            print(f"\nexport-wg: daemon start to the device's first reply: {took:.2f} s")
-            m.up([gw])
+            took = time.monotonic() - t0 + wait_reply(phone, gw.mesh_v4, 15)
+            print(f"\nexport-wg: daemon start to the device's first reply: {took:.2f} s (the "
+                  f"control socket answered after {up:.2f} s)")
+            m.up([gw], "--accept-routes")
             lan.wait(lambda: m.tunnel_to(gw) and gw.tunnel_to(m), "the members' tunnels")
             yield Lab(lan, gw, m, phone, tablet, took)
         finally:
@@ -111,6 +130,23 @@ def test_device_exported_before_start_reaches_its_gateway(lab: Lab) -> None:
     # the device's peer is not a member: the member m keeps its tunnel, status lists m only
     assert [x["tunnel"] for x in gw.status()["members"]] == [True]
     assert lab.m.ping(gw)
+
+
+def test_device_reaches_another_member_through_its_gateway(lab: Lab) -> None:
+    """m routes the subnet the policy grants gw and gw offers (m accepts routes): the device
+    pings and opens TCP to m's mesh address through gw, and m sees the device's address."""
+    m, phone = lab.m, lab.phone
+    addr = wg_quick_values((lab.lan.tmp / "phone.conf").read_text())["Address"][0]
+    assert addr == "10.98.200.1/32"  # numbered inside the granted subnet
+    lab.lan.wait(lambda: DEVICE_SUBNET in m.ns.run(["ip", "route"]).stdout,
+                 "m's route to the gateway's devices")
+    assert DEVICE_SUBNET in m.ns.run(["wg", "show", m.iface, "allowed-ips"]).stdout
+    took = wait_reply(phone, m.mesh_v4, 15)
+    print(f"\nexport-wg: the device reaches another member {took:.2f} s after m's route")
+    assert tcp_echo(phone, m.mesh_v4) == "echo:hello"
+    # m sees the device's own address: the device subnet is not masqueraded on the way
+    seen = m.ns.run(["ss", "-tn", "state", "time-wait"]).stdout
+    assert addr.split("/")[0] in seen, seen
 
 
 def test_a_device_cannot_send_from_another_address(lab: Lab) -> None:
