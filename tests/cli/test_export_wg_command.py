@@ -171,6 +171,12 @@ def test_bad_input_is_one_line_and_changes_nothing(cli: Cli, argv: tuple[str, ..
     cli.fails(*argv, match=match)
 
 
+def test_an_unwritable_out_file_stores_no_device(cli: Cli, tmp_path: Path) -> None:
+    cli.fails("phone", "--endpoint", "h:1", "--out", str(tmp_path / "no" / "such" / "x.conf"),
+              match="cannot write")
+    assert wg_devices.load_devices(cli.cfg) == ([], [])
+
+
 def test_a_taken_name_or_address_is_refused(cli: Cli) -> None:
     cli.ok("phone", "--endpoint", "h:1", "--address", "10.98.250.9", "--no-qr")
     cli.fails("phone", "--endpoint", "h:1", match="device phone exists")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -132,6 +133,9 @@ def _export(args: argparse.Namespace) -> int:
     name = validate_label(args.name, "device name")
     address = parse_address(args.address) if args.address is not None else None
     endpoint = parse_endpoint(args.endpoint) if args.endpoint is not None else None
+    out = Path(args.out) if args.out is not None else None
+    if out is not None and not (out.parent.is_dir() and os.access(out.parent, os.W_OK)):
+        raise ExportError(f"cannot write {out}: {out.parent} is not a writable directory")
     cfg = resolve_config_dir()
     identity = store.load_identity(cfg).public_key.raw
     gateway_wg = store.load_wireguard_key(cfg).public_key
@@ -162,8 +166,12 @@ def _export(args: argparse.Namespace) -> int:
         preshared_key=b64encode(psk), endpoint=endpoint, allowed_ips=MESH_ALLOWED_IPS,
         dns=(resolver or str(mesh_ipv4(identity)), DNS_SEARCH) if args.dns else (),
         comment=f"meshguard device {name}, through {gateway_wg.b64()[:8]}...").render()
-    if args.out is not None:
-        store.write_file(Path(args.out), conf.encode(), store.SECRET_MODE)
+    if out is not None:
+        try:
+            store.write_file(out, conf.encode(), store.SECRET_MODE)
+        except BaseException:
+            wg_devices.remove_device(cfg, name)  # no device without its configuration
+            raise
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(conf)
