@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Generator
 from pathlib import Path
 
@@ -99,3 +100,21 @@ def pytest_runtest_makereport(
             f"{item.nodeid} skipped: {reason}"
         )
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Under `./dev test`'s two workers, a test that is not a namespace test runs niced (its
+    thread, and what it starts), so the real daemons of the namespace tests in the other worker,
+    whose timers the tests measure, come first on a 2-core machine."""
+    if item.get_closest_marker("netns") is not None or "PYTEST_XDIST_WORKER" not in os.environ \
+            or os.geteuid() != 0:
+        return (yield)
+    tid = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, tid)
+    os.setpriority(os.PRIO_PROCESS, tid, 10)
+    try:
+        return (yield)
+    finally:
+        os.setpriority(os.PRIO_PROCESS, tid, before)
+
