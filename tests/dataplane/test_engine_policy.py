@@ -65,6 +65,35 @@ def test_policy_drops_denied_ports_and_passes_allowed_ones_and_replies(thread: b
     run(body, thread=thread)
 
 
+def a_denied(w: World) -> PolicyTable:
+    """b's policy once a may reach nothing any more (the same rules as b_policy, a's allows
+    gone)."""
+    rules = (RuleInfo("test", 0, "deny (default)"), RuleInfo("test", 0, "deny (fallback)"))
+    return PolicyTable(True, (Chain((), False, 1), Chain((), False, 0)),
+                       {w.ka.public_key.raw: 1}, 0, rules)
+
+
+@pytest.mark.parametrize("thread", THREAD, ids=lambda t: "thread" if t else "loop")
+def test_a_peer_denied_a_service_keeps_no_connection_to_it(thread: bool) -> None:
+    """The attack: a opens a connection to b's TCP 22 while b's policy allows it, b answers,
+    then b's policy stops allowing a. b's answers must not have made a's connection a tracked
+    flow of b's: a's next packets on it are dropped like any other."""
+    async def body(w: World) -> None:
+        w.eb.set_policy(b_policy(w))
+        syn = tcp_packet(A, B, 1, b"", sport=41000, dport=22)
+        w.ta.peer.send(syn)
+        await until(lambda: len(w.tb.received) == 1, "a's packet to the allowed port")
+        w.tb.peer.send(tcp_packet(B, A, 1, b"banner", sport=22, dport=41000))  # b's answer
+        await until(lambda: len(w.ta.received) == 1, "b's answer")
+        w.eb.set_policy(a_denied(w))
+        w.ta.peer.send(tcp_packet(A, B, 2, b"still here?", sport=41000, dport=22))
+        await until(lambda: w.eb.policy_counters().reasons["policy"] == 1, "the drop")
+        assert len(w.tb.received) == 1
+        assert w.eb.policy_counters().reasons["reply"] == 0
+
+    run(body, thread=thread)
+
+
 def test_the_slow_path_s_tun_writes_are_judged_by_the_sending_peer_s_chain() -> None:
     """A transport message relayed through a member is opened by the Device (the slow path),
     which returns WriteTun actions: the same policy applies, by the chain of the peer whose

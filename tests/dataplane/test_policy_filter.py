@@ -322,6 +322,30 @@ def test_a_tracked_flow_to_an_allowed_port_counts_on_its_rule(
     assert reasons[REPLY] == 1 and reasons[ALLOW] == 1
 
 
+def test_a_peer_cannot_fill_conntrack_with_the_answers_of_a_service_it_may_reach(
+        impl: Callable[[], PolicyFilterLike]) -> None:
+    """The attack: PEER may reach this node's TCP 80, and sends SYNs from port after port; the
+    node answers every one (SYN-ACK or RST). Were the answers tracked, they would push out of
+    the table the flow this node opened to OTHER, whose replies the rules deny: OTHER's
+    replies would break. The answers need no entry (PEER's chain lets the replies in), so
+    nothing is tracked and nothing evicted."""
+    pf: PolicyFilterLike = impl(capacity=64)  # type: ignore[call-arg]
+    pf.set_table(*table_args(table([], peer_rules=[(True, PROTO_TCP, 80, 80)])))
+    other = bytes([10, 7, 0, 3])
+    pf.track([tcp(L4, other, 40000, 22)], 0, 0.0, OTHER)  # this node's own connection
+    for i in range(0, 4000, 50):
+        pf.track([tcp(L4, R4, 80, 1024 + j) for j in range(i, i + 50)], 0, 1.0 + i / 100, PEER)
+    *_, evicted = pf.take_counts()
+    assert evicted == 0
+    assert pf.check(OTHER, tcp(other, L4, 22, 40000), 100.0)[0] == REPLY
+    # a flow this node opens to PEER on a port PEER's chain denies the replies of is tracked
+    pf.track([udp(L4, R4, 5353, 53)], 0, 100.0, PEER)
+    assert pf.check(PEER, udp(R4, L4, 53, 5353), 101.0)[0] == REPLY
+    # and what the node sends with no peer named is judged by the fallback chain (deny)
+    pf.track([udp(L4, R4, 5354, 53)], 0, 100.0)
+    assert pf.check(PEER, udp(R4, L4, 53, 5354), 101.0)[0] == REPLY
+
+
 def test_filter_from_past_the_end_changes_nothing(impl: Callable[[], PolicyFilterLike]) -> None:
     pf = make(impl, table([]))
     lst = [udp(R4, L4, 1, 2)]

@@ -132,8 +132,8 @@ def test_c_and_python_agree(t: PolicyTable, ops: list[tuple[str, bytes, bytes, f
     for kind, pkt, key, dt in ops:
         now += dt
         if kind == "track":
-            c.track([pkt], 0, now)
-            py.track([pkt], 0, now)
+            c.track([pkt], 0, now, key)
+            py.track([pkt], 0, now, key)
         elif kind == "filter":
             lc, lp = [b"head", pkt, reverse(pkt), pkt], [b"head", pkt, reverse(pkt), pkt]
             c.filter(key, lc, 1, now)

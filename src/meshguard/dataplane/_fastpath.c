@@ -2722,6 +2722,8 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
     size_t off = dp->vnet ? VNET_HDR_LEN : 0;
     PolicyObject *pol = dp->policy;
     uint8_t last[PF_KEYLEN] = {0};
+    const PfChain *chain = NULL;
+    int chain_slot = -1;
     if (pol != NULL)
         pthread_mutex_lock(&pol->mu);
     for (int r = 0; r < limit; r++) {
@@ -2751,8 +2753,6 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
         }
         const uint8_t *ip = rb + off;
         size_t m = n - off;
-        if (pol != NULL)
-            pf_track(pol, ip, m, now, last); /* a flow this node opens: its replies pass */
         int ver = ip[0] >> 4, slot;
         if (ver == 4 && m >= 20)
             slot = route_lookup(dp, ip + 16, 0);
@@ -2767,6 +2767,13 @@ static void dp_tun_batch(DataPathObject *dp, double now, int limit)
             continue;
         }
         PeerSlot *ps = &dp->peers[slot];
+        if (pol != NULL) {
+            if (slot != chain_slot) {
+                chain = pf_chain_of(pol->t, ps->has_key ? ps->key : NULL);
+                chain_slot = slot;
+            }
+            pf_track(pol, chain, ip, m, now, last); /* a flow this node opens: replies pass */
+        }
         if (ps->clamp)
             clamp_mss(rb + off, m, ps->clamp, dp->vnet && (rb[0] & F_NEEDS_CSUM));
         KeyStateObject *ks = ps->send;

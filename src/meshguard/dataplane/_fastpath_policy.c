@@ -3,7 +3,7 @@
  * The twin of dataplane/policy_filter.py (the reference: what a verdict means, in which order
  * a packet is judged) and dataplane/conntrack.py (the flows this node opened). The data-path
  * thread calls pf_judge on every decrypted packet before its TUN write and pf_track on every
- * TUN read, with the filter's mutex held once per batch; the asyncio loop's paths call the
+ * routed TUN read (with the chain of the peer it goes to), with the filter's mutex held once per batch; the asyncio loop's paths call the
  * PolicyFilter object's filter() and track() once per batch. With no policy in force the
  * thread's filter pointer is NULL: one branch per batch.
  *
@@ -244,6 +244,24 @@ static const PfChain *pf_chain_of(const PfTable *t, const uint8_t *key)
     return &t->chains[t->fallback];
 }
 
+/* what the rules of `c` (first match, then the default) say of a packet of `proto` to `port`
+ * (-1: a protocol without ports, which only `all all` matches); `*counter` the deciding one */
+static int pf_rules_allow(const PfChain *c, int proto, int port, uint32_t *counter)
+{
+    for (int i = 0; i < c->n; i++) {
+        const PfRule *r = &c->rules[i];
+        int hit = port >= 0 ? (r->proto == 0 || r->proto == proto) && r->lo <= port &&
+                                  port <= r->hi
+                            : r->proto == 0 && r->lo == 0 && r->hi == 65535;
+        if (hit) {
+            *counter = r->counter;
+            return r->allow;
+        }
+    }
+    *counter = c->default_counter;
+    return c->default_allow;
+}
+
 /* the verdict on one packet from a peer judged by `c`, counted (mutex held); `memo` (may be
  * NULL) lives for one batch at most */
 static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const uint8_t *p,
@@ -269,19 +287,8 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
                 return memo->v;
             }
         }
-        int allow = c->default_allow;
-        uint32_t ctr = c->default_counter;
-        for (int i = 0; i < c->n; i++) {
-            const PfRule *r = &c->rules[i];
-            int hit = ports ? (r->proto == 0 || r->proto == f.proto) && r->lo <= f.dport &&
-                                  f.dport <= r->hi
-                            : r->proto == 0 && r->lo == 0 && r->hi == 65535;
-            if (hit) {
-                allow = r->allow;
-                ctr = r->counter;
-                break;
-            }
-        }
+        uint32_t ctr;
+        int allow = pf_rules_allow(c, f.proto, f.dport, &ctr);
         if (allow) {
             v = PV_ALLOW;
         } else if (ports && ct_seen(pf, k, now)) {
@@ -306,10 +313,13 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
 
 static inline int pf_passes(int v) { return v == PV_ALLOW || v == PV_REPLY || v == PV_ICMP; }
 
-/* learn the flow of a packet this node sends (mutex held); `last` (may be NULL) is the key
- * tracked before in this batch (same `now`: noting it again would change nothing) */
-static void pf_track(PolicyObject *pf, const uint8_t *p, size_t n, double now,
-                     uint8_t last[PF_KEYLEN])
+/* learn the flow of a packet this node sends to a peer judged by `c` (mutex held), unless
+ * that chain's rules let the replies in anyway: then an entry would only keep them passing
+ * after the rules stop allowing them, and a peer could fill the table with the answers of a
+ * service it may reach (docs/policy.md). `last` (may be NULL) is the key seen before in this
+ * batch, to the same peer (same `now`: noting it again would change nothing). */
+static void pf_track(PolicyObject *pf, const PfChain *c, const uint8_t *p, size_t n,
+                     double now, uint8_t last[PF_KEYLEN])
 {
     PfFlow f;
     if (pf_classify(p, n, &f) || f.sport < 0)
@@ -321,6 +331,9 @@ static void pf_track(PolicyObject *pf, const uint8_t *p, size_t n, double now,
             return;
         memcpy(last, k, PF_KEYLEN);
     }
+    uint32_t ctr;
+    if (pf_rules_allow(c, f.proto, f.sport, &ctr))
+        return;
     ct_note(pf, k, f.proto, now);
 }
 
@@ -634,13 +647,17 @@ static PyObject *pf_filter(PolicyObject *pf, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* track(reads, offset, now): learn the flows of packets this node sends */
+/* track(reads, offset, now, peer_key=None): learn the flows of packets this node sends to
+ * the peer `peer_key` */
 static PyObject *pf_track_py(PolicyObject *pf, PyObject *args)
 {
-    PyObject *reads;
+    PyObject *reads, *ko = Py_None;
     Py_ssize_t off;
     double now;
-    if (!pf_ready(pf) || !PyArg_ParseTuple(args, "Ond", &reads, &off, &now))
+    const uint8_t *key;
+    if (!pf_ready(pf) || !PyArg_ParseTuple(args, "Ond|O", &reads, &off, &now, &ko))
+        return NULL;
+    if (pf_key_arg(ko, &key))
         return NULL;
     PyObject *rs = PySequence_Fast(reads, "reads: a sequence of bytes");
     if (rs == NULL)
@@ -655,12 +672,13 @@ static PyObject *pf_track_py(PolicyObject *pf, PyObject *args)
     }
     uint8_t last[PF_KEYLEN] = {0}; /* no real key is all zero: proto 0 has no ports */
     pf_lock(pf);
+    const PfChain *c = pf_chain_of(pf->t, key);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *r = PySequence_Fast_GET_ITEM(rs, i);
         Py_ssize_t len = PyBytes_GET_SIZE(r);
         if (off >= 0 && len > off)
-            pf_track(pf, (const uint8_t *)PyBytes_AS_STRING(r) + off, (size_t)(len - off), now,
-                     last);
+            pf_track(pf, c, (const uint8_t *)PyBytes_AS_STRING(r) + off, (size_t)(len - off),
+                     now, last);
     }
     pthread_mutex_unlock(&pf->mu);
     Py_DECREF(rs);
@@ -729,7 +747,8 @@ static PyMethodDef pf_methods[] = {
     {"filter", (PyCFunction)pf_filter, METH_VARARGS,
      "filter(peer_key, packets, start, now): remove from packets[start:] what may not pass"},
     {"track", (PyCFunction)pf_track_py, METH_VARARGS,
-     "track(reads, offset, now): learn the flows of packets this node sends"},
+     "track(reads, offset, now, peer_key=None): learn the flows of packets this node sends "
+     "to that peer whose replies its chain's rules deny"},
     {"take_counts", (PyCFunction)pf_take_counts, METH_NOARGS,
      "take_counts() -> (rule counters, reason counters, evicted) since the previous call"},
     {"clear", (PyCFunction)pf_clear, METH_NOARGS, "clear(): forget every flow"},

@@ -2,7 +2,7 @@
 
     pf = PyPolicyFilter()                        # or the C twin: fastpath's PolicyFilter
     pf.set_table(*table_args(table))             # a policy.table.PolicyTable, compiled
-    pf.track(reads, offset, now)                 # TUN reads (the IP packet at `offset`)
+    pf.track(reads, offset, now, peer_key)       # TUN reads to that peer (IP at `offset`)
     pf.filter(peer_key, packets, start, now)     # drops packets[start:] that may not pass
     verdict, counter = pf.check(peer_key, packet, now)
     rule_deltas, reason_deltas, evicted = pf.take_counts()
@@ -17,8 +17,9 @@ peer whose chain is `chains[by_peer.get(key, fallback)]`:
   3. the chain's rules in order, first match decides, then the chain's default: ALLOW, counted
      by the deciding rule's counter (`FlatRule.counter`);
   4. else a TCP or UDP packet of a flow this node has sent on passes (REPLY; the flows are
-     dataplane/conntrack.py's, learned by `track` from what the TUN hands us to send), and
-     anything else is dropped (DENY, counted as "policy" and by the deciding rule).
+     dataplane/conntrack.py's, learned by `track` from what the TUN hands us to send to a
+     peer whose chain denies the replies), and anything else is dropped (DENY, counted as
+     "policy" and by the deciding rule).
 So a packet passes when the rules allow it or it belongs to a tracked flow (the order of 3
 and 4 only decides where it is counted: an allowed service's packets on its rule).
 A TCP super-packet (a TSO read or a coalesced write) is one 5-tuple: its headers are
@@ -161,7 +162,8 @@ class PolicyFilterLike(Protocol):
     def filter(self, key: bytes | None, packets: list[bytes], start: int, now: float,
                /) -> None: ...
 
-    def track(self, reads: Sequence[bytes], offset: int, now: float, /) -> None: ...
+    def track(self, reads: Sequence[bytes], offset: int, now: float,
+              key: bytes | None = None, /) -> None: ...
 
     def take_counts(self) -> tuple[tuple[int, ...], tuple[int, ...], int]: ...
 
@@ -210,6 +212,10 @@ class PyPolicyFilter:
             self._rule_packets[counter] += 1
         return verdict, counter
 
+    def _chain(self, key: bytes | None) -> Chain:
+        return self._chains[
+            self._fallback if key is None else self._by_peer.get(key, self._fallback)]
+
     def _judge(self, key: bytes | None, packet: bytes, now: float) -> tuple[int, int]:
         flow = classify(packet)
         if flow is None:
@@ -218,8 +224,7 @@ class PyPolicyFilter:
             return ICMP, -1
         proto, src, dst, sport, dport = flow
         has_ports = sport >= 0
-        chain = self._chains[
-            self._fallback if key is None else self._by_peer.get(key, self._fallback)]
+        chain = self._chain(key)
         allow, counter = decide(chain, proto, dport if has_ports else None)
         if allow:
             return ALLOW, counter
@@ -234,15 +239,20 @@ class PyPolicyFilter:
                                                                             ICMP)]
         packets[start:] = kept
 
-    def track(self, reads: Sequence[bytes], offset: int, now: float, /) -> None:
-        """Learn the TCP/UDP flows of packets this node sends (each read's IP packet starts
-        at `offset`: 10 with virtio-net headers)."""
+    def track(self, reads: Sequence[bytes], offset: int, now: float,
+              key: bytes | None = None, /) -> None:
+        """Learn the TCP/UDP flows of packets this node sends to the peer `key` (each read's
+        IP packet starts at `offset`: 10 with virtio-net headers), except those whose replies
+        that peer's chain allows anyway: an entry would only let them keep passing once the
+        rules deny them, and a peer could fill the table with a service's answers."""
         note = self.conntrack.note
+        chain = self._chain(key)
         for r in reads:
             flow = classify(r, offset)
             if flow is not None and flow[3] >= 0:
                 proto, src, dst, sport, dport = flow
-                note(flow_key(proto, src, sport, dst, dport), proto, now)
+                if not decide(chain, proto, sport)[0]:
+                    note(flow_key(proto, src, sport, dst, dport), proto, now)
 
     def take_counts(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         """Rule counters, reason counters and evictions since the previous call."""

@@ -7,8 +7,9 @@ call (the fast-path port's prepare_send_peer and note_sent), each read one count
 and one split-and-seal call (`fastpath.seal_segments`). TCP SYNs to a peer with a path MTU get
 their MSS clamped first (dataplane/mss_clamp.py). Reads for a peer without a usable session go
 to the slow path, which queues their packets and starts a handshake; packets it cannot parse
-it counts (bad_inner). With a policy in force every read's flow is tracked first
-(dataplane/conntrack.py), so the replies to it pass.
+it counts (bad_inner). With a policy in force every routed read's flow is tracked
+first (dataplane/conntrack.py) unless the peer's chain lets its replies in anyway, so the
+replies to it pass.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ def seal_reads(engine: Engine, reads: list[bytes], vnet: bool) -> None:
     no_route = 0
     off = VNET_HDR_LEN if vnet else 0
     pf = engine.policy.filter
-    if pf is not None:
-        pf.track(reads, off, now)  # flows this node opens: their replies pass the policy
     for r in reads:
         n = len(r) - off
         if n <= 0:
@@ -77,6 +76,8 @@ def seal_reads(engine: Engine, reads: list[bytes], vnet: bool) -> None:
     seal = fastpath.seal_segments
     st = engine.stats
     for peer, rs in groups.items():
+        if pf is not None:  # flows this node opens: their replies pass the policy
+            pf.track(rs, off, now, peer.public_key.raw)
         b = prepare(now, peer)
         if b is None:
             rest.extend(rs)
