@@ -83,6 +83,23 @@ def test_reload_takes_a_newer_signed_policy_from_policies_dir(tmp_path: Path) ->
     assert runner.store.newest(ORG.public_key.raw) == sp  # an older file changes nothing
 
 
+def test_a_corrupt_policy_file_at_reload_is_a_counted_warning_and_the_policy_stays(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(tmp_path, None)
+    trust = TrustStore.load(cfg)
+    sp = sign_policy(ORG, "to *\nallow tcp 22\n", 7, 0)
+    assert PolicyStore.load(cfg).offer(sp, {ORG.public_key.raw}) == "accepted"
+    runner = PolicyRunner.load(cfg, trust)
+    path = next((cfg / "policies").iterdir())
+    path.write_bytes(sp.raw[:-1] + bytes([sp.raw[-1] ^ 1]))  # a flipped signature bit
+    with caplog.at_level(logging.WARNING, logger="meshguard.policy"):
+        runner.reload(trust)
+    assert runner.store.newest(ORG.public_key.raw) == sp
+    assert runner.store.counts["bad_file"] == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and path.name in warned[0] and "\n" not in warned[0]
+
+
 def test_meshguard_policy_prints_sources_rules_counters_and_refusals() -> None:
     rep: dict[str, object] = {
         "mode": "userspace", "active": True, "enforced": True,

@@ -177,6 +177,9 @@ class PolicyRunner:
             return
         self.local = local
         fresh = PolicyStore.load(self.config_dir)
+        for p in fresh.problems:  # a corrupt file: counted and named; the held policy stays
+            log.warning("policies: %s", p)
+        self.store.counts["bad_file"] += fresh.counts["bad_file"]
         for org, (sp, op) in fresh.held.items():
             old = self.store.newest(org)
             if old is None or sp.serial > old.serial:
