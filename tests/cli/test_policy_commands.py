@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from meshguard.crypto.keys import b64encode
+from meshguard.crypto.keys import Ed25519PrivateKey, b64encode
 from meshguard.identity.trust import TrustStore
 from meshguard.policy.service_files import load_services
-from meshguard.policy.signed import decode_policy, signature_valid
+from meshguard.policy.signed import decode_policy, sign_policy, signature_valid
 from meshguard.policy.store import PolicyStore
 
 from .helpers import Env
@@ -127,6 +127,19 @@ def test_org_policy_sign_check_and_show(env: Env, tmp_path: Path) -> None:
     env.fails("org-policy", "show", str(out), match="the signature does not verify")
     write(tmp_path / "junk", "not a policy")
     env.fails("org-policy", "show", str(tmp_path / "junk"), match="is not a signed policy")
+
+
+@pytest.mark.parametrize("issued_at", [2**62, -(2**62), 2**63 - 1])
+def test_show_prints_a_validly_signed_policy_whatever_its_issue_time(
+        env: Env, tmp_path: Path, issued_at: int) -> None:
+    """Anyone can sign a blob with their own key and any 64-bit `issued_at`; showing it must
+    not end in a traceback."""
+    env.cfg.mkdir()
+    sp = sign_policy(Ed25519PrivateKey(bytes(32)), POLICY, 3, issued_at)
+    out = tmp_path / "far.mgpolicy"
+    out.write_bytes(sp.raw)
+    shown = env.ok("org-policy", "show", str(out))
+    assert f"issued:  {issued_at} (unix seconds, not a date)\n" in shown
 
 
 @pytest.mark.parametrize(("line", "match"), [

@@ -350,7 +350,10 @@ def _org_policy_show(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.signed} is not a signed policy ({exc}); {fix}") from None
     if not signature_valid(sp):
         raise ConfigError(f"{args.signed}: the signature does not verify; {fix}")
-    issued = datetime.datetime.fromtimestamp(sp.issued_at, datetime.UTC).isoformat()
+    try:
+        issued = datetime.datetime.fromtimestamp(sp.issued_at, datetime.UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # any i64 verifies; informational only
+        issued = f"{sp.issued_at} (unix seconds, not a date)"
     print(f"org:     {b64encode(sp.org_key)} {_org_name(_config_dir(), sp.org_key)}")
     print(f"serial:  {sp.serial}")
     print(f"issued:  {issued}")
