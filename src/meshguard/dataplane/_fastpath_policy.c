@@ -179,8 +179,12 @@ typedef struct {
     uint8_t key[PF_KEYLEN];
 } PfMemo;
 
-/* an outbound packet of the flow: create or refresh it (mutex held) */
-static void ct_note(PolicyObject *pf, const uint8_t k[PF_KEYLEN], int proto, double now)
+static int pf_rules_allow(const PfChain *c, int proto, int port, uint32_t *counter);
+
+/* an outbound packet of the flow: refresh it, or create it unless the rules of `c` allow its
+ * replies to `lport` (mutex held) */
+static void ct_note(PolicyObject *pf, const uint8_t k[PF_KEYLEN], int proto, double now,
+                    const PfChain *c, int lport)
 {
     CtEntry *b = ct_bucket(pf, k), *victim = NULL;
     double timeout = proto == 6 ? pf->tcp_timeout : pf->udp_timeout;
@@ -191,6 +195,9 @@ static void ct_note(PolicyObject *pf, const uint8_t k[PF_KEYLEN], int proto, dou
             return;
         }
     }
+    uint32_t ctr;
+    if (pf_rules_allow(c, proto, lport, &ctr))
+        return; /* the peer's rules let the replies in: no entry (pf_track) */
     for (int i = 0; i < PF_WAYS && victim == NULL; i++)
         if (!b[i].used || b[i].expires <= now)
             victim = &b[i];
@@ -331,10 +338,7 @@ static void pf_track(PolicyObject *pf, const PfChain *c, const uint8_t *p, size_
             return;
         memcpy(last, k, PF_KEYLEN);
     }
-    uint32_t ctr;
-    if (pf_rules_allow(c, f.proto, f.sport, &ctr))
-        return;
-    ct_note(pf, k, f.proto, now);
+    ct_note(pf, k, f.proto, now, c, f.sport);
 }
 
 static void pf_free_table(PfTable *t)

@@ -245,14 +245,15 @@ class PyPolicyFilter:
         IP packet starts at `offset`: 10 with virtio-net headers), except those whose replies
         that peer's chain allows anyway: an entry would only let them keep passing once the
         rules deny them, and a peer could fill the table with a service's answers."""
-        note = self.conntrack.note
+        note, flows = self.conntrack.note, self.conntrack.flows
         chain = self._chain(key)
         for r in reads:
             flow = classify(r, offset)
             if flow is not None and flow[3] >= 0:
                 proto, src, dst, sport, dport = flow
-                if not decide(chain, proto, sport)[0]:
-                    note(flow_key(proto, src, sport, dst, dport), proto, now)
+                k = flow_key(proto, src, sport, dst, dport)
+                if k in flows or not decide(chain, proto, sport)[0]:  # refresh, or create
+                    note(k, proto, now)
 
     def take_counts(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         """Rule counters, reason counters and evictions since the previous call."""
