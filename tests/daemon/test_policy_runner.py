@@ -81,6 +81,8 @@ def test_reload_takes_a_newer_signed_policy_from_policies_dir(tmp_path: Path) ->
                                 ).write_bytes(older.raw)
     runner.reload(trust)
     assert runner.store.newest(ORG.public_key.raw) == sp  # an older file changes nothing
+    # and is written again, so a restart does not roll the policy back
+    assert PolicyStore.load(cfg).newest(ORG.public_key.raw) == sp
 
 
 def test_a_corrupt_policy_file_at_reload_is_a_counted_warning_and_the_policy_stays(
@@ -97,7 +99,10 @@ def test_a_corrupt_policy_file_at_reload_is_a_counted_warning_and_the_policy_sta
     assert runner.store.newest(ORG.public_key.raw) == sp
     assert runner.store.counts["bad_file"] == 1
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 1 and path.name in warned[0] and "\n" not in warned[0]
+    assert len(warned) == 2 and all(path.name in w and "\n" not in w for w in warned)
+    # the file holds the policy in force again: a restart keeps it
+    assert path.read_bytes() == sp.raw
+    assert PolicyStore.load(cfg).newest(ORG.public_key.raw) == sp
 
 
 def test_meshguard_policy_prints_sources_rules_counters_and_refusals() -> None:

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from meshguard.crypto.keys import X25519PrivateKey, b64encode
 from meshguard.errors import MeshguardError
+from meshguard.identity import store as files
 from meshguard.identity.certificate import NodeCertificate
 from meshguard.identity.trust import TrustStore
 from meshguard.mesh.node import MeshNode
@@ -38,7 +39,7 @@ from meshguard.mesh.policy_gossip import PolicyGossip
 from meshguard.policy.compiler import compile_table, org_label, route_grants
 from meshguard.policy.service_files import LocalPolicies, load_services
 from meshguard.policy.signed import SignedPolicy
-from meshguard.policy.store import PolicyStore
+from meshguard.policy.store import PolicyStore, policy_file_name
 from meshguard.policy.table import ALLOW_ALL, MemberInfo, PolicyTable, RouteGrant
 from meshguard.rng import Rng
 
@@ -167,7 +168,8 @@ class PolicyRunner:
 
     def reload(self, trust: TrustStore) -> None:
         """The config dir changed (trust poller or SIGHUP): `services/` and `policies/` again;
-        on an error the last good policies stay in force."""
+        on an error the last good policies stay in force. A corrupt or older file in
+        `policies/` is a counted warning and is written again with the policy in force."""
         self.org_names = _org_names(trust)
         try:
             local = load_services(self.config_dir, trust)
@@ -184,9 +186,28 @@ class PolicyRunner:
             old = self.store.newest(org)
             if old is None or sp.serial > old.serial:
                 self.store.held[org] = (sp, op)  # `meshguard org-policy sign` wrote it
+        self._restore_files(fresh)
         self.last_error = None
         self._hold_newest()
         self.recompile("reload")
+
+    def _restore_files(self, on_disk: PolicyStore) -> None:
+        """A policy file that is corrupt or older than the policy in force is written again
+        (atomically), so a restart does not fall back to less than what is in force."""
+        directory = self.store.directory
+        if directory is None:
+            return
+        for org, (sp, _) in self.store.held.items():
+            there = on_disk.newest(org)
+            path = directory / policy_file_name(org)
+            if (there is None or there.serial < sp.serial) and path.exists():
+                try:
+                    files.write_file(path, sp.raw)
+                except MeshguardError as exc:
+                    log.warning("policies: %s", exc)
+                    continue
+                log.warning("policies: %s held less than the policy in force (%s); "
+                            "written again", path, org_label(sp, self.org_names))
 
     # compile -----------------------------------------------------------------------------
 
