@@ -108,6 +108,8 @@ def test_a_file_keeps_its_order_and_lines() -> None:
     ("allow tcp +22", "bad port '+22'"),
     ("allow tcp 22 23", "unexpected '23'"),
     ("deny all 443 extra", "unexpected 'extra'"),
+    ("allow tcp " + "1" * 5000, "bad port '" + "1" * 24 + "...'"),  # int() would raise
+    ("allow udp 1-" + "9" * 5000, "bad port '" + "9" * 24 + "...'"),
 ])
 def test_every_malformed_rule_names_its_file_and_line(line: str, problem: str) -> None:
     text = f"allow tcp 1\n# ok\n\n{line}\nallow tcp 2\n"
@@ -118,6 +120,10 @@ def test_every_malformed_rule_names_its_file_and_line(line: str, problem: str) -
     assert problem in msg and "; " in msg
     assert (info.value.source, info.value.line) == ("services/peer/db-1.policy", 4)
     assert isinstance(info.value, ConfigError)
+
+
+def test_leading_zeros_are_still_a_port() -> None:
+    assert parse_rules("allow tcp " + "0" * 5000 + "22\n", "f")[0].port_lo == 22
 
 
 def test_more_rules_than_the_original_allows_but_not_unbounded() -> None:

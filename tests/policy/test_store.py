@@ -74,6 +74,23 @@ def test_untrusted_forged_and_unparseable_policies_change_nothing(tmp_path: Path
     assert st.newest(stranger.public_key.raw) is None
 
 
+def test_a_signed_policy_whose_port_has_thousands_of_digits_is_invalid_not_a_crash(
+        tmp_path: Path) -> None:
+    """int() of more than 4300 digits raises ValueError: such a text, validly signed, must be
+    refused as any unparseable policy, by gossip's offer and at a restart alike."""
+    org = new_key()
+    trusted = {org.public_key.raw}
+    st = PolicyStore.load(tmp_path)
+    good = sign_policy(org, TEXT, 10, 0)
+    assert st.offer(good, trusted) == "accepted"
+    huge = sign_policy(org, "to *\nallow tcp " + "7" * 5000 + "\n", 11, 0)
+    assert st.offer(huge, trusted) == "invalid"
+    assert st.newest(org.public_key.raw) == good
+    (tmp_path / "policies" / policy_file_name(org.public_key.raw)).write_bytes(huge.raw)
+    again = PolicyStore.load(tmp_path)
+    assert again.counts["bad_file"] == 1 and again.newest(org.public_key.raw) is None
+
+
 def test_in_force_holds_only_trusted_orgs_by_key_order(tmp_path: Path) -> None:
     orgs = sorted((new_key() for _ in range(3)), key=lambda k: k.public_key.raw)
     everyone = {k.public_key.raw for k in orgs}

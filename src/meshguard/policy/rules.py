@@ -80,9 +80,12 @@ def tokens(line: str) -> list[str]:
 
 
 def _port(text: str, source: str, line: int) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) > 65535:
-        raise error(source, line, f"bad port {text!r}", "use 0-65535, LOW-HIGH or all")
-    return int(text)
+    # the length first (leading zeros aside): int() of more than 4300 digits raises ValueError
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 5 or not text.isascii() or not text.isdigit() or int(digits) > 65535:
+        shown = text if len(text) <= 24 else text[:24] + "..."
+        raise error(source, line, f"bad port {shown!r}", "use 0-65535, LOW-HIGH or all")
+    return int(digits)
 
 
 def rule_from_tokens(toks: Sequence[str], source: str, line: int) -> Rule:

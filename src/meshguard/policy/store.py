@@ -45,8 +45,8 @@ def check_policy(sp: SignedPolicy) -> OrgPolicy | None:
         return None
     try:
         return parse_org_policy(sp.text, policy_source(sp))
-    except PolicyError:
-        return None
+    except (PolicyError, ValueError):  # ValueError: never, but a text from the network
+        return None                    # must not end the daemon if a parser slips
 
 
 @dataclass
