@@ -45,8 +45,9 @@ if fastpath.C_POLICY_FILTER is not None:
     IMPLS.append(fastpath.C_POLICY_FILTER)
 
 
-def tcp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes = b"") -> bytes:
-    l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0) + payload
+def tcp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes = b"",
+        flags: int = 0x02) -> bytes:
+    l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0) + payload
     return ip_header(src, dst, PROTO_TCP, len(l4)) + l4
 
 
@@ -333,8 +334,9 @@ def test_a_peer_cannot_fill_conntrack_with_the_answers_of_a_service_it_may_reach
     pf.set_table(*table_args(table([], peer_rules=[(True, PROTO_TCP, 80, 80)])))
     other = bytes([10, 7, 0, 3])
     pf.track([tcp(L4, other, 40000, 22)], 0, 0.0, OTHER)  # this node's own connection
-    for i in range(0, 4000, 50):
-        pf.track([tcp(L4, R4, 80, 1024 + j) for j in range(i, i + 50)], 0, 1.0 + i / 100, PEER)
+    for i in range(0, 4000, 50):  # SYN-ACKs (0x12) and RSTs (0x14)
+        pf.track([tcp(L4, R4, 80, 1024 + j, flags=0x12 if j % 2 else 0x14)
+                  for j in range(i, i + 50)], 0, 1.0 + i / 100, PEER)
     *_, evicted = pf.take_counts()
     assert evicted == 0
     assert pf.check(OTHER, tcp(other, L4, 22, 40000), 100.0)[0] == REPLY
@@ -344,6 +346,20 @@ def test_a_peer_cannot_fill_conntrack_with_the_answers_of_a_service_it_may_reach
     # and what the node sends with no peer named is judged by the fallback chain (deny)
     pf.track([udp(L4, R4, 5354, 53)], 0, 100.0)
     assert pf.check(PEER, udp(R4, L4, 53, 5354), 101.0)[0] == REPLY
+
+
+def test_a_connection_this_node_opened_survives_a_policy_that_denies_the_peer(
+        impl: Callable[[], PolicyFilterLike]) -> None:
+    """This node's SYN is tracked even while PEER's chain allows everything, so when a new
+    table denies PEER the replies on that connection still pass; the node's UDP packets and
+    TCP answers to PEER are not tracked while the rules let their replies in."""
+    pf = make(impl, table([], peer_rules=[(True, 0, 0, 65535)]))
+    pf.track([tcp(L4, R4, 40000, 443), udp(L4, R4, 5353, 53),
+              tcp(L4, R4, 22, 40001, flags=0x12)], 0, 0.0, PEER)
+    pf.set_table(*table_args(table([], peer_rules=[])))
+    assert pf.check(PEER, tcp(R4, L4, 443, 40000, flags=0x12), 1.0)[0] == REPLY
+    assert pf.check(PEER, udp(R4, L4, 53, 5353), 1.0)[0] == DENY
+    assert pf.check(PEER, tcp(R4, L4, 40001, 22, flags=0x10), 1.0)[0] == DENY
 
 
 def test_filter_from_past_the_end_changes_nothing(impl: Callable[[], PolicyFilterLike]) -> None:

@@ -70,6 +70,7 @@ static PyTypeObject PolicyType;
 
 typedef struct {
     int proto, alen, sport, dport; /* ports -1: a protocol without them */
+    int opens; /* a TCP SYN without ACK: the first packet of a connection */
     const uint8_t *src, *dst;
 } PfFlow;
 
@@ -136,10 +137,12 @@ static int pf_classify(const uint8_t *p, size_t n, PfFlow *f)
     f->proto = proto;
     f->sport = (int)get16(p + pos);
     f->dport = (int)get16(p + pos + 2);
+    f->opens = proto == 6 && (p[pos + 13] & 0x12) == 0x02;
     return 0;
 portless:
     f->proto = proto;
     f->sport = f->dport = -1;
+    f->opens = 0;
     return 0;
 }
 
@@ -181,10 +184,10 @@ typedef struct {
 
 static int pf_rules_allow(const PfChain *c, int proto, int port, uint32_t *counter);
 
-/* an outbound packet of the flow: refresh it, or create it unless the rules of `c` allow its
- * replies to `lport` (mutex held) */
+/* an outbound packet of the flow: refresh it, or create it when it `opens` a TCP connection or
+ * the rules of `c` deny its replies to `lport` (mutex held) */
 static void ct_note(PolicyObject *pf, const uint8_t k[PF_KEYLEN], int proto, double now,
-                    const PfChain *c, int lport)
+                    const PfChain *c, int lport, int opens)
 {
     CtEntry *b = ct_bucket(pf, k), *victim = NULL;
     double timeout = proto == 6 ? pf->tcp_timeout : pf->udp_timeout;
@@ -196,8 +199,8 @@ static void ct_note(PolicyObject *pf, const uint8_t k[PF_KEYLEN], int proto, dou
         }
     }
     uint32_t ctr;
-    if (pf_rules_allow(c, proto, lport, &ctr))
-        return; /* the peer's rules let the replies in: no entry (pf_track) */
+    if (!opens && pf_rules_allow(c, proto, lport, &ctr))
+        return; /* an answer whose replies the peer's rules let in: no entry (pf_track) */
     for (int i = 0; i < PF_WAYS && victim == NULL; i++)
         if (!b[i].used || b[i].expires <= now)
             victim = &b[i];
@@ -320,10 +323,12 @@ static int pf_judge(PolicyObject *pf, const PfTable *t, const PfChain *c, const 
 
 static inline int pf_passes(int v) { return v == PV_ALLOW || v == PV_REPLY || v == PV_ICMP; }
 
-/* learn the flow of a packet this node sends to a peer judged by `c` (mutex held), unless
- * that chain's rules let the replies in anyway: then an entry would only keep them passing
- * after the rules stop allowing them, and a peer could fill the table with the answers of a
- * service it may reach (docs/policy.md). `last` (may be NULL) is the key seen before in this
+/* learn the flow of a packet this node sends to a peer judged by `c` (mutex held): a TCP SYN
+ * (without ACK) always, anything else only when that chain's rules deny its replies. An
+ * answer whose replies the rules let in anyway needs no entry, which would only keep them
+ * passing after the rules stop allowing them, and a peer could fill the table with the
+ * answers of a service it may reach; a peer cannot make this node open connections
+ * (docs/policy.md). `last` (may be NULL) is the key seen before in this
  * batch, to the same peer (same `now`: noting it again would change nothing). */
 static void pf_track(PolicyObject *pf, const PfChain *c, const uint8_t *p, size_t n,
                      double now, uint8_t last[PF_KEYLEN])
@@ -338,7 +343,7 @@ static void pf_track(PolicyObject *pf, const PfChain *c, const uint8_t *p, size_
             return;
         memcpy(last, k, PF_KEYLEN);
     }
-    ct_note(pf, k, f.proto, now, c, f.sport);
+    ct_note(pf, k, f.proto, now, c, f.sport, f.opens);
 }
 
 static void pf_free_table(PfTable *t)

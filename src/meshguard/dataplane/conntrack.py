@@ -7,10 +7,11 @@
 A key is `flow_key(proto, local, local_port, remote, remote_port)`: the outbound packet's
 source is the local side; an inbound packet is looked up with its destination as the local
 side. Only packets this node sends create entries (what arrives from the tunnel is looked up,
-never inserted), and only those to a peer whose chain denies their replies (the filter's
-`track`), so a peer cannot fill the table with the node's answers either. An entry lives
-`UDP_TIMEOUT` (180 s) or `TCP_TIMEOUT` (600 s) after the last packet either way; when the
-table is full the flow idle longest is evicted (counted). Time is injected: the caller passes `now`.
+never inserted), and only a TCP SYN or a packet to a peer whose chain denies its replies (the
+filter's `track`), so a peer cannot fill the table with the node's answers either. An entry
+lives `UDP_TIMEOUT` (180 s) or `TCP_TIMEOUT` (600 s) after the last packet either way; when the
+table is full the flow idle longest is evicted (counted). Time is injected: the caller passes
+`now`.
 
 The C fast path has the same table (dataplane/_fastpath_policy.c); the two agree on every
 verdict while the table is not full (the C table evicts per hash bucket, this one globally).

@@ -72,6 +72,12 @@ ChainArgs = tuple[bool, int, Sequence[tuple[bool, int, int, int, int]]]
 def classify(pkt: bytes | bytearray | memoryview, off: int = 0) -> Flow | None:
     """The 5-tuple of the IP packet at `off` (ports -1 for protocols without them, an ICMP
     packet included), or None when it cannot be classified (see the module docstring)."""
+    got = _classify(pkt, off)
+    return got[0] if got is not None else None
+
+
+def _classify(pkt: bytes | bytearray | memoryview, off: int) -> tuple[Flow, bool] | None:
+    """`classify`, and whether the packet opens a TCP connection (SYN without ACK)."""
     n = len(pkt)
     if n - off < 20:
         return None
@@ -86,7 +92,7 @@ def classify(pkt: bytes | bytearray | memoryview, off: int = 0) -> Flow | None:
         src, dst = bytes(pkt[off + 12 : off + 16]), bytes(pkt[off + 16 : off + 20])
         pos = off + ihl
         if proto == _ICMP4:
-            return proto, src, dst, -1, -1
+            return (proto, src, dst, -1, -1), False
     elif ver == 6:
         if n - off < 40:
             return None
@@ -109,7 +115,7 @@ def classify(pkt: bytes | bytearray | memoryview, off: int = 0) -> Flow | None:
             proto = pkt[pos]
             pos += hl
         if proto == _ICMP6:
-            return proto, src, dst, -1, -1
+            return (proto, src, dst, -1, -1), False
     else:
         return None
     if proto == PROTO_TCP:
@@ -119,9 +125,10 @@ def classify(pkt: bytes | bytearray | memoryview, off: int = 0) -> Flow | None:
         if pos + 8 > n:
             return None
     else:
-        return proto, src, dst, -1, -1
+        return (proto, src, dst, -1, -1), False
+    opens = proto == PROTO_TCP and pkt[pos + 13] & 0x12 == 0x02
     return (proto, src, dst, (pkt[pos] << 8) | pkt[pos + 1],
-            (pkt[pos + 2] << 8) | pkt[pos + 3])
+            (pkt[pos + 2] << 8) | pkt[pos + 3]), opens
 
 
 def _is_icmp(flow: Flow) -> bool:
@@ -242,18 +249,19 @@ class PyPolicyFilter:
     def track(self, reads: Sequence[bytes], offset: int, now: float,
               key: bytes | None = None, /) -> None:
         """Learn the TCP/UDP flows of packets this node sends to the peer `key` (each read's
-        IP packet starts at `offset`: 10 with virtio-net headers), except those whose replies
-        that peer's chain allows anyway: an entry would only let them keep passing once the
-        rules deny them, and a peer could fill the table with a service's answers."""
+        IP packet starts at `offset`: 10 with virtio-net headers): a TCP SYN without ACK
+        always, anything else only when that peer's chain denies its replies. An answer whose
+        replies the rules let in needs no entry (it would only let them keep passing once the
+        rules deny them, and a peer could fill the table with a service's answers)."""
         note, flows = self.conntrack.note, self.conntrack.flows
         chain = self._chain(key)
         for r in reads:
-            flow = classify(r, offset)
-            if flow is not None and flow[3] >= 0:
-                proto, src, dst, sport, dport = flow
+            got = _classify(r, offset)
+            if got is not None and got[0][3] >= 0:
+                (proto, src, dst, sport, dport), opens = got
                 k = flow_key(proto, src, sport, dst, dport)
-                if k in flows or not decide(chain, proto, sport)[0]:  # refresh, or create
-                    note(k, proto, now)
+                if k in flows or opens or not decide(chain, proto, sport)[0]:
+                    note(k, proto, now)  # refreshed, or created
 
     def take_counts(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         """Rule counters, reason counters and evictions since the previous call."""

@@ -8,8 +8,8 @@ and one split-and-seal call (`fastpath.seal_segments`). TCP SYNs to a peer with 
 their MSS clamped first (dataplane/mss_clamp.py). Reads for a peer without a usable session go
 to the slow path, which queues their packets and starts a handshake; packets it cannot parse
 it counts (bad_inner). With a policy in force every routed read's flow is tracked
-first (dataplane/conntrack.py) unless the peer's chain lets its replies in anyway, so the
-replies to it pass.
+first (dataplane/conntrack.py; a TCP SYN always, anything else unless the peer's chain lets
+its replies in anyway), so the replies to it pass.
 """
 
 from __future__ import annotations
