@@ -20,7 +20,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,6 +63,7 @@ pytestmark = [
 ]
 
 ALLOWED, DENIED, B_SERVICE = 8080, 8081, 9000
+ECHO = 8082  # a long-lived connection B opens to A
 UDP_ALLOWED, UDP_DENIED = 7000, 7001  # 7001 falls to the default
 A4, B4, A6, B6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
 LAN_NET, LAN_HOST = "10.97.0.0/24", "10.97.0.2"  # behind A
@@ -118,6 +121,30 @@ def datagram(ns: Namespace, host: str, port: int, size: int) -> str:
     """Send one UDP datagram of `size` bytes; the length the server saw, or "timeout"."""
     argv = [sys.executable, "-c", UDP_CLIENT, host, str(port), str(size)]
     return ns.run(argv, timeout=20).stdout.strip()
+
+
+ECHO_SERVER = """
+import socket, sys, threading
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(4)
+def echo(c):
+    while (data := c.recv(64)):
+        c.sendall(data)
+while True:
+    c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
+"""
+
+LONG_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)
+for line in sys.stdin:
+    s.sendall(b"x")
+    try:
+        print(s.recv(1).decode() or "closed", flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
+"""
 
 
 def counts(w: World) -> PolicyCounters:
@@ -262,6 +289,45 @@ def test_the_source_names_the_peer_and_counters_survive_a_new_set_of_sources(
     assert mid.rule_packets[4] > before.rule_packets[4]
     world.b_up()
     assert connect(world.b, A4, ALLOWED) == "ok"
+
+
+def test_a_flow_the_peer_opened_ends_when_the_rules_stop_allowing_it(world: World) -> None:
+    # as in userspace mode: only replies to flows this node opened pass whatever the rules
+    # say; B's own connection is judged on every packet (an `established` accept would let it
+    # live on after the deny)
+    def table(allow: bool) -> PolicyTable:
+        verb = "allow" if allow else "deny"
+        rules = (RuleInfo("services/peer/b.policy", 1, f"{verb} tcp {ECHO}"),
+                 RuleInfo("services/default", 0, "deny"))
+        return PolicyTable(True, (Chain((), False, 1),
+                                  Chain((FlatRule(allow, PROTO_TCP, ECHO, ECHO, 0),), False, 1)),
+                           {world.b_key: 1}, 0, rules)
+
+    world.a.popen([sys.executable, "-c", ECHO_SERVER, str(ECHO)])
+    world.runner.set_policy(table(True))
+    client = world.b.popen([sys.executable, "-c", LONG_CLIENT, A4, str(ECHO)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+
+    def exchange() -> str:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(b"\n")
+        client.stdin.flush()
+        return client.stdout.readline().decode().strip()
+
+    try:
+        for _ in range(50):  # the echo server may not listen yet: the client then exits
+            if client.poll() is None and exchange() == "x":
+                break
+            client = world.b.popen([sys.executable, "-c", LONG_CLIENT, A4, str(ECHO)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            time.sleep(0.1)
+        assert exchange() == "x"
+        world.runner.set_policy(table(False))
+        assert exchange() == "timeout"
+    finally:
+        client.kill()
+        world.runner.set_policy(world.table)
 
 
 def test_no_policy_and_close_leave_no_table(world: World) -> None:

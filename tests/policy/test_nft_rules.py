@@ -56,14 +56,14 @@ def test_rules_in_order_with_counters_and_the_default_last() -> None:
     t = two_chains()
     assert chain_lines(t.chains[1]) == [
         'tcp dport 22 counter accept comment "allow 0"',
-        "meta l4proto { tcp, udp } th dport 1000-2000 ct state established,related goto reply",
+        "meta l4proto { tcp, udp } th dport 1000-2000 ct direction reply goto reply",
         'meta l4proto { tcp, udp } th dport 1000-2000 counter goto deny comment "deny 1"',
         'meta l4proto udp counter accept comment "allow 2"',
-        "meta l4proto { tcp, udp } ct state established,related goto reply",
+        "meta l4proto { tcp, udp } ct direction reply goto reply",
         'counter goto deny comment "deny 3"',
     ]
     assert chain_lines(t.chains[0]) == [
-        "tcp dport 23 ct state established,related goto reply",
+        "tcp dport 23 ct direction reply goto reply",
         'tcp dport 23 counter goto deny comment "deny 4"',
         'counter accept comment "allow 5"',
     ]
@@ -85,7 +85,7 @@ def test_a_denied_rule_of_another_protocol_lets_no_reply_through() -> None:
     lines = chain_lines(Chain((FlatRule(False, 47, 0, 65535, 0),), True, 1))
     # the userspace filter tracks TCP and UDP flows only
     assert lines[0] == ("meta l4proto 47 meta l4proto { tcp, udp } "
-                        "ct state established,related goto reply")
+                        "ct direction reply goto reply")
 
 
 def test_the_whole_table_is_replaced_in_one_script() -> None:
@@ -175,11 +175,11 @@ def test_counters_are_read_back_by_rule_and_by_reason() -> None:
 # a differential check: the generated chain, read as nft reads it, decides what the table does
 
 _RULE = re.compile(r"^(?P<m>.*?) ?(?:counter (?P<v>accept|goto deny) comment \"\w+ (?P<n>\d+)\""
-                   r"|ct state established,related goto reply)$")
+                   r"|ct direction reply goto reply)$")
 
 
 def _nft_matches(m: str, proto: int, port: int | None) -> bool:
-    m = m.replace("meta l4proto { tcp, udp } ct state established,related goto reply", "")
+    m = m.replace("meta l4proto { tcp, udp } ct direction reply goto reply", "")
     if not m:
         return True
     if m.startswith("meta l4proto { tcp, udp }"):

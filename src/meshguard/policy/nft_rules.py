@@ -18,10 +18,12 @@ The table `inet meshguard_policy_<ifname>` (one per interface) holds:
     (the same lookup WireGuard's own allowed IPs make), each entry a `goto` to the peer's
     chain; a source in no map goes to the table's fallback chain;
   * one chain per compiled chain `cN`: its rules in order, each with a counter, then its
-    default. A denying rule first lets a TCP or UDP packet of a flow the kernel's conntrack
-    knows as established (or related) pass, counted "reply": a flow this node opened, or one it
-    answered, as the userspace filter's connection tracking has it; everything else it
-    denies goes to `deny` (counted "policy").
+    default. A denying rule first lets a TCP or UDP packet pass that travels in the *reply*
+    direction of a connection the kernel's conntrack holds (`ct direction reply`), counted
+    "reply": a reply to a flow this node (or a host it forwards for) opened, as the userspace
+    filter's connection tracking has it. A flow the peer opened is judged by the rules on every
+    packet, so it ends when the rules stop allowing it, as in userspace mode; everything else
+    a rule denies goes to `deny` (counted "policy").
 
 Every counted rule carries a comment naming what it counts: `allow N` / `deny N` (N indexes
 PolicyTable.rules; chains that share a rule add up), `reply`, `policy`, `icmp`, `unparsed`.
@@ -51,7 +53,7 @@ TABLE_PREFIX = "meshguard_policy_"
 REASONS = ("allowed", "policy", "unparsed", "reply", "icmp")
 _IFNAME = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
 _PROTO_NAMES = {PROTO_TCP: "tcp", PROTO_UDP: "udp"}
-_REPLY = "ct state established,related goto reply"
+_REPLY = "ct direction reply goto reply"
 _TCP_UDP = "meta l4proto { tcp, udp }"
 
 
