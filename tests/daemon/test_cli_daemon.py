@@ -48,7 +48,8 @@ def test_format_status_table() -> None:
                     51822)
     m1 = MemberStatus("bee", "QkJCQkJCQkJCQkJC", "V0cy", "10.99.3.4", "fd99:6d67::2",
                       "192.0.2.1:51821", "alive", True, True, 988.0, 2048, 10, "direct",
-                      rtt_ms=0.42, mtu=1280, why="direct to 192.0.2.1:51821: hole punch succeeded")
+                      rtt_ms=0.42, mtu=1280, why="direct to 192.0.2.1:51821: hole punch succeeded",
+                      routes_offered=("10.20.0.0/24", "0.0.0.0/0"), routes_in_use=("10.20.0.0/24",))
     m2 = MemberStatus(None, "WFhYWFhYWFhYWFhY", None, "10.99.5.6", "fd99:6d67::3", None,
                       "alive", False, False, None, 0, 0, "direct")
     rep = StatusReport("mg0", "kernel", 7, 900.0, me, (m1, m2), {"garbage_dropped": 4})
@@ -58,12 +59,15 @@ def test_format_status_table() -> None:
     header = next(i for i, ln in enumerate(lines) if ln.startswith("NAME"))
     assert lines[header].split() == ["NAME", "KEY", "MESH", "IP", "ENDPOINT", "STATE",
                                      "HANDSHAKE", "IN", "OUT", "PATH", "RTT", "MTU", "DNS",
-                                     "NAME", "WHY"]
+                                     "NAME", "ROUTES", "WHY"]
     bee = lines[header + 1]
     assert bee.endswith("direct to 192.0.2.1:51821: hole punch succeeded")
     assert bee.startswith("bee") and "12s ago" in bee and "2.0 KiB" in bee and "direct" in bee
     assert "192.0.2.1:51821" in bee and "QkJCQkJC" in bee and "0.4ms" in bee and "1280" in bee
-    assert StatusReport.from_json(rep.to_json()).members[0].mtu == 1280
+    assert "10.20.0.0/24,(0.0.0.0/0)" in bee  # routed through bee; offered, not used
+    back = StatusReport.from_json(rep.to_json()).members[0]
+    assert back.mtu == 1280 and back.routes_in_use == ("10.20.0.0/24",)
+    assert back.routes_offered == ("10.20.0.0/24", "0.0.0.0/0")
     other = lines[header + 2]
     assert "alive,untrusted" in other and "no tunnel" in other
     assert "4 malformed datagrams dropped" in text

@@ -76,7 +76,7 @@ def test_status_schema_roundtrip() -> None:
         "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
         "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names",
         "rtt_ms", "mtu", "why", "via", "via_endpoint", "own_nat", "peer_nat", "last_punch",
-        "last_punch_age", "next_punch_in", "admission"}
+        "last_punch_age", "next_punch_in", "admission", "routes_offered", "routes_in_use"}
     assert StatusReport.from_json(doc) == rep
     # a document from a daemon that predates dns_names still reads (compatible addition)
     old = json.loads(json.dumps(doc))

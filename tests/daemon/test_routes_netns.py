@@ -118,6 +118,12 @@ def test_a_lan_behind_a_router_is_reachable_with_accept_routes_only(lab: Lab) ->
     assert "ip6 daddr fd00:20::/64 masquerade" in nat_table(x)
     # nobody routes what x offers beyond its grant, nor what nobody granted
     assert "10.20.0.0/24" in sh(y, "wg", "show", y.iface, "allowed-ips")
+    # `status` says which prefixes go through x: y uses them, z (no --accept-routes) does not
+    seen_y, seen_z = y.member(x), z.member(x)
+    assert seen_y is not None and seen_z is not None
+    assert set(seen_y["routes_in_use"]) == {"10.20.0.0/24", "fd00:20::/64"}
+    assert set(seen_z["routes_offered"]) == {"10.20.0.0/24", "fd00:20::/64"}
+    assert seen_z["routes_in_use"] == []
 
 
 def test_an_exit_node_carries_the_default_route_and_masquerades(lab: Lab) -> None:

@@ -31,7 +31,7 @@ from meshguard.daemon.runtime import run_dir
 from meshguard.errors import MeshguardError
 
 if TYPE_CHECKING:
-    from meshguard.wire.control import StatusReport
+    from meshguard.wire.control import MemberStatus, StatusReport
 
 # The handlers import what they use when they run: `meshguard --help` and `meshguard up`
 # (which registers with this module's helpers) load none of it.
@@ -69,6 +69,14 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _routes_column(m: MemberStatus) -> str:
+    """The prefixes routed through the member; those it offers that are not used (no grant,
+    or not asked for with --accept-routes / --exit-node) in parentheses."""
+    unused = [r for r in m.routes_offered if r not in m.routes_in_use]
+    parts = list(m.routes_in_use) + ([f"({','.join(unused)})"] if unused else [])
+    return ",".join(parts) if parts else "-"
+
+
 def format_status(rep: StatusReport, now: float) -> str:
     me = rep.self_
     lines = [
@@ -84,7 +92,7 @@ def format_status(rep: StatusReport, now: float) -> str:
                      f"{pm['internal_port']}, expires in {pm['expires_in']} s")
     lines.append("")
     header = ("NAME", "KEY", "MESH IP", "ENDPOINT", "STATE", "HANDSHAKE", "IN", "OUT", "PATH",
-              "RTT", "MTU", "DNS NAME", "WHY")
+              "RTT", "MTU", "DNS NAME", "ROUTES", "WHY")
     rows = [header]
     for m in rep.members:
         state = m.state if m.trusted else f"{m.state},untrusted"
@@ -101,6 +109,7 @@ def format_status(rep: StatusReport, now: float) -> str:
             "-" if m.rtt_ms is None else f"{m.rtt_ms:.1f}ms",
             "-" if m.mtu is None else str(m.mtu),
             m.dns_names[0] if m.dns_names else "-",
+            _routes_column(m),
             m.why or "-",
         ))
     if len(rows) == 1:

@@ -96,6 +96,8 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             state=m.state,
             trusted=adm.admitted,
             admission=adm.reason,
+            routes_offered=tuple(str(r) for r in m.routes),
+            routes_in_use=tuple(str(r) for r in node.route_plan.allowed.get(m.identity_key, ())),
             tunnel=tunnel,
             last_handshake=hs or None,
             rx_bytes=rx,

@@ -213,6 +213,9 @@ class MemberStatus:
     last_punch_age: float | None = None
     next_punch_in: float | None = None
     admission: str | None = None  # why the trust store admits it or not (identity/trust.py)
+    # the prefixes it offers to carry, and those this node routes through it (docs/policy.md#routes)
+    routes_offered: tuple[str, ...] = ()
+    routes_in_use: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,9 @@ def _member(m: Mapping[str, object]) -> MemberStatus:
         peer_nat=_opt_str(m.get("peer_nat")), last_punch=_opt_str(m.get("last_punch")),
         last_punch_age=_opt_number(m.get("last_punch_age")),
         next_punch_in=_opt_number(m.get("next_punch_in")),
-        admission=_opt_str(m.get("admission")))
+        admission=_opt_str(m.get("admission")),
+        routes_offered=tuple(str(r) for r in _list(m.get("routes_offered", []))),
+        routes_in_use=tuple(str(r) for r in _list(m.get("routes_in_use", []))))
 
 
 # a status document's fields, checked as they are read (a TypeError: a malformed document)
