@@ -38,6 +38,9 @@ def test_serials_only_go_up(tmp_path: Path) -> None:
     assert newest is not None and newest.serial == 5 and newest.text == TEXT
     assert st.offer(sign_policy(org, TEXT + "# v6\n", 6, 0), trusted) == "accepted"
     assert nonzero(st) == {"accepted": 2, "older": 2}
+    again = st.newest(org.public_key.raw)
+    assert again is not None and st.offer(again, trusted) == "held"  # gossip's repeats
+    assert nonzero(st) == {"accepted": 2, "older": 2, "held": 1}
     assert [sp.serial for sp, _ in st.in_force(trusted)] == [6]
     assert files_of(tmp_path) == {policy_file_name(org.public_key.raw):
                                   sign_policy(org, TEXT + "# v6\n", 6, 0).raw}
@@ -66,9 +69,9 @@ def test_untrusted_forged_and_unparseable_policies_change_nothing(tmp_path: Path
     assert st.offer(decode_policy(bytes(flipped)), trusted) == "invalid"
     # validly signed by the org, but the text does not parse: the last good one stays
     assert st.offer(sign_policy(org, "to nobody\n", 12, 0), trusted) == "invalid"
-    # the captured good policy itself, replayed
-    assert st.offer(good, trusted) == "older"
-    assert nonzero(st) == {"accepted": 1, "untrusted": 1, "invalid": 4, "older": 1}
+    # the captured good policy itself, replayed: the one in force, nothing changes
+    assert st.offer(good, trusted) == "held"
+    assert nonzero(st) == {"accepted": 1, "untrusted": 1, "invalid": 4, "held": 1}
     assert st.newest(org.public_key.raw) == good
     assert files_of(tmp_path) == before
     assert st.newest(stranger.public_key.raw) is None

@@ -269,7 +269,8 @@ class PolicyRunner:
                  for i, r in enumerate(self.table.rules)]
         core = self.node.policy if self.node is not None else None
         gossip = {k: v for k, v in sorted(core.counters.items())} if core else {}
-        refused = {k: v for k, v in self.store.counts.items() if k != "accepted" and v}
+        refused = {k: v for k, v in self.store.counts.items()
+                   if k not in ("accepted", "held") and v}
         return {
             "enforced": self.table.active and counters is not None,
             "mode": "kernel" if self.kernel else "userspace",

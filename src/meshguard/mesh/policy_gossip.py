@@ -430,7 +430,7 @@ class PolicyGossip:
         if verdict == "accepted":
             self.hold(sp)
             return [PolicyLearned(sp)]
-        if verdict == "older":
+        if verdict in ("older", "held"):
             self._drop_candidate(it)
         else:
             self._remember_bad(it)

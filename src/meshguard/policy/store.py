@@ -3,8 +3,9 @@
     policies/<64 hex digits of the org key>.mgpolicy    the signed blob (policy/signed.py)
 
 `offer` takes a policy from anywhere (gossip, `meshguard org-policy sign`, a file) and says
-what became of it: "accepted" (the newest of its org now, written atomically), "older" (its
-serial is not above the one held), "untrusted" (its org is not among `trusted_orgs`) or
+what became of it: "accepted" (the newest of its org now, written atomically), "held" (the
+very policy in force, offered again: not a refusal), "older" (its serial is not above the one
+held), "untrusted" (its org is not among `trusted_orgs`) or
 "invalid" (a bad signature, or text that does not parse). Only "accepted" changes anything;
 the checks run cheapest first (trust, serial, then the signature, then the parse), and every
 outcome is counted. `load` reads what is on disk at start; a file that is not a well-named,
@@ -27,7 +28,7 @@ from meshguard.policy.signed import MAX_BLOB, SignedPolicy, decode_policy, signa
 POLICIES = "policies"
 SUFFIX = ".mgpolicy"
 MAX_FILES = 4096  # files read from policies/ at start
-OUTCOMES = ("accepted", "older", "untrusted", "invalid")
+OUTCOMES = ("accepted", "held", "older", "untrusted", "invalid")
 
 
 def policy_file_name(org_key: bytes) -> str:
@@ -109,6 +110,8 @@ class PolicyStore:
         if sp.org_key not in trusted_orgs:
             return "untrusted", None
         held = self.held.get(sp.org_key)
+        if held is not None and sp.raw == held[0].raw:
+            return "held", None  # the policy in force, offered again: nothing to refuse
         if held is not None and sp.serial <= held[0].serial:
             return "older", None
         policy = check_policy(sp)
