@@ -15,10 +15,10 @@ the engine's counters do. Blocking: each call runs `nft` once or twice (a few mi
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Mapping, Sequence
 
 from meshguard.daemon.kernel_wg import KernelPeer
+from meshguard.daemon.nft import NftError, run_nft
 from meshguard.dataplane.policy_filter import PolicyCounters
 from meshguard.errors import MeshguardError
 from meshguard.policy.nft_rules import (
@@ -31,9 +31,6 @@ from meshguard.policy.nft_rules import (
 from meshguard.policy.table import ALLOW_ALL, IPNetwork, PolicyTable
 
 log = logging.getLogger("meshguard.policy")
-
-NFT_TIMEOUT = 10.0  # seconds
-
 
 class KernelPolicyError(MeshguardError):
     """nft refused the ruleset or could not be run."""
@@ -52,14 +49,9 @@ class KernelPolicy:
 
     def _run(self, args: Sequence[str], script: str | None = None) -> str:
         try:
-            res = subprocess.run([*self._nft, *args], input=script, capture_output=True,
-                                 text=True, timeout=NFT_TIMEOUT, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise KernelPolicyError(f"cannot run nft: {exc}") from None
-        if res.returncode != 0:
-            err = res.stderr.strip().splitlines()
-            raise KernelPolicyError(f"nft: {err[0] if err else f'exit {res.returncode}'}")
-        return res.stdout
+            return run_nft(args, script, self._nft)
+        except NftError as exc:
+            raise KernelPolicyError(str(exc)) from None
 
     def apply(self, table: PolicyTable,
               peer_sources: Mapping[bytes, Sequence[IPNetwork]]) -> None:

@@ -29,7 +29,6 @@ import ipaddress
 import json
 import logging
 import socket
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from meshguard.daemon.nft import NftError, run_nft
 from meshguard.daemon.route_manager import OsRoutes
 from meshguard.identity.store import write_file
 from meshguard.policy.table import IPNetwork
@@ -237,13 +237,10 @@ def _write_sysctl(path: str, value: str) -> None:
 
 def _nft(script: str, quiet: bool = False) -> None:
     try:
-        res = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True,
-                             check=False, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("nft failed: %s", exc)
-        return
-    if res.returncode != 0 and not quiet:
-        log.warning("nft failed: %s", res.stderr.strip().splitlines()[-1:] or res.returncode)
+        run_nft(("-f", "-"), script)
+    except NftError as exc:
+        if not (quiet and exc.refused):  # `quiet`: a refusal is expected (a missing table)
+            log.warning("nft failed: %s", exc)
 
 
 def cleanup(state_path: Path) -> bool:
