@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Generator
 from pathlib import Path
 
@@ -72,9 +71,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if module in HOST_MDNS_MODULES:
             item.add_marker(pytest.mark.xdist_group("host-mdns"))
         if item.get_closest_marker("netns") is not None:
-            # `./dev test` runs two pytest-xdist workers with --dist loadgroup: the namespace
-            # tests (real daemons, timers, iperf3) stay in one worker, one at a time, as they
-            # are written to run, while the other worker takes the rest of the suite.
+            # should namespace tests ever run on several workers, they stay in one, one at a
+            # time, as they are written to run (`./dev test` runs them apart, in one process)
             item.add_marker(pytest.mark.xdist_group("netns"))
 
 
@@ -100,21 +98,4 @@ def pytest_runtest_makereport(
             f"{item.nodeid} skipped: {reason}"
         )
     return report
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    """Under `./dev test`'s two workers, a test that is not a namespace test runs niced (its
-    thread, and what it starts), so the real daemons of the namespace tests in the other worker,
-    whose timers the tests measure, come first on a 2-core machine."""
-    if item.get_closest_marker("netns") is not None or "PYTEST_XDIST_WORKER" not in os.environ \
-            or os.geteuid() != 0:
-        return (yield)
-    tid = threading.get_native_id()
-    before = os.getpriority(os.PRIO_PROCESS, tid)
-    os.setpriority(os.PRIO_PROCESS, tid, 10)
-    try:
-        return (yield)
-    finally:
-        os.setpriority(os.PRIO_PROCESS, tid, before)
 
