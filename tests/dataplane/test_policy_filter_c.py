@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from meshguard.dataplane import fastpath
 from meshguard.dataplane.policy_filter import PyPolicyFilter, table_args
 from meshguard.policy.table import Chain, FlatRule, PolicyTable, RuleInfo
+from meshguard.testing.fuzz_policy import reverse
 
 pytestmark = pytest.mark.skipif(fastpath.C_POLICY_FILTER is None,
                                 reason="the C module is not built")
@@ -95,24 +96,6 @@ def packets(draw: st.DrawFn) -> bytes:
     elif mutate == 3 and draw(st.booleans()):
         pkt = draw(st.binary(max_size=80))
     return pkt
-
-
-def reverse(pkt: bytes) -> bytes:
-    """The packet with addresses and ports swapped (a reply to it, when it was tracked)."""
-    if len(pkt) < 20:
-        return pkt
-    b = bytearray(pkt)
-    if pkt[0] >> 4 == 4:
-        b[12:16], b[16:20] = pkt[16:20], pkt[12:16]
-        ihl = (pkt[0] & 15) * 4
-    elif len(pkt) >= 40:
-        b[8:24], b[24:40] = pkt[24:40], pkt[8:24]
-        ihl = 40
-    else:
-        return pkt
-    if len(pkt) >= ihl + 4:
-        b[ihl : ihl + 2], b[ihl + 2 : ihl + 4] = pkt[ihl + 2 : ihl + 4], pkt[ihl : ihl + 2]
-    return bytes(b)
 
 
 op = st.tuples(st.sampled_from(["track", "check", "reply", "filter"]), packets(),

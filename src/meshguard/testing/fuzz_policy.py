@@ -45,7 +45,8 @@ def _tables() -> list[PolicyTable]:
             PolicyTable(True, (anything, deny_all), {_KEY: 0}, 1, infos)]
 
 
-def _reverse(pkt: bytes) -> bytes:
+def reverse(pkt: bytes) -> bytes:
+    """The packet with addresses and ports swapped (a reply to it, when it was tracked)."""
     b = bytearray(pkt)
     if len(pkt) >= 24 and pkt[0] >> 4 == 4:
         b[12:16], b[16:20] = pkt[16:20], pkt[12:16]
@@ -88,7 +89,7 @@ def _run(data: bytes) -> None:
         pf.set_table(*table_args(table))
         if op & 1:
             pf.track([pkt], 0, 1.0)
-        judged = _reverse(pkt) if op & 2 else pkt
+        judged = reverse(pkt) if op & 2 else pkt
         got.append((pf.check(_KEY, judged, 2.0), pf.check(None, judged, 2.0), pf.take_counts()))
     if len(got) == 2 and got[0] != got[1]:
         raise RoundTripError(f"the C and Python filters differ: {got[1]} != {got[0]}")
