@@ -57,6 +57,26 @@ def _parse_portmap(text: str) -> tuple[str, ...]:
     return methods
 
 
+DEFAULT_METRICS_PORT = 9586
+
+
+def parse_metrics(text: str) -> tuple[str, int]:
+    """`PORT`, `ADDR:PORT` or `[ADDR]:PORT` (an IP address; loopback when only a port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        addr = str(ipaddress.ip_address(host))
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"--metrics needs PORT or ADDR:PORT with an IP address, "
+                         f"got {text!r}") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"--metrics port must be between 1 and 65535, got {port}")
+    return addr, port
+
+
 def _parse_routes(args: argparse.Namespace) -> RouteOptions:
     """--advertise-routes, --advertise-exit-node, --accept-routes, --exit-node (one usage
     error line for a bad prefix)."""
@@ -135,6 +155,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         seed_domains=[parse_seed_domain(d) for d in args.dns],
         mdns=args.mdns,
         routes=_parse_routes(args),
+        metrics=parse_metrics(args.metrics) if args.metrics else None,
+        log_format=args.log_format,
     )
     if not 0 < args.dns_port < 65536:
         raise UsageError("--dns-port must be between 1 and 65535")
@@ -173,6 +195,9 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
         argv.append("--no-portmap")
     argv += ["--portmap-methods", args.portmap_methods]
     argv += _route_argv(args)
+    if args.metrics:
+        argv += ["--metrics", args.metrics]
+    argv += ["--log-format", args.log_format]
     with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
         notify_path = os.path.join(tmp, "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
@@ -275,4 +300,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="stay in the foreground (systemd, debugging)")
     up.add_argument("--log-level", default="info",
                     choices=["debug", "info", "warning", "error"])
+    up.add_argument("--log-format", default="text", choices=["text", "json"],
+                    help="log lines as text, or one JSON object per line for log shippers")
+    up.add_argument("--metrics", metavar="[ADDR:]PORT",
+                    help=f"serve Prometheus metrics over HTTP (loopback unless ADDR is given; "
+                         f"the usual port is {DEFAULT_METRICS_PORT})")
     up.set_defaults(func=cmd_up)

@@ -42,6 +42,10 @@ class DaemonConfig:
     mdns: bool = False  # --mdns: advertise and discover seeds on the LAN
     # --advertise-routes, --advertise-exit-node, --accept-routes, --exit-node (docs/policy.md)
     routes: RouteOptions = field(default_factory=RouteOptions)
+    # --metrics / `metrics =`: where Prometheus text is served (None: off; docs/config.md)
+    metrics: Endpoint | None = None
+    log_format: str = "text"  # --log-format: "text" or "json" (one JSON object per line)
+    config_file: Path | None = None  # the meshguard.toml read, if any (re-read on reload)
 
     @property
     def split(self) -> bool:
