@@ -361,6 +361,8 @@ class Pinger:
     interval: float = 0.2
     started: float = 0.0
     replies: dict[int, float] = field(default_factory=dict)
+    # seq -> when ping said "no answer yet" for it (-O prints it as it sends the next one)
+    unanswered: dict[int, float] = field(default_factory=dict)
     sent: int = 0
     _proc: subprocess.Popen[bytes] | None = None
 
@@ -388,9 +390,15 @@ class Pinger:
             self.sent = max(self.sent, seq)
             if "bytes from" in line:
                 self.replies[seq] = float(m.group(1))
+            elif "no answer yet" in line:
+                self.unanswered[seq] = float(m.group(1))
 
     def sent_at(self, seq: int) -> float:
-        """When ping sent `seq` (it sends one every `interval` from the start)."""
+        """When ping sent `seq`: one `interval` before its "no answer yet" line if it has one
+        (on a loaded machine ping falls behind its schedule), else one every `interval` from
+        the start."""
+        if seq in self.unanswered:
+            return self.unanswered[seq] - self.interval
         return self.started + (seq - 1) * self.interval
 
     def lost(self, since: float = 0.0, until: float = float("inf")) -> list[int]:
