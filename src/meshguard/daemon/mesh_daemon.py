@@ -34,7 +34,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -49,6 +48,7 @@ from meshguard.daemon.dns_server import DnsServer
 from meshguard.daemon.gossip_state import load_high_water, save_high_water
 from meshguard.daemon.host_probe import has_net_admin, resolve_seeds, underlay_hosts
 from meshguard.daemon.kernel_module import ensure_module, gossip_port_for
+from meshguard.daemon.log_format import register_secret, setup_logging
 from meshguard.daemon.netlink_events import NetlinkEvents
 from meshguard.daemon.path_probes import install_prober, ping_request
 from meshguard.daemon.policy_runner import PolicyRunner
@@ -185,6 +185,8 @@ class MeshDaemon:
         claim_socket_path(socket_path(cfg.interface, cfg.run_dir), cfg.interface)
         self.identity = store.load_identity(self.config_dir)
         self.wg_private = store.load_wireguard_key(self.config_dir)
+        for secret in (self.identity.seed, self.wg_private.raw):
+            register_secret(secret)  # redacted from every log line (daemon/log_format.py)
         trust = TrustStore.load(self.config_dir)
         for p in trust.problems:
             log.warning("trust store: %s", p)
@@ -631,24 +633,8 @@ class MeshDaemon:
         return self.exit_code
 
 
-def _quiet_libraries(record: logging.LogRecord) -> bool:
-    """pyroute2 and asyncio debug chatter drowns our own debug output: keep their warnings."""
-    noisy = record.name.startswith(("pyroute2", "asyncio"))
-    return record.levelno >= logging.WARNING or not noisy
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for h in logging.getLogger().handlers:
-        h.addFilter(_quiet_libraries)
-
-
 def run_foreground(config: DaemonConfig, on_error: Callable[[str], None] | None = None) -> int:
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         return asyncio.run(MeshDaemon(config).run())
     except MeshguardError as exc:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshguard.crypto.keys import X25519PublicKey
+from meshguard.daemon.log_format import register_secret
 from meshguard.identity.wg_devices import WgDevice, load_devices
 from meshguard.mesh.actions import IPNetwork
 from meshguard.wireguard.device import Device, DeviceError
@@ -97,6 +98,8 @@ class WgDevicePeers:
         if self.on_keys is not None:  # before adding: a member holding a device key goes
             self.on_keys(frozenset(d.public_key for d in want.values()))
         for d in new:
+            if any(d.preshared_key):
+                register_secret(d.preshared_key)  # redacted from every log line
             if self._add(d):
                 self.active[d.name] = d
         if self.on_keys is not None and len(self.active) != len(want):
