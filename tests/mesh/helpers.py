@@ -202,7 +202,8 @@ class Net:
         self.queue: deque[tuple[tuple[str, int], bytes, tuple[str, int]]] = deque()
         self.down: set[tuple[str, int]] = set()
 
-    def add(self, name: str, ip: str) -> SimNode:
+    def add(self, name: str, ip: str, **device: Any) -> SimNode:
+        """A member at `ip`; `device` goes to its Device (under_load_threshold, ...)."""
         ident = Ed25519PrivateKey(self.rng.bytes(32))
         wg = X25519PrivateKey.generate(self.rng.bytes(32))
         ep = (ip, 51821)
@@ -211,7 +212,7 @@ class Net:
         port = build_membership(identity=ident, wg_private=wg, certificate=None, endpoints=[ep],
                                 kernel=False, admitter=trust, rng=self.rng, now=c.monotonic(),
                                 wall=c.wall())
-        dev = Device(self.rng, wg)
+        dev = Device(self.rng, wg, **device)
         node = MeshNode(ident.public_key.raw, wg.public_key.raw, port, trust, device=dev,
                         backend=DeviceBackend(dev))
         sn = SimNode(name, ep, ident, node, trust)
