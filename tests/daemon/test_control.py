@@ -23,6 +23,7 @@ from meshguard.daemon.control_client import (
 from meshguard.daemon.control_server import AlreadyRunningError, ControlServer
 from meshguard.daemon.runtime import InterfaceNameError, run_dir, socket_path
 from meshguard.errors import MeshguardError, WireFormatError
+from meshguard.testing.control_thread import ControlThread
 from meshguard.wire.control import (
     SCHEMA_VERSION,
     MemberStatus,
@@ -119,11 +120,10 @@ def test_paths(tmp_path: Path) -> None:
             socket_path(bad, tmp_path)
 
 
-class ServerThread:
-    """A ControlServer on its own event loop thread, so the blocking client can talk to it."""
+class ServerThread(ControlThread):
+    """A ControlServer answering the sample report, refusing `hello` and noting `down`."""
 
     def __init__(self, path: Path, iface: str) -> None:
-        self.loop = asyncio.new_event_loop()
         self.requests: list[Request] = []
         self.down = threading.Event()
 
@@ -138,16 +138,7 @@ class ServerThread:
                 raise MeshguardError("refused for the test")
             return {}
 
-        self.server = ControlServer(path, iface, handler)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+        super().__init__(path, iface, handler)
 
 
 @pytest.fixture

@@ -134,7 +134,8 @@ def run_dir_of(args: argparse.Namespace) -> Path:
     return run_dir(getattr(args, "run_dir", None))
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def status_reports(args: argparse.Namespace) -> list[StatusReport]:
+    """The status of the daemon named by --interface, or of every running one."""
     from meshguard.daemon.control_client import (
         ControlClient,
         DaemonNotRunningError,
@@ -143,7 +144,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
 
     directory = run_dir_of(args)
-    now = time.time()
     if args.interface is None:
         daemons = running_daemons(directory)
         if not daemons:
@@ -151,16 +151,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         clients = [ControlClient(d.path, d.interface) for d in daemons]
     else:
         clients = [select_daemon(directory, args.interface)]
-    reports = [c.status() for c in clients]
-    if args.json:
-        if (len(reports) == 1 and args.interface is not None) or len(reports) == 1:
-            print(json.dumps(reports[0].to_json(), indent=2, sort_keys=True))
-        else:
-            print(json.dumps({"schema_version": 1,
-                              "daemons": [r.to_json() for r in reports]}, indent=2,
-                             sort_keys=True))
-        return 0
-    print("\n\n".join(format_status(r, now) for r in reports))
+    return [c.status() for c in clients]
+
+
+def render_status(reports: list[StatusReport], as_json: bool, now: float,
+                  indent: int | None = 2) -> str:
+    if as_json:
+        if len(reports) == 1:
+            return json.dumps(reports[0].to_json(), indent=indent, sort_keys=True)
+        return json.dumps({"schema_version": 1, "daemons": [r.to_json() for r in reports]},
+                          indent=indent, sort_keys=True)
+    return "\n\n".join(format_status(r, now) for r in reports)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch or args.interval is not None:
+        from meshguard.cli.status_watch import cmd_watch
+
+        return cmd_watch(args)
+    print(render_status(status_reports(args), args.json, time.time()))
     return 0
 
 
@@ -225,6 +234,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_common(st, None)
     st.add_argument("--json", action="store_true",
                     help="machine-readable output (schema in meshguard.wire.control)")
+    st.add_argument("--watch", "-w", action="store_true",
+                    help="refresh until Ctrl-C (with --json: one document per line)")
+    st.add_argument("--interval", type=float, metavar="S",
+                    help="seconds between refreshes of --watch (default 2)")
     st.set_defaults(func=cmd_status)
 
     rv = sub.add_parser("org-revoke", help="revoke this org's certificate of a node and "
