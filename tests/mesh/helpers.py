@@ -5,7 +5,8 @@ test_node_holepunch.py, test_node_relay_views.py); a MeshNode with a HolePuncher
 hole-punch-aware device, one stalled peer B and one public member R (`setup`:
 test_node_holepunch.py, test_node_relay_origin.py); the virtual-time mesh of real Devices and
 SWIM cores on one in-memory UDP network (Net, SimNode: test_mesh_sim.py, test_org_gossip.py;
-Net.move, a node whose address changes: test_roaming_sim.py); and its org-certificate variant,
+Net.move, a node whose address changes: test_roaming_sim.py; `joined_pair`: test_portmap_advert.py,
+test_log_secrets.py); and its org-certificate variant,
 a joined cluster of certified members (`cluster`: test_org_gossip.py, test_org_flood.py).
 """
 
@@ -268,6 +269,18 @@ class Net:
         c = self.clock
         self.run_actions(a, a.node.send_packet(c.monotonic(), c.wall(), pkt))
         return pkt
+
+
+def joined_pair(seed: int) -> tuple[Net, SimNode, SimNode]:
+    """Two members that trust each other, b joined through a, after 4 s of virtual time."""
+    net = Net(seed)
+    a, b = net.add("a", "192.0.2.1"), net.add("b", "192.0.2.2")
+    a.trust.keys.add(b.key)
+    b.trust.keys.add(a.key)
+    net.join(a, [])
+    net.join(b, [a])
+    net.run(4.0)
+    return net, a, b
 
 
 def ip_packet(src_key: bytes, dst_key: bytes, v6: bool, payload: bytes) -> bytes:

@@ -23,7 +23,7 @@ from meshguard.daemon.log_format import JsonFormatter, TextFormatter
 from meshguard.wireguard.actions import SendDatagram, WriteTun
 from meshguard.wireguard.device import Device
 
-from .helpers import Net, SimNode
+from .helpers import Net, SimNode, joined_pair
 
 
 class Records(logging.Handler):
@@ -147,13 +147,7 @@ def test_no_key_of_any_handshake_path_reaches_a_log_line(records: Records) -> No
 
 def test_the_check_finds_a_key_that_is_logged(records: Records) -> None:
     """The search above can fail: a session key logged in any of the encodings is found."""
-    net = Net(22)
-    a, b = net.add("a", "192.0.2.1"), net.add("b", "192.0.2.2")
-    a.trust.keys.add(b.key)
-    b.trust.keys.add(a.key)
-    net.join(a, [])
-    net.join(b, [a])
-    net.run(4.0)
+    _, a, b = joined_pair(22)
     secrets: dict[bytes, str] = {}
     harvest([a, b], secrets)
     session = next(s for s, what in secrets.items() if what.endswith("session send key"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from meshguard.nat.portmap import Method, PortMapping, advertisement
 from meshguard.nat.stun_client import NatType
 
-from .helpers import Net, SimNode
+from .helpers import SimNode, joined_pair
 
 
 def _view(of: SimNode, at: SimNode) -> tuple[tuple[tuple[str, int], ...], int]:
@@ -15,13 +15,7 @@ def _view(of: SimNode, at: SimNode) -> tuple[tuple[tuple[str, int], ...], int]:
 
 
 def test_a_mapping_is_advertised_first_and_taken_out_when_lost() -> None:
-    net = Net(13)
-    a, b = net.add("a", "192.0.2.1"), net.add("b", "192.0.2.2")
-    a.trust.keys.add(b.key)
-    b.trust.keys.add(a.key)
-    net.join(a, [])
-    net.join(b, [a])
-    net.run(4.0)
+    net, a, b = joined_pair(13)
     port = b.node.membership
     c = net.clock
     stun = ("198.51.100.7", 31000)
