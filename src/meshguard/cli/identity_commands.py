@@ -30,7 +30,13 @@ def _now() -> float:
 
 
 def _version(args: argparse.Namespace) -> int:
+    from meshguard.dataplane import fastpath
+
     print(f"meshguard {__version__}")
+    if fastpath.IMPLEMENTATION == "c":
+        print("data path: C (meshguard.dataplane._fastpath)")
+    else:
+        print(f"data path: pure Python ({fastpath.PYTHON_REASON})")
     return 0
 
 
@@ -195,7 +201,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("version", help="print the version")
+    p = sub.add_parser("version", help="print the version and the data path in use (C or pure "
+                                       "Python)")
     p.set_defaults(func=_version)
 
     p = sub.add_parser("keygen", help="create this node's identity and WireGuard key")

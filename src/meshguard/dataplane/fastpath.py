@@ -44,8 +44,9 @@ a keypair's atomic send counter, locked replay window and the thread's ciphers, 
 the thread itself.
 
 The C module is used when importable unless MESHGUARD_PURE_PYTHON=1; `IMPLEMENTATION` says
-which one is active ("c" or "python"); `python_impl()` and `c_impl()` return either module-like
-namespace for tests.
+which one is active ("c" or "python"), `PYTHON_REASON` why it is the pure Python one (for
+`meshguard version`); `python_impl()` and `c_impl()` return either module-like namespace for
+tests.
 """
 
 from __future__ import annotations
@@ -79,11 +80,17 @@ from meshguard.wireguard.transport import (
 )
 
 try:
-    from meshguard.dataplane import _fastpath as _c
+    import meshguard.dataplane._fastpath as _c
 
     _HAVE_C = True
-except ImportError:  # not built, or cannot load (e.g. no libcrypto)
+    _C_MISSING = ""
+except ModuleNotFoundError as exc:  # not built (no compiler or OpenSSL headers at install)
     _HAVE_C = False
+    _C_MISSING = ("the C extension is not built" if exc.name == "meshguard.dataplane._fastpath"
+                  else str(exc))
+except ImportError as exc:  # built, but cannot load (e.g. no libcrypto)
+    _HAVE_C = False
+    _C_MISSING = f"the C extension does not load: {exc}"
 
 if TYPE_CHECKING:
     from meshguard.dataplane._fastpath import HandshakeGuard as CHandshakeGuard
@@ -300,14 +307,21 @@ def c_impl() -> Impl | None:
         coalesce=_c.coalesce, HandshakeGuard=_c.HandshakeGuard, recv_batch=_c.recv_batch)
 
 
+def _pure_python_asked() -> bool:
+    return os.environ.get("MESHGUARD_PURE_PYTHON", "") not in ("", "0")
+
+
 def _select() -> Impl:
-    if os.environ.get("MESHGUARD_PURE_PYTHON", "") not in ("", "0"):
+    if _pure_python_asked():
         return python_impl()
     return c_impl() or python_impl()
 
 
 _impl = _select()
 IMPLEMENTATION: str = _impl.name
+# why the pure Python implementation is in use ("" with the C one)
+PYTHON_REASON: str = ("" if IMPLEMENTATION == "c" else
+                      "MESHGUARD_PURE_PYTHON=1" if _pure_python_asked() else _C_MISSING)
 Cipher = _impl.Cipher
 checksum = _impl.checksum
 segment_count = _impl.segment_count
@@ -331,6 +345,7 @@ __all__ = [
     "IMPLEMENTATION",
     "KEEPALIVE",
     "OK",
+    "PYTHON_REASON",
     "Cipher",
     "HandshakeGuard",
     "PolicyFilter",
