@@ -31,9 +31,10 @@ _POLICY = "meshguard.cli.policy_commands"
 _VOUCH = "meshguard.cli.vouch_command"
 _POLICY_VIEW = "meshguard.cli.policy_view"
 _EXPORT_WG = "meshguard.cli.export_wg_command"
+_COMPLETION = "meshguard.cli.completion_command"
 # in the order `--help` lists them
 COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _VOUCH, _CONNECT, _PING, _POLICY,
-                   _POLICY_VIEW, _EXPORT_WG)
+                   _POLICY_VIEW, _EXPORT_WG, _COMPLETION)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -47,6 +48,7 @@ COMMANDS = {
     "org-vouch": _VOUCH,
     "policy": _POLICY_VIEW,
     "export-wg": _EXPORT_WG,
+    "completion": _COMPLETION,
 }
 
 
