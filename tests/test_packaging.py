@@ -217,7 +217,8 @@ def test_build_without_openssl_headers_names_them(built: Built, tmp_path: Path) 
 
 
 def test_committed_man_page_and_completions_are_up_to_date() -> None:
-    assert stale(REPO) == [], "generated from the parser: run ./dev man and commit the result"
+    old = [rel.as_posix() for rel in stale(REPO)]
+    assert not old, f"{', '.join(old)}: stale (generated from the parser): run ./dev man"
 
 
 def test_man_page_section_agrees_with_the_systemd_unit_and_setup() -> None:
