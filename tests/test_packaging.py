@@ -19,6 +19,7 @@ fresh environment finds the installed wheel, which a test checks.
 from __future__ import annotations
 
 import email.parser
+import importlib.machinery
 import os
 import re
 import shutil
@@ -149,6 +150,8 @@ def test_fresh_venv_runs_the_installed_wheel_with_the_c_data_path(built: Built) 
     assert version.returncode == 0, version.stderr
     assert version.stdout.splitlines() == [f"meshguard {__version__}",
                                            "data path: C (meshguard.dataplane._fastpath)"]
+    forced = _run([built.bin / "meshguard", "version"], MESHGUARD_PURE_PYTHON="1")
+    assert forced.stdout.splitlines()[1] == "data path: pure Python (MESHGUARD_PURE_PYTHON=1)"
     helped = _run([built.bin / "meshguard", "--help"])
     assert helped.returncode == 0, helped.stderr
     assert all(name in helped.stdout for name in COMMANDS)
@@ -198,6 +201,12 @@ def test_build_without_a_compiler_says_so_and_installs_the_pure_python_data_path
     version = _run([bin_dir / "meshguard", "version"])
     assert version.stdout.splitlines() == [
         f"meshguard {__version__}", "data path: pure Python (the C extension is not built)"]
+    # an extension that is there but cannot load (here: not a shared object at all)
+    package = Path(_run([bin_dir / "python", "-c", "import meshguard.dataplane as d; "
+                      "print(d.__path__[0])"]).stdout.strip())
+    (package / f"_fastpath{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"garbage")
+    broken = _run([bin_dir / "meshguard", "version"]).stdout.splitlines()
+    assert broken[1].startswith("data path: pure Python (the C extension does not load: ")
 
 
 def test_build_without_openssl_headers_names_them(built: Built, tmp_path: Path) -> None:
