@@ -49,16 +49,17 @@ class OptionalBuildExt(build_ext):
         compiler = self.compiler
         include_dirs = [*ext.include_dirs, *(self.include_dirs or [])]
         with tempfile.TemporaryDirectory() as tmp:
+            objects: list[str] = []
             for number, (source, reason) in enumerate(_PROBES):
                 path = Path(tmp, f"probe{number}.c")
                 path.write_text(source)
                 try:
-                    compiler.compile([str(path)], output_dir=tmp, include_dirs=include_dirs)
+                    objects = compiler.compile([str(path)], output_dir=tmp,
+                                               include_dirs=include_dirs)
                 except Exception:
                     cc = os.environ.get("CC")
                     return f"{reason}, CC={cc}" if number == 0 and cc else reason
             # link the last probe's object against libcrypto the way the extension is linked
-            objects = [str(p) for p in Path(tmp).rglob("probe2*.o")]
             try:
                 compiler.link_shared_object(objects, str(Path(tmp, "probe.so")),
                                             libraries=list(ext.libraries))

@@ -2,9 +2,10 @@
 without a C compiler or OpenSSL headers, one version everywhere, and the generated man page
 and shell completions.
 
-One module-scoped build (about 10 s: `python -m build --no-isolation` makes the sdist, then
-the wheel from the unpacked sdist, compiling the C data path once) serves every test here; all
-of them run in one pytest-xdist worker (`xdist_group`), so the build happens once.
+One module-scoped build (about 10 s of the module's 25 on an idle machine: `python -m build
+--no-isolation` makes the sdist, then the wheel from the unpacked sdist, compiling the C data
+path once) serves every test here; all of them run in one pytest-xdist worker (`xdist_group`),
+so the build happens once.
 
 The fresh virtualenv gets the wheel with `pip install --no-deps` and finds the runtime
 dependencies through one .pth line naming the dev virtualenv's site-packages: the tests run
