@@ -64,7 +64,7 @@ from meshguard.daemon.underlay_watch import UnderlayWatch, seed_probe
 from meshguard.daemon.userspace_runner import UserspaceRunner
 from meshguard.daemon.wg_device_peers import WgDevicePeers, for_runner
 from meshguard.dataplane.tun import interface_exists
-from meshguard.dns.resolver import Resolver, build_table
+from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
@@ -388,7 +388,10 @@ class MeshDaemon:
         node = self.node
         if node is not None and node.names_version != self._names_version:
             self._names_version = node.names_version
-            self._resolver.set_table(build_table(node.dns_table(self.clock.wall())))
+            wall = self.clock.wall()
+            self._resolver.set_table(build_table(node.dns_table(wall)), wall)  # SOA serial
+            self._resolver.server = HostAddresses(  # ns.mesh (dns/resolver.py)
+                () if node.self_ipv4 is None else (node.self_ipv4,), (node.self_ipv6,))
         return self._resolver
 
     async def _start_dns(self, stack: contextlib.AsyncExitStack) -> None:
