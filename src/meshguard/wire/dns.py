@@ -12,7 +12,7 @@ RCODE(3..0). Names in queries must be uncompressed (a query has nothing to point
 answers name the question by the pointer 0xC00C (offset 12) unless they carry their own owner
 name (uncompressed, as are names inside RDATA).
 
-Kept hand-written rather than replaced by dnspython: measured 6-20x faster per query
+Kept hand-written rather than replaced by dnspython: measured 5-20x faster per query
 (bench/dns_codec.py; numbers in docs/mesh-dns-and-org-revocation.md#the-codec).
 """
 
