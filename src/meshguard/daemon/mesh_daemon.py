@@ -54,6 +54,7 @@ from meshguard.daemon.path_probes import install_prober, ping_request
 from meshguard.daemon.policy_runner import PolicyRunner
 from meshguard.daemon.portmap_rehome import PortmapHolder
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
+from meshguard.daemon.resolved_link import ResolvedLink, routing_domains
 from meshguard.daemon.route_manager import RouteManager, start_routes
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
@@ -397,10 +398,14 @@ class MeshDaemon:
     async def _start_dns(self, stack: contextlib.AsyncExitStack) -> None:
         node = self.node
         assert node is not None
-        server = DnsServer(self.current_resolver, self.cfg.dns_port)
+        cfg, trust = self.cfg, self.trust
+        server = DnsServer(  # registered with systemd-resolved (daemon/resolved_link.py)
+            self.current_resolver, cfg.dns_port,
+            link=ResolvedLink(cfg.interface, env=cfg.env) if cfg.resolved else None,
+            domains=lambda: routing_domains(trust.store.orgs.values() if trust else ()))
         addrs = [str(a) for a in (node.self_ipv4, node.self_ipv6) if a is not None]
         await server.start(addrs)
-        stack.push_async_callback(server.close)
+        stack.push_async_callback(server.stop)
         self.dns_server = server
 
     # ---- event plumbing --------------------------------------------------------------
@@ -547,6 +552,8 @@ class MeshDaemon:
         self._execute(actions)
         if self.policies is not None:
             self.policies.reload(new)
+        if self.dns_server is not None:
+            self.dns_server.relink()  # trusted orgs' routing domains
 
     async def _trust_poller(self) -> None:
         saved = self.clock.monotonic()
