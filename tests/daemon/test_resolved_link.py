@@ -227,3 +227,32 @@ def test_no_resolved_reaches_the_daemon_config_and_the_background_daemon(
             up_command.cmd_up(build_parser().parse_args(
                 ["up", "--interface", "mgt7", "--run-dir", str(tmp_path / "run"), *flags]))
     assert ["--no-resolved" in a for a in argvs] == [False, True]
+
+
+def test_a_slow_resolvectl_does_not_hold_up_the_dns_server(tmp_path: Path) -> None:
+    """Registration runs beside start-up: queries are answered while resolvectl still waits."""
+    fake = Fake(tmp_path)
+    gate = tmp_path / "go"
+    script = fake.bin / "resolvectl"
+    script.write_text(script.read_text().replace(
+        "#!/bin/sh\n", f'#!/bin/sh\nwhile [ ! -e "{gate}" ]; do sleep 0.05; done\n', 1))
+    resolver = Resolver(build_table([("a.mesh", HostAddresses(
+        (ipaddress.IPv4Address(V4),), ()))]))
+    port = _free_port()
+    server = DnsServer(lambda: resolver, port, link=fake.link(timeout=60))
+
+    async def run() -> None:
+        await server.start(["127.0.0.1"])
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setblocking(False)
+            await loop.sock_connect(udp, ("127.0.0.1", port))
+            await loop.sock_sendall(udp, dns.build_query(4, "a.mesh", dns.TYPE_A))
+            resp = dns.parse_response(await asyncio.wait_for(loop.sock_recv(udp, 512), 5))
+        assert resp.answers and fake.calls == []  # answered; resolvectl has not run yet
+        gate.touch()
+        await server.stop()  # waits for the registration, then reverts
+
+    asyncio.run(run())
+    assert fake.calls == [f"dns mg7 127.0.0.1:{port}", "domain mg7 ~mesh", "dnssec mg7 no",
+                          "revert mg7"]

@@ -108,7 +108,7 @@ class DnsServer:
         self.allowed = allowed
         self.link = link
         self.domains = domains
-        self._relink: asyncio.Task[bool] | None = None
+        self._link_tasks: set[asyncio.Task[bool]] = set()
         self.counters: Counter[str] = Counter()
         self.port = port
         self._transports: list[asyncio.BaseTransport] = []
@@ -136,21 +136,23 @@ class DnsServer:
             self.bound.append(addr)
         if self.bound:
             log.info("DNS: serving *.mesh on %s port %d", ", ".join(self.bound), self.port)
-            if self.link is not None:
-                await self.link.apply(self.bound, self.port, self.domains())
+            self.relink()
 
     def relink(self) -> None:
-        """Send changed routing domains to systemd-resolved (in the background)."""
+        """Send the bound addresses and routing domains to systemd-resolved, in the background
+        (a slow resolvectl never delays start-up); the link runs one call at a time."""
         if self.link is not None and self.bound:
-            self._relink = asyncio.get_running_loop().create_task(
-                self.link.apply(self.bound, self.port, self.domains()))
+            task = asyncio.get_running_loop().create_task(
+                self.link.apply(list(self.bound), self.port, list(self.domains())))
+            self._link_tasks.add(task)
+            task.add_done_callback(self._link_tasks.discard)
 
     async def stop(self) -> None:
         """Close the listeners and take the registration back (the daemon stops)."""
         await self.close()
-        if self._relink is not None:
+        for task in list(self._link_tasks):
             with contextlib.suppress(Exception):
-                await self._relink
+                await task
         if self.link is not None:
             await self.link.revert()
 

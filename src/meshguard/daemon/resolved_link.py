@@ -83,6 +83,7 @@ class ResolvedLink:
         self.registered = False  # a registering command succeeded: revert at stop
         self._done: dict[str, tuple[str, ...]] = {}  # subcommand -> the arguments applied
         self._tool: str | None = None
+        self._lock = asyncio.Lock()  # one call at a time, in the order asked
 
     def _resolvectl(self) -> str | None:
         if self._tool is None:
@@ -106,19 +107,24 @@ class ResolvedLink:
 
     async def apply(self, addresses: Sequence[str], port: int, domains: Sequence[str]) -> bool:
         """Register the server on `addresses` and `domains`; True when resolved has them."""
-        if self.off or not addresses or self._resolvectl() is None:
-            return False
-        for args in link_commands(self.interface, addresses, port, domains):
-            if self._done.get(args[0]) == args:
-                continue
-            if not await self._run(args):
+        async with self._lock:
+            if self.off or not addresses or self._resolvectl() is None:
                 return False
-            self._done[args[0]] = args
-            self.registered = True
-        return True
+            for args in link_commands(self.interface, addresses, port, domains):
+                if self._done.get(args[0]) == args:
+                    continue
+                if not await self._run(args):
+                    return False
+                self._done[args[0]] = args
+                self.registered = True
+            return True
 
     async def revert(self) -> None:
         """Take back what `apply` registered (at stop)."""
+        async with self._lock:
+            await self._revert()
+
+    async def _revert(self) -> None:
         if not self.registered or self._tool is None:
             return
         self.registered = False
