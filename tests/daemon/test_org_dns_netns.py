@@ -55,7 +55,7 @@ for _ in range(an):
     data = r[off + 12:off + 12 + ln]; off += 12 + ln
     ans.append(socket.inet_ntop(socket.AF_INET if t == 1 else socket.AF_INET6, data))
 print(json.dumps({"id": qid, "rcode": flags & 15, "aa": bool(flags & 0x400),
-                  "echo": r[12:len(q)] == q[12:], "answers": ans}))
+                  "echo": r[12:len(q)] == q[12:], "answers": ans, "authority": ns}))
 """
 
 
@@ -125,7 +125,8 @@ def test_members_resolve_each_other(mesh: Mesh) -> None:
     nick = query(mesh.admin, mesh.b.mesh_v4, "charlie.mesh")
     assert nick.get("answers") == [mesh.c.mesh_v4], nick
     assert query(mesh.admin, mesh.c.mesh_v4, "charlie.mesh").get("rcode") == 3  # b's only
-    assert query(mesh.b, mesh.c.mesh_v4, f"nobody.{dom}.mesh").get("rcode") == 3  # NXDOMAIN
+    nx = query(mesh.b, mesh.c.mesh_v4, f"nobody.{dom}.mesh")
+    assert (nx.get("rcode"), nx.get("authority")) == (3, 1), nx  # NXDOMAIN with the SOA
     assert query(mesh.b, mesh.c.mesh_v4, "example.com").get("rcode") == 5  # REFUSED
 
 

@@ -8,6 +8,8 @@ import ipaddress
 import socket
 import struct
 
+from dns import asyncquery, message, rcode, rdatatype
+
 from meshguard.daemon.dns_server import DnsServer
 from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 from meshguard.wire import dns
@@ -62,6 +64,34 @@ async def _exercise() -> None:
 
 def test_udp_and_tcp_on_loopback() -> None:
     asyncio.run(_exercise())
+
+
+def test_dnspython_client_gets_soa_in_negative_answers_over_udp_and_tcp() -> None:
+    async def run() -> None:
+        resolver = Resolver(build_table([("a.mesh", HostAddresses((V4,), ()))]))
+        port = free_port()
+        server = DnsServer(lambda: resolver, port)
+        await server.start(["127.0.0.1"])
+        try:
+            nx = await asyncquery.udp(message.make_query("gone.mesh.", "A", use_edns=0),
+                                      "127.0.0.1", timeout=5, port=port)
+            assert nx.rcode() == rcode.NXDOMAIN and nx.answer == []
+            assert [(str(x.name), x.rdtype, x.ttl) for x in nx.authority] == [
+                ("mesh.", rdatatype.SOA, 10)]
+            nodata = await asyncquery.tcp(message.make_query("a.mesh.", "AAAA"), "127.0.0.1",
+                                          timeout=5, port=port)
+            assert nodata.rcode() == rcode.NOERROR and nodata.answer == []
+            assert [x.rdtype for x in nodata.authority] == [rdatatype.SOA]
+            soa = await asyncquery.tcp(message.make_query("mesh.", "SOA"), "127.0.0.1",
+                                       timeout=5, port=port)
+            assert [x.rdtype for x in soa.answer] == [rdatatype.SOA] and soa.authority == []
+            ok = await asyncquery.udp(message.make_query("a.mesh.", "A"), "127.0.0.1",
+                                      timeout=5, port=port)
+            assert [str(r) for r in ok.answer[0]] == [str(V4)]
+        finally:
+            await server.close()
+
+    asyncio.run(run())
 
 
 class _Transport:

@@ -151,6 +151,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         dns=not args.no_dns,
         dns_port=args.dns_port,
+        resolved=not args.no_resolved,
         portmap=() if args.no_portmap else _parse_portmap(args.portmap_methods),
         seed_domains=[parse_seed_domain(d) for d in args.dns],
         mdns=args.mdns,
@@ -191,6 +192,8 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
     if args.no_dns:
         argv.append("--no-dns")
     argv += ["--dns-port", str(args.dns_port)]
+    if args.no_resolved:
+        argv.append("--no-resolved")
     if args.no_portmap:
         argv.append("--no-portmap")
     argv += ["--portmap-methods", args.portmap_methods]
@@ -274,10 +277,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="start even with an empty trust store (no member will be admitted "
                          "until one is trusted)")
     up.add_argument("--dns-port", type=int, default=53,
-                    help="port of the *.mesh DNS server on the mesh addresses (default 53); "
-                         "point a resolver at it with `resolvectl dns IFACE <mesh IPv4>; "
-                         "resolvectl domain IFACE '~mesh'` (docs/mesh-dns-and-org-revocation.md)")
+                    help="port of the *.mesh DNS server on the mesh addresses (default 53; "
+                         "docs/mesh-dns-and-org-revocation.md)")
     up.add_argument("--no-dns", action="store_true", help="do not serve *.mesh names")
+    up.add_argument("--no-resolved", action="store_true",
+                    help="do not register the DNS server and ~mesh with systemd-resolved")
     up.add_argument("--no-portmap", action="store_true",
                     help="do not ask the home router (PCP, NAT-PMP, UPnP-IGD) to forward the "
                          "UDP port")

@@ -36,6 +36,8 @@ class DaemonConfig:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     dns: bool = True  # serve *.mesh on the mesh addresses (daemon/dns_server.py)
     dns_port: int = 53
+    # register the DNS server and ~mesh with systemd-resolved (daemon/resolved_link.py)
+    resolved: bool = True
     # port mapping methods tried at the default gateway, in order (nat/portmap.py); () = off
     portmap: tuple[str, ...] = ("pcp", "nat-pmp", "upnp")
     seed_domains: list[str] = field(default_factory=list)  # --dns: TXT seeds (docs/seeds.md)

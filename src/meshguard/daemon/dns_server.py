@@ -10,12 +10,10 @@ socket bind while the address is still tentative (duplicate address detection). 
 two-byte length prefix, several queries per connection) serves clients retrying a truncated
 UDP answer; connections are capped and idle ones closed.
 
-Pointing the system resolver at it (systemd-resolved):
-
-    resolvectl dns mg0 10.99.x.y        # this node's mesh IPv4 (see `meshguard status`)
-    resolvectl domain mg0 '~mesh'       # route only *.mesh queries there
-
-or, without systemd-resolved, `dig @10.99.x.y node-2.abc123.mesh` from any member.
+With a `link` (daemon/resolved_link.py), every start and rebind registers the bound addresses
+and the routing domains `domains()` with systemd-resolved on the mesh interface, `relink()`
+re-sends the domains (trust changed), and `stop()` reverts them. Without systemd-resolved:
+`dig @10.99.x.y node-2.abc123.mesh` from any member.
 """
 
 from __future__ import annotations
@@ -27,9 +25,10 @@ import logging
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
+from meshguard.daemon.resolved_link import ResolvedLink
 from meshguard.dns.resolver import Resolver
 from meshguard.identity.addressing import MESH_IPV4_NETWORK, MESH_IPV6_NETWORK
 
@@ -102,9 +101,14 @@ class DnsServer:
     `allowed(source address)` says whom to answer (default: loopback and mesh addresses)."""
 
     def __init__(self, resolver: Callable[[], Resolver], port: int = DEFAULT_DNS_PORT,
-                 allowed: Callable[[str], bool] = mesh_or_loopback) -> None:
+                 allowed: Callable[[str], bool] = mesh_or_loopback, *,
+                 link: ResolvedLink | None = None,
+                 domains: Callable[[], Sequence[str]] = lambda: ["~mesh"]) -> None:
         self.resolver = resolver
         self.allowed = allowed
+        self.link = link
+        self.domains = domains
+        self._link_tasks: set[asyncio.Task[bool]] = set()
         self.counters: Counter[str] = Counter()
         self.port = port
         self._transports: list[asyncio.BaseTransport] = []
@@ -132,6 +136,25 @@ class DnsServer:
             self.bound.append(addr)
         if self.bound:
             log.info("DNS: serving *.mesh on %s port %d", ", ".join(self.bound), self.port)
+            self.relink()
+
+    def relink(self) -> None:
+        """Send the bound addresses and routing domains to systemd-resolved, in the background
+        (a slow resolvectl never delays start-up); the link runs one call at a time."""
+        if self.link is not None and self.bound:
+            task = asyncio.get_running_loop().create_task(
+                self.link.apply(list(self.bound), self.port, list(self.domains())))
+            self._link_tasks.add(task)
+            task.add_done_callback(self._link_tasks.discard)
+
+    async def stop(self) -> None:
+        """Close the listeners and take the registration back (the daemon stops)."""
+        await self.close()
+        for task in list(self._link_tasks):
+            with contextlib.suppress(Exception):
+                await task
+        if self.link is not None:
+            await self.link.revert()
 
     def udp_protocol(self) -> _Udp:
         return _Udp(self)

@@ -54,6 +54,7 @@ from meshguard.daemon.path_probes import install_prober, ping_request
 from meshguard.daemon.policy_runner import PolicyRunner
 from meshguard.daemon.portmap_rehome import PortmapHolder
 from meshguard.daemon.portmap_task import PortmapTask, start_portmap
+from meshguard.daemon.resolved_link import ResolvedLink, routing_domains
 from meshguard.daemon.route_manager import RouteManager, start_routes
 from meshguard.daemon.runtime import socket_path
 from meshguard.daemon.seed_runner import SeedRunner, open_mdns, seed_sources
@@ -64,7 +65,7 @@ from meshguard.daemon.underlay_watch import UnderlayWatch, seed_probe
 from meshguard.daemon.userspace_runner import UserspaceRunner
 from meshguard.daemon.wg_device_peers import WgDevicePeers, for_runner
 from meshguard.dataplane.tun import interface_exists
-from meshguard.dns.resolver import Resolver, build_table
+from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
@@ -388,16 +389,23 @@ class MeshDaemon:
         node = self.node
         if node is not None and node.names_version != self._names_version:
             self._names_version = node.names_version
-            self._resolver.set_table(build_table(node.dns_table(self.clock.wall())))
+            wall = self.clock.wall()
+            self._resolver.set_table(build_table(node.dns_table(wall)), wall)  # SOA serial
+            self._resolver.server = HostAddresses(  # ns.mesh (dns/resolver.py)
+                () if node.self_ipv4 is None else (node.self_ipv4,), (node.self_ipv6,))
         return self._resolver
 
     async def _start_dns(self, stack: contextlib.AsyncExitStack) -> None:
         node = self.node
         assert node is not None
-        server = DnsServer(self.current_resolver, self.cfg.dns_port)
+        cfg, trust = self.cfg, self.trust
+        server = DnsServer(  # registered with systemd-resolved (daemon/resolved_link.py)
+            self.current_resolver, cfg.dns_port,
+            link=ResolvedLink(cfg.interface, env=cfg.env) if cfg.resolved else None,
+            domains=lambda: routing_domains(trust.store.orgs.values() if trust else ()))
         addrs = [str(a) for a in (node.self_ipv4, node.self_ipv6) if a is not None]
         await server.start(addrs)
-        stack.push_async_callback(server.close)
+        stack.push_async_callback(server.stop)
         self.dns_server = server
 
     # ---- event plumbing --------------------------------------------------------------
@@ -544,6 +552,8 @@ class MeshDaemon:
         self._execute(actions)
         if self.policies is not None:
             self.policies.reload(new)
+        if self.dns_server is not None:
+            self.dns_server.relink()  # trusted orgs' routing domains
 
     async def _trust_poller(self) -> None:
         saved = self.clock.monotonic()

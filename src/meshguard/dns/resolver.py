@@ -13,7 +13,10 @@ Names (all lowercase, under the `mesh` top-level domain; see mesh/node.py `dns_n
 Answers: A = the member's mesh IPv4 (after collision resolution; none when it is IPv6 only),
 AAAA = its mesh IPv6. A name that exists with no record of the asked type, or an interior name
 such as `abc123.mesh`, gets NOERROR with no answer (NODATA, RFC 2308); other names under
-`mesh` get NXDOMAIN; names outside `mesh` get REFUSED (no recursion: RA is clear). Every answer
+`mesh` get NXDOMAIN; both negative answers carry the zone's SOA in the authority section, its
+TTL and MINIMUM the negative TTL (RFC 2308 3, 5). `mesh.` itself answers SOA and NS (the
+server `ns.mesh.`, which resolves to this server's own addresses unless a member holds that
+name). Names outside `mesh` get REFUSED (no recursion: RA is clear). Every answer
 is authoritative (AA). Non-query opcodes get NOTIMP, malformed questions FORMERR, and packets
 that are not even a query header (too short, or a response) get no reply at all, so the
 resolver can never be turned into a reflector of its own output. Nothing here raises on input.
@@ -31,7 +34,14 @@ from meshguard.identity.names import MESH_TLD
 from meshguard.wire import dns
 
 DEFAULT_TTL = 30  # seconds: membership changes within seconds, so keep caches short
+# how long a "no such name" may be cached: short, so a member that just joined resolves soon
+NEGATIVE_TTL = 10
 MAX_TCP = 65535
+NS_NAME = f"ns.{MESH_TLD}"
+SOA_RNAME = f"hostmaster.{MESH_TLD}"
+# no secondaries ever transfer the zone: conventional values (RFC 1912 2.2)
+SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 3600, 600, 86400
+_APEX = dns.encode_name(MESH_TLD)
 
 
 @dataclass(frozen=True)
@@ -65,12 +75,31 @@ class Resolver:
     table: NameTable = field(default_factory=dict)
     ttl: int = DEFAULT_TTL
     counters: Counter[str] = field(default_factory=Counter)
+    negative_ttl: int = NEGATIVE_TTL
+    serial: int = 1  # the SOA serial: moves forward whenever the table changes
+    server: HostAddresses = HostAddresses()  # this server's own addresses (`ns.mesh`)
     _interior: frozenset[str] = frozenset()
     _interior_of: int = -1
+    _soa: tuple[int, dns.Answer, dns.Answer] | None = None
 
-    def set_table(self, table: NameTable) -> None:
+    def set_table(self, table: NameTable, wall: float | None = None) -> None:
+        """Serve `table`; if it differs from the current one the SOA serial moves to the unix
+        time `wall` (or one past the old serial when that is not later)."""
+        if table != self.table:
+            self.serial = max(int(wall or 0), self.serial + 1) & 0xFFFFFFFF
         self.table = table
         self._interior_of = -1
+
+    def soa_records(self) -> tuple[dns.Answer, dns.Answer]:
+        """The zone's SOA as an answer (TTL `ttl`) and for negative answers' authority section
+        (TTL min(ttl, negative_ttl), RFC 2308 3)."""
+        if self._soa is None or self._soa[0] != self.serial:
+            rdata = dns.Soa(NS_NAME, SOA_RNAME, self.serial, SOA_REFRESH, SOA_RETRY,
+                            SOA_EXPIRE, self.negative_ttl).rdata()
+            self._soa = (self.serial, dns.Answer(dns.TYPE_SOA, self.ttl, rdata, _APEX),
+                         dns.Answer(dns.TYPE_SOA, min(self.ttl, self.negative_ttl), rdata,
+                                    _APEX))
+        return self._soa[1], self._soa[2]
 
     def _interior_names(self) -> frozenset[str]:
         if self._interior_of != id(self.table):
@@ -120,20 +149,37 @@ class Resolver:
             return dns.build_response(h.id, base, dns.RCODE_REFUSED, question.raw, edns=edns,
                                       max_size=limit)
         flags = base | dns.AA
+        soa, negative = self.soa_records()
+        qtype = question.qtype
+        if name == MESH_TLD and qtype in (dns.TYPE_SOA, dns.TYPE_NS, dns.TYPE_ANY):
+            apex: list[dns.Answer] = []
+            if qtype != dns.TYPE_NS:
+                apex.append(soa)
+            if qtype != dns.TYPE_SOA:
+                apex.append(dns.Answer(dns.TYPE_NS, self.ttl, dns.encode_name(NS_NAME)))
+            self.counters["dns_answered"] += 1
+            return dns.build_response(h.id, flags, dns.RCODE_NOERROR, question.raw, apex,
+                                      edns=edns, max_size=limit)
         host = self.table.get(name)
+        if host is None and name == NS_NAME and (self.server.ipv4 or self.server.ipv6):
+            host = self.server
         if host is None:
             if name in self._interior_names():
                 self.counters["dns_nodata"] += 1
                 return dns.build_response(h.id, flags, dns.RCODE_NOERROR, question.raw,
-                                          edns=edns, max_size=limit)
+                                          authority=(negative,), edns=edns, max_size=limit)
             self.counters["dns_nxdomain"] += 1
             return dns.build_response(h.id, flags, dns.RCODE_NXDOMAIN, question.raw,
-                                      edns=edns, max_size=limit)
+                                      authority=(negative,), edns=edns, max_size=limit)
         answers: list[dns.Answer] = []
-        if question.qtype in (dns.TYPE_A, dns.TYPE_ANY):
+        if qtype in (dns.TYPE_A, dns.TYPE_ANY):
             answers += [dns.Answer(dns.TYPE_A, self.ttl, a.packed) for a in host.ipv4]
-        if question.qtype in (dns.TYPE_AAAA, dns.TYPE_ANY):
+        if qtype in (dns.TYPE_AAAA, dns.TYPE_ANY):
             answers += [dns.Answer(dns.TYPE_AAAA, self.ttl, a.packed) for a in host.ipv6]
+        if not answers:
+            self.counters["dns_nodata"] += 1
+            return dns.build_response(h.id, flags, dns.RCODE_NOERROR, question.raw,
+                                      authority=(negative,), edns=edns, max_size=limit)
         self.counters["dns_answered"] += 1
         return dns.build_response(h.id, flags, dns.RCODE_NOERROR, question.raw, answers,
                                   edns=edns, max_size=limit)

@@ -333,8 +333,11 @@ def _dns_seeds() -> list[bytes]:
                dns.Answer(dns.TYPE_AAAA, 60, bytes(16))]
     resp = dns.build_response(0x1234, dns.RD | dns.AA, dns.RCODE_NOERROR, question, answers,
                               edns=True, max_size=1232)
-    nx = dns.build_response(1, 0, dns.RCODE_NXDOMAIN, question)
-    return [q, q6, qany, resp, nx, dns.build_response(2, 0, dns.RCODE_FORMERR, None)]
+    soa = dns.Soa("ns.mesh", "hostmaster.mesh", 1_800_000_000, 3600, 600, 86400, 10).rdata()
+    nx = dns.build_response(1, 0, dns.RCODE_NXDOMAIN, question,
+                            authority=[dns.Answer(dns.TYPE_SOA, 10, soa, b"\x04mesh\x00")])
+    qsoa = dns.build_query(3, "mesh", dns.TYPE_SOA)
+    return [q, q6, qany, qsoa, resp, nx, dns.build_response(2, 0, dns.RCODE_FORMERR, None)]
 
 
 def _control_seeds() -> list[bytes]:
