@@ -67,6 +67,7 @@ from meshguard.dataplane.tun import interface_exists
 from meshguard.dns.resolver import Resolver, build_table
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
+from meshguard.identity.keygen import load_node_keys
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
 from meshguard.mesh import org_gossip, org_wiring
 from meshguard.mesh.node import (
@@ -183,8 +184,9 @@ class MeshDaemon:
             raise StartupError("must run as root or with CAP_NET_ADMIN (creating the interface "
                                "needs it)")
         claim_socket_path(socket_path(cfg.interface, cfg.run_dir), cfg.interface)
-        self.identity = store.load_identity(self.config_dir)
-        self.wg_private = store.load_wireguard_key(self.config_dir)
+        # a dir from the original meshguard gets its derived key (identity/wg_key_source.py)
+        keys = load_node_keys(self.config_dir, self.clock.wall())
+        self.identity, self.wg_private = keys.identity, keys.wireguard
         for secret in (self.identity.seed, self.wg_private.raw):
             register_secret(secret)  # redacted from every log line (daemon/log_format.py)
         trust = TrustStore.load(self.config_dir)
