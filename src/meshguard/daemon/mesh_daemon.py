@@ -66,12 +66,13 @@ from meshguard.daemon.wg_device_peers import WgDevicePeers, for_runner
 from meshguard.dataplane.tun import interface_exists
 from meshguard.dns.resolver import Resolver, build_table
 from meshguard.errors import MeshguardError
-from meshguard.identity import store
+from meshguard.identity import org_aliases, store
 from meshguard.identity.keygen import load_node_keys
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
 from meshguard.mesh import org_gossip, org_wiring
 from meshguard.mesh.node import (
     Action,
+    AliasLearned,
     Joined,
     MeshNode,
     PeerDown,
@@ -361,7 +362,22 @@ class MeshDaemon:
         alias = org_gossip.parse_alias_line(text) if text else None
         if alias is not None and node.announce_alias(alias, self.clock.wall()):
             log.info("announcing the org alias %s.mesh", alias.alias)
+        kept = org_aliases.load_aliases(self.config_dir)  # received before a restart
+        if kept.problem is not None or kept.refused:
+            log.warning("org aliases: %s", kept.problem or f"{kept.refused} line(s) of "
+                        f"{org_aliases.ORG_ALIASES} refused (malformed or forged)")
+        org_wiring.restore_aliases(node, kept, self.clock.wall())
         return actions
+
+    def _keep_aliases(self) -> None:
+        """Aliases learned from the mesh go into org_aliases (atomic), for the next start."""
+        org = self.node.org if self.node is not None else None
+        if org is None:
+            return
+        try:
+            org_aliases.save_aliases(self.config_dir, org.aliases.values())
+        except (MeshguardError, OSError) as exc:
+            log.error("cannot keep the org aliases in %s: %s", self.config_dir, exc)
 
     def _persist_revocation(self, r: CertRevocation) -> None:
         """A revocation learned from gossip goes into `revocations` (atomic, under its lock),
@@ -411,6 +427,8 @@ class MeshDaemon:
     def _on_actions(self, actions: list[Action]) -> None:
         """The node's events (everything that is not a datagram or a TUN write)."""
         changes: list[PeerUp | PeerDown] = []
+        if any(isinstance(a, AliasLearned) for a in actions):
+            self._keep_aliases()
         for a in actions:
             if isinstance(a, PeerUp):
                 mark("peer")
