@@ -20,6 +20,7 @@ import pytest
 
 from meshguard.cli.main import main
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.errors import ConfigError
 from meshguard.identity import store
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6, org_domain
 from meshguard.identity.certificate import V1, V1_LEN, V2_LEN, NodeCertificate, sign_certificate
@@ -278,8 +279,29 @@ def test_up_loads_the_derived_key_and_saves_it_with_its_vouch(tmp_path: Path, no
     assert sorted(set(after) - set(before)) == sorted(
         [store.WIREGUARD_KEY, store.WIREGUARD_PUB, store.WIREGUARD_VOUCH]
     )
+    assert keys.unsaved is None
     again = load_node_keys(cfg, wall + 100)  # a restart: the same key, the same vouch
     assert again.wireguard == keys.wireguard and again.vouch == keys.vouch
+
+
+def test_up_runs_on_a_migrated_dir_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only config dir: `up` still gets the derived key (and is told what was not
+    saved); the next start derives the same key again."""
+    cfg = _config_dir(tmp_path, "node-b")
+    before = sorted(p.name for p in cfg.iterdir())
+
+    def read_only(writes: object) -> None:
+        raise ConfigError(f"cannot write {cfg / store.WIREGUARD_KEY} (Read-only file system)")
+
+    monkeypatch.setattr(store, "write_files", read_only)
+    for _ in range(2):
+        keys = load_node_keys(cfg, ORG_CERT_ISSUED_AT + 60)
+        assert keys.wireguard.public_key.b64() == NODES["node-b"].x25519
+        assert keys.unsaved is not None and "Read-only" in keys.unsaved
+        assert keys.vouch.verify()
+    assert sorted(p.name for p in cfg.iterdir()) == before
 
 
 def test_a_rotated_key_wins_and_the_derived_one_never_comes_back(

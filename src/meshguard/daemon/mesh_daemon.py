@@ -190,6 +190,8 @@ class MeshDaemon:
         self.identity, self.wg_private = keys.identity, keys.wireguard
         for secret in (self.identity.seed, self.wg_private.raw):
             register_secret(secret)  # redacted from every log line (daemon/log_format.py)
+        if keys.unsaved is not None:
+            log.warning("WireGuard key: %s", keys.unsaved)
         trust = TrustStore.load(self.config_dir)
         for p in trust.problems:
             log.warning("trust store: %s", p)

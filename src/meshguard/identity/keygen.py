@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.errors import ConfigError
 from meshguard.identity import store
 from meshguard.identity.certificate import NodeCertificate, sign_certificate
 from meshguard.identity.errors import CertificateError
@@ -21,6 +22,7 @@ class NodeKeys:
     identity: Ed25519PrivateKey
     wireguard: X25519PrivateKey
     vouch: WgKeyVouch
+    unsaved: str | None = None  # load_node_keys could not write what it meant to (why)
 
 
 def generate_node_keys(config_dir: Path, rng: Rng, now_wall: float, force: bool) -> NodeKeys:
@@ -100,6 +102,9 @@ def load_node_keys(config_dir: Path, now_wall: float) -> NodeKeys:
     replaced wireguard.key by hand), a fresh one is signed and written. A dir without
     wireguard.key (one made by the original meshguard) gets the key derived from the identity
     written, with its public key and vouch, in one atomic write (identity/wg_key_source.py).
+    In a dir that cannot be written the keys are returned all the same, with `unsaved` saying
+    why: the derived key is derived again next time, and peers learn the key from the signed
+    gossip record, not from these files.
     """
     identity = store.load_identity(config_dir)
     choice = node_wireguard_key(config_dir, identity)
@@ -114,6 +119,10 @@ def load_node_keys(config_dir: Path, now_wall: float) -> NodeKeys:
         writes = store.wireguard_writes(config_dir, wg, vouch)[1:]  # pub + vouch
     if choice.derived:
         writes = store.wireguard_writes(config_dir, wg, vouch)  # key, pub and vouch together
+    unsaved = None
     if writes:
-        store.write_files(writes)
-    return NodeKeys(identity, wg, vouch)
+        try:
+            store.write_files(writes)
+        except ConfigError as exc:
+            unsaved = str(exc)
+    return NodeKeys(identity, wg, vouch, unsaved)
