@@ -337,6 +337,21 @@ def test_a_rotated_key_wins_and_the_derived_one_never_comes_back(
     assert load_node_keys(cfg, wall + 30).wireguard == again.wireguard
 
 
+@pytest.mark.parametrize("node", sorted(NODES))
+def test_the_derived_wireguard_key_is_the_identitys_signing_scalar(node: str) -> None:
+    """Why a derived key is as secret as identity.key (docs/security.md#assumptions-and-limits):
+    its X25519 public key is the Montgomery form, u = (1 + y) / (1 - y), of the Ed25519
+    public key, so the two share one secret scalar, and whoever holds the WireGuard key can
+    sign as the identity. An independent key (`rotate-wg-key`) breaks the relation."""
+    p = 2**255 - 19
+    ed = base64.b64decode(NODES[node].ed25519)
+    y = int.from_bytes(ed, "little") & ((1 << 255) - 1)
+    u = (1 + y) * pow(1 - y, p - 2, p) % p
+    assert u.to_bytes(32, "little") == base64.b64decode(NODES[node].x25519)
+    rotated = X25519PrivateKey.generate(hashlib.sha256(ed).digest())
+    assert u.to_bytes(32, "little") != rotated.public_key.raw
+
+
 def test_keygen_gives_a_new_node_the_originals_wireguard_key(tmp_path: Path) -> None:
     """A node made by `meshguard keygen` has the WireGuard key the original would use for
     the same identity."""
