@@ -3,6 +3,8 @@ leave the config dir untouched."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import os
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meshguard.crypto.keys import Ed25519PrivateKey
+from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.identity import store
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6, org_domain
 from meshguard.identity.certificate import NodeCertificate
@@ -366,11 +368,17 @@ def test_migrated_identity_from_the_original(env: Env) -> None:
     assert info["identity"]["public_key"] == vec["public_key_b64"]
     assert info["identity"]["mesh_ipv4"] == vec["mesh_ipv4"]
     assert info["identity"]["mesh_ipv6"] == vec["mesh_ipv6"]
-    assert info["wireguard"] is None
-    assert any("rotate-wg-key" in p for p in info["problems"])
+    # the original's WireGuard key: the first half of SHA-512(seed) as an X25519 key
+    seed = base64.b64decode(vec["identity_key_file"])[:32]
+    derived = X25519PrivateKey.generate(hashlib.sha512(seed).digest()[:32]).public_key.b64()
+    assert info["wireguard"] == {"public_key": derived, "source": "derived", "vouched": False,
+                                 "vouched_at": None}
+    assert info["problems"] == []
+    assert [p.name for p in env.cfg.iterdir()] == ["identity.key"]  # `show` writes nothing
     assert env.ok("export") == vec["identity_pub_file"]
     env.ok("rotate-wg-key")
     info = json.loads(env.ok("show", "--json"))
     assert info["wireguard"]["vouched"] is True and info["problems"] == []
+    assert info["wireguard"]["source"] == "file" and info["wireguard"]["public_key"] != derived
     assert (env.cfg / "identity.key").read_text() == vec["identity_key_file"]
     assert (env.cfg / "identity.key").stat().st_mode & 0o777 == 0o600

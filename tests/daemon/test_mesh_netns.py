@@ -141,9 +141,15 @@ def test_down_leaves_cleanly(mesh: Mesh) -> None:
 def test_stopped_node_is_reported_dead_and_removed(mesh: Mesh) -> None:
     d = mesh.d
     d.kill()
+    saw: set[str] = set()  # each lists d as dead for DEAD_GRACE (mesh/swim_port.py), then not
+
+    def both_saw_it_dead() -> bool:
+        saw.update(n.name for n in (mesh.seed, mesh.b)
+                   if (n.member(d) or {}).get("state") == "dead")
+        return len(saw) == 2
+
+    mesh.lan.wait(both_saw_it_dead, "seed and b see d dead", 45)
     for n in (mesh.seed, mesh.b):
-        mesh.lan.wait(lambda n=n: (n.member(d) or {}).get("state") == "dead",
-                      f"{n.name} sees d dead", 45)
         assert not n.tunnel_to(d)
     assert not d.sock.exists() or not socket_is_live(d.sock)
 

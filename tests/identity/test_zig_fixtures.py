@@ -20,12 +20,15 @@ import pytest
 
 from meshguard.cli.main import main
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.errors import ConfigError
 from meshguard.identity import store
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6, org_domain
 from meshguard.identity.certificate import V1, V1_LEN, V2_LEN, NodeCertificate, sign_certificate
-from meshguard.identity.keygen import load_node_keys
+from meshguard.identity.errors import IdentityMissingError
+from meshguard.identity.keygen import generate_node_keys, load_node_keys, rotate_wireguard_key
 from meshguard.identity.names import node_dns_name
 from meshguard.identity.trust import TrustStore
+from meshguard.testing.rng import SeededRng
 
 ZIG = Path(__file__).resolve().parents[1] / "vectors" / "zig"
 
@@ -230,10 +233,132 @@ def test_show_on_a_migrated_config_dir(
         assert cert["issued_at"] == ORG_CERT_ISSUED_AT and cert["expires_at"] is None
     else:
         assert cert is None
-    # The original derives its WireGuard key from the identity; meshguard keeps a separate
-    # wireguard.key, so a migrated dir has none until one is created.
+    # No wireguard.key: the key derived from the identity, the one the original printed.
+    assert info["wireguard"] == {
+        "public_key": want.x25519,
+        "source": "derived",
+        "vouched": False,
+        "vouched_at": None,
+    }
+    assert info["problems"] == []
+
+
+@pytest.mark.parametrize("node", sorted(NODES))
+def test_show_prints_the_originals_wireguard_key(
+    tmp_path: Path, node: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`meshguard show` prints the WireGuard key the original's `config show` printed, and
+    writes nothing into the migrated dir."""
+    cfg = _config_dir(tmp_path, node)
+    before = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    monkeypatch.setenv("MESHGUARD_CONFIG_DIR", str(cfg))
+    assert main(["show"]) == 0
+    out = capsys.readouterr().out
+    assert f"WireGuard key: {NODES[node].x25519} (derived from the identity" in out
+    assert "warning" not in out
+    assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before
+
+
+@pytest.mark.parametrize("node", sorted(NODES))
+def test_up_loads_the_derived_key_and_saves_it_with_its_vouch(tmp_path: Path, node: str) -> None:
+    """What `up` loads (load_node_keys, the daemon's preflight) on a dir made by the original:
+    the derived key, written once with its public key and a vouch; nothing else changes."""
+    cfg = _config_dir(tmp_path, node)
+    before = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    wall = ORG_CERT_ISSUED_AT + 60
+    keys = load_node_keys(cfg, wall)
+    assert keys.wireguard.public_key.b64() == NODES[node].x25519
+    assert keys.identity.public_key.b64() == NODES[node].ed25519
+    assert keys.vouch.verify() and keys.vouch.issued_at == wall
+    assert keys.vouch.wg_key == keys.wireguard.public_key.raw
+    assert store.load_wireguard_key(cfg) == keys.wireguard
+    assert (cfg / store.WIREGUARD_PUB).read_text() == NODES[node].x25519 + "\n"
+    assert (cfg / store.WIREGUARD_KEY).stat().st_mode & 0o777 == 0o600
+    after = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(set(after) - set(before)) == sorted(
+        [store.WIREGUARD_KEY, store.WIREGUARD_PUB, store.WIREGUARD_VOUCH]
+    )
+    assert keys.unsaved is None
+    again = load_node_keys(cfg, wall + 100)  # a restart: the same key, the same vouch
+    assert again.wireguard == keys.wireguard and again.vouch == keys.vouch
+
+
+def test_up_runs_on_a_migrated_dir_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only config dir: `up` still gets the derived key (and is told what was not
+    saved); the next start derives the same key again."""
+    cfg = _config_dir(tmp_path, "node-b")
+    before = sorted(p.name for p in cfg.iterdir())
+
+    def read_only(writes: object) -> None:
+        raise ConfigError(f"cannot write {cfg / store.WIREGUARD_KEY} (Read-only file system)")
+
+    monkeypatch.setattr(store, "write_files", read_only)
+    for _ in range(2):
+        keys = load_node_keys(cfg, ORG_CERT_ISSUED_AT + 60)
+        assert keys.wireguard.public_key.b64() == NODES["node-b"].x25519
+        assert keys.unsaved is not None and "Read-only" in keys.unsaved
+        assert keys.vouch.verify()
+    assert sorted(p.name for p in cfg.iterdir()) == before
+
+
+def test_a_rotated_key_wins_and_the_derived_one_never_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = "node-a"
+    cfg = _config_dir(tmp_path, node)
+    wall = ORG_CERT_ISSUED_AT + 60
+    derived = load_node_keys(cfg, wall)  # the first `up` saves the derived key at `wall`
+    rotated = rotate_wireguard_key(cfg, SeededRng(7), wall - 1000)  # with a clock behind
+    assert rotated.wireguard != derived.wireguard
+    assert rotated.vouch.issued_at == wall + 1  # still supersedes the derived key's vouch
+    assert load_node_keys(cfg, wall + 5).wireguard == rotated.wireguard
+    info = _show_json(cfg, monkeypatch, capsys)
+    assert info["wireguard"] == {
+        "public_key": rotated.wireguard.public_key.b64(),
+        "source": "file",
+        "vouched": True,
+        "vouched_at": wall + 1,
+    }
+    # wireguard.key lost after the rotation: its vouch says the derived key is no longer
+    # this node's, so neither `up` nor `show` falls back to it
+    (cfg / store.WIREGUARD_KEY).unlink()
+    with pytest.raises(IdentityMissingError, match="rotated"):
+        load_node_keys(cfg, wall + 10)
+    assert not (cfg / store.WIREGUARD_KEY).exists()
+    info = _show_json(cfg, monkeypatch, capsys)
     assert info["wireguard"] is None
-    assert "no WireGuard key; run `meshguard rotate-wg-key`" in info["problems"]  # type: ignore[operator]
+    assert any("rotate-wg-key" in p for p in info["problems"])  # type: ignore[union-attr]
+    # another rotation is the way out, again vouched later than everything before
+    again = rotate_wireguard_key(cfg, SeededRng(8), wall + 20)
+    assert again.vouch.issued_at == wall + 20 > rotated.vouch.issued_at
+    assert load_node_keys(cfg, wall + 30).wireguard == again.wireguard
+
+
+@pytest.mark.parametrize("node", sorted(NODES))
+def test_the_derived_wireguard_key_is_the_identitys_signing_scalar(node: str) -> None:
+    """Why a derived key is as secret as identity.key (docs/security.md#assumptions-and-limits):
+    its X25519 public key is the Montgomery form, u = (1 + y) / (1 - y), of the Ed25519
+    public key, so the two share one secret scalar, and whoever holds the WireGuard key can
+    sign as the identity. An independent key (`rotate-wg-key`) breaks the relation."""
+    p = 2**255 - 19
+    ed = base64.b64decode(NODES[node].ed25519)
+    y = int.from_bytes(ed, "little") & ((1 << 255) - 1)
+    u = (1 + y) * pow(1 - y, p - 2, p) % p
+    assert u.to_bytes(32, "little") == base64.b64decode(NODES[node].x25519)
+    rotated = X25519PrivateKey.generate(hashlib.sha256(ed).digest())
+    assert u.to_bytes(32, "little") != rotated.public_key.raw
+
+
+def test_keygen_gives_a_new_node_the_originals_wireguard_key(tmp_path: Path) -> None:
+    """A node made by `meshguard keygen` has the WireGuard key the original would use for
+    the same identity."""
+    keys = generate_node_keys(tmp_path / "new", SeededRng(3), 1_800_000_000, force=False)
+    assert keys.wireguard == _original_wireguard_key(keys.identity)
+    assert store.load_wireguard_key(tmp_path / "new") == keys.wireguard
+    assert keys.vouch.verify()
 
 
 def _original_wireguard_key(identity: Ed25519PrivateKey) -> X25519PrivateKey:

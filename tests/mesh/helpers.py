@@ -324,9 +324,15 @@ class OrgNet(Net):
         super().__init__(seed)
         self.org = org
 
-    def add_cert_node(self, name: str, ip: str, trusted: bool = True) -> SimNode:
-        ident = Ed25519PrivateKey(self.rng.bytes(32))
-        wg = X25519PrivateKey.generate(self.rng.bytes(32))
+    def add_cert_node(self, name: str, ip: str, trusted: bool = True,
+                      keys: tuple[Ed25519PrivateKey, X25519PrivateKey] | None = None
+                      ) -> SimNode:
+        """A member with an org certificate; with `keys`, a new node object for an existing
+        identity (a restart: nothing of the old object's state is kept)."""
+        if keys is None:
+            keys = (Ed25519PrivateKey(self.rng.bytes(32)),
+                    X25519PrivateKey.generate(self.rng.bytes(32)))
+        ident, wg = keys
         ep = (ip, 51821)
         c = self.clock
         cert = sign_certificate(self.org, ident.public_key.raw, name, int(c.wall()) - 60)

@@ -173,12 +173,13 @@ class _Pairing:
         from meshguard.config import resolve_config_dir
         from meshguard.identity import store
         from meshguard.identity.trust import TrustStore
+        from meshguard.identity.wg_key_source import node_wireguard_key
 
         self.args = args
         self.out = out
         self.cfg = resolve_config_dir()
         self.identity = store.load_identity(self.cfg)
-        self.wg = store.load_wireguard_key(self.cfg)
+        self.wg = node_wireguard_key(self.cfg, self.identity).key
         self.trust = TrustStore.load(self.cfg)
         self.port_no: int = args.port
         self.port: _Port | None = None

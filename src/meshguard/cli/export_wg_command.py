@@ -127,6 +127,7 @@ def _export(args: argparse.Namespace) -> int:
     from meshguard.identity import store, wg_devices
     from meshguard.identity.addressing import mesh_ipv4
     from meshguard.identity.names import validate_label
+    from meshguard.identity.wg_key_source import node_wireguard_key
     from meshguard.rng import SystemRng
     from meshguard.wire.wg_quick import WgQuickConfig
 
@@ -137,8 +138,9 @@ def _export(args: argparse.Namespace) -> int:
     if out is not None and not (out.parent.is_dir() and os.access(out.parent, os.W_OK)):
         raise ExportError(f"cannot write {out}: {out.parent} is not a writable directory")
     cfg = resolve_config_dir()
-    identity = store.load_identity(cfg).public_key.raw
-    gateway_wg = store.load_wireguard_key(cfg).public_key
+    own = store.load_identity(cfg)
+    identity = own.public_key.raw
+    gateway_wg = node_wireguard_key(cfg, own).key.public_key
     if wg_devices.device_path(cfg, name).exists():
         raise ExportError(f"device {name} exists; remove it first with "
                           f"`meshguard export-wg --remove {name}`")

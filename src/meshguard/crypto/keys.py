@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import hmac
 
 from cryptography.exceptions import InvalidSignature
@@ -224,6 +225,12 @@ class Ed25519PrivateKey(_Bytes32):
     def secret_bytes(self) -> bytes:
         """The 64-byte libsodium-style secret: seed || public key (the identity.key format)."""
         return self._raw + self._pub.raw
+
+    def to_x25519(self) -> X25519PrivateKey:
+        """libsodium's crypto_sign_ed25519_sk_to_curve25519: the first 32 bytes of
+        SHA-512(seed), clamped. The WireGuard key the original meshguard derives from its
+        identity (docs/compatibility.md#the-wireguard-key)."""
+        return X25519PrivateKey.generate(hashlib.sha512(self._raw).digest()[:32])
 
     @classmethod
     def from_secret_bytes(cls, secret: bytes) -> Ed25519PrivateKey:

@@ -67,11 +67,13 @@ from meshguard.daemon.wg_device_peers import WgDevicePeers, for_runner
 from meshguard.dataplane.tun import interface_exists
 from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 from meshguard.errors import MeshguardError
-from meshguard.identity import store
+from meshguard.identity import org_aliases, store
+from meshguard.identity.keygen import load_node_keys
 from meshguard.identity.trust import Revocation, TrustStore, trust_stamp
 from meshguard.mesh import org_gossip, org_wiring
 from meshguard.mesh.node import (
     Action,
+    AliasLearned,
     Joined,
     MeshNode,
     PeerDown,
@@ -184,10 +186,13 @@ class MeshDaemon:
             raise StartupError("must run as root or with CAP_NET_ADMIN (creating the interface "
                                "needs it)")
         claim_socket_path(socket_path(cfg.interface, cfg.run_dir), cfg.interface)
-        self.identity = store.load_identity(self.config_dir)
-        self.wg_private = store.load_wireguard_key(self.config_dir)
+        # a dir from the original meshguard gets its derived key (identity/wg_key_source.py)
+        keys = load_node_keys(self.config_dir, self.clock.wall())
+        self.identity, self.wg_private = keys.identity, keys.wireguard
         for secret in (self.identity.seed, self.wg_private.raw):
             register_secret(secret)  # redacted from every log line (daemon/log_format.py)
+        if keys.unsaved is not None:
+            log.warning("WireGuard key: %s", keys.unsaved)
         trust = TrustStore.load(self.config_dir)
         for p in trust.problems:
             log.warning("trust store: %s", p)
@@ -360,7 +365,22 @@ class MeshDaemon:
         alias = org_gossip.parse_alias_line(text) if text else None
         if alias is not None and node.announce_alias(alias, self.clock.wall()):
             log.info("announcing the org alias %s.mesh", alias.alias)
+        kept = org_aliases.load_aliases(self.config_dir)  # received before a restart
+        if kept.problem is not None or kept.refused:
+            log.warning("org aliases: %s", kept.problem or f"{kept.refused} line(s) of "
+                        f"{org_aliases.ORG_ALIASES} refused (malformed or forged)")
+        org_wiring.restore_aliases(node, kept, self.clock.wall())
         return actions
+
+    def _keep_aliases(self) -> None:
+        """Aliases learned from the mesh go into org_aliases (atomic), for the next start."""
+        org = self.node.org if self.node is not None else None
+        if org is None:
+            return
+        try:
+            org_aliases.save_aliases(self.config_dir, org.aliases.values())
+        except (MeshguardError, OSError) as exc:
+            log.error("cannot keep the org aliases in %s: %s", self.config_dir, exc)
 
     def _persist_revocation(self, r: CertRevocation) -> None:
         """A revocation learned from gossip goes into `revocations` (atomic, under its lock),
@@ -417,6 +437,8 @@ class MeshDaemon:
     def _on_actions(self, actions: list[Action]) -> None:
         """The node's events (everything that is not a datagram or a TUN write)."""
         changes: list[PeerUp | PeerDown] = []
+        if any(isinstance(a, AliasLearned) for a in actions):
+            self._keep_aliases()
         for a in actions:
             if isinstance(a, PeerUp):
                 mark("peer")

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
+from meshguard.errors import ConfigError
 from meshguard.identity import store
 from meshguard.identity.certificate import NodeCertificate, sign_certificate
 from meshguard.identity.errors import CertificateError
 from meshguard.identity.names import CERT_NAME_LEN, validate_label
+from meshguard.identity.wg_key_source import derived_wireguard_key, node_wireguard_key
 from meshguard.identity.wgkey import WgKeyVouch, vouch_wg_key
 from meshguard.rng import Rng
 
@@ -20,10 +22,14 @@ class NodeKeys:
     identity: Ed25519PrivateKey
     wireguard: X25519PrivateKey
     vouch: WgKeyVouch
+    unsaved: str | None = None  # load_node_keys could not write what it meant to (why)
 
 
 def generate_node_keys(config_dir: Path, rng: Rng, now_wall: float, force: bool) -> NodeKeys:
-    """Write a new identity and WireGuard key (refuses to replace an identity without force)."""
+    """Write a new identity and its WireGuard key (refuses to replace an identity without
+    force). The WireGuard key is the one derived from the identity, as the original meshguard
+    derives it (identity/wg_key_source.py), so the node has the same WireGuard key under
+    either; `rotate-wg-key` replaces it with a random one."""
     store.ensure_dir(config_dir)
     store.refuse_overwrite(
         config_dir / store.IDENTITY_KEY,
@@ -31,7 +37,7 @@ def generate_node_keys(config_dir: Path, rng: Rng, now_wall: float, force: bool)
         "pass --force to replace it (the node gets a new identity and mesh address)",
     )
     identity = Ed25519PrivateKey(rng.bytes(32))
-    wg = X25519PrivateKey.generate(rng.bytes(32))
+    wg = derived_wireguard_key(identity)
     vouch = vouch_wg_key(identity, wg.public_key.raw, int(now_wall))
     store.write_files(
         store.identity_writes(config_dir, identity)
@@ -93,15 +99,30 @@ def load_node_keys(config_dir: Path, now_wall: float) -> NodeKeys:
     """What a daemon needs at start: identity, WireGuard key and a vouch that matches it.
 
     If the vouch is missing, does not verify, or is for another WireGuard key (say, the user
-    replaced wireguard.key by hand), a fresh one is signed and written.
+    replaced wireguard.key by hand), a fresh one is signed and written. A dir without
+    wireguard.key (one made by the original meshguard) gets the key derived from the identity
+    written, with its public key and vouch, in one atomic write (identity/wg_key_source.py).
+    In a dir that cannot be written the keys are returned all the same, with `unsaved` saying
+    why: the derived key is derived again next time, and peers learn the key from the signed
+    gossip record, not from these files.
     """
     identity = store.load_identity(config_dir)
-    wg = store.load_wireguard_key(config_dir)
+    choice = node_wireguard_key(config_dir, identity)
+    wg = choice.key
     vouch = store.load_wireguard_vouch(config_dir, identity.public_key.raw)
+    writes: list[store.FileWrite] = []
     if vouch is None or vouch.wg_key != wg.public_key.raw:
         issued = int(now_wall)
         if vouch is not None and issued <= vouch.issued_at:
             issued = vouch.issued_at + 1
         vouch = vouch_wg_key(identity, wg.public_key.raw, issued)
-        store.write_files(store.wireguard_writes(config_dir, wg, vouch)[1:])  # pub + vouch
-    return NodeKeys(identity, wg, vouch)
+        writes = store.wireguard_writes(config_dir, wg, vouch)[1:]  # pub + vouch
+    if choice.derived:
+        writes = store.wireguard_writes(config_dir, wg, vouch)  # key, pub and vouch together
+    unsaved = None
+    if writes:
+        try:
+            store.write_files(writes)
+        except ConfigError as exc:
+            unsaved = str(exc)
+    return NodeKeys(identity, wg, vouch, unsaved)

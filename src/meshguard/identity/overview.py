@@ -10,9 +10,9 @@ from meshguard.crypto.keys import b64encode
 from meshguard.errors import MeshguardError
 from meshguard.identity import store
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6, org_domain
-from meshguard.identity.errors import IdentityMissingError
 from meshguard.identity.names import node_dns_name
 from meshguard.identity.trust import TrustStore
+from meshguard.identity.wg_key_source import node_wireguard_key
 
 SCHEMA_VERSION = 1
 
@@ -30,6 +30,7 @@ class WireGuardInfo(TypedDict):
     public_key: str
     vouched: bool
     vouched_at: int | None
+    source: str  # "file" (wireguard.key) or "derived" (from the identity, as the original)
 
 
 class CertificateInfo(TypedDict):
@@ -103,20 +104,20 @@ def describe(config_dir: Path, now_wall: float) -> Overview:
     problems: list[str] = []
     wg: WireGuardInfo | None = None
     try:
-        wg_key = store.load_wireguard_key(config_dir)
-    except IdentityMissingError:
-        problems.append("no WireGuard key; run `meshguard rotate-wg-key`")
+        choice = node_wireguard_key(config_dir, identity)
     except MeshguardError as exc:
         problems.append(str(exc))
     else:
+        wg_key = choice.key
         vouch = store.load_wireguard_vouch(config_dir, pub)
         valid = vouch is not None and vouch.wg_key == wg_key.public_key.raw
         wg = {
             "public_key": wg_key.public_key.b64(),
             "vouched": valid,
             "vouched_at": vouch.issued_at if vouch is not None and valid else None,
+            "source": choice.source,
         }
-        if not valid:
+        if not valid and not choice.derived:  # `up` vouches for a derived key when it saves it
             problems.append("WireGuard key is not vouched for; run `meshguard rotate-wg-key`")
     trust = TrustStore.load(config_dir)
     cert_info: CertificateInfo | None = None
@@ -207,6 +208,9 @@ def render_text(info: Overview) -> str:
     wg = info["wireguard"]
     if wg is None:
         lines.append("WireGuard key: (none)")
+    elif wg["source"] == "derived":
+        lines.append(f"WireGuard key: {wg['public_key']} (derived from the identity, as the "
+                     "original meshguard does; `meshguard up` saves it)")
     else:
         at = wg["vouched_at"]  # set whenever vouched
         state = f"vouched at {_iso(at)}" if wg["vouched"] and at is not None else "NOT vouched"

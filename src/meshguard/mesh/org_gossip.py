@@ -44,12 +44,14 @@ no revocation of; a duplicate (org, node) is dropped (the first vouch stays). A 
 taken. The shell persists each `VouchLearned` in `vouched/`, where the trust store admits by
 it.
 
-Aliases (`OrgAliasAnnounce`) travel the same way; each org has one, the newest `issued_at`
-wins. An `issued_at` that is negative or more than MAX_FUTURE seconds ahead of the receiver's
-clock is refused, so an org can neither backdate a claim nor pin its alias against a later
-rename. An alias is a DNS label that is not itself six hex digits (it would shadow an org
-domain); when two trusted orgs claim the same alias, the earliest claim wins (ties: the lower
-org key), so every node that trusts the same orgs maps the alias the same way.
+Aliases (`OrgAliasAnnounce`; validity and text form in identity/org_aliases.py) travel the
+same way; each org has one, the newest `issued_at` wins. An `issued_at` that is negative or
+more than MAX_FUTURE seconds ahead of the receiver's clock is refused, so an org can neither
+backdate a claim nor pin its alias against a later rename. An alias is a DNS label that is not
+itself six hex digits (it would shadow an org domain); when two trusted orgs claim the same
+alias, the earliest claim wins (ties: the lower org key), so every node that trusts the same
+orgs maps the alias the same way. The shell keeps every `AliasLearned` in the config dir's
+`org_aliases` and gives them back at start-up (org_wiring.restore_aliases), verified again.
 
 The core follows the sans-IO shape of the others: `receive(now, wall, data, src)` and
 `tick(now, wall)` return `OrgAction`s (`SendDatagram`s, and `RevocationLearned`/`AliasLearned`
@@ -73,7 +75,10 @@ from dataclasses import dataclass, field
 from meshguard.crypto.hashes import equal, mac
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey, b64encode, ed25519_verify
 from meshguard.errors import WireFormatError
-from meshguard.identity.names import is_dns_label
+from meshguard.identity.org_aliases import alias_problem as alias_problem
+from meshguard.identity.org_aliases import alias_valid as alias_valid
+from meshguard.identity.org_aliases import format_alias_line as format_alias_line
+from meshguard.identity.org_aliases import parse_alias_line as parse_alias_line
 from meshguard.identity.vouch import vouch_valid
 from meshguard.mesh.link_keys import cached_link_key
 from meshguard.rng import Rng
@@ -116,30 +121,10 @@ def revocation_valid(r: CertRevocation) -> bool:
     return ed25519_verify(r.org_key, r.signature, msg)
 
 
-def alias_problem(alias: str) -> str | None:
-    if not is_dns_label(alias) or alias != alias.lower():
-        return "an alias must be a lowercase DNS label"
-    if len(alias) == 6 and all(c in "0123456789abcdef" for c in alias):
-        return "an alias must not look like an org domain (six hex digits)"
-    if alias == "mesh":
-        return "'mesh' is the top-level domain"
-    return None
-
-
 def sign_alias(org: Ed25519PrivateKey, alias: str, issued_at: int) -> AliasAnnouncement:
     org_key = org.public_key.raw
     return AliasAnnouncement(org_key, alias, issued_at,
                              org.sign(wire.alias_message(org_key, alias, issued_at)))
-
-
-def alias_valid(a: AliasAnnouncement) -> bool:
-    if alias_problem(a.alias) is not None:
-        return False
-    try:
-        msg = wire.alias_message(a.org_key, a.alias, a.issued_at)
-    except WireFormatError:
-        return False
-    return ed25519_verify(a.org_key, a.signature, msg)
 
 
 # -- text form (a `revocations` file line; also the content of a `.revoke` file) ----------
@@ -595,28 +580,3 @@ class OrgGossip:
         if self._budget:
             ds.append(self._next_round)
         return min(ds)
-
-
-# -- alias text form (the org admin's `org/alias` file) ----------------------------------
-
-
-def format_alias_line(a: AliasAnnouncement) -> str:
-    return f"alias {b64encode(a.org_key)} {a.alias} {a.issued_at} {b64encode(a.signature)}\n"
-
-
-def parse_alias_line(text: str) -> AliasAnnouncement | None:
-    """Parse the first `alias <org> <alias> <issued_at> <sig>` line of `text`, or None."""
-    for line in text.splitlines():
-        fields = line.split("#", 1)[0].split()
-        if len(fields) != 5 or fields[0] != "alias":
-            continue
-        try:
-            org = base64.b64decode(fields[1], validate=True)
-            issued = int(fields[3])
-            sig = base64.b64decode(fields[4], validate=True)
-        except (ValueError, binascii.Error):
-            return None
-        if len(org) != wire.KEY_LEN or len(sig) != wire.SIG_LEN:
-            return None
-        return AliasAnnouncement(org, fields[2], issued, sig)
-    return None

@@ -22,6 +22,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from meshguard.identity.addressing import org_domain
+from meshguard.identity.org_aliases import KeptAliases
 from meshguard.mesh.actions import Action, AliasLearned, RevocationLearned
 from meshguard.mesh.org_gossip import OrgAction, OrgGossip, OrgLink
 from meshguard.sansio import Endpoint, SendDatagram
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["announce_alias", "announce_revocations", "announce_vouches", "bind", "learned",
-           "receive", "tick"]
+           "receive", "restore_aliases", "tick"]
 
 
 def bind(node: MeshNode, org: OrgGossip, wall: float | None) -> None:
@@ -148,6 +149,22 @@ def announce_alias(node: MeshNode, alias: AliasAnnouncement, wall: float | None 
     node.names_version += 1
     return True
 
+
+def restore_aliases(node: MeshNode, kept: KeptAliases, wall: float) -> int:
+    """The aliases kept in the config dir (identity/org_aliases.py; each verified again
+    there), taken as a local item: still only from a trusted org, newer than what the node
+    has, not dated in the future, signature checked. The refused ones are counted
+    (`org_alias_file_refused`); returns how many were taken."""
+    if node.org is None:
+        return 0
+    bind(node, node.org, None)
+    trusted = node.trusted_orgs()
+    taken = sum(1 for a in kept.aliases if node.org.add_alias(a, trusted, wall))
+    if kept.refused:
+        node.org.counters["org_alias_file_refused"] += kept.refused
+    if taken:
+        node.names_version += 1
+    return taken
 
 
 def vouch_standing(org: OrgGossip, node_key: bytes, c: _Cached) -> _Cached:

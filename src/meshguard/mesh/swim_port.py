@@ -35,7 +35,10 @@ PortAction = SendDatagram | Joined
 
 NAT_SPLIT_PORT = 0x80
 NAT_TYPE_MASK = 0x7F
-DEAD_KEEP = 600.0  # seconds a dead or left member stays visible in `status`
+# Seconds a dead or left member stays in the member views (and so in `status`) after it died
+# or left (docs/swim.md#a-members-states). Only the view goes: the core keeps the member, and
+# then its high-water mark, so its older records stay refused (swim/updates.py).
+DEAD_GRACE = 30.0
 
 
 def wg_endpoint_of(rec: NodeRecord) -> Endpoint | None:
@@ -90,13 +93,17 @@ class SwimPort:
         self._now = now
         out = self.core.tick(now, wall)
         for k, t in list(self._gone_at.items()):
-            if now - t > DEAD_KEEP:
+            if now - t >= DEAD_GRACE:
                 del self._gone_at[k]
                 self._views.pop(k, None)
         return out
 
     def next_deadline(self) -> float | None:
-        return self.core.next_deadline()
+        d = self.core.next_deadline()
+        if self._gone_at:
+            hide = min(self._gone_at.values()) + DEAD_GRACE
+            d = hide if d is None else min(d, hide)
+        return d
 
     def leave(self, now: float, wall: float) -> list[Action]:
         return self.core.leave(now)

@@ -17,7 +17,7 @@ from meshguard.daemon import gossip_state
 from meshguard.daemon.uapi_protocol import UapiParser
 from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 from meshguard.errors import ConfigError, WireFormatError
-from meshguard.identity import store
+from meshguard.identity import org_aliases, store
 from meshguard.identity.certificate import V1_LEN, V2_LEN, NodeCertificate, sign_certificate
 from meshguard.identity.errors import CertificateError, KeyFileError
 from meshguard.identity.trust import (
@@ -247,6 +247,27 @@ def _gossip_state_target() -> Callable[[bytes], object]:
     return run
 
 
+def _org_aliases_target() -> Callable[[bytes], object]:
+    """identity/org_aliases.py's reader of `org_aliases` (aliases kept across restarts)."""
+    shm = Path("/dev/shm")
+    d = Path(tempfile.mkdtemp(prefix="meshguard-fuzz-", dir=shm if shm.is_dir() else None))
+
+    def run(data: bytes) -> None:
+        (d / org_aliases.ORG_ALIASES).write_bytes(data)
+        kept = org_aliases.load_aliases(d)
+        assert len(kept.aliases) <= org_aliases.MAX_ALIASES
+        assert all(org_aliases.alias_valid(a) for a in kept.aliases)
+
+    return run
+
+
+def _org_aliases_seeds() -> list[bytes]:
+    org_key, _ = _keys(908)
+    lines = [org_aliases.format_alias_line(org_gossip.sign_alias(org_key, a, t))
+             for a, t in (("corp", 1_700_000_000), ("corp-2", 1_700_000_100))]
+    return ["".join(lines).encode(), lines[0].encode(), b"# comment\n" + lines[1].encode()]
+
+
 def _gossip_state_seeds() -> list[bytes]:
     lines = [f"{base64.b64encode(bytes([i]) * 32).decode()} {v}\n"
              for i, v in ((1, 0), (2, 1_700_000_000_000), (3, 2**64 - 1))]
@@ -451,6 +472,7 @@ def codec_targets() -> dict[str, Target]:
         Target("trust_files", _text_seeds(), _text_files, (ConfigError,), max_len=4096),
         Target("gossip_state", _gossip_state_seeds(), _gossip_state_target(), (),
                max_len=4096),
+        Target("org_aliases", _org_aliases_seeds(), _org_aliases_target(), (), max_len=4096),
         Target("uapi", _uapi_seeds(), _uapi, (), max_len=4096),
     ]
     targets += fastpath_targets()
