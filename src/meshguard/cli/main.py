@@ -32,9 +32,10 @@ _VOUCH = "meshguard.cli.vouch_command"
 _POLICY_VIEW = "meshguard.cli.policy_view"
 _EXPORT_WG = "meshguard.cli.export_wg_command"
 _COMPLETION = "meshguard.cli.completion_command"
+_WEB = "meshguard.cli.web_command"
 # in the order `--help` lists them
 COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _VOUCH, _CONNECT, _PING, _POLICY,
-                   _POLICY_VIEW, _EXPORT_WG, _COMPLETION)
+                   _POLICY_VIEW, _EXPORT_WG, _WEB, _COMPLETION)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -48,6 +49,7 @@ COMMANDS = {
     "org-vouch": _VOUCH,
     "policy": _POLICY_VIEW,
     "export-wg": _EXPORT_WG,
+    "web": _WEB,
     "completion": _COMPLETION,
 }
 

@@ -60,7 +60,7 @@ def _parse_portmap(text: str) -> tuple[str, ...]:
 DEFAULT_METRICS_PORT = 9586
 
 
-def parse_metrics(text: str) -> tuple[str, int]:
+def parse_metrics(text: str, option: str = "--metrics") -> tuple[str, int]:
     """`PORT`, `ADDR:PORT` or `[ADDR]:PORT` (an IP address; loopback when only a port)."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
@@ -70,10 +70,10 @@ def parse_metrics(text: str) -> tuple[str, int]:
         addr = str(ipaddress.ip_address(host))
         port = int(port_text)
     except ValueError:
-        raise UsageError(f"--metrics needs PORT or ADDR:PORT with an IP address, "
+        raise UsageError(f"{option} needs PORT or ADDR:PORT with an IP address, "
                          f"got {text!r}") from None
     if not 0 < port < 65536:
-        raise UsageError(f"--metrics port must be between 1 and 65535, got {port}")
+        raise UsageError(f"{option} port must be between 1 and 65535, got {port}")
     return addr, port
 
 

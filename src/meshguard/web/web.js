@@ -1,0 +1,252 @@
+// meshguard web (docs/web.md): draws status.json (the daemon's status document,
+// wire/control.py) as a graph and a table, and asks for it again every second.
+// Every string in the status may come from another member, so the page builds its DOM with
+// createElement / textContent only: nothing from the status is ever parsed as HTML.
+"use strict";
+
+(function () {
+  const POLL_MS = 1000;
+  const FETCH_TIMEOUT_MS = 5000;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const NAME_MAX = 32;
+  const STATES = ["alive", "suspect", "dead", "left"];
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVG_NS, tag);
+    for (const k of Object.keys(attrs)) e.setAttribute(k, String(attrs[k]));
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function str(v) {
+    return typeof v === "string" ? v : "";
+  }
+
+  function num(v) {
+    return typeof v === "number" && isFinite(v) ? v : null;
+  }
+
+  function humanBytes(n) {
+    let v = num(n) || 0;
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i += 1;
+    }
+    return i === 0 ? v + " B" : v.toFixed(1) + " " + units[i];
+  }
+
+  function humanSeconds(d) {
+    d = Math.max(0, d);
+    if (d < 60) return Math.floor(d) + "s";
+    if (d < 3600) return Math.floor(d / 60) + "m" + String(Math.floor(d % 60)).padStart(2, "0") + "s";
+    if (d < 86400) {
+      return Math.floor(d / 3600) + "h" + String(Math.floor((d % 3600) / 60)).padStart(2, "0") + "m";
+    }
+    return Math.floor(d / 86400) + "d" + Math.floor((d % 86400) / 3600) + "h";
+  }
+
+  function ago(then, now) {
+    const t = num(then);
+    return t ? humanSeconds(now - t) + " ago" : "never";
+  }
+
+  function rttText(m) {
+    const r = num(m.rtt_ms);
+    return r === null ? "-" : r.toFixed(1) + " ms";
+  }
+
+  function memberName(m) {
+    if (str(m.name)) return m.name;
+    if (m.admission === "org vouch") return "(org vouch)";
+    return str(m.identity_key).slice(0, 8);
+  }
+
+  function shortName(s) {
+    return s.length > NAME_MAX ? s.slice(0, NAME_MAX - 1) + "\u2026" : s;
+  }
+
+  function stateClass(m) {
+    if (!m.trusted) return "st-untrusted";
+    return STATES.includes(m.state) ? "st-" + m.state : "st-dead";
+  }
+
+  function stateText(m) {
+    return m.trusted ? str(m.state) : str(m.state) + ", untrusted";
+  }
+
+  function pathText(m, byKey) {
+    if (m.path !== "relayed") return m.tunnel ? "direct" : "no tunnel";
+    const relay = m.via ? byKey.get(m.via) : undefined;
+    return relay ? "relayed via " + memberName(relay) : "relayed";
+  }
+
+  // header -------------------------------------------------------------------------------
+
+  function drawHeader(st, now) {
+    const me = st.self || {};
+    $("self-name").textContent = str(me.name) || "(unnamed node)";
+    document.title = "meshguard " + (str(me.name) || str(st.interface));
+    const rows = [
+      ["interface", str(st.interface) + " (" + str(st.mode) + "), pid " + st.pid],
+      ["mesh IPs", str(me.mesh_ipv4) + "  " + str(me.mesh_ipv6)],
+      ["identity key", str(me.identity_key)],
+      ["WireGuard key", str(me.wireguard_key)],
+      ["ports", "WireGuard " + me.wg_port + ", gossip " + me.gossip_port],
+      ["uptime", humanSeconds(now - (num(st.started_at) || now))],
+    ];
+    const dl = $("self");
+    dl.replaceChildren();
+    for (const [k, v] of rows) {
+      dl.append(el("dt", null, k), el("dd", null, v));
+    }
+    const members = st.members || [];
+    const parts = [members.length + " members"];
+    for (const s of STATES) {
+      const n = members.filter((m) => m.trusted && m.state === s).length;
+      if (n) parts.push(n + " " + s);
+    }
+    const untrusted = members.filter((m) => !m.trusted).length;
+    if (untrusted) parts.push(untrusted + " untrusted");
+    const relayed = members.filter((m) => m.path === "relayed").length;
+    if (relayed) parts.push(relayed + " relayed");
+    $("counts").textContent = parts.join(" \u00b7 ");
+  }
+
+  // table --------------------------------------------------------------------------------
+
+  function drawTable(members, byKey, now) {
+    const body = $("member-rows");
+    body.replaceChildren();
+    for (const m of members) {
+      const tr = el("tr", stateClass(m));
+      tr.dataset.key = str(m.identity_key);
+      const name = el("td", "name", memberName(m));
+      name.title = str(m.identity_key);
+      const ips = el("td", "ips");
+      ips.append(el("span", null, str(m.mesh_ipv4)), el("br"), el("span", null, str(m.mesh_ipv6)));
+      const state = el("td", "state");
+      state.append(el("span", "dot " + stateClass(m)), document.createTextNode(stateText(m)));
+      const path = el("td", "path", pathText(m, byKey));
+      if (str(m.why)) path.title = m.why;
+      tr.append(
+        name, ips, state, path,
+        el("td", "endpoint", str(m.endpoint) || "-"),
+        el("td", null, m.tunnel ? ago(m.last_handshake, now) : "no tunnel"),
+        el("td", "num", humanBytes(m.rx_bytes)),
+        el("td", "num", humanBytes(m.tx_bytes)),
+        el("td", "num", rttText(m)),
+      );
+      body.append(tr);
+    }
+    $("empty").hidden = members.length > 0;
+  }
+
+  // graph --------------------------------------------------------------------------------
+
+  function drawGraph(st, members, byKey) {
+    const g = $("graph");
+    const n = members.length;
+    const radius = Math.max(170, n * 16);
+    const half = radius + 80;
+    g.setAttribute("viewBox", [-half - 40, -half, 2 * half + 80, 2 * half].join(" "));
+    const pos = new Map();
+    members.forEach((m, i) => {
+      const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(n, 1);
+      pos.set(m.identity_key, [radius * Math.cos(a), radius * Math.sin(a)]);
+    });
+    const edges = svg("g", { class: "edges" });
+    const labels = svg("g", { class: "edge-labels" });
+    for (const m of members) {
+      if (!m.tunnel) continue;
+      const relayed = m.path === "relayed";
+      const relay = relayed && m.via && m.via !== m.identity_key ? pos.get(m.via) : undefined;
+      const [x1, y1] = relay || [0, 0];
+      const [x2, y2] = pos.get(m.identity_key);
+      edges.append(svg("line", {
+        x1: x1, y1: y1, x2: x2, y2: y2,
+        class: "edge " + (relayed ? "relayed" : "direct") + " " + stateClass(m),
+        "data-key": str(m.identity_key),
+      }));
+      labels.append(svg("text", {
+        x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, class: "rtt", "text-anchor": "middle",
+      }, rttText(m)));
+    }
+    const nodes = svg("g", { class: "nodes" });
+    const self = st.self || {};
+    nodes.append(node(0, 0, "self", str(self.name) || "this node", str(self.mesh_ipv4),
+                      str(self.identity_key), "this node"));
+    for (const m of members) {
+      const [x, y] = pos.get(m.identity_key);
+      nodes.append(node(x, y, stateClass(m), memberName(m), str(m.mesh_ipv4),
+                        str(m.identity_key), stateText(m) + ", " + pathText(m, byKey)));
+    }
+    g.replaceChildren(edges, labels, nodes);
+  }
+
+  function node(x, y, cls, name, ip, key, what) {
+    const grp = svg("g", { class: "node " + cls, "data-key": key,
+                           transform: "translate(" + x + " " + y + ")" });
+    grp.append(svg("title", {}, name + " (" + what + ")"));
+    grp.append(svg("circle", { r: cls === "self" ? 16 : 11, class: "disc" }));
+    grp.append(svg("text", { y: 30, class: "label", "text-anchor": "middle" }, shortName(name)));
+    grp.append(svg("text", { y: 44, class: "ip", "text-anchor": "middle" }, ip));
+    return grp;
+  }
+
+  // polling ------------------------------------------------------------------------------
+
+  function draw(doc) {
+    const st = doc.status || {};
+    const now = num(doc.now) || Date.now() / 1000;
+    const members = Array.isArray(st.members) ? st.members : [];
+    const byKey = new Map(members.map((m) => [m.identity_key, m]));
+    drawHeader(st, now);
+    drawTable(members, byKey, now);
+    drawGraph(st, members, byKey);
+  }
+
+  function unreachable(why) {
+    const c = $("conn");
+    c.className = "conn down";
+    c.textContent = "daemon not reachable (" + why + "); retrying every second";
+    document.body.classList.add("stale");
+  }
+
+  async function poll() {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
+    try {
+      const res = await fetch("status.json", { cache: "no-store", signal: ctl.signal });
+      const doc = await res.json();
+      if (res.ok && doc.ok) {
+        draw(doc);
+        const c = $("conn");
+        c.className = "conn up";
+        c.textContent = "live, updated " + new Date().toLocaleTimeString();
+        document.body.classList.remove("stale");
+      } else {
+        unreachable(str(doc.error) || "HTTP " + res.status);
+      }
+    } catch (e) {
+      unreachable(e && e.name === "AbortError" ? "no answer" : "meshguard web is not running");
+    } finally {
+      clearTimeout(timer);
+      setTimeout(poll, POLL_MS);
+    }
+  }
+
+  poll();
+})();
