@@ -284,6 +284,24 @@ def move_node(node: Node, new_ip: str) -> None:
     node.ip = new_ip
 
 
+def start_web(node: Node, port: int, iface: str | None = None) -> subprocess.Popen[bytes]:
+    """`meshguard web --listen 127.0.0.1:PORT -i IFACE` (default: the node's) in the node's
+    namespace, stopped when the LAN closes; returns once it serves, its stderr in
+    <tmp>/<name>-web.log."""
+    argv = [PY, "-m", "meshguard", "web", "--listen", f"127.0.0.1:{port}",
+            "--interface", iface or node.iface]
+    with open(node.lan.tmp / f"{node.name}-web.log", "ab") as logf:
+        proc = node.ns.popen(argv, env={**os.environ, **node.env}, stdout=subprocess.PIPE,
+                             stderr=logf)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode(errors="replace")  # "... serving URL ..." or EOF
+    if "serving" not in line:
+        proc.wait(5)
+        log = (node.lan.tmp / f"{node.name}-web.log").read_text(errors="replace")
+        raise RuntimeError(f"meshguard web did not start ({proc.returncode}): {line}{log}")
+    return proc
+
+
 @dataclass
 class PlainWgDevice:
     """A plain WireGuard device (Debian's wireguard-go) in a namespace, set up from a wg-quick

@@ -61,6 +61,9 @@ class WebHandler(BaseHTTPRequestHandler):
     server: WebServer
     timeout = REQUEST_TIMEOUT
     protocol_version = "HTTP/1.1"
+    # the base class's own errors (bad request line, too many headers, unknown method)
+    error_content_type = "text/plain; charset=utf-8"
+    error_message_format = "%(code)d %(message)s\n"
 
     def _serve(self) -> None:
         from meshguard.web.routes import SECURITY_HEADERS
@@ -107,13 +110,21 @@ def serve(address: tuple[str, int], routes: WebRoutes) -> WebServer:
     try:
         return WebServer(address, routes)
     except OSError as exc:
-        raise MeshguardError(f"cannot listen on {_url(address)}: {exc.strerror or exc}"
-                             ) from None
+        raise MeshguardError(f"cannot listen on {_url(address)}: {exc.strerror or exc}; "
+                             "choose another with --listen [ADDR:]PORT") from None
 
 
 def _url(address: tuple[str, int]) -> str:
     host, port = address
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def exposure_warning(host: str) -> str | None:
+    """What to tell the user who serves the page on `host` (None for loopback)."""
+    if ipaddress.ip_address(host).is_loopback:
+        return None
+    return (f"{host} is not a loopback address: anyone who reaches it sees this node's view "
+            "of the mesh (keys, addresses, endpoints)")
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -124,9 +135,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     server = serve(address, routes)
     host, port = server.server_address[:2]
     bound = (str(host), int(port))
-    if not ipaddress.ip_address(bound[0]).is_loopback:
-        print(f"meshguard: warning: {bound[0]} is not a loopback address: anyone who reaches it "
-              "sees this node's view of the mesh (keys, addresses, endpoints)", file=sys.stderr)
+    warning = exposure_warning(bound[0])
+    if warning is not None:
+        print(f"meshguard: warning: {warning}", file=sys.stderr)
     print(f"meshguard web: serving {_url(bound)} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
@@ -147,4 +158,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_web)
 
 
-__all__ = ["cmd_web", "register", "serve", "status_fetcher"]
+__all__ = ["cmd_web", "exposure_warning", "register", "serve", "status_fetcher"]

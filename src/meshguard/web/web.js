@@ -8,7 +8,7 @@
   const POLL_MS = 1000;
   const FETCH_TIMEOUT_MS = 5000;
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const NAME_MAX = 32;
+  const NAME_MAX = 18; // graph labels; the node's tooltip has the whole name
   const STATES = ["alive", "suspect", "dead", "left"];
 
   function $(id) {
@@ -139,14 +139,17 @@
       ips.append(el("span", null, str(m.mesh_ipv4)), el("br"), el("span", null, str(m.mesh_ipv6)));
       const state = el("td", "state");
       state.append(el("span", "dot " + stateClass(m)), document.createTextNode(stateText(m)));
-      const path = el("td", "path", pathText(m, byKey));
+      const path = el("td", "path");
+      path.append(el("span", null, pathText(m, byKey)), el("br"),
+                  el("span", "endpoint", str(m.endpoint) || "-"));
       if (str(m.why)) path.title = m.why;
+      const traffic = el("td", "num");
+      traffic.append(el("span", null, "\u2193 " + humanBytes(m.rx_bytes)), el("br"),
+                     el("span", null, "\u2191 " + humanBytes(m.tx_bytes)));
       tr.append(
         name, ips, state, path,
-        el("td", "endpoint", str(m.endpoint) || "-"),
-        el("td", null, m.tunnel ? ago(m.last_handshake, now) : "no tunnel"),
-        el("td", "num", humanBytes(m.rx_bytes)),
-        el("td", "num", humanBytes(m.tx_bytes)),
+        el("td", "age", m.tunnel ? ago(m.last_handshake, now) : "no tunnel"),
+        traffic,
         el("td", "num", rttText(m)),
       );
       body.append(tr);
@@ -159,9 +162,10 @@
   function drawGraph(st, members, byKey) {
     const g = $("graph");
     const n = members.length;
-    const radius = Math.max(170, n * 16);
-    const half = radius + 80;
-    g.setAttribute("viewBox", [-half - 40, -half, 2 * half + 80, 2 * half].join(" "));
+    const radius = Math.max(150, n * 14);
+    const w = radius + 75; // room for the labels left and right
+    const h = radius + 55; // and for a label under the lowest node
+    g.setAttribute("viewBox", [-w, -radius - 25, 2 * w, radius + 25 + h].join(" "));
     const pos = new Map();
     members.forEach((m, i) => {
       const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(n, 1);
@@ -181,8 +185,10 @@
         "data-key": str(m.identity_key),
       }));
       labels.append(svg("text", {
-        x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, class: "rtt", "text-anchor": "middle",
-      }, rttText(m)));
+        // nearer the member than the centre, whose own label is there
+        x: x1 + 0.6 * (x2 - x1), y: y1 + 0.6 * (y2 - y1) - 4, class: "rtt",
+        "text-anchor": "middle",
+      }, num(m.rtt_ms) !== null ? rttText(m) : relayed ? "relayed" : "no RTT yet"));
     }
     const nodes = svg("g", { class: "nodes" });
     const self = st.self || {};
