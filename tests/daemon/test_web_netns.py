@@ -106,7 +106,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
         start_web(a, PORT)
         profile = tmp / "chromium"
         try:
-            raw = dump_dom(a.ns, f"http://127.0.0.1:{PORT}/", profile)
+            raw = dump_dom(a.ns, f"http://127.0.0.1:{PORT}/", profile, budget_ms=1500)
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(profile)
@@ -155,6 +155,6 @@ def test_without_a_daemon_the_page_says_so(web: Web) -> None:
     start_web(web.a, PORT + 1, iface="mgnone0")
     profile = web.lan.tmp / "chromium-none"
     dom = _Dom()
-    dom.feed(dump_dom(web.a.ns, f"http://127.0.0.1:{PORT + 1}/", profile, budget_ms=2500))
+    dom.feed(dump_dom(web.a.ns, f"http://127.0.0.1:{PORT + 1}/", profile, budget_ms=1200))
     assert "daemon not reachable" in dom.ids.get("conn", ""), dom.ids
     assert "mgnone0" in dom.ids.get("conn", ""), dom.ids
