@@ -167,7 +167,7 @@
     const h = radius + 55; // and for a label under the lowest node
     g.setAttribute("viewBox", [-w, -radius - 25, 2 * w, radius + 25 + h].join(" "));
     const pos = new Map();
-    members.forEach((m, i) => {
+    ringOrder(members, byKey).forEach((m, i) => {
       const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(n, 1);
       pos.set(m.identity_key, [radius * Math.cos(a), radius * Math.sin(a)]);
     });
@@ -179,16 +179,24 @@
       const relay = relayed && m.via && m.via !== m.identity_key ? pos.get(m.via) : undefined;
       const [x1, y1] = relay || [0, 0];
       const [x2, y2] = pos.get(m.identity_key);
-      edges.append(svg("line", {
-        x1: x1, y1: y1, x2: x2, y2: y2,
-        class: "edge " + (relayed ? "relayed" : "direct") + " " + stateClass(m),
-        "data-key": str(m.identity_key),
-      }));
-      labels.append(svg("text", {
-        // nearer the member than the centre, whose own label is there
-        x: x1 + 0.6 * (x2 - x1), y: y1 + 0.6 * (y2 - y1) - 4, class: "rtt",
-        "text-anchor": "middle",
-      }, num(m.rtt_ms) !== null ? rttText(m) : relayed ? "relayed" : "no RTT yet"));
+      const cls = "edge " + (relayed ? "relayed" : "direct") + " " + stateClass(m);
+      const text = num(m.rtt_ms) !== null ? rttText(m) : relayed ? "relayed" : "no RTT yet";
+      let lx, ly;
+      if (relay) {
+        // a curve bulging away from the centre, so it never looks like a direct edge
+        const [cx, cy] = bulge(x1, y1, x2, y2, 0.3 * Math.hypot(x2 - x1, y2 - y1));
+        edges.append(svg("path", { d: "M" + x1 + " " + y1 + " Q" + cx + " " + cy + " " + x2 +
+                                      " " + y2, class: cls, "data-key": str(m.identity_key) }));
+        lx = 0.25 * x1 + 0.5 * cx + 0.25 * x2;
+        ly = 0.25 * y1 + 0.5 * cy + 0.25 * y2;
+      } else {
+        edges.append(svg("line", { x1: x1, y1: y1, x2: x2, y2: y2, class: cls,
+                                   "data-key": str(m.identity_key) }));
+        lx = (x1 + x2) / 2;
+        ly = (y1 + y2) / 2;
+      }
+      labels.append(svg("text", { x: lx, y: ly - 4, class: "rtt", "text-anchor": "middle" },
+                        text));
     }
     const nodes = svg("g", { class: "nodes" });
     const self = st.self || {};
@@ -200,6 +208,41 @@
                         str(m.identity_key), stateText(m) + ", " + pathText(m, byKey)));
     }
     g.replaceChildren(edges, labels, nodes);
+  }
+
+  // members on the ring in status order, except that a relayed member comes right after its
+  // relay: their edge is then short
+  function ringOrder(members, byKey) {
+    const out = [];
+    const placed = new Set();
+    const put = (m) => {
+      if (placed.has(m.identity_key)) return;
+      placed.add(m.identity_key);
+      out.push(m);
+      for (const r of members) {
+        if (r.path === "relayed" && r.via === m.identity_key) put(r);
+      }
+    };
+    for (const m of members) {
+      if (!(m.path === "relayed" && m.via && byKey.has(m.via))) put(m);
+    }
+    for (const m of members) put(m); // relay cycles, if a status ever had one
+    return out;
+  }
+
+  // the control point of a quadratic curve from (x1, y1) to (x2, y2), `d` away from the
+  // chord's middle on the side away from the centre
+  function bulge(x1, y1, x2, y2, d) {
+    const mx = (x1 + x2) / 2;
+    const my = (y1 + y2) / 2;
+    let nx = -(y2 - y1);
+    let ny = x2 - x1;
+    if (nx * mx + ny * my < 0) {
+      nx = -nx;
+      ny = -ny;
+    }
+    const len = Math.hypot(nx, ny) || 1;
+    return [mx + (d * nx) / len, my + (d * ny) / len];
   }
 
   function node(x, y, cls, name, ip, key, what) {
