@@ -151,6 +151,14 @@ def test_without_a_daemon_the_status_is_503_and_asked_again_a_second_later() -> 
     assert get(r, STATUS_PATH, now=1.0).status == 200 and daemon.calls == 2
 
 
+def test_an_os_error_on_the_way_is_a_503_too() -> None:
+    def fetch() -> Mapping[str, object]:
+        raise PermissionError(13, "Permission denied")
+
+    rep = StatusCache(fetch).get(0.0, 0.0)
+    assert rep.status == 503 and b"Permission denied" in rep.body
+
+
 def test_many_browsers_at_once_make_one_request() -> None:
     daemon = Daemon(delay=0.2)
     cache = StatusCache(daemon.fetch)

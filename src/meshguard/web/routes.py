@@ -108,7 +108,7 @@ class StatusCache:
                 self.fetches += 1
                 try:
                     doc = self._fetch()
-                except MeshguardError as exc:
+                except (MeshguardError, OSError) as exc:
                     self._reply = _json(503, {"ok": False, "now": wall,
                                               "error": f"daemon not reachable: {exc}"})
                 else:
