@@ -279,7 +279,7 @@
     const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
     try {
       const res = await fetch("status.json", { cache: "no-store", signal: ctl.signal });
-      const doc = await res.json();
+      const doc = await res.json().catch(() => ({ error: "HTTP " + res.status }));
       if (res.ok && doc.ok) {
         draw(doc);
         const c = $("conn");
