@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +90,7 @@ class WebHandler(BaseHTTPRequestHandler):
         """No access log on the terminal."""
 
 
-def status_fetcher(args: argparse.Namespace) -> Any:
+def status_fetcher(args: argparse.Namespace) -> Callable[[], Mapping[str, object]]:
     """A function returning the daemon's status document (re-finding the daemon each time, so
     a restarted or late daemon is picked up)."""
     from meshguard.daemon.control_client import select_daemon
