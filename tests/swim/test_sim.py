@@ -175,7 +175,7 @@ def test_indirect_probes_relay_acks_when_the_direct_path_is_broken() -> None:
     c.net.run_for(120.0)
     assert not c.down_events, f"seed {seed}"
     assert c.nodes[1].state_of(c.ids[2]) in ("alive", "suspect"), f"seed {seed}"
-    relayed = sum(nd.stats["rx_2"] for nd in c.nodes)  # PingReqs served by intermediaries
+    relayed = sum(nd.stats["rx_ping_req"] for nd in c.nodes)  # PingReqs served by intermediaries
     assert relayed > 0 and c.nodes[1].stats["probe_acked"] > 0, f"seed {seed}"
     # node 1 suspected node 2 at most transiently: every probe of it succeeded indirectly
     assert c.nodes[1].stats["probe_failed"] == 0, f"seed {seed}"

@@ -17,6 +17,7 @@ the two kinds interoperate.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ from meshguard.swim.config import DEFAULT_CONFIG, SwimConfig
 from meshguard.swim.events import Action, MemberDown, MemberUp, MemberUpdated
 from meshguard.swim.membership import Membership
 from meshguard.swim.records import AdmissionPolicy
-from meshguard.wire.gossip import IPNetwork, NodeRecord
+from meshguard.wire.gossip import TYPE_NAMES, IPNetwork, NodeRecord
 
 PortAction = SendDatagram | Joined
 """What the port hands the node: SWIM's datagrams, and Joined once."""
@@ -82,6 +83,8 @@ class SwimPort:
     # only be reported once the daemon has started the join
     _join_started: bool = False
     _now: float = 0.0
+    # datagrams the core sent, by gossip type name (swim_tx_ping, ...; docs/metrics.md)
+    sent: Counter[str] = field(default_factory=Counter)
 
     # MembershipPort ----------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class SwimPort:
         for a in actions:
             if isinstance(a, SendDatagram):
                 out.append(a)
+                self.sent[TYPE_NAMES.get(a.data[0] if a.data else -1, "other")] += 1
             elif isinstance(a, MemberUp | MemberUpdated):
                 rec = a.record
                 state = self.core.state_of(rec.identity) or "alive"
@@ -201,7 +205,9 @@ class SwimPort:
         return self.absorb(self.core.announce(now))[0]
 
     def counters(self) -> dict[str, int]:
-        return {f"swim_{k}": int(v) for k, v in self.core.stats.items()}
+        out = {f"swim_{k}": int(v) for k, v in self.core.stats.items()}
+        out.update({f"swim_tx_{k}": int(v) for k, v in self.sent.items()})
+        return out
 
 
 def build_membership(

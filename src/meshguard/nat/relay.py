@@ -249,6 +249,7 @@ class Relay:
             self.counters["relay_no_key"] += 1
             return None
         self.counters["relay_tx"] += 1
+        self.counters["relay_tx_bytes"] += len(data)  # WireGuard bytes, not the hop's
         return SendDatagram(out, m.gossip_endpoint)
 
     def receive(self, now: float, wall: float, data: bytes, src: Endpoint
@@ -311,6 +312,7 @@ class Relay:
             new_path = m.origin not in self.via
             self.via[m.origin] = m.hop
             self.counters["relay_rx"] += 1
+            self.counters["relay_rx_bytes"] += len(m.payload)
             return [RelayDelivered(m.payload, self.placeholder(m.origin), new_path)]
         return self._forward(now, m, members)
 
@@ -393,6 +395,7 @@ class Relay:
             self.counters["relay_no_key"] += 1
             return []
         self.counters["relay_forwarded"] += 1
+        self.counters["relay_forwarded_bytes"] += len(m.payload)
         return [SendDatagram(out, dst)]
 
     def _key(self, m: RelayPeer) -> bytes | None:

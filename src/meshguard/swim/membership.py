@@ -107,6 +107,7 @@ from meshguard.wire.gossip import (
     SYNC_SUMMARY,
     SYNC_WANT,
     TAG_RECORD,
+    TYPE_NAMES,
     Entry,
     IPNetwork,
     NodeRecord,
@@ -429,7 +430,7 @@ class Membership:
         elif not self._mac_ok(m, data, p.mac):
             return
         m.heard = True
-        s.stats["rx_" + str(t)] += 1
+        s.stats["rx_" + TYPE_NAMES[t]] += 1  # accepted (MAC verified), by type
         if t == PING:
             self._probe.on_ping(m, p, src, out)
         elif t == PING_REQ:

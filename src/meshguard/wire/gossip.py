@@ -63,6 +63,12 @@ SYNC_WANT = 0x0B
 GOSSIP_TYPES = frozenset(
     {PING, PING_REQ, ACK, JOIN, JOIN_ACK, LEAVE, SYNC_REQ, SYNC_DATA, SYNC_SUMMARY, SYNC_WANT}
 )
+# the name of each type in counters (swim_rx_ping, swim_tx_sync_req, ...) and metrics
+TYPE_NAMES: dict[int, str] = {
+    PING: "ping", PING_REQ: "ping_req", ACK: "ack", JOIN: "join", JOIN_ACK: "join_ack",
+    LEAVE: "leave", SYNC_REQ: "sync_req", SYNC_DATA: "sync_data",
+    SYNC_SUMMARY: "sync_summary", SYNC_WANT: "sync_want",
+}
 SUMMARY_ITEM = 16
 WANT_ITEM = 8
 MAX_SUMMARY_ITEMS = 76  # 5 + 32 + 8 + 1 + 76 * 16 + 16 = 1278 bytes
