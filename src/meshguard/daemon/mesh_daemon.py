@@ -314,6 +314,10 @@ class MeshDaemon:
             stack.push_async_callback(self._portmap.close)
             if self._watch is not None:
                 self._watch.on_moved.append(self._portmap.moved)
+        if cfg.metrics is not None:  # imported here: prometheus_client costs ~45 ms
+            from meshguard.daemon.metrics_exporter import start_metrics
+
+            await start_metrics(cfg.metrics, self.status_now, self.clock, stack)
         if not self.seeds and not self.seed_runner.schedule.has_lookups():
             self._ready("first node: no seeds to join")
 
@@ -620,6 +624,9 @@ class MeshDaemon:
             asyncio.get_running_loop().call_soon(self.stop_event.set)
             return {"leaving": True}
         raise MeshguardError(f"unsupported op {req.op}")
+
+    async def status_now(self) -> StatusReport:
+        return self.status(await self.runner.peer_stats())
 
     def status(self, kernel_stats: PeerStats | None = None) -> StatusReport:
         node = self.node
