@@ -40,6 +40,7 @@ MAX_REQUEST_HEAD = 4096  # bytes of request line and headers
 REQUEST_TIMEOUT = 5.0  # seconds for a whole request and its answer
 MAX_CONNECTIONS = 8
 MIN_BUILD_INTERVAL = 0.5  # seconds: scrapes closer together get the same rendering
+
 ReportSource = Callable[[], Awaitable[StatusReport]]
 
 
