@@ -145,7 +145,7 @@ def test_on_a_terminal_it_redraws_in_place_and_ctrl_c_exits_0(run: Path) -> None
                                 stdin=subprocess.DEVNULL, env=env)
         os.close(follower)
         try:
-            out = read_until(leader, HOME, 3)
+            out = read_until(leader, HOME, 4)  # (the 4th frame ends the 3rd: all 3 whole)
             proc.send_signal(signal.SIGINT)
             rc = proc.wait(10)
             assert proc.stderr is not None
