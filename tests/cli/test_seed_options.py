@@ -8,6 +8,7 @@ import pytest
 from meshguard.cli.daemon_commands import UsageError
 from meshguard.cli.main import build_parser, main
 from meshguard.cli.seed_options import parse_seed_domain
+from meshguard.settings.sources import settings_from_args
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -29,8 +30,9 @@ def test_parser_takes_the_originals_flags() -> None:
     args = build_parser().parse_args(["up", "--dns", "a.org", "--dns", "b.org", "--mdns",
                                       "--dns-port", "5353"])
     assert args.dns == ["a.org", "b.org"] and args.mdns and args.dns_port == 5353
-    plain = build_parser().parse_args(["up"])
-    assert plain.dns == [] and not plain.mdns
+    plain = settings_from_args(build_parser().parse_args(["up"]),
+                               {"MESHGUARD_CONFIG_DIR": "/nonexistent"})
+    assert plain.value("dns") == [] and not plain.value("mdns")
 
 
 def test_bad_domain_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,8 @@ import ipaddress
 import pytest
 
 from meshguard.cli.main import build_parser, main
-from meshguard.cli.up_command import _parse_routes, _route_argv
+from meshguard.cli.up_command import _parse_routes
+from meshguard.settings.sources import flag_argv, given_flags
 
 NET = ipaddress.ip_network
 
@@ -23,7 +24,7 @@ def test_the_offer_is_canonical_and_the_exit_node_is_two_default_routes() -> Non
                                                 "fd00:20::/64"]
     assert opts.accept_routes and opts.exit_node == "gw-1" and opts.exit_node_allow_lan_access
     # the background `up` passes the same flags to its `up -f`
-    again = build_parser().parse_args(["up", *_route_argv(args)])
+    again = build_parser().parse_args(["up", *flag_argv(given_flags(args))])
     assert _parse_routes(again) == opts
     plain = _parse_routes(build_parser().parse_args(["up"]))
     assert plain.advertise == () and not plain.accept_routes and plain.exit_node is None

@@ -10,6 +10,7 @@ from meshguard.cli.daemon_commands import (
     parse_seed,
 )
 from meshguard.cli.main import build_parser
+from meshguard.settings.sources import settings_from_args
 from meshguard.wire.control import MemberStatus, SelfStatus, StatusReport
 
 
@@ -77,6 +78,7 @@ def test_parser_has_daemon_commands() -> None:
     p = build_parser()
     a = p.parse_args(["up", "--seed", "h:1", "--seed", "k", "-f", "--kernel", "--open"])
     assert a.seed == ["h:1", "k"] and a.foreground and a.kernel and a.open
-    assert a.port == 51821 and a.interface == "mg0" and a.log_level == "info"
+    eff = settings_from_args(a, {"MESHGUARD_CONFIG_DIR": "/nonexistent"}).value
+    assert eff("port") == 51821 and eff("interface") == "mg0" and eff("log_level") == "info"
     assert p.parse_args(["status", "--json"]).json
     assert p.parse_args(["down", "-i", "mg3"]).interface == "mg3"

@@ -11,6 +11,7 @@ from meshguard.cli.daemon_commands import UsageError, format_status
 from meshguard.cli.main import build_parser
 from meshguard.cli.up_command import _parse_portmap
 from meshguard.daemon.host_probe import default_gateway
+from meshguard.settings.sources import settings_from_args
 from meshguard.wire.control import SelfStatus, StatusReport
 
 ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
@@ -33,8 +34,9 @@ def test_default_gateway_from_the_routing_table(tmp_path: Path) -> None:
 
 
 def test_up_portmap_flags() -> None:
-    args = build_parser().parse_args(["up"])
-    assert not args.no_portmap and _parse_portmap(args.portmap_methods) == (
+    args = settings_from_args(build_parser().parse_args(["up"]),
+                              {"MESHGUARD_CONFIG_DIR": "/nonexistent"})
+    assert not args.value("no_portmap") and _parse_portmap(args.value("portmap_methods")) == (
         "pcp", "nat-pmp", "upnp")
     assert build_parser().parse_args(["up", "--no-portmap"]).no_portmap
     assert _parse_portmap("upnp, pcp") == ("upnp", "pcp")

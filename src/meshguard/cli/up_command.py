@@ -21,21 +21,21 @@ from typing import TYPE_CHECKING
 
 from meshguard.cli.daemon_commands import (
     DEFAULT_PORT,
-    STUN_PORT,
     UsageError,
     add_common,
-    parse_seed,
     run_dir_of,
 )
-from meshguard.cli.seed_options import parse_seed_domain
-from meshguard.daemon.runtime import DEFAULT_INTERFACE, validate_interface
+from meshguard.daemon.runtime import DEFAULT_INTERFACE
 from meshguard.daemon.startup_trace import mark
 from meshguard.errors import MeshguardError
 
 if TYPE_CHECKING:
+    from meshguard.daemon.daemon_config import DaemonConfig
     from meshguard.mesh.routes import RouteOptions
 
 PORTMAP_METHODS = ("pcp", "nat-pmp", "upnp")  # nat.portmap.Method values
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 READY_TIMEOUT = 30.0  # seconds `up` waits for the background daemon before giving up
 
 
@@ -84,7 +84,7 @@ def _parse_routes(args: argparse.Namespace) -> RouteOptions:
     from meshguard.wire.gossip import MAX_ROUTES, canonical_routes
 
     nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for text in args.advertise_routes:
+    for text in args.advertise_routes or []:
         for item in (t.strip() for t in text.split(",")):
             if not item:
                 continue
@@ -107,19 +107,9 @@ def _parse_routes(args: argparse.Namespace) -> RouteOptions:
                          "counts as two)")
     if args.exit_node_allow_lan_access and not args.exit_node:
         raise UsageError("--exit-node-allow-lan-access needs --exit-node")
-    return RouteOptions(advertise=advertise, accept_routes=args.accept_routes,
+    return RouteOptions(advertise=advertise, accept_routes=bool(args.accept_routes),
                         exit_node=args.exit_node,
-                        exit_node_allow_lan_access=args.exit_node_allow_lan_access)
-
-
-def _route_argv(args: argparse.Namespace) -> list[str]:
-    argv = [f"--advertise-routes={r}" for r in args.advertise_routes]
-    for flag in ("advertise_exit_node", "accept_routes", "exit_node_allow_lan_access"):
-        if getattr(args, flag):
-            argv.append("--" + flag.replace("_", "-"))
-    if args.exit_node:
-        argv += ["--exit-node", args.exit_node]
-    return argv
+                        exit_node_allow_lan_access=bool(args.exit_node_allow_lan_access))
 
 
 def _with_saved_seeds(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -131,82 +121,38 @@ def _with_saved_seeds(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    # imported here, not at the top: `meshguard --help` and a backgrounding `up` (which only
-    # starts `up -f` and waits) need none of the daemon
-    from meshguard.daemon.daemon_config import DaemonConfig
+    # imported here, not at the top: `meshguard --help` needs none of the daemon. The options
+    # come from the defaults, the config file and the flags (settings/, docs/config.md).
+    from meshguard.settings.daemon_options import daemon_config
+    from meshguard.settings.sources import settings_from_args
 
-    validate_interface(args.interface)
-    if not 0 < args.port < 65535:
-        raise UsageError("--port must be between 1 and 65534")
-    config = DaemonConfig(
-        interface=args.interface,
-        port=args.port,
-        seeds=_with_saved_seeds([parse_seed(s) for s in args.seed]),
-        announce=_parse_announce(args.announce),
-        stun=[parse_seed(s, STUN_PORT) for s in args.stun],
-        kernel=args.kernel,
-        split_port=args.split_port,
-        open_mesh=args.open,
-        run_dir=run_dir_of(args),
-        log_level=args.log_level,
-        dns=not args.no_dns,
-        dns_port=args.dns_port,
-        resolved=not args.no_resolved,
-        portmap=() if args.no_portmap else _parse_portmap(args.portmap_methods),
-        seed_domains=[parse_seed_domain(d) for d in args.dns],
-        mdns=args.mdns,
-        routes=_parse_routes(args),
-        metrics=parse_metrics(args.metrics) if args.metrics else None,
-        log_format=args.log_format,
-    )
-    if not 0 < args.dns_port < 65536:
-        raise UsageError("--dns-port must be between 1 and 65535")
+    settings = settings_from_args(args, os.environ)
+    config = daemon_config(settings, run_dir_of(args))
     if args.foreground:
         from meshguard.daemon.mesh_daemon import run_foreground
 
         mark("imports")
         return run_foreground(config)
-    return _start_background(args, config.run_dir)
+    return _start_background(args, config)
 
 
-def _start_background(args: argparse.Namespace, directory: Path) -> int:
-    argv = [sys.executable, "-m", "meshguard", "up", "-f",
-            "--interface", args.interface, "--port", str(args.port),
-            "--log-level", args.log_level, "--run-dir", str(directory)]
-    for s in args.seed:
-        argv += ["--seed", s]
-    if args.announce:
-        argv += ["--announce", args.announce]
-    for s in args.stun:
-        argv += ["--stun", s]
-    for d in args.dns:
-        argv += ["--dns", d]
-    if args.mdns:
-        argv.append("--mdns")
-    if args.kernel:
-        argv.append("--kernel")
-    if args.split_port:
-        argv.append("--split-port")
-    if args.open:
-        argv.append("--open")
-    if args.no_dns:
-        argv.append("--no-dns")
-    argv += ["--dns-port", str(args.dns_port)]
-    if args.no_resolved:
-        argv.append("--no-resolved")
-    if args.no_portmap:
-        argv.append("--no-portmap")
-    argv += ["--portmap-methods", args.portmap_methods]
-    argv += _route_argv(args)
-    if args.metrics:
-        argv += ["--metrics", args.metrics]
-    argv += ["--log-format", args.log_format]
+def _start_background(args: argparse.Namespace, config: DaemonConfig) -> int:
+    """`up -f` in the background, with the same config file and the flags given."""
+    from meshguard.settings.sources import flag_argv
+
+    directory = config.run_dir
+    argv = [sys.executable, "-m", "meshguard", "up", "-f", "--run-dir", str(directory)]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    assert config.settings is not None
+    argv += flag_argv(config.settings.flags)
+    interface = config.interface
     with tempfile.TemporaryDirectory(prefix="meshguard-up-") as tmp:
         notify_path = os.path.join(tmp, "notify")
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
             ns.bind(notify_path)
             ns.settimeout(0.2)
-            log_path = directory / f"{args.interface}.log"
+            log_path = directory / f"{interface}.log"
             with contextlib.suppress(OSError):
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
@@ -218,7 +164,7 @@ def _start_background(args: argparse.Namespace, directory: Path) -> int:
                 proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=log,
                                         start_new_session=True, close_fds=True)
-            return _wait_ready(ns, proc, args.interface, log_path)
+            return _wait_ready(ns, proc, interface, log_path)
 
 
 def _wait_ready(ns: socket.socket, proc: subprocess.Popen[bytes], iface: str,
@@ -250,63 +196,74 @@ def _wait_ready(ns: socket.socket, proc: subprocess.Popen[bytes], iface: str,
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `up` to the parser."""
-    up = sub.add_parser("up", help="join the mesh (start the daemon)")
+def add_up_options(up: argparse.ArgumentParser) -> None:
+    """The options of `up` (and of `config show`). Each default is None, so a flag given is
+    told from one left out: the config file or the default fills those (settings/)."""
     add_common(up, DEFAULT_INTERFACE)
-    up.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
+    up.set_defaults(interface=None)
+    up.add_argument("--config", "-c", metavar="FILE",
+                    help="the config file (default: meshguard.toml in the config dir, if it "
+                         "exists; docs/config.md); flags override it")
+    up.add_argument("--seed", action="append", default=None, metavar="HOST:PORT",
                     help="a member to join through: its gossip port, which is its --port, or "
                          "--port + 1 for a --kernel node (repeatable; host names allowed)")
-    up.add_argument("--dns", action="append", default=[], metavar="DOMAIN",
+    up.add_argument("--dns", action="append", default=None, metavar="DOMAIN",
                     help="discover seeds in the TXT records meshguard=IP:PORT at "
                          "_meshguard._udp.DOMAIN (repeatable; docs/seeds.md)")
-    up.add_argument("--mdns", action="store_true",
+    up.add_argument("--mdns", action="store_true", default=None,
                     help="advertise this node and discover seeds on the LAN by mDNS "
                          "(_meshguard._udp.local)")
-    up.add_argument("--port", type=int, default=DEFAULT_PORT,
+    up.add_argument("--port", type=int, default=None,
                     help=f"UDP port for WireGuard and gossip (default {DEFAULT_PORT})")
     up.add_argument("--announce", metavar="IP",
                     help="the address other members should use to reach this node")
-    up.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
+    up.add_argument("--stun", action="append", default=None, metavar="HOST:PORT",
                     help="STUN server to discover the public endpoint with (repeatable)")
-    up.add_argument("--kernel", action="store_true",
+    up.add_argument("--kernel", action="store_true", default=None,
                     help="use the kernel WireGuard module (gossip then on PORT+1)")
     # userspace WireGuard with kernel mode's port layout (gossip on PORT+1), for interop tests
-    up.add_argument("--split-port", action="store_true", help=argparse.SUPPRESS)
-    up.add_argument("--open", action="store_true",
+    up.add_argument("--split-port", action="store_true", default=None, help=argparse.SUPPRESS)
+    up.add_argument("--open", action="store_true", default=None,
                     help="start even with an empty trust store (no member will be admitted "
                          "until one is trusted)")
-    up.add_argument("--dns-port", type=int, default=53,
+    up.add_argument("--dns-port", type=int, default=None,
                     help="port of the *.mesh DNS server on the mesh addresses (default 53; "
                          "docs/mesh-dns-and-org-revocation.md)")
-    up.add_argument("--no-dns", action="store_true", help="do not serve *.mesh names")
-    up.add_argument("--no-resolved", action="store_true",
+    up.add_argument("--no-dns", action="store_true", default=None,
+                    help="do not serve *.mesh names")
+    up.add_argument("--no-resolved", action="store_true", default=None,
                     help="do not register the DNS server and ~mesh with systemd-resolved")
-    up.add_argument("--no-portmap", action="store_true",
+    up.add_argument("--no-portmap", action="store_true", default=None,
                     help="do not ask the home router (PCP, NAT-PMP, UPnP-IGD) to forward the "
                          "UDP port")
     # the mapping methods, in the order tried (tests pin one)
-    up.add_argument("--portmap-methods", default=",".join(PORTMAP_METHODS),
-                    help=argparse.SUPPRESS)
-    up.add_argument("--advertise-routes", action="append", default=[], metavar="CIDR[,CIDR...]",
+    up.add_argument("--portmap-methods", default=None, help=argparse.SUPPRESS)
+    up.add_argument("--advertise-routes", action="append", default=None,
+                    metavar="CIDR[,CIDR...]",
                     help="offer to carry these subnets for the mesh (used only where an "
                          "org-signed policy grants them; docs/policy.md#routes)")
-    up.add_argument("--advertise-exit-node", action="store_true",
+    up.add_argument("--advertise-exit-node", action="store_true", default=None,
                     help="offer to be an exit node (0.0.0.0/0 and ::/0), if a policy grants it")
-    up.add_argument("--accept-routes", action="store_true",
+    up.add_argument("--accept-routes", action="store_true", default=None,
                     help="use the subnets that granted members carry")
     up.add_argument("--exit-node", metavar="NAME",
                     help="send the default routes through this granted exit node (its name or "
                          "identity key)")
-    up.add_argument("--exit-node-allow-lan-access", action="store_true",
+    up.add_argument("--exit-node-allow-lan-access", action="store_true", default=None,
                     help="with --exit-node: keep the local LAN reachable directly")
-    up.add_argument("-f", "--foreground", action="store_true",
-                    help="stay in the foreground (systemd, debugging)")
-    up.add_argument("--log-level", default="info",
-                    choices=["debug", "info", "warning", "error"])
-    up.add_argument("--log-format", default="text", choices=["text", "json"],
+    up.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+                    help="how much the daemon logs (default info)")
+    up.add_argument("--log-format", default=None, choices=LOG_FORMATS,
                     help="log lines as text, or one JSON object per line for log shippers")
     up.add_argument("--metrics", metavar="[ADDR:]PORT",
                     help=f"serve Prometheus metrics over HTTP (loopback unless ADDR is given; "
                          f"the usual port is {DEFAULT_METRICS_PORT})")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `up` to the parser."""
+    up = sub.add_parser("up", help="join the mesh (start the daemon)")
+    add_up_options(up)
+    up.add_argument("-f", "--foreground", action="store_true",
+                    help="stay in the foreground (systemd, debugging)")
     up.set_defaults(func=cmd_up)

@@ -6,10 +6,14 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshguard.errors import MeshguardError
 from meshguard.mesh.routes import RouteOptions
 from meshguard.sansio import Endpoint
+
+if TYPE_CHECKING:
+    from meshguard.settings.sources import Settings
 
 ALIAS_FILE = "alias"  # org/alias: this org's signed alias (`meshguard org-alias`)
 
@@ -48,6 +52,7 @@ class DaemonConfig:
     metrics: Endpoint | None = None
     log_format: str = "text"  # --log-format: "text" or "json" (one JSON object per line)
     config_file: Path | None = None  # the meshguard.toml read, if any (re-read on reload)
+    settings: Settings | None = None  # each value with its source (daemon/config_reload.py)
 
     @property
     def split(self) -> bool:
