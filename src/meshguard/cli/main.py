@@ -33,9 +33,10 @@ _POLICY_VIEW = "meshguard.cli.policy_view"
 _EXPORT_WG = "meshguard.cli.export_wg_command"
 _COMPLETION = "meshguard.cli.completion_command"
 _WEB = "meshguard.cli.web_command"
+_CONFIG = "meshguard.cli.config_commands"
 # in the order `--help` lists them
 COMMAND_MODULES = (_IDENTITY, _WIREGUARD, _UP, _DAEMON, _VOUCH, _CONNECT, _PING, _POLICY,
-                   _POLICY_VIEW, _EXPORT_WG, _WEB, _COMPLETION)
+                   _POLICY_VIEW, _EXPORT_WG, _WEB, _CONFIG, _COMPLETION)
 # command name -> the module that registers it (a test holds this to what the modules register)
 COMMANDS = {
     **dict.fromkeys(("version", "keygen", "export", "trust", "revoke", "org-keygen", "org-sign",
@@ -51,6 +52,7 @@ COMMANDS = {
     "export-wg": _EXPORT_WG,
     "web": _WEB,
     "completion": _COMPLETION,
+    **dict.fromkeys(("config", "reload"), _CONFIG),
 }
 
 
