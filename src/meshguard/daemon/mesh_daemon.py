@@ -20,7 +20,8 @@ Start-up, in an order that fails before anything is created whenever it can:
 This module is what both modes share: configuration, identity, trust, membership, the node's
 events, DNS and the control socket. Everything created is recorded on an exit stack and undone
 on any failure or at shutdown, so a failed start leaves no interface and no socket behind.
-SIGTERM/SIGINT and the `down` request leave the mesh gracefully; SIGHUP and a change of any file
+SIGTERM/SIGINT and the `down` request leave the mesh gracefully; SIGHUP and `meshguard reload`
+re-read the config file too (daemon/config_reload.py); SIGHUP and a change of any file
 under authorized_keys/, trusted_orgs/, vouched/ or revocations (mtimes polled every TRUST_POLL
 seconds) reload the trust store; the same poll follows devices/ (wg_device_peers.py).
 """
@@ -42,6 +43,7 @@ from meshguard.clock import Clock, SystemClock
 from meshguard.config import resolve_config_dir
 from meshguard.crypto.keys import X25519PrivateKey
 from meshguard.daemon import sd_notify
+from meshguard.daemon.config_reload import ConfigReloader
 from meshguard.daemon.control_server import ControlServer, claim_socket_path
 from meshguard.daemon.daemon_config import ALIAS_FILE, DaemonConfig, StartupError
 from meshguard.daemon.dns_server import DnsServer
@@ -168,6 +170,7 @@ class MeshDaemon:
         self._watch: UnderlayWatch | None = None
         self.policies: PolicyRunner | None = None  # read at preflight (daemon/policy_runner.py)
         self._wg_devices: WgDevicePeers | None = None  # export-wg devices (wg_device_peers.py)
+        self.config_reload = ConfigReloader(self)  # `reload` and SIGHUP (config_reload.py)
 
     @property
     def portmap(self) -> PortmapTask | None:
@@ -619,6 +622,8 @@ class MeshDaemon:
             enforcer = self.runner if self.cfg.kernel else getattr(self.runner, "engine", None)
             counters = getattr(enforcer, "policy_counters", None)
             return self.policies.report(None if counters is None else counters())
+        if req.op == "reload":
+            return (await self.config_reload.reload("meshguard reload")).to_json()
         if req.op == "down":
             log.info("down requested over the control socket")
             asyncio.get_running_loop().call_soon(self.stop_event.set)
@@ -649,7 +654,7 @@ class MeshDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
             stack.callback(loop.remove_signal_handler, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_trust, "SIGHUP")
+        loop.add_signal_handler(signal.SIGHUP, self.config_reload.on_signal)
         stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
     async def leave(self) -> None:

@@ -95,6 +95,13 @@ class SeedRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def set_sources(self, sources: list[SeedSource]) -> None:
+        """Reload: these sources from now on; new addresses are joined through at once, new
+        names looked up within a second (the loop below)."""
+        c = self.clock
+        if self.schedule.set_sources(sources, c.monotonic(), c.wall()):
+            self._changed()
+
     def discovered(self, addresses: list[Endpoint]) -> None:
         """mDNS found these (daemon/mdns_service.py)."""
         src = next((s for s in self.schedule.sources if s.kind == MDNS), None)

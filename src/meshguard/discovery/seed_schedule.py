@@ -63,19 +63,29 @@ def _to_wall(at: float, now: float, wall: float) -> float | None:
 class SeedSchedule:
     def __init__(self, sources: list[SeedSource], now: float, wall: float) -> None:
         self._states: dict[SeedSource, SourceState] = {}
-        for s in sources:
-            if s in self._states:
-                continue
-            st = SourceState(s)
-            if s.kind == ADDRESS:
-                st.addresses = ((s.host, s.port),)
-                st.last_success = wall
-            elif s.kind in _LOOKED_UP:
-                st.next_at = now
-            self._states[s] = st
+        self.set_sources(sources, now, wall)
         self._connected = False
         self._stalls = 0  # rescues since the node was last connected
         self._rescue_at = float("inf")
+
+    def set_sources(self, sources: list[SeedSource], now: float, wall: float) -> bool:
+        """These sources from now on (start-up, and a reload of the config file): the ones
+        kept keep their state, new ones are looked up at once. True if any is new."""
+        old = self._states
+        self._states = {}
+        for s in sources:
+            if s in self._states:
+                continue
+            st = old.get(s)
+            if st is None:
+                st = SourceState(s)
+                if s.kind == ADDRESS:
+                    st.addresses = ((s.host, s.port),)
+                    st.last_success = wall
+                elif s.kind in _LOOKED_UP:
+                    st.next_at = now
+            self._states[s] = st
+        return any(s not in old for s in self._states)
 
     @property
     def sources(self) -> list[SeedSource]:
@@ -117,7 +127,9 @@ class SeedSchedule:
     def resolved(self, now: float, wall: float, source: SeedSource, addresses: list[Endpoint],
                  ttl: float | None = None, warnings: list[str] | None = None) -> bool:
         """A lookup answered; True if the source's addresses changed."""
-        st = self._states[source]
+        st = self._states.get(source)
+        if st is None:  # dropped by a reload while it was looked up
+            return False
         st.in_flight = False
         new = tuple(dict.fromkeys(addresses))[:MAX_ADDRESSES]
         changed = new != st.addresses
@@ -133,7 +145,9 @@ class SeedSchedule:
     def failed(self, now: float, wall: float, source: SeedSource, error: str) -> None:
         """A lookup failed (no such name, no answer, only malformed records, a timeout). The
         addresses it gave before are kept: a resolver's hiccup must not drop a working seed."""
-        st = self._states[source]
+        st = self._states.get(source)
+        if st is None:  # dropped by a reload while it was looked up
+            return
         st.in_flight = False
         st.failures += 1
         st.last_failure = wall
@@ -142,7 +156,9 @@ class SeedSchedule:
 
     def discovered(self, wall: float, source: SeedSource, addresses: list[Endpoint]) -> bool:
         """A pushed source (mDNS) now offers these addresses; True if they changed."""
-        st = self._states[source]
+        st = self._states.get(source)
+        if st is None:
+            return False
         new = tuple(dict.fromkeys(addresses))[:MAX_ADDRESSES]
         changed = new != st.addresses
         st.addresses = new

@@ -22,6 +22,10 @@ Requests::
                            "rules": [{"source", "line", "text", "packets"}], "reasons": {...},
                            "refused": {...}, "gossip": {...}, "transfers": [...], ...}}
                            (what is in force, daemon/policy_runner.py `report`)
+    {"op": "reload"}    -> {"ok": true, "result": {"applied": [key...], "restart": [key...],
+                           "unchanged": [key...], "trust": "reloaded, ..."}}  (config file
+                           and trust store read again, daemon/config_reload.py; a bad config
+                           file: {"ok": false, "error": "FILE:LINE: key 'x': ..."})
 
 Errors: ``{"ok": false, "error": "<one line>"}``.
 
@@ -96,7 +100,7 @@ from meshguard.wire.seed_status import SeedsStatus
 
 SCHEMA_VERSION = 1
 MAX_LINE = 1 << 20  # 1 MiB: a status of ~4000 members; requests are tiny
-OPS = ("hello", "status", "down", "ping", "policy")
+OPS = ("hello", "status", "down", "ping", "policy", "reload")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 
 
