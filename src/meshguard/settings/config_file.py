@@ -52,7 +52,7 @@ def _syntax_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> Config
 def line_of(text: str, key: str) -> int:
     """The first line assigning `key` (bare or quoted) or opening the table `[key]`."""
     k = re.escape(key)
-    pat = re.compile(rf"^\s*(?:\[\s*)?(?:{k}|\"{k}\"|'{k}')\s*(?:[=.\]])", re.MULTILINE)
+    pat = re.compile(rf"^[ \t]*(?:\[[ \t]*)?(?:{k}|\"{k}\"|'{k}')[ \t]*[=.\]]", re.MULTILINE)
     m = pat.search(text)
     return text.count("\n", 0, m.start()) + 1 if m is not None else 1
 
