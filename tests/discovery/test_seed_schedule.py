@@ -123,3 +123,18 @@ def test_duplicate_addresses_across_sources_are_joined_once() -> None:
     s.due(c.now)
     s.resolved(c.now, c.wall(), NAME, [("192.0.2.9", 51821), ("192.0.2.9", 51821)])
     assert s.addresses() == [("192.0.2.9", 51821)]
+
+
+def test_set_sources_keeps_known_state_and_looks_new_names_up_at_once() -> None:
+    s, c = _sched(LIT, NAME)
+    assert s.due(c.now) == [NAME]
+    s.resolved(c.now, c.wall(), NAME, [("192.0.2.7", 51821)], ttl=600)
+    other = SeedSource(ADDRESS, "192.0.2.8:51821", "192.0.2.8", 51821)
+    assert s.set_sources([NAME, other, TXT], c.now, c.wall())
+    assert s.addresses() == [("192.0.2.7", 51821), ("192.0.2.8", 51821)]  # LIT dropped
+    assert s.due(c.now) == [TXT]  # NAME keeps its refresh time
+    # an answer for a source a reload dropped is ignored
+    assert not s.set_sources([NAME], c.now, c.wall())
+    assert not s.resolved(c.now, c.wall(), TXT, [("192.0.2.99", 1)])
+    s.failed(c.now, c.wall(), TXT, "gone")
+    assert s.addresses() == [("192.0.2.7", 51821)]
