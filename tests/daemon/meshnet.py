@@ -85,9 +85,11 @@ class Node:
         return run_cli(list(args), self.env, self.ns, timeout)
 
     def up(self, seeds: list[Node] | None = None, *extra: str, wait: bool = True,
-           v6: bool = False, announce: bool = True) -> None:
-        argv = ["up", "-f", "--interface", self.iface, "--port", str(self.port),
-                "--log-level", "debug", *extra]
+           v6: bool = False, announce: bool = True, log_level: str | None = "debug") -> None:
+        """`up -f` with these flags (log_level None: the config file's, or the default)."""
+        argv = ["up", "-f", "--interface", self.iface, "--port", str(self.port), *extra]
+        if log_level is not None:
+            argv += ["--log-level", log_level]
         if announce:
             argv += ["--announce", self.ip6 if v6 else self.ip]
         for s in seeds or []:
@@ -98,6 +100,12 @@ class Node:
                                       env={**os.environ, **self.env}, stderr=logf)
         if wait:
             self.lan.wait(lambda: self.alive_and_answering(), f"{self.name} to come up", 20)
+
+    def write_config(self, text: str) -> Path:
+        """The node's meshguard.toml (in its config dir, so `up` reads it without --config)."""
+        path = self.cfg / "meshguard.toml"
+        path.write_text(text)
+        return path
 
     def alive_and_answering(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
