@@ -230,3 +230,16 @@ def test_the_example_file_names_every_key_and_its_values_are_the_defaults(
             assert values[s.key] == s.default, s.key
     # the example values of the keys without a default are valid too
     daemon_config(load_settings({}, path, {}), tmp_path)
+
+
+def test_docs_list_every_key_with_its_type_flag_and_reload() -> None:
+    rows: dict[str, list[str]] = {}
+    for line in (REPO / "docs" / "config.md").read_text().splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(BY_KEY)
+    for s in SETTINGS:
+        _, kind, _, flag, reload = rows[s.key][:5]
+        assert (kind, flag) == (s.kind, f"`{s.flag}`"), s.key
+        assert reload.startswith("live") == s.live, s.key
