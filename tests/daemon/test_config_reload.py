@@ -74,10 +74,11 @@ class _Daemon:
 
 @pytest.fixture(autouse=True)
 def _restore_log_level() -> Iterator[None]:
-    logger = logging.getLogger("meshguard")
-    level = logger.level
+    loggers = [logging.getLogger(), logging.getLogger("meshguard")]
+    levels = [lg.level for lg in loggers]
     yield
-    logger.setLevel(level)
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
 
 
 def _start(tmp_path: Path, text: str, *flags: str, routes: bool = True) -> tuple[_Daemon, Path]:

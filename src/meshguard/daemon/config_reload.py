@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.host_probe import resolve_seeds
+from meshguard.daemon.log_format import set_level
 from meshguard.daemon.seed_runner import seed_sources
 from meshguard.errors import MeshguardError
 from meshguard.sansio import Endpoint
@@ -61,13 +61,7 @@ def in_force(old: Settings, new: Settings, applied: Collection[str]) -> Settings
 
 
 def set_log_level(level: str) -> None:
-    """The daemon's log level from now on: meshguard.daemon.log_format's `set_level` where
-    that module exists, else the level of the "meshguard" loggers."""
-    try:
-        set_level = importlib.import_module("meshguard.daemon.log_format").set_level
-    except (ImportError, AttributeError):
-        logging.getLogger("meshguard").setLevel(level.upper())
-        return
+    """The daemon's log level from now on (daemon/log_format.py)."""
     set_level(level)
 
 
