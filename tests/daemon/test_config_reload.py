@@ -91,7 +91,7 @@ def _start(tmp_path: Path, text: str, *flags: str, routes: bool = True) -> tuple
 
 
 def _reload(d: _Daemon) -> ReloadReport:
-    return asyncio.run(ConfigReloader(d).reload("test"))  # type: ignore[arg-type]
+    return asyncio.run(ConfigReloader(d).reload("test"))
 
 
 START = ('seed = ["192.0.2.1:51821"]\nstun = ["192.0.2.5:3478"]\nport = 51821\n'
