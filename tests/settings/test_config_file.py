@@ -73,6 +73,7 @@ CASES: dict[str, tuple[str, Check]] = {
     "open": ("open = true", lambda c: c.open_mesh),
     "dns_port": ("dns_port = 5353", lambda c: c.dns_port == 5353),
     "no_dns": ("no_dns = true", lambda c: not c.dns),
+    "no_resolved": ("no_resolved = true", lambda c: not c.resolved),
     "no_portmap": ("no_portmap = true", lambda c: c.portmap == ()),
     "portmap_methods": ('portmap_methods = "upnp, pcp"', lambda c: c.portmap == ("upnp", "pcp")),
     "advertise_routes": ('advertise_routes = ["10.20.0.0/24,fd00:20::/64"]',
