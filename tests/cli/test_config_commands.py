@@ -4,12 +4,14 @@ and the backgrounding `up`, which hands its config file and only the flags given
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from meshguard.cli import up_command
+from meshguard.cli.main import main
 from meshguard.settings.config_file import parse_config_text
 from meshguard.settings.schema import BY_KEY
 
@@ -102,3 +104,26 @@ def test_the_background_up_passes_the_config_file_and_only_the_flags_given(
     i = argv.index("up")
     assert argv[i:] == ["up", "-f", "--run-dir", str(tmp_path / "run"), "--config", str(path),
                         "--seed=192.0.2.1:1", "--open"]
+
+
+ZIG = Path(__file__).resolve().parents[1] / "vectors" / "zig"
+
+
+def _originals_config_show(node: str) -> list[str]:
+    """The three lines the original's `meshguard config show` printed for `node`."""
+    lines = (ZIG / "expected.md").read_text().splitlines()
+    start = lines.index(f"## {node} (meshguard config show)") + 1
+    return lines[start:start + 3]
+
+
+@pytest.mark.parametrize("node", ["node-a", "node-b", "node-c"])
+def test_config_show_on_a_dir_from_the_original_prints_what_it_printed(
+        node: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / node
+    shutil.copytree(ZIG / node, cfg)
+    monkeypatch.setenv("MESHGUARD_CONFIG_DIR", str(cfg))
+    before = {p.name: p.read_bytes() for p in cfg.iterdir()}
+    assert main(["config", "show"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == _originals_config_show(node)
+    assert {p.name: p.read_bytes() for p in cfg.iterdir()} == before  # it writes nothing
