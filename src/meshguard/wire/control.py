@@ -15,7 +15,10 @@ Requests::
     {"op": "ping", "args": {"target": "node-2", "timeout": 2.0}}
                         -> {"ok": true, "result": {"path": "direct" | "relayed",
                            "endpoint": "ip:port" (relayed: the relay's), "via": relay name | null,
-                           "rtt_ms": 0.4 | null (no answer), "mtu": 1280 | null,
+                           "rtt_ms": 0.4 | null (no answer), "rtt_to": "member" |
+                           "relay" (a relayed member's probe times the relay hop),
+                           "end_to_end_rtt_ms": 3.1 | null, "end_to_end_source":
+                           "probe" | "handshake" | null (as status rtt_ms), "mtu": 1280 | null,
                            "mtu_state": "done" | "search" | ..., "reason": why relayed | null}}
                            (one path probe, daemon/path_probes.py)
     {"op": "policy"}    -> {"ok": true, "result": {"enforced": bool, "sources": [...],
