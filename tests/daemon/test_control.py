@@ -76,8 +76,9 @@ def test_status_schema_roundtrip() -> None:
     assert set(doc["members"][0]) == {
         "name", "identity_key", "wireguard_key", "mesh_ipv4", "mesh_ipv6", "endpoint", "state",
         "trusted", "tunnel", "last_handshake", "rx_bytes", "tx_bytes", "path", "dns_names",
-        "rtt_ms", "mtu", "why", "via", "via_endpoint", "own_nat", "peer_nat", "last_punch",
-        "last_punch_age", "next_punch_in", "admission", "routes_offered", "routes_in_use"}
+        "rtt_ms", "mtu", "rtt_source", "relay_rtt_ms", "why", "via", "via_endpoint", "own_nat",
+        "peer_nat", "last_punch", "last_punch_age", "next_punch_in", "admission",
+        "routes_offered", "routes_in_use"}
     assert StatusReport.from_json(doc) == rep
     # a document from a daemon that predates dns_names still reads (compatible addition)
     old = json.loads(json.dumps(doc))

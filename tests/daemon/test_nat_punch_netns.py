@@ -23,6 +23,7 @@ symmetric NAT (`masquerade random`) the punch fails and A and B relay through S 
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -78,6 +79,13 @@ def test_symmetric_nat_relays_through_the_public_member(tmp_path: Path, masq_b: 
                                                    if "probe" in k} for x in (a, s)])
         assert f"relayed via s at {PUB}:51821" in res.stdout and "rtt" in res.stdout
         assert "path MTU: relayed" in res.stdout
+        # the probe timed the relay hop; the end-to-end RTT is the handshakes' (the hop's
+        # RTT beside it in status)
+        assert "ms to the relay" in res.stdout, res.stdout
+        assert re.search(r"end-to-end RTT: [0-9.]+ ms \(WireGuard handshakes\)", res.stdout)
+        for m in (ma, mb):
+            assert m["rtt_source"] == "handshake" and m["rtt_ms"] is not None, m
+            assert m["relay_rtt_ms"] is not None, m
         # why: both NAT types and the last punch's result
         assert "why: relayed via" in res.stdout and "NATs " in res.stdout, res.stdout
         # (while a retried punch is in flight the reason says "punching now": ask again)

@@ -1,7 +1,8 @@
 """`meshguard ping NAME|MESH-IP [-c COUNT] [--interval S]`: path probes to one member through
 the running daemon (the control socket's `ping`, daemon/path_probes.py): per probe the path
-(direct ENDPOINT, or relayed via MEMBER at ENDPOINT) and the RTT, then the path MTU and, for a
-relayed member, why it is relayed. Unknown member: one error line, exit 1; no answer to any
+(direct ENDPOINT, or relayed via MEMBER at ENDPOINT) and the RTT (of a relayed member: to its
+relay; the end-to-end RTT its WireGuard handshakes measured follows), then the path MTU and,
+for a relayed member, why it is relayed. Unknown member: one error line, exit 1; no answer to any
 probe: "timeout", exit 1."""
 
 from __future__ import annotations
@@ -49,8 +50,13 @@ def cmd_ping(args: argparse.Namespace) -> int:
             print(f"probe {i + 1}: {path_line(last)}: timeout", flush=True)
         else:
             answered += 1
-            print(f"probe {i + 1}: {path_line(last)}: rtt {rtt} ms", flush=True)
+            hop = " to the relay" if last.get("rtt_to") == "relay" else ""
+            print(f"probe {i + 1}: {path_line(last)}: rtt {rtt} ms{hop}", flush=True)
     if last.get("path") == "relayed":
+        e2e = last.get("end_to_end_rtt_ms")
+        how = "WireGuard handshakes" if last.get("end_to_end_source") == "handshake" else "-"
+        print(f"end-to-end RTT: {e2e} ms ({how})" if e2e is not None
+              else "end-to-end RTT: unknown (no handshake measured it yet)")
         print("path MTU: relayed (not probed)")
     else:
         mtu = last.get("mtu")

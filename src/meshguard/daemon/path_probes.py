@@ -21,6 +21,7 @@ from meshguard.crypto.keys import X25519PrivateKey, X25519PublicKey
 from meshguard.dataplane.udp_io import set_dont_fragment
 from meshguard.errors import MeshguardError
 from meshguard.identity.addressing import mesh_ipv6
+from meshguard.mesh.member_rtt import member_rtt
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.path_probe import PathProber
 from meshguard.rng import Rng
@@ -126,7 +127,8 @@ def path_reason(node: MeshNode, wg_key: bytes, clock: Clock) -> str:
 async def ping_request(node: MeshNode, prober: PathProber | None, clock: Clock,
                        execute: Callable[[list[SendDatagram]], None],
                        args: dict[str, object]) -> dict[str, object]:
-    """One probe to the member `args["target"]`; its path, RTT (None: timeout) and MTU."""
+    """One probe to the member `args["target"]` (to its relay when relayed: `rtt_to`); its
+    path, RTT (None: timeout), MTU and the member's end-to-end RTT as `status` has it."""
     target = args.get("target")
     if not isinstance(target, str) or not target:
         raise MeshguardError("ping needs a target (a name or a mesh address)")
@@ -160,8 +162,14 @@ async def ping_request(node: MeshNode, prober: PathProber | None, clock: Clock,
                 break
             await asyncio.sleep(0.005)
         prober.ping_result(nonce, forget=True)
+    # a relayed member's probe times the relay hop only; the end-to-end value is the
+    # handshakes' (mesh/member_rtt.py), as in `status`
+    e2e = member_rtt(node, wg, ident, path == "relayed")
     return {"path": path, "endpoint": format_endpoint(via), "via": via_name,
             "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
+            "rtt_to": "relay" if path == "relayed" else "member",
+            "end_to_end_rtt_ms": None if e2e.rtt is None else round(e2e.rtt * 1000, 3),
+            "end_to_end_source": e2e.source,
             "mtu": None if path == "relayed" or state is None else state.mtu,
             "mtu_state": "relayed" if path == "relayed" or state is None else state.state,
             "reason": path_reason(node, wg, clock)}

@@ -12,6 +12,7 @@ from typing import Any
 from meshguard.daemon.daemon_config import DaemonConfig
 from meshguard.daemon.kernel_module import gossip_port_for
 from meshguard.identity.addressing import mesh_ipv4, mesh_ipv6
+from meshguard.mesh.member_rtt import member_rtt
 from meshguard.mesh.node import MeshNode
 from meshguard.mesh.swim_port import SwimPort
 from meshguard.nat.path_select import PathReport
@@ -40,12 +41,19 @@ def _with_path(ms: MemberStatus, r: PathReport | None) -> MemberStatus:
         next_punch_in=None if r.next_punch_in is None else round(r.next_punch_in, 1))
 
 
-def _path_columns(node: MeshNode, wg_key: bytes | None) -> dict[str, Any]:
-    """rtt_ms and mtu of the member's path, from the path prober (mesh/path_probe.py)."""
-    p = node.probes.paths.get(wg_key) if node.probes is not None and wg_key else None
-    if p is None:
+def _path_columns(node: MeshNode, wg_key: bytes | None, identity_key: bytes, path: str
+                  ) -> dict[str, Any]:
+    """rtt_ms (and where it comes from), relay_rtt_ms and mtu of the member's path
+    (mesh/member_rtt.py: the path prober, the handshakes, the relay's echo)."""
+    if not wg_key:
         return {}
-    return {"rtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3), "mtu": p.mtu}
+    r = member_rtt(node, wg_key, identity_key, path == "relayed")
+    return {"rtt_ms": _ms(r.rtt), "rtt_source": r.source, "relay_rtt_ms": _ms(r.relay_rtt),
+            "mtu": r.mtu}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, name: str | None,
@@ -104,7 +112,7 @@ def build_status(*, cfg: DaemonConfig, node: MeshNode, membership: SwimPort, nam
             tx_bytes=tx,
             path=path,
             dns_names=tuple(sorted(names.get(ipv6, ()))),
-            **_path_columns(node, m.wg_key),
+            **(_path_columns(node, m.wg_key, m.identity_key, path) if tunnel else {}),
         ), report))
     members.sort(key=lambda s: (s.name or "~", s.identity_key))
     counters = {k: int(v) for k, v in node.counters.items()}

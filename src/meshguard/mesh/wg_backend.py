@@ -54,3 +54,9 @@ class DeviceBackend:
         if p is None:
             return (0.0, 0, 0, None)
         return (p.last_handshake_wall, p.rx_bytes, p.tx_bytes, p.endpoint)
+
+    def handshake_rtt(self, wg_key: bytes) -> float | None:
+        """The peer's smoothed end-to-end RTT from its handshakes (wireguard/handshake_rtt.py),
+        None before the first sample or for an unknown peer."""
+        p = self.device.peer(X25519PublicKey(wg_key))
+        return None if p is None else p.rtt.smoothed

@@ -63,9 +63,32 @@
     return t ? humanSeconds(now - t) + " ago" : "never";
   }
 
-  function rttText(m) {
-    const r = num(m.rtt_ms);
+  function msText(v) {
+    const r = num(v);
     return r === null ? "-" : r.toFixed(1) + " ms";
+  }
+
+  // the end-to-end RTT (relayed members too: from the WireGuard handshakes)
+  function rttText(m) {
+    return msText(m.rtt_ms);
+  }
+
+  function rttTitle(m) {
+    const src = m.rtt_source === "probe" ? "path probes"
+      : m.rtt_source === "handshake" ? "WireGuard handshakes, end to end" : "";
+    const hop = num(m.relay_rtt_ms) !== null ? "; to the relay " + msText(m.relay_rtt_ms) : "";
+    return src ? "RTT from " + src + hop : hop.slice(2);
+  }
+
+  function rttCell(m) {
+    const td = el("td", "num");
+    td.append(el("span", null, rttText(m)));
+    if (m.path === "relayed" && num(m.relay_rtt_ms) !== null) {
+      td.append(el("br"), el("span", "endpoint", "relay " + msText(m.relay_rtt_ms)));
+    }
+    const t = rttTitle(m);
+    if (t) td.title = t;
+    return td;
   }
 
   function memberName(m) {
@@ -150,7 +173,7 @@
         name, ips, state, path,
         el("td", "age", m.tunnel ? ago(m.last_handshake, now) : "no tunnel"),
         traffic,
-        el("td", "num", rttText(m)),
+        rttCell(m),
       );
       body.append(tr);
     }
@@ -195,8 +218,11 @@
         lx = (x1 + x2) / 2;
         ly = (y1 + y2) / 2;
       }
-      labels.append(svg("text", { x: lx, y: ly - 4, class: "rtt", "text-anchor": "middle" },
-                        text));
+      const label = svg("text", { x: lx, y: ly - 4, class: "rtt", "text-anchor": "middle" },
+                        text);
+      const t = rttTitle(m);
+      if (t) label.append(svg("title", {}, t));
+      labels.append(label);
     }
     const nodes = svg("g", { class: "nodes" });
     const self = st.self || {};

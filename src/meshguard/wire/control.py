@@ -15,7 +15,10 @@ Requests::
     {"op": "ping", "args": {"target": "node-2", "timeout": 2.0}}
                         -> {"ok": true, "result": {"path": "direct" | "relayed",
                            "endpoint": "ip:port" (relayed: the relay's), "via": relay name | null,
-                           "rtt_ms": 0.4 | null (no answer), "mtu": 1280 | null,
+                           "rtt_ms": 0.4 | null (no answer), "rtt_to": "member" |
+                           "relay" (a relayed member's probe times the relay hop),
+                           "end_to_end_rtt_ms": 3.1 | null, "end_to_end_source":
+                           "probe" | "handshake" | null (as status rtt_ms), "mtu": 1280 | null,
                            "mtu_state": "done" | "search" | ..., "reason": why relayed | null}}
                            (one path probe, daemon/path_probes.py)
     {"op": "policy"}    -> {"ok": true, "result": {"enforced": bool, "sources": [...],
@@ -63,7 +66,11 @@ only ever added in a compatible way; a removal or change of meaning bumps schema
           "rx_bytes": 0,
           "tx_bytes": 0,
           "path": "direct" | "relayed",
-          "rtt_ms": 0.4 | null,         # smoothed RTT of the path probes (mesh/path_probe.py)
+          "rtt_ms": 0.4 | null,         # smoothed end-to-end RTT (relayed too), from rtt_source:
+          "rtt_source": "probe" | "handshake" | null,  # the path probes (direct paths only,
+                                        # mesh/path_probe.py) or the WireGuard handshakes
+                                        # (userspace mode, wireguard/handshake_rtt.py)
+          "relay_rtt_ms": 2.1 | null,   # relayed: smoothed RTT to the relay hop (nat/relay.py)
           "mtu": 1280 | null,           # path MTU found (IP bytes), null: unknown or relayed
           "dns_names": ["node-2.a1b2c3.mesh", ...],  # names the mesh resolver answers for it
           "why": "relayed via 1a2b3c4d at 203.0.113.10:51821: the hole punch failed; ..." | null,
@@ -207,6 +214,8 @@ class MemberStatus:
     dns_names: tuple[str, ...] = ()
     rtt_ms: float | None = None
     mtu: int | None = None
+    rtt_source: str | None = None  # "probe" | "handshake" (mesh/member_rtt.py)
+    relay_rtt_ms: float | None = None  # to the relay of a relayed member
     # why the path is what it is (nat/path_select.py's PathReport; null in kernel mode)
     why: str | None = None
     via: str | None = None
@@ -298,6 +307,8 @@ def _member(m: Mapping[str, object]) -> MemberStatus:
         dns_names=tuple(str(n) for n in _list(m.get("dns_names", []))),
         rtt_ms=_opt_number(m.get("rtt_ms")),
         mtu=None if m.get("mtu") is None else _int(m.get("mtu")),
+        rtt_source=_opt_str(m.get("rtt_source")),
+        relay_rtt_ms=_opt_number(m.get("relay_rtt_ms")),
         why=_opt_str(m.get("why")), via=_opt_str(m.get("via")),
         via_endpoint=_opt_str(m.get("via_endpoint")), own_nat=_opt_str(m.get("own_nat")),
         peer_nat=_opt_str(m.get("peer_nat")), last_punch=_opt_str(m.get("last_punch")),

@@ -450,6 +450,7 @@ class Device(Handshakes, TimerActions):
         kps = peer.keypairs
         if kps.next is keypair:
             # The initiator used the session we answered: it becomes current (paper 5.4.6).
+            peer.rtt.sample(now - keypair.created)  # response sent -> its first message
             if kps.previous is not None:
                 self._drop_keypair(kps.previous)
             kps.previous = kps.current

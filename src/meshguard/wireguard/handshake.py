@@ -122,6 +122,7 @@ class Handshakes:
         peer.handshake_index = index
         peer.initiator_state = state
         peer.last_initiation_sent = now
+        peer.rtt.sent_at = now
         msg = wire.Initiation(
             index, body.ephemeral, body.encrypted_static, body.encrypted_payload
         ).encode()
@@ -292,6 +293,7 @@ class Handshakes:
         except CryptoError:
             self.counters.bad_handshake += 1
             return []
+        peer.rtt.sample(now - peer.rtt.sent_at)  # the answer to this very initiation
         index = peer.handshake_index
         peer.handshake_state = HandshakeState.NONE
         peer.initiator_state = None

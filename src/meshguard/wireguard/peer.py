@@ -13,6 +13,7 @@ from meshguard.sansio import Endpoint
 from meshguard.wireguard import noise
 from meshguard.wireguard.allowed_ips import AllowedIPs, IPNetwork
 from meshguard.wireguard.cookie import CookieGenerator
+from meshguard.wireguard.handshake_rtt import HandshakeRtt
 from meshguard.wireguard.keypair import Keypair, Keypairs
 from meshguard.wireguard.timers import PeerTimers
 
@@ -54,6 +55,8 @@ class Peer:
     static_static: bytes | None = None
     cookie: CookieGenerator | None = None
     routes: AllowedIPs[Peer] | None = field(default=None, repr=False)
+    # the end-to-end round trip measured on handshakes (handshake_rtt.py)
+    rtt: HandshakeRtt = field(default_factory=HandshakeRtt)
 
     def __post_init__(self) -> None:
         if self.cookie is None:
