@@ -192,6 +192,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def _ask_a_mesh(port: int) -> dns.ParsedResponse:
+    """The server's UDP answer to `a.mesh A` on 127.0.0.1:port."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.setblocking(False)
+        await loop.sock_connect(udp, ("127.0.0.1", port))
+        await loop.sock_sendall(udp, dns.build_query(3, "a.mesh", dns.TYPE_A))
+        return dns.parse_response(await asyncio.wait_for(loop.sock_recv(udp, 512), 5))
+
+
 @pytest.mark.parametrize("rc", [0, 1])
 def test_the_dns_server_registers_at_start_and_reverts_at_stop_and_serves_either_way(
         tmp_path: Path, rc: int) -> None:
@@ -205,12 +215,7 @@ def test_the_dns_server_registers_at_start_and_reverts_at_stop_and_serves_either
 
     async def run() -> None:
         await server.start(["127.0.0.1"])
-        loop = asyncio.get_running_loop()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.setblocking(False)
-            await loop.sock_connect(udp, ("127.0.0.1", port))
-            await loop.sock_sendall(udp, dns.build_query(3, "a.mesh", dns.TYPE_A))
-            resp = dns.parse_response(await asyncio.wait_for(loop.sock_recv(udp, 512), 5))
+        resp = await _ask_a_mesh(port)
         assert resp.answers == ((dns.TYPE_A, ipaddress.IPv4Address(V4).packed),)
         orgs.append(ORG_B)
         server.relink()
@@ -265,12 +270,7 @@ def test_a_slow_resolvectl_does_not_hold_up_the_dns_server(tmp_path: Path) -> No
 
     async def run() -> None:
         await server.start(["127.0.0.1"])
-        loop = asyncio.get_running_loop()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.setblocking(False)
-            await loop.sock_connect(udp, ("127.0.0.1", port))
-            await loop.sock_sendall(udp, dns.build_query(4, "a.mesh", dns.TYPE_A))
-            resp = dns.parse_response(await asyncio.wait_for(loop.sock_recv(udp, 512), 5))
+        resp = await _ask_a_mesh(port)
         assert resp.answers and fake.calls == []  # answered; resolvectl has not run yet
         gate.touch()
         await server.stop()  # waits for the registration, then reverts
