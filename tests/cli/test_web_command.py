@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from meshguard.cli.web_command import WebServer, exposure_warning, status_fetcher
+from meshguard.cli.web_command import WebHandler, WebServer, exposure_warning, status_fetcher
 from meshguard.daemon.control_client import DaemonNotRunningError
 from meshguard.web.routes import (
     PAGE_FILES,
@@ -277,6 +278,33 @@ def test_the_server_bounds_requests(server: tuple[WebServer, Daemon]) -> None:
     ans = _raw(srv, b"\x16\x03\x01\x02\x00garbage\r\n\r\n")  # a TLS hello, say
     assert ans.startswith(b"400 Bad request syntax"), ans
     assert daemon.calls == 0
+
+
+def test_a_client_trickling_its_request_is_cut_off_at_the_deadline(
+        server: tuple[WebServer, Daemon], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slowloris: one header line every 0.1 s never lets a per-read timeout (0.4 s here) fire;
+    the deadline for the whole request (0.5 s here) closes the connection all the same, so
+    MAX_CONNECTIONS such clients cannot hold the page for good."""
+    srv, daemon = server
+    monkeypatch.setattr(WebHandler, "timeout", 0.4)
+    monkeypatch.setattr(WebHandler, "deadline", 0.5, raising=False)
+    with socket.create_connection(srv.server_address[:2], timeout=5) as s:
+        s.sendall(b"GET /status.json HTTP/1.1\r\n")
+        closed_after = None
+        for i in range(30):  # 3 s of trickling
+            try:
+                s.sendall(b"X-%d: y\r\n" % i)
+            except OSError:
+                closed_after = i
+                break
+            ready, _, _ = select.select([s], [], [], 0.1)
+            if ready and s.recv(4096) == b"":
+                closed_after = i
+                break
+        assert closed_after is not None and closed_after < 15, closed_after
+    ans = _raw(srv, b"GET /status.json HTTP/1.0\r\n\r\n")  # the slot is free again
+    assert _status_line(ans).split()[1] == "200"
+    assert daemon.calls == 1  # the trickled request was never served
 
 
 # the command ---------------------------------------------------------------------------------

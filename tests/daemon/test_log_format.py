@@ -7,6 +7,7 @@ logger's handlers except test_setup_logging_replaces_only_its_own_handler, which
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -334,3 +335,36 @@ def test_short_secrets_are_refused_and_no_secret_means_no_change() -> None:
     f.register(bytes(32))
     f.register(bytes(32))  # twice is once
     assert f.redact("x" + bytes(32).hex() + "y") == f"x{REDACTED}y"
+
+
+def test_ordinary_lines_skip_the_search_however_many_secrets() -> None:
+    """200 secrets (a node with many WireGuard devices' preshared keys): lines with public
+    keys, hex digests and addresses in them are not read by the per-secret search at all,
+    and come out as they went in."""
+    f = SecretFilter()
+    f.register_all(hashlib.sha256(b"psk%d" % i).digest() for i in range(200))
+    for i in range(1000):
+        other = hashlib.sha256(b"public%d" % i).digest()
+        line = (f"peer {base64.b64encode(other).decode()} ({other.hex()}) at "
+                f"192.0.2.{i % 250}:51820 handshake completed, rtt {i / 7:.1f} ms")
+        assert f.redact(line) == line
+    assert f.searched == 0
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_an_encoding_at_any_offset_passes_the_gate(size: int) -> None:
+    """The gate reads the line at a stride: every encoding of a secret is still found at
+    every offset in the line, with text of any kind before it."""
+    secret = hashlib.sha512(b"gate%d" % size).digest()[:size]
+    f = SecretFilter()
+    f.register(secret)
+    f.register(hashlib.sha256(b"another").digest())
+    for enc in sorted(secret_encodings(secret)):
+        for offset in range(13):
+            for filler in ("x", "\u0130", "A"):  # \u0130 lowers to two characters
+                line = filler * offset + enc + " tail"
+                clean = f.redact(line)
+                assert enc not in clean and REDACTED in clean, (enc, offset, filler)
+                if enc == secret.hex():
+                    upper = filler * offset + enc.upper()
+                    assert enc.upper() not in f.redact(upper), (offset, filler)

@@ -30,7 +30,8 @@ V4, V6 = "10.99.1.2", "fd99:6d67::1:2"
 
 class Fake:
     """A `resolvectl` on PATH that appends its arguments to `calls` and exits `rc`, or fails
-    only the subcommand `fail_on`."""
+    only the subcommand `fail_on`. Like the real one (getopt_long, which permutes), it takes
+    any argument starting with `-` before a `--` for an option, and refuses it."""
 
     def __init__(self, tmp: Path, rc: int = 0, fail_on: str = "") -> None:
         self.bin = tmp / "bin"
@@ -41,6 +42,9 @@ class Fake:
         script = self.bin / "resolvectl"
         script.write_text(
             "#!/bin/sh\n"
+            'for a; do case "$a" in --) break;; -*) echo "unknown option $a" >&2; exit 64;; '
+            'esac; done\n'
+            '[ "$1" = "--" ] && shift\n'
             f'printf "%s\\n" "$*" >> "{self.log}"\n'
             f'if [ "$1" = "{fail_on}" ]; then echo "Failed to set: denied" >&2; exit 1; fi\n'
             + (f'echo "Failed: nothing" >&2; exit {rc}\n' if rc else ""))
@@ -94,6 +98,24 @@ def test_up_registers_changes_resend_and_down_reverts(tmp_path: Path,
     with caplog.at_level(logging.INFO, "meshguard.daemon.resolved_link"):
         asyncio.run(run())
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_an_interface_named_like_an_option_is_not_taken_for_one(tmp_path: Path) -> None:
+    """`-h` and `--help` are interface names the kernel and `up -i` accept: they reach
+    resolvectl after `--`, as arguments, never as its options."""
+    fake = Fake(tmp_path)
+    env = {"PATH": f"{fake.bin}:{os.environ.get('PATH', '')}"}
+
+    async def run(name: str) -> None:
+        link = ResolvedLink(name, env=env, resolve_dir=fake.run_dir, netns=fake.ns)
+        assert await link.apply([V4], 53, ["~mesh"])
+        await link.revert()
+
+    asyncio.run(run("-h"))
+    asyncio.run(run("--help"))
+    assert fake.calls == [f"dns -h {V4}", "domain -h ~mesh", "dnssec -h no", "revert -h",
+                          f"dns --help {V4}", "domain --help ~mesh", "dnssec --help no",
+                          "revert --help"]
 
 
 def test_a_failing_call_is_one_warning_and_then_nothing(tmp_path: Path,
@@ -170,6 +192,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def _ask_a_mesh(port: int) -> dns.ParsedResponse:
+    """The server's UDP answer to `a.mesh A` on 127.0.0.1:port."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.setblocking(False)
+        await loop.sock_connect(udp, ("127.0.0.1", port))
+        await loop.sock_sendall(udp, dns.build_query(3, "a.mesh", dns.TYPE_A))
+        return dns.parse_response(await asyncio.wait_for(loop.sock_recv(udp, 512), 5))
+
+
 @pytest.mark.parametrize("rc", [0, 1])
 def test_the_dns_server_registers_at_start_and_reverts_at_stop_and_serves_either_way(
         tmp_path: Path, rc: int) -> None:
@@ -183,12 +215,7 @@ def test_the_dns_server_registers_at_start_and_reverts_at_stop_and_serves_either
 
     async def run() -> None:
         await server.start(["127.0.0.1"])
-        loop = asyncio.get_running_loop()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.setblocking(False)
-            await loop.sock_connect(udp, ("127.0.0.1", port))
-            await loop.sock_sendall(udp, dns.build_query(3, "a.mesh", dns.TYPE_A))
-            resp = dns.parse_response(await asyncio.wait_for(loop.sock_recv(udp, 512), 5))
+        resp = await _ask_a_mesh(port)
         assert resp.answers == ((dns.TYPE_A, ipaddress.IPv4Address(V4).packed),)
         orgs.append(ORG_B)
         server.relink()
@@ -243,12 +270,7 @@ def test_a_slow_resolvectl_does_not_hold_up_the_dns_server(tmp_path: Path) -> No
 
     async def run() -> None:
         await server.start(["127.0.0.1"])
-        loop = asyncio.get_running_loop()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.setblocking(False)
-            await loop.sock_connect(udp, ("127.0.0.1", port))
-            await loop.sock_sendall(udp, dns.build_query(4, "a.mesh", dns.TYPE_A))
-            resp = dns.parse_response(await asyncio.wait_for(loop.sock_recv(udp, 512), 5))
+        resp = await _ask_a_mesh(port)
         assert resp.answers and fake.calls == []  # answered; resolvectl has not run yet
         gate.touch()
         await server.stop()  # waits for the registration, then reverts

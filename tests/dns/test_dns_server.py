@@ -10,7 +10,12 @@ import struct
 
 from dns import asyncquery, message, rcode, rdatatype
 
-from meshguard.daemon.dns_server import DnsServer
+from meshguard.daemon.dns_server import (
+    UDP_GLOBAL_BURST,
+    UDP_SOURCE_BURST,
+    UDP_SOURCE_RATE,
+    DnsServer,
+)
 from meshguard.dns.resolver import HostAddresses, Resolver, build_table
 from meshguard.wire import dns
 
@@ -122,6 +127,35 @@ def test_udp_queries_from_outside_the_mesh_are_counted_and_dropped() -> None:
     assert [a for _, a in t.sent] == [("127.0.0.1", 5353), ("::1", 53), ("10.99.3.4", 40000),
                                       ("fd99:6d67::7", 1), ("::ffff:10.99.1.2", 9)]
     assert server.counters["dns_answered"] == 5
+
+
+def test_a_flood_from_one_mesh_source_draws_a_bounded_number_of_answers() -> None:
+    """A mesh source can be spoofed from the underlay (weak host model, a loose rp_filter),
+    and a negative answer is ~3.6 times its query: answers to one source are budgeted
+    (UDP_SOURCE_BURST at once, then UDP_SOURCE_RATE a second), and so are all sources
+    together; this node's own addresses (systemd-resolved asks from them) are not."""
+    resolver = Resolver(build_table([("a.mesh", HostAddresses((V4,), ()))]))
+    clock = [100.0]
+    server = DnsServer(lambda: resolver, free_port(), clock=lambda: clock[0])
+    server.bound = ["10.99.3.4"]
+    udp = server.udp_protocol()
+    t = _Transport()
+    udp.connection_made(t)  # type: ignore[arg-type]
+    q = dns.build_query(7, "no-such-node.mesh", dns.TYPE_A)
+    for _ in range(3 * UDP_SOURCE_BURST):
+        udp.datagram_received(q, ("10.99.7.7", 53))
+    assert len(t.sent) == UDP_SOURCE_BURST
+    assert server.counters["dns_rate_limited"] == 2 * UDP_SOURCE_BURST
+    for _ in range(3 * UDP_SOURCE_BURST):
+        udp.datagram_received(q, ("10.99.3.4", 40000))  # this node itself
+    assert len(t.sent) == 4 * UDP_SOURCE_BURST
+    clock[0] += 1.0
+    for _ in range(3 * UDP_SOURCE_BURST):
+        udp.datagram_received(q, ("10.99.7.7", 53))
+    assert len(t.sent) == 4 * UDP_SOURCE_BURST + UDP_SOURCE_RATE
+    for i in range(20 * UDP_SOURCE_BURST):  # many spoofed sources: the global budget
+        udp.datagram_received(q, (f"10.99.{10 + i // 250}.{1 + i % 250}", 53))
+    assert len(t.sent) <= 4 * UDP_SOURCE_BURST + UDP_SOURCE_RATE + UDP_GLOBAL_BURST
 
 
 def test_tcp_connections_from_outside_the_mesh_are_closed_unanswered() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshguard.clock import Clock
 from meshguard.crypto.keys import Ed25519PrivateKey, X25519PrivateKey
 from meshguard.daemon.mesh_daemon import DaemonConfig, MeshDaemon
 from meshguard.daemon.trust_holder import TrustHolder
@@ -14,6 +15,7 @@ from meshguard.identity import store
 from meshguard.identity.org_aliases import (
     MAX_ALIASES,
     ORG_ALIASES,
+    SAVE_INTERVAL,
     format_alias_line,
     load_aliases,
     save_aliases,
@@ -27,9 +29,9 @@ from meshguard.wire import dns
 from .helpers import OrgNet, SimNode, cluster
 
 
-def _daemon(cfg: Path, sn: SimNode) -> MeshDaemon:
+def _daemon(cfg: Path, sn: SimNode, clock: Clock | None = None) -> MeshDaemon:
     d = MeshDaemon(DaemonConfig("mg-alias", 51821, [], run_dir=cfg / "run", config_dir=cfg,
-                                env={}))
+                                env={}), clock)
     d.node = sn.node
     d.trust = TrustHolder(TrustStore.load(cfg))
     return d
@@ -112,3 +114,35 @@ def test_the_kept_file_is_bounded_and_keeps_the_newest_alias_per_org(tmp_path: P
     (tmp_path / ORG_ALIASES).write_bytes(b"\xff" * 100_000)  # no lines, too large
     kept = load_aliases(tmp_path)
     assert kept.aliases == () and kept.refused >= 1
+
+
+def test_a_trusted_org_renaming_itself_fast_costs_one_write_per_interval(tmp_path: Path) -> None:
+    """A rogue org admin signs a newer alias every 20 ms (the verify budget lets 32 a second
+    through per sender): the node writes `org_aliases` at once for the first, then at most
+    once per SAVE_INTERVAL, the newest alias then; a change still unwritten is written when
+    the daemon leaves."""
+    net, nodes = cluster(3, seed=13)
+    b = nodes[1]
+    cfg = tmp_path / "b"
+    store.ensure_dir(cfg)
+    d = _daemon(cfg, b, net.clock)
+    org = b.node.org
+    assert org is not None
+    base = int(net.clock.wall())
+
+    def rename(i: int) -> None:
+        a = sign_alias(net.org, f"r{i}", base + i)
+        assert org.add_alias(a, b.node.trusted_orgs(), net.clock.wall())
+        d._on_actions([AliasLearned(a)])
+        net.clock.advance(0.02)
+
+    for i in range(50):
+        rename(i)
+    assert (cfg / ORG_ALIASES).read_text().split()[2] == "r0"  # the first, at once
+    net.clock.advance(SAVE_INTERVAL)
+    d._keep_aliases()  # the daemon's poll
+    assert (cfg / ORG_ALIASES).read_text().split()[2] == "r49"
+    rename(50)
+    assert (cfg / ORG_ALIASES).read_text().split()[2] == "r49"
+    d._keep_aliases(leaving=True)
+    assert (cfg / ORG_ALIASES).read_text().split()[2] == "r50"

@@ -101,10 +101,16 @@ def test_backdated_alias_cannot_steal_another_orgs_alias() -> None:
         assert not core.add_alias(sign_alias(thief, "acme", issued), trusted, wall)
     assert core.alias_map(trusted) == {"acme": owner.public_key.raw}
     assert core.counters["org_alias_bad_time"] == 3
+    # dated 1970 itself, not before: a valid claim, earlier than the owner's, and so the
+    # alias would be the thief's if the earliest claim won; a contested alias names nobody
+    for issued in (0, 1):
+        assert core.add_alias(sign_alias(thief, "acme", issued), trusted, wall)
+        assert core.alias_map(trusted) == {}
     # an org cannot pin its own alias with a future time either: a later rename still wins
     assert not core.add_alias(sign_alias(owner, "acme-old", 2**62), trusted, wall)
     assert core.add_alias(sign_alias(owner, "acme2", int(wall)), trusted, wall)
-    assert core.alias_map(trusted) == {"acme2": owner.public_key.raw}
+    assert core.alias_map(trusted) == {"acme2": owner.public_key.raw,
+                                       "acme": thief.public_key.raw}  # given up: uncontested
 
 
 def test_many_trusted_orgs_keep_their_aliases() -> None:

@@ -11,6 +11,7 @@ says "daemon not reachable" and keeps asking. A busy port: one error line, exit 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import socket
 import sys
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 8385
 MAX_CONNECTIONS = 32  # served at once; more are closed unanswered
-REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request
+REQUEST_TIMEOUT = 10.0  # seconds a client may stay silent while sending its request
+REQUEST_DEADLINE = 10.0  # seconds it may take for the whole request line and headers
 CONTROL_TIMEOUT = 3.0  # seconds the daemon may take to answer `status`
 
 
@@ -60,10 +62,31 @@ class WebServer(ThreadingHTTPServer):
 class WebHandler(BaseHTTPRequestHandler):
     server: WebServer
     timeout = REQUEST_TIMEOUT
+    deadline = REQUEST_DEADLINE
     protocol_version = "HTTP/1.1"
     # the base class's own errors (bad request line, too many headers, unknown method)
     error_content_type = "text/plain; charset=utf-8"
     error_message_format = "%(code)d %(message)s\n"
+
+    def handle_one_request(self) -> None:
+        """One request, its line and headers in within `deadline` however slowly they come
+        (a byte now and then never trips the per-read `timeout`): then the socket is shut."""
+        self._cutoff = threading.Timer(self.deadline, self._cut)
+        self._cutoff.daemon = True
+        self._cutoff.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._cutoff.cancel()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self._cutoff.cancel()
+        return ok
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _serve(self) -> None:
         from meshguard.web.routes import SECURITY_HEADERS

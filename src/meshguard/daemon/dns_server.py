@@ -5,8 +5,10 @@ still delivers a datagram for a mesh address that arrives on an underlay interfa
 host model), so every query's source is checked too: only loopback and mesh addresses
 (10.99.0.0/16, fd99:6d67::/64, also IPv4-mapped) are answered; any other source is counted
 (`counters["dns_foreign_source"]`) and dropped without an answer, and a TCP connection from
-one is closed unread. IP_FREEBIND lets the IPv6
-socket bind while the address is still tentative (duplicate address detection). TCP (RFC 7766:
+one is closed unread. A mesh source can be forged from the underlay too, so UDP answers are
+budgeted per source and in all (UDP_SOURCE_RATE, UDP_GLOBAL_RATE; `dns_rate_limited`).
+IP_FREEBIND lets the IPv6 socket bind while the address is still tentative (duplicate address
+detection). TCP (RFC 7766:
 two-byte length prefix, several queries per connection) serves clients retrying a truncated
 UDP answer; connections are capped and idle ones closed.
 
@@ -24,6 +26,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -31,6 +34,7 @@ from typing import cast
 from meshguard.daemon.resolved_link import ResolvedLink
 from meshguard.dns.resolver import Resolver
 from meshguard.identity.addressing import MESH_IPV4_NETWORK, MESH_IPV6_NETWORK
+from meshguard.nat.budget import SourceBudget
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,13 @@ def mesh_or_loopback(host: str) -> bool:
     return ip in MESH_IPV6_NETWORK
 
 
+# Answers over UDP, per source address and in all (token buckets, nat/budget.py): a query
+# from a mesh address may have come from the underlay with a forged source, and an answer
+# is up to ~5 times its query; this node's own addresses (systemd-resolved's) are exempt.
+UDP_SOURCE_RATE, UDP_SOURCE_BURST = 100, 200
+UDP_GLOBAL_RATE, UDP_GLOBAL_BURST = 1000, 2000
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self.server = server
@@ -87,6 +98,9 @@ class _Udp(asyncio.DatagramProtocol):
         server = self.server
         if not server.allowed(addr[0]):
             server.counters["dns_foreign_source"] += 1
+            return
+        if addr[0] not in server.bound and server.budget.take(server.clock(), addr[0]):
+            server.counters["dns_rate_limited"] += 1
             return
         out = server.resolver().handle(data)
         if out is not None and self.transport is not None:
@@ -103,8 +117,12 @@ class DnsServer:
     def __init__(self, resolver: Callable[[], Resolver], port: int = DEFAULT_DNS_PORT,
                  allowed: Callable[[str], bool] = mesh_or_loopback, *,
                  link: ResolvedLink | None = None,
-                 domains: Callable[[], Sequence[str]] = lambda: ["~mesh"]) -> None:
+                 domains: Callable[[], Sequence[str]] = lambda: ["~mesh"],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.resolver = resolver
+        self.clock = clock
+        self.budget = SourceBudget(UDP_SOURCE_RATE, UDP_SOURCE_BURST, UDP_GLOBAL_RATE,
+                                   UDP_GLOBAL_BURST)
         self.allowed = allowed
         self.link = link
         self.domains = domains

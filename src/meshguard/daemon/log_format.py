@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -142,42 +143,83 @@ def secret_patterns(secret: bytes) -> list[str]:
     return [f"(?i:{e})" if e == hexed else re.escape(e) for e in secret_encodings(secret)]
 
 
+# The gate in front of the secrets' regex (whose cost grows with every secret registered):
+# every base64 or hex encoding of a secret of MIN_LEN (16) bytes or more is at least 20
+# characters long (a base64 core at one byte's alignment), so one of the windows of _WINDOW
+# characters at its first 20 - _WINDOW + 1 = _STRIDE offsets starts at a multiple of _STRIDE
+# in the line. A line none of whose windows there is one of those (in lowercase, for hex)
+# holds no such encoding; the regex only reads the lines that may.
+_WINDOW, _STRIDE = 16, 5
+
+
+def _windows(secret: bytes) -> set[str]:
+    """The gate's windows of every encoding of `secret` but its bytes repr."""
+    return {e.lower()[i:i + _WINDOW] for e in secret_encodings(secret) - _repr_bodies(secret)
+            for i in range(_STRIDE)}
+
+
 class SecretFilter(logging.Filter):
     """Replaces every registered secret in a record by `<redacted>`; keeps every record.
 
     It also fixes the record's message (arguments applied, or the safe fallback of
-    `safe_message`), so that no formatter after it can fail on the arguments.
+    `safe_message`), so that no formatter after it can fail on the arguments. Thread-safe (the
+    data path's threads log too); a line that holds no window of a secret's base64 or hex
+    (and no backslash, which a bytes repr would have) costs the same however many secrets
+    there are, and `searched` counts the lines the full search read.
     """
 
     MIN_LEN = 16  # shorter "secrets" would redact ordinary text
 
     def __init__(self) -> None:
         super().__init__()
+        self._lock = threading.Lock()
         self._secrets: set[bytes] = set()
-        self._regex: re.Pattern[str] | None = None
+        # (the secrets, the gate's windows, a repr without a backslash: no gate) - one
+        # tuple, replaced whole, so a log call on another thread sees the old or the new one
+        self._state: tuple[frozenset[bytes], frozenset[str], bool] | None = None
+        # the search for one set of secrets, built when a line first passes the gate (so
+        # registering many secrets one by one compiles it once, not once each)
+        self._regex: tuple[frozenset[bytes], re.Pattern[str]] | None = None
+        self.searched = 0
 
     def register(self, secret: bytes) -> None:
         if len(secret) < self.MIN_LEN:
             raise ValueError(f"a secret of {len(secret)} bytes is too short to redact")
-        secret = bytes(secret)
-        if secret in self._secrets:
-            return
-        self._secrets.add(secret)
-        pats = sorted({p for s in self._secrets for p in secret_patterns(s)}, key=len,
-                      reverse=True)
-        self._regex = re.compile("|".join(pats))
+        with self._lock:
+            secret = bytes(secret)
+            if secret in self._secrets:
+                return
+            self._secrets.add(secret)
+            _, windows, ungated = self._state or (None, frozenset(), False)
+            self._state = (frozenset(self._secrets), windows | _windows(secret),
+                           ungated or any("\\" not in b for b in _repr_bodies(secret)))
 
     def register_all(self, secrets: Iterable[bytes]) -> None:
         for s in secrets:
             self.register(s)
 
+    def _search(self, secrets: frozenset[bytes]) -> re.Pattern[str]:
+        with self._lock:
+            if self._regex is None or self._regex[0] is not secrets:
+                pats = sorted({p for s in secrets for p in secret_patterns(s)}, key=len,
+                              reverse=True)
+                self._regex = (secrets, re.compile("|".join(pats)))
+            return self._regex[1]
+
     def clear(self) -> None:
-        self._secrets.clear()
-        self._regex = None
+        with self._lock:
+            self._secrets.clear()
+            self._state = self._regex = None
 
     def redact(self, text: str) -> str:
-        regex = self._regex
-        return text if regex is None else regex.sub(REDACTED, text)
+        state = self._state
+        if state is None:
+            return text
+        secrets, windows, ungated = state
+        if not (ungated or "\\" in text or _any_window(text.lower(), windows)):
+            return text
+        self.searched += 1
+        return self._search(secrets).sub(REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(safe_message(record))
@@ -188,13 +230,17 @@ class SecretFilter(logging.Filter):
             record.exc_text = self.redact(record.exc_text)
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
-        if self._regex is not None:
+        if self._state is not None:
             for key, value in extra_fields(record).items():
                 text = value if isinstance(value, str) else _safe_str(value)
                 clean = self.redact(text)
                 if clean != text:
                     setattr(record, key, clean)
         return True
+
+
+def _any_window(low: str, windows: frozenset[str]) -> bool:
+    return any(low[i:i + _WINDOW] in windows for i in range(0, len(low) - _WINDOW + 1, _STRIDE))
 
 
 _EXC_FORMATTER = logging.Formatter()

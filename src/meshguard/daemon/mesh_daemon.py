@@ -90,6 +90,7 @@ from meshguard.mesh.policy_gossip import PolicyLearned
 from meshguard.mesh.roaming import Reannounce, Roaming
 from meshguard.mesh.swim_port import SwimPort, build_membership, wg_endpoints_of
 from meshguard.mesh.wg_backend import DeviceBackend
+from meshguard.nat.budget import TokenBucket
 from meshguard.nat.holepunch import HolePuncher
 from meshguard.nat.portmap import Method, PortmapAction, advertisement, describe
 from meshguard.nat.relay import Relay
@@ -160,6 +161,8 @@ class MeshDaemon:
         self.name: str | None = None
         self._ready_sent = False
         self.dns_server: DnsServer | None = None
+        self._aliases_unsaved = False  # org aliases learned since org_aliases was written
+        self._alias_writes = TokenBucket(1.0 / org_aliases.SAVE_INTERVAL, 1.0)
         self._resolver: Resolver | None = None
         self._names_version = -1
         self.routes: RouteManager | None = None  # set_grants() takes the policy's route grants
@@ -379,11 +382,15 @@ class MeshDaemon:
         org_wiring.restore_aliases(node, kept, self.clock.wall())
         return actions
 
-    def _keep_aliases(self) -> None:
-        """Aliases learned from the mesh go into org_aliases (atomic), for the next start."""
+    def _keep_aliases(self, leaving: bool = False) -> None:
+        """Aliases learned from the mesh go into org_aliases (atomic), for the next start: at
+        most once per org_aliases.SAVE_INTERVAL (the trust poll and leave() write the rest)."""
         org = self.node.org if self.node is not None else None
-        if org is None:
+        if org is None or not self._aliases_unsaved:
             return
+        if not (leaving or self._alias_writes.take(self.clock.monotonic())):
+            return
+        self._aliases_unsaved = False
         try:
             org_aliases.save_aliases(self.config_dir, org.aliases.values())
         except (MeshguardError, OSError) as exc:
@@ -445,6 +452,7 @@ class MeshDaemon:
         """The node's events (everything that is not a datagram or a TUN write)."""
         changes: list[PeerUp | PeerDown] = []
         if any(isinstance(a, AliasLearned) for a in actions):
+            self._aliases_unsaved = True
             self._keep_aliases()
         for a in actions:
             if isinstance(a, PeerUp):
@@ -591,6 +599,7 @@ class MeshDaemon:
             fp = await asyncio.to_thread(trust_stamp, self.config_dir)
             if fp != self._trust_fp:
                 self.reload_trust("files changed")
+            self._keep_aliases()
             if self.clock.monotonic() - saved >= GOSSIP_STATE_SAVE:
                 saved = self.clock.monotonic()
                 await asyncio.to_thread(self._save_gossip_state)
@@ -666,6 +675,7 @@ class MeshDaemon:
             self._execute(self.node.leave(c.monotonic(), c.wall()))
             await asyncio.sleep(LEAVE_LINGER)
         self._save_gossip_state()
+        self._keep_aliases(leaving=True)
 
     async def run(self) -> int:
         async with contextlib.AsyncExitStack() as stack:

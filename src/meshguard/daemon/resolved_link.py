@@ -137,8 +137,9 @@ class ResolvedLink:
 
     async def _call(self, args: tuple[str, ...]) -> tuple[int, str]:
         assert self._tool is not None
+        # `--`: an interface named `-h` (a valid name) is an argument, not an option
         proc = await asyncio.create_subprocess_exec(
-            self._tool, *args, stdin=asyncio.subprocess.DEVNULL,
+            self._tool, "--", *args, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=self.env)
         try:
             _, err = await asyncio.wait_for(proc.communicate(), self.timeout)

@@ -7,8 +7,9 @@ admin's `org/alias` file (`meshguard org-alias`) holds one, and `org_aliases` in
 holds the aliases this node received from the mesh, one line per org, so that they survive a
 restart:
 
-- written atomically (identity/store.py) whenever the daemon learns a newer alias, sorted by
-  org key, at most MAX_ALIASES lines (an org has one alias: its newest);
+- written atomically (identity/store.py) when the daemon learns a newer alias, at most once
+  per SAVE_INTERVAL, sorted by org key, at most MAX_ALIASES lines (an org has one alias: its
+  newest);
 - read back at start-up with every line checked again: a line that does not parse, names an
   alias that is not valid, or whose org signature does not verify is refused and counted
   (`KeptAliases.refused`), never trusted; so is every line beyond MAX_ALIASES or MAX_FILE
@@ -35,6 +36,10 @@ ORG_ALIASES = "org_aliases"
 MAX_ALIASES = 256  # orgs whose alias is kept
 MAX_LINE = 200  # an alias line is at most ~170 bytes (63-byte alias, 20-digit time)
 MAX_FILE = MAX_ALIASES * MAX_LINE
+# seconds between two writes of the file: a trusted org that renames itself many times a
+# second costs every node one write per interval, not one per rename (the last one is written
+# when the interval ends, or when the daemon leaves)
+SAVE_INTERVAL = 10.0
 
 
 def alias_problem(alias: str) -> str | None:
@@ -146,6 +151,7 @@ def save_aliases(config_dir: Path, aliases: Iterable[AliasAnnouncement]) -> None
 __all__ = [
     "MAX_ALIASES",
     "ORG_ALIASES",
+    "SAVE_INTERVAL",
     "KeptAliases",
     "alias_problem",
     "alias_valid",

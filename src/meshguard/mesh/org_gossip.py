@@ -49,9 +49,11 @@ same way; each org has one, the newest `issued_at` wins. An `issued_at` that is 
 more than MAX_FUTURE seconds ahead of the receiver's clock is refused, so an org can neither
 backdate a claim nor pin its alias against a later rename. An alias is a DNS label that is not
 itself six hex digits (it would shadow an org domain); when two trusted orgs claim the same
-alias, the earliest claim wins (ties: the lower org key), so every node that trusts the same
-orgs maps the alias the same way. The shell keeps every `AliasLearned` in the config dir's
-`org_aliases` and gives them back at start-up (org_wiring.restore_aliases), verified again.
+alias, it names neither (the earliest claim cannot win: an org can date its claim in 1970), so
+every node that trusts the same orgs maps the alias the same way, and a rogue org can keep
+an alias from another org but never take it over. The shell keeps every `AliasLearned` in
+the config dir's `org_aliases` and gives them back at start-up (org_wiring.restore_aliases),
+verified again.
 
 The core follows the sans-IO shape of the others: `receive(now, wall, data, src)` and
 `tick(now, wall)` return `OrgAction`s (`SendDatagram`s, and `RevocationLearned`/`AliasLearned`
@@ -406,13 +408,13 @@ class OrgGossip:
         return out
 
     def alias_map(self, trusted_orgs: Collection[bytes]) -> dict[str, bytes]:
-        """alias -> org key, for the orgs still trusted (earliest claim wins)."""
-        claims = sorted((a.issued_at, a.org_key, a.alias) for a in self.aliases.values()
-                        if a.org_key in trusted_orgs)
-        out: dict[str, bytes] = {}
-        for _, org_key, alias in claims:
-            out.setdefault(alias, org_key)
-        return out
+        """alias -> org key, for the orgs still trusted; an alias that two of them claim
+        names neither (an `issued_at` proves nothing: a date in 1970 would win otherwise)."""
+        claims: dict[str, list[bytes]] = {}
+        for a in self.aliases.values():
+            if a.org_key in trusted_orgs:
+                claims.setdefault(a.alias, []).append(a.org_key)
+        return {alias: orgs[0] for alias, orgs in claims.items() if len(orgs) == 1}
 
     # links -------------------------------------------------------------------------------
 
