@@ -134,6 +134,10 @@ def read_until(fd: int, pred: str, count: int, timeout: float = 20.0) -> str:
     return buf.decode(errors="replace")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_on_a_terminal_it_redraws_in_place_and_ctrl_c_exits_0(run: Path) -> None:
     d = ChangingDaemon(run, answers=None)
     with d.thread:
@@ -142,7 +146,10 @@ def test_on_a_terminal_it_redraws_in_place_and_ctrl_c_exits_0(run: Path) -> None
         proc = subprocess.Popen([sys.executable, "-m", "meshguard", "status", "--watch",
                                  "--interval", "0.1", "--run-dir", str(run)],
                                 stdout=follower, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env)
+                                stdin=subprocess.DEVNULL, env=env,
+                                # SIGINT as at a terminal (an ignored SIGINT, as a test
+                                # runner's worker may leave it, is inherited)
+                                preexec_fn=_default_sigint)
         os.close(follower)
         try:
             out = read_until(leader, HOME, 4)  # (the 4th frame ends the 3rd: all 3 whole)
