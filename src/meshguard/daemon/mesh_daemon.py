@@ -622,8 +622,7 @@ class MeshDaemon:
         if req.op == "hello":
             return {"interface": self.cfg.interface, "pid": os.getpid(), "version": __version__}
         if req.op == "status":
-            stats = await self.runner.peer_stats()
-            return self.status(stats).to_json()
+            return (await self.status_now()).to_json()
         if req.op == "ping" and self.node is not None:
             return await ping_request(self.node, self.node.probes, self.clock,
                                       lambda g: self._execute(list(g)), req.args)
@@ -640,6 +639,7 @@ class MeshDaemon:
         raise MeshguardError(f"unsupported op {req.op}")
 
     async def status_now(self) -> StatusReport:
+        """The status report with the runner's current peer stats (`status`, metrics)."""
         return self.status(await self.runner.peer_stats())
 
     def status(self, kernel_stats: PeerStats | None = None) -> StatusReport:
